@@ -1,0 +1,444 @@
+// switchyard._core: a thin binding over the C++ core. Errors become the exception classes of
+// switchyard._errors (which subclass built-ins); money becomes decimal.Decimal; time is seconds.
+
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cmath>
+#include <string>
+
+#include "switchyard/config.hpp"
+#include "switchyard/pricing.hpp"
+#include "switchyard/router.hpp"
+#include "switchyard/usage.hpp"
+
+namespace py = pybind11;
+using namespace switchyard;
+
+namespace {
+
+// Raises the Python exception class that matches an Error's code.
+[[noreturn]] void raise(const Error& e) {
+  static const char* const kClass[] = {
+      "ConfigError",        "UnknownScenarioError", "UnknownTargetError", "NoEligibleTargetError",
+      "BudgetExhaustedError", "InvalidArgumentError", "UnknownDecisionError", "TargetNotAllowedError",
+      "UsageError",         "PriceMissingError",
+  };
+  py::object errors = py::module_::import("switchyard._errors");
+  py::object cls = errors.attr(kClass[static_cast<int>(e.code)]);
+  PyErr_SetObject(cls.ptr(), py::str(e.message).ptr());
+  throw py::error_already_set();
+}
+
+template <class T>
+T unwrap(Result<T>&& r) {
+  if (!r) raise(r.error());
+  return std::move(r).value();
+}
+
+py::object decimal_usd(const std::string& text) {
+  static py::object decimal = py::module_::import("decimal").attr("Decimal");
+  return decimal(text);
+}
+py::object money(Money m) { return decimal_usd(m.to_usd_string()); }
+py::object money(const MoneyTotal& m) { return decimal_usd(m.to_usd_string()); }
+
+TimeMs now_ms(const std::optional<double>& now) {
+  if (now) {
+    if (!std::isfinite(*now) || *now < 0) {
+      raise({ErrorCode::invalid_argument, "now must be a finite, non-negative time in seconds"});
+    }
+    return static_cast<TimeMs>(std::llround(*now * 1000.0));
+  }
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Python value -> msgpack object (the core's generic value), allocated in `zone`.
+msgpack::object to_msgpack(py::handle value, msgpack::zone& zone, int depth = 0) {
+  if (depth > 32) raise({ErrorCode::usage_invalid, "usage is nested deeper than 32 levels"});
+  msgpack::object out;
+  if (value.is_none()) {
+    out.type = msgpack::type::NIL;
+  } else if (py::isinstance<py::bool_>(value)) {
+    out = msgpack::object(value.cast<bool>());
+  } else if (py::isinstance<py::int_>(value)) {
+    try {
+      out = msgpack::object(value.cast<std::int64_t>());
+    } catch (const py::cast_error&) {
+      raise({ErrorCode::usage_invalid, "usage holds an integer outside 64 bits"});
+    }
+  } else if (py::isinstance<py::float_>(value)) {
+    out = msgpack::object(value.cast<double>());
+  } else if (py::isinstance<py::str>(value)) {
+    const auto s = value.cast<std::string>();
+    char* mem = static_cast<char*>(zone.allocate_align(s.size() + 1));
+    std::copy(s.begin(), s.end(), mem);
+    out.type = msgpack::type::STR;
+    out.via.str.size = static_cast<std::uint32_t>(s.size());
+    out.via.str.ptr = mem;
+  } else if (py::isinstance<py::dict>(value)) {
+    auto d = value.cast<py::dict>();
+    out.type = msgpack::type::MAP;
+    out.via.map.size = static_cast<std::uint32_t>(d.size());
+    out.via.map.ptr = static_cast<msgpack::object_kv*>(zone.allocate_align(sizeof(msgpack::object_kv) * d.size()));
+    std::size_t i = 0;
+    for (auto item : d) {
+      out.via.map.ptr[i].key = to_msgpack(item.first, zone, depth + 1);
+      out.via.map.ptr[i].val = to_msgpack(item.second, zone, depth + 1);
+      ++i;
+    }
+  } else if (py::isinstance<py::list>(value) || py::isinstance<py::tuple>(value)) {
+    auto seq = value.cast<py::sequence>();
+    out.type = msgpack::type::ARRAY;
+    out.via.array.size = static_cast<std::uint32_t>(seq.size());
+    out.via.array.ptr = static_cast<msgpack::object*>(zone.allocate_align(sizeof(msgpack::object) * seq.size()));
+    for (std::size_t i = 0; i < seq.size(); ++i) out.via.array.ptr[i] = to_msgpack(seq[i], zone, depth + 1);
+  } else {
+    raise({ErrorCode::usage_invalid, "usage holds a value of unsupported type " +
+                                         py::str(py::type::of(value).attr("__name__")).cast<std::string>()});
+  }
+  return out;
+}
+
+// Estimated prompt size when the caller gave token ids or text instead of a count (~4 chars/token).
+std::int64_t estimate_input(std::optional<std::int64_t> input_tokens, const std::optional<py::sequence>& token_ids,
+                            const std::optional<std::string>& text) {
+  if (input_tokens) return *input_tokens;
+  if (token_ids) return static_cast<std::int64_t>(py::len(*token_ids));
+  if (text) return static_cast<std::int64_t>((text->size() + 3) / 4);
+  return -1;
+}
+
+std::string hex16(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+/// A Decision together with the config it was made against (for names).
+struct DecisionView {
+  Decision d;
+  ConfigPtr config;
+
+  [[nodiscard]] std::string target() const { return config->targets[d.placement.target].name; }
+  [[nodiscard]] py::object endpoint() const {
+    if (d.placement.replica == kNone) return py::none();
+    return py::str(config->targets[d.placement.target].replicas[d.placement.replica].endpoint);
+  }
+  [[nodiscard]] std::vector<std::string> fallbacks() const {
+    std::vector<std::string> out;
+    for (const auto& f : d.fallbacks) out.push_back(config->targets[f.target].name);
+    return out;
+  }
+  [[nodiscard]] std::vector<std::string> reasons() const {
+    std::vector<std::string> out;
+    for (const auto& r : d.reasons) {
+      std::string s = to_string(r.code);
+      if (r.target != kNone) s += ":" + config->targets[r.target].name;
+      switch (r.code) {
+        case ReasonCode::weight: s += " (" + std::to_string(r.value) + "%)"; break;
+        case ReasonCode::spillover: s += " (in-flight " + std::to_string(r.value / 10) + "%)"; break;
+        case ReasonCode::context_window: s += " (needs " + std::to_string(r.value) + " tokens)"; break;
+        case ReasonCode::budget: s += " (worst case $" + Money::from_picos(r.value).to_usd_string() + ")"; break;
+        case ReasonCode::least_loaded:
+          s += " (" + config->targets[r.target].replicas[static_cast<std::size_t>(r.value)].endpoint + ")";
+          break;
+        default: break;
+      }
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+  [[nodiscard]] std::string version() const { return hex16(d.config_version); }
+};
+
+struct ConfigHandle {
+  ConfigPtr ptr;
+};
+
+RouteRequest make_request(const std::string& scenario, const std::optional<std::string>& key,
+                          const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+                          std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+                          const std::optional<std::string>& text, std::optional<double> now) {
+  RouteRequest r;
+  r.scenario = scenario;
+  if (key) r.key = *key;
+  if (data_class) r.data_class = *data_class;
+  r.input_tokens = estimate_input(input_tokens, token_ids, text);
+  r.max_output_tokens = max_output_tokens.value_or(-1);
+  r.now = now_ms(now);
+  return r;
+}
+
+py::dict usage_dict(const Usage& u) {
+  py::dict d;
+  d["uncached_input_tokens"] = u.uncached_input_tokens;
+  d["cache_read_tokens"] = u.cache_read_tokens;
+  d["cache_write_5m_tokens"] = u.cache_write_5m_tokens;
+  d["cache_write_1h_tokens"] = u.cache_write_1h_tokens;
+  d["output_tokens"] = u.output_tokens;
+  d["reasoning_tokens"] = u.reasoning_tokens;
+  return d;
+}
+
+py::list histogram(const Histogram& h) {
+  py::list l;
+  for (auto b : h.buckets) l.append(b);
+  return l;
+}
+
+py::dict counter_row(const Config& config, const CounterRow& row) {
+  const Counters& c = row.counters;
+  const Target& t = config.targets[row.target];
+  py::dict d;
+  d["scenario"] = config.scenarios[row.scenario].name;
+  d["target"] = t.name;
+  d["kind"] = to_string(t.kind);
+  d["provider"] = to_string(t.provider);
+  d["requests"] = c.requests;
+  d["spillovers"] = c.spillovers;
+  d["outcomes"] = c.outcomes;
+  d["fallbacks"] = c.fallbacks;
+  for (std::size_t i = 0; i < kStatusCount; ++i) d[to_string(static_cast<Status>(i))] = c.by_status[i];
+  d["unpriced"] = c.unpriced;
+  d["accepted"] = c.accepted;
+  d["rejected"] = c.rejected;
+  for (auto item : usage_dict(c.tokens)) d[item.first] = item.second;
+  d["cost_usd"] = money(c.cost);
+  d["accepted_cost_usd"] = money(c.accepted_cost);
+  d["cost_per_accepted_usd"] = c.accepted == 0 ? py::object(py::none())
+                                               : money(c.cost).attr("__truediv__")(py::int_(c.accepted));
+  d["ttft_count"] = c.ttft.count;
+  d["ttft_sum_ms"] = c.ttft.sum_ms;
+  d["ttft_buckets"] = histogram(c.ttft);
+  d["latency_count"] = c.latency.count;
+  d["latency_sum_ms"] = c.latency.sum_ms;
+  d["latency_buckets"] = histogram(c.latency);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Switchyard C++ core (private: import switchyard instead)";
+  m.attr("__version__") = SWITCHYARD_VERSION;
+  m.attr("LATENCY_BUCKETS_MS") = std::vector<std::int64_t>(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end());
+
+  py::class_<ConfigHandle>(m, "Config", "A validated, immutable routing table.")
+      .def_property_readonly("source", [](const ConfigHandle& c) { return c.ptr->source; })
+      .def_property_readonly("version", [](const ConfigHandle& c) { return hex16(c.ptr->content_hash); }, "Content hash of the file: the config version decisions carry.")
+      .def_property_readonly("scenarios", [](const ConfigHandle& c) {
+        std::vector<std::string> out;
+        for (const auto& s : c.ptr->scenarios) out.push_back(s.name);
+        return out;
+      })
+      .def_property_readonly("targets", [](const ConfigHandle& c) {
+        std::vector<std::string> out;
+        for (const auto& t : c.ptr->targets) out.push_back(t.name);
+        return out;
+      })
+      .def("target_info", [](const ConfigHandle& c, const std::string& name) {
+        auto idx = c.ptr->find_target(name);
+        if (idx == kNone) raise({ErrorCode::unknown_target, "unknown target '" + name + "'"});
+        const Target& t = c.ptr->targets[idx];
+        py::dict d;
+        d["name"] = t.name;
+        d["kind"] = to_string(t.kind);
+        d["provider"] = to_string(t.provider);
+        d["model"] = t.model;
+        d["region"] = t.region == kNone ? py::object(py::none()) : py::object(py::str(c.ptr->regions[t.region]));
+        std::vector<std::string> classes;
+        for (std::size_t i = 0; i < c.ptr->data_classes.size(); ++i) {
+          if ((t.data_class_mask >> i) & 1U) classes.push_back(c.ptr->data_classes[i]);
+        }
+        d["data_classes"] = classes;
+        d["context_window"] = t.context_window;
+        std::vector<std::string> endpoints;
+        for (const auto& r : t.replicas) endpoints.push_back(r.endpoint);
+        d["endpoints"] = endpoints;
+        return d;
+      }, py::arg("name"))
+      .def("__repr__", [](const ConfigHandle& c) {
+        return "<switchyard.Config " + c.ptr->source + " (" + std::to_string(c.ptr->targets.size()) + " targets, " +
+               std::to_string(c.ptr->scenarios.size()) + " scenarios)>";
+      });
+
+  m.def("load_config", [](const std::string& path) { return ConfigHandle{unwrap(load_config_file(path))}; },
+        py::arg("path"), "Loads and validates a YAML routing table; raises ConfigError with path:line:col.");
+  m.def("load_config_text", [](const std::string& text, const std::string& source) {
+    return ConfigHandle{unwrap(load_config_text(text, source))};
+  }, py::arg("text"), py::arg("source") = "<string>");
+
+  py::class_<DecisionView>(m, "Decision", "Where one request goes, and why.")
+      .def_property_readonly("id", [](const DecisionView& d) { return d.d.id; })
+      .def_property_readonly("scenario", [](const DecisionView& d) { return d.config->scenarios[d.d.scenario].name; })
+      .def_property_readonly("target", &DecisionView::target)
+      .def_property_readonly("endpoint", &DecisionView::endpoint, "Replica endpoint for self-hosted targets, else None.")
+      .def_property_readonly("fallbacks", &DecisionView::fallbacks, "Ordered fallback targets, already filtered.")
+      .def_property_readonly("reasons", &DecisionView::reasons)
+      .def_property_readonly("predicted_cost_usd", [](const DecisionView& d) { return money(d.d.predicted_cost); })
+      .def_property_readonly("expected_cached_tokens", [](const DecisionView& d) { return d.d.expected_cached_tokens; })
+      .def_property_readonly("config_version", &DecisionView::version)
+      .def_property_readonly("at", [](const DecisionView& d) { return static_cast<double>(d.d.at) / 1000.0; })
+      .def("to_dict", [](const DecisionView& d) {
+        py::dict out;
+        out["id"] = d.d.id;
+        out["scenario"] = d.config->scenarios[d.d.scenario].name;
+        out["target"] = d.target();
+        out["endpoint"] = d.endpoint();
+        out["fallbacks"] = d.fallbacks();
+        out["reasons"] = d.reasons();
+        out["predicted_cost_usd"] = money(d.d.predicted_cost);
+        out["expected_cached_tokens"] = d.d.expected_cached_tokens;
+        out["config_version"] = d.version();
+        return out;
+      })
+      .def("__repr__", [](const DecisionView& d) {
+        return "<switchyard.Decision " + std::to_string(d.d.id) + " -> " + d.target() + " ($" +
+               d.d.predicted_cost.to_usd_string() + ")>";
+      });
+
+  py::class_<Router>(m, "Router", "In-process router: the same decisions the sidecar makes.")
+      .def(py::init([](const ConfigHandle& config, std::uint64_t seed, double decision_ttl_s, std::size_t max_pending) {
+             if (!(decision_ttl_s > 0)) raise({ErrorCode::invalid_argument, "decision_ttl_s must be positive"});
+             return std::make_unique<Router>(
+                 config.ptr, RouterOptions{seed, static_cast<TimeMs>(decision_ttl_s * 1000.0), max_pending});
+           }),
+           py::arg("config"), py::arg("seed") = 0, py::arg("decision_ttl_s") = 3600.0,
+           py::arg("max_pending") = RouterOptions{}.max_pending)
+      .def("route", [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
+                       const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+                       std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+                       const std::optional<std::string>& text, std::optional<double> now) {
+             auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
+             return DecisionView{unwrap(r.route(req)), r.config()};
+           },
+           py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
+           py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
+           py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
+           "Decides where a request of `scenario` goes and commits the decision.")
+      .def("explain", [](const Router& r, const std::string& scenario, const std::optional<std::string>& key,
+                         const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+                         std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+                         const std::optional<std::string>& text, std::optional<double> now) {
+             auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
+             return DecisionView{unwrap(r.explain(req)), r.config()};
+           },
+           py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
+           py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
+           py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
+           "What route() would decide now, without committing anything.")
+      .def("report", [](Router& r, std::uint64_t decision_id, const std::string& target, const std::string& status,
+                        const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
+                        std::optional<bool> accepted, std::optional<double> now) {
+             auto st = status_from_string(status);
+             if (!st) {
+               raise({ErrorCode::invalid_argument, "unknown status '" + status +
+                                                       "'; expected ok, error, timeout, rate_limited, "
+                                                       "context_overflow or content_filter"});
+             }
+             auto ms = [](std::optional<double> v, const char* name) -> std::int64_t {
+               if (!v) return -1;
+               if (!std::isfinite(*v) || *v < 0) raise({ErrorCode::invalid_argument, std::string(name) + " must be >= 0"});
+               return std::llround(*v);
+             };
+             msgpack::zone zone;
+             msgpack::object native;
+             OutcomeReport o;
+             o.decision_id = decision_id;
+             o.target = target;
+             o.status = *st;
+             if (!usage.is_none()) {
+               native = to_msgpack(usage, zone);
+               o.usage = &native;
+             }
+             o.ttft_ms = ms(ttft_ms, "ttft_ms");
+             o.latency_ms = ms(latency_ms, "latency_ms");
+             o.accepted = accepted;
+             o.now = now_ms(now);
+             auto receipt = unwrap(r.report(o));
+             py::dict d;
+             d["duplicate"] = receipt.duplicate;
+             d["fallback"] = receipt.fallback;
+             d["priced"] = receipt.priced;
+             d["cost_usd"] = money(receipt.cost);
+             d["usage"] = usage_dict(receipt.usage);
+             return d;
+           },
+           py::arg("decision_id"), py::kw_only(), py::arg("target"), py::arg("status"), py::arg("usage") = py::none(),
+           py::arg("ttft_ms") = py::none(), py::arg("latency_ms") = py::none(), py::arg("accepted") = py::none(),
+           py::arg("now") = py::none(),
+           "Accounts what happened to a decision on `target`. Idempotent per (decision, target).")
+      .def("verdict", [](Router& r, std::uint64_t decision_id, bool accepted, std::optional<double> now) {
+             unwrap(r.verdict(decision_id, accepted, now_ms(now)));
+           },
+           py::arg("decision_id"), py::arg("accepted"), py::kw_only(), py::arg("now") = py::none(),
+           "Records the quality verdict for a decision whose ok outcome was reported.")
+      .def("counters", [](const Router& r) {
+             py::list out;
+             for (const auto& row : r.counters()) out.append(counter_row(*r.config(), row));
+             return out;
+           }, "Ledger rows per scenario x target.")
+      .def("breakers", [](const Router& r, std::optional<double> now) {
+             py::list out;
+             const auto& config = *r.config();
+             for (const auto& b : r.breakers(now_ms(now))) {
+               const Target& t = config.targets[b.target];
+               py::dict d;
+               d["target"] = t.name;
+               d["endpoint"] = b.replica == kNone ? py::object(py::none()) : py::object(py::str(t.replicas[b.replica].endpoint));
+               d["phase"] = to_string(b.phase);
+               d["consecutive_failures"] = b.consecutive_failures;
+               d["times_opened"] = b.times_opened;
+               d["inflight"] = b.inflight;
+               out.append(d);
+             }
+             return out;
+           }, py::kw_only(), py::arg("now") = py::none())
+      .def("budgets", [](const Router& r, std::optional<double> now) {
+             py::list out;
+             for (const auto& b : r.budgets(now_ms(now))) {
+               py::dict d;
+               d["scenario"] = r.config()->scenarios[b.scenario].name;
+               d["limit_usd"] = money(b.limit);
+               d["spent_usd"] = money(b.spent);
+               d["reserved_usd"] = money(b.reserved);
+               out.append(d);
+             }
+             return out;
+           }, py::kw_only(), py::arg("now") = py::none())
+      .def_property_readonly("pending_decisions", &Router::pending_decisions)
+      .def_property_readonly("config", [](const Router& r) { return ConfigHandle{r.config()}; });
+
+  m.def("_price_usage", [](const ConfigHandle& config, const std::string& target, const py::object& usage,
+                           const std::optional<std::string>& provider, bool batch) {
+          auto idx = config.ptr->find_target(target);
+          if (idx == kNone) raise({ErrorCode::unknown_target, "unknown target '" + target + "'"});
+          Target t = config.ptr->targets[idx];
+          if (provider) {
+            auto p = provider_from_string(*provider);
+            if (!p) raise({ErrorCode::invalid_argument, "unknown provider '" + *provider + "'"});
+            t.provider = *p;
+          }
+          msgpack::zone zone;
+          const msgpack::object native = to_msgpack(usage, zone);
+          auto u = unwrap(normalize_usage(t.provider, native));
+          auto cost = unwrap(actual_cost(t, u, batch ? ProcessingMode::batch : ProcessingMode::online));
+          py::dict d = usage_dict(u);
+          d["cost_usd"] = money(cost);
+          d["reported_cost_usd"] = u.reported_cost ? money(*u.reported_cost) : py::object(py::none());
+          return d;
+        },
+        py::arg("config"), py::arg("target"), py::arg("usage"), py::arg("provider") = py::none(),
+        py::arg("batch") = false);
+
+  // Baseline for bench/route_bench.py: the same signature as Router.route, doing nothing.
+  m.def("_noop_route", [](const std::string&, const std::optional<std::string>&, const std::optional<std::string>&,
+                          std::optional<std::int64_t>, std::optional<std::int64_t>, const std::optional<py::sequence>&,
+                          const std::optional<std::string>&, std::optional<double>) {},
+        py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
+        py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
+        py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());
+}

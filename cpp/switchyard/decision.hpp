@@ -1,0 +1,81 @@
+#pragma once
+// The words of a routing decision: what a worker asks (Request), what the core answers (Decision) and
+// what the worker reports afterwards (Outcome).
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "switchyard/config.hpp"
+#include "switchyard/money.hpp"
+
+namespace switchyard {
+
+/// Milliseconds since the Unix epoch. Time is always passed in, never read inside the core.
+using TimeMs = std::int64_t;
+
+struct Request {
+  std::uint32_t scenario = kNone;
+  std::string_view key;                   ///< sticky key (user, conversation); empty = none
+  std::uint32_t data_class = kNone;       ///< extra data class of this request (kNone = scenario's only)
+  std::int64_t input_tokens = -1;         ///< -1 = unknown
+  std::int64_t max_output_tokens = -1;    ///< -1 = the scenario's max_output_tokens
+  std::int64_t expected_cached_tokens = 0;
+  TimeMs now = 0;
+};
+
+/// Why a decision looks the way it does. `target` says which target a reason is about.
+enum class ReasonCode : std::uint8_t {
+  weight,          ///< picked by the weighted, sticky split (value: weight %)
+  spillover,       ///< the self-hosted pool was at its in-flight threshold (value: in-flight per mille)
+  fallback,        ///< no route was eligible; the fallback chain supplied the target
+  boundary,        ///< filtered: data class not allowed there
+  region,          ///< filtered: outside the scenario's regions
+  context_window,  ///< filtered: prompt + max output does not fit (value: tokens needed)
+  breaker_open,    ///< filtered: circuit breaker open
+  half_open_probe, ///< chosen as the half-open breaker's single probe
+  saturated,       ///< filtered: every replica at max_inflight
+  budget,          ///< filtered: the scenario's daily budget cannot cover the worst case
+  least_loaded,    ///< replica picked by lowest in-flight ratio (value: replica index)
+};
+
+[[nodiscard]] const char* to_string(ReasonCode code) noexcept;
+
+struct Reason {
+  ReasonCode code;
+  std::uint32_t target = kNone;
+  std::int64_t value = 0;
+};
+
+/// A place to send the request: a target, and for self-hosted targets one replica of its pool.
+struct Placement {
+  std::uint32_t target = kNone;
+  std::uint32_t replica = kNone;  ///< index into Target::replicas, kNone for MaaS
+};
+
+struct Decision {
+  std::uint64_t id = 0;
+  std::uint32_t scenario = kNone;
+  Placement placement;
+  std::vector<Placement> fallbacks;  ///< ordered, already filtered by the same constraints
+  std::vector<Reason> reasons;
+  Money predicted_cost;  ///< worst case (input + max output); also what the budget reserved
+  std::int64_t expected_cached_tokens = 0;
+  std::uint64_t config_version = 0;
+  TimeMs at = 0;
+};
+
+/// How a call to a target ended, as the worker saw it.
+enum class Status : std::uint8_t { ok, error, timeout, rate_limited, context_overflow, content_filter };
+inline constexpr std::size_t kStatusCount = 6;
+
+[[nodiscard]] const char* to_string(Status status) noexcept;
+[[nodiscard]] std::optional<Status> status_from_string(std::string_view name) noexcept;
+/// Failures that speak about the target's health (and so feed its circuit breaker).
+[[nodiscard]] constexpr bool counts_against_breaker(Status s) noexcept {
+  return s == Status::error || s == Status::timeout || s == Status::rate_limited;
+}
+
+}  // namespace switchyard

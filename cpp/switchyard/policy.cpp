@@ -1,0 +1,202 @@
+#include "switchyard/policy.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "switchyard/pricing.hpp"
+
+namespace switchyard {
+namespace {
+
+constexpr std::int64_t kMsPerDay = 86'400'000;
+
+// Filters that depend only on the config and the request: data boundary, region, context window.
+std::optional<ReasonCode> static_filter(const Target& t, const Scenario& s, std::uint64_t required_classes,
+                                        std::int64_t needed_tokens) noexcept {
+  if ((t.data_class_mask & required_classes) != required_classes) return ReasonCode::boundary;
+  if (s.region_mask != 0 && (t.region == kNone || ((s.region_mask >> t.region) & 1U) == 0)) {
+    return ReasonCode::region;
+  }
+  if (needed_tokens > t.context_window) return ReasonCode::context_window;
+  return std::nullopt;
+}
+
+// Filters that depend on the state: breakers and, for pools, a replica with a free slot.
+// On success fills `replica` with the least-loaded available replica (kNone for MaaS).
+std::optional<ReasonCode> state_filter(const Config& config, const RouterState& state, std::uint32_t target,
+                                       TimeMs now, std::uint32_t& replica) noexcept {
+  const Target& t = config.targets[target];
+  replica = kNone;
+  if (t.kind == TargetKind::maas) {
+    return state.breakers[state.unit(target, kNone)].allows(t.breaker, now)
+               ? std::nullopt
+               : std::optional<ReasonCode>(ReasonCode::breaker_open);
+  }
+  bool any_allowed = false;
+  double best = 2.0;
+  for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
+    const std::size_t u = state.unit(target, r);
+    if (!state.breakers[u].allows(t.breaker, now)) continue;
+    any_allowed = true;
+    const auto max = t.replicas[r].max_inflight;
+    if (state.inflight[u] >= max) continue;
+    const double load = static_cast<double>(state.inflight[u]) / static_cast<double>(max);
+    if (load < best) {
+      best = load;
+      replica = r;
+    }
+  }
+  if (replica != kNone) return std::nullopt;
+  return any_allowed ? ReasonCode::saturated : ReasonCode::breaker_open;
+}
+
+// In-flight over capacity of a pool's replicas whose breakers admit traffic, in per mille.
+std::int64_t pool_load_permille(const Target& t, const RouterState& state, std::uint32_t target, TimeMs now) {
+  std::int64_t inflight = 0;
+  std::int64_t capacity = 0;
+  for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
+    const std::size_t u = state.unit(target, r);
+    if (!state.breakers[u].allows(t.breaker, now)) continue;
+    inflight += state.inflight[u];
+    capacity += t.replicas[r].max_inflight;
+  }
+  return capacity == 0 ? 1000 : inflight * 1000 / capacity;
+}
+
+}  // namespace
+
+double rendezvous_score(std::uint64_t key_hash, const Target& target, std::uint32_t weight) noexcept {
+  const std::uint64_t h = XXH3_64bits_withSeed(&key_hash, sizeof key_hash, target.name_hash);
+  const double u = (static_cast<double>(h >> 11) + 0.5) * 0x1.0p-53;  // uniform in (0, 1)
+  return static_cast<double>(weight) / -std::log(u);
+}
+
+Result<Decision> decide(const Config& config, const RouterState& state, const Request& request,
+                        std::uint64_t seed, std::uint64_t decision_id) {
+  if (request.scenario >= config.scenarios.size()) {
+    return make_error(ErrorCode::unknown_scenario, "unknown scenario index");
+  }
+  const Scenario& s = config.scenarios[request.scenario];
+  if (request.input_tokens > (1LL << 32) || request.max_output_tokens > (1LL << 32)) {
+    return make_error(ErrorCode::invalid_argument, "input_tokens and max_output_tokens must be below 2^32");
+  }
+  std::uint64_t required = 1ULL << s.data_class;
+  if (request.data_class != kNone) required |= 1ULL << request.data_class;
+  const std::int64_t input = std::max<std::int64_t>(0, request.input_tokens);
+  const std::int64_t max_output = request.max_output_tokens >= 0 ? request.max_output_tokens : s.max_output_tokens;
+  const std::int64_t needed = input + max_output;
+  const std::uint64_t key_hash =
+      request.key.empty() ? XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed)
+                          : XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
+  const std::int64_t day = request.now >= 0 ? request.now / kMsPerDay : -1;
+  const BudgetState& budget = state.budgets[request.scenario];
+  const Money committed = budget.day == day ? budget.spent + budget.reserved : Money{};
+
+  Decision d;
+  d.id = decision_id;
+  d.scenario = request.scenario;
+  d.config_version = config.content_hash;
+  d.at = request.now;
+  d.expected_cached_tokens = std::min(request.expected_cached_tokens, input);
+
+  // Candidates in order: routes by sticky weighted rank, then the fallback chain.
+  std::vector<std::pair<double, std::uint32_t>> ranked;  // (score, route index)
+  ranked.reserve(s.routes.size());
+  for (std::uint32_t i = 0; i < s.routes.size(); ++i) {
+    const auto& r = s.routes[i];
+    if (r.weight > 0) ranked.emplace_back(rendezvous_score(key_hash, config.targets[r.target], r.weight), i);
+  }
+  std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+
+  std::vector<std::uint8_t> tried(config.targets.size(), 0);
+  bool budget_blocked = false;
+
+  // Tries one target; on success fills d.placement and the cost, else records why not.
+  auto try_target = [&](std::uint32_t target) -> bool {
+    if (tried[target] != 0) return false;
+    tried[target] = 1;
+    const Target& t = config.targets[target];
+    if (auto why = static_filter(t, s, required, needed)) {
+      d.reasons.push_back({*why, target, *why == ReasonCode::context_window ? needed : 0});
+      return false;
+    }
+    std::uint32_t replica = kNone;
+    if (auto why = state_filter(config, state, target, request.now, replica)) {
+      d.reasons.push_back({*why, target, 0});
+      return false;
+    }
+    const Money cost = predicted_cost(t, input, d.expected_cached_tokens, max_output, s.mode);
+    if (s.budget_per_day && committed + cost > *s.budget_per_day) {
+      d.reasons.push_back({ReasonCode::budget, target, cost.picos()});
+      budget_blocked = true;
+      return false;
+    }
+    d.placement = {target, replica};
+    d.predicted_cost = cost;
+    if (t.kind == TargetKind::self_hosted) d.reasons.push_back({ReasonCode::least_loaded, target, replica});
+    if (state.breakers[state.unit(target, replica)].phase(t.breaker, request.now) ==
+        Breaker::Phase::half_open) {
+      d.reasons.push_back({ReasonCode::half_open_probe, target, 0});
+    }
+    return true;
+  };
+
+  bool chosen = false;
+  for (const auto& [score, route_index] : ranked) {
+    const Route& route = s.routes[route_index];
+    const Target& t = config.targets[route.target];
+    // A self-hosted pool at its in-flight threshold hands the request to the spillover target.
+    if (t.kind == TargetKind::self_hosted && s.spillover && s.spillover->target != route.target &&
+        tried[route.target] == 0) {
+      const std::int64_t load = pool_load_permille(t, state, route.target, request.now);
+      if (static_cast<double>(load) >= s.spillover->when_inflight_ratio * 1000.0) {
+        d.reasons.push_back({ReasonCode::spillover, route.target, load});
+        if (try_target(s.spillover->target)) {
+          chosen = true;
+          break;
+        }
+      }
+    }
+    if (try_target(route.target)) {
+      d.reasons.insert(d.reasons.begin(), {ReasonCode::weight, route.target, route.weight});
+      chosen = true;
+      break;
+    }
+  }
+  if (!chosen) {
+    for (std::uint32_t target : s.fallback) {
+      if (try_target(target)) {
+        d.reasons.insert(d.reasons.begin(), {ReasonCode::fallback, target, 0});
+        chosen = true;
+        break;
+      }
+    }
+  }
+  if (!chosen) {
+    std::string why;
+    for (const auto& r : d.reasons) {
+      if (r.target == kNone || r.code == ReasonCode::spillover) continue;
+      why += (why.empty() ? "" : "; ") + config.targets[r.target].name + ": " + to_string(r.code);
+    }
+    if (budget_blocked) {
+      return make_error(ErrorCode::budget_exhausted,
+                        "scenario '" + s.name + "' has no budget left today for this request (" + why + ")");
+    }
+    return make_error(ErrorCode::no_eligible_target,
+                      "scenario '" + s.name + "' has no eligible target (" + (why.empty() ? "no routes" : why) + ")");
+  }
+
+  // The fallback chain, filtered by the same constraints (a forbidden data class never appears here).
+  for (std::uint32_t target : s.fallback) {
+    if (target == d.placement.target) continue;
+    const Target& t = config.targets[target];
+    std::uint32_t replica = kNone;
+    if (static_filter(t, s, required, needed) || state_filter(config, state, target, request.now, replica)) continue;
+    d.fallbacks.push_back({target, replica});
+  }
+  return d;
+}
+
+}  // namespace switchyard

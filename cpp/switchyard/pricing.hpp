@@ -1,0 +1,42 @@
+#pragma once
+// Exact prices: MaaS token pricing with cache reads/writes, tiers and batch discount, and self-hosted
+// GPU cost (marginal per request, and fully loaded per month). All money is integer picodollars.
+
+#include <cstdint>
+
+#include "switchyard/config.hpp"
+#include "switchyard/money.hpp"
+#include "switchyard/result.hpp"
+#include "switchyard/usage.hpp"
+
+namespace switchyard {
+
+/// Cost of a normalized usage on a MaaS price catalog. The tier is chosen by the whole prompt size
+/// (usage.input_tokens()); batch mode applies the catalog's batch discount (rounded down to a picodollar).
+[[nodiscard]] Result<Money> price_usage(const PriceCatalog& price, const Usage& usage,
+                                        ProcessingMode mode = ProcessingMode::online);
+
+/// Marginal GPU cost of one request on a self-hosted pool: GPU-seconds of prefill (tokens not served
+/// from the prefix cache) and decode at the configured throughputs, times $/GPU-hour. Zero when the
+/// throughputs are unknown.
+[[nodiscard]] Money self_hosted_marginal_cost(const SelfHostedCost& cost, std::int64_t prefill_tokens,
+                                              std::int64_t cached_prefill_tokens, std::int64_t output_tokens);
+
+/// Cost the decision predicts (and the budget reserves) for a request on `target`: every input token
+/// priced as uncached input (minus `expected_cached_tokens` priced as cache reads), plus max output.
+[[nodiscard]] Money predicted_cost(const Target& target, std::int64_t input_tokens,
+                                   std::int64_t expected_cached_tokens, std::int64_t max_output_tokens,
+                                   ProcessingMode mode);
+
+/// Cost of what actually happened on `target`: price_usage for MaaS, marginal GPU cost for self-hosted.
+[[nodiscard]] Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode);
+
+/// Capacity-planning figure: GPU cost of one million output tokens on a pool whose GPUs each sustain
+/// `output_tokens_per_s_per_gpu` at full load and are busy `utilisation_pct` percent of the time:
+/// usd_per_gpu_hour × 10^6 / (3600 × tokens/s × utilisation). Rounded to the nearest picodollar (halves
+/// up). Errors (invalid_argument) when the throughput is not positive or utilisation is not in 1..100.
+[[nodiscard]] Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost,
+                                                      std::int64_t output_tokens_per_s_per_gpu,
+                                                      std::int64_t utilisation_pct);
+
+}  // namespace switchyard

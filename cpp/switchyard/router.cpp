@@ -1,0 +1,288 @@
+#include "switchyard/router.hpp"
+
+#include <algorithm>
+
+#include "switchyard/pricing.hpp"
+
+namespace switchyard {
+namespace {
+
+constexpr std::int64_t kMsPerDay = 86'400'000;
+
+void roll_budget(BudgetState& b, TimeMs now) {
+  const std::int64_t day = now / kMsPerDay;
+  if (b.day != day) b = BudgetState{day, Money{}, Money{}};
+}
+
+}  // namespace
+
+Router::Router(ConfigPtr config, RouterOptions options)
+    : config_(std::move(config)), options_(options), state_(*config_) {}
+
+Result<Request> Router::resolve(const RouteRequest& r) const {
+  Request req;
+  req.scenario = config_->find_scenario(r.scenario);
+  if (req.scenario == kNone) {
+    std::string known;
+    for (const auto& s : config_->scenarios) known += (known.empty() ? "" : ", ") + s.name;
+    return make_error(ErrorCode::unknown_scenario,
+                      "unknown scenario '" + std::string(r.scenario) + "'; known scenarios: " + known);
+  }
+  if (!r.data_class.empty()) {
+    req.data_class = config_->find_data_class(r.data_class);
+    // An unknown data class cannot be proven allowed anywhere: fail closed.
+    if (req.data_class == kNone) {
+      return make_error(ErrorCode::invalid_argument, "unknown data class '" + std::string(r.data_class) + "'");
+    }
+  }
+  if (r.input_tokens < -1 || r.max_output_tokens < -1 || r.expected_cached_tokens < 0) {
+    return make_error(ErrorCode::invalid_argument, "token counts must be non-negative");
+  }
+  req.key = r.key;
+  req.input_tokens = r.input_tokens;
+  req.max_output_tokens = r.max_output_tokens;
+  req.expected_cached_tokens = r.expected_cached_tokens;
+  req.now = r.now;
+  return req;
+}
+
+Result<Decision> Router::explain(const RouteRequest& request) const {
+  auto req = resolve(request);
+  if (!req) return std::move(req).error();
+  std::lock_guard lock(mu_);
+  return decide(*config_, state_, *req, options_.seed, next_id_);
+}
+
+Result<Decision> Router::route(const RouteRequest& request) {
+  auto req = resolve(request);
+  if (!req) return std::move(req).error();
+  std::lock_guard lock(mu_);
+  expire(req->now);
+  auto decision = decide(*config_, state_, *req, options_.seed, next_id_);
+  if (!decision) return decision;
+  ++next_id_;
+  const Decision& d = *decision;
+  const Target& t = config_->targets[d.placement.target];
+  const std::size_t unit = state_.unit(d.placement.target, d.placement.replica);
+
+  PendingDecision p;
+  p.decision = d;
+  ++state_.inflight[unit];
+  p.probe = state_.breakers[unit].on_dispatch(t.breaker, req->now);
+  BudgetState& budget = state_.budgets[d.scenario];
+  roll_budget(budget, req->now);
+  budget.reserved += d.predicted_cost;
+  p.budget_day = budget.day;
+
+  Counters& c = state_.counters(d.scenario, d.placement.target);
+  ++c.requests;
+  if (std::any_of(d.reasons.begin(), d.reasons.end(), [](const Reason& r) { return r.code == ReasonCode::spillover; })) {
+    ++c.spillovers;
+  }
+  state_.pending.emplace(d.id, std::move(p));
+  state_.pending_order.push_back(d.id);
+  return decision;
+}
+
+void Router::release(PendingDecision& p) {
+  if (!p.reservation_open) return;
+  p.reservation_open = false;
+  const Placement& pl = p.decision.placement;
+  --state_.inflight[state_.unit(pl.target, pl.replica)];
+  BudgetState& budget = state_.budgets[p.decision.scenario];
+  if (budget.day == p.budget_day) budget.reserved -= p.decision.predicted_cost;
+}
+
+void Router::expire(TimeMs now) {
+  while (!state_.pending_order.empty()) {
+    const std::uint64_t id = state_.pending_order.front();
+    auto it = state_.pending.find(id);
+    if (it != state_.pending.end()) {
+      const bool old = now - it->second.decision.at >= options_.decision_ttl_ms;
+      if (!old && state_.pending.size() <= options_.max_pending) break;
+      PendingDecision& p = it->second;
+      if (p.reservation_open && p.probe) {
+        const Placement& pl = p.decision.placement;
+        state_.breakers[state_.unit(pl.target, pl.replica)].on_abandoned();
+      }
+      release(p);
+      state_.pending.erase(it);
+    }
+    state_.pending_order.pop_front();
+  }
+}
+
+Result<ReportReceipt> Router::report(const OutcomeReport& r) {
+  if (r.ttft_ms < -1 || r.latency_ms < -1) {
+    return make_error(ErrorCode::invalid_argument, "ttft_ms and latency_ms must be non-negative");
+  }
+  const std::uint32_t target = config_->find_target(r.target);
+  if (target == kNone) {
+    return make_error(ErrorCode::unknown_target, "unknown target '" + std::string(r.target) + "'");
+  }
+  const Target& t = config_->targets[target];
+
+  std::lock_guard lock(mu_);
+  expire(r.now);
+  auto it = state_.pending.find(r.decision_id);
+  if (it == state_.pending.end()) {
+    return make_error(ErrorCode::unknown_decision,
+                      "unknown decision id " + std::to_string(r.decision_id) + " (never issued, or expired)");
+  }
+  PendingDecision& p = it->second;
+  const Decision& d = p.decision;
+  std::uint32_t replica = d.placement.replica;
+  const bool fallback = target != d.placement.target;
+  if (fallback) {
+    auto f = std::find_if(d.fallbacks.begin(), d.fallbacks.end(),
+                          [&](const Placement& pl) { return pl.target == target; });
+    if (f == d.fallbacks.end()) {
+      return make_error(ErrorCode::target_not_allowed,
+                        "target '" + t.name + "' is neither decision " + std::to_string(d.id) +
+                            "'s target nor one of its fallbacks");
+    }
+    replica = f->replica;
+  }
+
+  ReportReceipt receipt;
+  receipt.fallback = fallback;
+  if (std::find(p.reported_targets.begin(), p.reported_targets.end(), target) != p.reported_targets.end()) {
+    receipt.duplicate = true;
+    if (r.accepted && !p.verdict_given) {
+      if (auto s = apply_verdict(p, *r.accepted); !s) return std::move(s).error();
+    }
+    return receipt;
+  }
+
+  const Scenario& s = config_->scenarios[d.scenario];
+  if (r.usage != nullptr && r.usage->type != msgpack::type::NIL) {
+    auto usage = normalize_usage(t.provider, *r.usage);
+    if (!usage) return std::move(usage).error();
+    auto cost = actual_cost(t, *usage, s.mode);
+    if (!cost) return std::move(cost).error();
+    receipt.priced = true;
+    receipt.usage = *usage;
+    receipt.cost = *cost;
+  }
+
+  // Validated: from here on nothing fails.
+  p.reported_targets.push_back(target);
+  Counters& c = state_.counters(d.scenario, target);
+  ++c.outcomes;
+  if (fallback) ++c.fallbacks;
+  ++c.by_status[static_cast<std::size_t>(r.status)];
+  if (receipt.priced) {
+    c.tokens.uncached_input_tokens += receipt.usage.uncached_input_tokens;
+    c.tokens.cache_read_tokens += receipt.usage.cache_read_tokens;
+    c.tokens.cache_write_5m_tokens += receipt.usage.cache_write_5m_tokens;
+    c.tokens.cache_write_1h_tokens += receipt.usage.cache_write_1h_tokens;
+    c.tokens.output_tokens += receipt.usage.output_tokens;
+    c.tokens.reasoning_tokens += receipt.usage.reasoning_tokens;
+    c.cost += receipt.cost;
+  } else if (r.status == Status::ok) {
+    ++c.unpriced;
+  }
+  if (r.ttft_ms >= 0) c.ttft.observe(r.ttft_ms);
+  if (r.latency_ms >= 0) c.latency.observe(r.latency_ms);
+
+  const bool probe = !fallback && p.probe;
+  state_.breakers[state_.unit(target, replica)].on_outcome(t.breaker, counts_against_breaker(r.status), probe,
+                                                           r.now);
+  release(p);
+  BudgetState& budget = state_.budgets[d.scenario];
+  roll_budget(budget, r.now);
+  budget.spent += receipt.cost;
+
+  if (r.status == Status::ok && p.served_target == kNone) {
+    p.served_target = target;
+    p.served_cost = receipt.cost;
+  }
+  if (r.accepted && !p.verdict_given) {
+    if (auto v = apply_verdict(p, *r.accepted); !v) return std::move(v).error();
+  }
+  return receipt;
+}
+
+Result<Ok> Router::apply_verdict(PendingDecision& p, bool accepted) {
+  if (p.served_target == kNone) {
+    return make_error(ErrorCode::invalid_argument,
+                      "decision " + std::to_string(p.decision.id) + " has no ok outcome to give a verdict on");
+  }
+  p.verdict_given = true;
+  Counters& c = state_.counters(p.decision.scenario, p.served_target);
+  if (accepted) {
+    ++c.accepted;
+    c.accepted_cost += p.served_cost;
+  } else {
+    ++c.rejected;
+  }
+  return Ok{};
+}
+
+Result<Ok> Router::verdict(std::uint64_t decision_id, bool accepted, TimeMs now) {
+  std::lock_guard lock(mu_);
+  expire(now);
+  auto it = state_.pending.find(decision_id);
+  if (it == state_.pending.end()) {
+    return make_error(ErrorCode::unknown_decision,
+                      "unknown decision id " + std::to_string(decision_id) + " (never issued, or expired)");
+  }
+  if (it->second.verdict_given) return Ok{};  // idempotent
+  return apply_verdict(it->second, accepted);
+}
+
+std::vector<CounterRow> Router::counters() const {
+  std::lock_guard lock(mu_);
+  std::vector<CounterRow> rows;
+  for (std::uint32_t si = 0; si < config_->scenarios.size(); ++si) {
+    const Scenario& s = config_->scenarios[si];
+    std::vector<std::uint32_t> targets;
+    for (const auto& r : s.routes) targets.push_back(r.target);
+    if (s.spillover) targets.push_back(s.spillover->target);
+    targets.insert(targets.end(), s.fallback.begin(), s.fallback.end());
+    std::vector<std::uint8_t> seen(config_->targets.size(), 0);
+    for (std::uint32_t ti : targets) {
+      if (seen[ti] != 0) continue;
+      seen[ti] = 1;
+      rows.push_back({si, ti, state_.ledger[static_cast<std::size_t>(si) * state_.target_count + ti]});
+    }
+  }
+  return rows;
+}
+
+std::vector<BreakerRow> Router::breakers(TimeMs now) const {
+  std::lock_guard lock(mu_);
+  std::vector<BreakerRow> rows;
+  for (std::uint32_t ti = 0; ti < config_->targets.size(); ++ti) {
+    const Target& t = config_->targets[ti];
+    const std::uint32_t n = t.kind == TargetKind::maas ? 1 : static_cast<std::uint32_t>(t.replicas.size());
+    for (std::uint32_t r = 0; r < n; ++r) {
+      const std::uint32_t replica = t.kind == TargetKind::maas ? kNone : r;
+      const std::size_t u = state_.unit(ti, replica);
+      const Breaker& b = state_.breakers[u];
+      rows.push_back({ti, replica, b.phase(t.breaker, now), b.consecutive_failures(), b.times_opened(),
+                      state_.inflight[u]});
+    }
+  }
+  return rows;
+}
+
+std::vector<BudgetRow> Router::budgets(TimeMs now) const {
+  std::lock_guard lock(mu_);
+  std::vector<BudgetRow> rows;
+  for (std::uint32_t si = 0; si < config_->scenarios.size(); ++si) {
+    const Scenario& s = config_->scenarios[si];
+    if (!s.budget_per_day) continue;
+    const BudgetState& b = state_.budgets[si];
+    const bool today = b.day == now / kMsPerDay;
+    rows.push_back({si, *s.budget_per_day, today ? b.spent : Money{}, today ? b.reserved : Money{}});
+  }
+  return rows;
+}
+
+std::size_t Router::pending_decisions() const {
+  std::lock_guard lock(mu_);
+  return state_.pending.size();
+}
+
+}  // namespace switchyard

@@ -1,0 +1,118 @@
+#pragma once
+// The in-process Router: one config snapshot, the mutable state, and the decide/commit and report
+// paths under one lock. Notebooks, workers and the sidecar all route through this class.
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "switchyard/config.hpp"
+#include "switchyard/decision.hpp"
+#include "switchyard/policy.hpp"
+#include "switchyard/result.hpp"
+#include "switchyard/state.hpp"
+#include "switchyard/usage.hpp"
+
+namespace switchyard {
+
+/// Documented defaults for a Router's bookkeeping.
+struct RouterOptions {
+  std::uint64_t seed = 0;               ///< sticky hashing seed (replays with the same seed agree)
+  TimeMs decision_ttl_ms = 3'600'000;   ///< how long a decision waits for reports and its verdict
+  std::size_t max_pending = 1U << 18;   ///< pending decisions kept at most (oldest expire first)
+};
+
+/// A route request in the names a caller uses.
+struct RouteRequest {
+  std::string_view scenario;
+  std::string_view key;
+  std::string_view data_class;           ///< "" = the scenario's
+  std::int64_t input_tokens = -1;
+  std::int64_t max_output_tokens = -1;
+  std::int64_t expected_cached_tokens = 0;
+  TimeMs now = 0;
+};
+
+/// What a worker reports after calling a target.
+struct OutcomeReport {
+  std::uint64_t decision_id = 0;
+  std::string_view target;
+  Status status = Status::ok;
+  const msgpack::object* usage = nullptr;  ///< the provider's native usage object, or none
+  std::int64_t ttft_ms = -1;
+  std::int64_t latency_ms = -1;
+  std::optional<bool> accepted;
+  TimeMs now = 0;
+};
+
+struct ReportReceipt {
+  bool duplicate = false;  ///< this (decision, target) was already reported: nothing changed
+  bool fallback = false;   ///< the target was not the decision's choice
+  bool priced = false;     ///< false when no usage came with it (cost unknown, counted as unpriced)
+  Usage usage;
+  Money cost;
+};
+
+struct CounterRow {
+  std::uint32_t scenario;
+  std::uint32_t target;
+  Counters counters;
+};
+
+struct BreakerRow {
+  std::uint32_t target;
+  std::uint32_t replica;  ///< kNone for MaaS
+  Breaker::Phase phase;
+  std::uint32_t consecutive_failures;
+  std::uint64_t times_opened;
+  std::int64_t inflight;
+};
+
+struct BudgetRow {
+  std::uint32_t scenario;
+  Money limit;
+  Money spent;
+  Money reserved;
+};
+
+class Router {
+ public:
+  explicit Router(ConfigPtr config, RouterOptions options = {});
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  /// Decides and commits: takes an in-flight slot, the half-open probe if any, and reserves the
+  /// worst-case cost against the scenario's budget.
+  [[nodiscard]] Result<Decision> route(const RouteRequest& request);
+  /// Decides without committing anything: what route() would answer now, with every reason.
+  [[nodiscard]] Result<Decision> explain(const RouteRequest& request) const;
+  /// Accounts an outcome. Idempotent per (decision, target); invalid usage changes nothing.
+  [[nodiscard]] Result<ReportReceipt> report(const OutcomeReport& report);
+  /// Records the quality verdict of a decision's answered request (may come after its report).
+  [[nodiscard]] Result<Ok> verdict(std::uint64_t decision_id, bool accepted, TimeMs now);
+
+  [[nodiscard]] std::vector<CounterRow> counters() const;
+  [[nodiscard]] std::vector<BreakerRow> breakers(TimeMs now) const;
+  [[nodiscard]] std::vector<BudgetRow> budgets(TimeMs now) const;
+  [[nodiscard]] std::size_t pending_decisions() const;
+  [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
+
+ private:
+  [[nodiscard]] Result<Request> resolve(const RouteRequest& request) const;
+  void expire(TimeMs now);
+  void release(PendingDecision& p);
+  Result<Ok> apply_verdict(PendingDecision& p, bool accepted);
+
+  ConfigPtr config_;
+  RouterOptions options_;
+  mutable std::mutex mu_;
+  RouterState state_;
+  std::uint64_t next_id_ = 1;
+};
+
+}  // namespace switchyard

@@ -1,0 +1,59 @@
+"""Switchyard: route each LLM scenario between managed APIs and self-hosted pools, with exact cost.
+
+The C++ core makes every decision; this package is its Python face, used the same way in notebooks
+(replay) and in production workers.
+"""
+
+from __future__ import annotations
+
+from switchyard._errors import (
+    BudgetExhaustedError,
+    ConfigError,
+    InvalidArgumentError,
+    NoEligibleTargetError,
+    PriceMissingError,
+    SwitchyardError,
+    TargetNotAllowedError,
+    UnknownDecisionError,
+    UnknownScenarioError,
+    UnknownTargetError,
+    UsageError,
+)
+
+from switchyard._core import LATENCY_BUCKETS_MS, Config, Decision, __version__, load_config_text
+from switchyard._core import load_config as _load_config
+from switchyard.pricing import Cost, price_usage
+from switchyard.router import Router
+
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "BudgetExhaustedError",
+    "Config",
+    "ConfigError",
+    "Cost",
+    "Decision",
+    "InvalidArgumentError",
+    "NoEligibleTargetError",
+    "PriceMissingError",
+    "Router",
+    "SwitchyardError",
+    "TargetNotAllowedError",
+    "UnknownDecisionError",
+    "UnknownScenarioError",
+    "UnknownTargetError",
+    "UsageError",
+    "__version__",
+    "load_config",
+    "load_config_text",
+    "price_usage",
+]
+
+
+def load_config(path: str | bytes | "os.PathLike[str]") -> Config:  # noqa: F821, UP037
+    """Loads and validates a YAML routing table.
+
+    Raises :class:`ConfigError` (a ``ValueError``) whose message starts with ``path:line:col:``.
+    """
+    import os
+
+    return _load_config(os.fsdecode(path))

@@ -1,0 +1,56 @@
+"""Exceptions raised by Switchyard. Each subclasses a built-in, so ``except ValueError`` keeps working."""
+
+from __future__ import annotations
+
+
+class SwitchyardError(Exception):
+    """Base class of every Switchyard error."""
+
+
+class ConfigError(ValueError, SwitchyardError):
+    """The routing table is malformed; the message starts with ``path:line:col:``."""
+
+
+class UnknownScenarioError(KeyError, SwitchyardError):
+    """A route named a scenario the routing table does not have."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownTargetError(KeyError, SwitchyardError):
+    """A target name the routing table does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class NoEligibleTargetError(RuntimeError, SwitchyardError):
+    """Every target was filtered out (data class, region, context window, breaker, capacity)."""
+
+
+class BudgetExhaustedError(NoEligibleTargetError):
+    """The scenario's daily budget cannot cover the request's worst-case cost."""
+
+
+class InvalidArgumentError(ValueError, SwitchyardError):
+    """A request or outcome field is out of range."""
+
+
+class UnknownDecisionError(KeyError, SwitchyardError):
+    """A report or verdict names a decision the router never issued, or that expired."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TargetNotAllowedError(ValueError, SwitchyardError):
+    """A report names a target that was neither the decision's target nor one of its fallbacks."""
+
+
+class UsageError(ValueError, SwitchyardError):
+    """A provider usage object is missing fields, has wrong types or is inconsistent."""
+
+
+class PriceMissingError(ValueError, SwitchyardError):
+    """A usage needs a price that the target's catalog does not have."""

@@ -1,0 +1,163 @@
+"""The ``switchyard`` command: validate a routing table, route requests, price usage, run the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+import switchyard
+from switchyard import SwitchyardError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _example_config() -> str:
+    return str(resources.files("switchyard") / "examples" / "routing.yaml")
+
+
+def _load(path: str) -> switchyard.Config:
+    try:
+        return switchyard.load_config(path)
+    except switchyard.ConfigError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, default=_json_default, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(switchyard.__version__, prog_name="switchyard")
+def main() -> None:
+    """Switchyard: route LLM scenarios between MaaS and self-hosted targets, with exact cost."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate(config: str) -> None:
+    """Validate a routing table (errors name file:line:col)."""
+    cfg = _load(config)
+    console.print(
+        f"[green]ok[/] {cfg.source}: {len(cfg.targets)} targets, {len(cfg.scenarios)} scenarios, "
+        f"version {cfg.version}",
+        highlight=False,
+    )
+
+
+def _decisions_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Routing decisions", show_lines=False)
+    for col in ("id", "scenario", "key", "target", "endpoint", "fallbacks", "predicted $", "reasons"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        if "error" in r:
+            table.add_row("-", r["scenario"], r.get("key") or "", f"[red]{r['error']}[/]", "", "", "",
+                          r["message"])
+            continue
+        table.add_row(str(r["id"]), r["scenario"], r.get("key") or "", r["target"], r["endpoint"] or "",
+                      ", ".join(r["fallbacks"]), str(r["predicted_cost_usd"]), "; ".join(r["reasons"]))
+    return table
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--scenario", "-s", required=True, help="Scenario name, as in the routing table.")
+@click.option("--key", help="Sticky key (user, conversation).")
+@click.option("--data-class", help="Data class of this request, if stricter than the scenario's.")
+@click.option("--input-tokens", type=click.IntRange(min=0), help="Prompt size in tokens.")
+@click.option("--max-output-tokens", type=click.IntRange(min=0), help="Output cap in tokens.")
+@click.option("--count", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="Route this many requests (keys get a numeric suffix when --key is given).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sticky hashing seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def route(config: str, scenario: str, key: str | None, data_class: str | None, input_tokens: int | None,
+          max_output_tokens: int | None, count: int, seed: int, as_json: bool) -> None:
+    """Ask the router where requests of SCENARIO go."""
+    router = switchyard.Router(_load(config), seed=seed)
+    rows = []
+    for i in range(count):
+        k = key if count == 1 or key is None else f"{key}-{i}"
+        try:
+            d = router.route(scenario, key=k, data_class=data_class, input_tokens=input_tokens,
+                             max_output_tokens=max_output_tokens)
+        except SwitchyardError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+            sys.exit(1)
+        rows.append({**d.to_dict(), "key": k})
+    if as_json:
+        _dump(rows if count > 1 else rows[0])
+    else:
+        console.print(_decisions_table(rows))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", required=True, help="Target whose price catalog applies.")
+@click.option("--usage", "usage_file", required=True, type=click.File("r"),
+              help="JSON file with the provider's native usage (or whole response, or stream events).")
+@click.option("--provider", help="Read the usage as this provider's shape (default: the target's).")
+@click.option("--batch", is_flag=True, help="Apply the batch discount.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def cost(config: str, target: str, usage_file: Any, provider: str | None, batch: bool, as_json: bool) -> None:
+    """Price a provider usage object exactly."""
+    cfg = _load(config)
+    try:
+        # Floats stay exact: parse them as Decimal text, never through binary floating point first.
+        usage = json.load(usage_file, parse_float=Decimal)
+        usage = _decimals_to_float(usage)
+        c = switchyard.price_usage(cfg, target, usage, provider=provider, batch=batch)
+    except (SwitchyardError, json.JSONDecodeError) as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    fields = {k: getattr(c, k) for k in c.__dataclass_fields__}
+    if as_json:
+        _dump(fields)
+        return
+    table = Table(title=f"Cost on {target}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in fields.items():
+        table.add_row(k, "" if v is None else str(v))
+    console.print(table)
+
+
+def _decimals_to_float(value: Any) -> Any:
+    # The core reads numbers as msgpack values; a provider's float `cost` keeps its shortest repr.
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _decimals_to_float(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decimals_to_float(v) for v in value]
+    return value
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Routing table (default: the bundled example).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def demo(config_path: str | None, as_json: bool) -> None:
+    """Validate the example routing table, route example requests, report outcomes, show the ledger."""
+    from switchyard._demo import run_demo
+
+    run_demo(_load(config_path or _example_config()), console=console, as_json=as_json,
+             decisions_table=_decisions_table, dump=_dump)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
