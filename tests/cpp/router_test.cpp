@@ -1,0 +1,402 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "msgpack_builder.hpp"
+#include "switchyard/policy.hpp"
+#include "switchyard/router.hpp"
+#include "test_configs.hpp"
+
+namespace switchyard {
+namespace {
+
+using testing::kBasicYaml;
+using testing::load_or_die;
+
+constexpr TimeMs kT0 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
+
+bool has_reason(const Decision& d, ReasonCode code) {
+  for (const auto& r : d.reasons) {
+    if (r.code == code) return true;
+  }
+  return false;
+}
+
+class RouterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config = load_or_die(kBasicYaml);
+    ASSERT_TRUE(config);
+    mini = config->find_target("mini");
+    cheap = config->find_target("cheap");
+    pool = config->find_target("pool");
+  }
+  Decision route(Router& router, std::string_view scenario, std::string_view key, TimeMs now = kT0,
+                 std::int64_t input = 1000) {
+    RouteRequest r;
+    r.scenario = scenario;
+    r.key = key;
+    r.input_tokens = input;
+    r.now = now;
+    auto d = router.route(r);
+    EXPECT_TRUE(d.ok()) << (d ? "" : d.error().message);
+    return d ? *d : Decision{};
+  }
+  Result<ReportReceipt> report(Router& router, const Decision& d, std::uint32_t target, Status status,
+                               TimeMs now = kT0, const msgpack::object* usage = nullptr) {
+    OutcomeReport o;
+    o.decision_id = d.id;
+    o.target = config->targets[target].name;
+    o.status = status;
+    o.usage = usage;
+    o.now = now;
+    return router.report(o);
+  }
+  ConfigPtr config;
+  std::uint32_t mini = kNone, cheap = kNone, pool = kNone;
+};
+
+TEST_F(RouterTest, StickyKeysKeepTheirTargetAndWeightsSplitTraffic) {
+  Router a(config, {.seed = 42});
+  Router b(config, {.seed = 42});
+  std::map<std::uint32_t, int> share;
+  for (int i = 0; i < 4000; ++i) {
+    const std::string key = "user-" + std::to_string(i);
+    const Decision da = route(a, "public-chat", key);
+    const Decision db = route(b, "public-chat", key);
+    EXPECT_EQ(da.placement.target, db.placement.target) << key;  // same seed, same key, same answer
+    ++share[da.placement.target];
+    // Outcomes keep the MaaS breakers closed and free the slots.
+    ASSERT_TRUE(report(a, da, da.placement.target, Status::ok).ok());
+    ASSERT_TRUE(report(b, db, db.placement.target, Status::ok).ok());
+  }
+  // 50/50 over 4000 keys: sd = sqrt(4000 * .25) ~ 31.6; 5 sd = 158.
+  EXPECT_NEAR(share[cheap], 2000, 160);
+  EXPECT_NEAR(share[mini], 2000, 160);
+}
+
+TEST_F(RouterTest, ADifferentSeedReshufflesKeys) {
+  Router a(config, {.seed = 1});
+  Router b(config, {.seed = 2});
+  int differ = 0;
+  for (int i = 0; i < 200; ++i) {
+    const std::string key = "k" + std::to_string(i);
+    differ += route(a, "public-chat", key).placement.target != route(b, "public-chat", key).placement.target;
+  }
+  EXPECT_GT(differ, 50);  // independent 50/50 picks differ about half the time
+}
+
+TEST_F(RouterTest, DataClassFiltersFailClosedIncludingFallbacks) {
+  Router router(config);
+  // public-chat may use cheap, mini, pool; a request marked restricted may only reach pool.
+  RouteRequest r{.scenario = "public-chat", .key = "k", .data_class = "restricted", .input_tokens = 10, .now = kT0};
+  auto d = router.route(r);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->placement.target, pool);
+  EXPECT_TRUE(d->fallbacks.empty());
+  EXPECT_TRUE(has_reason(*d, ReasonCode::boundary));
+  // deidentified: cheap (public only) is gone from both the choice and the fallbacks.
+  for (int i = 0; i < 50; ++i) {
+    r.data_class = "deidentified";
+    const std::string key = "k" + std::to_string(i);
+    r.key = key;
+    auto e = router.route(r);
+    ASSERT_TRUE(e.ok());
+    EXPECT_NE(e->placement.target, cheap);
+    for (const auto& f : e->fallbacks) EXPECT_NE(f.target, cheap);
+  }
+  r.data_class = "no-such-class";
+  auto bad = router.route(r);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::invalid_argument);
+}
+
+TEST_F(RouterTest, ContextWindowFilterNamesTheNeed) {
+  Router router(config);
+  // secret routes only to pool (32,000 tokens): 31,800 prompt + 1024 default output does not fit.
+  RouteRequest r{.scenario = "secret", .key = "k", .input_tokens = 31'800, .now = kT0};
+  auto d = router.route(r);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().code, ErrorCode::no_eligible_target);
+  EXPECT_NE(d.error().message.find("pool: context_window"), std::string::npos) << d.error().message;
+  r.max_output_tokens = 200;  // 32,000 exactly fits
+  EXPECT_TRUE(router.route(r).ok());
+}
+
+TEST_F(RouterTest, UnknownScenarioIsAClearError) {
+  Router router(config);
+  auto d = router.route({.scenario = "nope", .now = kT0});
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().code, ErrorCode::unknown_scenario);
+  EXPECT_NE(d.error().message.find("known scenarios: summarize, public-chat, secret"), std::string::npos);
+}
+
+TEST_F(RouterTest, LeastLoadedReplicaThenSaturation) {
+  Router router(config);
+  // secret -> pool only: 2 replicas x 2 slots. Least loaded alternates replicas, then saturates.
+  std::set<std::uint32_t> replicas;
+  std::vector<Decision> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(route(router, "secret", "k"));
+    replicas.insert(held.back().placement.replica);
+  }
+  EXPECT_EQ(replicas.size(), 2U);
+  EXPECT_EQ(held[0].placement.replica, 0U);
+  EXPECT_EQ(held[1].placement.replica, 1U);
+  auto full = router.route({.scenario = "secret", .key = "k", .input_tokens = 10, .now = kT0});
+  ASSERT_FALSE(full.ok());
+  EXPECT_NE(full.error().message.find("pool: saturated"), std::string::npos) << full.error().message;
+  ASSERT_TRUE(report(router, held[1], pool, Status::ok).ok());  // frees a slot on replica 1
+  EXPECT_EQ(route(router, "secret", "k").placement.replica, 1U);
+}
+
+TEST_F(RouterTest, SpilloverWhenThePoolReachesItsThreshold) {
+  Router router(config);
+  // summarize: pool 80 / mini 20, spillover to mini at 75% in-flight (3 of 4 slots).
+  int spilled = 0;
+  std::vector<Decision> pool_decisions;
+  for (int i = 0; i < 40 && pool_decisions.size() < 3; ++i) {
+    Decision d = route(router, "summarize", "key-" + std::to_string(i));
+    if (d.placement.target == pool) pool_decisions.push_back(d);
+  }
+  ASSERT_EQ(pool_decisions.size(), 3U);
+  for (int i = 100; i < 140; ++i) {
+    Decision d = route(router, "summarize", "key-" + std::to_string(i));
+    EXPECT_EQ(d.placement.target, mini);  // every request now leaves the pool
+    spilled += has_reason(d, ReasonCode::spillover);
+  }
+  EXPECT_GT(spilled, 20);  // ~80% of keys prefer the pool, and they all spilled
+  std::uint64_t counted = 0;
+  for (const auto& row : router.counters()) {
+    if (row.target == mini && config->scenarios[row.scenario].name == "summarize") counted = row.counters.spillovers;
+  }
+  EXPECT_EQ(counted, static_cast<std::uint64_t>(spilled));
+}
+
+TEST_F(RouterTest, BreakerOpensOnConsecutiveFailuresAndProbesAfterCooldown) {
+  Router router(config);
+  // public-chat fallback chain is [mini, cheap, pool]. Fail mini 3 times in a row.
+  int failures = 0;
+  for (int i = 0; failures < 3; ++i) {
+    Decision d = route(router, "public-chat", "k" + std::to_string(i));
+    if (d.placement.target != mini) continue;
+    ASSERT_TRUE(report(router, d, mini, Status::timeout).ok());
+    ++failures;
+  }
+  for (int i = 0; i < 30; ++i) {
+    Decision d = route(router, "public-chat", "x" + std::to_string(i), kT0 + 1000);
+    EXPECT_NE(d.placement.target, mini);
+    for (const auto& f : d.fallbacks) EXPECT_NE(f.target, mini);
+    ASSERT_TRUE(report(router, d, d.placement.target, Status::ok, kT0 + 1000).ok());
+  }
+  auto phase_of_mini = [&](TimeMs now) {
+    for (const auto& b : router.breakers(now)) {
+      if (b.target == mini) return b.phase;
+    }
+    return Breaker::Phase::closed;
+  };
+  EXPECT_EQ(phase_of_mini(kT0 + 1000), Breaker::Phase::open);
+  // After the 10 s cooldown: half-open, exactly one probe may go.
+  const TimeMs later = kT0 + 11'000;
+  EXPECT_EQ(phase_of_mini(later), Breaker::Phase::half_open);
+  Decision probe{};
+  for (int i = 0; i < 50; ++i) {
+    Decision d = route(router, "public-chat", "p" + std::to_string(i), later);
+    if (d.placement.target == mini) {
+      probe = d;
+      break;
+    }
+    ASSERT_TRUE(report(router, d, d.placement.target, Status::ok, later).ok());
+  }
+  ASSERT_EQ(probe.placement.target, mini);
+  EXPECT_TRUE(has_reason(probe, ReasonCode::half_open_probe));
+  for (int i = 0; i < 30; ++i) {
+    Decision d = route(router, "public-chat", "q" + std::to_string(i), later);
+    EXPECT_NE(d.placement.target, mini) << "only one probe while half-open";
+    ASSERT_TRUE(report(router, d, d.placement.target, Status::ok, later).ok());
+  }
+  ASSERT_TRUE(report(router, probe, mini, Status::ok, later + 100).ok());
+  EXPECT_EQ(phase_of_mini(later + 100), Breaker::Phase::closed);
+}
+
+TEST_F(RouterTest, FailedProbeReopensAndRequestSideErrorsDoNotCount) {
+  Router router(config);
+  auto fail_mini = [&](int n, Status status, TimeMs now) {
+    for (int i = 0, done = 0; done < n && i < 1000; ++i) {
+      Decision d = route(router, "public-chat", "f" + std::to_string(now) + "-" + std::to_string(i), now);
+      if (d.placement.target != mini) {
+        ASSERT_TRUE(report(router, d, d.placement.target, Status::ok, now).ok());
+        continue;
+      }
+      ASSERT_TRUE(report(router, d, mini, status, now).ok());
+      ++done;
+    }
+  };
+  fail_mini(5, Status::content_filter, kT0);    // the request's fault, not the target's
+  fail_mini(5, Status::context_overflow, kT0);
+  auto rows = router.breakers(kT0);
+  for (const auto& b : rows) {
+    if (b.target == mini) {
+      EXPECT_EQ(b.phase, Breaker::Phase::closed);
+    }
+  }
+  fail_mini(3, Status::rate_limited, kT0);
+  const TimeMs later = kT0 + 10'000;
+  fail_mini(1, Status::error, later);  // the half-open probe fails
+  for (const auto& b : router.breakers(later)) {
+    if (b.target == mini) {
+      EXPECT_EQ(b.phase, Breaker::Phase::open);
+      EXPECT_EQ(b.times_opened, 2U);
+    }
+  }
+}
+
+TEST_F(RouterTest, ErrorRateWindowOpensTheBreaker) {
+  Breaker b;
+  BreakerSpec spec{.consecutive_failures = 100, .error_rate = 0.5, .min_requests = 10, .window_ms = 60'000,
+                   .cooldown_ms = 1000};
+  // Alternate ok / error: never 100 in a row, but 50% of 10 outcomes in the window.
+  for (int i = 0; i < 9; ++i) b.on_outcome(spec, i % 2 == 1, false, kT0 + i);
+  EXPECT_EQ(b.phase(spec, kT0 + 9), Breaker::Phase::closed);
+  b.on_outcome(spec, true, false, kT0 + 10);
+  EXPECT_EQ(b.phase(spec, kT0 + 10), Breaker::Phase::open);
+  // Outcomes older than the window no longer count.
+  Breaker c;
+  for (int i = 0; i < 8; ++i) c.on_outcome(spec, true, false, kT0);
+  c.on_outcome(spec, false, false, kT0 + 61'000);
+  c.on_outcome(spec, false, false, kT0 + 61'000);
+  c.on_outcome(spec, true, false, kT0 + 61'000);
+  EXPECT_EQ(c.phase(spec, kT0 + 61'000), Breaker::Phase::closed);
+}
+
+TEST_F(RouterTest, ReportsAreIdempotentAndCheckTheTarget) {
+  Router router(config);
+  Decision d = route(router, "summarize", "k");
+  auto usage = test::from_json(R"({"prompt_tokens": 1000, "completion_tokens": 100})");
+  const std::uint32_t t = d.placement.target;
+  auto first = report(router, d, t, Status::ok, kT0, &usage.get());
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_FALSE(first->duplicate);
+  auto again = report(router, d, t, Status::ok, kT0, &usage.get());
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->duplicate);
+  std::uint64_t outcomes = 0;
+  for (const auto& row : router.counters()) outcomes += row.counters.outcomes;
+  EXPECT_EQ(outcomes, 1U);
+
+  auto wrong = report(router, d, cheap, Status::ok);  // neither the target nor a fallback
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().code, ErrorCode::target_not_allowed);
+  Decision ghost;
+  ghost.id = 999'999;
+  auto unknown = report(router, ghost, mini, Status::ok);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::unknown_decision);
+}
+
+TEST_F(RouterTest, InvalidUsageChangesNothing) {
+  Router router(config);
+  Decision d = route(router, "public-chat", "k");
+  auto bad = test::from_json(R"({"prompt_tokens": 10, "completion_tokens": 5,
+                                   "prompt_tokens_details": {"cached_tokens": 50}})");
+  auto r = report(router, d, d.placement.target, Status::ok, kT0, &bad.get());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::usage_invalid);
+  for (const auto& row : router.counters()) EXPECT_EQ(row.counters.outcomes, 0U);
+  // The corrected report is still accepted: nothing was lost.
+  auto good = test::from_json(R"({"prompt_tokens": 100, "completion_tokens": 5,
+                                    "prompt_tokens_details": {"cached_tokens": 50}})");
+  EXPECT_TRUE(report(router, d, d.placement.target, Status::ok, kT0, &good.get()).ok());
+}
+
+TEST_F(RouterTest, CostPerAcceptedOutcomeIsExact) {
+  Router router(config);
+  // public-chat on mini: 1000 prompt (400 cached) + 100 output.
+  // 600 x 400,000 + 400 x 100,000 + 100 x 1,600,000 = 240,000,000 + 40,000,000 + 160,000,000
+  //   = 440,000,000 picodollars = $0.00044 per request.
+  auto usage = test::from_json(R"({"prompt_tokens": 1000, "completion_tokens": 100,
+                                     "prompt_tokens_details": {"cached_tokens": 400}})");
+  int on_mini = 0;
+  for (int i = 0; on_mini < 3 && i < 100; ++i) {
+    Decision d = route(router, "public-chat", "c" + std::to_string(i));
+    if (d.placement.target != mini) continue;
+    auto r = report(router, d, mini, Status::ok, kT0, &usage.get());
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->cost, Money::from_picos(440'000'000));
+    ASSERT_TRUE(router.verdict(d.id, on_mini != 1, kT0 + 5).ok());  // accept 2 of 3
+    ++on_mini;
+  }
+  for (const auto& row : router.counters()) {
+    if (row.target != mini || config->scenarios[row.scenario].name != "public-chat") continue;
+    EXPECT_EQ(row.counters.cost.picos(), 3 * 440'000'000);
+    EXPECT_EQ(row.counters.accepted, 2U);
+    EXPECT_EQ(row.counters.rejected, 1U);
+    EXPECT_EQ(row.counters.tokens.cache_read_tokens, 1200);
+  }
+}
+
+TEST_F(RouterTest, BudgetReservationsNeverOvershootUnderConcurrency) {
+  // summarize has $1/day. A worst case on mini: 1000 x $0.40/Mtok + 500 x $1.60/Mtok = $0.0012;
+  // on pool the marginal GPU cost. Threads race to reserve; none may push spent+reserved over $1.
+  Router router(config);
+  std::atomic<int> granted{0};
+  std::atomic<int> refused{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 400; ++i) {
+        const std::string key = std::to_string(t) + ":" + std::to_string(i);
+        RouteRequest r{.scenario = "summarize", .key = key, .input_tokens = 1000, .now = kT0};
+        auto d = router.route(r);
+        if (!d) {
+          EXPECT_EQ(d.error().code, ErrorCode::budget_exhausted) << d.error().message;
+          ++refused;
+          continue;
+        }
+        ++granted;
+        for (const auto& b : router.budgets(kT0)) {
+          EXPECT_LE(b.spent + b.reserved, b.limit);
+        }
+        // Report the worst case actually spent: settles reservation into spending.
+        auto usage = test::from_json(R"({"prompt_tokens": 1000, "completion_tokens": 500})");
+        OutcomeReport o{.decision_id = d->id, .target = config->targets[d->placement.target].name,
+                        .status = Status::ok, .usage = &usage.get(), .now = kT0};
+        auto rep = router.report(o);
+        EXPECT_TRUE(rep.ok());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_GT(refused.load(), 0);
+  EXPECT_GT(granted.load(), 0);
+  for (const auto& b : router.budgets(kT0)) {
+    EXPECT_LE(b.spent, b.limit);
+    EXPECT_EQ(b.reserved, Money{});
+  }
+}
+
+TEST_F(RouterTest, ExpiredDecisionsReleaseTheirSlots) {
+  Router router(config, {.decision_ttl_ms = 1000});
+  for (int i = 0; i < 4; ++i) (void)route(router, "secret", "k");
+  auto full = router.route({.scenario = "secret", .key = "k", .input_tokens = 10, .now = kT0});
+  EXPECT_FALSE(full.ok());
+  Decision later = route(router, "secret", "k", kT0 + 1000);  // the 4 expired: slots free again
+  EXPECT_EQ(router.pending_decisions(), 1U);
+  EXPECT_NE(later.id, 0U);
+}
+
+TEST_F(RouterTest, ExplainCommitsNothing) {
+  Router router(config);
+  auto d = router.explain({.scenario = "secret", .key = "k", .input_tokens = 10, .now = kT0});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(router.pending_decisions(), 0U);
+  for (const auto& b : router.breakers(kT0)) EXPECT_EQ(b.inflight, 0);
+}
+
+}  // namespace
+}  // namespace switchyard
