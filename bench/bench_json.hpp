@@ -6,8 +6,8 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
-#include <iostream>
 #include <cstdio>
+#include <iostream>
 #include <map>
 #include <string>
 #include <utility>
@@ -69,8 +69,8 @@ inline int run_and_print(int argc, char** argv, const std::vector<Ratio>& ratios
     auto a = stats.find(r.benchmark);
     auto b = stats.find(r.baseline);
     if (a == stats.end() || b == stats.end()) continue;
-    std::printf("%s\n    \"%s\": {\"median\": %.3f, \"p99\": %.3f, \"target\": %.3f}", first ? "" : ",",
-                r.name.c_str(), a->second.first / b->second.first, a->second.second / b->second.second, r.target);
+    std::printf("%s\n    \"%s\": {\"median\": %.3f, \"p99\": %.3f, \"target\": %.3f}", first ? "" : ",", r.name.c_str(),
+                a->second.first / b->second.first, a->second.second / b->second.second, r.target);
     first = false;
   }
   std::printf("\n  }\n}\n");

@@ -25,10 +25,12 @@ std::string eight_target_yaml() {
   for (int i = 0; i < 2; ++i) {
     y += "  pool-" + std::to_string(i) +
          ":\n    kind: self_hosted\n    data_classes: [public, deidentified, restricted]\n    context_window: 131072\n"
-         "    cost: {gpus_per_replica: 2, usd_per_gpu_hour: 2.99, prefill_tokens_per_s: 12000, decode_tokens_per_s: 2400}\n"
+         "    cost: {gpus_per_replica: 2, usd_per_gpu_hour: 2.99, prefill_tokens_per_s: 12000, decode_tokens_per_s: "
+         "2400}\n"
          "    replicas:\n";
     for (int r = 0; r < 4; ++r) {
-      y += "      - {endpoint: \"http://127.0.0.1:" + std::to_string(8000 + 10 * i + r) + "\", max_inflight: 1000000}\n";
+      y +=
+          "      - {endpoint: \"http://127.0.0.1:" + std::to_string(8000 + 10 * i + r) + "\", max_inflight: 1000000}\n";
     }
   }
   y += "scenarios:\n  s:\n    data_class: deidentified\n    routes:\n";
@@ -106,7 +108,8 @@ BENCHMARK(router_route_and_report)->Repetitions(25)->MinTime(0.02);
 }  // namespace
 
 int main(int argc, char** argv) {
-  return switchyard::bench::run_and_print(argc, argv,
-                                          {{"decide_vs_key_hash", "decide_8_targets", "baseline_key_hash", 0},
-                                           {"route_report_vs_decide", "router_route_and_report", "decide_8_targets", 0}});
+  return switchyard::bench::run_and_print(
+      argc, argv,
+      {{"decide_vs_key_hash", "decide_8_targets", "baseline_key_hash", 0},
+       {"route_report_vs_decide", "router_route_and_report", "decide_8_targets", 0}});
 }

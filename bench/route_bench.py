@@ -32,8 +32,10 @@ def sample(fn, batch: int, samples: int) -> list[float]:
 
 def summary(values: list[float]) -> dict[str, float]:
     values = sorted(values)
-    return {"median": round(statistics.median(values), 1),
-            "p99": round(values[min(len(values) - 1, int(0.99 * (len(values) - 1) + 0.5))], 1)}
+    return {
+        "median": round(statistics.median(values), 1),
+        "p99": round(values[min(len(values) - 1, int(0.99 * (len(values) - 1) + 0.5))], 1),
+    }
 
 
 def main() -> None:
@@ -50,11 +52,23 @@ def main() -> None:
 
     def call_route() -> None:
         i = next(counter)
-        route("agent-assist", key=keys[i & 1023], input_tokens=1800, max_output_tokens=300, now=NOW + i)
+        route(
+            "agent-assist",
+            key=keys[i & 1023],
+            input_tokens=1800,
+            max_output_tokens=300,
+            now=NOW + i,
+        )
 
     def call_noop() -> None:
         i = next(counter)
-        noop("agent-assist", key=keys[i & 1023], input_tokens=1800, max_output_tokens=300, now=NOW + i)
+        noop(
+            "agent-assist",
+            key=keys[i & 1023],
+            input_tokens=1800,
+            max_output_tokens=300,
+            now=NOW + i,
+        )
 
     sample(call_route, args.batch, 20)  # warm up
     sample(call_noop, args.batch, 20)
@@ -64,12 +78,22 @@ def main() -> None:
         route_s += sample(call_route, args.batch, 10)
         noop_s += sample(call_noop, args.batch, 10)
     r, n = summary(route_s), summary(noop_s)
-    print(json.dumps({
-        "unit": "ns",
-        "benchmarks": {"router_route": r, "noop_same_signature": n},
-        "ratios": {"route_vs_noop": {"median": round(r["median"] / n["median"], 3),
-                                     "p99": round(r["p99"] / n["p99"], 3), "target": 3.0}},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "unit": "ns",
+                "benchmarks": {"router_route": r, "noop_same_signature": n},
+                "ratios": {
+                    "route_vs_noop": {
+                        "median": round(r["median"] / n["median"], 3),
+                        "p99": round(r["p99"] / n["p99"], 3),
+                        "target": 3.0,
+                    }
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ namespace {
 // Raises the Python exception class that matches an Error's code.
 [[noreturn]] void raise(const Error& e) {
   static const char* const kClass[] = {
-      "ConfigError",        "UnknownScenarioError", "UnknownTargetError", "NoEligibleTargetError",
+      "ConfigError",          "UnknownScenarioError", "UnknownTargetError",   "NoEligibleTargetError",
       "BudgetExhaustedError", "InvalidArgumentError", "UnknownDecisionError", "TargetNotAllowedError",
-      "UsageError",         "PriceMissingError",
+      "UsageError",           "PriceMissingError",
   };
   py::object errors = py::module_::import("switchyard._errors");
   py::object cls = errors.attr(kClass[static_cast<int>(e.code)]);
@@ -208,8 +208,8 @@ py::dict counter_row(const Config& config, const CounterRow& row) {
   for (auto item : usage_dict(c.tokens)) d[item.first] = item.second;
   d["cost_usd"] = money(c.cost);
   d["accepted_cost_usd"] = money(c.accepted_cost);
-  d["cost_per_accepted_usd"] = c.accepted == 0 ? py::object(py::none())
-                                               : money(c.cost).attr("__truediv__")(py::int_(c.accepted));
+  d["cost_per_accepted_usd"] =
+      c.accepted == 0 ? py::object(py::none()) : money(c.cost).attr("__truediv__")(py::int_(c.accepted));
   d["ttft_count"] = c.ttft.count;
   d["ttft_sum_ms"] = c.ttft.sum_ms;
   d["ttft_buckets"] = histogram(c.ttft);
@@ -228,73 +228,86 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<ConfigHandle>(m, "Config", "A validated, immutable routing table.")
       .def_property_readonly("source", [](const ConfigHandle& c) { return c.ptr->source; })
-      .def_property_readonly("version", [](const ConfigHandle& c) { return hex16(c.ptr->content_hash); }, "Content hash of the file: the config version decisions carry.")
-      .def_property_readonly("scenarios", [](const ConfigHandle& c) {
-        std::vector<std::string> out;
-        for (const auto& s : c.ptr->scenarios) out.push_back(s.name);
-        return out;
-      })
-      .def_property_readonly("targets", [](const ConfigHandle& c) {
-        std::vector<std::string> out;
-        for (const auto& t : c.ptr->targets) out.push_back(t.name);
-        return out;
-      })
-      .def("target_info", [](const ConfigHandle& c, const std::string& name) {
-        auto idx = c.ptr->find_target(name);
-        if (idx == kNone) raise({ErrorCode::unknown_target, "unknown target '" + name + "'"});
-        const Target& t = c.ptr->targets[idx];
-        py::dict d;
-        d["name"] = t.name;
-        d["kind"] = to_string(t.kind);
-        d["provider"] = to_string(t.provider);
-        d["model"] = t.model;
-        d["region"] = t.region == kNone ? py::object(py::none()) : py::object(py::str(c.ptr->regions[t.region]));
-        std::vector<std::string> classes;
-        for (std::size_t i = 0; i < c.ptr->data_classes.size(); ++i) {
-          if ((t.data_class_mask >> i) & 1U) classes.push_back(c.ptr->data_classes[i]);
-        }
-        d["data_classes"] = classes;
-        d["context_window"] = t.context_window;
-        std::vector<std::string> endpoints;
-        for (const auto& r : t.replicas) endpoints.push_back(r.endpoint);
-        d["endpoints"] = endpoints;
-        return d;
-      }, py::arg("name"))
+      .def_property_readonly(
+          "version", [](const ConfigHandle& c) { return hex16(c.ptr->content_hash); },
+          "Content hash of the file: the config version decisions carry.")
+      .def_property_readonly("scenarios",
+                             [](const ConfigHandle& c) {
+                               std::vector<std::string> out;
+                               for (const auto& s : c.ptr->scenarios) out.push_back(s.name);
+                               return out;
+                             })
+      .def_property_readonly("targets",
+                             [](const ConfigHandle& c) {
+                               std::vector<std::string> out;
+                               for (const auto& t : c.ptr->targets) out.push_back(t.name);
+                               return out;
+                             })
+      .def(
+          "target_info",
+          [](const ConfigHandle& c, const std::string& name) {
+            auto idx = c.ptr->find_target(name);
+            if (idx == kNone) raise({ErrorCode::unknown_target, "unknown target '" + name + "'"});
+            const Target& t = c.ptr->targets[idx];
+            py::dict d;
+            d["name"] = t.name;
+            d["kind"] = to_string(t.kind);
+            d["provider"] = to_string(t.provider);
+            d["model"] = t.model;
+            d["region"] = t.region == kNone ? py::object(py::none()) : py::object(py::str(c.ptr->regions[t.region]));
+            std::vector<std::string> classes;
+            for (std::size_t i = 0; i < c.ptr->data_classes.size(); ++i) {
+              if ((t.data_class_mask >> i) & 1U) classes.push_back(c.ptr->data_classes[i]);
+            }
+            d["data_classes"] = classes;
+            d["context_window"] = t.context_window;
+            std::vector<std::string> endpoints;
+            for (const auto& r : t.replicas) endpoints.push_back(r.endpoint);
+            d["endpoints"] = endpoints;
+            return d;
+          },
+          py::arg("name"))
       .def("__repr__", [](const ConfigHandle& c) {
         return "<switchyard.Config " + c.ptr->source + " (" + std::to_string(c.ptr->targets.size()) + " targets, " +
                std::to_string(c.ptr->scenarios.size()) + " scenarios)>";
       });
 
-  m.def("load_config", [](const std::string& path) { return ConfigHandle{unwrap(load_config_file(path))}; },
-        py::arg("path"), "Loads and validates a YAML routing table; raises ConfigError with path:line:col.");
-  m.def("load_config_text", [](const std::string& text, const std::string& source) {
-    return ConfigHandle{unwrap(load_config_text(text, source))};
-  }, py::arg("text"), py::arg("source") = "<string>");
+  m.def(
+      "load_config", [](const std::string& path) { return ConfigHandle{unwrap(load_config_file(path))}; },
+      py::arg("path"), "Loads and validates a YAML routing table; raises ConfigError with path:line:col.");
+  m.def(
+      "load_config_text",
+      [](const std::string& text, const std::string& source) {
+        return ConfigHandle{unwrap(load_config_text(text, source))};
+      },
+      py::arg("text"), py::arg("source") = "<string>");
 
   py::class_<DecisionView>(m, "Decision", "Where one request goes, and why.")
       .def_property_readonly("id", [](const DecisionView& d) { return d.d.id; })
       .def_property_readonly("scenario", [](const DecisionView& d) { return d.config->scenarios[d.d.scenario].name; })
       .def_property_readonly("target", &DecisionView::target)
-      .def_property_readonly("endpoint", &DecisionView::endpoint, "Replica endpoint for self-hosted targets, else None.")
+      .def_property_readonly("endpoint", &DecisionView::endpoint,
+                             "Replica endpoint for self-hosted targets, else None.")
       .def_property_readonly("fallbacks", &DecisionView::fallbacks, "Ordered fallback targets, already filtered.")
       .def_property_readonly("reasons", &DecisionView::reasons)
       .def_property_readonly("predicted_cost_usd", [](const DecisionView& d) { return money(d.d.predicted_cost); })
       .def_property_readonly("expected_cached_tokens", [](const DecisionView& d) { return d.d.expected_cached_tokens; })
       .def_property_readonly("config_version", &DecisionView::version)
       .def_property_readonly("at", [](const DecisionView& d) { return static_cast<double>(d.d.at) / 1000.0; })
-      .def("to_dict", [](const DecisionView& d) {
-        py::dict out;
-        out["id"] = d.d.id;
-        out["scenario"] = d.config->scenarios[d.d.scenario].name;
-        out["target"] = d.target();
-        out["endpoint"] = d.endpoint();
-        out["fallbacks"] = d.fallbacks();
-        out["reasons"] = d.reasons();
-        out["predicted_cost_usd"] = money(d.d.predicted_cost);
-        out["expected_cached_tokens"] = d.d.expected_cached_tokens;
-        out["config_version"] = d.version();
-        return out;
-      })
+      .def("to_dict",
+           [](const DecisionView& d) {
+             py::dict out;
+             out["id"] = d.d.id;
+             out["scenario"] = d.config->scenarios[d.d.scenario].name;
+             out["target"] = d.target();
+             out["endpoint"] = d.endpoint();
+             out["fallbacks"] = d.fallbacks();
+             out["reasons"] = d.reasons();
+             out["predicted_cost_usd"] = money(d.d.predicted_cost);
+             out["expected_cached_tokens"] = d.d.expected_cached_tokens;
+             out["config_version"] = d.version();
+             return out;
+           })
       .def("__repr__", [](const DecisionView& d) {
         return "<switchyard.Decision " + std::to_string(d.d.id) + " -> " + d.target() + " ($" +
                d.d.predicted_cost.to_usd_string() + ")>";
@@ -308,137 +321,160 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("config"), py::arg("seed") = 0, py::arg("decision_ttl_s") = 3600.0,
            py::arg("max_pending") = RouterOptions{}.max_pending)
-      .def("route", [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
-                       const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-                       std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
-                       const std::optional<std::string>& text, std::optional<double> now) {
-             auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
-             return DecisionView{unwrap(r.route(req)), r.config()};
-           },
-           py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
-           py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
-           py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
-           "Decides where a request of `scenario` goes and commits the decision.")
-      .def("explain", [](const Router& r, const std::string& scenario, const std::optional<std::string>& key,
-                         const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-                         std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
-                         const std::optional<std::string>& text, std::optional<double> now) {
-             auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
-             return DecisionView{unwrap(r.explain(req)), r.config()};
-           },
-           py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
-           py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
-           py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
-           "What route() would decide now, without committing anything.")
-      .def("report", [](Router& r, std::uint64_t decision_id, const std::string& target, const std::string& status,
-                        const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
-                        std::optional<bool> accepted, std::optional<double> now) {
-             auto st = status_from_string(status);
-             if (!st) {
-               raise({ErrorCode::invalid_argument, "unknown status '" + status +
-                                                       "'; expected ok, error, timeout, rate_limited, "
-                                                       "context_overflow or content_filter"});
-             }
-             auto ms = [](std::optional<double> v, const char* name) -> std::int64_t {
-               if (!v) return -1;
-               if (!std::isfinite(*v) || *v < 0) raise({ErrorCode::invalid_argument, std::string(name) + " must be >= 0"});
-               return std::llround(*v);
-             };
-             msgpack::zone zone;
-             msgpack::object native;
-             OutcomeReport o;
-             o.decision_id = decision_id;
-             o.target = target;
-             o.status = *st;
-             if (!usage.is_none()) {
-               native = to_msgpack(usage, zone);
-               o.usage = &native;
-             }
-             o.ttft_ms = ms(ttft_ms, "ttft_ms");
-             o.latency_ms = ms(latency_ms, "latency_ms");
-             o.accepted = accepted;
-             o.now = now_ms(now);
-             auto receipt = unwrap(r.report(o));
-             py::dict d;
-             d["duplicate"] = receipt.duplicate;
-             d["fallback"] = receipt.fallback;
-             d["priced"] = receipt.priced;
-             d["cost_usd"] = money(receipt.cost);
-             d["usage"] = usage_dict(receipt.usage);
-             return d;
-           },
-           py::arg("decision_id"), py::kw_only(), py::arg("target"), py::arg("status"), py::arg("usage") = py::none(),
-           py::arg("ttft_ms") = py::none(), py::arg("latency_ms") = py::none(), py::arg("accepted") = py::none(),
-           py::arg("now") = py::none(),
-           "Accounts what happened to a decision on `target`. Idempotent per (decision, target).")
-      .def("verdict", [](Router& r, std::uint64_t decision_id, bool accepted, std::optional<double> now) {
-             unwrap(r.verdict(decision_id, accepted, now_ms(now)));
-           },
-           py::arg("decision_id"), py::arg("accepted"), py::kw_only(), py::arg("now") = py::none(),
-           "Records the quality verdict for a decision whose ok outcome was reported.")
-      .def("counters", [](const Router& r) {
-             py::list out;
-             for (const auto& row : r.counters()) out.append(counter_row(*r.config(), row));
-             return out;
-           }, "Ledger rows per scenario x target.")
-      .def("breakers", [](const Router& r, std::optional<double> now) {
-             py::list out;
-             const auto& config = *r.config();
-             for (const auto& b : r.breakers(now_ms(now))) {
-               const Target& t = config.targets[b.target];
-               py::dict d;
-               d["target"] = t.name;
-               d["endpoint"] = b.replica == kNone ? py::object(py::none()) : py::object(py::str(t.replicas[b.replica].endpoint));
-               d["phase"] = to_string(b.phase);
-               d["consecutive_failures"] = b.consecutive_failures;
-               d["times_opened"] = b.times_opened;
-               d["inflight"] = b.inflight;
-               out.append(d);
-             }
-             return out;
-           }, py::kw_only(), py::arg("now") = py::none())
-      .def("budgets", [](const Router& r, std::optional<double> now) {
-             py::list out;
-             for (const auto& b : r.budgets(now_ms(now))) {
-               py::dict d;
-               d["scenario"] = r.config()->scenarios[b.scenario].name;
-               d["limit_usd"] = money(b.limit);
-               d["spent_usd"] = money(b.spent);
-               d["reserved_usd"] = money(b.reserved);
-               out.append(d);
-             }
-             return out;
-           }, py::kw_only(), py::arg("now") = py::none())
+      .def(
+          "route",
+          [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
+             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+             std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+             const std::optional<std::string>& text, std::optional<double> now) {
+            auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
+            return DecisionView{unwrap(r.route(req)), r.config()};
+          },
+          py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
+          py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
+          py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
+          "Decides where a request of `scenario` goes and commits the decision.")
+      .def(
+          "explain",
+          [](const Router& r, const std::string& scenario, const std::optional<std::string>& key,
+             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+             std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+             const std::optional<std::string>& text, std::optional<double> now) {
+            auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
+            return DecisionView{unwrap(r.explain(req)), r.config()};
+          },
+          py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
+          py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
+          py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
+          "What route() would decide now, without committing anything.")
+      .def(
+          "report",
+          [](Router& r, std::uint64_t decision_id, const std::string& target, const std::string& status,
+             const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
+             std::optional<bool> accepted, std::optional<double> now) {
+            auto st = status_from_string(status);
+            if (!st) {
+              raise({ErrorCode::invalid_argument, "unknown status '" + status +
+                                                      "'; expected ok, error, timeout, rate_limited, "
+                                                      "context_overflow or content_filter"});
+            }
+            auto ms = [](std::optional<double> v, const char* name) -> std::int64_t {
+              if (!v) return -1;
+              if (!std::isfinite(*v) || *v < 0)
+                raise({ErrorCode::invalid_argument, std::string(name) + " must be >= 0"});
+              return std::llround(*v);
+            };
+            msgpack::zone zone;
+            msgpack::object native;
+            OutcomeReport o;
+            o.decision_id = decision_id;
+            o.target = target;
+            o.status = *st;
+            if (!usage.is_none()) {
+              native = to_msgpack(usage, zone);
+              o.usage = &native;
+            }
+            o.ttft_ms = ms(ttft_ms, "ttft_ms");
+            o.latency_ms = ms(latency_ms, "latency_ms");
+            o.accepted = accepted;
+            o.now = now_ms(now);
+            auto receipt = unwrap(r.report(o));
+            py::dict d;
+            d["duplicate"] = receipt.duplicate;
+            d["fallback"] = receipt.fallback;
+            d["priced"] = receipt.priced;
+            d["cost_usd"] = money(receipt.cost);
+            d["usage"] = usage_dict(receipt.usage);
+            return d;
+          },
+          py::arg("decision_id"), py::kw_only(), py::arg("target"), py::arg("status"), py::arg("usage") = py::none(),
+          py::arg("ttft_ms") = py::none(), py::arg("latency_ms") = py::none(), py::arg("accepted") = py::none(),
+          py::arg("now") = py::none(),
+          "Accounts what happened to a decision on `target`. Idempotent per (decision, target).")
+      .def(
+          "verdict",
+          [](Router& r, std::uint64_t decision_id, bool accepted, std::optional<double> now) {
+            unwrap(r.verdict(decision_id, accepted, now_ms(now)));
+          },
+          py::arg("decision_id"), py::arg("accepted"), py::kw_only(), py::arg("now") = py::none(),
+          "Records the quality verdict for a decision whose ok outcome was reported.")
+      .def(
+          "counters",
+          [](const Router& r) {
+            py::list out;
+            for (const auto& row : r.counters()) out.append(counter_row(*r.config(), row));
+            return out;
+          },
+          "Ledger rows per scenario x target.")
+      .def(
+          "breakers",
+          [](const Router& r, std::optional<double> now) {
+            py::list out;
+            const auto& config = *r.config();
+            for (const auto& b : r.breakers(now_ms(now))) {
+              const Target& t = config.targets[b.target];
+              py::dict d;
+              d["target"] = t.name;
+              d["endpoint"] =
+                  b.replica == kNone ? py::object(py::none()) : py::object(py::str(t.replicas[b.replica].endpoint));
+              d["phase"] = to_string(b.phase);
+              d["consecutive_failures"] = b.consecutive_failures;
+              d["times_opened"] = b.times_opened;
+              d["inflight"] = b.inflight;
+              out.append(d);
+            }
+            return out;
+          },
+          py::kw_only(), py::arg("now") = py::none())
+      .def(
+          "budgets",
+          [](const Router& r, std::optional<double> now) {
+            py::list out;
+            for (const auto& b : r.budgets(now_ms(now))) {
+              py::dict d;
+              d["scenario"] = r.config()->scenarios[b.scenario].name;
+              d["limit_usd"] = money(b.limit);
+              d["spent_usd"] = money(b.spent);
+              d["reserved_usd"] = money(b.reserved);
+              out.append(d);
+            }
+            return out;
+          },
+          py::kw_only(), py::arg("now") = py::none())
       .def_property_readonly("pending_decisions", &Router::pending_decisions)
       .def_property_readonly("config", [](const Router& r) { return ConfigHandle{r.config()}; });
 
-  m.def("_price_usage", [](const ConfigHandle& config, const std::string& target, const py::object& usage,
-                           const std::optional<std::string>& provider, bool batch) {
-          auto idx = config.ptr->find_target(target);
-          if (idx == kNone) raise({ErrorCode::unknown_target, "unknown target '" + target + "'"});
-          Target t = config.ptr->targets[idx];
-          if (provider) {
-            auto p = provider_from_string(*provider);
-            if (!p) raise({ErrorCode::invalid_argument, "unknown provider '" + *provider + "'"});
-            t.provider = *p;
-          }
-          msgpack::zone zone;
-          const msgpack::object native = to_msgpack(usage, zone);
-          auto u = unwrap(normalize_usage(t.provider, native));
-          auto cost = unwrap(actual_cost(t, u, batch ? ProcessingMode::batch : ProcessingMode::online));
-          py::dict d = usage_dict(u);
-          d["cost_usd"] = money(cost);
-          d["reported_cost_usd"] = u.reported_cost ? money(*u.reported_cost) : py::object(py::none());
-          return d;
-        },
-        py::arg("config"), py::arg("target"), py::arg("usage"), py::arg("provider") = py::none(),
-        py::arg("batch") = false);
+  m.def(
+      "_price_usage",
+      [](const ConfigHandle& config, const std::string& target, const py::object& usage,
+         const std::optional<std::string>& provider, bool batch) {
+        auto idx = config.ptr->find_target(target);
+        if (idx == kNone) raise({ErrorCode::unknown_target, "unknown target '" + target + "'"});
+        Target t = config.ptr->targets[idx];
+        if (provider) {
+          auto p = provider_from_string(*provider);
+          if (!p) raise({ErrorCode::invalid_argument, "unknown provider '" + *provider + "'"});
+          t.provider = *p;
+        }
+        msgpack::zone zone;
+        const msgpack::object native = to_msgpack(usage, zone);
+        auto u = unwrap(normalize_usage(t.provider, native));
+        auto cost = unwrap(actual_cost(t, u, batch ? ProcessingMode::batch : ProcessingMode::online));
+        py::dict d = usage_dict(u);
+        d["cost_usd"] = money(cost);
+        d["reported_cost_usd"] = u.reported_cost ? money(*u.reported_cost) : py::object(py::none());
+        return d;
+      },
+      py::arg("config"), py::arg("target"), py::arg("usage"), py::arg("provider") = py::none(),
+      py::arg("batch") = false);
 
   // Baseline for bench/route_bench.py: the same signature as Router.route, doing nothing.
-  m.def("_noop_route", [](const std::string&, const std::optional<std::string>&, const std::optional<std::string>&,
-                          std::optional<std::int64_t>, std::optional<std::int64_t>, const std::optional<py::sequence>&,
-                          const std::optional<std::string>&, std::optional<double>) {},
-        py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
-        py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
-        py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());
+  m.def(
+      "_noop_route",
+      [](const std::string&, const std::optional<std::string>&, const std::optional<std::string>&,
+         std::optional<std::int64_t>, std::optional<std::int64_t>, const std::optional<py::sequence>&,
+         const std::optional<std::string>&, std::optional<double>) {},
+      py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
+      py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
+      py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());
 }

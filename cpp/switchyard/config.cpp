@@ -13,9 +13,7 @@
 
 namespace switchyard {
 
-const char* to_string(TargetKind kind) noexcept {
-  return kind == TargetKind::maas ? "maas" : "self_hosted";
-}
+const char* to_string(TargetKind kind) noexcept { return kind == TargetKind::maas ? "maas" : "self_hosted"; }
 
 const char* to_string(Provider provider) noexcept {
   switch (provider) {
@@ -31,8 +29,8 @@ const char* to_string(Provider provider) noexcept {
 }
 
 std::optional<Provider> provider_from_string(std::string_view name) noexcept {
-  for (auto p : {Provider::openai, Provider::anthropic, Provider::gemini, Provider::deepseek,
-                 Provider::openrouter, Provider::vllm, Provider::sglang}) {
+  for (auto p : {Provider::openai, Provider::anthropic, Provider::gemini, Provider::deepseek, Provider::openrouter,
+                 Provider::vllm, Provider::sglang}) {
     if (name == to_string(p)) return p;
   }
   return std::nullopt;
@@ -79,15 +77,13 @@ class Loader {
   }
 
   // Checks `node` is a map with only `allowed` keys (and no key twice); `what` names it in messages.
-  static void expect_map(const YAML::Node& node, const std::string& what,
-                         std::initializer_list<const char*> allowed,
+  static void expect_map(const YAML::Node& node, const std::string& what, std::initializer_list<const char*> allowed,
                          std::initializer_list<const char*> required = {}) {
     if (!node.IsMap()) fail(node, what + " must be a mapping");
     std::set<std::string> seen;
     for (const auto& kv : node) {
       const auto key = kv.first.Scalar();
-      if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }) ==
-          allowed.end()) {
+      if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }) == allowed.end()) {
         std::vector<std::string> names(allowed.begin(), allowed.end());
         fail(kv.first, "unknown key '" + key + "' in " + what + "; expected one of: " + join(names));
       }
@@ -109,16 +105,14 @@ class Loader {
     return s;
   }
 
-  static std::int64_t int_value(const YAML::Node& node, const std::string& what, std::int64_t lo,
-                                std::int64_t hi) {
+  static std::int64_t int_value(const YAML::Node& node, const std::string& what, std::int64_t lo, std::int64_t hi) {
     const auto& s = scalar(node, what);
     std::int64_t v = 0;
     const auto* end = s.data() + s.size();
     auto [p, ec] = std::from_chars(s.data(), end, v);
     if (ec != std::errc() || p != end) fail(node, what + " must be an integer, got '" + s + "'");
     if (v < lo || v > hi) {
-      fail(node, what + " must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
-                     ", got " + s);
+      fail(node, what + " must be between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got " + s);
     }
     return v;
   }
@@ -177,9 +171,8 @@ class Loader {
 
     load_data_classes(*config, root["data_classes"]);
     if (root["regions"]) {
-      each_in_sequence(root["regions"], "regions", [&](const YAML::Node& n, const std::string& w) {
-        add_region(*config, n, w, /*declare=*/true);
-      });
+      each_in_sequence(root["regions"], "regions",
+                       [&](const YAML::Node& n, const std::string& w) { add_region(*config, n, w, /*declare=*/true); });
       regions_declared_ = true;
     }
 
@@ -206,14 +199,14 @@ class Loader {
     }
     each_in_sequence(node, "data_classes", [&](const YAML::Node& n, const std::string& what) {
       auto name = string_value(n, what);
-      if (config.data_class_index.count(name) != 0) fail(n, "data class '" + name + "' is listed twice");
+      if (config.data_class_index.contains(name)) fail(n, "data class '" + name + "' is listed twice");
       if (config.data_classes.size() == 64) fail(n, "at most 64 data classes are supported");
       config.data_class_index.emplace(name, static_cast<std::uint32_t>(config.data_classes.size()));
       config.data_classes.push_back(name);
     });
   }
 
-  std::uint32_t add_region(Config& config, const YAML::Node& n, const std::string& what, bool declare) {
+  std::uint32_t add_region(Config& config, const YAML::Node& n, const std::string& what, bool declare) const {
     auto name = string_value(n, what);
     auto it = std::find(config.regions.begin(), config.regions.end(), name);
     if (it != config.regions.end()) {
@@ -237,8 +230,7 @@ class Loader {
     return idx;
   }
 
-  static void load_rates(const YAML::Node& node, const std::string& what, PriceRates& rates,
-                         Provider provider) {
+  static void load_rates(const YAML::Node& node, const std::string& what, PriceRates& rates, Provider provider) {
     rates.input = price_value(node["input_per_mtok"], what + ".input_per_mtok");
     rates.output = price_value(node["output_per_mtok"], what + ".output_per_mtok");
     // A missing cache-read price must never make reads free: it defaults to the input price.
@@ -316,8 +308,7 @@ class Loader {
 
   static void load_cost(SelfHostedCost& c, const YAML::Node& node, const std::string& what) {
     expect_map(node, what,
-               {"gpus_per_replica", "usd_per_gpu_hour", "prefill_tokens_per_s", "decode_tokens_per_s",
-                "monthly"},
+               {"gpus_per_replica", "usd_per_gpu_hour", "prefill_tokens_per_s", "decode_tokens_per_s", "monthly"},
                {"gpus_per_replica", "usd_per_gpu_hour"});
     c.gpus_per_replica = int_value(node["gpus_per_replica"], what + ".gpus_per_replica", 1, 4096);
     c.usd_per_gpu_hour = usd_value(node["usd_per_gpu_hour"], what + ".usd_per_gpu_hour");
@@ -348,8 +339,7 @@ class Loader {
     if (kind == "maas") {
       t.kind = TargetKind::maas;
       expect_map(node, what,
-                 {"kind", "provider", "model", "region", "data_classes", "context_window", "price", "cache",
-                  "breaker"},
+                 {"kind", "provider", "model", "region", "data_classes", "context_window", "price", "cache", "breaker"},
                  {"provider", "model", "data_classes", "context_window", "price"});
       const auto provider = string_value(node["provider"], what + ".provider");
       auto p = provider_from_string(provider);
@@ -361,16 +351,19 @@ class Loader {
       t.provider = *p;
     } else if (kind == "self_hosted") {
       t.kind = TargetKind::self_hosted;
-      expect_map(node, what,
-                 {"kind", "engine", "model", "region", "data_classes", "context_window", "cost", "kv",
-                  "replicas", "breaker"},
-                 {"data_classes", "context_window", "cost", "replicas"});
+      expect_map(
+          node, what,
+          {"kind", "engine", "model", "region", "data_classes", "context_window", "cost", "kv", "replicas", "breaker"},
+          {"data_classes", "context_window", "cost", "replicas"});
       t.provider = Provider::vllm;
       if (node["engine"]) {
         const auto engine = string_value(node["engine"], what + ".engine");
-        if (engine == "vllm") t.provider = Provider::vllm;
-        else if (engine == "sglang") t.provider = Provider::sglang;
-        else fail(node["engine"], what + ".engine must be vllm or sglang, got '" + engine + "'");
+        if (engine == "vllm")
+          t.provider = Provider::vllm;
+        else if (engine == "sglang")
+          t.provider = Provider::sglang;
+        else
+          fail(node["engine"], what + ".engine must be vllm or sglang, got '" + engine + "'");
       }
     } else {
       fail(node["kind"], what + ".kind must be maas or self_hosted, got '" + kind + "'");
@@ -388,7 +381,7 @@ class Loader {
       load_price(t, node["price"], what + ".price");
       if (const auto& c = node["cache"]) {
         expect_map(c, what + ".cache", {"ttl_s", "min_prefix_tokens"});
-        if (c["ttl_s"]) t.cache.ttl_s = int_value(c["ttl_s"], what + ".cache.ttl_s", 0, 7 * 86'400);
+        if (c["ttl_s"]) t.cache.ttl_s = int_value(c["ttl_s"], what + ".cache.ttl_s", 0, 7LL * 86'400);
         if (c["min_prefix_tokens"]) {
           t.cache.min_prefix_tokens = int_value(c["min_prefix_tokens"], what + ".cache.min_prefix_tokens", 0, 1 << 20);
         }
@@ -413,7 +406,7 @@ class Loader {
       });
       if (t.replicas.empty()) fail(node["replicas"], what + ".replicas must list at least one replica");
     }
-    if (config.target_index.count(t.name) != 0) fail(key, "target '" + t.name + "' is declared twice");
+    if (config.target_index.contains(t.name)) fail(key, "target '" + t.name + "' is declared twice");
     config.target_index.emplace(t.name, static_cast<std::uint32_t>(config.targets.size()));
     config.targets.push_back(std::move(t));
   }
@@ -448,8 +441,8 @@ class Loader {
     s.name = string_value(key, "scenario name");
     const std::string what = "scenario '" + s.name + "'";
     expect_map(node, what,
-               {"data_class", "regions", "slo", "quality_gate", "mode", "max_output_tokens", "routes",
-                "fallback", "spillover", "budget", "affinity", "owner", "description"},
+               {"data_class", "regions", "slo", "quality_gate", "mode", "max_output_tokens", "routes", "fallback",
+                "spillover", "budget", "affinity", "owner", "description"},
                {"data_class", "routes"});
     s.data_class = data_class(config, node["data_class"], what + ".data_class");
     if (node["regions"]) {
@@ -477,9 +470,12 @@ class Loader {
     }
     if (node["mode"]) {
       const auto mode = string_value(node["mode"], what + ".mode");
-      if (mode == "online") s.mode = ProcessingMode::online;
-      else if (mode == "batch") s.mode = ProcessingMode::batch;
-      else fail(node["mode"], what + ".mode must be online or batch, got '" + mode + "'");
+      if (mode == "online")
+        s.mode = ProcessingMode::online;
+      else if (mode == "batch")
+        s.mode = ProcessingMode::batch;
+      else
+        fail(node["mode"], what + ".mode must be online or batch, got '" + mode + "'");
     }
     if (node["max_output_tokens"]) {
       s.max_output_tokens = int_value(node["max_output_tokens"], what + ".max_output_tokens", 1, 1 << 24);
@@ -533,7 +529,7 @@ class Loader {
     if (node["owner"]) (void)string_value(node["owner"], what + ".owner");
     if (node["description"]) (void)scalar(node["description"], what + ".description");
 
-    if (config.scenario_index.count(s.name) != 0) fail(key, "scenario '" + s.name + "' is declared twice");
+    if (config.scenario_index.contains(s.name)) fail(key, "scenario '" + s.name + "' is declared twice");
     config.scenario_index.emplace(s.name, static_cast<std::uint32_t>(config.scenarios.size()));
     config.scenarios.push_back(std::move(s));
   }

@@ -43,10 +43,10 @@ struct PriceTier {
 
 /// Everything needed to price one MaaS request exactly. Units in config are always USD per Mtok.
 struct PriceCatalog {
-  bool present = false;         ///< false: the target has no token price (self-hosted)
+  bool present = false;  ///< false: the target has no token price (self-hosted)
   PriceRates base;
-  std::vector<PriceTier> tiers;  ///< ascending by above_input_tokens
-  TokenPrice cache_storage_per_hour;  ///< explicit-cache storage, per token per hour (Gemini)
+  std::vector<PriceTier> tiers;         ///< ascending by above_input_tokens
+  TokenPrice cache_storage_per_hour;    ///< explicit-cache storage, per token per hour (Gemini)
   std::int64_t batch_discount_pct = 0;  ///< applied to batch-mode requests (0..100)
 
   /// Rates in force for a prompt of `input_tokens` tokens (highest tier whose threshold is exceeded).
@@ -71,7 +71,7 @@ struct BreakerSpec {
 /// GPU cost of a self-hosted pool and the throughput that turns it into a marginal cost per request.
 struct SelfHostedCost {
   std::int64_t gpus_per_replica = 1;
-  Money usd_per_gpu_hour;           ///< as Money per GPU-hour
+  Money usd_per_gpu_hour;                 ///< as Money per GPU-hour
   std::int64_t prefill_tokens_per_s = 0;  ///< per replica; 0 = unknown (marginal cost not predicted)
   std::int64_t decode_tokens_per_s = 0;   ///< per replica, aggregate over concurrent streams
   /// Fully loaded extras, per month: staging, test/debug, canary, reserve, engineering, ...
@@ -122,8 +122,8 @@ enum class ProcessingMode : std::uint8_t { online, batch };
 
 struct Scenario {
   std::string name;
-  std::uint32_t data_class = kNone;    ///< index into Config::data_classes
-  std::uint64_t region_mask = 0;       ///< 0 = any region; else the target's region bit must be set
+  std::uint32_t data_class = kNone;  ///< index into Config::data_classes
+  std::uint64_t region_mask = 0;     ///< 0 = any region; else the target's region bit must be set
   std::int64_t ttft_p95_ms = 0;
   std::int64_t latency_p95_ms = 0;
   double min_accept_rate = 0.0;

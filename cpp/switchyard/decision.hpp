@@ -18,27 +18,27 @@ using TimeMs = std::int64_t;
 
 struct Request {
   std::uint32_t scenario = kNone;
-  std::string_view key;                   ///< sticky key (user, conversation); empty = none
-  std::uint32_t data_class = kNone;       ///< extra data class of this request (kNone = scenario's only)
-  std::int64_t input_tokens = -1;         ///< -1 = unknown
-  std::int64_t max_output_tokens = -1;    ///< -1 = the scenario's max_output_tokens
+  std::string_view key;                 ///< sticky key (user, conversation); empty = none
+  std::uint32_t data_class = kNone;     ///< extra data class of this request (kNone = scenario's only)
+  std::int64_t input_tokens = -1;       ///< -1 = unknown
+  std::int64_t max_output_tokens = -1;  ///< -1 = the scenario's max_output_tokens
   std::int64_t expected_cached_tokens = 0;
   TimeMs now = 0;
 };
 
 /// Why a decision looks the way it does. `target` says which target a reason is about.
 enum class ReasonCode : std::uint8_t {
-  weight,          ///< picked by the weighted, sticky split (value: weight %)
-  spillover,       ///< the self-hosted pool was at its in-flight threshold (value: in-flight per mille)
-  fallback,        ///< no route was eligible; the fallback chain supplied the target
-  boundary,        ///< filtered: data class not allowed there
-  region,          ///< filtered: outside the scenario's regions
-  context_window,  ///< filtered: prompt + max output does not fit (value: tokens needed)
-  breaker_open,    ///< filtered: circuit breaker open
-  half_open_probe, ///< chosen as the half-open breaker's single probe
-  saturated,       ///< filtered: every replica at max_inflight
-  budget,          ///< filtered: the scenario's daily budget cannot cover the worst case
-  least_loaded,    ///< replica picked by lowest in-flight ratio (value: replica index)
+  weight,           ///< picked by the weighted, sticky split (value: weight %)
+  spillover,        ///< the self-hosted pool was at its in-flight threshold (value: in-flight per mille)
+  fallback,         ///< no route was eligible; the fallback chain supplied the target
+  boundary,         ///< filtered: data class not allowed there
+  region,           ///< filtered: outside the scenario's regions
+  context_window,   ///< filtered: prompt + max output does not fit (value: tokens needed)
+  breaker_open,     ///< filtered: circuit breaker open
+  half_open_probe,  ///< chosen as the half-open breaker's single probe
+  saturated,        ///< filtered: every replica at max_inflight
+  budget,           ///< filtered: the scenario's daily budget cannot cover the worst case
+  least_loaded,     ///< replica picked by lowest in-flight ratio (value: replica index)
 };
 
 [[nodiscard]] const char* to_string(ReasonCode code) noexcept;

@@ -12,7 +12,7 @@
 
 namespace switchyard {
 
-__extension__ using Int128 = __int128;           ///< 128-bit money sums (GCC/Clang)
+__extension__ using Int128 = __int128;  ///< 128-bit money sums (GCC/Clang)
 __extension__ using UInt128 = unsigned __int128;
 
 /// An amount of USD in picodollars. Per-request figures fit in 64 bits (up to ~9.2 million USD).
@@ -24,11 +24,17 @@ class Money {
   static constexpr Money from_picos(std::int64_t picos) { return Money(picos); }
 
   [[nodiscard]] constexpr std::int64_t picos() const { return picos_; }
-  constexpr Money& operator+=(Money other) { picos_ += other.picos_; return *this; }
-  constexpr Money& operator-=(Money other) { picos_ -= other.picos_; return *this; }
+  constexpr Money& operator+=(Money other) {
+    picos_ += other.picos_;
+    return *this;
+  }
+  constexpr Money& operator-=(Money other) {
+    picos_ -= other.picos_;
+    return *this;
+  }
   friend constexpr Money operator+(Money a, Money b) { return Money(a.picos_ + b.picos_); }
   friend constexpr Money operator-(Money a, Money b) { return Money(a.picos_ - b.picos_); }
-  friend constexpr auto operator<=>(Money, Money) = default;
+  friend constexpr auto operator<=>(Money, Money) = default;  // NOLINT(modernize-use-nullptr): clang-tidy 14 bug
 
   /// Exact decimal text in USD, e.g. "0.000412", trailing zeros trimmed (at least one decimal).
   [[nodiscard]] std::string to_usd_string() const;
@@ -47,7 +53,7 @@ class TokenPrice {
   [[nodiscard]] constexpr std::int64_t picos_per_token() const { return picos_; }
   /// Cost of `tokens` tokens. Caller guarantees tokens ≤ 2^31 and price ≤ $1000/Mtok: no overflow.
   [[nodiscard]] constexpr Money times(std::int64_t tokens) const { return Money::from_picos(picos_ * tokens); }
-  friend constexpr auto operator<=>(TokenPrice, TokenPrice) = default;
+  friend constexpr auto operator<=>(TokenPrice, TokenPrice) = default;  // NOLINT(modernize-use-nullptr)
 
  private:
   constexpr explicit TokenPrice(std::int64_t p) : picos_(p) {}
@@ -57,7 +63,10 @@ class TokenPrice {
 /// A sum of many Money values: 128-bit, so totals far above 1e9 USD never overflow.
 class MoneyTotal {
  public:
-  constexpr MoneyTotal& operator+=(Money m) { picos_ += m.picos(); return *this; }
+  constexpr MoneyTotal& operator+=(Money m) {
+    picos_ += m.picos();
+    return *this;
+  }
   [[nodiscard]] constexpr Int128 picos() const { return picos_; }
   [[nodiscard]] std::string to_usd_string() const;
   friend constexpr bool operator==(MoneyTotal, MoneyTotal) = default;

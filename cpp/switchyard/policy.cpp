@@ -25,8 +25,8 @@ std::optional<ReasonCode> static_filter(const Target& t, const Scenario& s, std:
 
 // Filters that depend on the state: breakers and, for pools, a replica with a free slot.
 // On success fills `replica` with the least-loaded available replica (kNone for MaaS).
-std::optional<ReasonCode> state_filter(const Config& config, const RouterState& state, std::uint32_t target,
-                                       TimeMs now, std::uint32_t& replica) noexcept {
+std::optional<ReasonCode> state_filter(const Config& config, const RouterState& state, std::uint32_t target, TimeMs now,
+                                       std::uint32_t& replica) noexcept {
   const Target& t = config.targets[target];
   replica = kNone;
   if (t.kind == TargetKind::maas) {
@@ -73,8 +73,8 @@ double rendezvous_score(std::uint64_t key_hash, const Target& target, std::uint3
   return static_cast<double>(weight) / -std::log(u);
 }
 
-Result<Decision> decide(const Config& config, const RouterState& state, const Request& request,
-                        std::uint64_t seed, std::uint64_t decision_id) {
+Result<Decision> decide(const Config& config, const RouterState& state, const Request& request, std::uint64_t seed,
+                        std::uint64_t decision_id) {
   if (request.scenario >= config.scenarios.size()) {
     return make_error(ErrorCode::unknown_scenario, "unknown scenario index");
   }
@@ -87,9 +87,9 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   const std::int64_t input = std::max<std::int64_t>(0, request.input_tokens);
   const std::int64_t max_output = request.max_output_tokens >= 0 ? request.max_output_tokens : s.max_output_tokens;
   const std::int64_t needed = input + max_output;
-  const std::uint64_t key_hash =
-      request.key.empty() ? XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed)
-                          : XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
+  const std::uint64_t key_hash = request.key.empty()
+                                     ? XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed)
+                                     : XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
   const std::int64_t day = request.now >= 0 ? request.now / kMsPerDay : -1;
   const BudgetState& budget = state.budgets[request.scenario];
   const Money committed = budget.day == day ? budget.spent + budget.reserved : Money{};
@@ -136,8 +136,7 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     d.placement = {target, replica};
     d.predicted_cost = cost;
     if (t.kind == TargetKind::self_hosted) d.reasons.push_back({ReasonCode::least_loaded, target, replica});
-    if (state.breakers[state.unit(target, replica)].phase(t.breaker, request.now) ==
-        Breaker::Phase::half_open) {
+    if (state.breakers[state.unit(target, replica)].phase(t.breaker, request.now) == Breaker::Phase::half_open) {
       d.reasons.push_back({ReasonCode::half_open_probe, target, 0});
     }
     return true;

@@ -25,8 +25,7 @@ Result<Ok> check_usage(const Usage& usage) {
   for (const auto& part : parts) {
     if (part.tokens < 0 || part.tokens > kMaxTokens) {
       return make_error(ErrorCode::usage_invalid, std::string("usage.") + part.name + " (" +
-                                                      std::to_string(part.tokens) +
-                                                      ") is outside 0..2^31");
+                                                      std::to_string(part.tokens) + ") is outside 0..2^31");
     }
   }
   return Ok{};
@@ -62,9 +61,8 @@ Result<Money> price_usage(const PriceCatalog& price, const Usage& usage, Process
   if (!price.present) return make_error(ErrorCode::price_missing, "the target has no token price");
   if (auto s = check_usage(usage); !s) return std::move(s).error();
   if (price.batch_discount_pct < 0 || price.batch_discount_pct > 100) {
-    return make_error(ErrorCode::invalid_argument, "batch_discount_pct (" +
-                                                       std::to_string(price.batch_discount_pct) +
-                                                       ") is outside 0..100");
+    return make_error(ErrorCode::invalid_argument,
+                      "batch_discount_pct (" + std::to_string(price.batch_discount_pct) + ") is outside 0..100");
   }
   const PriceRates& rates = price.rates_for(usage.input_tokens());
   const struct {
@@ -141,8 +139,7 @@ Money predicted_cost(const Target& target, std::int64_t input_tokens, std::int64
 Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode) {
   if (target.kind == TargetKind::self_hosted) {
     if (auto s = check_usage(usage); !s) return std::move(s).error();
-    return self_hosted_marginal_cost(target.cost, usage.input_tokens(), usage.cache_read_tokens,
-                                     usage.output_tokens);
+    return self_hosted_marginal_cost(target.cost, usage.input_tokens(), usage.cache_read_tokens, usage.output_tokens);
   }
   if (target.price.present) {
     // The catalog wins over a provider-reported cost: it is what budgets and predictions use, so actual
@@ -161,16 +158,15 @@ Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMo
     }
     return *usage.reported_cost;  // already what was charged, discounts included
   }
-  return make_error(ErrorCode::price_missing, "target '" + target.name +
-                                                  "' has no price catalog and the provider reported no cost");
+  return make_error(ErrorCode::price_missing,
+                    "target '" + target.name + "' has no price catalog and the provider reported no cost");
 }
 
 Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost, std::int64_t output_tokens_per_s_per_gpu,
                                         std::int64_t utilisation_pct) {
   if (output_tokens_per_s_per_gpu <= 0) {
-    return make_error(ErrorCode::invalid_argument, "output tokens/s per GPU (" +
-                                                       std::to_string(output_tokens_per_s_per_gpu) +
-                                                       ") must be positive");
+    return make_error(ErrorCode::invalid_argument,
+                      "output tokens/s per GPU (" + std::to_string(output_tokens_per_s_per_gpu) + ") must be positive");
   }
   if (utilisation_pct < 1 || utilisation_pct > 100) {
     return make_error(ErrorCode::invalid_argument,
@@ -181,7 +177,7 @@ Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost, std::int64_t
   }
   // picos/Mtok = picos per GPU-hour × 10^6 tokens × 100 / (3600 s × tokens/s × utilisation %)
   constexpr std::int64_t kTokensPerMtok = 1'000'000;
-  const UInt128 per_hour = static_cast<UInt128>(cost.usd_per_gpu_hour.picos());
+  const auto per_hour = static_cast<UInt128>(cost.usd_per_gpu_hour.picos());
   const UInt128 scale = static_cast<UInt128>(kTokensPerMtok) * 100;
   const UInt128 divisor = static_cast<UInt128>(kSecondsPerHour) * static_cast<UInt128>(output_tokens_per_s_per_gpu) *
                           static_cast<UInt128>(utilisation_pct);

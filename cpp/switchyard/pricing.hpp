@@ -24,9 +24,8 @@ namespace switchyard {
 
 /// Cost the decision predicts (and the budget reserves) for a request on `target`: every input token
 /// priced as uncached input (minus `expected_cached_tokens` priced as cache reads), plus max output.
-[[nodiscard]] Money predicted_cost(const Target& target, std::int64_t input_tokens,
-                                   std::int64_t expected_cached_tokens, std::int64_t max_output_tokens,
-                                   ProcessingMode mode);
+[[nodiscard]] Money predicted_cost(const Target& target, std::int64_t input_tokens, std::int64_t expected_cached_tokens,
+                                   std::int64_t max_output_tokens, ProcessingMode mode);
 
 /// Cost of what actually happened on `target`: price_usage for MaaS, marginal GPU cost for self-hosted.
 [[nodiscard]] Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode);

@@ -33,17 +33,32 @@ struct Error {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor): implicit by design
+  Result(T value) : v_(std::move(value)) {}      // NOLINT(google-explicit-constructor): implicit by design
   Result(Error error) : v_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
 
   [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }
 
-  [[nodiscard]] T& value() & { assert(ok()); return std::get<0>(v_); }
-  [[nodiscard]] const T& value() const& { assert(ok()); return std::get<0>(v_); }
-  [[nodiscard]] T&& value() && { assert(ok()); return std::get<0>(std::move(v_)); }
-  [[nodiscard]] const Error& error() const& { assert(!ok()); return std::get<1>(v_); }
-  [[nodiscard]] Error&& error() && { assert(!ok()); return std::get<1>(std::move(v_)); }
+  [[nodiscard]] T& value() & {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  [[nodiscard]] const T& value() const& {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  [[nodiscard]] T&& value() && {
+    assert(ok());
+    return std::get<0>(std::move(v_));
+  }
+  [[nodiscard]] const Error& error() const& {
+    assert(!ok());
+    return std::get<1>(v_);
+  }
+  [[nodiscard]] Error&& error() && {
+    assert(!ok());
+    return std::get<1>(std::move(v_));
+  }
 
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }

@@ -76,7 +76,8 @@ Result<Decision> Router::route(const RouteRequest& request) {
 
   Counters& c = state_.counters(d.scenario, d.placement.target);
   ++c.requests;
-  if (std::any_of(d.reasons.begin(), d.reasons.end(), [](const Reason& r) { return r.code == ReasonCode::spillover; })) {
+  if (std::any_of(d.reasons.begin(), d.reasons.end(),
+                  [](const Reason& r) { return r.code == ReasonCode::spillover; })) {
     ++c.spillovers;
   }
   state_.pending.emplace(d.id, std::move(p));
@@ -134,12 +135,11 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   std::uint32_t replica = d.placement.replica;
   const bool fallback = target != d.placement.target;
   if (fallback) {
-    auto f = std::find_if(d.fallbacks.begin(), d.fallbacks.end(),
-                          [&](const Placement& pl) { return pl.target == target; });
+    auto f =
+        std::find_if(d.fallbacks.begin(), d.fallbacks.end(), [&](const Placement& pl) { return pl.target == target; });
     if (f == d.fallbacks.end()) {
-      return make_error(ErrorCode::target_not_allowed,
-                        "target '" + t.name + "' is neither decision " + std::to_string(d.id) +
-                            "'s target nor one of its fallbacks");
+      return make_error(ErrorCode::target_not_allowed, "target '" + t.name + "' is neither decision " +
+                                                           std::to_string(d.id) + "'s target nor one of its fallbacks");
     }
     replica = f->replica;
   }
@@ -186,8 +186,7 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   if (r.latency_ms >= 0) c.latency.observe(r.latency_ms);
 
   const bool probe = !fallback && p.probe;
-  state_.breakers[state_.unit(target, replica)].on_outcome(t.breaker, counts_against_breaker(r.status), probe,
-                                                           r.now);
+  state_.breakers[state_.unit(target, replica)].on_outcome(t.breaker, counts_against_breaker(r.status), probe, r.now);
   release(p);
   BudgetState& budget = state_.budgets[d.scenario];
   roll_budget(budget, r.now);
@@ -260,8 +259,8 @@ std::vector<BreakerRow> Router::breakers(TimeMs now) const {
       const std::uint32_t replica = t.kind == TargetKind::maas ? kNone : r;
       const std::size_t u = state_.unit(ti, replica);
       const Breaker& b = state_.breakers[u];
-      rows.push_back({ti, replica, b.phase(t.breaker, now), b.consecutive_failures(), b.times_opened(),
-                      state_.inflight[u]});
+      rows.push_back(
+          {ti, replica, b.phase(t.breaker, now), b.consecutive_failures(), b.times_opened(), state_.inflight[u]});
     }
   }
   return rows;

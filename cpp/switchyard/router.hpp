@@ -22,16 +22,16 @@ namespace switchyard {
 
 /// Documented defaults for a Router's bookkeeping.
 struct RouterOptions {
-  std::uint64_t seed = 0;               ///< sticky hashing seed (replays with the same seed agree)
-  TimeMs decision_ttl_ms = 3'600'000;   ///< how long a decision waits for reports and its verdict
-  std::size_t max_pending = 1U << 18;   ///< pending decisions kept at most (oldest expire first)
+  std::uint64_t seed = 0;              ///< sticky hashing seed (replays with the same seed agree)
+  TimeMs decision_ttl_ms = 3'600'000;  ///< how long a decision waits for reports and its verdict
+  std::size_t max_pending = 1U << 18;  ///< pending decisions kept at most (oldest expire first)
 };
 
 /// A route request in the names a caller uses.
 struct RouteRequest {
   std::string_view scenario;
   std::string_view key;
-  std::string_view data_class;           ///< "" = the scenario's
+  std::string_view data_class;  ///< "" = the scenario's
   std::int64_t input_tokens = -1;
   std::int64_t max_output_tokens = -1;
   std::int64_t expected_cached_tokens = 0;

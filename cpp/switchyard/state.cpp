@@ -122,14 +122,13 @@ void Breaker::on_outcome(const BreakerSpec& spec, bool failure, bool probe, Time
     total += outcomes_[i];
     failed += failures_[i];
   }
-  if (total >= spec.min_requests &&
-      static_cast<double>(failed) >= spec.error_rate * static_cast<double>(total)) {
+  if (total >= spec.min_requests && static_cast<double>(failed) >= spec.error_rate * static_cast<double>(total)) {
     open(now);
   }
 }
 
 void Histogram::observe(std::int64_t ms) noexcept {
-  const auto it = std::lower_bound(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end(), ms);
+  const auto* const it = std::lower_bound(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end(), ms);
   ++buckets[static_cast<std::size_t>(it - kLatencyBoundsMs.begin())];
   ++count;
   sum_ms += ms;

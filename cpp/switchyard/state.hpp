@@ -60,7 +60,7 @@ struct BudgetState {
 };
 
 /// Latency histogram with fixed millisecond bounds (the last bucket is +Inf).
-inline constexpr std::array<std::int64_t, 12> kLatencyBoundsMs = {10,   25,   50,    100,   250,   500,
+inline constexpr std::array<std::int64_t, 12> kLatencyBoundsMs = {10,   25,   50,   100,   250,   500,
                                                                   1000, 2500, 5000, 10000, 30000, 60000};
 struct Histogram {
   std::array<std::uint64_t, kLatencyBoundsMs.size() + 1> buckets{};
@@ -79,9 +79,9 @@ struct Counters {
   std::uint64_t unpriced = 0;  ///< ok outcomes reported without usage (cost unknown, not zero)
   std::uint64_t accepted = 0;
   std::uint64_t rejected = 0;
-  Usage tokens;                ///< sums (reported_cost unused)
-  MoneyTotal cost;             ///< exact sum of every priced outcome
-  MoneyTotal accepted_cost;    ///< cost of the outcomes that were later accepted
+  Usage tokens;              ///< sums (reported_cost unused)
+  MoneyTotal cost;           ///< exact sum of every priced outcome
+  MoneyTotal accepted_cost;  ///< cost of the outcomes that were later accepted
   Histogram ttft;
   Histogram latency;
 };
@@ -90,8 +90,8 @@ struct Counters {
 struct PendingDecision {
   Decision decision;
   std::int64_t budget_day = -1;
-  bool reservation_open = true;   ///< budget reservation and in-flight slot still held
-  bool probe = false;             ///< holds the half-open probe of its placement
+  bool reservation_open = true;  ///< budget reservation and in-flight slot still held
+  bool probe = false;            ///< holds the half-open probe of its placement
   std::vector<std::uint32_t> reported_targets;
   std::uint32_t served_target = kNone;  ///< target whose ok report answered the request
   Money served_cost;
@@ -112,10 +112,10 @@ struct RouterState {
 
   std::size_t target_count = 0;
   std::vector<std::size_t> first_unit;
-  std::vector<Breaker> breakers;        ///< per unit
-  std::vector<std::int64_t> inflight;   ///< per unit
-  std::vector<BudgetState> budgets;     ///< per scenario
-  std::vector<Counters> ledger;         ///< scenario-major
+  std::vector<Breaker> breakers;       ///< per unit
+  std::vector<std::int64_t> inflight;  ///< per unit
+  std::vector<BudgetState> budgets;    ///< per scenario
+  std::vector<Counters> ledger;        ///< scenario-major
   std::unordered_map<std::uint64_t, PendingDecision> pending;
   std::deque<std::uint64_t> pending_order;  ///< decision ids, oldest first, for expiry
 };

@@ -25,7 +25,7 @@ constexpr std::int64_t kMaxTokens = std::int64_t{1} << 31;
 /// Keep every Path that has children in a named variable: a child points at its parent.
 struct Path {
   const Path* parent = nullptr;
-  std::string_view key;    // empty: an array step
+  std::string_view key;  // empty: an array step
   std::uint32_t index = 0;
 
   [[nodiscard]] Path child(std::string_view k) const { return Path{this, k, 0}; }
@@ -49,7 +49,7 @@ struct Path {
   }
 };
 
-/// The key and value of a map entry, or nullptr when the key is absent. Maps in usage objects have a
+/// The value stored under `key`, or nullptr when the key is absent. Maps in usage objects have a
 /// handful of keys, so a linear scan beats any index.
 const msgpack::object* find(const msgpack::object& map, std::string_view key) noexcept {
   if (map.type != mp::MAP) return nullptr;
@@ -152,8 +152,7 @@ class Reader {
   }
 
   /// A count the provider always sends: absent is an error, never a silent zero.
-  std::int64_t required(const msgpack::object& map, const Path& at, std::string_view key,
-                        std::string_view alias = {}) {
+  std::int64_t required(const msgpack::object& map, const Path& at, std::string_view key, std::string_view alias = {}) {
     std::string_view found = key;
     const msgpack::object* v = lookup(map, key, alias, found);
     const Path field = at.child(found);
@@ -187,8 +186,8 @@ class Reader {
   }
 
  private:
-  static const msgpack::object* lookup(const msgpack::object& map, std::string_view key,
-                                       std::string_view alias, std::string_view& found) noexcept {
+  static const msgpack::object* lookup(const msgpack::object& map, std::string_view key, std::string_view alias,
+                                       std::string_view& found) noexcept {
     if (const msgpack::object* v = find(map, key)) return v;
     if (alias.empty()) return nullptr;
     found = alias;
@@ -218,8 +217,7 @@ struct OpenAiNames {
 };
 constexpr OpenAiNames kChatNames{"prompt_tokens", "completion_tokens", "prompt_tokens_details",
                                  "completion_tokens_details"};
-constexpr OpenAiNames kResponsesNames{"input_tokens", "output_tokens", "input_tokens_details",
-                                      "output_tokens_details"};
+constexpr OpenAiNames kResponsesNames{"input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details"};
 
 /// A cost in USD as the provider sent it (a JSON number). Floats go through their shortest round-trip
 /// decimal text, so 0.000095 becomes exactly 95,000,000 picodollars; digits below a picodollar (a
@@ -236,9 +234,8 @@ std::optional<Money> read_usd(Reader& r, const msgpack::object& o, const Path& a
       const double d = o.via.f64;
       if (!std::isfinite(d) || d < 0.0) break;
       char buf[64];
-      const auto shortest = o.type == mp::FLOAT32
-                                ? std::to_chars(buf, buf + sizeof buf, static_cast<float>(d))
-                                : std::to_chars(buf, buf + sizeof buf, d);
+      const auto shortest = o.type == mp::FLOAT32 ? std::to_chars(buf, buf + sizeof buf, static_cast<float>(d))
+                                                  : std::to_chars(buf, buf + sizeof buf, d);
       if (shortest.ec == std::errc()) {
         if (auto exact = parse_usd(std::string_view(buf, static_cast<std::size_t>(shortest.ptr - buf)))) {
           return *exact;
@@ -296,15 +293,15 @@ Usage openai_usage(Reader& r, const msgpack::object& u, const Path& at, bool rea
   const Path* write_at = write_in_details ? &write_details_at : &write_top_at;
   const std::int64_t write = write_in_details.value_or(write_top.value_or(0));
   if (write_in_details && write_top && *write_in_details != *write_top) {
-    r.fail(write_top_at.str() + " (" + std::to_string(*write_top) + ") disagrees with " +
-           write_details_at.str() + " (" + std::to_string(*write_in_details) + ")");
+    r.fail(write_top_at.str() + " (" + std::to_string(*write_top) + ") disagrees with " + write_details_at.str() +
+           " (" + std::to_string(*write_in_details) + ")");
   } else if (cached > prompt) {
     r.fail(exceeds(cached_at, cached, prompt_at, prompt));
   } else if (write > prompt) {
     r.fail(exceeds(*write_at, write, prompt_at, prompt));
   } else if (cached + write > prompt) {
-    r.fail(cached_at.str() + " (" + std::to_string(cached) + ") + " + write_at->str() + " (" +
-           std::to_string(write) + ") exceed " + prompt_at.str() + " (" + std::to_string(prompt) + ")");
+    r.fail(cached_at.str() + " (" + std::to_string(cached) + ") + " + write_at->str() + " (" + std::to_string(write) +
+           ") exceed " + prompt_at.str() + " (" + std::to_string(prompt) + ")");
   } else if (reasoning > completion) {
     r.fail(exceeds(reasoning_at, reasoning, completion_at, completion));
   }
@@ -338,12 +335,11 @@ Usage deepseek_usage(Reader& r, const msgpack::object& u, const Path& at) {
 
   if (prompt && hit + miss != *prompt) {
     r.fail(at.child("prompt_cache_hit_tokens").str() + " (" + std::to_string(hit) + ") + " +
-           at.child("prompt_cache_miss_tokens").str() + " (" + std::to_string(miss) + ") = " +
-           std::to_string(hit + miss) + " does not match " + at.child("prompt_tokens").str() + " (" +
+           at.child("prompt_cache_miss_tokens").str() + " (" + std::to_string(miss) +
+           ") = " + std::to_string(hit + miss) + " does not match " + at.child("prompt_tokens").str() + " (" +
            std::to_string(*prompt) + ")");
   } else if (reasoning > completion) {
-    r.fail(exceeds(output_details_at.child("reasoning_tokens"), reasoning, at.child("completion_tokens"),
-                   completion));
+    r.fail(exceeds(output_details_at.child("reasoning_tokens"), reasoning, at.child("completion_tokens"), completion));
   }
   if (r.failed()) return {};
 
@@ -381,8 +377,7 @@ void read_anthropic(Reader& r, const msgpack::object& u, const Path& at, Anthrop
 /// `at` names the usage in messages; `stream` says the counts were merged from several events.
 Usage finish_anthropic(Reader& r, const AnthropicCounts& c, const Path& at, bool stream) {
   const std::string_view missing =
-      stream ? "missing from every event of the stream (message_start.message.usage carries it)"
-             : "missing (required)";
+      stream ? "missing from every event of the stream (message_start.message.usage carries it)" : "missing (required)";
   if (!c.input) r.fail(at.child("input_tokens"), missing);
   if (!c.output) r.fail(at.child("output_tokens"), missing);
   if (r.failed()) return {};
@@ -397,8 +392,8 @@ Usage finish_anthropic(Reader& r, const AnthropicCounts& c, const Path& at, bool
     if (c.cache_creation && *c.cache_creation != write_5m + write_1h) {
       const Path split_at = at.child("cache_creation");
       r.fail(split_at.child("ephemeral_5m_input_tokens").str() + " (" + std::to_string(write_5m) + ") + " +
-             split_at.child("ephemeral_1h_input_tokens").str() + " (" + std::to_string(write_1h) + ") = " +
-             std::to_string(write_5m + write_1h) + " does not match " +
+             split_at.child("ephemeral_1h_input_tokens").str() + " (" + std::to_string(write_1h) +
+             ") = " + std::to_string(write_5m + write_1h) + " does not match " +
              at.child("cache_creation_input_tokens").str() + " (" + std::to_string(*c.cache_creation) + ")");
       return {};
     }
@@ -421,12 +416,10 @@ Usage gemini_usage(Reader& r, const msgpack::object& m, const Path& at) {
   // The API speaks proto3 JSON, which omits zero counts: only promptTokenCount is always there. The
   // snake_case aliases are what the google-genai Python SDK's model_dump() produces.
   const std::int64_t prompt = r.required(m, at, "promptTokenCount", "prompt_token_count");
-  const std::int64_t cached =
-      r.optional(m, at, "cachedContentTokenCount", "cached_content_token_count").value_or(0);
+  const std::int64_t cached = r.optional(m, at, "cachedContentTokenCount", "cached_content_token_count").value_or(0);
   const std::int64_t candidates = r.optional(m, at, "candidatesTokenCount", "candidates_token_count").value_or(0);
   const std::int64_t thoughts = r.optional(m, at, "thoughtsTokenCount", "thoughts_token_count").value_or(0);
-  const std::int64_t tool_use =
-      r.optional(m, at, "toolUsePromptTokenCount", "tool_use_prompt_token_count").value_or(0);
+  const std::int64_t tool_use = r.optional(m, at, "toolUsePromptTokenCount", "tool_use_prompt_token_count").value_or(0);
   if (r.failed()) return {};
   if (cached > prompt) {
     r.fail(exceeds(at.child("cachedContentTokenCount"), cached, at.child("promptTokenCount"), prompt));
@@ -510,8 +503,7 @@ Result<Usage> normalize_single(Shape shape, const msgpack::object& m) {
         u->type == mp::NIL
             ? "is null: a streaming chunk without usage (pass every chunk, with stream_options.include_usage)"
             : "expected a map";
-    return invalid(at.str() + ": " + std::string(why) +
-                   (u->type == mp::NIL ? std::string() : ", got " + describe(*u)));
+    return invalid(at.str() + ": " + std::string(why) + (u->type == mp::NIL ? std::string() : ", got " + describe(*u)));
   }
   switch (shape) {
     case Shape::anthropic: {
@@ -566,8 +558,9 @@ Result<Usage> normalize_stream(Shape shape, const msgpack::object& events) {
       case Shape::anthropic: return invalid("stream: no event carries usage (expected message_start)");
       case Shape::gemini: return invalid("stream: no chunk carries usageMetadata");
       default:
-        return invalid("stream: no chunk carries a usage object (did the request set "
-                       "stream_options.include_usage?)");
+        return invalid(
+            "stream: no chunk carries a usage object (did the request set "
+            "stream_options.include_usage?)");
     }
   }
   if (shape == Shape::anthropic) return finish(r, finish_anthropic(r, counts, Path{nullptr, "usage", 0}, true));
@@ -586,9 +579,10 @@ Result<Usage> normalize_usage(Provider provider, const msgpack::object& native) 
     const Shape shape = shape_of(provider);
     if (native.type == mp::MAP) return normalize_single(shape, native);
     if (native.type == mp::ARRAY) return normalize_stream(shape, native);
-    return invalid("usage: expected a usage object, a response containing one, or an array of streaming "
-                   "events, got " +
-                   describe(native));
+    return invalid(
+        "usage: expected a usage object, a response containing one, or an array of streaming "
+        "events, got " +
+        describe(native));
   } catch (const std::exception& e) {  // only std::bad_alloc can get here: nothing else throws
     return invalid(std::string("usage: could not be read: ") + e.what());
   }

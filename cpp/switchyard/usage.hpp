@@ -20,8 +20,8 @@ struct Usage {
   std::int64_t cache_read_tokens = 0;
   std::int64_t cache_write_5m_tokens = 0;
   std::int64_t cache_write_1h_tokens = 0;
-  std::int64_t output_tokens = 0;     ///< includes reasoning tokens (billed as output)
-  std::int64_t reasoning_tokens = 0;  ///< informative
+  std::int64_t output_tokens = 0;      ///< includes reasoning tokens (billed as output)
+  std::int64_t reasoning_tokens = 0;   ///< informative
   std::optional<Money> reported_cost;  ///< a cost the provider itself reported (OpenRouter `cost`)
 
   [[nodiscard]] std::int64_t input_tokens() const noexcept {

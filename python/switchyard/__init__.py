@@ -6,6 +6,8 @@ The C++ core makes every decision; this package is its Python face, used the sam
 
 from __future__ import annotations
 
+from switchyard._core import LATENCY_BUCKETS_MS, Config, Decision, __version__, load_config_text
+from switchyard._core import load_config as _load_config
 from switchyard._errors import (
     BudgetExhaustedError,
     ConfigError,
@@ -19,9 +21,6 @@ from switchyard._errors import (
     UnknownTargetError,
     UsageError,
 )
-
-from switchyard._core import LATENCY_BUCKETS_MS, Config, Decision, __version__, load_config_text
-from switchyard._core import load_config as _load_config
 from switchyard.pricing import Cost, price_usage
 from switchyard.router import Router
 

@@ -23,7 +23,13 @@ REQUESTS: list[tuple[str, str, str | None, int, int]] = [
     ("support-summarization", "ticket-1005", None, 1500, 300),
     ("support-summarization", "ticket-1006", None, 2200, 300),
     ("contract-extraction", "contract-77", None, 42_000, 2048),
-    ("contract-extraction", "contract-78", None, 130_000, 2048),  # too long: fails closed, never MaaS
+    (
+        "contract-extraction",
+        "contract-78",
+        None,
+        130_000,
+        2048,
+    ),  # too long: fails closed, never MaaS
     ("agent-assist", "user-42", None, 6_000, 800),
     ("agent-assist", "user-43", None, 5_200, 800),
     ("agent-assist", "user-44", "confidential", 5_000, 800),  # boundary: no target may take it
@@ -31,53 +37,122 @@ REQUESTS: list[tuple[str, str, str | None, int, int]] = [
 
 
 def provider_usage(provider: str, prompt: int, output: int) -> dict[str, Any]:
-    """A usage object shaped as `provider` returns it, with a warm prefix cache on part of the prompt."""
+    """A usage object shaped as `provider` returns it, part of the prompt read from its cache."""
     cached = prompt // 2 // 128 * 128
     if provider == "anthropic":
-        return {"input_tokens": prompt - cached - 512, "cache_read_input_tokens": cached,
-                "cache_creation_input_tokens": 512, "output_tokens": output}
+        return {
+            "input_tokens": prompt - cached - 512,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": 512,
+            "output_tokens": output,
+        }
     if provider == "gemini":
-        return {"usageMetadata": {"promptTokenCount": prompt, "cachedContentTokenCount": cached,
-                                  "candidatesTokenCount": output, "totalTokenCount": prompt + output}}
+        return {
+            "usageMetadata": {
+                "promptTokenCount": prompt,
+                "cachedContentTokenCount": cached,
+                "candidatesTokenCount": output,
+                "totalTokenCount": prompt + output,
+            }
+        }
     if provider == "deepseek":
-        return {"prompt_tokens": prompt, "prompt_cache_hit_tokens": cached,
-                "prompt_cache_miss_tokens": prompt - cached, "completion_tokens": output}
-    return {"prompt_tokens": prompt, "completion_tokens": output,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+        return {
+            "prompt_tokens": prompt,
+            "prompt_cache_hit_tokens": cached,
+            "prompt_cache_miss_tokens": prompt - cached,
+            "completion_tokens": output,
+        }
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
-def run_demo(config: switchyard.Config, *, console: Console, as_json: bool,
-             decisions_table: Callable[[list[dict[str, Any]]], Table], dump: Callable[[Any], None]) -> None:
+def run_demo(
+    config: switchyard.Config,
+    *,
+    console: Console,
+    as_json: bool,
+    decisions_table: Callable[[list[dict[str, Any]]], Table],
+    dump: Callable[[Any], None],
+) -> None:
     router = switchyard.Router(config, seed=7)
     rows: list[dict[str, Any]] = []
     for i, (scenario, key, data_class, prompt, max_out) in enumerate(REQUESTS):
         now = NOW + i
         try:
-            d = router.route(scenario, key=key, data_class=data_class, input_tokens=prompt,
-                             max_output_tokens=max_out, now=now)
+            d = router.route(
+                scenario,
+                key=key,
+                data_class=data_class,
+                input_tokens=prompt,
+                max_output_tokens=max_out,
+                now=now,
+            )
         except SwitchyardError as e:
-            rows.append({"scenario": scenario, "key": key, "error": type(e).__name__, "message": str(e)})
+            rows.append(
+                {"scenario": scenario, "key": key, "error": type(e).__name__, "message": str(e)}
+            )
             continue
         rows.append({**d.to_dict(), "key": key})
         provider = config.target_info(d.target)["provider"]
         output = max_out * 3 // 4
-        router.report(d.id, target=d.target, status="ok", usage=provider_usage(provider, prompt, output),
-                      ttft_ms=180 + 40 * i, latency_ms=1200 + 150 * i, accepted=(i % 5 != 3), now=now + 2)
+        router.report(
+            d.id,
+            target=d.target,
+            status="ok",
+            usage=provider_usage(provider, prompt, output),
+            ttft_ms=180 + 40 * i,
+            latency_ms=1200 + 150 * i,
+            accepted=(i % 5 != 3),
+            now=now + 2,
+        )
     ledger = [r for r in router.counters() if r["requests"] or r["outcomes"]]
     if as_json:
-        dump({"config": config.source, "version": config.version, "decisions": rows, "ledger": ledger,
-              "scenarios": router.scenario_summary()})
+        dump(
+            {
+                "config": config.source,
+                "version": config.version,
+                "decisions": rows,
+                "ledger": ledger,
+                "scenarios": router.scenario_summary(),
+            }
+        )
         return
-    console.print(f"[green]ok[/] {config.source}: {len(config.targets)} targets, "
-                  f"{len(config.scenarios)} scenarios, version {config.version}", highlight=False)
+    console.print(
+        f"[green]ok[/] {config.source}: {len(config.targets)} targets, "
+        f"{len(config.scenarios)} scenarios, version {config.version}",
+        highlight=False,
+    )
     console.print(decisions_table(rows))
     table = Table(title="Ledger (scenario x target)")
-    for col in ("scenario", "target", "requests", "ok", "accepted", "uncached in", "cache read",
-                "cache write", "output", "cost $", "$ / accepted"):
+    for col in (
+        "scenario",
+        "target",
+        "requests",
+        "ok",
+        "accepted",
+        "uncached in",
+        "cache read",
+        "cache write",
+        "output",
+        "cost $",
+        "$ / accepted",
+    ):
         table.add_column(col, justify="right" if col not in ("scenario", "target") else "left")
     for r in ledger:
-        table.add_row(r["scenario"], r["target"], str(r["requests"]), str(r["ok"]), str(r["accepted"]),
-                      str(r["uncached_input_tokens"]), str(r["cache_read_tokens"]),
-                      str(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]), str(r["output_tokens"]),
-                      str(r["cost_usd"]), str(r["cost_per_accepted_usd"] or "-"))
+        table.add_row(
+            r["scenario"],
+            r["target"],
+            str(r["requests"]),
+            str(r["ok"]),
+            str(r["accepted"]),
+            str(r["uncached_input_tokens"]),
+            str(r["cache_read_tokens"]),
+            str(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]),
+            str(r["output_tokens"]),
+            str(r["cost_usd"]),
+            str(r["cost_per_accepted_usd"] or "-"),
+        )
     console.print(table)

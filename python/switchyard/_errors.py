@@ -1,4 +1,4 @@
-"""Exceptions raised by Switchyard. Each subclasses a built-in, so ``except ValueError`` keeps working."""
+"""Switchyard's exceptions. Each subclasses a built-in, so ``except ValueError`` keeps working."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``switchyard`` command: validate a routing table, route requests, price usage, run the demo."""
+"""The ``switchyard`` command: validate a routing table, route, price usage, run the demo."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import sys
 from decimal import Decimal
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import click
@@ -62,15 +61,40 @@ def validate(config: str) -> None:
 
 def _decisions_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(title="Routing decisions", show_lines=False)
-    for col in ("id", "scenario", "key", "target", "endpoint", "fallbacks", "predicted $", "reasons"):
+    for col in (
+        "id",
+        "scenario",
+        "key",
+        "target",
+        "endpoint",
+        "fallbacks",
+        "predicted $",
+        "reasons",
+    ):
         table.add_column(col, overflow="fold")
     for r in rows:
         if "error" in r:
-            table.add_row("-", r["scenario"], r.get("key") or "", f"[red]{r['error']}[/]", "", "", "",
-                          r["message"])
+            table.add_row(
+                "-",
+                r["scenario"],
+                r.get("key") or "",
+                f"[red]{r['error']}[/]",
+                "",
+                "",
+                "",
+                r["message"],
+            )
             continue
-        table.add_row(str(r["id"]), r["scenario"], r.get("key") or "", r["target"], r["endpoint"] or "",
-                      ", ".join(r["fallbacks"]), str(r["predicted_cost_usd"]), "; ".join(r["reasons"]))
+        table.add_row(
+            str(r["id"]),
+            r["scenario"],
+            r.get("key") or "",
+            r["target"],
+            r["endpoint"] or "",
+            ", ".join(r["fallbacks"]),
+            str(r["predicted_cost_usd"]),
+            "; ".join(r["reasons"]),
+        )
     return table
 
 
@@ -81,20 +105,39 @@ def _decisions_table(rows: list[dict[str, Any]]) -> Table:
 @click.option("--data-class", help="Data class of this request, if stricter than the scenario's.")
 @click.option("--input-tokens", type=click.IntRange(min=0), help="Prompt size in tokens.")
 @click.option("--max-output-tokens", type=click.IntRange(min=0), help="Output cap in tokens.")
-@click.option("--count", type=click.IntRange(1, 100_000), default=1, show_default=True,
-              help="Route this many requests (keys get a numeric suffix when --key is given).")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 100_000),
+    default=1,
+    show_default=True,
+    help="Route this many requests (keys get a numeric suffix when --key is given).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sticky hashing seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def route(config: str, scenario: str, key: str | None, data_class: str | None, input_tokens: int | None,
-          max_output_tokens: int | None, count: int, seed: int, as_json: bool) -> None:
+def route(
+    config: str,
+    scenario: str,
+    key: str | None,
+    data_class: str | None,
+    input_tokens: int | None,
+    max_output_tokens: int | None,
+    count: int,
+    seed: int,
+    as_json: bool,
+) -> None:
     """Ask the router where requests of SCENARIO go."""
     router = switchyard.Router(_load(config), seed=seed)
     rows = []
     for i in range(count):
         k = key if count == 1 or key is None else f"{key}-{i}"
         try:
-            d = router.route(scenario, key=k, data_class=data_class, input_tokens=input_tokens,
-                             max_output_tokens=max_output_tokens)
+            d = router.route(
+                scenario,
+                key=k,
+                data_class=data_class,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+            )
         except SwitchyardError as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False)
             sys.exit(1)
@@ -108,12 +151,19 @@ def route(config: str, scenario: str, key: str | None, data_class: str | None, i
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--target", "-t", required=True, help="Target whose price catalog applies.")
-@click.option("--usage", "usage_file", required=True, type=click.File("r"),
-              help="JSON file with the provider's native usage (or whole response, or stream events).")
+@click.option(
+    "--usage",
+    "usage_file",
+    required=True,
+    type=click.File("r"),
+    help="JSON file with the provider's native usage (or whole response, or stream events).",
+)
 @click.option("--provider", help="Read the usage as this provider's shape (default: the target's).")
 @click.option("--batch", is_flag=True, help="Apply the batch discount.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def cost(config: str, target: str, usage_file: Any, provider: str | None, batch: bool, as_json: bool) -> None:
+def cost(
+    config: str, target: str, usage_file: Any, provider: str | None, batch: bool, as_json: bool
+) -> None:
     """Price a provider usage object exactly."""
     cfg = _load(config)
     try:
@@ -148,15 +198,25 @@ def _decimals_to_float(value: Any) -> Any:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Routing table (default: the bundled example).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Routing table (default: the bundled example).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def demo(config_path: str | None, as_json: bool) -> None:
-    """Validate the example routing table, route example requests, report outcomes, show the ledger."""
+    """Route example traffic through the bundled routing table; show decisions and ledger."""
     from switchyard._demo import run_demo
 
-    run_demo(_load(config_path or _example_config()), console=console, as_json=as_json,
-             decisions_table=_decisions_table, dump=_dump)
+    run_demo(
+        _load(config_path or _example_config()),
+        console=console,
+        as_json=as_json,
+        decisions_table=_decisions_table,
+        dump=_dump,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,13 +24,19 @@ class Router(_core.Router):
         return pd.DataFrame(self.counters())
 
     def scenario_summary(self) -> list[dict[str, Any]]:
-        """Per-scenario totals: cost, accepted outcomes and the headline cost per accepted outcome."""
+        """Per-scenario totals: cost, accepted outcomes and the cost per accepted outcome."""
         totals: dict[str, dict[str, Any]] = {}
         for row in self.counters():
             t = totals.setdefault(
                 row["scenario"],
-                {"scenario": row["scenario"], "requests": 0, "outcomes": 0, "ok": 0, "accepted": 0,
-                 "cost_usd": 0},
+                {
+                    "scenario": row["scenario"],
+                    "requests": 0,
+                    "outcomes": 0,
+                    "ok": 0,
+                    "accepted": 0,
+                    "cost_usd": 0,
+                },
             )
             for key in ("requests", "outcomes", "ok", "accepted", "cost_usd"):
                 t[key] += row[key]

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <ostream>
 #include <string>
 
 #include "switchyard/money.hpp"
@@ -22,6 +23,9 @@ struct DecimalCase {
   std::optional<std::int64_t> value;  // nullopt: must fail
   const char* reason = "";            // part of the error message when it fails
 };
+
+// Failure messages show the case name instead of the struct's bytes.
+void PrintTo(const DecimalCase& c, std::ostream* os) { *os << c.name; }
 
 class ParseScaledDecimal : public ::testing::TestWithParam<DecimalCase> {};
 
@@ -42,16 +46,16 @@ TEST_P(ParseScaledDecimal, ParsesExactlyOrExplains) {
 
 const DecimalCase kDecimalCases[] = {
     // $/Mtok (scale 6: picodollars per token)
-    {"price_with_trailing_zero", "0.40", 6, 400'000},     // 0.40 × 10^6
-    {"integer_price", "3", 6, 3'000'000},                 // 3 × 10^6
-    {"explicit_plus", "+1.5", 6, 1'500'000},              // 1.5 × 10^6
-    {"leading_point", ".5", 6, 500'000},                  // 0.5 × 10^6
-    {"trailing_point", "5.", 6, 5'000'000},               // 5 × 10^6
-    {"smallest_unit", "0.000001", 6, 1},                  // 10^-6 × 10^6
+    {"price_with_trailing_zero", "0.40", 6, 400'000},  // 0.40 × 10^6
+    {"integer_price", "3", 6, 3'000'000},              // 3 × 10^6
+    {"explicit_plus", "+1.5", 6, 1'500'000},           // 1.5 × 10^6
+    {"leading_point", ".5", 6, 500'000},               // 0.5 × 10^6
+    {"trailing_point", "5.", 6, 5'000'000},            // 5 × 10^6
+    {"smallest_unit", "0.000001", 6, 1},               // 10^-6 × 10^6
     {"zeros_beyond_scale_are_exact", "0.1000000", 6, 100'000},
     {"zero", "0", 12, 0},
     // exponent forms (LiteLLM price maps write $/token like this; scale 12: picodollars)
-    {"exponent_lowercase", "4e-07", 12, 400'000},         // 4 × 10^-7 × 10^12 = 4 × 10^5
+    {"exponent_lowercase", "4e-07", 12, 400'000},               // 4 × 10^-7 × 10^12 = 4 × 10^5
     {"exponent_uppercase_fraction", "1.25E-6", 12, 1'250'000},  // 1.25 × 10^-6 × 10^12
     {"exponent_plus_sign", "12.5e+1", 0, 125},
     {"exponent_without_sign", "3E2", 0, 300},
@@ -87,7 +91,9 @@ const DecimalCase kDecimalCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Money, ParseScaledDecimal, ::testing::ValuesIn(kDecimalCases),
-                         [](const ::testing::TestParamInfo<DecimalCase>& test_info) { return std::string(test_info.param.name); });
+                         [](const ::testing::TestParamInfo<DecimalCase>& test_info) {
+                           return std::string(test_info.param.name);
+                         });
 
 TEST(TokenPriceParsing, PerMtokAndPerTokenAgree) {
   // $3/Mtok = $0.000003/token = 3,000,000 picodollars per token, whichever unit the catalog used.
@@ -131,7 +137,7 @@ TEST(MoneyText, ExactDecimalWithTrailingZerosTrimmed) {
   const UsdTextCase cases[] = {
       {0, "0.0"},
       {1, "0.000000000001"},
-      {412'000'000, "0.000412"},            // 412 × 10^6 picos = $0.000412
+      {412'000'000, "0.000412"},  // 412 × 10^6 picos = $0.000412
       {1'500'000'000'000, "1.5"},
       {-1'500'000'000'000, "-1.5"},
       {3'000'000'000'000, "3.0"},

@@ -16,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -31,8 +32,7 @@ using test::from_json;
 TokenPrice per_mtok(const char* usd) { return parse_usd_per_mtok(usd).value(); }
 Money usd(const char* text) { return parse_usd(text).value(); }
 
-PriceRates rates(const char* input, const char* output, const char* read, const char* write_5m,
-                 const char* write_1h) {
+PriceRates rates(const char* input, const char* output, const char* read, const char* write_5m, const char* write_1h) {
   return PriceRates{per_mtok(input), per_mtok(output), per_mtok(read), per_mtok(write_5m), per_mtok(write_1h)};
 }
 
@@ -66,6 +66,9 @@ struct CostCase {
   ProcessingMode mode;
   const char* expected_usd;  // exact decimal, derived in the comment above each case
 };
+
+// Failure messages show the case name instead of the struct's bytes.
+void PrintTo(const CostCase& c, std::ostream* os) { *os << c.name; }
 
 class PriceUsage : public ::testing::TestWithParam<CostCase> {};
 
@@ -230,7 +233,9 @@ const CostCase kCostCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Providers, PriceUsage, ::testing::ValuesIn(kCostCases),
-                         [](const ::testing::TestParamInfo<CostCase>& test_info) { return std::string(test_info.param.name); });
+                         [](const ::testing::TestParamInfo<CostCase>& test_info) {
+                           return std::string(test_info.param.name);
+                         });
 
 // ---- Tiers -------------------------------------------------------------------------------------------
 
@@ -318,8 +323,8 @@ TEST(PriceUsageErrors, CostBeyondInt64IsAnErrorNotAWrap) {
   // 2^31 tokens × 5 parts at $1,000,000/Mtok (10^12 picos/token) ≈ 1.07e22 picos: far beyond int64.
   PriceCatalog c = catalog(rates("1000000", "1000000", "1000000", "1000000", "1000000"));
   Usage u;
-  u.uncached_input_tokens = u.cache_read_tokens = u.cache_write_5m_tokens = u.cache_write_1h_tokens =
-      u.output_tokens = std::int64_t{1} << 31;
+  u.uncached_input_tokens = u.cache_read_tokens = u.cache_write_5m_tokens = u.cache_write_1h_tokens = u.output_tokens =
+      std::int64_t{1} << 31;
   const auto cost = price_usage(c, u);
   ASSERT_FALSE(cost.ok());
   EXPECT_EQ(cost.error().code, ErrorCode::invalid_argument);
@@ -427,9 +432,9 @@ TEST(PredictedCost, SelfHostedIsMarginalGpuTime) {
 }
 
 TEST(PredictedCost, MaasWithoutCatalogPredictsZero) {
-  EXPECT_EQ(predicted_cost(maas_target("router", Provider::openrouter, PriceCatalog{}), 1000, 0, 100,
-                           ProcessingMode::online),
-            Money{});
+  EXPECT_EQ(
+      predicted_cost(maas_target("router", Provider::openrouter, PriceCatalog{}), 1000, 0, 100, ProcessingMode::online),
+      Money{});
 }
 
 TEST(ActualCost, OpenRouterCatalogWinsOverReportedCost) {

@@ -47,8 +47,8 @@ class RouterTest : public ::testing::Test {
     EXPECT_TRUE(d.ok()) << (d ? "" : d.error().message);
     return d ? *d : Decision{};
   }
-  Result<ReportReceipt> report(Router& router, const Decision& d, std::uint32_t target, Status status,
-                               TimeMs now = kT0, const msgpack::object* usage = nullptr) {
+  Result<ReportReceipt> report(Router& router, const Decision& d, std::uint32_t target, Status status, TimeMs now = kT0,
+                               const msgpack::object* usage = nullptr) {
     OutcomeReport o;
     o.decision_id = d.id;
     o.target = config->targets[target].name;
@@ -237,7 +237,7 @@ TEST_F(RouterTest, FailedProbeReopensAndRequestSideErrorsDoNotCount) {
       ++done;
     }
   };
-  fail_mini(5, Status::content_filter, kT0);    // the request's fault, not the target's
+  fail_mini(5, Status::content_filter, kT0);  // the request's fault, not the target's
   fail_mini(5, Status::context_overflow, kT0);
   auto rows = router.breakers(kT0);
   for (const auto& b : rows) {
@@ -258,8 +258,8 @@ TEST_F(RouterTest, FailedProbeReopensAndRequestSideErrorsDoNotCount) {
 
 TEST_F(RouterTest, ErrorRateWindowOpensTheBreaker) {
   Breaker b;
-  BreakerSpec spec{.consecutive_failures = 100, .error_rate = 0.5, .min_requests = 10, .window_ms = 60'000,
-                   .cooldown_ms = 1000};
+  BreakerSpec spec{
+      .consecutive_failures = 100, .error_rate = 0.5, .min_requests = 10, .window_ms = 60'000, .cooldown_ms = 1000};
   // Alternate ok / error: never 100 in a row, but 50% of 10 outcomes in the window.
   for (int i = 0; i < 9; ++i) b.on_outcome(spec, i % 2 == 1, false, kT0 + i);
   EXPECT_EQ(b.phase(spec, kT0 + 9), Breaker::Phase::closed);
@@ -364,8 +364,11 @@ TEST_F(RouterTest, BudgetReservationsNeverOvershootUnderConcurrency) {
         }
         // Report the worst case actually spent: settles reservation into spending.
         auto usage = test::from_json(R"({"prompt_tokens": 1000, "completion_tokens": 500})");
-        OutcomeReport o{.decision_id = d->id, .target = config->targets[d->placement.target].name,
-                        .status = Status::ok, .usage = &usage.get(), .now = kT0};
+        OutcomeReport o{.decision_id = d->id,
+                        .target = config->targets[d->placement.target].name,
+                        .status = Status::ok,
+                        .usage = &usage.get(),
+                        .now = kT0};
         auto rep = router.report(o);
         EXPECT_TRUE(rep.ok());
       }

@@ -12,7 +12,8 @@
 
 namespace switchyard {
 
-void PrintTo(const Usage& u, std::ostream* os) {
+// Readable failure output. Internal linkage: other test files may define their own printer.
+static void PrintTo(const Usage& u, std::ostream* os) {
   *os << "{uncached=" << u.uncached_input_tokens << " read=" << u.cache_read_tokens
       << " write_5m=" << u.cache_write_5m_tokens << " write_1h=" << u.cache_write_1h_tokens
       << " output=" << u.output_tokens << " reasoning=" << u.reasoning_tokens
@@ -34,6 +35,9 @@ struct UsageCase {
   Tokens expected;
   const char* reported_cost_usd = nullptr;  // exact decimal, or none
 };
+
+// Failure messages show the case name instead of the struct's bytes.
+void PrintTo(const UsageCase& c, std::ostream* os) { *os << c.name; }
 
 Usage expected_usage(const UsageCase& c) {
   Usage u;
@@ -59,7 +63,9 @@ TEST_P(NormalizeUsage, SplitsTokensAsTheProviderBillsThem) {
 
 const UsageCase kUsageCases[] = {
     // ---- OpenAI chat completions -------------------------------------------------------------------
-    {"openai_chat_response_without_cache", Provider::openai, R"({
+    {"openai_chat_response_without_cache",
+     Provider::openai,
+     R"({
       "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "object": "chat.completion", "created": 1741570283,
       "model": "gpt-4.1-2025-04-14",
       "choices": [{"index": 0, "message": {"role": "assistant", "content": "Sure.", "refusal": null,
@@ -71,13 +77,17 @@ const UsageCase kUsageCases[] = {
       "service_tier": "default", "system_fingerprint": "fp_fc9f1d7035"})",
      // nothing cached: all 1117 prompt tokens are uncached input
      {.uncached = 1117, .output = 46}},
-    {"openai_chat_bare_usage_with_cache_hit", Provider::openai, R"({
+    {"openai_chat_bare_usage_with_cache_hit",
+     Provider::openai,
+     R"({
       "prompt_tokens": 1500, "completion_tokens": 300, "total_tokens": 1800,
       "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
       "completion_tokens_details": {"reasoning_tokens": 0}})",
      // cached_tokens is inside prompt_tokens: uncached = 1500 - 1024 = 476
      {.uncached = 476, .read = 1024, .output = 300}},
-    {"openai_chat_stream_last_usage_chunk_wins", Provider::openai, R"([
+    {"openai_chat_stream_last_usage_chunk_wins",
+     Provider::openai,
+     R"([
       {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1741570283, "model": "gpt-4.1",
        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}],
        "usage": null},
@@ -91,34 +101,46 @@ const UsageCase kUsageCases[] = {
       "[DONE]"])",
      // uncached = 2200 - 2048 = 152
      {.uncached = 152, .read = 2048, .output = 95}},
-    {"openai_chat_reasoning_is_inside_completion", Provider::openai, R"({
+    {"openai_chat_reasoning_is_inside_completion",
+     Provider::openai,
+     R"({
       "usage": {"prompt_tokens": 800, "completion_tokens": 1200, "total_tokens": 2000,
                 "prompt_tokens_details": {"cached_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 1024}}})",
      // reasoning 1024 is a part of the 1200 completion tokens, not added to them
      {.uncached = 800, .output = 1200, .reasoning = 1024}},
-    {"openai_cache_write_tokens_in_details", Provider::openai, R"({
+    {"openai_cache_write_tokens_in_details",
+     Provider::openai,
+     R"({
       "usage": {"prompt_tokens": 5000, "completion_tokens": 100,
                 "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 4096}}})",
      // writes are inside prompt_tokens too: uncached = 5000 - 0 - 4096 = 904
      {.uncached = 904, .write_5m = 4096, .output = 100}},
-    {"openai_cache_write_tokens_top_level", Provider::openai, R"({
+    {"openai_cache_write_tokens_top_level",
+     Provider::openai,
+     R"({
       "usage": {"prompt_tokens": 5000, "completion_tokens": 100, "cache_write_tokens": 1024,
                 "prompt_tokens_details": {"cached_tokens": 2048}}})",
      // uncached = 5000 - 2048 read - 1024 written = 1928
      {.uncached = 1928, .read = 2048, .write_5m = 1024, .output = 100}},
-    {"openai_counts_as_whole_number_floats", Provider::openai, R"({
+    {"openai_counts_as_whole_number_floats",
+     Provider::openai,
+     R"({
       "usage": {"prompt_tokens": 1000.0, "completion_tokens": 20.0,
                 "prompt_tokens_details": {"cached_tokens": 512.0}}})",
      // a JSON-to-msgpack converter that makes every number a double: 1000 - 512 = 488
      {.uncached = 488, .read = 512, .output = 20}},
-    {"openai_unknown_fields_are_ignored", Provider::openai, R"({
+    {"openai_unknown_fields_are_ignored",
+     Provider::openai,
+     R"({
       "usage": {"prompt_tokens": 10, "completion_tokens": 5, "some_future_field": {"x": [1, "y"]},
                 "prompt_tokens_details": {"cached_tokens": 0, "image_tokens": "n/a"}}})",
      {.uncached = 10, .output = 5}},
 
     // ---- OpenAI Responses API ------------------------------------------------------------------------
-    {"openai_responses_api_response", Provider::openai, R"({
+    {"openai_responses_api_response",
+     Provider::openai,
+     R"({
       "id": "resp_67ccd2bed1ec8190b14f964abc054267", "object": "response", "created_at": 1741476542,
       "status": "completed", "model": "gpt-5-2025-08-07", "output": [],
       "usage": {"input_tokens": 2048, "input_tokens_details": {"cached_tokens": 1920},
@@ -126,7 +148,9 @@ const UsageCase kUsageCases[] = {
                 "total_tokens": 3248}})",
      // uncached = 2048 - 1920 = 128; reasoning is inside output_tokens
      {.uncached = 128, .read = 1920, .output = 1200, .reasoning = 1024}},
-    {"openai_responses_api_stream", Provider::openai, R"([
+    {"openai_responses_api_stream",
+     Provider::openai,
+     R"([
       {"type": "response.created", "sequence_number": 0,
        "response": {"id": "resp_1", "object": "response", "status": "in_progress", "usage": null}},
       {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1", "delta": "Hi"},
@@ -138,19 +162,25 @@ const UsageCase kUsageCases[] = {
      {.uncached = 300, .output = 40}},
 
     // ---- vLLM / SGLang (OpenAI-compatible) ------------------------------------------------------------
-    {"vllm_prompt_tokens_details_null", Provider::vllm, R"({
+    {"vllm_prompt_tokens_details_null",
+     Provider::vllm,
+     R"({
       "id": "cmpl-7d2f", "object": "chat.completion", "model": "meta-llama/Llama-3.1-8B-Instruct",
       "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
       "usage": {"prompt_tokens": 2048, "total_tokens": 2176, "completion_tokens": 128,
                 "prompt_tokens_details": null}})",
      // prefix caching not reported: every prompt token counts as uncached
      {.uncached = 2048, .output = 128}},
-    {"vllm_prefix_cache_hit_reported", Provider::vllm, R"({
+    {"vllm_prefix_cache_hit_reported",
+     Provider::vllm,
+     R"({
       "usage": {"prompt_tokens": 2048, "total_tokens": 2176, "completion_tokens": 128,
                 "prompt_tokens_details": {"cached_tokens": 1024}}})",
      // --enable-prompt-tokens-details: 64 blocks of 16 hit; uncached = 2048 - 1024 = 1024
      {.uncached = 1024, .read = 1024, .output = 128}},
-    {"vllm_stream_with_continuous_usage_stats", Provider::vllm, R"([
+    {"vllm_stream_with_continuous_usage_stats",
+     Provider::vllm,
+     R"([
       {"id": "chatcmpl-9", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "a"}}],
        "usage": {"prompt_tokens": 700, "completion_tokens": 1, "total_tokens": 701}},
       {"id": "chatcmpl-9", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "b"}}],
@@ -159,24 +189,32 @@ const UsageCase kUsageCases[] = {
        "usage": {"prompt_tokens": 700, "completion_tokens": 3, "total_tokens": 703}}])",
      // every chunk carries cumulative usage: the last one (3 completion tokens) wins
      {.uncached = 700, .output = 3}},
-    {"sglang_details_absent", Provider::sglang, R"({
+    {"sglang_details_absent",
+     Provider::sglang,
+     R"({
       "usage": {"prompt_tokens": 96, "total_tokens": 160, "completion_tokens": 64}})",
      {.uncached = 96, .output = 64}},
-    {"sglang_cache_report", Provider::sglang, R"({
+    {"sglang_cache_report",
+     Provider::sglang,
+     R"({
       "usage": {"prompt_tokens": 4000, "total_tokens": 4100, "completion_tokens": 100,
                 "prompt_tokens_details": {"cached_tokens": 3968}}})",
      // --enable-cache-report: uncached = 4000 - 3968 = 32
      {.uncached = 32, .read = 3968, .output = 100}},
 
     // ---- Anthropic Messages ---------------------------------------------------------------------------
-    {"anthropic_message_without_cache", Provider::anthropic, R"({
+    {"anthropic_message_without_cache",
+     Provider::anthropic,
+     R"({
       "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
       "model": "claude-sonnet-4-20250514", "content": [{"type": "text", "text": "Hello!"}],
       "stop_reason": "end_turn", "stop_sequence": null,
       "usage": {"input_tokens": 25, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
                 "output_tokens": 150, "service_tier": "standard"}})",
      {.uncached = 25, .output = 150}},
-    {"anthropic_5m_write_with_breakdown", Provider::anthropic, R"({
+    {"anthropic_5m_write_with_breakdown",
+     Provider::anthropic,
+     R"({
       "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
       "content": [], "stop_reason": "end_turn", "stop_sequence": null,
       "usage": {"input_tokens": 21, "cache_creation_input_tokens": 188086, "cache_read_input_tokens": 0,
@@ -184,24 +222,34 @@ const UsageCase kUsageCases[] = {
                 "output_tokens": 393, "service_tier": "standard"}})",
      // input_tokens is already the uncached part (21); the whole write is 5 min TTL
      {.uncached = 21, .write_5m = 188086, .output = 393}},
-    {"anthropic_1h_write_and_read", Provider::anthropic, R"({
+    {"anthropic_1h_write_and_read",
+     Provider::anthropic,
+     R"({
       "usage": {"input_tokens": 50, "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 100000,
                 "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2000},
                 "output_tokens": 500}})",
      {.uncached = 50, .read = 100000, .write_1h = 2000, .output = 500}},
-    {"anthropic_5m_and_1h_writes_split", Provider::anthropic, R"({
+    {"anthropic_5m_and_1h_writes_split",
+     Provider::anthropic,
+     R"({
       "usage": {"input_tokens": 10, "cache_creation_input_tokens": 4000, "cache_read_input_tokens": 0,
                 "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 3000},
                 "output_tokens": 200}})",
      // 1000 + 3000 = 4000 = cache_creation_input_tokens
      {.uncached = 10, .write_5m = 1000, .write_1h = 3000, .output = 200}},
-    {"anthropic_write_without_breakdown_is_5m", Provider::anthropic, R"({
+    {"anthropic_write_without_breakdown_is_5m",
+     Provider::anthropic,
+     R"({
       "input_tokens": 12, "cache_creation_input_tokens": 3000, "cache_read_input_tokens": 0,
       "output_tokens": 80})",
      {.uncached = 12, .write_5m = 3000, .output = 80}},
-    {"anthropic_cache_fields_absent", Provider::anthropic, R"({"input_tokens": 12, "output_tokens": 80})",
+    {"anthropic_cache_fields_absent",
+     Provider::anthropic,
+     R"({"input_tokens": 12, "output_tokens": 80})",
      {.uncached = 12, .output = 80}},
-    {"anthropic_stream_message_delta_overrides_output", Provider::anthropic, R"([
+    {"anthropic_stream_message_delta_overrides_output",
+     Provider::anthropic,
+     R"([
       {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
         "content": [], "model": "claude-sonnet-4-20250514", "stop_reason": null, "stop_sequence": null,
         "usage": {"input_tokens": 25, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 4000,
@@ -215,7 +263,9 @@ const UsageCase kUsageCases[] = {
       {"type": "message_stop"}])",
      // message_start's output_tokens (1) is replaced by the cumulative 512 of message_delta
      {.uncached = 25, .read = 4000, .output = 512}},
-    {"anthropic_stream_cumulative_delta_with_all_fields", Provider::anthropic, R"([
+    {"anthropic_stream_cumulative_delta_with_all_fields",
+     Provider::anthropic,
+     R"([
       {"type": "message_start", "message": {"id": "msg_2", "type": "message", "role": "assistant",
         "content": [], "model": "claude-sonnet-4-20250514",
         "usage": {"input_tokens": 40, "cache_creation_input_tokens": 6000, "cache_read_input_tokens": 0,
@@ -229,7 +279,9 @@ const UsageCase kUsageCases[] = {
      {.uncached = 40, .write_1h = 6000, .output = 77}},
 
     // ---- Gemini ---------------------------------------------------------------------------------------
-    {"gemini_implicit_cache_hit_and_thoughts", Provider::gemini, R"({
+    {"gemini_implicit_cache_hit_and_thoughts",
+     Provider::gemini,
+     R"({
       "candidates": [{"content": {"parts": [{"text": "..."}], "role": "model"}, "finishReason": "STOP",
                       "index": 0}],
       "usageMetadata": {"promptTokenCount": 4210, "candidatesTokenCount": 512, "totalTokenCount": 5100,
@@ -241,24 +293,32 @@ const UsageCase kUsageCases[] = {
      // cached is inside promptTokenCount: uncached = 4210 - 4096 = 114 (never 4210 + 4096);
      // output = 512 candidates + 378 thoughts = 890
      {.uncached = 114, .read = 4096, .output = 890, .reasoning = 378}},
-    {"gemini_zero_counts_omitted", Provider::gemini, R"({
+    {"gemini_zero_counts_omitted",
+     Provider::gemini,
+     R"({
       "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"}, "finishReason": "STOP"}],
       "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 2, "totalTokenCount": 11,
                         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 9}]},
       "modelVersion": "gemini-2.5-flash"})",
      {.uncached = 9, .output = 2}},
-    {"gemini_thinking_hit_max_tokens_no_candidates", Provider::gemini, R"({
+    {"gemini_thinking_hit_max_tokens_no_candidates",
+     Provider::gemini,
+     R"({
       "candidates": [{"content": {"role": "model"}, "finishReason": "MAX_TOKENS", "index": 0}],
       "usageMetadata": {"promptTokenCount": 1000, "totalTokenCount": 2024, "thoughtsTokenCount": 1024},
       "modelVersion": "gemini-2.5-flash"})",
      // proto3 JSON drops candidatesTokenCount = 0: output = 0 + 1024 thoughts
      {.uncached = 1000, .output = 1024, .reasoning = 1024}},
-    {"gemini_tool_use_prompt_is_uncached_input", Provider::gemini, R"({
+    {"gemini_tool_use_prompt_is_uncached_input",
+     Provider::gemini,
+     R"({
       "usageMetadata": {"promptTokenCount": 1200, "candidatesTokenCount": 300, "toolUsePromptTokenCount": 150,
                         "totalTokenCount": 1650}})",
      // tool-use prompt tokens are not inside promptTokenCount: uncached = 1200 + 150 = 1350
      {.uncached = 1350, .output = 300}},
-    {"gemini_stream_last_chunk_wins", Provider::gemini, R"([
+    {"gemini_stream_last_chunk_wins",
+     Provider::gemini,
+     R"([
       {"candidates": [{"content": {"parts": [{"text": "The"}], "role": "model"}, "index": 0}],
        "usageMetadata": {"promptTokenCount": 250000, "cachedContentTokenCount": 240000, "totalTokenCount": 250000},
        "modelVersion": "gemini-2.5-pro"},
@@ -269,14 +329,18 @@ const UsageCase kUsageCases[] = {
        "modelVersion": "gemini-2.5-pro"}])",
      // uncached = 250000 - 240000 = 10000; output = 800 + 1200 = 2000
      {.uncached = 10000, .read = 240000, .output = 2000, .reasoning = 1200}},
-    {"gemini_python_sdk_snake_case", Provider::gemini, R"({
+    {"gemini_python_sdk_snake_case",
+     Provider::gemini,
+     R"({
       "usage_metadata": {"prompt_token_count": 3000, "cached_content_token_count": 2048,
                          "candidates_token_count": 100, "thoughts_token_count": 50, "total_token_count": 3150}})",
      // google-genai model_dump(): uncached = 3000 - 2048 = 952; output = 100 + 50 = 150
      {.uncached = 952, .read = 2048, .output = 150, .reasoning = 50}},
 
     // ---- DeepSeek -------------------------------------------------------------------------------------
-    {"deepseek_cache_hit_and_miss", Provider::deepseek, R"({
+    {"deepseek_cache_hit_and_miss",
+     Provider::deepseek,
+     R"({
       "id": "930c60df-bf64-41c9-a88e-3ec75f81e00e", "object": "chat.completion", "created": 1705651092,
       "model": "deepseek-chat",
       "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
@@ -286,7 +350,9 @@ const UsageCase kUsageCases[] = {
       "system_fingerprint": "fp_3a5770e1b4_prod0820_fp8_kvcache"})",
      // hit 1152 + miss 88 = 1240 = prompt_tokens; the duplicate cached_tokens is not counted again
      {.uncached = 88, .read = 1152, .output = 310}},
-    {"deepseek_reasoner_stream", Provider::deepseek, R"([
+    {"deepseek_reasoner_stream",
+     Provider::deepseek,
+     R"([
       {"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-reasoner",
        "choices": [{"index": 0, "delta": {"reasoning_content": "Let"}, "finish_reason": null}], "usage": null},
       {"id": "c1", "object": "chat.completion.chunk", "model": "deepseek-reasoner",
@@ -296,12 +362,16 @@ const UsageCase kUsageCases[] = {
                  "completion_tokens_details": {"reasoning_tokens": 1800},
                  "prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 500}}])",
      {.uncached = 500, .output = 2000, .reasoning = 1800}},
-    {"deepseek_without_prompt_tokens", Provider::deepseek, R"({
+    {"deepseek_without_prompt_tokens",
+     Provider::deepseek,
+     R"({
       "prompt_cache_hit_tokens": 64, "prompt_cache_miss_tokens": 36, "completion_tokens": 7})",
      {.uncached = 36, .read = 64, .output = 7}},
 
     // ---- OpenRouter -----------------------------------------------------------------------------------
-    {"openrouter_cost_and_cache_tokens", Provider::openrouter, R"({
+    {"openrouter_cost_and_cache_tokens",
+     Provider::openrouter,
+     R"({
       "id": "gen-1753900000-abcdef", "provider": "Anthropic", "model": "anthropic/claude-sonnet-4",
       "object": "chat.completion", "created": 1753900000,
       "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
@@ -313,7 +383,9 @@ const UsageCase kUsageCases[] = {
      // uncached = 10000 - 8000 read - 1500 written = 500; the float 0.0126 is exactly $0.0126
      {.uncached = 500, .read = 8000, .write_5m = 1500, .output = 200},
      "0.0126"},
-    {"openrouter_stream_final_chunk_cost", Provider::openrouter, R"([
+    {"openrouter_stream_final_chunk_cost",
+     Provider::openrouter,
+     R"([
       ": OPENROUTER PROCESSING",
       {"id": "gen-2", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "x"}}]},
       {"id": "gen-2", "object": "chat.completion.chunk", "choices": [],
@@ -323,22 +395,30 @@ const UsageCase kUsageCases[] = {
      // 0.000095 prints as "9.5e-05" (shortest round trip) = 95,000,000 picodollars
      {.uncached = 194, .output = 2},
      "0.000095"},
-    {"openrouter_free_model_integer_cost", Provider::openrouter, R"({
+    {"openrouter_free_model_integer_cost",
+     Provider::openrouter,
+     R"({
       "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39, "cost": 0}})",
      {.uncached = 30, .output = 9},
      "0"},
-    {"openrouter_cost_below_a_picodollar_rounds", Provider::openrouter, R"({
+    {"openrouter_cost_below_a_picodollar_rounds",
+     Provider::openrouter,
+     R"({
       "usage": {"prompt_tokens": 30, "completion_tokens": 9, "cost": 1.23456789012345e-05}})",
      // 0.000012345678|9012345 has 19 decimals: rounded at 12 -> 0.000012345679
      {.uncached = 30, .output = 9},
      "0.000012345679"},
-    {"openrouter_cost_absent", Provider::openrouter, R"({
+    {"openrouter_cost_absent",
+     Provider::openrouter,
+     R"({
       "usage": {"prompt_tokens": 30, "completion_tokens": 9}})",
      {.uncached = 30, .output = 9}},
 };
 
 INSTANTIATE_TEST_SUITE_P(Providers, NormalizeUsage, ::testing::ValuesIn(kUsageCases),
-                         [](const ::testing::TestParamInfo<UsageCase>& test_info) { return std::string(test_info.param.name); });
+                         [](const ::testing::TestParamInfo<UsageCase>& test_info) {
+                           return std::string(test_info.param.name);
+                         });
 
 // ---- Rejected inputs: each error names the field path ----------------------------------------------
 
@@ -349,6 +429,9 @@ struct BadCase {
   const char* message;  // the whole message when `exact`, else a substring
   bool exact = false;
 };
+
+// Failure messages show the case name instead of the struct's bytes.
+void PrintTo(const BadCase& c, std::ostream* os) { *os << c.name; }
 
 class RejectUsage : public ::testing::TestWithParam<BadCase> {};
 
@@ -383,8 +466,8 @@ const BadCase kBadCases[] = {
      "usage.completion_tokens: expected a non-negative integer, got NaN", true},
     {"openai_absurd_size", Provider::openai, R"({"prompt_tokens": 2147483649, "completion_tokens": 1})",
      "usage.prompt_tokens: 2147483649 tokens is beyond any real request (limit 2^31)", true},
-    {"openai_absurd_uint64", Provider::openai,
-     R"({"prompt_tokens": 18446744073709551615, "completion_tokens": 1})", "usage.prompt_tokens: 18446744073709551615"},
+    {"openai_absurd_uint64", Provider::openai, R"({"prompt_tokens": 18446744073709551615, "completion_tokens": 1})",
+     "usage.prompt_tokens: 18446744073709551615"},
     {"openai_cached_plus_write_exceed_prompt", Provider::openai,
      R"({"prompt_tokens": 1000, "completion_tokens": 1,
          "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 500}})",
@@ -436,8 +519,7 @@ const BadCase kBadCases[] = {
          {"type": "message_stop"}])",
      "usage.input_tokens: missing from every event of the stream"},
     {"anthropic_single_message_delta_is_incomplete", Provider::anthropic,
-     R"({"type": "message_delta", "usage": {"output_tokens": 15}})", "usage.input_tokens: missing (required)",
-     true},
+     R"({"type": "message_delta", "usage": {"output_tokens": 15}})", "usage.input_tokens: missing (required)", true},
     {"anthropic_stream_without_usage", Provider::anthropic, R"([{"type": "ping"}, {"type": "message_stop"}])",
      "stream: no event carries usage"},
     {"anthropic_output_is_a_string", Provider::anthropic, R"({"input_tokens": 5, "output_tokens": "7"})",
@@ -475,7 +557,9 @@ const BadCase kBadCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(Providers, RejectUsage, ::testing::ValuesIn(kBadCases),
-                         [](const ::testing::TestParamInfo<BadCase>& test_info) { return std::string(test_info.param.name); });
+                         [](const ::testing::TestParamInfo<BadCase>& test_info) {
+                           return std::string(test_info.param.name);
+                         });
 
 // ---- What JSON cannot express ------------------------------------------------------------------------
 

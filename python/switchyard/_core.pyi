@@ -1,0 +1,113 @@
+"""Type stubs for switchyard._core (the pybind11 module over the C++ core)."""
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+__version__: str
+LATENCY_BUCKETS_MS: list[int]
+
+class Config:
+    @property
+    def source(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def scenarios(self) -> list[str]: ...
+    @property
+    def targets(self) -> list[str]: ...
+    def target_info(self, name: str) -> dict[str, Any]: ...
+
+def load_config(path: str) -> Config: ...
+def load_config_text(text: str, source: str = "<string>") -> Config: ...
+
+class Decision:
+    @property
+    def id(self) -> int: ...
+    @property
+    def scenario(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def fallbacks(self) -> list[str]: ...
+    @property
+    def reasons(self) -> list[str]: ...
+    @property
+    def predicted_cost_usd(self) -> Decimal: ...
+    @property
+    def expected_cached_tokens(self) -> int: ...
+    @property
+    def config_version(self) -> str: ...
+    @property
+    def at(self) -> float: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+class Router:
+    def __init__(
+        self,
+        config: Config,
+        seed: int = 0,
+        decision_ttl_s: float = 3600.0,
+        max_pending: int = 262144,
+    ) -> None: ...
+    def route(
+        self,
+        scenario: str,
+        *,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        token_ids: Sequence[int] | None = None,
+        text: str | None = None,
+        now: float | None = None,
+    ) -> Decision: ...
+    def explain(
+        self,
+        scenario: str,
+        *,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        token_ids: Sequence[int] | None = None,
+        text: str | None = None,
+        now: float | None = None,
+    ) -> Decision: ...
+    def report(
+        self,
+        decision_id: int,
+        *,
+        target: str,
+        status: str,
+        usage: dict[str, Any] | list[Any] | None = None,
+        ttft_ms: float | None = None,
+        latency_ms: float | None = None,
+        accepted: bool | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]: ...
+    def verdict(self, decision_id: int, accepted: bool, *, now: float | None = None) -> None: ...
+    def counters(self) -> list[dict[str, Any]]: ...
+    def breakers(self, *, now: float | None = None) -> list[dict[str, Any]]: ...
+    def budgets(self, *, now: float | None = None) -> list[dict[str, Any]]: ...
+    @property
+    def pending_decisions(self) -> int: ...
+    @property
+    def config(self) -> Config: ...
+
+def _price_usage(
+    config: Config, target: str, usage: Any, provider: str | None = None, batch: bool = False
+) -> dict[str, Any]: ...
+def _noop_route(
+    scenario: str,
+    *,
+    key: str | None = None,
+    data_class: str | None = None,
+    input_tokens: int | None = None,
+    max_output_tokens: int | None = None,
+    token_ids: Sequence[int] | None = None,
+    text: str | None = None,
+    now: float | None = None,
+) -> None: ...
