@@ -162,6 +162,9 @@ RouteRequest make_request(const std::string& scenario, const std::optional<std::
                           const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
                           std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
                           const std::optional<std::string>& text, std::optional<double> now) {
+  for (auto v : {input_tokens, max_output_tokens}) {
+    if (v && *v < 0) raise({ErrorCode::invalid_argument, "token counts must be >= 0 (None means unknown)"});
+  }
   RouteRequest r;
   r.scenario = scenario;
   if (key) r.key = *key;
@@ -336,7 +339,7 @@ PYBIND11_MODULE(_core, m) {
           "Decides where a request of `scenario` goes and commits the decision.")
       .def(
           "explain",
-          [](const Router& r, const std::string& scenario, const std::optional<std::string>& key,
+          [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
              const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
              std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
              const std::optional<std::string>& text, std::optional<double> now) {
@@ -441,6 +444,36 @@ PYBIND11_MODULE(_core, m) {
             return out;
           },
           py::kw_only(), py::arg("now") = py::none())
+      .def(
+          "self_hosted_costs",
+          [](const Router& r, double period_s) {
+            if (!(period_s > 0)) raise({ErrorCode::invalid_argument, "period_s must be positive"});
+            py::list out;
+            for (const auto& row : r.self_hosted_costs(static_cast<TimeMs>(std::llround(period_s * 1000.0)))) {
+              const Target& t = r.config()->targets[row.target];
+              py::dict d;
+              d["target"] = t.name;
+              d["replicas"] = t.replicas.size();
+              d["gpus"] = static_cast<std::int64_t>(t.replicas.size()) * t.cost.gpus_per_replica;
+              d["period_s"] = period_s;
+              d["outcomes"] = row.outcomes;
+              d["accepted"] = row.accepted;
+              d["marginal_usd"] = money(row.marginal);
+              d["gpu_usd"] = money(row.provisioned.gpu);
+              d["overheads_usd"] = money(row.provisioned.overheads);
+              d["fully_loaded_usd"] = money(row.provisioned.fully_loaded());
+              auto per = [&](const py::object& total) -> py::object {
+                return row.accepted == 0 ? py::object(py::none()) : total.attr("__truediv__")(py::int_(row.accepted));
+              };
+              d["marginal_per_accepted_usd"] = per(d["marginal_usd"]);
+              d["fully_loaded_per_accepted_usd"] = per(d["fully_loaded_usd"]);
+              out.append(d);
+            }
+            return out;
+          },
+          py::arg("period_s"),
+          "Self-hosted pools: marginal GPU cost of the ledger's outcomes next to the fully loaded cost of "
+          "`period_s` (GPUs for the whole period plus monthly overheads). Two views, never mixed.")
       .def_property_readonly("pending_decisions", &Router::pending_decisions)
       .def_property_readonly("config", [](const Router& r) { return ConfigHandle{r.config()}; });
 

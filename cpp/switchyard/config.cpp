@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <initializer_list>
 #include <set>
@@ -99,6 +100,13 @@ class Loader {
     return node.Scalar();
   }
 
+  // A number or boolean written in quotes is a string in YAML: refuse it rather than guess.
+  static const std::string& unquoted(const YAML::Node& node, const std::string& what, const char* expected) {
+    const auto& s = scalar(node, what);
+    if (node.Tag() == "!") fail(node, what + " must be " + expected + ", got the quoted string \"" + s + "\"");
+    return s;
+  }
+
   static std::string string_value(const YAML::Node& node, const std::string& what) {
     const auto& s = scalar(node, what);
     if (s.empty()) fail(node, what + " must not be empty");
@@ -106,7 +114,7 @@ class Loader {
   }
 
   static std::int64_t int_value(const YAML::Node& node, const std::string& what, std::int64_t lo, std::int64_t hi) {
-    const auto& s = scalar(node, what);
+    const auto& s = unquoted(node, what, "an integer");
     std::int64_t v = 0;
     const auto* end = s.data() + s.size();
     auto [p, ec] = std::from_chars(s.data(), end, v);
@@ -118,7 +126,7 @@ class Loader {
   }
 
   static double double_value(const YAML::Node& node, const std::string& what, double lo, double hi) {
-    const auto& s = scalar(node, what);
+    const auto& s = unquoted(node, what, "a number");
     double v = 0;
     const auto* end = s.data() + s.size();
     auto [p, ec] = std::from_chars(s.data(), end, v);
@@ -134,7 +142,7 @@ class Loader {
   }
 
   static bool bool_value(const YAML::Node& node, const std::string& what) {
-    const auto& s = scalar(node, what);
+    const auto& s = unquoted(node, what, "true or false");
     if (s == "true") return true;
     if (s == "false") return false;
     fail(node, what + " must be true or false, got '" + s + "'");
@@ -255,7 +263,11 @@ class Loader {
                                : rates.cache_write_5m;
   }
 
-  static void load_price(Target& t, const YAML::Node& node, const std::string& what) {
+  void load_price(Target& t, const YAML::Node& node, const std::string& what) {
+    if (node.IsMap() && node["from_litellm"]) {
+      load_litellm_price(t, node, what);
+      return;
+    }
     expect_map(node, what,
                {"input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_5m_per_mtok",
                 "cache_write_1h_per_mtok", "cache_storage_per_mtok_hour", "batch_discount_pct", "tiers"},
@@ -286,6 +298,107 @@ class Loader {
         load_rates(n, w, tier.rates, t.provider);
         price.tiers.push_back(tier);
       });
+    }
+  }
+
+  // The LiteLLM model price map (per-token USD, JSON): reused as teams already keep it. yaml-cpp reads
+  // JSON and keeps each number's text, so "3e-06" is parsed exactly, never through a double.
+  const YAML::Node& litellm_map(const YAML::Node& at, const std::string& file) {
+    std::filesystem::path path(file);
+    if (path.is_relative()) path = std::filesystem::path(source_).parent_path() / path;
+    const std::string key = path.string();
+    auto it = litellm_maps_.find(key);
+    if (it != litellm_maps_.end()) return it->second;
+    YAML::Node map;
+    try {
+      map = YAML::LoadFile(key);
+    } catch (const YAML::BadFile&) {
+      fail(at, "cannot read the LiteLLM price map '" + key + "'");
+    } catch (const YAML::Exception& e) {
+      fail(at, "the LiteLLM price map " + key + ":" + std::to_string(e.mark.line + 1) + ":" +
+                   std::to_string(e.mark.column + 1) + " is not valid JSON: " + e.msg);
+    }
+    if (!map.IsMap()) fail(at, "the LiteLLM price map '" + key + "' must be a JSON object of model entries");
+    return litellm_maps_.emplace(key, map).first->second;
+  }
+
+  void load_litellm_price(Target& t, const YAML::Node& node, const std::string& what) {
+    expect_map(node, what, {"from_litellm", "litellm_model", "batch_discount_pct"}, {"from_litellm"});
+    const auto file = string_value(node["from_litellm"], what + ".from_litellm");
+    const std::string model =
+        node["litellm_model"] ? string_value(node["litellm_model"], what + ".litellm_model") : t.model;
+    const YAML::Node& map = litellm_map(node["from_litellm"], file);
+    const YAML::Node entry = map[model];
+    if (!entry || !entry.IsMap()) {
+      fail(node, what + ": model '" + model + "' is not in the LiteLLM price map '" + file + "'");
+    }
+    const std::string where = what + " (LiteLLM '" + model + "')";
+    auto field = [&](const std::string& key) -> std::optional<TokenPrice> {
+      const YAML::Node v = entry[key];
+      if (!v || v.IsNull()) return std::nullopt;
+      if (!v.IsScalar()) fail(node, where + "." + key + " must be a number");
+      auto p = parse_usd_per_token(v.Scalar());
+      if (!p) fail(node, where + "." + key + " (USD per token) " + p.error().message);
+      return *p;
+    };
+    auto required = [&](const std::string& key) {
+      auto p = field(key);
+      if (!p) fail(node, where + " has no '" + key + "'");
+      return *p;
+    };
+    auto rates_with_suffix = [&](const std::string& suffix, const PriceRates* base) {
+      PriceRates r;
+      r.input = base ? field("input_cost_per_token" + suffix).value_or(base->input) : required("input_cost_per_token");
+      r.output =
+          base ? field("output_cost_per_token" + suffix).value_or(base->output) : required("output_cost_per_token");
+      // As in YAML prices: a missing cache price is never cheaper than input.
+      r.cache_read = field("cache_read_input_token_cost" + suffix).value_or(r.input);
+      auto write = field("cache_creation_input_token_cost" + suffix);
+      if (!write && t.provider == Provider::anthropic) {
+        fail(node, where + " has no 'cache_creation_input_token_cost" + suffix +
+                       "': anthropic bills cache writes above the input price");
+      }
+      r.cache_write_5m = write.value_or(r.input);
+      // A tier without its own 1 h write price: never below the base 1 h price nor the tier's 5 min one.
+      const TokenPrice fallback_1h = base ? std::max(r.cache_write_5m, base->cache_write_1h) : r.cache_write_5m;
+      r.cache_write_1h = field("cache_creation_input_token_cost_above_1hr" + suffix).value_or(fallback_1h);
+      return r;
+    };
+    auto& price = t.price;
+    price.present = true;
+    price.base = rates_with_suffix("", nullptr);
+    // Long-context tiers: "input_cost_per_token_above_200k_tokens" and friends.
+    for (const auto& kv : entry) {
+      const std::string key = kv.first.Scalar();
+      const std::string prefix = "input_cost_per_token_above_";
+      const std::string tail = "k_tokens";
+      if (key.rfind(prefix, 0) != 0 || key.size() <= prefix.size() + tail.size() ||
+          key.compare(key.size() - tail.size(), tail.size(), tail) != 0) {
+        continue;
+      }
+      const std::string digits = key.substr(prefix.size(), key.size() - prefix.size() - tail.size());
+      std::int64_t thousands = 0;
+      auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), thousands);
+      if (ec != std::errc() || p != digits.data() + digits.size() || thousands <= 0) continue;
+      PriceTier tier;
+      tier.above_input_tokens = thousands * 1000;
+      tier.rates = rates_with_suffix("_above_" + digits + "k_tokens", &price.base);
+      price.tiers.push_back(tier);
+    }
+    std::sort(price.tiers.begin(), price.tiers.end(),
+              [](const PriceTier& a, const PriceTier& b) { return a.above_input_tokens < b.above_input_tokens; });
+    if (node["batch_discount_pct"]) {
+      price.batch_discount_pct = int_value(node["batch_discount_pct"], what + ".batch_discount_pct", 0, 100);
+    } else if (auto batch = field("input_cost_per_token_batches")) {
+      // LiteLLM states batch prices; Switchyard models a uniform discount. Take it only when exact.
+      const std::int64_t in = price.base.input.picos_per_token();
+      const std::int64_t b = batch->picos_per_token();
+      if (in <= 0 || b > in || (100 * (in - b)) % in != 0) {
+        fail(node, where +
+                       ".input_cost_per_token_batches is not a whole-percent discount of the input price; "
+                       "set batch_discount_pct");
+      }
+      price.batch_discount_pct = 100 * (in - b) / in;
     }
   }
 
@@ -378,6 +491,7 @@ class Loader {
     if (node["breaker"]) load_breaker(t.breaker, node["breaker"], what + ".breaker");
 
     if (t.kind == TargetKind::maas) {
+      if (!node["price"].IsMap()) fail(node["price"], what + ".price must be a mapping");
       load_price(t, node["price"], what + ".price");
       if (const auto& c = node["cache"]) {
         expect_map(c, what + ".cache", {"ttl_s", "min_prefix_tokens"});
@@ -450,7 +564,9 @@ class Loader {
         auto name = string_value(n, w);
         auto it = std::find(config.regions.begin(), config.regions.end(), name);
         if (it == config.regions.end()) {
-          fail(n, w + " names region '" + name + "' that no target is in; known: " + join(config.regions));
+          fail(n, w + " names region '" + name + "' that no target is in; " +
+                      (config.regions.empty() ? std::string("no target declares a region")
+                                              : "regions in use: " + join(config.regions)));
         }
         s.region_mask |= 1ULL << (it - config.regions.begin());
       });
@@ -536,6 +652,7 @@ class Loader {
 
   std::string source_;
   bool regions_declared_ = false;
+  std::unordered_map<std::string, YAML::Node> litellm_maps_;  // per load, each file read once
 };
 
 std::string located(const std::string& source, const YAML::Mark& mark, const std::string& message) {
@@ -557,6 +674,11 @@ Result<ConfigPtr> load_config_text(std::string_view text, const std::string& sou
 }
 
 Result<ConfigPtr> load_config_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return make_error(ErrorCode::config_invalid,
+                      path + ":1:1: cannot read the file: it is a directory, not a routing table");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return make_error(ErrorCode::config_invalid, path + ":1:1: cannot read the file");
   std::ostringstream buf;

@@ -63,6 +63,7 @@ struct Decision {
   std::vector<Reason> reasons;
   Money predicted_cost;  ///< worst case (input + max output); also what the budget reserved
   std::int64_t expected_cached_tokens = 0;
+  bool spilled = false;  ///< the target is the spillover target, taken because the pool was full
   std::uint64_t config_version = 0;
   TimeMs at = 0;
 };

@@ -67,6 +67,10 @@ class MoneyTotal {
     picos_ += m.picos();
     return *this;
   }
+  constexpr MoneyTotal& operator+=(const MoneyTotal& m) {
+    picos_ += m.picos_;
+    return *this;
+  }
   [[nodiscard]] constexpr Int128 picos() const { return picos_; }
   [[nodiscard]] std::string to_usd_string() const;
   friend constexpr bool operator==(MoneyTotal, MoneyTotal) = default;

@@ -52,8 +52,10 @@ std::optional<ReasonCode> state_filter(const Config& config, const RouterState& 
   return any_allowed ? ReasonCode::saturated : ReasonCode::breaker_open;
 }
 
-// In-flight over capacity of a pool's replicas whose breakers admit traffic, in per mille.
-std::int64_t pool_load_permille(const Target& t, const RouterState& state, std::uint32_t target, TimeMs now) {
+// Whether a pool's in-flight over the capacity of replicas whose breakers admit traffic has reached
+// `ratio` (compared exactly, not rounded); `permille` reports the load for the reason.
+bool pool_at_threshold(const Target& t, const RouterState& state, std::uint32_t target, TimeMs now, double ratio,
+                       std::int64_t& permille) {
   std::int64_t inflight = 0;
   std::int64_t capacity = 0;
   for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
@@ -62,7 +64,8 @@ std::int64_t pool_load_permille(const Target& t, const RouterState& state, std::
     inflight += state.inflight[u];
     capacity += t.replicas[r].max_inflight;
   }
-  return capacity == 0 ? 1000 : inflight * 1000 / capacity;
+  permille = capacity == 0 ? 1000 : inflight * 1000 / capacity;
+  return capacity == 0 || static_cast<double>(inflight) >= ratio * static_cast<double>(capacity);
 }
 
 }  // namespace
@@ -149,10 +152,11 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     // A self-hosted pool at its in-flight threshold hands the request to the spillover target.
     if (t.kind == TargetKind::self_hosted && s.spillover && s.spillover->target != route.target &&
         tried[route.target] == 0) {
-      const std::int64_t load = pool_load_permille(t, state, route.target, request.now);
-      if (static_cast<double>(load) >= s.spillover->when_inflight_ratio * 1000.0) {
+      std::int64_t load = 0;
+      if (pool_at_threshold(t, state, route.target, request.now, s.spillover->when_inflight_ratio, load)) {
         d.reasons.push_back({ReasonCode::spillover, route.target, load});
         if (try_target(s.spillover->target)) {
+          d.spilled = true;
           chosen = true;
           break;
         }

@@ -188,4 +188,27 @@ Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost, std::int64_t
   return Money::from_picos(picos);
 }
 
+PoolPeriodCost self_hosted_period_cost(const Target& target, std::int64_t period_ms) {
+  constexpr std::int64_t kMsPerHour = 3'600'000;
+  constexpr std::int64_t kMsPerMonth = 730 * kMsPerHour;
+  PoolPeriodCost out;
+  if (target.kind != TargetKind::self_hosted || period_ms <= 0) return out;
+  const auto gpus = static_cast<UInt128>(target.replicas.size()) * static_cast<UInt128>(target.cost.gpus_per_replica);
+  out.gpu = Money::from_picos(mul_div_round(gpus * static_cast<UInt128>(target.cost.usd_per_gpu_hour.picos()),
+                                            static_cast<UInt128>(period_ms), kMsPerHour));
+  for (const auto& [name, monthly] : target.cost.monthly_overheads) {
+    out.overheads += Money::from_picos(
+        mul_div_round(static_cast<UInt128>(monthly.picos()), static_cast<UInt128>(period_ms), kMsPerMonth));
+  }
+  return out;
+}
+
+Money cache_storage_cost(const PriceCatalog& price, std::int64_t tokens, std::int64_t held_ms) {
+  constexpr std::int64_t kMsPerHour = 3'600'000;
+  if (tokens <= 0 || held_ms <= 0) return Money{};
+  return Money::from_picos(
+      mul_div_round(static_cast<UInt128>(price.cache_storage_per_hour.picos_per_token()) * static_cast<UInt128>(tokens),
+                    static_cast<UInt128>(held_ms), kMsPerHour));
+}
+
 }  // namespace switchyard

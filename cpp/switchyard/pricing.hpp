@@ -38,4 +38,18 @@ namespace switchyard {
                                                       std::int64_t output_tokens_per_s_per_gpu,
                                                       std::int64_t utilisation_pct);
 
+/// Provisioned cost of a self-hosted pool over a period, the fully loaded view: every replica's GPUs
+/// for the whole period (busy or not), plus the monthly overheads (staging, canary, engineering, ...)
+/// prorated with a month of 730 hours. Never mixed with the marginal per-request cost.
+struct PoolPeriodCost {
+  Money gpu;
+  Money overheads;
+  [[nodiscard]] Money fully_loaded() const { return gpu + overheads; }
+};
+[[nodiscard]] PoolPeriodCost self_hosted_period_cost(const Target& target, std::int64_t period_ms);
+
+/// Explicit-cache storage (Gemini `cachedContents`): tokens held x time x the catalog's storage price
+/// per token-hour, rounded to the nearest picodollar.
+[[nodiscard]] Money cache_storage_cost(const PriceCatalog& price, std::int64_t tokens, std::int64_t held_ms);
+
 }  // namespace switchyard

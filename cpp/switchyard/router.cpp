@@ -46,10 +46,11 @@ Result<Request> Router::resolve(const RouteRequest& r) const {
   return req;
 }
 
-Result<Decision> Router::explain(const RouteRequest& request) const {
+Result<Decision> Router::explain(const RouteRequest& request) {
   auto req = resolve(request);
   if (!req) return std::move(req).error();
   std::lock_guard lock(mu_);
+  expire(req->now);  // housekeeping only, so explain() sees the state route() would see
   return decide(*config_, state_, *req, options_.seed, next_id_);
 }
 
@@ -57,7 +58,7 @@ Result<Decision> Router::route(const RouteRequest& request) {
   auto req = resolve(request);
   if (!req) return std::move(req).error();
   std::lock_guard lock(mu_);
-  expire(req->now);
+  expire(req->now, 1);
   auto decision = decide(*config_, state_, *req, options_.seed, next_id_);
   if (!decision) return decision;
   ++next_id_;
@@ -76,10 +77,7 @@ Result<Decision> Router::route(const RouteRequest& request) {
 
   Counters& c = state_.counters(d.scenario, d.placement.target);
   ++c.requests;
-  if (std::any_of(d.reasons.begin(), d.reasons.end(),
-                  [](const Reason& r) { return r.code == ReasonCode::spillover; })) {
-    ++c.spillovers;
-  }
+  if (d.spilled) ++c.spillovers;
   state_.pending.emplace(d.id, std::move(p));
   state_.pending_order.push_back(d.id);
   return decision;
@@ -89,24 +87,25 @@ void Router::release(PendingDecision& p) {
   if (!p.reservation_open) return;
   p.reservation_open = false;
   const Placement& pl = p.decision.placement;
-  --state_.inflight[state_.unit(pl.target, pl.replica)];
+  const std::size_t unit = state_.unit(pl.target, pl.replica);
+  --state_.inflight[unit];
+  if (p.probe) {
+    // A probe that ends without its own outcome (expired, or answered by a fallback) frees the slot.
+    state_.breakers[unit].on_abandoned();
+    p.probe = false;
+  }
   BudgetState& budget = state_.budgets[p.decision.scenario];
   if (budget.day == p.budget_day) budget.reserved -= p.decision.predicted_cost;
 }
 
-void Router::expire(TimeMs now) {
+void Router::expire(TimeMs now, std::size_t room) {
   while (!state_.pending_order.empty()) {
     const std::uint64_t id = state_.pending_order.front();
     auto it = state_.pending.find(id);
     if (it != state_.pending.end()) {
       const bool old = now - it->second.decision.at >= options_.decision_ttl_ms;
-      if (!old && state_.pending.size() <= options_.max_pending) break;
-      PendingDecision& p = it->second;
-      if (p.reservation_open && p.probe) {
-        const Placement& pl = p.decision.placement;
-        state_.breakers[state_.unit(pl.target, pl.replica)].on_abandoned();
-      }
-      release(p);
+      if (!old && state_.pending.size() + room <= options_.max_pending) break;
+      release(it->second);
       state_.pending.erase(it);
     }
     state_.pending_order.pop_front();
@@ -154,6 +153,11 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
     return receipt;
   }
 
+  if (r.accepted && !p.verdict_given && p.served_target == kNone && r.status != Status::ok) {
+    return make_error(ErrorCode::invalid_argument, "decision " + std::to_string(d.id) +
+                                                       " has no ok outcome to give a verdict on (status " +
+                                                       to_string(r.status) + ")");
+  }
   const Scenario& s = config_->scenarios[d.scenario];
   if (r.usage != nullptr && r.usage->type != msgpack::type::NIL) {
     auto usage = normalize_usage(t.provider, *r.usage);
@@ -275,6 +279,24 @@ std::vector<BudgetRow> Router::budgets(TimeMs now) const {
     const BudgetState& b = state_.budgets[si];
     const bool today = b.day == now / kMsPerDay;
     rows.push_back({si, *s.budget_per_day, today ? b.spent : Money{}, today ? b.reserved : Money{}});
+  }
+  return rows;
+}
+
+std::vector<PoolCostRow> Router::self_hosted_costs(TimeMs period_ms) const {
+  std::lock_guard lock(mu_);
+  std::vector<PoolCostRow> rows;
+  for (std::uint32_t ti = 0; ti < config_->targets.size(); ++ti) {
+    const Target& t = config_->targets[ti];
+    if (t.kind != TargetKind::self_hosted) continue;
+    PoolCostRow row{ti, self_hosted_period_cost(t, period_ms), {}, 0, 0};
+    for (std::uint32_t si = 0; si < config_->scenarios.size(); ++si) {
+      const Counters& c = state_.ledger[static_cast<std::size_t>(si) * state_.target_count + ti];
+      row.marginal += c.cost;
+      row.outcomes += c.outcomes;
+      row.accepted += c.accepted;
+    }
+    rows.push_back(row);
   }
   return rows;
 }

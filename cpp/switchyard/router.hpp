@@ -14,6 +14,7 @@
 #include "switchyard/config.hpp"
 #include "switchyard/decision.hpp"
 #include "switchyard/policy.hpp"
+#include "switchyard/pricing.hpp"
 #include "switchyard/result.hpp"
 #include "switchyard/state.hpp"
 #include "switchyard/usage.hpp"
@@ -73,6 +74,16 @@ struct BreakerRow {
   std::int64_t inflight;
 };
 
+/// A self-hosted pool's two cost views over a period, side by side and never mixed: the marginal GPU
+/// time its outcomes used (the ledger) and the fully loaded provisioned cost.
+struct PoolCostRow {
+  std::uint32_t target;
+  PoolPeriodCost provisioned;
+  MoneyTotal marginal;
+  std::uint64_t outcomes;
+  std::uint64_t accepted;
+};
+
 struct BudgetRow {
   std::uint32_t scenario;
   Money limit;
@@ -90,7 +101,7 @@ class Router {
   /// worst-case cost against the scenario's budget.
   [[nodiscard]] Result<Decision> route(const RouteRequest& request);
   /// Decides without committing anything: what route() would answer now, with every reason.
-  [[nodiscard]] Result<Decision> explain(const RouteRequest& request) const;
+  [[nodiscard]] Result<Decision> explain(const RouteRequest& request);
   /// Accounts an outcome. Idempotent per (decision, target); invalid usage changes nothing.
   [[nodiscard]] Result<ReportReceipt> report(const OutcomeReport& report);
   /// Records the quality verdict of a decision's answered request (may come after its report).
@@ -99,12 +110,16 @@ class Router {
   [[nodiscard]] std::vector<CounterRow> counters() const;
   [[nodiscard]] std::vector<BreakerRow> breakers(TimeMs now) const;
   [[nodiscard]] std::vector<BudgetRow> budgets(TimeMs now) const;
+  /// Per self-hosted target: the ledger's marginal cost and outcomes next to the provisioned cost of
+  /// `period_ms` (the period the ledger covers, which only the caller knows).
+  [[nodiscard]] std::vector<PoolCostRow> self_hosted_costs(TimeMs period_ms) const;
   [[nodiscard]] std::size_t pending_decisions() const;
   [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
 
  private:
   [[nodiscard]] Result<Request> resolve(const RouteRequest& request) const;
-  void expire(TimeMs now);
+  /// Drops decisions past their TTL, and the oldest while fewer than `room` places are free.
+  void expire(TimeMs now, std::size_t room = 0);
   void release(PendingDecision& p);
   Result<Ok> apply_verdict(PendingDecision& p, bool accepted);
 

@@ -6,17 +6,18 @@ import json
 import sys
 from decimal import Decimal
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import switchyard
 from switchyard import SwitchyardError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # file:line:col stays on one line
 
 
 def _example_config() -> str:
@@ -27,8 +28,7 @@ def _load(path: str) -> switchyard.Config:
     try:
         return switchyard.load_config(path)
     except switchyard.ConfigError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+        _fail(e, 2)
 
 
 def _json_default(value: Any) -> Any:
@@ -59,41 +59,29 @@ def validate(config: str) -> None:
     )
 
 
+def _fail(e: Exception, code: int) -> NoReturn:
+    # Text, not markup: messages hold brackets ("routes[0]", "[public, ...]").
+    err_console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False)
+    sys.exit(code)
+
+
 def _decisions_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="Routing decisions", show_lines=False)
-    for col in (
-        "id",
-        "scenario",
-        "key",
-        "target",
-        "endpoint",
-        "fallbacks",
-        "predicted $",
-        "reasons",
-    ):
+    table = Table(title="Routing decisions", show_lines=True)
+    for col in ("id", "scenario / key", "target", "fallbacks", "predicted $", "reasons"):
         table.add_column(col, overflow="fold")
     for r in rows:
+        who = Text(f"{r['scenario']}\n{r.get('key') or ''}")
         if "error" in r:
-            table.add_row(
-                "-",
-                r["scenario"],
-                r.get("key") or "",
-                f"[red]{r['error']}[/]",
-                "",
-                "",
-                "",
-                r["message"],
-            )
+            table.add_row("-", who, Text(r["error"], style="red"), "", "", Text(r["message"]))
             continue
+        target = r["target"] + (f"\n{r['endpoint']}" if r["endpoint"] else "")
         table.add_row(
             str(r["id"]),
-            r["scenario"],
-            r.get("key") or "",
-            r["target"],
-            r["endpoint"] or "",
-            ", ".join(r["fallbacks"]),
+            who,
+            Text(target),
+            Text("\n".join(r["fallbacks"])),
             str(r["predicted_cost_usd"]),
-            "; ".join(r["reasons"]),
+            Text("\n".join(r["reasons"])),
         )
     return table
 
@@ -139,8 +127,7 @@ def route(
                 max_output_tokens=max_output_tokens,
             )
         except SwitchyardError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-            sys.exit(1)
+            _fail(e, 1)
         rows.append({**d.to_dict(), "key": k})
     if as_json:
         _dump(rows if count > 1 else rows[0])
@@ -172,8 +159,7 @@ def cost(
         usage = _decimals_to_float(usage)
         c = switchyard.price_usage(cfg, target, usage, provider=provider, batch=batch)
     except (SwitchyardError, json.JSONDecodeError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(1)
+        _fail(e, 1)
     fields = {k: getattr(c, k) for k in c.__dataclass_fields__}
     if as_json:
         _dump(fields)

@@ -403,3 +403,66 @@ TEST_F(RouterTest, ExplainCommitsNothing) {
 
 }  // namespace
 }  // namespace switchyard
+
+namespace switchyard {
+namespace {
+
+TEST_F(RouterTest, AProbeAnsweredByAFallbackIsReleased) {
+  Router router(config);
+  // Open mini's breaker (3 consecutive failures), then let the cooldown pass.
+  for (int i = 0, failed = 0; failed < 3 && i < 200; ++i) {
+    Decision d = route(router, "summarize", "open-" + std::to_string(i));
+    ASSERT_TRUE(report(router, d, d.placement.target, d.placement.target == mini ? Status::error : Status::ok).ok());
+    failed += d.placement.target == mini;
+  }
+  const TimeMs later = kT0 + 20'000;
+  Decision probe{};
+  for (int i = 0; i < 200 && probe.placement.target != mini; ++i) {
+    Decision d = route(router, "public-chat", "probe-" + std::to_string(i), later);
+    if (d.placement.target == mini) {
+      probe = d;
+    } else {
+      ASSERT_TRUE(report(router, d, d.placement.target, Status::ok, later).ok());
+    }
+  }
+  ASSERT_EQ(probe.placement.target, mini);
+  ASSERT_FALSE(probe.fallbacks.empty());
+  // The worker gave up on mini and got its answer from a fallback: the probe slot must come back.
+  ASSERT_TRUE(report(router, probe, probe.fallbacks[0].target, Status::ok, later).ok());
+  bool mini_again = false;
+  for (int i = 0; i < 200 && !mini_again; ++i) {
+    Decision d = route(router, "public-chat", "again-" + std::to_string(i), later + 1);
+    mini_again = d.placement.target == mini;
+    ASSERT_TRUE(report(router, d, d.placement.target, Status::ok, later + 1).ok());
+  }
+  EXPECT_TRUE(mini_again);
+}
+
+TEST_F(RouterTest, MaxPendingBoundsTheTable) {
+  Router router(config, {.max_pending = 2});
+  for (int i = 0; i < 10; ++i) {
+    (void)route(router, "public-chat", "k" + std::to_string(i));
+    EXPECT_LE(router.pending_decisions(), 2U);
+  }
+}
+
+TEST_F(RouterTest, AVerdictWithoutAnAnswerChangesNothing) {
+  Router router(config);
+  Decision d = route(router, "public-chat", "k");
+  OutcomeReport o{.decision_id = d.id,
+                  .target = config->targets[d.placement.target].name,
+                  .status = Status::error,
+                  .accepted = true,
+                  .now = kT0};
+  auto r = router.report(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
+  for (const auto& row : router.counters()) EXPECT_EQ(row.counters.outcomes, 0U);
+  o.accepted.reset();
+  auto again = router.report(o);
+  ASSERT_TRUE(again.ok());
+  EXPECT_FALSE(again->duplicate);
+}
+
+}  // namespace
+}  // namespace switchyard

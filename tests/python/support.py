@@ -15,7 +15,9 @@ from typing import Any
 
 DELETE = object()  # an override value that removes the key
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/+-]*$|^[0-9][A-Za-z0-9_./:-]*[A-Za-z_/:-][A-Za-z0-9_./:-]*$")
+_PLAIN = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_.:/+-]*$|^[0-9][A-Za-z0-9_./:-]*[A-Za-z_/:-][A-Za-z0-9_./:-]*$"
+)
 _RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "~", "y", "n"}
 
 # The clock every test passes explicitly (seconds): 2026-01-01T00:00:00Z, a day boundary.
@@ -55,9 +57,7 @@ def dump(value: Any, indent: int = 0) -> str:
         out = []
         for k, v in value.items():
             key = _scalar(k)
-            if isinstance(v, dict) and v:
-                out.append(f"{pad}{key}:\n{dump(v, indent + 2)}")
-            elif isinstance(v, list) and v:
+            if (isinstance(v, dict) and v) or (isinstance(v, list) and v):
                 out.append(f"{pad}{key}:\n{dump(v, indent + 2)}")
             elif isinstance(v, (dict, list)):
                 out.append(f"{pad}{key}: {'{}' if isinstance(v, dict) else '[]'}\n")
@@ -71,9 +71,11 @@ def dump(value: Any, indent: int = 0) -> str:
         for item in value:
             if isinstance(item, (dict, list)) and item:
                 inner = dump(item, indent + 2)
-                out.append(f"{pad}- {inner[indent + 2:]}")
+                out.append(f"{pad}- {inner[indent + 2 :]}")
             else:
-                out.append(f"{pad}- {_scalar(item) if not isinstance(item, (dict, list)) else '[]'}\n")
+                out.append(
+                    f"{pad}- {_scalar(item) if not isinstance(item, (dict, list)) else '[]'}\n"
+                )
         return "".join(out)
     return pad + _scalar(value) + "\n"
 
@@ -111,7 +113,13 @@ def base_config() -> dict[str, Any]:
                 "kind": "self_hosted",
                 "engine": "vllm",
                 "model": "llama",
-                "data_classes": ["public", "internal", "deidentified", "confidential", "restricted"],
+                "data_classes": [
+                    "public",
+                    "internal",
+                    "deidentified",
+                    "confidential",
+                    "restricted",
+                ],
                 "context_window": 100000,
                 "cost": {"gpus_per_replica": 1, "usd_per_gpu_hour": Raw("3.60")},
                 "replicas": [
@@ -131,7 +139,10 @@ def base_config() -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merges `overrides` into a copy of `base`; dict values merge, others replace, DELETE removes."""
+    """Deep-merges `overrides` into a copy of `base`.
+
+    Dict values merge, other values replace, DELETE removes the key.
+    """
     out = copy.deepcopy(base)
     for k, v in overrides.items():
         if v is DELETE:
@@ -148,10 +159,14 @@ def config_text(**overrides: Any) -> str:
 
 
 def locate(text: str, needle: str, occurrence: int = 1) -> tuple[int, int]:
-    """1-based (line, column) of the `occurrence`-th `needle` in `text`."""
+    """1-based (line, column) of the `occurrence`-th `needle` in `text`. A ``^`` in the needle marks
+    the position wanted inside it (``"budget: ^5"`` is the 5); without one, the needle's start."""
+    offset = max(needle.find("^"), 0)
+    needle = needle.replace("^", "", 1)
     pos = -1
     for _ in range(occurrence):
         pos = text.index(needle, pos + 1)
+    pos += offset
     line = text.count("\n", 0, pos) + 1
     col = pos - (text.rfind("\n", 0, pos) + 1) + 1
     return line, col

@@ -1,0 +1,82 @@
+"""Shared fixtures: the bundled example routing table and builders for small tables on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import switchyard
+from support import config_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def example_path() -> Path:
+    """examples/routing.yaml of the repository."""
+    path = REPO / "examples" / "routing.yaml"
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def example_config(example_path: Path) -> switchyard.Config:
+    return switchyard.load_config(example_path)
+
+
+@pytest.fixture
+def example_router(example_config: switchyard.Config) -> switchyard.Router:
+    return switchyard.Router(example_config, seed=0)
+
+
+def _make_config(tmp_path: Path, name: str = "routing.yaml", **overrides: Any) -> Path:
+    """Writes the minimal valid routing table of support.base_config(), deep-merged with `overrides`
+    (support.DELETE removes a key), to tmp_path/name and returns its path."""
+    path = tmp_path / name
+    path.write_text(config_text(**overrides), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """``make_config(**overrides) -> Path``: a routing table file in this test's tmp_path."""
+
+    def build(**overrides: Any) -> Path:
+        return _make_config(tmp_path, **overrides)
+
+    return build
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> Callable[[str], Path]:
+    """``write_yaml(text) -> Path``: hand-written YAML text as a file in this test's tmp_path."""
+
+    def write(text: str, name: str = "routing.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_router(make_config: Callable[..., Path]) -> Callable[..., switchyard.Router]:
+    """``make_router(seed=0, decision_ttl_s=3600, max_pending=None, **overrides) -> Router``."""
+
+    def build(
+        *,
+        seed: int = 0,
+        decision_ttl_s: float = 3600.0,
+        max_pending: int | None = None,
+        **overrides: Any,
+    ) -> switchyard.Router:
+        config = switchyard.load_config(make_config(**overrides))
+        kwargs: dict[str, Any] = {"seed": seed, "decision_ttl_s": decision_ttl_s}
+        if max_pending is not None:
+            kwargs["max_pending"] = max_pending
+        return switchyard.Router(config, **kwargs)
+
+    return build
