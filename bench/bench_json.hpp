@@ -28,13 +28,18 @@ class CollectingReporter : public benchmark::ConsoleReporter {
     for (const auto& run : runs) {
       if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
       samples_[run.run_name.function_name].push_back(run.GetAdjustedRealTime());
+      for (const auto& [name, counter] : run.counters)
+        counters_[run.benchmark_name() + "." + name] = counter.value;
     }
     ConsoleReporter::ReportRuns(runs);
   }
   [[nodiscard]] const std::map<std::string, std::vector<double>>& samples() const { return samples_; }
+  /// User counters (rates, sizes) of the last repetition, by "benchmark.counter".
+  [[nodiscard]] const std::map<std::string, double>& counters() const { return counters_; }
 
  private:
   std::map<std::string, std::vector<double>> samples_;
+  std::map<std::string, double> counters_;
 };
 
 inline double quantile(std::vector<double> v, double q) {
@@ -61,6 +66,12 @@ inline int run_and_print(int argc, char** argv, const std::vector<Ratio>& ratios
     stats[name] = {median, p99};
     std::printf("%s\n    \"%s\": {\"median\": %.2f, \"p99\": %.2f, \"repetitions\": %zu}", first ? "" : ",",
                 name.c_str(), median, p99, v.size());
+    first = false;
+  }
+  std::printf("\n  },\n  \"counters\": {");
+  first = true;
+  for (const auto& [name, value] : reporter.counters()) {
+    std::printf("%s\n    \"%s\": %.6g", first ? "" : ",", name.c_str(), value);
     first = false;
   }
   std::printf("\n  },\n  \"ratios\": {");

@@ -6,9 +6,12 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "switchyard/config.hpp"
+#include "switchyard/kv_events.hpp"
+#include "switchyard/prefix.hpp"
 #include "switchyard/pricing.hpp"
 #include "switchyard/router.hpp"
 #include "switchyard/usage.hpp"
@@ -102,13 +105,46 @@ msgpack::object to_msgpack(py::handle value, msgpack::zone& zone, int depth = 0)
   return out;
 }
 
-// Estimated prompt size when the caller gave token ids or text instead of a count (~4 chars/token).
-std::int64_t estimate_input(std::optional<std::int64_t> input_tokens, const std::optional<py::sequence>& token_ids,
-                            const std::optional<std::string>& text) {
-  if (input_tokens) return *input_tokens;
-  if (token_ids) return static_cast<std::int64_t>(py::len(*token_ids));
-  if (text) return static_cast<std::int64_t>((text->size() + 3) / 4);
-  return -1;
+// Token ids from a list, a tuple or any buffer of 32/64-bit integers (numpy arrays), checked to be
+// valid u32 token ids.
+std::vector<std::uint32_t> token_vector(const py::object& obj) {
+  std::vector<std::uint32_t> out;
+  if (py::isinstance<py::buffer>(obj) && !py::isinstance<py::bytes>(obj) && !py::isinstance<py::str>(obj)) {
+    py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
+    if (info.ndim == 1 && (info.format == "I" || info.format == "i" || info.format == "L" || info.format == "l" ||
+                           info.format == "q" || info.format == "Q")) {
+      out.resize(static_cast<std::size_t>(info.shape[0]));
+      for (std::size_t i = 0; i < out.size(); ++i) {
+        const auto* p = static_cast<const char*>(info.ptr) + static_cast<std::ptrdiff_t>(i) * info.strides[0];
+        std::int64_t v = 0;
+        if (info.itemsize == 4) {
+          std::int32_t x = 0;
+          std::memcpy(&x, p, 4);
+          v = info.format == "I" || info.format == "L" ? static_cast<std::int64_t>(static_cast<std::uint32_t>(x)) : x;
+        } else {
+          std::memcpy(&v, p, 8);
+        }
+        if (v < 0 || v > 0xFFFFFFFFLL) raise({ErrorCode::invalid_argument, "token ids must fit in 32 bits"});
+        out[i] = static_cast<std::uint32_t>(v);
+      }
+      return out;
+    }
+  }
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj)) {
+    raise({ErrorCode::invalid_argument, "token_ids must be a sequence of integers"});
+  }
+  auto seq = py::reinterpret_borrow<py::sequence>(obj);
+  out.reserve(seq.size());
+  for (auto item : seq) {
+    const long long v = PyLong_AsLongLong(item.ptr());
+    if (v == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      raise({ErrorCode::invalid_argument, "token_ids must be a sequence of integers"});
+    }
+    if (v < 0 || v > 0xFFFFFFFFLL) raise({ErrorCode::invalid_argument, "token ids must fit in 32 bits"});
+    out.push_back(static_cast<std::uint32_t>(v));
+  }
+  return out;
 }
 
 std::string hex16(std::uint64_t v) {
@@ -142,6 +178,8 @@ struct DecisionView {
         case ReasonCode::spillover: s += " (in-flight " + std::to_string(r.value / 10) + "%)"; break;
         case ReasonCode::context_window: s += " (needs " + std::to_string(r.value) + " tokens)"; break;
         case ReasonCode::budget: s += " (worst case $" + Money::from_picos(r.value).to_usd_string() + ")"; break;
+        case ReasonCode::affinity: s += " (" + std::to_string(r.value) + " cached tokens)"; break;
+        case ReasonCode::prefix_overlap:
         case ReasonCode::least_loaded:
           s += " (" + config->targets[r.target].replicas[static_cast<std::size_t>(r.value)].endpoint + ")";
           break;
@@ -154,14 +192,39 @@ struct DecisionView {
   [[nodiscard]] std::string version() const { return hex16(d.config_version); }
 };
 
+// (target index, replica index) from a target name and a replica index or endpoint.
+std::pair<std::uint32_t, std::uint32_t> replica_of(const Config& config, const std::string& target,
+                                                   const py::object& replica) {
+  const auto ti = config.find_target(target);
+  if (ti == kNone) raise({ErrorCode::unknown_target, "unknown target '" + target + "'"});
+  const Target& t = config.targets[ti];
+  if (t.kind != TargetKind::self_hosted) {
+    raise({ErrorCode::invalid_argument, "target '" + target + "' is not a self-hosted pool"});
+  }
+  if (py::isinstance<py::int_>(replica)) {
+    const auto i = replica.cast<std::int64_t>();
+    if (i < 0 || static_cast<std::size_t>(i) >= t.replicas.size()) {
+      raise({ErrorCode::invalid_argument, "replica index out of range for '" + target + "'"});
+    }
+    return {ti, static_cast<std::uint32_t>(i)};
+  }
+  const auto endpoint = replica.cast<std::string>();
+  for (std::uint32_t i = 0; i < t.replicas.size(); ++i) {
+    if (t.replicas[i].endpoint == endpoint) return {ti, i};
+  }
+  raise({ErrorCode::invalid_argument, "'" + target + "' has no replica '" + endpoint + "'"});
+}
+
 struct ConfigHandle {
   ConfigPtr ptr;
 };
 
+// `tokens` keeps the converted token ids alive while the request (a view) is used.
 RouteRequest make_request(const std::string& scenario, const std::optional<std::string>& key,
                           const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-                          std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
-                          const std::optional<std::string>& text, std::optional<double> now) {
+                          std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
+                          const std::optional<std::string>& text, std::optional<double> now,
+                          std::vector<std::uint32_t>& tokens) {
   for (auto v : {input_tokens, max_output_tokens}) {
     if (v && *v < 0) raise({ErrorCode::invalid_argument, "token counts must be >= 0 (None means unknown)"});
   }
@@ -169,7 +232,19 @@ RouteRequest make_request(const std::string& scenario, const std::optional<std::
   r.scenario = scenario;
   if (key) r.key = *key;
   if (data_class) r.data_class = *data_class;
-  r.input_tokens = estimate_input(input_tokens, token_ids, text);
+  if (!token_ids.is_none()) {
+    tokens = token_vector(token_ids);
+    r.token_ids = tokens;
+  }
+  if (text) r.text = *text;
+  // Without a count, estimate the prompt: its token ids, else ~4 characters per token.
+  if (input_tokens) {
+    r.input_tokens = *input_tokens;
+  } else if (!token_ids.is_none()) {
+    r.input_tokens = static_cast<std::int64_t>(tokens.size());
+  } else if (text) {
+    r.input_tokens = static_cast<std::int64_t>((text->size() + kCharsPerToken - 1) / kCharsPerToken);
+  }
   r.max_output_tokens = max_output_tokens.value_or(-1);
   r.now = now_ms(now);
   return r;
@@ -295,6 +370,13 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("reasons", &DecisionView::reasons)
       .def_property_readonly("predicted_cost_usd", [](const DecisionView& d) { return money(d.d.predicted_cost); })
       .def_property_readonly("expected_cached_tokens", [](const DecisionView& d) { return d.d.expected_cached_tokens; })
+      .def_property_readonly(
+          "cache_key",
+          [](const DecisionView& d) {
+            return d.d.cache_key == 0 ? py::object(py::none()) : py::object(py::str(hex16(d.d.cache_key)));
+          },
+          "Prefix family of the prompt (its first <= 1024 tokens): pass it as the provider's cache key "
+          "(OpenAI prompt_cache_key) so one family stays on one cache. None without a prompt.")
       .def_property_readonly("config_version", &DecisionView::version)
       .def_property_readonly("at", [](const DecisionView& d) { return static_cast<double>(d.d.at) / 1000.0; })
       .def("to_dict",
@@ -308,6 +390,7 @@ PYBIND11_MODULE(_core, m) {
              out["reasons"] = d.reasons();
              out["predicted_cost_usd"] = money(d.d.predicted_cost);
              out["expected_cached_tokens"] = d.d.expected_cached_tokens;
+             out["cache_key"] = d.d.cache_key == 0 ? py::object(py::none()) : py::object(py::str(hex16(d.d.cache_key)));
              out["config_version"] = d.version();
              return out;
            })
@@ -328,9 +411,11 @@ PYBIND11_MODULE(_core, m) {
           "route",
           [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
              const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-             std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
              const std::optional<std::string>& text, std::optional<double> now) {
-            auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
+            std::vector<std::uint32_t> tokens;
+            auto req =
+                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
             return DecisionView{unwrap(r.route(req)), r.config()};
           },
           py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
@@ -341,9 +426,11 @@ PYBIND11_MODULE(_core, m) {
           "explain",
           [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
              const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-             std::optional<std::int64_t> max_output_tokens, const std::optional<py::sequence>& token_ids,
+             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
              const std::optional<std::string>& text, std::optional<double> now) {
-            auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now);
+            std::vector<std::uint32_t> tokens;
+            auto req =
+                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
             return DecisionView{unwrap(r.explain(req)), r.config()};
           },
           py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
@@ -474,6 +561,83 @@ PYBIND11_MODULE(_core, m) {
           py::arg("period_s"),
           "Self-hosted pools: marginal GPU cost of the ledger's outcomes next to the fully loaded cost of "
           "`period_s` (GPUs for the whole period plus monthly overheads). Two views, never mixed.")
+      .def(
+          "apply_kv_events",
+          [](Router& r, const std::string& target, const py::object& replica, const py::bytes& payload,
+             std::optional<double> now) {
+            const auto [ti, ri] = replica_of(*r.config(), target, replica);
+            const std::string_view bytes = payload;
+            auto batch = unwrap(decode_kv_events(std::as_bytes(std::span(bytes.data(), bytes.size()))));
+            const auto stats = unwrap(r.apply_kv_events(ti, ri, batch, now_ms(now)));
+            py::dict d;
+            d["stored"] = stats.stored;
+            d["removed"] = stats.removed;
+            d["cleared"] = stats.cleared;
+            d["orphans"] = stats.orphans;
+            d["rejected"] = stats.rejected;
+            d["skipped_unknown"] = batch.skipped_unknown;
+            return d;
+          },
+          py::arg("target"), py::arg("replica"), py::arg("payload"), py::kw_only(), py::arg("now") = py::none(),
+          "Feeds one msgpack KV-event payload, as a vLLM/SGLang replica publishes it, to the pool's directory. "
+          "`replica` is the replica's index or endpoint.")
+      .def(
+          "reset_kv",
+          [](Router& r, const std::string& target, const py::object& replica) {
+            const auto [ti, ri] = replica_of(*r.config(), target, replica);
+            unwrap(r.reset_kv(ti, ri));
+          },
+          py::arg("target"), py::arg("replica"), "Forgets every block a replica holds (its engine restarted).")
+      .def(
+          "directory_stats",
+          [](const Router& r) {
+            py::list out;
+            const Config& config = *r.config();
+            for (const auto& row : r.directory_stats()) {
+              py::dict d;
+              d["target"] =
+                  row.target == kNone ? py::object(py::none()) : py::object(py::str(config.targets[row.target].name));
+              d["kind"] = row.target == kNone ? "maas" : "self_hosted";
+              std::vector<std::string> holders;
+              if (row.target == kNone) {
+                for (const auto& t : config.targets) {
+                  if (t.kind == TargetKind::maas) holders.push_back(t.name);
+                }
+              } else {
+                for (const auto& rep : config.targets[row.target].replicas) holders.push_back(rep.endpoint);
+              }
+              d["mode"] = row.target == kNone ? "approximate"
+                                              : (config.targets[row.target].kv.precise ? "precise" : "approximate");
+              d["holders"] = holders;
+              d["blocks"] = row.stats.blocks;
+              d["held"] = row.stats.held;
+              d["evicted"] = row.stats.evicted;
+              d["expired"] = row.stats.expired;
+              d["removed"] = row.stats.removed;
+              d["bytes"] = row.stats.bytes;
+              std::size_t entries = 0;
+              for (auto h : row.stats.held) entries += h;
+              d["bytes_per_entry"] =
+                  entries == 0
+                      ? py::object(py::none())
+                      : py::object(py::float_(static_cast<double>(row.stats.bytes) / static_cast<double>(entries)));
+              py::list events;
+              for (const auto& e : row.events) {
+                py::dict ev;
+                ev["batches"] = e.batches;
+                ev["stored"] = e.stored;
+                ev["removed"] = e.removed;
+                ev["cleared"] = e.cleared;
+                ev["orphans"] = e.orphans;
+                ev["rejected"] = e.rejected;
+                events.append(ev);
+              }
+              d["events"] = events;
+              out.append(d);
+            }
+            return out;
+          },
+          "The cache directories: one per self-hosted pool and one for the MaaS targets.")
       .def_property_readonly("pending_decisions", &Router::pending_decisions)
       .def_property_readonly("config", [](const Router& r) { return ConfigHandle{r.config()}; });
 
@@ -501,12 +665,44 @@ PYBIND11_MODULE(_core, m) {
       py::arg("config"), py::arg("target"), py::arg("usage"), py::arg("provider") = py::none(),
       py::arg("batch") = false);
 
+  m.def(
+      "canonical_prompt",
+      [](const std::vector<std::pair<std::string, std::string>>& messages, const std::vector<std::string>& tools) {
+        std::vector<PromptMessage> ms;
+        ms.reserve(messages.size());
+        for (const auto& [role, content] : messages) ms.push_back({role, content});
+        return canonical_prompt(ms, tools);
+      },
+      py::arg("messages"), py::arg("tools") = std::vector<std::string>{},
+      "Canonical text of a chat prompt ((role, content) pairs; tool schemas as strings): system first, "
+      "tools sorted, then turns. Route with text=canonical_prompt(...) so a conversation's prefix hashes "
+      "the same from every worker.");
+  m.def(
+      "prefix_hashes",
+      [](const py::object& token_ids, const std::optional<std::string>& text, std::size_t block_size,
+         const std::string& model, const std::string& lora, const std::string& salt) {
+        if (block_size == 0) raise({ErrorCode::invalid_argument, "block_size must be positive"});
+        std::vector<std::uint64_t> out;
+        const auto root = PrefixHasher::root_seed(model, lora, salt);
+        if (!token_ids.is_none()) {
+          PrefixHasher::hash_tokens(token_vector(token_ids), block_size, root, out);
+        } else if (text) {
+          PrefixHasher::hash_text(*text, block_size, root, out);
+        } else {
+          raise({ErrorCode::invalid_argument, "give token_ids or text"});
+        }
+        return out;
+      },
+      py::kw_only(), py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("block_size") = 16,
+      py::arg("model") = "", py::arg("lora") = "", py::arg("salt") = "",
+      "The chained XXH3-64 block hashes of a prompt, as the router and the cache directory compute them.");
+
   // Baseline for bench/route_bench.py: the same signature as Router.route, doing nothing.
   m.def(
       "_noop_route",
       [](const std::string&, const std::optional<std::string>&, const std::optional<std::string>&,
-         std::optional<std::int64_t>, std::optional<std::int64_t>, const std::optional<py::sequence>&,
-         const std::optional<std::string>&, std::optional<double>) {},
+         std::optional<std::int64_t>, std::optional<std::int64_t>, const py::object&, const std::optional<std::string>&,
+         std::optional<double>) {},
       py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
       py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
       py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());

@@ -188,6 +188,9 @@ class Loader {
     if (!targets.IsMap()) fail(targets, "targets must be a mapping of target name to target");
     for (const auto& kv : targets) load_target(*config, kv.first, kv.second);
     if (config->targets.empty()) fail(targets, "targets must declare at least one target");
+    const auto maas = std::count_if(config->targets.begin(), config->targets.end(),
+                                    [](const Target& t) { return t.kind == TargetKind::maas; });
+    if (maas > 64) fail(targets, "at most 64 MaaS targets are supported (the MaaS cache directory's holders)");
 
     const auto& scenarios = root["scenarios"];
     if (!scenarios.IsMap()) fail(scenarios, "scenarios must be a mapping of scenario name to scenario");
@@ -503,7 +506,14 @@ class Loader {
     } else {
       load_cost(t.cost, node["cost"], what + ".cost");
       if (const auto& kv = node["kv"]) {
-        expect_map(kv, what + ".kv", {"block_size", "capacity_blocks"});
+        expect_map(kv, what + ".kv", {"block_size", "capacity_blocks", "ttl_s", "overlap_weight", "balance_slack"});
+        if (kv["balance_slack"]) {
+          t.kv.balance_slack = int_value(kv["balance_slack"], what + ".kv.balance_slack", -1, 1'000'000);
+        }
+        if (kv["ttl_s"]) t.kv.ttl_s = int_value(kv["ttl_s"], what + ".kv.ttl_s", 1, 7LL * 86'400);
+        if (kv["overlap_weight"]) {
+          t.kv.overlap_weight = double_value(kv["overlap_weight"], what + ".kv.overlap_weight", 0.0, 1000.0);
+        }
         if (kv["block_size"]) t.kv.block_size = int_value(kv["block_size"], what + ".kv.block_size", 1, 4096);
         if (kv["capacity_blocks"]) {
           t.kv.capacity_blocks = int_value(kv["capacity_blocks"], what + ".kv.capacity_blocks", 0, 1LL << 32);
@@ -519,6 +529,10 @@ class Loader {
         t.replicas.push_back(std::move(r));
       });
       if (t.replicas.empty()) fail(node["replicas"], what + ".replicas must list at least one replica");
+      if (t.replicas.size() > 64) fail(node["replicas"], what + ".replicas: at most 64 replicas per pool");
+      // Precise mode needs every replica's events; a pool with some publishers missing stays approximate.
+      t.kv.precise =
+          std::all_of(t.replicas.begin(), t.replicas.end(), [](const Replica& r) { return !r.kv_events.empty(); });
     }
     if (config.target_index.contains(t.name)) fail(key, "target '" + t.name + "' is declared twice");
     config.target_index.emplace(t.name, static_cast<std::uint32_t>(config.targets.size()));

@@ -78,9 +78,17 @@ struct SelfHostedCost {
   std::vector<std::pair<std::string, Money>> monthly_overheads;
 };
 
+/// A pool's KV cache as the cache directory models it, and the cache-aware ranking's weight.
 struct KvSpec {
   std::int64_t block_size = 16;
-  std::int64_t capacity_blocks = 0;  ///< 0 = unknown
+  std::int64_t capacity_blocks = 0;  ///< per replica; 0 = unknown (the directory bounds it at 2^18)
+  std::int64_t ttl_s = 120;          ///< approximate mode: forget a learned block after this long
+  /// Replica cost = overlap_weight x blocks still to prefill + active blocks (Dynamo's form). Dynamo's
+  /// default 1.0 lets load dominate; 8 (with the slack guard) measured best in bench/routing_quality.
+  double overlap_weight = 8.0;
+  /// Only replicas within this many in-flight requests of the least busy compete on cost (-1: off).
+  std::int64_t balance_slack = 3;
+  bool precise = false;  ///< every replica names a kv_events publisher
 };
 
 struct Replica {

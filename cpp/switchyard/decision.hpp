@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,13 +19,18 @@ using TimeMs = std::int64_t;
 
 struct Request {
   std::uint32_t scenario = kNone;
-  std::string_view key;                 ///< sticky key (user, conversation); empty = none
-  std::uint32_t data_class = kNone;     ///< extra data class of this request (kNone = scenario's only)
-  std::int64_t input_tokens = -1;       ///< -1 = unknown
-  std::int64_t max_output_tokens = -1;  ///< -1 = the scenario's max_output_tokens
-  std::int64_t expected_cached_tokens = 0;
+  std::string_view key;                      ///< sticky key (user, conversation); empty = none
+  std::uint32_t data_class = kNone;          ///< extra data class of this request (kNone = scenario's only)
+  std::int64_t input_tokens = -1;            ///< -1 = unknown
+  std::int64_t max_output_tokens = -1;       ///< -1 = the scenario's max_output_tokens
+  std::int64_t expected_cached_tokens = 0;   ///< a caller's own estimate; the directory's wins when larger
+  std::span<const std::uint32_t> token_ids;  ///< the prompt's token ids, if known (prefix affinity)
+  std::string_view text;                     ///< else its canonical text
   TimeMs now = 0;
 };
+
+/// Blocks of a MaaS prefix for the MaaS cache directory: providers cache in 128-token steps.
+inline constexpr std::int64_t kMaasBlockTokens = 128;
 
 /// Why a decision looks the way it does. `target` says which target a reason is about.
 enum class ReasonCode : std::uint8_t {
@@ -39,6 +45,8 @@ enum class ReasonCode : std::uint8_t {
   saturated,        ///< filtered: every replica at max_inflight
   budget,           ///< filtered: the scenario's daily budget cannot cover the worst case
   least_loaded,     ///< replica picked by lowest in-flight ratio (value: replica index)
+  prefix_overlap,   ///< replica picked by cached prefix against load (value: replica index)
+  affinity,         ///< the target holds a warm prefix of this prompt (value: cached tokens)
 };
 
 [[nodiscard]] const char* to_string(ReasonCode code) noexcept;
@@ -63,7 +71,10 @@ struct Decision {
   std::vector<Reason> reasons;
   Money predicted_cost;  ///< worst case (input + max output); also what the budget reserved
   std::int64_t expected_cached_tokens = 0;
-  bool spilled = false;  ///< the target is the spillover target, taken because the pool was full
+  std::uint64_t cache_key = 0;        ///< prefix family (first <= 1024 tokens): provider cache key; 0 = none
+  std::vector<std::uint64_t> prefix;  ///< the chosen target's block chain, for the directory to learn
+  std::int64_t active_blocks = 0;     ///< this request's blocks, counted as load on its replica
+  bool spilled = false;               ///< the target is the spillover target, taken because the pool was full
   std::uint64_t config_version = 0;
   TimeMs at = 0;
 };

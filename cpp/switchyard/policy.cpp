@@ -3,8 +3,10 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
+#include "switchyard/prefix.hpp"
 #include "switchyard/pricing.hpp"
 
 namespace switchyard {
@@ -23,10 +25,19 @@ std::optional<ReasonCode> static_filter(const Target& t, const Scenario& s, std:
   return std::nullopt;
 }
 
+// How many leading blocks of the prompt each replica of a pool holds, for cache-aware ranking.
+struct PoolOverlap {
+  std::span<const std::uint32_t> matched;  // per replica
+  std::int64_t blocks = 0;                 // the prompt's full blocks
+  double weight = 1.0;                     // kv.overlap_weight
+  std::int64_t slack = 0;                  // kv.balance_slack (< 0: off)
+};
+
 // Filters that depend on the state: breakers and, for pools, a replica with a free slot.
-// On success fills `replica` with the least-loaded available replica (kNone for MaaS).
+// On success fills `replica` (kNone for MaaS): with prefix overlap, the replica of least
+// weight x blocks-to-prefill + active blocks (Dynamo's cost); without, the least loaded.
 std::optional<ReasonCode> state_filter(const Config& config, const RouterState& state, std::uint32_t target, TimeMs now,
-                                       std::uint32_t& replica) noexcept {
+                                       std::uint32_t& replica, const PoolOverlap* overlap = nullptr) noexcept {
   const Target& t = config.targets[target];
   replica = kNone;
   if (t.kind == TargetKind::maas) {
@@ -34,23 +45,82 @@ std::optional<ReasonCode> state_filter(const Config& config, const RouterState& 
                ? std::nullopt
                : std::optional<ReasonCode>(ReasonCode::breaker_open);
   }
+  // Balance guard: only replicas within `slack` in-flight requests of the least busy one compete on
+  // cost, so a hot prefix cannot pile its family onto one replica (SGLang's balance threshold).
+  std::int64_t least_inflight = INT64_MAX;
+  if (overlap != nullptr && overlap->slack >= 0) {
+    for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
+      const std::size_t u = state.unit(target, r);
+      if (state.breakers[u].allows(t.breaker, now) && state.inflight[u] < t.replicas[r].max_inflight) {
+        least_inflight = std::min(least_inflight, state.inflight[u]);
+      }
+    }
+  }
   bool any_allowed = false;
-  double best = 2.0;
+  double best_cost = 0;
+  double best_load = 2.0;
+  std::uint32_t best_matched = 0;
   for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
     const std::size_t u = state.unit(target, r);
     if (!state.breakers[u].allows(t.breaker, now)) continue;
     any_allowed = true;
     const auto max = t.replicas[r].max_inflight;
     if (state.inflight[u] >= max) continue;
+    if (least_inflight != INT64_MAX && state.inflight[u] > least_inflight + overlap->slack) continue;
     const double load = static_cast<double>(state.inflight[u]) / static_cast<double>(max);
-    if (load < best) {
-      best = load;
+    double cost = load;
+    const std::uint32_t matched = overlap != nullptr ? overlap->matched[r] : 0;
+    if (overlap != nullptr) {
+      cost = overlap->weight * static_cast<double>(overlap->blocks - matched) +
+             static_cast<double>(state.active_blocks[u]);
+    }
+    // Ties go to the warmer replica, then to the less loaded one.
+    if (replica == kNone || cost < best_cost ||
+        (cost == best_cost && (matched > best_matched || (matched == best_matched && load < best_load)))) {
+      best_cost = cost;
+      best_load = load;
+      best_matched = matched;
       replica = r;
     }
   }
   if (replica != kNone) return std::nullopt;
   return any_allowed ? ReasonCode::saturated : ReasonCode::breaker_open;
 }
+
+// The prompt's block chains, hashed on first use: one per pool (its block size and model) and one
+// for the MaaS directory. Keeps decide() from hashing for targets it never looks at.
+class PromptChains {
+ public:
+  explicit PromptChains(const Request& r) : request_(r) {}
+  [[nodiscard]] bool present() const { return !request_.token_ids.empty() || !request_.text.empty(); }
+
+  const std::vector<std::uint64_t>& pool(const Target& t, std::uint32_t target) {
+    for (auto& [idx, chain] : pools_) {
+      if (idx == target) return chain;
+    }
+    auto& [idx, chain] = pools_.emplace_back(target, std::vector<std::uint64_t>{});
+    hash(static_cast<std::size_t>(t.kv.block_size), PrefixHasher::root_seed(t.model), chain);
+    return chain;
+  }
+  const std::vector<std::uint64_t>& maas() {
+    if (!maas_done_) hash(kMaasBlockTokens, PrefixHasher::root_seed("maas"), maas_);
+    maas_done_ = true;
+    return maas_;
+  }
+
+ private:
+  void hash(std::size_t block, std::uint64_t root, std::vector<std::uint64_t>& out) const {
+    if (!request_.token_ids.empty()) {
+      PrefixHasher::hash_tokens(request_.token_ids, block, root, out);
+    } else {
+      PrefixHasher::hash_text(request_.text, block, root, out);
+    }
+  }
+  const Request& request_;
+  std::vector<std::pair<std::uint32_t, std::vector<std::uint64_t>>> pools_;
+  std::vector<std::uint64_t> maas_;
+  bool maas_done_ = false;
+};
 
 // Whether a pool's in-flight over the capacity of replicas whose breakers admit traffic has reached
 // `ratio` (compared exactly, not rounded); `permille` reports the load for the reason.
@@ -90,9 +160,21 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   const std::int64_t input = std::max<std::int64_t>(0, request.input_tokens);
   const std::int64_t max_output = request.max_output_tokens >= 0 ? request.max_output_tokens : s.max_output_tokens;
   const std::int64_t needed = input + max_output;
-  const std::uint64_t key_hash = request.key.empty()
-                                     ? XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed)
-                                     : XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
+  PromptChains chains(request);
+  const bool affinity = s.prefix_affinity && chains.present();
+  // The prefix family: the chain hash at (at most) 1024 tokens. It is the cache key a worker hands the
+  // provider, and, with affinity and no explicit key, the sticky key that keeps a family on one target.
+  std::uint64_t family = 0;
+  if (chains.present()) {
+    const auto& m = chains.maas();
+    if (!m.empty()) family = m[std::min<std::size_t>(m.size(), 1024 / kMaasBlockTokens) - 1];
+  }
+  std::uint64_t key_hash = XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed);
+  if (!request.key.empty()) {
+    key_hash = XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
+  } else if (affinity && family != 0) {
+    key_hash = XXH3_64bits_withSeed(&family, sizeof family, seed);
+  }
   const std::int64_t day = request.now >= 0 ? request.now / kMsPerDay : -1;
   const BudgetState& budget = state.budgets[request.scenario];
   const Money committed = budget.day == day ? budget.spent + budget.reserved : Money{};
@@ -102,7 +184,8 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   d.scenario = request.scenario;
   d.config_version = config.content_hash;
   d.at = request.now;
-  d.expected_cached_tokens = std::min(request.expected_cached_tokens, input);
+  d.cache_key = family;
+  std::vector<std::uint32_t> matched(CacheDirectory::kMaxHolders, 0);
 
   // Candidates in order: routes by sticky weighted rank, then the fallback chain.
   std::vector<std::pair<double, std::uint32_t>> ranked;  // (score, route index)
@@ -125,12 +208,35 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
       d.reasons.push_back({*why, target, *why == ReasonCode::context_window ? needed : 0});
       return false;
     }
+    // What the directory knows of this prompt on this target.
+    const std::vector<std::uint64_t>* chain = nullptr;
+    PoolOverlap overlap;
+    if (chains.present()) {
+      if (t.kind == TargetKind::self_hosted && state.pools[target]) {
+        chain = &chains.pool(t, target);
+        state.pools[target]->match(*chain, request.now, matched);
+        overlap = {std::span<const std::uint32_t>(matched).first(t.replicas.size()),
+                   static_cast<std::int64_t>(chain->size()), t.kv.overlap_weight, t.kv.balance_slack};
+      } else if (t.kind == TargetKind::maas && state.maas) {
+        chain = &chains.maas();
+        state.maas->match(*chain, request.now, matched);
+      }
+    }
     std::uint32_t replica = kNone;
-    if (auto why = state_filter(config, state, target, request.now, replica)) {
+    const bool by_overlap = affinity && chain != nullptr && t.kind == TargetKind::self_hosted;
+    if (auto why = state_filter(config, state, target, request.now, replica, by_overlap ? &overlap : nullptr)) {
       d.reasons.push_back({*why, target, 0});
       return false;
     }
-    const Money cost = predicted_cost(t, input, d.expected_cached_tokens, max_output, s.mode);
+    std::int64_t cached = 0;
+    if (chain != nullptr && t.kind == TargetKind::self_hosted) {
+      cached = static_cast<std::int64_t>(matched[replica]) * t.kv.block_size;
+    } else if (chain != nullptr) {
+      cached = static_cast<std::int64_t>(matched[state.maas_holder[target]]) * kMaasBlockTokens;
+      if (cached < t.cache.min_prefix_tokens) cached = 0;  // below the provider's minimum: no cache
+    }
+    cached = std::min(std::max(cached, request.expected_cached_tokens), input);
+    const Money cost = predicted_cost(t, input, cached, max_output, s.mode);
     if (s.budget_per_day && committed + cost > *s.budget_per_day) {
       d.reasons.push_back({ReasonCode::budget, target, cost.picos()});
       budget_blocked = true;
@@ -138,7 +244,14 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     }
     d.placement = {target, replica};
     d.predicted_cost = cost;
-    if (t.kind == TargetKind::self_hosted) d.reasons.push_back({ReasonCode::least_loaded, target, replica});
+    d.expected_cached_tokens = cached;
+    // Approximate mode learns from its own decisions; a precise pool only believes its engines.
+    if (chain != nullptr && !(t.kind == TargetKind::self_hosted && t.kv.precise)) d.prefix = *chain;
+    if (t.kind == TargetKind::self_hosted) {
+      d.active_blocks = chain != nullptr ? static_cast<std::int64_t>(chain->size()) : input / t.kv.block_size;
+      d.reasons.push_back({by_overlap ? ReasonCode::prefix_overlap : ReasonCode::least_loaded, target, replica});
+    }
+    if (cached > 0) d.reasons.push_back({ReasonCode::affinity, target, cached});
     if (state.breakers[state.unit(target, replica)].phase(t.breaker, request.now) == Breaker::Phase::half_open) {
       d.reasons.push_back({ReasonCode::half_open_probe, target, 0});
     }

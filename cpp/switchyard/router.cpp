@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "switchyard/prefix.hpp"
 #include "switchyard/pricing.hpp"
 
 namespace switchyard {
@@ -42,6 +43,8 @@ Result<Request> Router::resolve(const RouteRequest& r) const {
   req.input_tokens = r.input_tokens;
   req.max_output_tokens = r.max_output_tokens;
   req.expected_cached_tokens = r.expected_cached_tokens;
+  req.token_ids = r.token_ids;
+  req.text = r.text;
   req.now = r.now;
   return req;
 }
@@ -66,9 +69,19 @@ Result<Decision> Router::route(const RouteRequest& request) {
   const Target& t = config_->targets[d.placement.target];
   const std::size_t unit = state_.unit(d.placement.target, d.placement.replica);
 
+  if (!d.prefix.empty()) {
+    if (t.kind == TargetKind::self_hosted) {
+      state_.pools[d.placement.target]->store(d.placement.replica, d.prefix, req->now);
+    } else {
+      state_.maas->store(state_.maas_holder[d.placement.target], d.prefix, req->now);
+    }
+  }
   PendingDecision p;
   p.decision = d;
+  p.decision.prefix = {};  // learned; not needed again
   ++state_.inflight[unit];
+  p.active_blocks = d.active_blocks;
+  state_.active_blocks[unit] += d.active_blocks;
   p.probe = state_.breakers[unit].on_dispatch(t.breaker, req->now);
   BudgetState& budget = state_.budgets[d.scenario];
   roll_budget(budget, req->now);
@@ -89,6 +102,7 @@ void Router::release(PendingDecision& p) {
   const Placement& pl = p.decision.placement;
   const std::size_t unit = state_.unit(pl.target, pl.replica);
   --state_.inflight[unit];
+  state_.active_blocks[unit] -= p.active_blocks;
   if (p.probe) {
     // A probe that ends without its own outcome (expired, or answered by a fallback) frees the slot.
     state_.breakers[unit].on_abandoned();
@@ -298,6 +312,75 @@ std::vector<PoolCostRow> Router::self_hosted_costs(TimeMs period_ms) const {
     }
     rows.push_back(row);
   }
+  return rows;
+}
+
+Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_t replica, const KvEventBatch& batch,
+                                              TimeMs now) {
+  if (target >= config_->targets.size() || !state_.pools[target] ||
+      replica >= config_->targets[target].replicas.size()) {
+    return make_error(ErrorCode::invalid_argument, "KV events need a self-hosted target and one of its replicas");
+  }
+  const Target& t = config_->targets[target];
+  std::lock_guard lock(mu_);
+  CacheDirectory& dir = *state_.pools[target];
+  KvIngestStats delta;
+  delta.batches = 1;
+  std::vector<std::uint64_t> chain;
+  for (const KvEvent& event : batch.events) {
+    if (const auto* stored = std::get_if<BlockStored>(&event)) {
+      if (stored->block_size != t.kv.block_size) {
+        ++delta.rejected;  // another block size: these hashes could never match our requests
+        continue;
+      }
+      std::uint64_t parent = PrefixHasher::root_seed(t.model, stored->lora_name);
+      if (stored->parent_block_hash) {
+        auto own = dir.own_hash(replica, *stored->parent_block_hash);
+        if (!own) {
+          delta.orphans += stored->block_hashes.size();  // its parent came before we listened
+          continue;
+        }
+        parent = *own;
+      }
+      chain.clear();
+      PrefixHasher::hash_tokens(stored->token_ids, static_cast<std::size_t>(t.kv.block_size), parent, chain);
+      dir.store(replica, chain, now, stored->block_hashes);
+      delta.stored += chain.size();
+    } else if (const auto* removed = std::get_if<BlockRemoved>(&event)) {
+      for (EngineHash h : removed->block_hashes) delta.removed += dir.remove_engine(replica, h) ? 1 : 0;
+    } else {
+      dir.clear(replica);
+      ++delta.cleared;
+    }
+  }
+  KvIngestStats& total = state_.pool_events[target][replica];
+  total.batches += delta.batches;
+  total.stored += delta.stored;
+  total.removed += delta.removed;
+  total.cleared += delta.cleared;
+  total.orphans += delta.orphans;
+  total.rejected += delta.rejected;
+  return delta;
+}
+
+Result<Ok> Router::reset_kv(std::uint32_t target, std::uint32_t replica) {
+  if (target >= config_->targets.size() || !state_.pools[target] ||
+      replica >= config_->targets[target].replicas.size()) {
+    return make_error(ErrorCode::invalid_argument, "reset_kv needs a self-hosted target and one of its replicas");
+  }
+  std::lock_guard lock(mu_);
+  state_.pools[target]->clear(replica);
+  ++state_.pool_events[target][replica].cleared;
+  return Ok{};
+}
+
+std::vector<DirectoryRow> Router::directory_stats() const {
+  std::lock_guard lock(mu_);
+  std::vector<DirectoryRow> rows;
+  for (std::uint32_t ti = 0; ti < config_->targets.size(); ++ti) {
+    if (state_.pools[ti]) rows.push_back({ti, state_.pools[ti]->stats(), state_.pool_events.at(ti)});
+  }
+  if (state_.maas) rows.push_back({kNone, state_.maas->stats(), {}});
   return rows;
 }
 

@@ -13,6 +13,7 @@
 
 #include "switchyard/config.hpp"
 #include "switchyard/decision.hpp"
+#include "switchyard/kv_events.hpp"
 #include "switchyard/policy.hpp"
 #include "switchyard/pricing.hpp"
 #include "switchyard/result.hpp"
@@ -36,6 +37,8 @@ struct RouteRequest {
   std::int64_t input_tokens = -1;
   std::int64_t max_output_tokens = -1;
   std::int64_t expected_cached_tokens = 0;
+  std::span<const std::uint32_t> token_ids;  ///< the prompt's token ids, if known
+  std::string_view text;                     ///< else its (canonical) text
   TimeMs now = 0;
 };
 
@@ -84,6 +87,13 @@ struct PoolCostRow {
   std::uint64_t accepted;
 };
 
+/// One cache directory: a self-hosted pool's (target set) or the MaaS targets' (target kNone).
+struct DirectoryRow {
+  std::uint32_t target;
+  CacheDirectory::Stats stats;
+  std::vector<KvIngestStats> events;  ///< per replica (pools only)
+};
+
 struct BudgetRow {
   std::uint32_t scenario;
   Money limit;
@@ -114,6 +124,13 @@ class Router {
   /// `period_ms` (the period the ledger covers, which only the caller knows).
   [[nodiscard]] std::vector<PoolCostRow> self_hosted_costs(TimeMs period_ms) const;
   [[nodiscard]] std::size_t pending_decisions() const;
+
+  /// Applies a replica's decoded KV events to its pool's directory (precise mode).
+  [[nodiscard]] Result<KvIngestStats> apply_kv_events(std::uint32_t target, std::uint32_t replica,
+                                                      const KvEventBatch& batch, TimeMs now);
+  /// Drops everything the directory holds for a replica (its publisher restarted or lost events).
+  [[nodiscard]] Result<Ok> reset_kv(std::uint32_t target, std::uint32_t replica);
+  [[nodiscard]] std::vector<DirectoryRow> directory_stats() const;
   [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
 
  private:

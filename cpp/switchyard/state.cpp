@@ -37,6 +37,8 @@ const char* to_string(ReasonCode code) noexcept {
     case ReasonCode::saturated: return "saturated";
     case ReasonCode::budget: return "budget";
     case ReasonCode::least_loaded: return "least_loaded";
+    case ReasonCode::prefix_overlap: return "prefix_overlap";
+    case ReasonCode::affinity: return "affinity";
   }
   return "unknown";
 }
@@ -142,6 +144,24 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
   }
   breakers.resize(units);
   inflight.resize(units, 0);
+  active_blocks.resize(units, 0);
+  pools.resize(config.targets.size());
+  maas_holder.assign(config.targets.size(), kNone);
+  std::vector<CacheDirectory::HolderSpec> maas_specs;
+  for (std::uint32_t ti = 0; ti < config.targets.size(); ++ti) {
+    const Target& t = config.targets[ti];
+    if (t.kind == TargetKind::maas) {
+      maas_holder[ti] = static_cast<std::uint32_t>(maas_specs.size());
+      maas_specs.push_back({.capacity_blocks = kMaasHolderBlocks, .ttl_ms = t.cache.ttl_s * 1000});
+      continue;
+    }
+    const std::int64_t capacity = t.kv.capacity_blocks > 0 ? t.kv.capacity_blocks : kDefaultReplicaBlocks;
+    std::vector<CacheDirectory::HolderSpec> specs(
+        t.replicas.size(), {.capacity_blocks = capacity, .ttl_ms = t.kv.precise ? 0 : t.kv.ttl_s * 1000});
+    pools[ti] = std::make_unique<CacheDirectory>(std::move(specs));
+    pool_events.emplace(ti, std::vector<KvIngestStats>(t.replicas.size()));
+  }
+  if (!maas_specs.empty()) maas = std::make_unique<CacheDirectory>(std::move(maas_specs));
   budgets.resize(config.scenarios.size());
   ledger.resize(config.scenarios.size() * target_count);
 }

@@ -5,12 +5,15 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "switchyard/config.hpp"
 #include "switchyard/decision.hpp"
+#include "switchyard/directory.hpp"
 #include "switchyard/money.hpp"
 #include "switchyard/usage.hpp"
 
@@ -90,13 +93,27 @@ struct Counters {
 struct PendingDecision {
   Decision decision;
   std::int64_t budget_day = -1;
-  bool reservation_open = true;  ///< budget reservation and in-flight slot still held
-  bool probe = false;            ///< holds the half-open probe of its placement
+  bool reservation_open = true;    ///< budget reservation and in-flight slot still held
+  bool probe = false;              ///< holds the half-open probe of its placement
+  std::int64_t active_blocks = 0;  ///< added to its replica's active blocks until released
   std::vector<std::uint32_t> reported_targets;
   std::uint32_t served_target = kNone;  ///< target whose ok report answered the request
   Money served_cost;
   bool verdict_given = false;
 };
+
+/// What a pool's KV-event ingestion did, per replica.
+struct KvIngestStats {
+  std::uint64_t batches = 0;
+  std::uint64_t stored = 0;    ///< blocks stored
+  std::uint64_t removed = 0;   ///< blocks removed
+  std::uint64_t cleared = 0;   ///< AllBlocksCleared and publisher resets
+  std::uint64_t orphans = 0;   ///< blocks whose parent was unknown (published before we listened)
+  std::uint64_t rejected = 0;  ///< events that did not fit the pool (block size)
+};
+
+inline constexpr std::int64_t kDefaultReplicaBlocks = 1 << 18;  ///< when kv.capacity_blocks is unset
+inline constexpr std::int64_t kMaasHolderBlocks = 1 << 16;      ///< 8 M tokens of prefixes per MaaS target
 
 /// Everything the Router mutates, sized from one Config.
 struct RouterState {
@@ -112,10 +129,15 @@ struct RouterState {
 
   std::size_t target_count = 0;
   std::vector<std::size_t> first_unit;
-  std::vector<Breaker> breakers;       ///< per unit
-  std::vector<std::int64_t> inflight;  ///< per unit
-  std::vector<BudgetState> budgets;    ///< per scenario
-  std::vector<Counters> ledger;        ///< scenario-major
+  std::vector<Breaker> breakers;                                    ///< per unit
+  std::vector<std::int64_t> inflight;                               ///< per unit
+  std::vector<std::int64_t> active_blocks;                          ///< per unit: blocks of its in-flight requests
+  std::vector<std::unique_ptr<CacheDirectory>> pools;               ///< per target: a self-hosted pool's directory
+  std::unique_ptr<CacheDirectory> maas;                             ///< holders: the MaaS targets
+  std::vector<std::uint32_t> maas_holder;                           ///< per target: its holder in `maas`, or kNone
+  std::map<std::uint32_t, std::vector<KvIngestStats>> pool_events;  ///< per pool target, per replica
+  std::vector<BudgetState> budgets;                                 ///< per scenario
+  std::vector<Counters> ledger;                                     ///< scenario-major
   std::unordered_map<std::uint64_t, PendingDecision> pending;
   std::deque<std::uint64_t> pending_order;  ///< decision ids, oldest first, for expiry
 };

@@ -21,6 +21,7 @@ from switchyard._errors import (
     UnknownTargetError,
     UsageError,
 )
+from switchyard.prefix import canonical_prompt, prefix_hashes
 from switchyard.pricing import Cost, price_usage
 from switchyard.router import Router
 
@@ -42,8 +43,10 @@ __all__ = [
     "UnknownTargetError",
     "UsageError",
     "__version__",
+    "canonical_prompt",
     "load_config",
     "load_config_text",
+    "prefix_hashes",
     "price_usage",
 ]
 

@@ -110,8 +110,10 @@ def test_maas_decision_fields(example_router: Router, example_config: switchyard
         "reasons": ["weight:gpt-4.1-mini (10%)"],
         "predicted_cost_usd": Decimal("0.0012"),
         "expected_cached_tokens": 0,
+        "cache_key": None,  # no prompt given: no prefix family
         "config_version": example_config.version,
     }
+    assert d.cache_key is None
     assert "gpt-4.1-mini" in repr(d)
 
 

@@ -1,0 +1,450 @@
+// decode_kv_events: the engines' payloads byte for byte (kv_event_payloads.hpp), then every way a payload
+// can be wrong. Each bad input must give an error value, never a crash or an exception.
+
+#include "switchyard/kv_events.hpp"
+
+#include <gtest/gtest.h>
+#include <xxhash.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "kv_event_payloads.hpp"
+
+namespace switchyard {
+namespace {
+
+using test::as_payload;
+using test::json_bytes;
+using test::kH1;
+using test::kH2;
+using test::pack_text;
+using test::packed;
+using test::Packer;
+using namespace std::string_view_literals;
+
+Result<KvEventBatch> decode(std::string_view bytes, const KvDecodeLimits& limits = {}) {
+  return decode_kv_events(as_payload(bytes), limits);
+}
+
+/// The error message, or a failure when the input decoded.
+std::string error_of(std::string_view bytes, const KvDecodeLimits& limits = {}) {
+  Result<KvEventBatch> r = decode(bytes, limits);
+  if (r) {
+    ADD_FAILURE() << "decoded, expected an error";
+    return {};
+  }
+  EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
+  return r.error().message;
+}
+
+#define EXPECT_DECODE_ERROR(bytes, fragment) EXPECT_NE(error_of(bytes).find(fragment), std::string::npos) << error_of(bytes)
+
+const BlockStored& stored(const KvEventBatch& b, std::size_t i) { return std::get<BlockStored>(b.events.at(i)); }
+const BlockRemoved& removed(const KvEventBatch& b, std::size_t i) { return std::get<BlockRemoved>(b.events.at(i)); }
+
+std::uint64_t bits(std::int64_t v) { return static_cast<std::uint64_t>(v); }
+
+std::string range_bytes(int from, int to) {
+  std::string s;
+  for (int i = from; i < to; ++i) s.push_back(static_cast<char>(i));
+  return s;
+}
+
+// ---- what the engines send --------------------------------------------------------------------------
+
+TEST(KvEventsEngines, VllmTaggedMapsWithUint64HashesAboveTwoTo63) {
+  Result<KvEventBatch> r = decode(test::kVllmMapBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  const KvEventBatch& b = *r;
+  EXPECT_DOUBLE_EQ(b.ts, 1718000000.25);
+  EXPECT_EQ(b.data_parallel_rank, 1);
+  EXPECT_EQ(b.skipped_unknown, 0U);
+  ASSERT_EQ(b.events.size(), 4U);
+
+  const BlockStored& root = stored(b, 0);
+  EXPECT_EQ(root.block_hashes, (std::vector<EngineHash>{kH1, kH2}));
+  EXPECT_GE(root.block_hashes[0], std::uint64_t{1} << 63U);
+  EXPECT_FALSE(root.parent_block_hash.has_value());
+  EXPECT_EQ(root.token_ids, (std::vector<std::uint32_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  EXPECT_EQ(root.block_size, 4);
+  EXPECT_EQ(root.medium, "GPU");
+  EXPECT_EQ(root.lora_name, "");
+
+  // extra_keys, group_idx, kv_cache_spec_kind and lora_id are not ours: ignored.
+  const BlockStored& child = stored(b, 1);
+  EXPECT_EQ(child.block_hashes, (std::vector<EngineHash>{7}));
+  EXPECT_EQ(child.parent_block_hash, kH2);
+  EXPECT_EQ(child.token_ids, (std::vector<std::uint32_t>{9, 10, 11, 12}));
+  EXPECT_EQ(child.lora_name, "adapter-a");
+
+  EXPECT_EQ(removed(b, 2).block_hashes, (std::vector<EngineHash>{kH1}));
+  EXPECT_EQ(removed(b, 2).medium, "GPU");
+  EXPECT_TRUE(std::holds_alternative<AllBlocksCleared>(b.events[3]));
+}
+
+TEST(KvEventsEngines, VllmBinHashesAreFoldedWithXxh3) {
+  Result<KvEventBatch> r = decode(test::kVllmBinHashes);
+  ASSERT_TRUE(r) << r.error().message;
+  const std::string d32 = range_bytes(0, 32);  // sha256-sized digest
+  const std::string d16 = range_bytes(100, 116);  // xxh3_128-sized digest
+  const EngineHash h32 = XXH3_64bits(d32.data(), d32.size());
+  const EngineHash h16 = XXH3_64bits(d16.data(), d16.size());
+  EXPECT_EQ(h32, 0x3523581fe96e4c05ULL);  // python-xxhash: xxh3_64_intdigest(bytes(range(32)))
+  EXPECT_EQ(h16, 0x4e9908e11d3f623fULL);
+  EXPECT_FALSE(r->data_parallel_rank.has_value());
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{h32}));
+  EXPECT_EQ(stored(*r, 0).parent_block_hash, h16);
+  EXPECT_EQ(stored(*r, 0).medium, "");  // nil
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{h32, h16}));
+  EXPECT_EQ(removed(*r, 1).medium, "CPU");
+}
+
+TEST(KvEventsEngines, VllmPositionalArrays) {
+  Result<KvEventBatch> r = decode(test::kVllmArrayBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_DOUBLE_EQ(r->ts, 3.0);
+  EXPECT_EQ(r->data_parallel_rank, 0);
+  ASSERT_EQ(r->events.size(), 3U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH1}));
+  EXPECT_EQ(stored(*r, 0).token_ids, (std::vector<std::uint32_t>{5, 6}));
+  EXPECT_EQ(stored(*r, 0).block_size, 2);
+  EXPECT_EQ(stored(*r, 0).medium, "GPU");
+  EXPECT_EQ(removed(*r, 1).medium, "GPU");
+  EXPECT_TRUE(std::holds_alternative<AllBlocksCleared>(r->events[2]));
+}
+
+TEST(KvEventsEngines, VllmArrayBatchOfTaggedMapEvents) {
+  Result<KvEventBatch> r = decode(test::kVllmMixedBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->data_parallel_rank, 2);
+  ASSERT_EQ(r->events.size(), 1U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH2}));
+  EXPECT_EQ(stored(*r, 0).parent_block_hash, kH1);
+  EXPECT_EQ(stored(*r, 0).block_size, 3);
+}
+
+TEST(KvEventsEngines, SglangSignedHashesKeepTheirBits) {
+  Result<KvEventBatch> r = decode(test::kSglangBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_FALSE(r->data_parallel_rank.has_value());  // attn_dp_rank written as nil
+  ASSERT_EQ(r->events.size(), 2U);
+  const BlockStored& e = stored(*r, 0);
+  EXPECT_EQ(e.block_hashes, (std::vector<EngineHash>{bits(-5), bits(std::numeric_limits<std::int64_t>::min())}));
+  EXPECT_EQ(e.block_hashes[0], 0xFFFFFFFFFFFFFFFBULL);
+  EXPECT_EQ(e.parent_block_hash, bits(-77));
+  EXPECT_EQ(e.medium, "");  // SGLang's BlockStored has no medium / lora_name: trailing fields absent
+  EXPECT_EQ(e.lora_name, "");
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{bits(-5)}));
+  EXPECT_EQ(removed(*r, 1).medium, "");  // BlockRemoved without medium
+}
+
+TEST(KvEventsEngines, SglangOneTokenPage) {
+  Result<KvEventBatch> r = decode(test::kSglangNoRank);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_DOUBLE_EQ(r->ts, 5.5);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{42}));
+  EXPECT_EQ(stored(*r, 0).token_ids, (std::vector<std::uint32_t>{8}));
+}
+
+TEST(KvEventsEngines, DepthOfTheDeepestVllmPayloadIsFive) {
+  // batch map / events / event map / extra_keys / one key tuple: five levels.
+  KvDecodeLimits limits;
+  limits.max_depth = 5;
+  EXPECT_TRUE(decode(test::kVllmMapBatch, limits));
+  limits.max_depth = 4;
+  EXPECT_NE(error_of(test::kVllmMapBatch, limits).find("nesting deeper than 4"), std::string::npos);
+}
+
+// ---- tolerated variations ---------------------------------------------------------------------------
+
+TEST(KvEventsTolerance, OldestPositionalShapeWithoutTrailingFields) {
+  // Batch without the rank, BlockStored without lora_id/medium/lora_name, BlockRemoved without medium.
+  Result<KvEventBatch> r = decode(
+      json_bytes(R"([12.5, [["BlockStored", [1, 2], 99, [1, 2, 3, 4], 2], ["BlockRemoved", [1]], ["AllBlocksCleared"]]])"));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_FALSE(r->data_parallel_rank.has_value());
+  ASSERT_EQ(r->events.size(), 3U);
+  EXPECT_EQ(stored(*r, 0).parent_block_hash, 99U);
+  EXPECT_EQ(stored(*r, 0).medium, "");
+  EXPECT_EQ(removed(*r, 1).medium, "");
+}
+
+TEST(KvEventsTolerance, UnknownFieldsAreIgnored) {
+  const std::string bytes = packed([](Packer& p) {
+    p.pack_map(4);
+    pack_text(p, "producer");  // unknown batch key
+    pack_text(p, "vllm-9");
+    pack_text(p, "events");
+    p.pack_array(2);
+    // Positional with extra trailing elements (extra_keys, group_idx, future fields).
+    p.pack_array(11);
+    pack_text(p, "BlockStored");
+    p.pack_array(1).pack_uint64(5);
+    p.pack_nil();
+    p.pack_array(2).pack_uint32(1).pack_uint32(2);
+    p.pack_uint32(2);
+    p.pack_nil();
+    pack_text(p, "GPU");
+    pack_text(p, "lora-x");
+    p.pack_array(1).pack_nil();  // extra_keys
+    p.pack_uint32(0);            // group_idx
+    p.pack_map(1).pack_uint32(1).pack_double(2.0);  // anything
+    // Map with unknown keys, a non-string key, and "type" last.
+    p.pack_map(5);
+    pack_text(p, "block_hashes");
+    p.pack_array(1).pack_uint64(5);
+    pack_text(p, "locality");
+    pack_text(p, "REMOTE");
+    p.pack_uint32(7);  // a non-string key
+    p.pack_true();
+    pack_text(p, "estimated_bandwidth_bps");
+    p.pack_double(1e9);
+    pack_text(p, "type");
+    pack_text(p, "BlockRemoved");
+    pack_text(p, "ts");
+    p.pack_double(1.0);
+    pack_text(p, "data_parallel_rank");
+    p.pack_nil();
+  });
+  Result<KvEventBatch> r = decode(bytes);
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).lora_name, "lora-x");
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{5}));
+  EXPECT_EQ(removed(*r, 1).medium, "");
+}
+
+TEST(KvEventsTolerance, UnknownEventTypesAreSkippedAndCounted) {
+  Result<KvEventBatch> r = decode(json_bytes(R"([1.0, [
+      ["BlockPinned", [1], {"anything": [1, 2, 3]}],
+      ["BlockStored", [1], null, [7], 1],
+      {"type": "KVCacheMoved", "from": "GPU", "to": "CPU"},
+      ["AllBlocksCleared"]]])"));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->skipped_unknown, 2U);
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_TRUE(std::holds_alternative<BlockStored>(r->events[0]));
+  EXPECT_TRUE(std::holds_alternative<AllBlocksCleared>(r->events[1]));
+}
+
+TEST(KvEventsTolerance, NumbersAtTheirLimits) {
+  const std::string bytes = packed([](Packer& p) {
+    p.pack_array(2);
+    p.pack_float(2.5F);  // float32 ts
+    p.pack_array(1);
+    p.pack_array(5);
+    pack_text(p, "BlockStored");
+    p.pack_array(3).pack_uint64(std::numeric_limits<std::uint64_t>::max()).pack_uint64(0).pack_bin(1);
+    p.pack_bin_body("\x01", 1);
+    p.pack_int64(std::numeric_limits<std::int64_t>::min());
+    p.pack_array(3).pack_uint32(0).pack_uint32(std::numeric_limits<std::uint32_t>::max()).pack_uint32(5);
+    p.pack_uint32(1);
+  });
+  Result<KvEventBatch> r = decode(bytes);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_DOUBLE_EQ(r->ts, 2.5);
+  const BlockStored& e = stored(*r, 0);
+  EXPECT_EQ(e.block_hashes[0], std::numeric_limits<std::uint64_t>::max());
+  EXPECT_EQ(e.block_hashes[1], 0U);
+  EXPECT_EQ(e.block_hashes[2], XXH3_64bits("\x01", 1));
+  EXPECT_EQ(e.parent_block_hash, std::uint64_t{1} << 63U);
+  EXPECT_EQ(e.token_ids[1], std::numeric_limits<std::uint32_t>::max());
+
+  Result<KvEventBatch> integer_ts = decode(json_bytes(R"([1718000000, []])"));
+  ASSERT_TRUE(integer_ts);
+  EXPECT_DOUBLE_EQ(integer_ts->ts, 1718000000.0);
+  EXPECT_TRUE(decode(json_bytes(R"({"ts": 1.0, "events": []})")));
+  EXPECT_TRUE(decode(json_bytes(R"([1.0, [["BlockStored", [], null, [], 16]]])")));  // no blocks, no tokens
+}
+
+// ---- wrong shapes and values ------------------------------------------------------------------------
+
+TEST(KvEventsErrors, BatchShape) {
+  EXPECT_DECODE_ERROR("", "empty payload");
+  EXPECT_DECODE_ERROR(json_bytes("7"), "a batch is an array or a map");
+  EXPECT_DECODE_ERROR(json_bytes("[1.0]"), "needs [ts, events]");
+  EXPECT_DECODE_ERROR(json_bytes(R"({"events": []})"), "no \"ts\"");
+  EXPECT_DECODE_ERROR(json_bytes(R"({"ts": 1.0})"), "no \"events\"");
+  EXPECT_DECODE_ERROR(json_bytes(R"(["yesterday", []])"), "ts: expected a number");
+  EXPECT_DECODE_ERROR(json_bytes("[NaN, []]"), "ts: not a finite number");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, {"0": 1}])"), "events: expected an array");
+  EXPECT_DECODE_ERROR(json_bytes("[1.0, [], -1]"), "data_parallel_rank");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [], "0"])"), "data_parallel_rank");
+}
+
+TEST(KvEventsErrors, EventShape) {
+  EXPECT_DECODE_ERROR(json_bytes("[1.0, [5]]"), "events[0]: an event is an array or a map");
+  EXPECT_DECODE_ERROR(json_bytes("[1.0, [[]]]"), "events[0]: an empty array");
+  EXPECT_DECODE_ERROR(json_bytes("[1.0, [[3, [1]]]]"), "events[0]: the event tag is 3");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"block_hashes": [1]}]])"), "has no \"type\"");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": null}]])"), "the event type is nil");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["AllBlocksCleared"], ["BlockStored", [1], null, [1]]]])"),
+                      "events[1]: BlockStored has 3 fields");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockRemoved"]]])"), "BlockRemoved has no block_hashes");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null,
+                                  "block_size": 1}]])"),
+                      "BlockStored has no token_ids");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "token_ids": [1],
+                                  "block_size": 1}]])"),
+                      "BlockStored has no parent_block_hash");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockRemoved", "medium": "GPU"}]])"),
+                      "BlockRemoved has no block_hashes");
+}
+
+TEST(KvEventsErrors, FieldTypes) {
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", 1, null, [1], 1]]])"),
+                      "events[0] (BlockStored).block_hashes: expected an array, got 1");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", ["abc"], null, [1], 1]]])"), "block_hashes[0]");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1.5], null, [1], 1]]])"), "block_hashes[0]");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], "root", [1], 1]]])"), "parent_block_hash");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], "1"]]])"), "block_size");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [], 0]]])"), "block_size");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], -1]]])"), "block_size");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 4097]]])"), "block_size");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, {"0": 1}, 1]]])"), "token_ids: expected an array");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [-1], 1]]])"), "token_ids[0]");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [4294967296], 1]]])"), "token_ids[0]");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, ["a"], 1]]])"), "token_ids[0]");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, 5]]])"), "medium");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", 5]]])"), "lora_name");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockRemoved", [1], [2]]]])"), "events[0] (BlockRemoved).medium");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockRemoved", "block_hashes": [true]}]])"), "block_hashes[0]");
+
+  const std::string empty_bin = packed([](Packer& p) {
+    p.pack_array(2).pack_double(1.0).pack_array(1).pack_array(2);
+    pack_text(p, "BlockRemoved");
+    p.pack_array(1).pack_bin(0);
+  });
+  EXPECT_DECODE_ERROR(empty_bin, "block_hashes[0]");
+  const std::string long_bin = packed([](Packer& p) {
+    p.pack_array(2).pack_double(1.0).pack_array(1).pack_array(2);
+    pack_text(p, "BlockRemoved");
+    p.pack_array(1).pack_bin(65);
+    const std::string body(65, 'x');
+    p.pack_bin_body(body.data(), 65);
+  });
+  EXPECT_DECODE_ERROR(long_bin, "65-byte bin");
+}
+
+TEST(KvEventsErrors, TokenCountMustBeBlockSizeTimesBlocks) {
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3], 2]]])"),
+                      "token_ids: 3 ids, but block_size 2 x 2 block_hashes needs 4");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1, 2, 3], 2]]])"), "needs 2");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [], null, [1], 1]]])"), "needs 0");
+  // One bad event fails the whole batch.
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1], ["BlockStored", [1], null, [], 1]]])"),
+                      "events[1]");
+}
+
+TEST(KvEventsErrors, Limits) {
+  KvDecodeLimits small;
+  small.max_events = 2;
+  small.max_blocks_per_event = 2;
+  small.max_tokens_per_event = 4;
+  small.max_block_size = 2;
+  small.max_payload_bytes = 128;
+  small.max_string_bytes = 16;
+  auto fails_with = [&](std::string_view bytes, std::string_view fragment) {
+    const std::string message = error_of(bytes, small);
+    EXPECT_NE(message.find(fragment), std::string::npos) << message;
+  };
+  fails_with(json_bytes(R"([1.0, [["AllBlocksCleared"], ["AllBlocksCleared"], ["AllBlocksCleared"]]])"),
+             "events: 3 events, the limit is 2");
+  fails_with(json_bytes(R"([1.0, [["BlockRemoved", [1, 2, 3]]]])"), "3 hashes, the limit is 2");
+  fails_with(json_bytes(R"([1.0, [["BlockStored", [1], null, [1, 2, 3], 3]]])"), "block_size");
+  fails_with(std::string(129, '\xc0'), "payload of 129 bytes, the limit is 128");
+  fails_with(json_bytes(R"([1.0, [["BlockRemoved", [1], "a very long medium"]]])"), "str size overflow");
+  // An array longer than every count limit (and 256) is refused by msgpack-c's unpack_limit, before
+  // allocation.
+  fails_with(packed([](Packer& p) {
+               p.pack_array(2).pack_double(1.0).pack_array(257);
+               for (int i = 0; i < 257; ++i) p.pack_nil();
+             }),
+             "payload of");  // 257 nils are over 128 bytes: the payload limit comes first
+  KvDecodeLimits tiny_counts;
+  tiny_counts.max_events = 1;
+  tiny_counts.max_blocks_per_event = 1;
+  tiny_counts.max_tokens_per_event = 1;
+  const std::string over = error_of(packed([](Packer& p) {
+                                      p.pack_array(2).pack_double(1.0).pack_array(257);
+                                      for (int i = 0; i < 257; ++i) p.pack_nil();
+                                    }),
+                                    tiny_counts);
+  EXPECT_NE(over.find("array size overflow"), std::string::npos) << over;
+
+  KvDecodeLimits few_tokens;
+  few_tokens.max_tokens_per_event = 3;
+  const std::string message = error_of(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3, 4], 2]]])"),
+                                       few_tokens);
+  EXPECT_NE(message.find("token_ids: 4 ids, the limit is 3"), std::string::npos) << message;
+}
+
+// ---- malformed msgpack: absurd sizes, truncation, nesting ---------------------------------------------
+
+TEST(KvEventsMalformed, AbsurdSizesAreRefusedBeforeAllocation) {
+  // Each claims far more than the payload holds; the structural pass refuses it before msgpack-c would
+  // allocate (msgpack-c allocates a claimed array's elements up front).
+  EXPECT_DECODE_ERROR(std::string("\xdd\x3b\x9a\xca\x00", 5), "claims more elements than bytes remain");  // 1e9
+  EXPECT_DECODE_ERROR(std::string("\xdd\xff\xff\xff\xff", 5), "claims more elements");
+  EXPECT_DECODE_ERROR(std::string("\xdf\xff\xff\xff\xff", 5), "claims more elements");  // map32
+  EXPECT_DECODE_ERROR(std::string("\xdb\xff\xff\xff\xff", 5), "truncated value");       // str32 of 4 GiB
+  EXPECT_DECODE_ERROR(std::string("\xc6\x7f\xff\xff\xff", 5), "truncated value");       // bin32
+  EXPECT_DECODE_ERROR(std::string("\xc9\x7f\xff\xff\xff\x01", 6), "truncated value");   // ext32
+  EXPECT_DECODE_ERROR(std::string("\x92\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00\xdd\x3b\x9a\xca\x00", 15),
+                      "claims more elements");  // [1.0, <a billion events>]
+  // A claim just too big for what is left: 100 elements in 60 bytes of nils.
+  std::string hundred("\xdc\x00\x64", 3);
+  hundred.append(60, '\xc0');
+  EXPECT_DECODE_ERROR(hundred, "claims more elements");
+}
+
+TEST(KvEventsMalformed, EveryTruncationOfEveryPayloadIsAnError) {
+  for (std::string_view payload : test::kAllPayloads) {
+    ASSERT_TRUE(decode(payload));
+    for (std::size_t n = 0; n < payload.size(); ++n) {
+      Result<KvEventBatch> r = decode(payload.substr(0, n));
+      EXPECT_FALSE(r) << "prefix of " << n << " bytes decoded";
+    }
+  }
+}
+
+TEST(KvEventsMalformed, TrailingBytesAndReservedByte) {
+  std::string extra(test::kVllmArrayBatch);
+  extra.push_back('\xc0');
+  EXPECT_DECODE_ERROR(extra, "trailing bytes");
+  EXPECT_DECODE_ERROR(std::string("\x92\xc1\x90", 3), "0xc1");
+}
+
+TEST(KvEventsMalformed, DeepNesting) {
+  for (const std::size_t depth : {33U, 100U, 100000U}) {
+    std::string deep(depth, '\x91');
+    deep.push_back('\xc0');
+    EXPECT_DECODE_ERROR(deep, "nesting deeper than 32");
+  }
+  // Within the limit the shape is what fails, not the parser.
+  std::string ok_depth(31, '\x91');
+  ok_depth.push_back('\xc0');
+  EXPECT_DECODE_ERROR(ok_depth, "needs [ts, events]");
+  // An unknown event is skipped, but its depth is still bounded.
+  const std::string nested = packed([](Packer& p) {
+    p.pack_array(2).pack_double(1.0).pack_array(1).pack_array(2);
+    pack_text(p, "Unknown");
+    for (int i = 0; i < 40; ++i) p.pack_array(1);
+    p.pack_nil();
+  });
+  EXPECT_DECODE_ERROR(nested, "nesting deeper");
+}
+
+TEST(KvEventsMalformed, GarbageNeverThrows) {
+  const std::string_view inputs[] = {"\xff"sv,     "\x00"sv, "\x90"sv,         "\x80"sv,         "\xa5hello"sv,
+                                     "\xcb\x00"sv, "\xd4"sv, "\xc7\x02\x01"sv, "\x92\x01\x02"sv, "\x82\x01\x02\x03\x04"sv};
+  for (std::string_view in : inputs) EXPECT_FALSE(decode(in)) << "input of " << in.size() << " bytes";
+}
+
+}  // namespace
+}  // namespace switchyard
