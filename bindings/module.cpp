@@ -299,6 +299,8 @@ py::dict counter_row(const Config& config, const CounterRow& row) {
 
 }  // namespace
 
+void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Switchyard C++ core (private: import switchyard instead)";
   m.attr("__version__") = SWITCHYARD_VERSION;
@@ -706,4 +708,6 @@ PYBIND11_MODULE(_core, m) {
       py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
       py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
       py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());
+
+  bind_sidecar(m);
 }

@@ -18,7 +18,7 @@ void roll_budget(BudgetState& b, TimeMs now) {
 }  // namespace
 
 Router::Router(ConfigPtr config, RouterOptions options)
-    : config_(std::move(config)), options_(options), state_(*config_) {}
+    : config_(std::move(config)), options_(options), state_(*config_), next_id_(options.first_decision_id) {}
 
 Result<Request> Router::resolve(const RouteRequest& r) const {
   Request req;
@@ -265,6 +265,17 @@ std::vector<CounterRow> Router::counters() const {
     }
   }
   return rows;
+}
+
+Result<Ok> Router::restore_counters(const std::vector<CounterRow>& rows) {
+  for (const auto& row : rows) {
+    if (row.scenario >= config_->scenarios.size() || row.target >= config_->targets.size()) {
+      return make_error(ErrorCode::invalid_argument, "counter row outside this routing table");
+    }
+  }
+  std::lock_guard lock(mu_);
+  for (const auto& row : rows) state_.counters(row.scenario, row.target) = row.counters;
+  return Ok{};
 }
 
 std::vector<BreakerRow> Router::breakers(TimeMs now) const {

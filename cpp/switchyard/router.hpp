@@ -24,9 +24,10 @@ namespace switchyard {
 
 /// Documented defaults for a Router's bookkeeping.
 struct RouterOptions {
-  std::uint64_t seed = 0;              ///< sticky hashing seed (replays with the same seed agree)
-  TimeMs decision_ttl_ms = 3'600'000;  ///< how long a decision waits for reports and its verdict
-  std::size_t max_pending = 1U << 18;  ///< pending decisions kept at most (oldest expire first)
+  std::uint64_t seed = 0;               ///< sticky hashing seed (replays with the same seed agree)
+  TimeMs decision_ttl_ms = 3'600'000;   ///< how long a decision waits for reports and its verdict
+  std::size_t max_pending = 1U << 18;   ///< pending decisions kept at most (oldest expire first)
+  std::uint64_t first_decision_id = 1;  ///< a restarted sidecar starts past every id it issued before
 };
 
 /// A route request in the names a caller uses.
@@ -118,6 +119,9 @@ class Router {
   [[nodiscard]] Result<Ok> verdict(std::uint64_t decision_id, bool accepted, TimeMs now);
 
   [[nodiscard]] std::vector<CounterRow> counters() const;
+  /// Replaces ledger rows (a restarted or reloaded sidecar carries its counters over). Rows whose
+  /// indices are out of range for this config are errors; nothing is changed then.
+  [[nodiscard]] Result<Ok> restore_counters(const std::vector<CounterRow>& rows);
   [[nodiscard]] std::vector<BreakerRow> breakers(TimeMs now) const;
   [[nodiscard]] std::vector<BudgetRow> budgets(TimeMs now) const;
   /// Per self-hosted target: the ledger's marginal cost and outcomes next to the provisioned cost of
