@@ -13,12 +13,13 @@ def canonical_prompt(
     messages: Iterable[Mapping[str, Any] | tuple[str, str]],
     tools: Iterable[Mapping[str, Any] | str] | None = None,
 ) -> str:
-    """The canonical text of a chat prompt: system/developer messages first, tool definitions sorted,
-    then the turns, each framed. Route with ``text=canonical_prompt(...)`` so the same conversation
-    prefix hashes to the same blocks from every worker (C++ or Python).
+    """The canonical text of a chat prompt: system/developer messages first, tool definitions
+    sorted, then the turns, each framed. Route with ``text=canonical_prompt(...)`` so the same
+    conversation prefix hashes to the same blocks from every worker (C++ or Python).
 
     ``messages`` are OpenAI-style dicts (``role``, ``content``; list contents are joined text parts)
-    or ``(role, content)`` pairs; ``tools`` are schemas (dicts, serialized with sorted keys) or strings.
+    or ``(role, content)`` pairs; ``tools`` are schemas (dicts, serialized with sorted keys) or
+    strings.
     """
     pairs = []
     for m in messages:
