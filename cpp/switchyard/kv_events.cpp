@@ -58,7 +58,7 @@ constexpr std::size_t kMaxMapEntries = 4096;
 /// A bin block hash longer than this is not a digest.
 constexpr std::uint32_t kMaxBinHashBytes = 64;
 
-Error invalid(std::string message) { return make_error(ErrorCode::invalid_argument, "kv events: " + message); }
+Error invalid(const std::string& message) { return make_error(ErrorCode::invalid_argument, "kv events: " + message); }
 
 std::uint64_t read_be(const unsigned char* p, std::size_t n) noexcept {
   std::uint64_t v = 0;
@@ -91,7 +91,7 @@ std::string check_structure(const unsigned char* data, std::size_t size, std::si
       // fixint, nil, bool: the byte is the value
     } else if (b <= 0x8f) {
       container = true;
-      children = 2U * (b & 0x0fU);
+      children = std::uint64_t{2} * (b & 0x0fU);
     } else if (b <= 0x9f) {
       container = true;
       children = b & 0x0fU;
@@ -99,27 +99,40 @@ std::string check_structure(const unsigned char* data, std::size_t size, std::si
       body = b & 0x1fU;
     } else {
       switch (b) {
-        case 0xc4: case 0xd9: length_bytes = 1; break;  // bin8, str8
-        case 0xc5: case 0xda: length_bytes = 2; break;  // bin16, str16
-        case 0xc6: case 0xdb: length_bytes = 4; break;  // bin32, str32
+        case 0xc4:
+        case 0xd9: length_bytes = 1; break;  // bin8, str8
+        case 0xc5:
+        case 0xda: length_bytes = 2; break;  // bin16, str16
+        case 0xc6:
+        case 0xdb: length_bytes = 4; break;  // bin32, str32
         case 0xc7: length_bytes = 1; break;  // ext8 (the type byte follows the length)
         case 0xc8: length_bytes = 2; break;  // ext16
         case 0xc9: length_bytes = 4; break;  // ext32
         case 0xca: body = 4; break;
         case 0xcb: body = 8; break;
-        case 0xcc: case 0xd0: body = 1; break;
-        case 0xcd: case 0xd1: body = 2; break;
-        case 0xce: case 0xd2: body = 4; break;
-        case 0xcf: case 0xd3: body = 8; break;
-        case 0xd4: header = 2; body = 1; break;  // fixext: type byte + data
-        case 0xd5: header = 2; body = 2; break;
-        case 0xd6: header = 2; body = 4; break;
-        case 0xd7: header = 2; body = 8; break;
-        case 0xd8: header = 2; body = 16; break;
-        case 0xdc: container = true; length_bytes = 2; break;  // array16
-        case 0xdd: container = true; length_bytes = 4; break;  // array32
-        case 0xde: container = true; length_bytes = 2; break;  // map16
-        case 0xdf: container = true; length_bytes = 4; break;  // map32
+        case 0xcc:
+        case 0xd0: body = 1; break;
+        case 0xcd:
+        case 0xd1: body = 2; break;
+        case 0xce:
+        case 0xd2: body = 4; break;
+        case 0xcf:
+        case 0xd3: body = 8; break;
+        case 0xd4:  // fixext 1, 2, 4, 8, 16: type byte + data
+        case 0xd5:
+        case 0xd6:
+        case 0xd7:
+        case 0xd8:
+          header = 2;
+          body = std::uint64_t{1} << (b - 0xd4U);
+          break;
+        case 0xdc:  // array16, array32, map16, map32
+        case 0xdd:
+        case 0xde:
+        case 0xdf:
+          container = true;
+          length_bytes = (b & 1U) != 0 ? 4 : 2;
+          break;
         default: return at("invalid msgpack type byte 0xc1");
       }
     }
@@ -199,7 +212,7 @@ class BatchReader {
 
   Result<KvEventBatch> read(const msgpack::object& root) {
     KvEventBatch batch;
-    if (!read_batch(root, batch)) return invalid(std::move(error_));
+    if (!read_batch(root, batch)) return invalid(error_);
     return batch;
   }
 
@@ -366,8 +379,9 @@ class BatchReader {
     if (o.type != mp::ARRAY) return fail_field(index, kind, "block_hashes", "expected an array, got " + describe(o));
     const msgpack::object_array& a = o.via.array;
     if (a.size > limits_.max_blocks_per_event) {
-      return fail_field(index, kind, "block_hashes",
-                        std::to_string(a.size) + " hashes, the limit is " + std::to_string(limits_.max_blocks_per_event));
+      return fail_field(
+          index, kind, "block_hashes",
+          std::to_string(a.size) + " hashes, the limit is " + std::to_string(limits_.max_blocks_per_event));
     }
     out.resize(a.size);
     for (std::uint32_t i = 0; i < a.size; ++i) {
@@ -404,14 +418,15 @@ class BatchReader {
     const msgpack::object& size = *f.block_size;
     if (size.type != mp::POSITIVE_INTEGER || size.via.u64 == 0 ||
         size.via.u64 > static_cast<std::uint64_t>(limits_.max_block_size)) {
-      return fail_field(index, kind, "block_size",
-                        "expected an integer in [1, " + std::to_string(limits_.max_block_size) + "], got " +
-                            describe(size));
+      return fail_field(
+          index, kind, "block_size",
+          "expected an integer in [1, " + std::to_string(limits_.max_block_size) + "], got " + describe(size));
     }
     e.block_size = static_cast<std::int64_t>(size.via.u64);
 
     const msgpack::object& tokens = *f.token_ids;
-    if (tokens.type != mp::ARRAY) return fail_field(index, kind, "token_ids", "expected an array, got " + describe(tokens));
+    if (tokens.type != mp::ARRAY)
+      return fail_field(index, kind, "token_ids", "expected an array, got " + describe(tokens));
     const msgpack::object_array& t = tokens.via.array;
     if (t.size > limits_.max_tokens_per_event) {
       return fail_field(index, kind, "token_ids",
@@ -478,9 +493,8 @@ Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const 
     const msgpack::unpack_limit unpack_limit(max_array, kMaxMapEntries, limits.max_string_bytes,
                                              limits.max_string_bytes, limits.max_string_bytes, max_depth + 1);
     std::size_t offset = 0;
-    const msgpack::object_handle handle =
-        msgpack::unpack(reinterpret_cast<const char*>(bytes), payload.size(), offset, reference_payload, nullptr,
-                        unpack_limit);
+    const msgpack::object_handle handle = msgpack::unpack(reinterpret_cast<const char*>(bytes), payload.size(), offset,
+                                                          reference_payload, nullptr, unpack_limit);
     if (offset != payload.size()) return invalid("malformed msgpack: not one complete value");
     return BatchReader(limits).read(handle.get());
   } catch (const std::exception& e) {  // msgpack::unpack_error and its kin, std::bad_alloc

@@ -13,8 +13,9 @@
 
 namespace switchyard {
 
-/// An engine's block hash reduced to 64 bits: uint64 and int64 hashes keep their bits; 32-byte `bin`
-/// hashes (newer vLLM) are folded with XXH3-64. Only ever compared with other engine hashes.
+/// An engine's block hash reduced to 64 bits: uint64 and int64 hashes keep their bits; `bin` hashes (vLLM
+/// with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0: 32-byte sha256 or 16-byte xxh3_128 digests; 1 to 64 bytes
+/// accepted) are folded with XXH3-64. Only ever compared with other engine hashes.
 using EngineHash = std::uint64_t;
 
 struct BlockStored {

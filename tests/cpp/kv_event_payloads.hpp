@@ -103,7 +103,7 @@ inline constexpr std::string_view kSglangNoRank =
     "\x91\x2a\xc0\x91\x08\x01\xc0\xc0"sv;
 /// Every literal above, for loops (the fuzz test's seeds).
 inline constexpr std::string_view kAllPayloads[] = {kVllmMapBatch,   kVllmBinHashes, kVllmArrayBatch,
-                                                     kVllmMixedBatch, kSglangBatch,   kSglangNoRank};
+                                                    kVllmMixedBatch, kSglangBatch,   kSglangNoRank};
 
 /// The bytes whatever `write` packs.
 inline std::string packed(const std::function<void(Packer&)>& write) {

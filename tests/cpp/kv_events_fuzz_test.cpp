@@ -85,11 +85,14 @@ class Mutator {
     switch (below(8)) {
       case 0: {  // flip 1-4 bits
         const std::uint64_t flips = 1 + below(4);
-        for (std::uint64_t i = 0; i < flips; ++i) s[below(s.size())] ^= static_cast<char>(1U << below(8));
+        for (std::uint64_t i = 0; i < flips; ++i) {
+          char& c = s[below(s.size())];
+          c = static_cast<char>(static_cast<unsigned char>(c) ^ (1U << below(8)));
+        }
         break;
       }
       case 1: s.resize(below(s.size())); break;  // truncate
-      case 2: {  // splice: a prefix of this one, a suffix of another
+      case 2: {                                  // splice: a prefix of this one, a suffix of another
         const std::string& other = seeds_[below(seeds_.size())];
         s.resize(below(s.size() + 1));
         s.append(other, below(other.size() + 1));

@@ -41,7 +41,8 @@ std::string error_of(std::string_view bytes, const KvDecodeLimits& limits = {}) 
   return r.error().message;
 }
 
-#define EXPECT_DECODE_ERROR(bytes, fragment) EXPECT_NE(error_of(bytes).find(fragment), std::string::npos) << error_of(bytes)
+#define EXPECT_DECODE_ERROR(bytes, fragment) \
+  EXPECT_NE(error_of(bytes).find(fragment), std::string::npos) << error_of(bytes)
 
 const BlockStored& stored(const KvEventBatch& b, std::size_t i) { return std::get<BlockStored>(b.events.at(i)); }
 const BlockRemoved& removed(const KvEventBatch& b, std::size_t i) { return std::get<BlockRemoved>(b.events.at(i)); }
@@ -89,7 +90,7 @@ TEST(KvEventsEngines, VllmTaggedMapsWithUint64HashesAboveTwoTo63) {
 TEST(KvEventsEngines, VllmBinHashesAreFoldedWithXxh3) {
   Result<KvEventBatch> r = decode(test::kVllmBinHashes);
   ASSERT_TRUE(r) << r.error().message;
-  const std::string d32 = range_bytes(0, 32);  // sha256-sized digest
+  const std::string d32 = range_bytes(0, 32);     // sha256-sized digest
   const std::string d16 = range_bytes(100, 116);  // xxh3_128-sized digest
   const EngineHash h32 = XXH3_64bits(d32.data(), d32.size());
   const EngineHash h16 = XXH3_64bits(d16.data(), d16.size());
@@ -164,8 +165,8 @@ TEST(KvEventsEngines, DepthOfTheDeepestVllmPayloadIsFive) {
 
 TEST(KvEventsTolerance, OldestPositionalShapeWithoutTrailingFields) {
   // Batch without the rank, BlockStored without lora_id/medium/lora_name, BlockRemoved without medium.
-  Result<KvEventBatch> r = decode(
-      json_bytes(R"([12.5, [["BlockStored", [1, 2], 99, [1, 2, 3, 4], 2], ["BlockRemoved", [1]], ["AllBlocksCleared"]]])"));
+  Result<KvEventBatch> r = decode(json_bytes(
+      R"([12.5, [["BlockStored", [1, 2], 99, [1, 2, 3, 4], 2], ["BlockRemoved", [1]], ["AllBlocksCleared"]]])"));
   ASSERT_TRUE(r) << r.error().message;
   EXPECT_FALSE(r->data_parallel_rank.has_value());
   ASSERT_EQ(r->events.size(), 3U);
@@ -191,8 +192,8 @@ TEST(KvEventsTolerance, UnknownFieldsAreIgnored) {
     p.pack_nil();
     pack_text(p, "GPU");
     pack_text(p, "lora-x");
-    p.pack_array(1).pack_nil();  // extra_keys
-    p.pack_uint32(0);            // group_idx
+    p.pack_array(1).pack_nil();                     // extra_keys
+    p.pack_uint32(0);                               // group_idx
     p.pack_map(1).pack_uint32(1).pack_double(2.0);  // anything
     // Map with unknown keys, a non-string key, and "type" last.
     p.pack_map(5);
@@ -306,7 +307,8 @@ TEST(KvEventsErrors, FieldTypes) {
   EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [], 0]]])"), "block_size");
   EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], -1]]])"), "block_size");
   EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 4097]]])"), "block_size");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, {"0": 1}, 1]]])"), "token_ids: expected an array");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, {"0": 1}, 1]]])"),
+                      "token_ids: expected an array");
   EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [-1], 1]]])"), "token_ids[0]");
   EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [4294967296], 1]]])"), "token_ids[0]");
   EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, ["a"], 1]]])"), "token_ids[0]");
@@ -379,8 +381,8 @@ TEST(KvEventsErrors, Limits) {
 
   KvDecodeLimits few_tokens;
   few_tokens.max_tokens_per_event = 3;
-  const std::string message = error_of(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3, 4], 2]]])"),
-                                       few_tokens);
+  const std::string message =
+      error_of(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3, 4], 2]]])"), few_tokens);
   EXPECT_NE(message.find("token_ids: 4 ids, the limit is 3"), std::string::npos) << message;
 }
 
@@ -441,8 +443,9 @@ TEST(KvEventsMalformed, DeepNesting) {
 }
 
 TEST(KvEventsMalformed, GarbageNeverThrows) {
-  const std::string_view inputs[] = {"\xff"sv,     "\x00"sv, "\x90"sv,         "\x80"sv,         "\xa5hello"sv,
-                                     "\xcb\x00"sv, "\xd4"sv, "\xc7\x02\x01"sv, "\x92\x01\x02"sv, "\x82\x01\x02\x03\x04"sv};
+  const std::string_view inputs[] = {
+      "\xff"sv,     "\x00"sv, "\x90"sv,         "\x80"sv,         "\xa5hello"sv,
+      "\xcb\x00"sv, "\xd4"sv, "\xc7\x02\x01"sv, "\x92\x01\x02"sv, "\x82\x01\x02\x03\x04"sv};
   for (std::string_view in : inputs) EXPECT_FALSE(decode(in)) << "input of " << in.size() << " bytes";
 }
 

@@ -9,6 +9,7 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -90,10 +91,9 @@ class RecordingSink : public KvEventSink {
     return records_;
   }
   static bool has_batch(const std::vector<Record>& records, std::size_t publisher, std::uint64_t seq) {
-    for (const Record& r : records) {
-      if (r.kind == Record::Kind::batch && r.publisher == publisher && r.seq == seq) return true;
-    }
-    return false;
+    return std::ranges::any_of(records, [&](const Record& r) {
+      return r.kind == Record::Kind::batch && r.publisher == publisher && r.seq == seq;
+    });
   }
 
  protected:
@@ -166,7 +166,7 @@ class Engine {
     if (zmq::poll(&item, 1, timeout) == 0) return std::nullopt;
     std::vector<zmq::message_t> frames;
     if (!zmq::recv_multipart(router_, std::back_inserter(frames))) return std::nullopt;
-    if (frames.size() != 3 || frames[1].size() != 0 || frames[2].size() != 8) {
+    if (frames.size() != 3 || !frames[1].empty() || frames[2].size() != 8) {
       ADD_FAILURE() << "replay request of " << frames.size() << " frames";
       return std::nullopt;
     }
@@ -183,9 +183,7 @@ class Engine {
     frames.push_back(batch_payload(seq));
     send_router(frames);
   }
-  void replay_end(const std::string& identity) {
-    send_router({identity, "", big_endian(0xFFFFFFFFFFFFFFFFULL), ""});
-  }
+  void replay_end(const std::string& identity) { send_router({identity, "", big_endian(0xFFFFFFFFFFFFFFFFULL), ""}); }
 
  private:
   void send_router(const std::vector<std::string>& frames) {
@@ -209,10 +207,8 @@ std::uint64_t warm_up(Engine& engine, RecordingSink& sink, std::size_t publisher
     engine.send(seq);
     const bool arrived = sink.wait_until(
         [&](const std::vector<Record>& records) {
-          for (const Record& r : records) {
-            if (r.kind == Record::Kind::batch && r.publisher == publisher) return true;
-          }
-          return false;
+          return std::ranges::any_of(
+              records, [&](const Record& r) { return r.kind == Record::Kind::batch && r.publisher == publisher; });
         },
         25ms);
     if (arrived) break;
@@ -260,10 +256,10 @@ TEST_F(KvSubscriberTest, MalformedMessagesAreRejectedAndTheNextGoodOneApplies) {
   ASSERT_TRUE(subscriber.start());
   const std::uint64_t w = warm_up(engine, sink_, 0, 0);
 
-  engine.send_frames({"kv", big_endian(w + 1)});                                // 2 frames
+  engine.send_frames({"kv", big_endian(w + 1)});                                 // 2 frames
   engine.send_frames({"kv", big_endian(w + 1), batch_payload(w + 1), "extra"});  // 4 frames
-  engine.send_frames({"kv", std::string("\x00\x01", 2), batch_payload(w + 1)});   // 2-byte sequence
-  engine.send_frames({"kv", big_endian(w + 1), std::string("\x93\xc1", 2)});      // undecodable payload
+  engine.send_frames({"kv", std::string("\x00\x01", 2), batch_payload(w + 1)});  // 2-byte sequence
+  engine.send_frames({"kv", big_endian(w + 1), std::string("\x93\xc1", 2)});     // undecodable payload
   engine.send(w + 2);
   ASSERT_TRUE(sink_.wait_for_batch(0, w + 2)) << describe(sink_.records());
 
@@ -475,7 +471,7 @@ TEST(KvSubscriber, StartErrorsAreValues) {
   ASSERT_TRUE(good.start());
   EXPECT_FALSE(good.start());  // already running
   good.stop();
-  good.stop();  // idempotent
+  good.stop();                // idempotent
   ASSERT_TRUE(good.start());  // and restartable
   EXPECT_FALSE(good.stats().at(0).connected);
 

@@ -143,8 +143,9 @@ struct KvEventSubscriber::Impl {
 
   [[nodiscard]] std::int64_t max_message_size() const noexcept {
     const std::size_t limit = options.limits.max_payload_bytes;
-    return limit > static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()) ? -1
-                                                                                        : static_cast<std::int64_t>(limit);
+    return limit > static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max())
+               ? -1
+               : static_cast<std::int64_t>(limit);
   }
 
   Link open_link(std::size_t i) {
@@ -155,8 +156,8 @@ struct KvEventSubscriber::Impl {
     link.sub.set(zmq::sockopt::maxmsgsize, max_message_size());  // larger frames: ZeroMQ drops the connection
     link.sub.set(zmq::sockopt::subscribe, options.topic);
     const std::string monitor_endpoint = "inproc://switchyard-kv-monitor-" + std::to_string(monitor_counter++);
-    if (zmq_socket_monitor(link.sub.handle(), monitor_endpoint.c_str(),
-                           ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+    if (zmq_socket_monitor(link.sub.handle(), monitor_endpoint.c_str(), ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) !=
+        0) {
       throw zmq::error_t();
     }
     link.monitor = zmq::socket_t(context, zmq::socket_type::pair);
@@ -241,16 +242,21 @@ struct KvEventSubscriber::Impl {
       }
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
       zmq::pollitem_t item = poll_in(link.replay);
-      zmq::poll(&item, 1, std::min(left, options.poll_interval));
+      try {
+        zmq::poll(&item, 1, std::min(left, options.poll_interval));
+      } catch (const zmq::error_t& e) {
+        if (e.num() != EINTR) throw;  // a signal: poll again
+        continue;
+      }
       while (receive(link.replay, reply)) {
-        if ((reply.count != 3 && reply.count != 4) || reply.frames[0].size() != 0) {
+        if ((reply.count != 3 && reply.count != 4) || !reply.frames[0].empty()) {
           return "a replay reply of " + std::to_string(reply.count) + " frames, expected [\"\", (topic,) seq, payload]";
         }
         const zmq::message_t& payload = reply.frames[reply.count - 1];
         const std::optional<std::uint64_t> seq = sequence_of(reply.frames[reply.count - 2]);
         if (!seq) return "a replay reply whose sequence frame is not 8 bytes";
         if (*seq == kEndOfReplay) {
-          if (payload.size() != 0) return "an end-of-replay marker with a payload";
+          if (!payload.empty()) return "an end-of-replay marker with a payload";
           return next == to ? std::string() : "the replay ended before " + std::to_string(next);
         }
         if (*seq < next || *seq >= to) continue;  // already applied, or arrives live
@@ -302,8 +308,9 @@ struct KvEventSubscriber::Impl {
         update(link.index, [](KvPublisherStats& s) { ++s.gaps; });
         const std::string why = fill_gap(link, *last + 1, *seq);
         if (!why.empty()) {
-          reset(link, Trouble::replay,
-                "sequence gap " + std::to_string(*last + 1) + ".." + std::to_string(*seq - 1) + " not replayed: " + why);
+          reset(
+              link, Trouble::replay,
+              "sequence gap " + std::to_string(*last + 1) + ".." + std::to_string(*seq - 1) + " not replayed: " + why);
         }
       } else if (*seq <= *last) {
         reset(link, Trouble::restart,

@@ -24,21 +24,23 @@ struct KvPublisher {
 
 /// Set-up for KvEventSubscriber, with its defaults.
 struct KvSubscriberOptions {
-  std::string topic;                                   ///< SUB prefix filter; "" = every message
-  std::chrono::milliseconds replay_timeout{500};       ///< whole replay exchange, request to end marker
-  std::chrono::milliseconds poll_interval{20};         ///< longest wait between checks of stop()
-  KvDecodeLimits limits;                               ///< per payload; also the SUB's ZMQ_MAXMSGSIZE
+  std::string topic;  ///< SUB prefix filter; "" = every message
+  /// Longest a gap's replay exchange may take before the publisher is reset. The one thread waits for
+  /// it, so the other publishers' messages wait (queued in their sockets) meanwhile.
+  std::chrono::milliseconds replay_timeout{500};
+  std::chrono::milliseconds poll_interval{20};  ///< longest wait between checks of stop()
+  KvDecodeLimits limits;                        ///< per payload; also the SUB's ZMQ_MAXMSGSIZE
 };
 
 /// Counters for one publisher, read with KvEventSubscriber::stats(). Each is updated before the sink call
 /// it counts, so once the sink has seen something, stats() includes it.
 struct KvPublisherStats {
-  std::uint64_t received = 0;  ///< live messages received, rejected ones included
-  std::uint64_t applied = 0;   ///< batches handed to on_batch (live and replayed)
-  std::uint64_t rejected = 0;  ///< messages or replies handed to on_rejected
-  std::uint64_t gaps = 0;      ///< sequence gaps seen (filled by replay or not)
-  std::uint64_t replayed = 0;  ///< batches applied from replay
-  std::uint64_t resets = 0;    ///< on_reset calls
+  std::uint64_t received = 0;             ///< live messages received, rejected ones included
+  std::uint64_t applied = 0;              ///< batches handed to on_batch (live and replayed)
+  std::uint64_t rejected = 0;             ///< messages or replies handed to on_rejected
+  std::uint64_t gaps = 0;                 ///< sequence gaps seen (filled by replay or not)
+  std::uint64_t replayed = 0;             ///< batches applied from replay
+  std::uint64_t resets = 0;               ///< on_reset calls
   std::optional<std::uint64_t> last_seq;  ///< last sequence number accepted
   bool connected = false;                 ///< the SUB's TCP (or IPC) connection is up
 };
