@@ -28,8 +28,7 @@ class CollectingReporter : public benchmark::ConsoleReporter {
     for (const auto& run : runs) {
       if (run.run_type != Run::RT_Iteration || run.error_occurred) continue;
       samples_[run.run_name.function_name].push_back(run.GetAdjustedRealTime());
-      for (const auto& [name, counter] : run.counters)
-        counters_[run.benchmark_name() + "." + name] = counter.value;
+      for (const auto& [name, counter] : run.counters) counters_[run.benchmark_name() + "." + name] = counter.value;
     }
     ConsoleReporter::ReportRuns(runs);
   }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "rows.hpp"
 #include "switchyard/config.hpp"
 #include "switchyard/kv_events.hpp"
 #include "switchyard/prefix.hpp"
@@ -18,6 +19,7 @@
 
 namespace py = pybind11;
 using namespace switchyard;
+using namespace switchyard::bindings;
 
 namespace {
 
@@ -39,13 +41,6 @@ T unwrap(Result<T>&& r) {
   if (!r) raise(r.error());
   return std::move(r).value();
 }
-
-py::object decimal_usd(const std::string& text) {
-  static py::object decimal = py::module_::import("decimal").attr("Decimal");
-  return decimal(text);
-}
-py::object money(Money m) { return decimal_usd(m.to_usd_string()); }
-py::object money(const MoneyTotal& m) { return decimal_usd(m.to_usd_string()); }
 
 TimeMs now_ms(const std::optional<double>& now) {
   if (now) {
@@ -250,56 +245,16 @@ RouteRequest make_request(const std::string& scenario, const std::optional<std::
   return r;
 }
 
-py::dict usage_dict(const Usage& u) {
-  py::dict d;
-  d["uncached_input_tokens"] = u.uncached_input_tokens;
-  d["cache_read_tokens"] = u.cache_read_tokens;
-  d["cache_write_5m_tokens"] = u.cache_write_5m_tokens;
-  d["cache_write_1h_tokens"] = u.cache_write_1h_tokens;
-  d["output_tokens"] = u.output_tokens;
-  d["reasoning_tokens"] = u.reasoning_tokens;
-  return d;
-}
-
-py::list histogram(const Histogram& h) {
-  py::list l;
-  for (auto b : h.buckets) l.append(b);
-  return l;
-}
-
 py::dict counter_row(const Config& config, const CounterRow& row) {
-  const Counters& c = row.counters;
   const Target& t = config.targets[row.target];
-  py::dict d;
-  d["scenario"] = config.scenarios[row.scenario].name;
-  d["target"] = t.name;
-  d["kind"] = to_string(t.kind);
-  d["provider"] = to_string(t.provider);
-  d["requests"] = c.requests;
-  d["spillovers"] = c.spillovers;
-  d["outcomes"] = c.outcomes;
-  d["fallbacks"] = c.fallbacks;
-  for (std::size_t i = 0; i < kStatusCount; ++i) d[to_string(static_cast<Status>(i))] = c.by_status[i];
-  d["unpriced"] = c.unpriced;
-  d["accepted"] = c.accepted;
-  d["rejected"] = c.rejected;
-  for (auto item : usage_dict(c.tokens)) d[item.first] = item.second;
-  d["cost_usd"] = money(c.cost);
-  d["accepted_cost_usd"] = money(c.accepted_cost);
-  d["cost_per_accepted_usd"] =
-      c.accepted == 0 ? py::object(py::none()) : money(c.cost).attr("__truediv__")(py::int_(c.accepted));
-  d["ttft_count"] = c.ttft.count;
-  d["ttft_sum_ms"] = c.ttft.sum_ms;
-  d["ttft_buckets"] = histogram(c.ttft);
-  d["latency_count"] = c.latency.count;
-  d["latency_sum_ms"] = c.latency.sum_ms;
-  d["latency_buckets"] = histogram(c.latency);
-  return d;
+  return counter_row_dict(config.scenarios[row.scenario].name, t.name, to_string(t.kind), to_string(t.provider),
+                          row.counters);
 }
 
 }  // namespace
 
 void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
+void bind_kv(py::module_& m);       // bindings/kv.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Switchyard C++ core (private: import switchyard instead)";
@@ -710,4 +665,5 @@ PYBIND11_MODULE(_core, m) {
       py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());
 
   bind_sidecar(m);
+  bind_kv(m);
 }

@@ -1,7 +1,82 @@
-// Bindings of the sidecar's client-side pieces (shared-memory view). Registered by module.cpp.
+// Bindings of the sidecar's client-side pieces: the read-only view of its shared-memory segment
+// (switchyard.attach). Registered by module.cpp.
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rows.hpp"
+#include "sidecar/shm.hpp"
 
 namespace py = pybind11;
+using namespace switchyard;
+using namespace switchyard::bindings;
 
-void bind_sidecar(py::module_& m) { (void)m; }
+namespace {
+
+[[noreturn]] void raise_sidecar(const std::string& message, bool missing = false) {
+  if (missing) {
+    PyErr_SetString(PyExc_FileNotFoundError, message.c_str());
+  } else {
+    py::object cls = py::module_::import("switchyard._errors").attr("SidecarError");
+    PyErr_SetObject(cls.ptr(), py::str(message).ptr());
+  }
+  throw py::error_already_set();
+}
+
+}  // namespace
+
+void bind_sidecar(py::module_& m) {
+  py::class_<sidecar::SegmentReader>(m, "SegmentView",
+                                     "A read-only mapping of a sidecar's shared-memory segment (no round trip).")
+      .def_property_readonly("name", &sidecar::SegmentReader::name)
+      .def(
+          "counters",
+          [](sidecar::SegmentReader& r, double timeout_s) {
+            Result<std::vector<sidecar::NamedCounters>> rows = [&] {
+              py::gil_scoped_release release;
+              return r.counters(static_cast<int>(timeout_s * 1000.0));
+            }();
+            if (!rows) raise_sidecar(rows.error().message);
+            py::list out;
+            for (const auto& row : rows.value()) {
+              out.append(counter_row_dict(row.scenario, row.target, row.kind, row.provider, row.counters));
+            }
+            return out;
+          },
+          py::arg("timeout_s") = 1.0,
+          "Ledger rows per scenario x target, the same dicts as Router.counters(); a consistent snapshot "
+          "of each row (seqlock).")
+      .def(
+          "info",
+          [](const sidecar::SegmentReader& r) {
+            const auto h = r.header();
+            py::dict d;
+            d["pid"] = h.creator_pid;
+            d["generation"] = h.generation;
+            d["heartbeat"] = static_cast<double>(h.heartbeat_ms) / 1000.0;
+            char buf[17];
+            std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h.config_version));
+            d["config_version"] = std::string(buf);
+            d["ready"] = h.ready;
+            return d;
+          },
+          "The segment header: owner pid, generation, last heartbeat (seconds), config version, ready.");
+
+  m.def(
+      "attach_segment",
+      [](const std::string& name) {
+        auto r = sidecar::SegmentReader::attach(name);
+        if (!r) {
+          const auto& msg = r.error().message;
+          raise_sidecar(msg, msg.rfind("no shared-memory segment", 0) == 0);
+        }
+        return std::move(r).value();
+      },
+      py::arg("name"), "Maps the sidecar segment `name` read-only.");
+}

@@ -3,6 +3,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 
@@ -185,7 +186,7 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   d.config_version = config.content_hash;
   d.at = request.now;
   d.cache_key = family;
-  std::vector<std::uint32_t> matched(CacheDirectory::kMaxHolders, 0);
+  std::array<std::uint32_t, CacheDirectory::kMaxHolders> matched{};  // per holder, no allocation
 
   // Candidates in order: routes by sticky weighted rank, then the fallback chain.
   std::vector<std::pair<double, std::uint32_t>> ranked;  // (score, route index)

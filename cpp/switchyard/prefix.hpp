@@ -43,6 +43,6 @@ struct PromptMessage {
 /// prompts give the same text. The same conversation prefix gives the same leading bytes, so the same
 /// block chain, from Python and from C++.
 [[nodiscard]] std::string canonical_prompt(std::span<const PromptMessage> messages,
-                                           std::span<const std::string> tool_names_and_schemas = {});
+                                           std::span<const std::string> tools = {});
 
 }  // namespace switchyard

@@ -14,6 +14,8 @@ from switchyard._errors import (
     InvalidArgumentError,
     NoEligibleTargetError,
     PriceMissingError,
+    SidecarError,
+    SidecarUnavailableError,
     SwitchyardError,
     TargetNotAllowedError,
     UnknownDecisionError,
@@ -24,10 +26,12 @@ from switchyard._errors import (
 from switchyard.prefix import canonical_prompt, prefix_hashes
 from switchyard.pricing import Cost, price_usage
 from switchyard.router import Router
+from switchyard.sidecar import Client, RemoteDecision, SharedCounters, _sidecar_path, attach
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "BudgetExhaustedError",
+    "Client",
     "Config",
     "ConfigError",
     "Cost",
@@ -35,7 +39,11 @@ __all__ = [
     "InvalidArgumentError",
     "NoEligibleTargetError",
     "PriceMissingError",
+    "RemoteDecision",
     "Router",
+    "SharedCounters",
+    "SidecarError",
+    "SidecarUnavailableError",
     "SwitchyardError",
     "TargetNotAllowedError",
     "UnknownDecisionError",
@@ -43,6 +51,8 @@ __all__ = [
     "UnknownTargetError",
     "UsageError",
     "__version__",
+    "_sidecar_path",
+    "attach",
     "canonical_prompt",
     "load_config",
     "load_config_text",

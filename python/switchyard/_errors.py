@@ -54,3 +54,16 @@ class UsageError(ValueError, SwitchyardError):
 
 class PriceMissingError(ValueError, SwitchyardError):
     """A usage needs a price that the target's catalog does not have."""
+
+
+class SidecarError(RuntimeError, SwitchyardError):
+    """The sidecar answered with a wire error (bad_message, unknown_op, too_large, too_deep), or its
+    shared-memory segment cannot be read."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SidecarUnavailableError(SidecarError):
+    """The sidecar did not answer within the client's deadline (and there was no local fallback)."""

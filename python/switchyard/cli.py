@@ -205,5 +205,117 @@ def demo(config_path: str | None, as_json: bool) -> None:
     )
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (default: ipc:// socket).")
+@click.option("--shm", help="Shared-memory segment name (default switchyard-$UID).")
+@click.option("--metrics", help="Serve /metrics and /healthz on this loopback HOST:PORT.")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground and log to stderr.")
+def serve(
+    config: str, endpoint: str | None, shm: str | None, metrics: str | None, foreground: bool
+) -> None:
+    """Run the switchyard-sidecar daemon on a routing table (execs the installed binary)."""
+    import os
+
+    try:
+        binary = switchyard._sidecar_path()
+    except FileNotFoundError as e:
+        _fail(e, 2)
+    argv = [binary, config]
+    for flag, value in (("--endpoint", endpoint), ("--shm", shm), ("--metrics", metrics)):
+        if value:
+            argv += [flag, value]
+    if foreground:
+        argv.append("--foreground")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(binary, argv)
+
+
+@main.command()
+@click.option("--endpoint", help="The sidecar's endpoint (default: ipc:// in the runtime dir).")
+@click.option("--timeout-ms", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def stats(endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
+    """Show a running sidecar's counters and breakers (the stats op)."""
+    try:
+        with switchyard.Client(endpoint, timeout_ms=timeout_ms) as client:
+            reply = client.stats()
+    except SwitchyardError as e:
+        _fail(e, 1)
+    if as_json:
+        _dump(reply)
+        return
+    console.print(
+        f"sidecar pid {reply['pid']}, generation {reply['generation']}, config "
+        f"{reply['config_version']} ({reply['config']}), shm {reply['shm']}, "
+        f"up {reply['uptime_s']:.0f} s, {reply['pending_decisions']} pending decisions",
+        highlight=False,
+    )
+    table = Table(title="Ledger")
+    counts = ("requests", "outcomes", "ok", "error", "timeout", "accepted")
+    for col in ("scenario", "target", *counts, "cost $"):
+        table.add_column(col, justify="right" if col not in ("scenario", "target") else "left")
+    for r in reply["counters"]:
+        table.add_row(
+            r["scenario"],
+            r["target"],
+            *(str(r[k]) for k in counts),
+            r["cost_usd"],
+        )
+    console.print(table)
+    breakers = Table(title="Breakers")
+    for col in ("target", "endpoint", "phase", "consecutive failures", "opened", "in flight"):
+        breakers.add_column(col)
+    for b in reply["breakers"]:
+        breakers.add_row(
+            b["target"],
+            b["endpoint"] or "",
+            b["phase"],
+            str(b["consecutive_failures"]),
+            str(b["times_opened"]),
+            str(b["inflight"]),
+        )
+    console.print(breakers)
+
+
+@main.command()
+@click.option("--endpoint", help="The sidecar's endpoint (default: ipc:// in the runtime dir).")
+@click.option("--scenario", "-s", required=True, help="Scenario name, as in the routing table.")
+@click.option("--key", help="Sticky key (user, conversation).")
+@click.option("--data-class", help="Data class of this request, if stricter than the scenario's.")
+@click.option("--input-tokens", type=click.IntRange(min=0), help="Prompt size in tokens.")
+@click.option("--max-output-tokens", type=click.IntRange(min=0), help="Output cap in tokens.")
+@click.option("--timeout-ms", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def explain(
+    endpoint: str | None,
+    scenario: str,
+    key: str | None,
+    data_class: str | None,
+    input_tokens: int | None,
+    max_output_tokens: int | None,
+    timeout_ms: int,
+    as_json: bool,
+) -> None:
+    """Ask a running sidecar what it would decide for SCENARIO now (nothing is committed)."""
+    try:
+        with switchyard.Client(endpoint, timeout_ms=timeout_ms) as client:
+            d = client.explain(
+                scenario,
+                key=key,
+                data_class=data_class,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+            )
+    except SwitchyardError as e:
+        _fail(e, 1)
+    row = {**d.to_dict(), "key": key}
+    if as_json:
+        _dump(row)
+    else:
+        console.print(_decisions_table([row]))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

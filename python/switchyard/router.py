@@ -17,6 +17,15 @@ class Router(_core.Router):
     this subclass only adds conveniences.
     """
 
+    def subscribe_kv_events(
+        self, *, topic: str = "", replay_timeout_s: float = 0.5
+    ) -> _core.KvSubscription:
+        """Subscribes to every replica's ``kv_events`` publisher (vLLM / SGLang) on a background
+        thread and applies the events to the pool directories (precise mode). Sequence gaps are
+        healed through ``kv_replay`` when configured; a gap that cannot be filled or an engine
+        restart drops that replica's blocks. Use as a context manager, or call ``.stop()``."""
+        return _core._subscribe_kv_events(self, topic, replay_timeout_s)
+
     def counters_frame(self) -> pd.DataFrame:
         """The ledger as a DataFrame, one row per scenario x target (needs pandas)."""
         import pandas as pd

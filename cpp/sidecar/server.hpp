@@ -1,0 +1,80 @@
+#pragma once
+// The sidecar's request handling, independent of sockets: one msgpack request in, one msgpack reply out.
+// Owns the Router (swapped on reload) and mirrors the ledger into the shared-memory segment.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sidecar/shm.hpp"
+#include "switchyard/result.hpp"
+#include "switchyard/router.hpp"
+
+namespace switchyard::sidecar {
+
+inline constexpr std::uint64_t kProtocolVersion = 1;
+inline constexpr std::size_t kMaxMessageBytes = 8U << 20;  ///< ZMQ_MAXMSGSIZE: larger peers are dropped
+inline constexpr int kGenerationShift = 40;                ///< decision id = generation << 40 | sequence
+
+/// Decoder limits (msgpack unpack_limit): beyond them a request gets `too_large` / `too_deep`.
+struct DecodeLimits {
+  std::size_t array = 1U << 20;  ///< token_ids of a 1M-token prompt
+  std::size_t map = 256;
+  std::size_t str = 4U << 20;
+  std::size_t bin = 1U << 20;
+  std::size_t ext = 1024;
+  std::size_t depth = 32;
+};
+
+class Server {
+ public:
+  struct Started {
+    std::unique_ptr<Server> server;
+    std::string note;  ///< what happened to the segment, for the log
+  };
+  /// Loads the config, opens (or re-attaches) the segment, restores its counters. Errors are one line.
+  [[nodiscard]] static Result<Started> start(const std::string& config_path, const std::string& shm_name);
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  /// One request -> one reply. Never throws; bad input is an error reply.
+  [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms) noexcept;
+  /// Re-reads the config file: validated first; the old table keeps serving on error.
+  [[nodiscard]] Result<Ok> reload();
+  void heartbeat(std::int64_t now_ms) noexcept;
+  /// Prometheus text exposition (any thread).
+  [[nodiscard]] std::string metrics(std::int64_t now_ms) const;
+  [[nodiscard]] std::uint64_t generation() const;
+  [[nodiscard]] std::string config_version() const;
+  /// Mirrors every row into the segment (shutdown).
+  void flush();
+
+ private:
+  Server() = default;
+  [[nodiscard]] std::shared_ptr<Router> router() const;
+  void sync_rows();
+  void sync_rows_locked(const Router& r);
+  /// Adds what `old` gained between two snapshots to the current router's rows of the same names.
+  void carry_delta(const Router& old, const std::vector<CounterRow>& before);
+
+  std::string config_path_;
+  std::int64_t started_ms_ = 0;
+  DecodeLimits limits_;
+  std::unique_ptr<Segment> segment_;
+  mutable std::mutex router_mu_;      // guards the pointers (readers: the metrics thread)
+  std::shared_ptr<Router> router_;    // the current table
+  std::shared_ptr<Router> previous_;  // the table before the last reload: its decisions still report
+  std::uint64_t first_id_ = 0;        // router_'s first decision id
+  std::uint64_t previous_first_id_ = 0;
+  std::vector<CounterRow> published_;  // what the segment holds, to write only changed rows
+
+  friend struct Handler;
+};
+
+/// Formats a decision's reasons as the Python binding does ("weight:llama-70b (90%)").
+[[nodiscard]] std::vector<std::string> reason_strings(const Config& config, const Decision& d);
+
+}  // namespace switchyard::sidecar

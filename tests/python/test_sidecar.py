@@ -1,0 +1,691 @@
+"""The switchyard-sidecar daemon, started for real: wire protocol, bad input, reload, crash safety,
+shared-memory counters, client fallback, /metrics. Every daemon is stopped by its fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+from click.testing import CliRunner
+
+import switchyard
+from switchyard.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIO = "contract-extraction"  # one route: llama-70b (vLLM usage, OpenAI shape)
+TARGET = "llama-70b"
+STARTUP_S = 10.0
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sidecar:
+    """One daemon process with its own socket dir, shm name and metrics port."""
+
+    def __init__(self, workdir: Path, config: Path, shm: str) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.shm = shm
+        self.endpoint = f"ipc://{workdir / 's.sock'}"
+        self.metrics_port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logs: list[Path] = []
+
+    def start(self, *extra: str, wait: bool = True) -> Sidecar:
+        log = self.workdir / f"sidecar-{len(self.logs)}.log"
+        self.logs.append(log)
+        argv = [
+            switchyard._sidecar_path(),
+            str(self.config),
+            "--endpoint",
+            self.endpoint,
+            "--shm",
+            self.shm,
+            "--metrics",
+            f"127.0.0.1:{self.metrics_port}",
+            "--foreground",
+            *extra,
+        ]
+        with log.open("wb") as f:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_S
+        with switchyard.Client(self.endpoint, timeout_ms=200, retry_after_s=0) as c:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"sidecar exited: {self.log()}")
+                try:
+                    c.health()
+                    return
+                except switchyard.SidecarUnavailableError:
+                    time.sleep(0.02)
+        raise AssertionError(f"sidecar not ready in {STARTUP_S} s: {self.log()}")
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def client(self, **kwargs: Any) -> switchyard.Client:
+        kwargs.setdefault("timeout_ms", 2000)
+        return switchyard.Client(self.endpoint, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short paths: an ipc:// socket path must fit in sun_path (108 bytes).
+    d = Path(tempfile.mkdtemp(prefix="sy-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def shm_name() -> Iterator[str]:
+    name = f"sy-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield name
+    for p in (Path("/dev/shm") / name, Path("/dev/shm") / f"{name}.lock"):
+        p.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def config_path(workdir: Path) -> Path:
+    path = workdir / "routing.yaml"
+    shutil.copy(REPO / "examples" / "routing.yaml", path)
+    return path
+
+
+@pytest.fixture
+def sidecars(workdir: Path, config_path: Path, shm_name: str) -> Iterator[list[Sidecar]]:
+    started: list[Sidecar] = []
+    yield started
+    for s in started:
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sidecar(sidecars: list[Sidecar], workdir: Path, config_path: Path, shm_name: str) -> Sidecar:
+    s = Sidecar(workdir, config_path, shm_name)
+    sidecars.append(s)
+    return s.start()
+
+
+def _usage(i: int) -> dict[str, int]:
+    return {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7}
+
+
+def _row(rows: list[dict[str, Any]], scenario: str = SCENARIO, target: str = TARGET) -> dict:
+    return next(r for r in rows if r["scenario"] == scenario and r["target"] == target)
+
+
+# ------------------------------------------------------------------------------------ the basics
+
+
+def test_route_report_match_the_in_process_router(sidecar: Sidecar, config_path: Path) -> None:
+    router = switchyard.Router(switchyard.load_config(config_path))
+    with sidecar.client() as c:
+        d = c.route(SCENARIO, key="k1", input_tokens=1000, now=T0)
+        local = router.route(SCENARIO, key="k1", input_tokens=1000, now=T0)
+        for attr in (
+            "scenario",
+            "target",
+            "endpoint",
+            "fallbacks",
+            "reasons",
+            "predicted_cost_usd",
+        ):
+            assert getattr(d, attr) == getattr(local, attr), attr
+        assert d.config_version == local.config_version
+        assert d.id >= 1 << 40  # generation << 40: unique across restarts
+        kw: dict[str, Any] = {"status": "ok", "usage": _usage(0), "latency_ms": 42, "now": T0 + 1}
+        receipt = c.report(d.id, target=d.target, **kw)
+        local_receipt = router.report(local.id, target=d.target, **kw)
+        assert receipt is not None
+        assert receipt["cost_usd"] == local_receipt["cost_usd"]
+        again = c.report(d.id, target=d.target, status="ok", usage=_usage(0), now=T0 + 2)
+        assert again is not None
+        assert again["duplicate"]
+        c.verdict(d.id, True, now=T0 + 3)
+        router.verdict(local.id, True, now=T0 + 3)
+    view = switchyard.attach(sidecar.shm)
+    assert _row(view.counters()) == _row(router.counters())
+    assert sidecar.stop() == 0
+
+
+def test_core_errors_come_back_as_the_same_exceptions(sidecar: Sidecar) -> None:
+    with sidecar.client() as c:
+        with pytest.raises(switchyard.UnknownScenarioError):
+            c.route("no-such-scenario")
+        with pytest.raises(switchyard.UnknownDecisionError):
+            c.report(12345, target=TARGET, status="ok")
+        with pytest.raises(switchyard.InvalidArgumentError):
+            c.route(SCENARIO, input_tokens=-1)
+        with pytest.raises(switchyard.SidecarError) as e:
+            c.request("frobnicate")
+        assert e.value.code == "unknown_op"
+
+
+# ------------------------------------------------------------------------ many clients, shm sum
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import switchyard
+    endpoint, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    out = {"outcomes": 0, "input": 0, "output": 0, "cost": "0"}
+    from decimal import Decimal
+    cost = Decimal(0)
+    with switchyard.Client(endpoint, timeout_ms=5000) as c:
+        for i in range(n):
+            d = c.route("contract-extraction", key=f"{seed}-{i}", input_tokens=100 + i)
+            usage = {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7}
+            r = c.report(d.id, target=d.target, status="ok", usage=usage, latency_ms=5 + i)
+            assert r is not None and not r["duplicate"]
+            out["outcomes"] += 1
+            out["input"] += usage["prompt_tokens"]
+            out["output"] += usage["completion_tokens"]
+            cost += r["cost_usd"]
+    out["cost"] = str(cost)
+    print(json.dumps(out))
+    """
+)
+
+
+def test_concurrent_clients_sum_up_in_shared_memory(sidecar: Sidecar) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, sidecar.endpoint, "60", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for seed in range(4)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    row = _row(switchyard.attach(sidecar.shm).counters())
+    assert row["requests"] == row["outcomes"] == row["ok"] == sum(r["outcomes"] for r in results)
+    assert row["uncached_input_tokens"] == sum(r["input"] for r in results)
+    assert row["output_tokens"] == sum(r["output"] for r in results)
+    assert row["cost_usd"] == sum(Decimal(r["cost"]) for r in results)
+    assert row["latency_count"] == 240
+    frame = switchyard.attach(sidecar.shm).counters_frame()
+    assert int(frame.loc[frame["scenario"] == SCENARIO, "outcomes"].sum()) == 240
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_bad_messages_get_error_replies_and_the_sidecar_keeps_serving(sidecar: Sidecar) -> None:
+    ctx = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDTIMEO, 5000)  # a send never hangs the test
+        sock.connect(sidecar.endpoint)
+
+        def ask(payload: bytes) -> dict[str, Any]:
+            sock.send(payload)
+            assert sock.poll(5000), "no reply"
+            return msgpack.unpackb(sock.recv())
+
+        def code(payload: bytes) -> str:
+            reply = ask(payload)
+            assert reply["ok"] is False
+            return reply["error"]["code"]
+
+        def pack(**m: Any) -> bytes:
+            return msgpack.packb({"v": 1, "id": 7, **m})
+
+        assert code(b"\xc1\x00garbage") == "bad_message"
+        assert code(b"") == "bad_message"
+        assert code(msgpack.packb([1, 2, 3])) == "bad_message"
+        assert code(msgpack.packb({"v": 1, "op": "route"}) + b"x") == "bad_message"
+        assert code(pack(op="route", scenario=17)) == "bad_message"
+        assert code(pack(op="route", scenario=SCENARIO, input_tokens="many")) == "bad_message"
+        assert code(pack(op="route", scenario=SCENARIO, token_ids=[1, -2])) == "invalid_argument"
+        assert code(pack(op="report", decision_id="x", target=TARGET, status="ok")) == "bad_message"
+        assert code(pack(op="report", decision_id=1, target=TARGET, status="meh")) == (
+            "invalid_argument"
+        )
+        assert code(pack(op="launch")) == "unknown_op"
+        assert code(msgpack.packb({"v": 2, "op": "health", "id": 1})) == "bad_message"
+        assert code(pack(op="route", scenario="x" * (5 << 20))) == "too_large"
+        nested: Any = 1
+        for _ in range(100):
+            nested = [nested]
+        assert code(pack(op="route", scenario=SCENARIO, key=nested)) == "too_deep"
+        reply = ask(pack(op="health"))
+        assert reply["ok"]
+        assert reply["id"] == 7
+
+        # Beyond the socket's maximum message size ZeroMQ drops the peer: no reply, but the
+        # sidecar goes on serving everyone else.
+        big = ctx.socket(zmq.DEALER)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(sidecar.endpoint)
+        big.send(b"\x00" * (9 << 20))
+        assert not big.poll(300)
+        big.close()
+        # A flood from one client does not stop another from being served.
+        for i in range(2000):
+            sock.send(pack(op="health", id=i))
+        with sidecar.client() as c:
+            assert c.health()["status"] == "serving"
+            c.route(SCENARIO, input_tokens=10)
+        got = 0
+        while got < 2000 and sock.poll(5000):
+            sock.recv()
+            got += 1
+        assert got == 2000
+    finally:
+        ctx.destroy(linger=0)
+    assert sidecar.proc is not None
+    assert sidecar.proc.poll() is None
+
+
+# ----------------------------------------------------------------------------------- reload
+
+
+def test_reload_keeps_the_old_table_on_error_then_swaps(
+    sidecar: Sidecar, config_path: Path
+) -> None:
+    good = config_path.read_text()
+    with sidecar.client() as c:
+        before = c.route(SCENARIO, input_tokens=100)
+        old_version = before.config_version
+        c.report(before.id, target=before.target, status="ok", usage=_usage(1))
+        pending = c.route(SCENARIO, input_tokens=100)  # reported after the reload
+
+        broken = good.replace("max_output_tokens: 2048", "max_output_tokens: lots")
+        assert broken != good
+        config_path.write_text(broken)
+        line = next(i for i, t in enumerate(broken.splitlines(), 1) if "lots" in t)
+        with pytest.raises(switchyard.ConfigError, match=rf"routing\.yaml:{line}:\d+"):
+            c.reload()
+        assert c.route(SCENARIO, input_tokens=100).config_version == old_version
+
+        config_path.write_text(good.replace("max_output_tokens: 2048", "max_output_tokens: 1024"))
+        reply = c.reload()
+        assert reply["config_version"] != old_version
+        after = c.route(SCENARIO, input_tokens=100)
+        assert after.config_version == reply["config_version"]
+        assert after.id > pending.id
+        # A decision of the old table still reports, into the new ledger.
+        assert c.report(pending.id, target=pending.target, status="ok", usage=_usage(2))
+        row = _row(c.stats()["counters"])
+        assert row["requests"] == 4
+        assert row["outcomes"] == 2
+        shm_row = _row(switchyard.attach(sidecar.shm).counters())
+        assert shm_row["requests"] == 4
+        assert shm_row["outcomes"] == 2
+
+        # SIGHUP reloads too.
+        config_path.write_text(good)
+        assert sidecar.proc is not None
+        sidecar.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while c.health()["config_version"] != old_version:
+            assert time.monotonic() < deadline, sidecar.log()
+            time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------ crash safety
+
+
+def test_counters_survive_kill_9_under_load(
+    sidecars: list[Sidecar], workdir: Path, config_path: Path, shm_name: str
+) -> None:
+    first = Sidecar(workdir, config_path, shm_name)
+    sidecars.append(first)
+    first.start()
+    acked = 0
+    sent = 0
+    stop = threading.Event()
+
+    def load() -> None:
+        nonlocal acked, sent
+        with first.client(timeout_ms=500, retry_after_s=0) as c:
+            i = 0
+            while not stop.is_set():
+                try:
+                    d = c.route(SCENARIO, key=str(i), input_tokens=100)
+                except switchyard.SidecarUnavailableError:
+                    return
+                sent += 1
+                try:
+                    r = c.report(d.id, target=d.target, status="ok", usage=_usage(i))
+                except switchyard.SwitchyardError:
+                    return
+                if r is None:
+                    return
+                acked += 1
+                i += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    deadline = time.monotonic() + 10
+    while acked < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    first.kill9()
+    t.join(timeout=10)
+    stop.set()
+    assert not t.is_alive()
+    assert acked >= 200
+
+    # The segment outlives its owner; a new sidecar on the same name takes it over.
+    second = Sidecar(workdir, config_path, shm_name)
+    second.endpoint = first.endpoint
+    sidecars.append(second)
+    second.start()
+    assert "re-attached" in second.log()
+    row = _row(switchyard.attach(shm_name).counters())
+    assert acked <= row["outcomes"] <= sent
+    with second.client() as c:
+        d = c.route(SCENARIO, input_tokens=10)
+        assert d.id >> 40 == 2  # the next generation
+        stats_row = _row(c.stats()["counters"])
+        assert stats_row["outcomes"] == row["outcomes"]
+    assert second.stop() == 0
+
+
+def test_a_second_sidecar_on_the_same_segment_is_refused(
+    sidecar: Sidecar, sidecars: list[Sidecar], workdir: Path, config_path: Path
+) -> None:
+    other_dir = Path(tempfile.mkdtemp(prefix="sy-", dir="/tmp"))
+    try:
+        other = Sidecar(other_dir, config_path, sidecar.shm)
+        sidecars.append(other)
+        other.start(wait=False)
+        assert other.proc is not None
+        assert other.proc.wait(timeout=10) != 0
+        lines = other.log().strip().splitlines()
+        assert len(lines) == 1
+        assert "owned by a live sidecar" in lines[0]
+        assert str(sidecar.proc.pid if sidecar.proc else "") in lines[0]
+    finally:
+        shutil.rmtree(other_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--endpoint", "tcp://0.0.0.0:5555"], "non-loopback"),
+        (["--endpoint", "tcp://10.1.2.3:5555"], "CURVE"),
+        (["--metrics", "0.0.0.0:9000"], "non-loopback"),
+        (["--bogus"], "unknown option"),
+    ],
+)
+def test_startup_refusals_are_one_line(
+    workdir: Path, config_path: Path, shm_name: str, args: list[str], message: str
+) -> None:
+    r = subprocess.run(
+        [switchyard._sidecar_path(), str(config_path), "--shm", shm_name, "--foreground", *args],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    assert r.returncode != 0
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert message in lines[0]
+
+
+def test_invalid_config_and_busy_port_fail_with_one_line(
+    workdir: Path, config_path: Path, shm_name: str
+) -> None:
+    bad = workdir / "bad.yaml"
+    bad.write_text(config_path.read_text().replace("weight: 90", "weight: ninety"))
+    sock = f"ipc://{workdir / 'x.sock'}"
+    r = subprocess.run(
+        [
+            switchyard._sidecar_path(),
+            str(bad),
+            "--shm",
+            shm_name,
+            "--endpoint",
+            sock,
+            "--foreground",
+        ],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    assert r.returncode != 0
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "bad.yaml:" in lines[0]
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run(
+            [
+                switchyard._sidecar_path(),
+                str(config_path),
+                "--shm",
+                shm_name,
+                "--endpoint",
+                f"tcp://127.0.0.1:{port}",
+                "--foreground",
+            ],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    assert r.returncode != 0
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "cannot bind" in lines[0]
+
+
+# ------------------------------------------------------------------------------------ client
+
+
+def test_client_decides_locally_when_the_sidecar_is_down(workdir: Path, config_path: Path) -> None:
+    endpoint = f"ipc://{workdir / 'nobody.sock'}"
+    with switchyard.Client(endpoint, timeout_ms=100, config=config_path) as c:
+        t0 = time.monotonic()
+        d = c.route(SCENARIO, input_tokens=100)
+        assert time.monotonic() - t0 < 2.0  # the deadline (100 ms) plus slack, never a hang
+        assert d.target == TARGET
+        assert d.id < 1 << 40  # a local decision
+        assert c.local_decisions == 1
+        receipt = c.report(d.id, target=d.target, status="ok", usage=_usage(0))
+        assert receipt is not None
+        assert not receipt["duplicate"]
+    with (
+        switchyard.Client(endpoint, timeout_ms=100) as c,
+        pytest.raises(switchyard.SidecarUnavailableError),
+    ):
+        c.route(SCENARIO, input_tokens=100)
+
+
+def test_unacknowledged_reports_are_resent(sidecar: Sidecar) -> None:
+    assert sidecar.proc is not None
+    with sidecar.client(timeout_ms=200, retry_after_s=0) as c:
+        d = c.route(SCENARIO, input_tokens=100)
+        sidecar.proc.send_signal(signal.SIGSTOP)
+        try:
+            assert c.report(d.id, target=d.target, status="ok", usage=_usage(3)) is None
+            assert c.unacknowledged == 1
+        finally:
+            sidecar.proc.send_signal(signal.SIGCONT)
+        assert c.flush(timeout_ms=5000) == 0
+        row = _row(c.stats()["counters"])
+    assert row["outcomes"] == 1  # sent twice, counted once
+
+
+# ------------------------------------------------------------------------- metrics, files, CLI
+
+
+def test_metrics_parse_as_prometheus_text(sidecar: Sidecar) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with sidecar.client() as c:
+        d = c.route(SCENARIO, input_tokens=100)
+        receipt = c.report(d.id, target=d.target, status="ok", usage=_usage(0), latency_ms=30)
+        assert receipt is not None
+    base = f"http://127.0.0.1:{sidecar.metrics_port}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    labels = {"scenario": SCENARIO, "target": TARGET}
+
+    def value(family: str, sample: str, **extra: str) -> float:
+        for s in families[family].samples:
+            if s.name == sample and s.labels == {**labels, **extra}:
+                return s.value
+        raise AssertionError(f"no {sample} {extra}")
+
+    assert value("switchyard_requests", "switchyard_requests_total") == 1
+    assert value("switchyard_outcomes", "switchyard_outcomes_total", status="ok") == 1
+    assert value("switchyard_tokens", "switchyard_tokens_total", kind="uncached_input") == 100
+    picos = value("switchyard_cost_picodollars", "switchyard_cost_picodollars_total")
+    assert Decimal(int(picos)) / 10**12 == receipt["cost_usd"]
+    assert value("switchyard_cost_usd", "switchyard_cost_usd") == pytest.approx(
+        float(receipt["cost_usd"])
+    )
+    assert families["switchyard_latency_ms"].type == "histogram"
+    assert value("switchyard_latency_ms", "switchyard_latency_ms_bucket", le="50") == 1
+    assert value("switchyard_latency_ms", "switchyard_latency_ms_bucket", le="25") == 0
+    assert families["switchyard_breaker_state"].type == "gauge"
+
+
+def test_socket_and_segment_files_are_private(sidecar: Sidecar) -> None:
+    sock = Path(sidecar.endpoint.removeprefix("ipc://"))
+    for path in (sock, Path("/dev/shm") / sidecar.shm, Path("/dev/shm") / f"{sidecar.shm}.lock"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    info = switchyard.attach(sidecar.shm).info()
+    assert info["ready"]
+    assert sidecar.proc is not None
+    assert info["pid"] == sidecar.proc.pid
+    beat = info["heartbeat"]
+    time.sleep(0.3)
+    assert switchyard.attach(sidecar.shm).info()["heartbeat"] > beat
+
+
+def test_sigterm_drains_and_exits_zero(sidecar: Sidecar) -> None:
+    with sidecar.client() as c:
+        d = c.route(SCENARIO, input_tokens=100)
+        c.report(d.id, target=d.target, status="ok", usage=_usage(0))
+    assert sidecar.stop(signal.SIGTERM) == 0
+    assert "stopped" in sidecar.log()
+    # The counters stay readable after a clean stop.
+    assert _row(switchyard.attach(sidecar.shm).counters())["outcomes"] == 1
+
+
+def test_cli_stats(sidecar: Sidecar) -> None:
+    with sidecar.client() as c:
+        c.route(SCENARIO, input_tokens=100)
+    runner = CliRunner()
+    r = runner.invoke(cli_main, ["stats", "--endpoint", sidecar.endpoint, "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert _row(data["counters"])["requests"] == 1
+    r = runner.invoke(cli_main, ["stats", "--endpoint", sidecar.endpoint])
+    assert r.exit_code == 0, r.output
+    assert "Ledger" in r.output
+    assert "Breakers" in r.output
+    r = runner.invoke(
+        cli_main, ["explain", "--endpoint", sidecar.endpoint, "-s", SCENARIO, "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["target"] == TARGET
+    r = runner.invoke(cli_main, ["explain", "--endpoint", sidecar.endpoint, "-s", "nope"])
+    assert r.exit_code == 1
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_serve_daemonizes_after_a_successful_start(
+    workdir: Path, config_path: Path, shm_name: str
+) -> None:
+    endpoint = f"ipc://{workdir / 'd.sock'}"
+    argv = [sys.executable, "-m", "switchyard.cli", "serve", str(config_path)]
+    r = subprocess.run(
+        [*argv, "--endpoint", endpoint, "--shm", shm_name],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stderr.decode().split("pid ")[1].split(")")[0])
+    try:
+        with switchyard.Client(endpoint, timeout_ms=2000) as c:
+            assert c.health()["pid"] == pid
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    # A startup error in background mode still reaches the caller as one line and a failure.
+    r = subprocess.run(
+        [*argv[:-1], str(workdir / "missing.yaml"), "--endpoint", endpoint, "--shm", shm_name],
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
+    assert r.returncode != 0
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "missing.yaml" in lines[0]
