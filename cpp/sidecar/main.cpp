@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <httplib.h>
+
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include <vector>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
+#include "switchyard/io/router_sink.hpp"
 
 #include "sidecar/server.hpp"
 
@@ -277,6 +279,21 @@ int run(int argc, char** argv) {
       die("cannot listen on " + opt.metrics + " for /metrics (address in use?)");
     }
     http_thread = std::thread([&http] { http->listen_after_bind(); });
+  }
+
+  // Precise mode: subscribe to the engines' KV events of the replicas that name a publisher. The
+  // subscriptions follow the table loaded at start; the sink resolves replicas by name on the
+  // current Router, so a reload that keeps them keeps working.
+  namespace io = switchyard::io;
+  std::unique_ptr<io::RouterKvSink> kv_sink;
+  std::unique_ptr<io::KvEventSubscriber> kv_subscriber;
+  if (auto [publishers, names] = io::kv_publishers(*server->router()->config()); !publishers.empty()) {
+    Server* srv = server.get();
+    kv_sink = std::make_unique<io::RouterKvSink>([srv] { return srv->router(); }, std::move(names));
+    const auto count = publishers.size();
+    kv_subscriber = std::make_unique<io::KvEventSubscriber>(std::move(publishers), *kv_sink);
+    if (auto kv_started = kv_subscriber->start(); !kv_started) die("KV events: " + kv_started.error().message);
+    log(LOG_INFO, "subscribed to KV events of %zu replicas", count);
   }
 
   log(LOG_INFO, "%s", started.value().note.c_str());

@@ -51,10 +51,11 @@ class Server {
   [[nodiscard]] std::string config_version() const;
   /// Mirrors every row into the segment (shutdown).
   void flush();
+  /// The current table's Router (any thread; a reload swaps it).
+  [[nodiscard]] std::shared_ptr<Router> router() const;
 
  private:
   Server() = default;
-  [[nodiscard]] std::shared_ptr<Router> router() const;
   void sync_rows();
   void sync_rows_locked(const Router& r);
   /// Adds what `old` gained between two snapshots to the current router's rows of the same names.

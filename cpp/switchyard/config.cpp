@@ -362,8 +362,12 @@ class Loader {
                        "': anthropic bills cache writes above the input price");
       }
       r.cache_write_5m = write.value_or(r.input);
-      // A tier without its own 1 h write price: never below the base 1 h price nor the tier's 5 min one.
-      const TokenPrice fallback_1h = base ? std::max(r.cache_write_5m, base->cache_write_1h) : r.cache_write_5m;
+      // Without its own 1 h write price: Anthropic's published rule is 2x that tier's input price;
+      // for others never below the tier's 5 min price nor the base 1 h one.
+      TokenPrice fallback_1h = base ? std::max(r.cache_write_5m, base->cache_write_1h) : r.cache_write_5m;
+      if (t.provider == Provider::anthropic) {
+        fallback_1h = TokenPrice::from_picos_per_token(2 * r.input.picos_per_token());
+      }
       r.cache_write_1h = field("cache_creation_input_token_cost_above_1hr" + suffix).value_or(fallback_1h);
       return r;
     };

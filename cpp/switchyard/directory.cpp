@@ -148,6 +148,16 @@ void CacheDirectory::insert_engine(std::uint32_t ref) {
   ++engine_entries_;
 }
 
+bool CacheDirectory::engine_indexed(std::uint32_t ref) const noexcept {
+  if (engine_table_.empty() || ref >= ref_engine_.size()) return false;
+  const std::size_t mask = engine_table_.size() - 1;
+  for (std::size_t i = engine_key(refs_[ref].block_holder & kHolderMask, ref_engine_[ref]) & mask;
+       engine_table_[i] != kNil; i = (i + 1) & mask) {
+    if (engine_table_[i] == ref) return true;
+  }
+  return false;
+}
+
 void CacheDirectory::erase_engine(std::uint32_t ref) {
   if (engine_table_.empty()) return;
   auto key_of = [this](std::uint32_t r) { return engine_key(refs_[r].block_holder & kHolderMask, ref_engine_[r]); };
@@ -282,8 +292,9 @@ void CacheDirectory::store(std::uint32_t holder, std::span<const std::uint64_t> 
     refs_[r].last_used_s = now_s;
     link_front(holder, r);
     if (precise) {
-      // A ref is indexed iff the engine table finds it under its own engine hash.
-      const bool indexed = find_engine(holder, ref_engine_[r]) == r;
+      // Each ref is indexed at most once, under its current engine hash (several refs may share a
+      // hash: each BlockRemoved of it then removes one).
+      const bool indexed = engine_indexed(r);
       if (!indexed || ref_engine_[r] != engine_hashes[k]) {
         if (indexed) erase_engine(r);
         ref_engine_[r] = engine_hashes[k];

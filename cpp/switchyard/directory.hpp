@@ -76,6 +76,7 @@ class CacheDirectory {
   [[nodiscard]] std::uint32_t find_engine(std::uint32_t holder, std::uint64_t engine_hash) const noexcept;
   std::uint32_t insert_block(std::uint64_t hash);
   void erase_block(std::uint32_t block);
+  [[nodiscard]] bool engine_indexed(std::uint32_t ref) const noexcept;  ///< by ref, not by key
   void insert_engine(std::uint32_t ref);
   void erase_engine(std::uint32_t ref);
   void link_front(std::uint32_t holder, std::uint32_t ref);

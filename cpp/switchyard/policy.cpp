@@ -153,8 +153,9 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     return make_error(ErrorCode::unknown_scenario, "unknown scenario index");
   }
   const Scenario& s = config.scenarios[request.scenario];
-  if (request.input_tokens > (1LL << 32) || request.max_output_tokens > (1LL << 32)) {
-    return make_error(ErrorCode::invalid_argument, "input_tokens and max_output_tokens must be below 2^32");
+  // The bound normalize_usage and the pricing enforce: larger counts are not real requests.
+  if (request.input_tokens > (1LL << 31) || request.max_output_tokens > (1LL << 31)) {
+    return make_error(ErrorCode::invalid_argument, "input_tokens and max_output_tokens must be at most 2^31");
   }
   std::uint64_t required = 1ULL << s.data_class;
   if (request.data_class != kNone) required |= 1ULL << request.data_class;
@@ -238,7 +239,7 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     }
     cached = std::min(std::max(cached, request.expected_cached_tokens), input);
     const Money cost = predicted_cost(t, input, cached, max_output, s.mode);
-    if (s.budget_per_day && committed + cost > *s.budget_per_day) {
+    if (s.budget_per_day && cost > *s.budget_per_day - committed) {  // no overflow near the int64 top
       d.reasons.push_back({ReasonCode::budget, target, cost.picos()});
       budget_blocked = true;
       return false;

@@ -132,8 +132,10 @@ Money predicted_cost(const Target& target, std::int64_t input_tokens, std::int64
   usage.uncached_input_tokens = input - cached;
   usage.cache_read_tokens = cached;
   usage.output_tokens = output;
+  if (!target.price.present) return Money{};  // a provider that reports its own cost: nothing to predict
   if (auto cost = price_usage(target.price, usage, mode)) return *cost;
-  return Money{};  // no catalog (a provider that reports its own cost): nothing to predict from
+  // Beyond the 64-bit range: predict the most there is, so a budget refuses rather than waves through.
+  return Money::from_picos(std::numeric_limits<std::int64_t>::max());
 }
 
 Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode) {

@@ -85,7 +85,8 @@ Result<Decision> Router::route(const RouteRequest& request) {
   p.probe = state_.breakers[unit].on_dispatch(t.breaker, req->now);
   BudgetState& budget = state_.budgets[d.scenario];
   roll_budget(budget, req->now);
-  budget.reserved += d.predicted_cost;
+  const bool budgeted = config_->scenarios[d.scenario].budget_per_day.has_value();
+  if (budgeted) budget.reserved += d.predicted_cost;  // only a budget needs the reservation
   p.budget_day = budget.day;
 
   Counters& c = state_.counters(d.scenario, d.placement.target);
@@ -109,7 +110,9 @@ void Router::release(PendingDecision& p) {
     p.probe = false;
   }
   BudgetState& budget = state_.budgets[p.decision.scenario];
-  if (budget.day == p.budget_day) budget.reserved -= p.decision.predicted_cost;
+  if (budget.day == p.budget_day && config_->scenarios[p.decision.scenario].budget_per_day) {
+    budget.reserved -= p.decision.predicted_cost;
+  }
 }
 
 void Router::expire(TimeMs now, std::size_t room) {
@@ -203,7 +206,13 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   if (r.ttft_ms >= 0) c.ttft.observe(r.ttft_ms);
   if (r.latency_ms >= 0) c.latency.observe(r.latency_ms);
 
-  const bool probe = !fallback && p.probe;
+  // The probe's outcome decides a half-open breaker. A fallback never claims the probe when it is
+  // handed out, so an outcome on a half-open unit with no probe in flight serves as its probe:
+  // otherwise a target used only as a fallback would stay half-open, its failures ignored.
+  const Breaker& unit_breaker = state_.breakers[state_.unit(target, replica)];
+  const bool probe =
+      fallback ? unit_breaker.phase(t.breaker, r.now) == Breaker::Phase::half_open && !unit_breaker.probe_inflight()
+               : p.probe;
   state_.breakers[state_.unit(target, replica)].on_outcome(t.breaker, counts_against_breaker(r.status), probe, r.now);
   release(p);
   BudgetState& budget = state_.budgets[d.scenario];
@@ -352,6 +361,10 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
           continue;
         }
         parent = *own;
+      }
+      if (stored->token_ids.size() != stored->block_hashes.size() * static_cast<std::size_t>(t.kv.block_size)) {
+        ++delta.rejected;  // the decoder guarantees this; a hand-built batch may not
+        continue;
       }
       chain.clear();
       PrefixHasher::hash_tokens(stored->token_ids, static_cast<std::size_t>(t.kv.block_size), parent, chain);

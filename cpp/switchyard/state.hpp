@@ -36,6 +36,7 @@ class Breaker {
 
   [[nodiscard]] Phase phase(const BreakerSpec& spec, TimeMs now) const noexcept;
   [[nodiscard]] std::uint32_t consecutive_failures() const noexcept { return consecutive_failures_; }
+  [[nodiscard]] bool probe_inflight() const noexcept { return probe_inflight_; }
   [[nodiscard]] std::uint64_t times_opened() const noexcept { return times_opened_; }
 
  private:

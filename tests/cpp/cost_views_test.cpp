@@ -43,8 +43,8 @@ TEST(LiteLlmImport, ConvertsPerTokenPricesExactly) {
   EXPECT_EQ(p.tiers[0].rates.output.picos_per_token(), 22'500'000);
   EXPECT_EQ(p.tiers[0].rates.cache_read.picos_per_token(), 600'000);
   EXPECT_EQ(p.tiers[0].rates.cache_write_5m.picos_per_token(), 7'500'000);
-  // No 1 h price above 200k in the map: never below the tier's 5 min or the base 1 h price.
-  EXPECT_EQ(p.tiers[0].rates.cache_write_1h.picos_per_token(), 7'500'000);
+  // No 1 h price above 200k in the map: Anthropic's rule, 2 x the tier's input = 2 x $6 = $12/Mtok.
+  EXPECT_EQ(p.tiers[0].rates.cache_write_1h.picos_per_token(), 12'000'000);
 }
 
 TEST(LiteLlmImport, PricesTheSameAsTheEquivalentYaml) {

@@ -689,3 +689,68 @@ def test_serve_daemonizes_after_a_successful_start(
     lines = r.stderr.decode().strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "missing.yaml" in lines[0]
+
+
+def test_daemon_follows_kv_events_of_its_replicas(
+    sidecars: list[Sidecar], workdir: Path, shm_name: str
+) -> None:
+    # A vLLM-style publisher for replica 1 of the example's llama-70b pool (block size 16).
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:*")
+    endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+    text = (REPO / "examples" / "routing.yaml").read_text()
+    text = text.replace(
+        '{endpoint: "http://127.0.0.1:8002", max_inflight: 64}',
+        f'{{endpoint: "http://127.0.0.1:8002", max_inflight: 64, kv_events: "{endpoint}"}}',
+    )
+    # Cache-aware ranking inside the pool for the scenario under test.
+    text = text.replace(
+        "    routes: [{target: llama-70b}]\n",
+        "    routes: [{target: llama-70b}]\n    affinity: {prefix: true}\n",
+    )
+    config = workdir / "kv.yaml"
+    config.write_text(text)
+    s = Sidecar(workdir, config, shm_name)
+    sidecars.append(s)
+    s.start()
+    prompt = list(range(7000, 7000 + 4 * 16))
+    seq = 0
+
+    def publish(events: list) -> None:
+        nonlocal seq
+        pub.send_multipart(
+            [b"kv", seq.to_bytes(8, "big"), msgpack.packb([time.time(), events, None])]
+        )
+        seq += 1
+
+    stored = [
+        "BlockStored",
+        [2**63 + 1, 2**63 + 2, 2**63 + 3, 2**63 + 4],
+        None,
+        prompt,
+        16,
+        None,
+        "GPU",
+        None,
+    ]
+    try:
+        with s.client() as c:
+            deadline = time.monotonic() + 10
+            d = c.explain("contract-extraction", token_ids=prompt)
+            while d.expected_cached_tokens != 64 and time.monotonic() < deadline:
+                publish([stored])  # PUB/SUB joins late: repeat until the daemon has applied it
+                time.sleep(0.05)
+                d = c.explain("contract-extraction", token_ids=prompt)
+            assert d.expected_cached_tokens == 64
+            assert d.endpoint == "http://127.0.0.1:8002"
+            publish([["AllBlocksCleared"]])
+            deadline = time.monotonic() + 10
+            while d.expected_cached_tokens != 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                d = c.explain("contract-extraction", token_ids=prompt)
+            assert d.expected_cached_tokens == 0
+        assert "subscribed to KV events of 1 replicas" in s.log()
+    finally:
+        pub.close(linger=0)
+        ctx.term()
