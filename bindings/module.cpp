@@ -253,6 +253,24 @@ py::dict counter_row(const Config& config, const CounterRow& row) {
 
 }  // namespace
 
+// Router.route (Commit) and Router.explain share their Python signature.
+template <bool Commit>
+DecisionView decide_py(Router& r, const std::string& scenario, const std::optional<std::string>& key,
+                       const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+                       std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
+                       const std::optional<std::string>& text, std::optional<double> now) {
+  std::vector<std::uint32_t> tokens;
+  auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
+  return DecisionView{unwrap(Commit ? r.route(req) : r.explain(req)), r.config()};
+}
+
+// The keyword arguments of route/explain (and of the no-op baseline with the same signature).
+#define ROUTE_ARGS                                                                                                     \
+  py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),                 \
+                                      py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(), \
+                                      py::arg("token_ids") = py::none(), py::arg("text") = py::none(),                 \
+                                      py::arg("now") = py::none()
+
 void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
 void bind_kv(py::module_& m);       // bindings/kv.cpp
 
@@ -364,36 +382,9 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("config"), py::arg("seed") = 0, py::arg("decision_ttl_s") = 3600.0,
            py::arg("max_pending") = RouterOptions{}.max_pending)
-      .def(
-          "route",
-          [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
-             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
-             const std::optional<std::string>& text, std::optional<double> now) {
-            std::vector<std::uint32_t> tokens;
-            auto req =
-                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
-            return DecisionView{unwrap(r.route(req)), r.config()};
-          },
-          py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
-          py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
-          py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
-          "Decides where a request of `scenario` goes and commits the decision.")
-      .def(
-          "explain",
-          [](Router& r, const std::string& scenario, const std::optional<std::string>& key,
-             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
-             const std::optional<std::string>& text, std::optional<double> now) {
-            std::vector<std::uint32_t> tokens;
-            auto req =
-                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
-            return DecisionView{unwrap(r.explain(req)), r.config()};
-          },
-          py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
-          py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
-          py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none(),
-          "What route() would decide now, without committing anything.")
+      .def("route", &decide_py<true>, ROUTE_ARGS,
+           "Decides where a request of `scenario` goes and commits the decision.")
+      .def("explain", &decide_py<false>, ROUTE_ARGS, "What route() would decide now, without committing anything.")
       .def(
           "report",
           [](Router& r, std::uint64_t decision_id, const std::string& target, const std::string& status,
@@ -660,9 +651,7 @@ PYBIND11_MODULE(_core, m) {
       [](const std::string&, const std::optional<std::string>&, const std::optional<std::string>&,
          std::optional<std::int64_t>, std::optional<std::int64_t>, const py::object&, const std::optional<std::string>&,
          std::optional<double>) {},
-      py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),
-      py::arg("input_tokens") = py::none(), py::arg("max_output_tokens") = py::none(),
-      py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("now") = py::none());
+      ROUTE_ARGS);
 
   bind_sidecar(m);
   bind_kv(m);

@@ -11,6 +11,7 @@ from rich.table import Table
 
 import switchyard
 from switchyard import SwitchyardError
+from switchyard.replay import usage_for
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a fixed clock makes the demo reproducible
 
@@ -37,36 +38,8 @@ REQUESTS: list[tuple[str, str, str | None, int, int]] = [
 
 
 def provider_usage(provider: str, prompt: int, output: int) -> dict[str, Any]:
-    """A usage object shaped as `provider` returns it, part of the prompt read from its cache."""
-    cached = prompt // 2 // 128 * 128
-    if provider == "anthropic":
-        return {
-            "input_tokens": prompt - cached - 512,
-            "cache_read_input_tokens": cached,
-            "cache_creation_input_tokens": 512,
-            "output_tokens": output,
-        }
-    if provider == "gemini":
-        return {
-            "usageMetadata": {
-                "promptTokenCount": prompt,
-                "cachedContentTokenCount": cached,
-                "candidatesTokenCount": output,
-                "totalTokenCount": prompt + output,
-            }
-        }
-    if provider == "deepseek":
-        return {
-            "prompt_tokens": prompt,
-            "prompt_cache_hit_tokens": cached,
-            "prompt_cache_miss_tokens": prompt - cached,
-            "completion_tokens": output,
-        }
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": output,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    """The demo's usage for a request: `provider`'s shape, half the prompt read from its cache."""
+    return usage_for(provider, prompt, prompt // 2 // 128 * 128, output)
 
 
 def run_demo(

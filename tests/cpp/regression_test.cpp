@@ -168,9 +168,9 @@ TEST(LiteLlmAnthropic, LiteLlmAnthropicLongContextOneHourWriteIsTwiceTierInput) 
       "data_classes: [public], context_window: 1000000, price: {from_litellm: \"" +
       prices + "\"}}\nscenarios:\n  s: {data_class: public, routes: [{target: t}]}\n";
   auto c = load_config_text(yaml, "l.yaml");
-  if (!c.ok()) GTEST_SKIP() << "refusing the import is an acceptable fix: " << c.error().message;
+  ASSERT_TRUE(c.ok()) << c.error().message;
   // Anthropic: 1 h writes cost 2x input; above 200k input is $6/Mtok, so 1 h writes are $12/Mtok
-  // (Anthropic's published long-context price). Reviewed code guesses max(5 min tier, base 1 h) =
+  // (Anthropic's published long-context price). Before the fix it guessed max(5 min tier, base 1 h) =
   // $7.50/Mtok, under-billing every long-context 1 h write by 37.5%.
   Usage u;
   u.uncached_input_tokens = 0;
