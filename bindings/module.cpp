@@ -344,6 +344,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("fallbacks", &DecisionView::fallbacks, "Ordered fallback targets, already filtered.")
       .def_property_readonly("reasons", &DecisionView::reasons)
       .def_property_readonly("predicted_cost_usd", [](const DecisionView& d) { return money(d.d.predicted_cost); })
+      .def_property_readonly(
+          "reserved_cost_usd", [](const DecisionView& d) { return money(d.d.reserved_cost); },
+          "What the scenario's budget reserved: the worst case, cache writes at their dearest.")
       .def_property_readonly("expected_cached_tokens", [](const DecisionView& d) { return d.d.expected_cached_tokens; })
       .def_property_readonly(
           "cache_key",
@@ -364,6 +367,7 @@ PYBIND11_MODULE(_core, m) {
              out["fallbacks"] = d.fallbacks();
              out["reasons"] = d.reasons();
              out["predicted_cost_usd"] = money(d.d.predicted_cost);
+             out["reserved_cost_usd"] = money(d.d.reserved_cost);
              out["expected_cached_tokens"] = d.d.expected_cached_tokens;
              out["cache_key"] = d.d.cache_key == 0 ? py::object(py::none()) : py::object(py::str(hex16(d.d.cache_key)));
              out["config_version"] = d.version();

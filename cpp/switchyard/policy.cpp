@@ -13,8 +13,6 @@
 namespace switchyard {
 namespace {
 
-constexpr std::int64_t kMsPerDay = 86'400'000;
-
 // Filters that depend only on the config and the request: data boundary, region, context window.
 std::optional<ReasonCode> static_filter(const Target& t, const Scenario& s, std::uint64_t required_classes,
                                         std::int64_t needed_tokens) noexcept {
@@ -177,7 +175,7 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   } else if (affinity && family != 0) {
     key_hash = XXH3_64bits_withSeed(&family, sizeof family, seed);
   }
-  const std::int64_t day = request.now >= 0 ? request.now / kMsPerDay : -1;
+  const std::int64_t day = budget_day(request.now);
   const BudgetState& budget = state.budgets[request.scenario];
   const Money committed = budget.day == day ? budget.spent + budget.reserved : Money{};
 
@@ -239,13 +237,15 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     }
     cached = std::min(std::max(cached, request.expected_cached_tokens), input);
     const Money cost = predicted_cost(t, input, cached, max_output, s.mode);
-    if (s.budget_per_day && cost > *s.budget_per_day - committed) {  // no overflow near the int64 top
-      d.reasons.push_back({ReasonCode::budget, target, cost.picos()});
+    const Money reserve = reserved_cost(t, input, cached, max_output, s.mode);
+    if (s.budget_per_day && reserve > *s.budget_per_day - committed) {  // no overflow near the int64 top
+      d.reasons.push_back({ReasonCode::budget, target, reserve.picos()});
       budget_blocked = true;
       return false;
     }
     d.placement = {target, replica};
     d.predicted_cost = cost;
+    d.reserved_cost = reserve;
     d.expected_cached_tokens = cached;
     // Approximate mode learns from its own decisions; a precise pool only believes its engines.
     if (chain != nullptr && !(t.kind == TargetKind::self_hosted && t.kv.precise)) d.prefix = *chain;
@@ -312,6 +312,11 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     const Target& t = config.targets[target];
     std::uint32_t replica = kNone;
     if (static_filter(t, s, required, needed) || state_filter(config, state, target, request.now, replica)) continue;
+    // A fallback must fit what the budget has left beside this decision's own reservation.
+    if (s.budget_per_day &&
+        reserved_cost(t, input, 0, max_output, s.mode) > *s.budget_per_day - committed - d.reserved_cost) {
+      continue;
+    }
     d.fallbacks.push_back({target, replica});
   }
   return d;

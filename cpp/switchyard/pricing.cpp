@@ -138,6 +138,32 @@ Money predicted_cost(const Target& target, std::int64_t input_tokens, std::int64
   return Money::from_picos(std::numeric_limits<std::int64_t>::max());
 }
 
+Money reserved_cost(const Target& target, std::int64_t input_tokens, std::int64_t expected_cached_tokens,
+                    std::int64_t max_output_tokens, ProcessingMode mode) {
+  if (target.kind == TargetKind::self_hosted || !target.price.present) {
+    return predicted_cost(target, input_tokens, expected_cached_tokens, max_output_tokens, mode);
+  }
+  const std::int64_t input = std::clamp<std::int64_t>(input_tokens, 0, kMaxTokens);
+  const std::int64_t cached = std::clamp<std::int64_t>(expected_cached_tokens, 0, input);
+  const std::int64_t output = std::clamp<std::int64_t>(max_output_tokens, 0, kMaxTokens);
+  const PriceRates& rates = target.price.rates_for(input);
+  Usage usage;
+  usage.cache_read_tokens = cached;
+  usage.output_tokens = output;
+  // The uncached part at the dearest way a provider may bill it.
+  const std::int64_t uncached = input - cached;
+  const auto dearest = std::max({rates.input, rates.cache_write_5m, rates.cache_write_1h});
+  if (dearest == rates.cache_write_1h) {
+    usage.cache_write_1h_tokens = uncached;
+  } else if (dearest == rates.cache_write_5m) {
+    usage.cache_write_5m_tokens = uncached;
+  } else {
+    usage.uncached_input_tokens = uncached;
+  }
+  if (auto cost = price_usage(target.price, usage, mode)) return *cost;
+  return Money::from_picos(std::numeric_limits<std::int64_t>::max());
+}
+
 Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode) {
   if (target.kind == TargetKind::self_hosted) {
     if (auto s = check_usage(usage); !s) return std::move(s).error();

@@ -27,6 +27,12 @@ namespace switchyard {
 [[nodiscard]] Money predicted_cost(const Target& target, std::int64_t input_tokens, std::int64_t expected_cached_tokens,
                                    std::int64_t max_output_tokens, ProcessingMode mode);
 
+/// What a budget reserves for a request on `target`: the worst case. Like predicted_cost, but every
+/// input token not expected from the cache is priced at the dearest of input, 5 min and 1 h cache
+/// write (a worker may ask the provider to cache the prompt). Saturates at the int64 maximum.
+[[nodiscard]] Money reserved_cost(const Target& target, std::int64_t input_tokens, std::int64_t expected_cached_tokens,
+                                  std::int64_t max_output_tokens, ProcessingMode mode);
+
 /// Cost of what actually happened on `target`: price_usage for MaaS, marginal GPU cost for self-hosted.
 [[nodiscard]] Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode);
 

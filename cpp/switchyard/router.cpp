@@ -8,10 +8,8 @@
 namespace switchyard {
 namespace {
 
-constexpr std::int64_t kMsPerDay = 86'400'000;
-
 void roll_budget(BudgetState& b, TimeMs now) {
-  const std::int64_t day = now / kMsPerDay;
+  const std::int64_t day = budget_day(now);
   if (b.day != day) b = BudgetState{day, Money{}, Money{}};
 }
 
@@ -86,7 +84,7 @@ Result<Decision> Router::route(const RouteRequest& request) {
   BudgetState& budget = state_.budgets[d.scenario];
   roll_budget(budget, req->now);
   const bool budgeted = config_->scenarios[d.scenario].budget_per_day.has_value();
-  if (budgeted) budget.reserved += d.predicted_cost;  // only a budget needs the reservation
+  if (budgeted) budget.reserved += d.reserved_cost;  // only a budget needs the reservation
   p.budget_day = budget.day;
 
   Counters& c = state_.counters(d.scenario, d.placement.target);
@@ -111,7 +109,7 @@ void Router::release(PendingDecision& p) {
   }
   BudgetState& budget = state_.budgets[p.decision.scenario];
   if (budget.day == p.budget_day && config_->scenarios[p.decision.scenario].budget_per_day) {
-    budget.reserved -= p.decision.predicted_cost;
+    budget.reserved -= p.decision.reserved_cost;
   }
 }
 
@@ -311,7 +309,7 @@ std::vector<BudgetRow> Router::budgets(TimeMs now) const {
     const Scenario& s = config_->scenarios[si];
     if (!s.budget_per_day) continue;
     const BudgetState& b = state_.budgets[si];
-    const bool today = b.day == now / kMsPerDay;
+    const bool today = b.day == budget_day(now);
     rows.push_back({si, *s.budget_per_day, today ? b.spent : Money{}, today ? b.reserved : Money{}});
   }
   return rows;

@@ -3,6 +3,7 @@
 // Plain structs sized from a Config; the Router guards them. Nothing here reads the clock.
 
 #include <array>
+#include <climits>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -56,9 +57,15 @@ class Breaker {
 
 [[nodiscard]] const char* to_string(Breaker::Phase phase) noexcept;
 
+/// The UTC day a time belongs to (floor division: times before 1970 are days below zero).
+[[nodiscard]] constexpr std::int64_t budget_day(TimeMs now) noexcept {
+  constexpr std::int64_t kMsPerDay = 86'400'000;
+  return now >= 0 ? now / kMsPerDay : -((-now + kMsPerDay - 1) / kMsPerDay);
+}
+
 /// A scenario's daily budget: worst-case reservations at decision time, settled with actual cost.
 struct BudgetState {
-  std::int64_t day = -1;  ///< UTC day number the figures belong to
+  std::int64_t day = INT64_MIN;  ///< UTC day number the figures belong to (none yet)
   Money spent;
   Money reserved;
 };

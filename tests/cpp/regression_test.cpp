@@ -216,3 +216,77 @@ scenarios:
 
 }  // namespace
 }  // namespace switchyard
+
+namespace switchyard {
+namespace {
+
+// Review near-misses, fixed: reservations are the true worst case, fallbacks fit the budget, and a
+// time before 1970 does not switch budgets off.
+constexpr const char* kBudgetYaml = R"(version: 1
+targets:
+  claude:
+    kind: maas
+    provider: anthropic
+    model: claude-sonnet-4
+    data_classes: [public]
+    context_window: 200000
+    price: {input_per_mtok: 3, output_per_mtok: 15, cache_read_per_mtok: 0.30, cache_write_5m_per_mtok: 3.75,
+            cache_write_1h_per_mtok: 6}
+  dear:
+    kind: maas
+    provider: openai
+    model: m
+    data_classes: [public]
+    context_window: 200000
+    price: {input_per_mtok: 100, output_per_mtok: 100}
+scenarios:
+  s:
+    data_class: public
+    max_output_tokens: 1000
+    routes: [{target: claude}]
+    fallback: [dear]
+    budget: {usd_per_day: 1}
+)";
+
+TEST(BudgetWorstCase, ReservesCacheWritesAtTheirDearest) {
+  auto config = testing::load_or_die(kBudgetYaml);
+  ASSERT_TRUE(config);
+  Router router(config);
+  auto d = router.route({.scenario = "s", .input_tokens = 10'000, .now = kT0});
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  // Expected: 10,000 x $3/Mtok + 1,000 x $15/Mtok = $0.03 + $0.015 = $0.045.
+  EXPECT_EQ(d->predicted_cost, Money::from_picos(45'000'000'000));
+  // Reserved: the 10,000 input tokens could all be 1 h cache writes: x $6/Mtok = $0.06, + $0.015.
+  EXPECT_EQ(d->reserved_cost, Money::from_picos(75'000'000'000));
+  EXPECT_EQ(router.budgets(kT0)[0].reserved, Money::from_picos(75'000'000'000));
+  // `dear` as a fallback: 10,000 x $100/Mtok + 1,000 x $100/Mtok = $1.10 > $1 - $0.075 left: not offered.
+  EXPECT_TRUE(d->fallbacks.empty());
+  auto small = router.route({.scenario = "s", .input_tokens = 100, .now = kT0});
+  ASSERT_TRUE(small.ok());
+  // 100 + 1,000 tokens x $100/Mtok = $0.11, within what is left: offered.
+  ASSERT_EQ(small->fallbacks.size(), 1U);
+}
+
+TEST(BudgetWorstCase, TimesBefore1970StillHaveABudget) {
+  auto config = testing::load_or_die(kBudgetYaml);
+  ASSERT_TRUE(config);
+  Router router(config);
+  int granted = 0;
+  for (int i = 0; i < 100; ++i) {
+    auto d = router.route({.scenario = "s", .input_tokens = 10'000, .now = -5'000});
+    if (!d.ok()) {
+      EXPECT_EQ(d.error().code, ErrorCode::budget_exhausted);
+      break;
+    }
+    ++granted;
+  }
+  // $1 / $0.075 per reservation: 13 fit, the 14th does not.
+  EXPECT_EQ(granted, 13);
+  EXPECT_EQ(budget_day(-1), -1);
+  EXPECT_EQ(budget_day(0), 0);
+  EXPECT_EQ(budget_day(-86'400'000), -1);
+  EXPECT_EQ(budget_day(-86'400'001), -2);
+}
+
+}  // namespace
+}  // namespace switchyard

@@ -109,6 +109,8 @@ def test_maas_decision_fields(example_router: Router, example_config: switchyard
         "fallbacks": ["claude-sonnet-4"],
         "reasons": ["weight:gpt-4.1-mini (10%)"],
         "predicted_cost_usd": Decimal("0.0012"),
+        # OpenAI writes cost the input price: the worst case is the prediction itself.
+        "reserved_cost_usd": Decimal("0.0012"),
         "expected_cached_tokens": 0,
         "cache_key": None,  # no prompt given: no prefix family
         "config_version": example_config.version,
