@@ -70,7 +70,8 @@ struct Decision {
   std::vector<Placement> fallbacks;  ///< ordered, already filtered by the same constraints
   std::vector<Reason> reasons;
   Money predicted_cost;  ///< expected: input (its warm part as cache reads) + max output
-  Money reserved_cost;   ///< what the budget reserved: the worst case (cache writes at their dearest)
+  Money
+      reserved_cost;  ///< what the budget reserved: the worst case (cache writes at their dearest); 0 without a budget
   std::int64_t expected_cached_tokens = 0;
   std::uint64_t cache_key = 0;        ///< prefix family (first <= 1024 tokens): provider cache key; 0 = none
   std::vector<std::uint64_t> prefix;  ///< the chosen target's block chain, for the directory to learn

@@ -237,7 +237,8 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     }
     cached = std::min(std::max(cached, request.expected_cached_tokens), input);
     const Money cost = predicted_cost(t, input, cached, max_output, s.mode);
-    const Money reserve = reserved_cost(t, input, cached, max_output, s.mode);
+    // Only a budget reserves anything (and pays for pricing the worst case).
+    const Money reserve = s.budget_per_day ? reserved_cost(t, input, cached, max_output, s.mode) : Money{};
     if (s.budget_per_day && reserve > *s.budget_per_day - committed) {  // no overflow near the int64 top
       d.reasons.push_back({ReasonCode::budget, target, reserve.picos()});
       budget_blocked = true;

@@ -153,6 +153,8 @@ Money reserved_cost(const Target& target, std::int64_t input_tokens, std::int64_
   // The uncached part at the dearest way a provider may bill it.
   const std::int64_t uncached = input - cached;
   const auto dearest = std::max({rates.input, rates.cache_write_5m, rates.cache_write_1h});
+  if (dearest == rates.input)
+    return predicted_cost(target, input_tokens, expected_cached_tokens, max_output_tokens, mode);
   if (dearest == rates.cache_write_1h) {
     usage.cache_write_1h_tokens = uncached;
   } else if (dearest == rates.cache_write_5m) {
