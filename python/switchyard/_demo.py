@@ -4,6 +4,7 @@ decisions, the provider-shaped outcomes priced exactly, and the ledger."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
@@ -35,6 +36,11 @@ REQUESTS: list[tuple[str, str, str | None, int, int]] = [
     ("agent-assist", "user-43", None, 5_200, 800),
     ("agent-assist", "user-44", "confidential", 5_000, 800),  # boundary: no target may take it
 ]
+
+
+def _short(value: Decimal | None) -> str:
+    # A per-outcome average is a quotient: shown to a tenth of a micro-dollar (--json has it all).
+    return "-" if value is None else str(value.quantize(Decimal("1e-7")))
 
 
 def provider_usage(provider: str, prompt: int, output: int) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def run_demo(
             str(r["cache_read_tokens"]),
             str(r["cache_write_5m_tokens"] + r["cache_write_1h_tokens"]),
             str(r["output_tokens"]),
-            str(r["cost_usd"]),
-            str(r["cost_per_accepted_usd"] or "-"),
+            str(r["cost_usd"]),  # exact
+            _short(r["cost_per_accepted_usd"]),
         )
     console.print(table)

@@ -16,7 +16,8 @@ from rich.text import Text
 import switchyard
 from switchyard import SwitchyardError
 
-console = Console()
+# Piped output (CI logs, `| less`) gets room for the tables; a terminal keeps its own width.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True, soft_wrap=True)  # file:line:col stays on one line
 
 
