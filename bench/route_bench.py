@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import switchyard
+from bench_stats import summary
 from switchyard import _core
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "routing.yaml"
@@ -28,14 +28,6 @@ def sample(fn, batch: int, samples: int) -> list[float]:
             fn()
         out.append((time.perf_counter_ns() - t0) / batch)
     return out
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    return {
-        "median": round(statistics.median(values), 1),
-        "p99": round(values[min(len(values) - 1, int(0.99 * (len(values) - 1) + 0.5))], 1),
-    }
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import msgpack
 import zmq
 
 import switchyard
+from bench_stats import summary
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "routing.yaml"
 
@@ -93,14 +93,6 @@ def round_trips(endpoint: str, n: int) -> tuple[list[float], int]:
     s.close()
     ctx.term()
     return out, size
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    values = sorted(values)
-    return {
-        "median": round(statistics.median(values), 1),
-        "p99": round(values[min(len(values) - 1, int(0.99 * (len(values) - 1) + 0.5))], 1),
-    }
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ Result<Decision> Router::route(const RouteRequest& request) {
   auto decision = decide(*config_, state_, *req, options_.seed, next_id_);
   if (!decision) return decision;
   ++next_id_;
-  const Decision& d = *decision;
+  Decision& d = *decision;
   const Target& t = config_->targets[d.placement.target];
   const std::size_t unit = state_.unit(d.placement.target, d.placement.replica);
 
@@ -74,9 +74,9 @@ Result<Decision> Router::route(const RouteRequest& request) {
       state_.maas->store(state_.maas_holder[d.placement.target], d.prefix, req->now);
     }
   }
+  d.prefix = {};  // learned: neither the caller nor the pending entry needs it again
   PendingDecision p;
   p.decision = d;
-  p.decision.prefix = {};  // learned; not needed again
   ++state_.inflight[unit];
   p.active_blocks = d.active_blocks;
   state_.active_blocks[unit] += d.active_blocks;
