@@ -171,6 +171,7 @@ class Loader {
     auto config = std::make_shared<Config>();
     config->source = source_;
     config->content_hash = XXH3_64bits(text.data(), text.size());
+    config->text = std::string(text);
     YAML::Node root = YAML::Load(std::string(text));
     if (!root.IsDefined() || root.IsNull()) fail(root, "the routing table is empty");
     expect_map(root, "the routing table", {"version", "data_classes", "regions", "targets", "scenarios"},

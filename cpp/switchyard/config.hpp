@@ -148,6 +148,7 @@ struct Config {
   int schema_version = 1;
   std::uint64_t content_hash = 0;  ///< XXH3 of the file bytes: the config version decisions carry
   std::string source;              ///< path it was loaded from
+  std::string text;                ///< the bytes it was loaded from (the sidecar publishes them to clients)
   std::vector<std::string> data_classes;
   std::vector<std::string> regions;
   std::vector<Target> targets;

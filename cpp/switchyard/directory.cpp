@@ -201,6 +201,7 @@ void CacheDirectory::remove_ref(std::uint32_t ref) {
   while (*link != ref) link = &refs_[*link].next_in_block;
   *link = refs_[ref].next_in_block;
   block_mask_[block] &= ~(1ULL << holder);
+  if (observer_ != nullptr) observer_->on_mask(block_hash_[block], block_mask_[block]);
   if (block_refs_[block] == kNil) erase_block(block);
   if (!ref_engine_.empty()) erase_engine(ref);
   free_refs_.push_back(ref);
@@ -287,6 +288,7 @@ void CacheDirectory::store(std::uint32_t holder, std::span<const std::uint64_t> 
       refs_[r].next_in_block = block_refs_[b];
       block_refs_[b] = r;
       block_mask_[b] |= 1ULL << holder;
+      if (observer_ != nullptr) observer_->on_mask(block_hash_[b], block_mask_[b]);
       ++held_[holder];
     }
     refs_[r].last_used_s = now_s;

@@ -10,7 +10,25 @@
 
 namespace switchyard {
 
-class CacheDirectory {
+/// Read access to where a prefix is warm: the directory itself, or the sidecar's directory as a
+/// client maps it from shared memory. decide() sees only this.
+class PrefixIndex {
+ public:
+  virtual ~PrefixIndex() = default;
+  /// For each holder, the length of the longest leading run of `chain` it holds at `now`.
+  virtual void match(std::span<const std::uint64_t> chain, std::int64_t now_ms,
+                     std::span<std::uint32_t> matched) const = 0;
+};
+
+/// Told every change of a block's holder mask (0 = no one holds it any more): how the sidecar keeps
+/// its shared-memory view of the directory current.
+class MaskObserver {
+ public:
+  virtual ~MaskObserver() = default;
+  virtual void on_mask(std::uint64_t block_hash, std::uint64_t mask) noexcept = 0;
+};
+
+class CacheDirectory final : public PrefixIndex {
  public:
   static constexpr std::size_t kMaxHolders = 64;
   static constexpr std::uint32_t kMaxBlocks = 1U << 26;  ///< a block index shares a word with the holder
@@ -34,12 +52,14 @@ class CacheDirectory {
   CacheDirectory& operator=(const CacheDirectory&) = delete;
   CacheDirectory(CacheDirectory&&) = default;
   CacheDirectory& operator=(CacheDirectory&&) = default;
+  ~CacheDirectory() override = default;
 
   [[nodiscard]] std::size_t holders() const noexcept { return specs_.size(); }
 
   /// For each holder, the length of the longest leading run of `chain` it holds at `now` (entries past
   /// their TTL do not count). `matched` has one slot per holder.
-  void match(std::span<const std::uint64_t> chain, std::int64_t now_ms, std::span<std::uint32_t> matched) const;
+  void match(std::span<const std::uint64_t> chain, std::int64_t now_ms,
+             std::span<std::uint32_t> matched) const override;
 
   /// Records that `holder` holds every block of `chain`, used at `now` (refreshing TTL and LRU). With
   /// `engine_hashes` (one per block), the blocks can later be removed by the engine's hash.
@@ -56,6 +76,8 @@ class CacheDirectory {
   void expire(std::int64_t now_ms);
 
   [[nodiscard]] Stats stats() const;
+  /// Calls `observer` on every mask change from now on (nullptr: none). Not owned.
+  void set_observer(MaskObserver* observer) noexcept { observer_ = observer; }
 
  private:
   static constexpr std::uint32_t kNil = 0xFFFFFFFFU;
@@ -108,6 +130,7 @@ class CacheDirectory {
   std::uint64_t evicted_ = 0;
   std::uint64_t expired_ = 0;
   std::uint64_t removed_ = 0;
+  MaskObserver* observer_ = nullptr;
 };
 
 }  // namespace switchyard

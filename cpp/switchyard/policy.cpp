@@ -212,14 +212,14 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     const std::vector<std::uint64_t>* chain = nullptr;
     PoolOverlap overlap;
     if (chains.present()) {
-      if (t.kind == TargetKind::self_hosted && state.pools[target]) {
+      if (t.kind == TargetKind::self_hosted && state.pool_index[target] != nullptr) {
         chain = &chains.pool(t, target);
-        state.pools[target]->match(*chain, request.now, matched);
+        state.pool_index[target]->match(*chain, request.now, matched);
         overlap = {std::span<const std::uint32_t>(matched).first(t.replicas.size()),
                    static_cast<std::int64_t>(chain->size()), t.kv.overlap_weight, t.kv.balance_slack};
-      } else if (t.kind == TargetKind::maas && state.maas) {
+      } else if (t.kind == TargetKind::maas && state.maas_index != nullptr) {
         chain = &chains.maas();
-        state.maas->match(*chain, request.now, matched);
+        state.maas_index->match(*chain, request.now, matched);
       }
     }
     std::uint32_t replica = kNone;

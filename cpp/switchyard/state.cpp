@@ -162,6 +162,8 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
     pool_events.emplace(ti, std::vector<KvIngestStats>(t.replicas.size()));
   }
   if (!maas_specs.empty()) maas = std::make_unique<CacheDirectory>(std::move(maas_specs));
+  for (const auto& pool : pools) pool_index.push_back(pool.get());
+  maas_index = maas.get();
   budgets.resize(config.scenarios.size());
   ledger.resize(config.scenarios.size() * target_count);
 }

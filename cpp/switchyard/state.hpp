@@ -143,6 +143,10 @@ struct RouterState {
   std::vector<std::unique_ptr<CacheDirectory>> pools;               ///< per target: a self-hosted pool's directory
   std::unique_ptr<CacheDirectory> maas;                             ///< holders: the MaaS targets
   std::vector<std::uint32_t> maas_holder;                           ///< per target: its holder in `maas`, or kNone
+  /// What decide() matches prompts against: the directories above, or a client's mapped view of
+  /// the sidecar's (then `pools` and `maas` stay empty and are not learned into).
+  std::vector<const PrefixIndex*> pool_index;  ///< per target
+  const PrefixIndex* maas_index = nullptr;
   std::map<std::uint32_t, std::vector<KvIngestStats>> pool_events;  ///< per pool target, per replica
   std::vector<BudgetState> budgets;                                 ///< per scenario
   std::vector<Counters> ledger;                                     ///< scenario-major
