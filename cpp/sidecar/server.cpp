@@ -103,6 +103,22 @@ std::string reply_bytes(const msgpack::object* id, const WireError* error, const
   return {out.data(), out.size()};
 }
 
+bool reply_ok(std::string_view reply) {
+  try {
+    const auto oh = msgpack::unpack(reply.data(), reply.size());
+    const auto& m = oh.get();
+    if (m.type != msgpack::type::MAP) return false;
+    for (std::uint32_t i = 0; i < m.via.map.size; ++i) {
+      const auto& kv = m.via.map.ptr[i];
+      if (kv.key.type == msgpack::type::STR && std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "ok") {
+        return kv.val.type == msgpack::type::BOOLEAN && kv.val.via.boolean;
+      }
+    }
+  } catch (const std::exception&) {
+  }
+  return false;
+}
+
 // ------------------------------------------------------------------------------------ request decoding
 
 /// Thrown only inside handle(), caught there: a field of the wrong type or range.
@@ -217,6 +233,48 @@ RouteRequest route_request(const Fields& f, std::int64_t now_ms, std::vector<std
   r.expected_cached_tokens = f.count("expected_cached_tokens").value_or(0);
   r.now = now_of(f, now_ms);
   return r;
+}
+
+/// adopt fields -> the Decision a fast-path client made (indices into the table it names).
+Decision adopted_decision(const Fields& f) {
+  auto index = [](const msgpack::object& o, std::string_view k) {
+    if (o.type != msgpack::type::POSITIVE_INTEGER || o.via.u64 > 0xFFFFFFFFULL) {
+      bad("bad_message", "'" + std::string(k) + "' must be an index (a 32-bit unsigned integer)");
+    }
+    return static_cast<std::uint32_t>(o.via.u64);
+  };
+  auto required = [&](std::string_view k) -> const msgpack::object& {
+    const auto* o = f.get(k);
+    if (o == nullptr) bad("bad_message", "'" + std::string(k) + "' is required");
+    return *o;
+  };
+  Decision d;
+  d.id = f.required_id("decision_id");
+  d.config_version = f.required_id("config_version");
+  d.scenario = index(required("scenario"), "scenario");
+  d.placement = {index(required("target"), "target"), index(required("replica"), "replica")};
+  if (const auto* fb = f.get("fallbacks")) {
+    if (fb->type != msgpack::type::ARRAY) bad("bad_message", "'fallbacks' must be an array of [target, replica]");
+    for (std::uint32_t i = 0; i < fb->via.array.size; ++i) {
+      const auto& p = fb->via.array.ptr[i];
+      if (p.type != msgpack::type::ARRAY || p.via.array.size != 2) {
+        bad("bad_message", "'fallbacks' must be an array of [target, replica]");
+      }
+      d.fallbacks.push_back({index(p.via.array.ptr[0], "fallbacks"), index(p.via.array.ptr[1], "fallbacks")});
+    }
+  }
+  d.spilled = f.boolean("spilled").value_or(false);
+  d.reserved_cost = Money::from_picos(f.count("reserved_cost").value_or(0));
+  d.active_blocks = f.count("active_blocks").value_or(0);
+  if (const auto* p = f.get("prefix")) {
+    if (p->type != msgpack::type::BIN || p->via.bin.size % 8 != 0) {
+      bad("bad_message", "'prefix' must be bin of little-endian 64-bit block hashes");
+    }
+    d.prefix.resize(p->via.bin.size / 8);
+    std::memcpy(d.prefix.data(), p->via.bin.ptr, p->via.bin.size);
+  }
+  d.at = f.count("at").value_or(0);
+  return d;
 }
 
 void pack_usage(MapOut& m, const Usage& u) {
@@ -372,7 +430,56 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
   s->router_ = std::move(router);
   s->published_ = s->router_->counters();
   if (auto ok = s->segment_->publish_all(*s->router_->config(), s->published_); !ok) return std::move(ok).error();
-  return Started{std::move(s), std::move(opened.value().note)};
+  if (auto rings = RingReader::open(shm_name); rings) {
+    s->rings_ = std::move(rings).value();
+    s->publish_table(s->segment_->generation());
+  } else {
+    s->fast_note_ = rings.error().message;
+  }
+  std::string note = std::move(opened.value().note);
+  if (!s->fast_note_.empty()) note += "; fast path off: " + s->fast_note_;
+  return Started{std::move(s), std::move(note)};
+}
+
+Server::~Server() {
+  if (table_ && router_) table_->detach(*router_);
+}
+
+void Server::publish_table(std::uint64_t generation) {
+  if (!rings_) return;
+  auto fresh = TablePublisher::create(segment_->name(), generation, *router_, 0);
+  if (table_ && previous_) table_->detach(*previous_);
+  table_.reset();  // retires the old table: clients map the new one on their next route
+  if (fresh) {
+    table_ = std::move(fresh).value();
+    fast_note_.clear();
+  } else {
+    fast_note_ = fresh.error().message;
+  }
+}
+
+void Server::publish_state() {
+  if (table_) table_->publish_state(*router_);
+}
+
+std::uint32_t Server::fast_clients() const noexcept { return rings_ ? rings_->clients() : 0; }
+
+Server::FastPathStats Server::fast_path() const noexcept {
+  return {static_cast<bool>(table_), ring_applied_, ring_rejected_, table_ ? table_->dropped() : 0};
+}
+
+std::size_t Server::drain_rings(std::int64_t now_ms) {
+  if (now_ms - last_expiry_ms_ >= 1000) {  // TTLs of the directories (and so of their views)
+    last_expiry_ms_ = now_ms;
+    router_->expire_directories(now_ms);
+  }
+  if (!rings_) return 0;
+  return rings_->drain([&](std::string_view record) {
+    const std::string reply = handle(record, now_ms);
+    ++ring_applied_;
+    // Nobody waits for this reply: an error is counted (and shown by stats and /metrics).
+    if (!reply_ok(reply)) ++ring_rejected_;
+  });
 }
 
 std::shared_ptr<Router> Server::router() const {
@@ -456,7 +563,9 @@ Result<Ok> Server::reload() {
     first_id_ = first;
   }
   published_ = rows;
-  return segment_->publish_all(nc, published_);
+  auto ok = segment_->publish_all(nc, published_);
+  publish_table(generation);
+  return ok;
 }
 
 // ------------------------------------------------------------------------------------------ handle
@@ -501,13 +610,19 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
         const auto e = core_error(d.error());
         return reply_bytes(id, &e, nullptr);
       }
-      if (op == "route") sync_rows();
+      if (op == "route") {
+        sync_rows();
+        publish_state();
+      }
       pack_decision(body, config, d.value());
     } else if (op == "report" || op == "verdict") {
       const auto decision_id = f.required_id("decision_id");
       // A decision of the table before the last reload reports to that table; its gains move here.
-      const bool old = previous_ && decision_id < first_id_ &&
-                       (decision_id >> kGenerationShift) == (previous_first_id_ >> kGenerationShift);
+      // Fast-path ids (bit 63) carry no generation: ask which table holds them.
+      const bool old = previous_ && ((decision_id & kFastIdBit) != 0
+                                         ? !router->has_pending(decision_id) && previous_->has_pending(decision_id)
+                                         : decision_id < first_id_ && (decision_id >> kGenerationShift) ==
+                                                                          (previous_first_id_ >> kGenerationShift));
       Router& target_router = old ? *previous_ : *router;
       std::vector<CounterRow> before;
       if (old) before = previous_->counters();
@@ -557,6 +672,22 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
       }
       if (old) carry_delta(*previous_, before);
       sync_rows();
+      publish_state();
+    } else if (op == "adopt") {
+      // A fast-path client's decision, decided from the table it names (this one, or the one before).
+      Decision d = adopted_decision(f);
+      const bool old =
+          previous_ && d.config_version != config.content_hash && d.config_version == previous_->config()->content_hash;
+      Router& target_router = old ? *previous_ : *router;
+      std::vector<CounterRow> before;
+      if (old) before = previous_->counters();
+      if (auto r = target_router.adopt(std::move(d)); !r) {
+        const auto e = core_error(r.error());
+        return reply_bytes(id, &e, nullptr);
+      }
+      if (old) carry_delta(*previous_, before);
+      sync_rows();
+      publish_state();
     } else if (op == "stats") {
       body.key("pid").pack(static_cast<std::int64_t>(::getpid()));
       body.key("generation").pack(segment_->generation());
@@ -565,6 +696,20 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
       body.str("shm", segment_->name());
       body.key("uptime_s").pack(static_cast<double>(now_ms - started_ms_) / 1000.0);
       body.key("pending_decisions").pack(static_cast<std::uint64_t>(router->pending_decisions()));
+      {
+        MapOut fp;
+        fp.key("enabled").pack(static_cast<bool>(table_));
+        if (table_) {
+          fp.str("table", table_->name());
+        } else {
+          fp.str("why_not", fast_note_);
+        }
+        fp.key("clients").pack(fast_clients());
+        fp.key("records").pack(ring_applied_);
+        fp.key("rejected").pack(ring_rejected_);
+        fp.key("view_dropped").pack(table_ ? table_->dropped() : 0);
+        body.sub("fast_path", fp);
+      }
       const auto rows = router->counters();
       auto& arr = body.key("counters");
       arr.pack_array(static_cast<std::uint32_t>(rows.size()));
@@ -605,8 +750,8 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
       body.str("config_version", hex16(router_->config()->content_hash));
       body.key("generation").pack(segment_->generation());
     } else {
-      bad("unknown_op",
-          "unknown op '" + std::string(op) + "'; expected route, report, verdict, explain, stats, health or reload");
+      bad("unknown_op", "unknown op '" + std::string(op) +
+                            "'; expected route, report, verdict, adopt, explain, stats, health or reload");
     }
     return reply_bytes(id, nullptr, &body);
   } catch (const BadField& b) {

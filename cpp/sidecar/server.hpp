@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "sidecar/fastpath.hpp"
 #include "sidecar/shm.hpp"
 #include "switchyard/result.hpp"
 #include "switchyard/router.hpp"
@@ -39,12 +40,24 @@ class Server {
   [[nodiscard]] static Result<Started> start(const std::string& config_path, const std::string& shm_name);
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
+  ~Server();
 
   /// One request -> one reply. Never throws; bad input is an error reply.
   [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms) noexcept;
   /// Re-reads the config file: validated first; the old table keeps serving on error.
   [[nodiscard]] Result<Ok> reload();
   void heartbeat(std::int64_t now_ms) noexcept;
+  /// Applies what fast-path clients posted to their rings (the serving thread, every loop turn).
+  std::size_t drain_rings(std::int64_t now_ms);
+  /// Clients holding a fast-path ring (the loop polls faster while there are any).
+  [[nodiscard]] std::uint32_t fast_clients() const noexcept;
+  struct FastPathStats {
+    bool enabled = false;
+    std::uint64_t records = 0;   ///< ring records applied
+    std::uint64_t rejected = 0;  ///< ... that were answered with an error
+    std::uint64_t view_dropped = 0;
+  };
+  [[nodiscard]] FastPathStats fast_path() const noexcept;
   /// Prometheus text exposition (any thread).
   [[nodiscard]] std::string metrics(std::int64_t now_ms) const;
   [[nodiscard]] std::uint64_t generation() const;
@@ -57,6 +70,9 @@ class Server {
  private:
   Server() = default;
   void sync_rows();
+  void publish_state();
+  /// Publishes router_'s table for the fast path (start, reload); on failure the socket still serves.
+  void publish_table(std::uint64_t generation);
   void sync_rows_locked(const Router& r);
   /// Adds what `old` gained between two snapshots to the current router's rows of the same names.
   void carry_delta(const Router& old, const std::vector<CounterRow>& before);
@@ -70,7 +86,13 @@ class Server {
   std::shared_ptr<Router> previous_;  // the table before the last reload: its decisions still report
   std::uint64_t first_id_ = 0;        // router_'s first decision id
   std::uint64_t previous_first_id_ = 0;
-  std::vector<CounterRow> published_;  // what the segment holds, to write only changed rows
+  std::vector<CounterRow> published_;      // what the segment holds, to write only changed rows
+  std::unique_ptr<TablePublisher> table_;  // router_'s table, live state and directories, for the fast path
+  std::unique_ptr<RingReader> rings_;
+  std::string fast_note_;            // why the fast path is off, if it is
+  std::uint64_t ring_applied_ = 0;   // ring records applied
+  std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
+  std::int64_t last_expiry_ms_ = 0;
 
   friend struct Handler;
 };

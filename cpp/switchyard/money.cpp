@@ -123,6 +123,7 @@ const char* to_string(ErrorCode code) noexcept {
     case ErrorCode::target_not_allowed: return "target_not_allowed";
     case ErrorCode::usage_invalid: return "usage_invalid";
     case ErrorCode::price_missing: return "price_missing";
+    case ErrorCode::unavailable: return "unavailable";
   }
   return "unknown";
 }

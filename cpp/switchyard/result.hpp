@@ -20,6 +20,7 @@ enum class ErrorCode {
   target_not_allowed,  ///< report() names a target that was not the decision or its fallbacks
   usage_invalid,       ///< a provider usage object is missing fields or inconsistent
   price_missing,       ///< a usage needs a price the catalog does not have
+  unavailable,         ///< the sidecar's fast path cannot take this now (no table mapped, ring full)
 };
 
 [[nodiscard]] const char* to_string(ErrorCode code) noexcept;

@@ -63,26 +63,57 @@ Result<Decision> Router::route(const RouteRequest& request) {
   auto decision = decide(*config_, state_, *req, options_.seed, next_id_);
   if (!decision) return decision;
   ++next_id_;
-  Decision& d = *decision;
+  commit(*decision, req->now);
+  return decision;
+}
+
+Result<Ok> Router::adopt(Decision d) {
+  const Config& c = *config_;
+  if (d.config_version != c.content_hash) {
+    return make_error(ErrorCode::invalid_argument, "decision " + std::to_string(d.id) + " was made from another table");
+  }
+  auto valid = [&](const Placement& pl) {
+    if (pl.target >= c.targets.size()) return false;
+    const Target& t = c.targets[pl.target];
+    return t.kind == TargetKind::maas ? pl.replica == kNone : pl.replica < t.replicas.size();
+  };
+  if (d.scenario >= c.scenarios.size() || !valid(d.placement) ||
+      !std::all_of(d.fallbacks.begin(), d.fallbacks.end(), valid)) {
+    return make_error(ErrorCode::invalid_argument,
+                      "decision " + std::to_string(d.id) + " names no place of this table");
+  }
+  if (d.active_blocks < 0 || d.reserved_cost.picos() < 0) {
+    return make_error(ErrorCode::invalid_argument, "decision " + std::to_string(d.id) + " has negative figures");
+  }
+  std::lock_guard lock(mu_);
+  expire(d.at, 1);
+  if (state_.pending.contains(d.id)) {
+    return make_error(ErrorCode::invalid_argument, "decision " + std::to_string(d.id) + " is already pending");
+  }
+  commit(d, d.at);
+  return Ok{};
+}
+
+void Router::commit(Decision& d, TimeMs now) {
   const Target& t = config_->targets[d.placement.target];
   const std::size_t unit = state_.unit(d.placement.target, d.placement.replica);
-
-  if (!d.prefix.empty()) {
+  if (!d.prefix.empty() && learn_) {
     if (t.kind == TargetKind::self_hosted) {
-      state_.pools[d.placement.target]->store(d.placement.replica, d.prefix, req->now);
+      state_.pools[d.placement.target]->store(d.placement.replica, d.prefix, now);
     } else {
-      state_.maas->store(state_.maas_holder[d.placement.target], d.prefix, req->now);
+      state_.maas->store(state_.maas_holder[d.placement.target], d.prefix, now);
     }
   }
-  d.prefix = {};  // learned: neither the caller nor the pending entry needs it again
+  std::vector<std::uint64_t> learned = std::move(d.prefix);  // the pending entry does not keep it
   PendingDecision p;
   p.decision = d;
+  d.prefix = std::move(learned);
   ++state_.inflight[unit];
   p.active_blocks = d.active_blocks;
   state_.active_blocks[unit] += d.active_blocks;
-  p.probe = state_.breakers[unit].on_dispatch(t.breaker, req->now);
+  p.probe = state_.breakers[unit].on_dispatch(t.breaker, now);
   BudgetState& budget = state_.budgets[d.scenario];
-  roll_budget(budget, req->now);
+  roll_budget(budget, now);
   const bool budgeted = config_->scenarios[d.scenario].budget_per_day.has_value();
   if (budgeted) budget.reserved += d.reserved_cost;  // only a budget needs the reservation
   p.budget_day = budget.day;
@@ -92,7 +123,6 @@ Result<Decision> Router::route(const RouteRequest& request) {
   if (d.spilled) ++c.spillovers;
   state_.pending.emplace(d.id, std::move(p));
   state_.pending_order.push_back(d.id);
-  return decision;
 }
 
 void Router::release(PendingDecision& p) {
@@ -409,6 +439,68 @@ std::vector<DirectoryRow> Router::directory_stats() const {
 std::size_t Router::pending_decisions() const {
   std::lock_guard lock(mu_);
   return state_.pending.size();
+}
+
+void Router::live_state(std::vector<LiveUnit>& units, std::vector<LiveBudget>& budgets) const {
+  std::lock_guard lock(mu_);
+  units.resize(state_.breakers.size());
+  for (std::size_t u = 0; u < units.size(); ++u) {
+    const Breaker& b = state_.breakers[u];
+    units[u] = {b.stored_phase(), b.probe_inflight(), b.opened_at(), state_.inflight[u], state_.active_blocks[u]};
+  }
+  budgets.resize(state_.budgets.size());
+  for (std::size_t s = 0; s < budgets.size(); ++s) {
+    const BudgetState& b = state_.budgets[s];
+    budgets[s] = {b.day, b.spent, b.reserved};
+  }
+}
+
+void Router::set_live_state(std::span<const LiveUnit> units, std::span<const LiveBudget> budgets) {
+  std::lock_guard lock(mu_);
+  for (std::size_t u = 0; u < units.size() && u < state_.breakers.size(); ++u) {
+    state_.breakers[u].mirror(units[u].phase, units[u].probe_inflight, units[u].opened_at);
+    state_.inflight[u] = units[u].inflight;
+    state_.active_blocks[u] = units[u].active_blocks;
+  }
+  for (std::size_t s = 0; s < budgets.size() && s < state_.budgets.size(); ++s) {
+    state_.budgets[s].day = budgets[s].day;
+    state_.budgets[s].spent = budgets[s].spent;
+    state_.budgets[s].reserved = budgets[s].reserved;
+  }
+}
+
+void Router::set_prefix_index(std::vector<const PrefixIndex*> pools, const PrefixIndex* maas) {
+  std::lock_guard lock(mu_);
+  pools.resize(state_.pool_index.size(), nullptr);
+  state_.pool_index = std::move(pools);
+  state_.maas_index = maas;
+  learn_ = false;
+}
+
+void Router::observe_directory(std::uint32_t target, MaskObserver* observer) {
+  std::lock_guard lock(mu_);
+  CacheDirectory* dir = target == kNone                ? state_.maas.get()
+                        : target < state_.pools.size() ? state_.pools[target].get()
+                                                       : nullptr;
+  if (dir != nullptr) dir->set_observer(observer);
+}
+
+void Router::expire_directories(TimeMs now) {
+  std::lock_guard lock(mu_);
+  for (auto& pool : state_.pools) {
+    if (pool) pool->expire(now);
+  }
+  if (state_.maas) state_.maas->expire(now);
+}
+
+bool Router::has_pending(std::uint64_t decision_id) const {
+  std::lock_guard lock(mu_);
+  return state_.pending.contains(decision_id);
+}
+
+std::uint64_t Router::next_decision_id() const {
+  std::lock_guard lock(mu_);
+  return next_id_;
 }
 
 }  // namespace switchyard

@@ -102,6 +102,21 @@ struct BudgetRow {
   Money reserved;
 };
 
+/// What decide() reads that changes between decisions: per (target, replica) unit and per scenario.
+/// The sidecar publishes it for the clients that decide from shared memory.
+struct LiveUnit {
+  Breaker::Phase phase = Breaker::Phase::closed;
+  bool probe_inflight = false;
+  TimeMs opened_at = 0;
+  std::int64_t inflight = 0;
+  std::int64_t active_blocks = 0;
+};
+struct LiveBudget {
+  std::int64_t day = 0;
+  Money spent;
+  Money reserved;
+};
+
 class Router {
  public:
   explicit Router(ConfigPtr config, RouterOptions options = {});
@@ -111,6 +126,9 @@ class Router {
   /// Decides and commits: takes an in-flight slot, the half-open probe if any, and reserves the
   /// worst-case cost against the scenario's budget.
   [[nodiscard]] Result<Decision> route(const RouteRequest& request);
+  /// Commits a decision made elsewhere from this table (a client's fast path) exactly as route()
+  /// commits its own: in-flight slot, probe, budget reservation, counters, and its prefix is learned.
+  [[nodiscard]] Result<Ok> adopt(Decision decision);
   /// Decides without committing anything: what route() would answer now, with every reason.
   [[nodiscard]] Result<Decision> explain(const RouteRequest& request);
   /// Accounts an outcome. Idempotent per (decision, target); invalid usage changes nothing.
@@ -137,11 +155,26 @@ class Router {
   [[nodiscard]] std::vector<DirectoryRow> directory_stats() const;
   [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
 
+  // The fast path: the sidecar publishes its live state and directories; a client's Router mirrors
+  // them and matches prompts against the sidecar's directories instead of learning its own.
+  void live_state(std::vector<LiveUnit>& units, std::vector<LiveBudget>& budgets) const;
+  void set_live_state(std::span<const LiveUnit> units, std::span<const LiveBudget> budgets);
+  /// Matches prompts against these (per target; kNone-free) instead of this Router's directories,
+  /// which then learn nothing.
+  void set_prefix_index(std::vector<const PrefixIndex*> pools, const PrefixIndex* maas);
+  /// Tells `observer` every holder-mask change of a directory (target = a pool, kNone = MaaS).
+  void observe_directory(std::uint32_t target, MaskObserver* observer);
+  /// Drops directory entries past their TTL.
+  void expire_directories(TimeMs now);
+  [[nodiscard]] bool has_pending(std::uint64_t decision_id) const;
+  [[nodiscard]] std::uint64_t next_decision_id() const;
+
  private:
   [[nodiscard]] Result<Request> resolve(const RouteRequest& request) const;
   /// Drops decisions past their TTL, and the oldest while fewer than `room` places are free.
   void expire(TimeMs now, std::size_t room = 0);
   void release(PendingDecision& p);
+  void commit(Decision& d, TimeMs now);
   Result<Ok> apply_verdict(PendingDecision& p, bool accepted);
 
   ConfigPtr config_;
@@ -149,6 +182,7 @@ class Router {
   mutable std::mutex mu_;
   RouterState state_;
   std::uint64_t next_id_ = 1;
+  bool learn_ = true;  // false when decide() matches against another router's directories
 };
 
 }  // namespace switchyard

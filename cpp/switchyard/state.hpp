@@ -39,6 +39,15 @@ class Breaker {
   [[nodiscard]] std::uint32_t consecutive_failures() const noexcept { return consecutive_failures_; }
   [[nodiscard]] bool probe_inflight() const noexcept { return probe_inflight_; }
   [[nodiscard]] std::uint64_t times_opened() const noexcept { return times_opened_; }
+  /// The stored phase (an open breaker past its cooldown still says open) and when it opened.
+  [[nodiscard]] Phase stored_phase() const noexcept { return phase_; }
+  [[nodiscard]] TimeMs opened_at() const noexcept { return opened_at_; }
+  /// Takes the phase another router published (a client mirroring the sidecar's breakers).
+  void mirror(Phase phase, bool probe_inflight, TimeMs opened_at) noexcept {
+    phase_ = phase;
+    probe_inflight_ = probe_inflight;
+    opened_at_ = opened_at;
+  }
 
  private:
   static constexpr std::size_t kBuckets = 10;  // the error-rate window, in tenths
@@ -137,12 +146,12 @@ struct RouterState {
 
   std::size_t target_count = 0;
   std::vector<std::size_t> first_unit;
-  std::vector<Breaker> breakers;                                    ///< per unit
-  std::vector<std::int64_t> inflight;                               ///< per unit
-  std::vector<std::int64_t> active_blocks;                          ///< per unit: blocks of its in-flight requests
-  std::vector<std::unique_ptr<CacheDirectory>> pools;               ///< per target: a self-hosted pool's directory
-  std::unique_ptr<CacheDirectory> maas;                             ///< holders: the MaaS targets
-  std::vector<std::uint32_t> maas_holder;                           ///< per target: its holder in `maas`, or kNone
+  std::vector<Breaker> breakers;                       ///< per unit
+  std::vector<std::int64_t> inflight;                  ///< per unit
+  std::vector<std::int64_t> active_blocks;             ///< per unit: blocks of its in-flight requests
+  std::vector<std::unique_ptr<CacheDirectory>> pools;  ///< per target: a self-hosted pool's directory
+  std::unique_ptr<CacheDirectory> maas;                ///< holders: the MaaS targets
+  std::vector<std::uint32_t> maas_holder;              ///< per target: its holder in `maas`, or kNone
   /// What decide() matches prompts against: the directories above, or a client's mapped view of
   /// the sidecar's (then `pools` and `maas` stay empty and are not learned into).
   std::vector<const PrefixIndex*> pool_index;  ///< per target

@@ -31,6 +31,7 @@ class SidecarTest : public ::testing::Test {
   }
   void TearDown() override {
     boost::interprocess::shared_memory_object::remove(name_.c_str());
+    boost::interprocess::shared_memory_object::remove(rings_segment_name(name_).c_str());
     std::remove(lock_path(name_).c_str());
   }
   std::unique_ptr<Server> start() {

@@ -1,0 +1,275 @@
+// The shared-memory fast path without sockets: a Server publishes its table, live state and
+// directories; a FastClient in the same process decides from the mapping and posts to its ring; the
+// Server drains the ring. The decisions must be the ones the sidecar itself would make.
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/interprocess/shared_memory_object.hpp>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include "sidecar/fastpath.hpp"
+#include "sidecar/server.hpp"
+
+namespace switchyard::sidecar {
+namespace {
+
+constexpr std::int64_t kNow = 1'767'225'600'000;
+
+constexpr const char* kTable = R"(version: 1
+targets:
+  pool:
+    kind: self_hosted
+    engine: vllm
+    model: m
+    data_classes: [public]
+    context_window: 100000
+    cost: {gpus_per_replica: 1, usd_per_gpu_hour: 2, prefill_tokens_per_s: 10000, decode_tokens_per_s: 1000}
+    kv: {block_size: 16, capacity_blocks: 4000}
+    breaker: {consecutive_failures: 2, cooldown_s: 60}
+    replicas:
+      - {endpoint: "http://127.0.0.1:8001", max_inflight: 64}
+      - {endpoint: "http://127.0.0.1:8002", max_inflight: 64}
+      - {endpoint: "http://127.0.0.1:8003", max_inflight: 64}
+      - {endpoint: "http://127.0.0.1:8004", max_inflight: 64}
+  api:
+    kind: maas
+    provider: openai
+    model: gpt-4.1-mini
+    data_classes: [public]
+    context_window: 1000000
+    price: {input_per_mtok: 0.40, cache_read_per_mtok: 0.10, output_per_mtok: 1.60}
+    cache: {ttl_s: 600, min_prefix_tokens: 256}
+scenarios:
+  chat:
+    data_class: public
+    max_output_tokens: 64
+    routes: [{target: pool, weight: 80}, {target: api, weight: 20}]
+    fallback: [api]
+    affinity: {prefix: true}
+    budget: {usd_per_day: 100}
+)";
+
+class FastPathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    static std::atomic<int> n{0};
+    name_ = "sy-fp-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+    path_ = ::testing::TempDir() + name_ + ".yaml";
+    write(kTable);
+  }
+  void TearDown() override {
+    namespace bip = boost::interprocess;
+    bip::shared_memory_object::remove(name_.c_str());
+    bip::shared_memory_object::remove(rings_segment_name(name_).c_str());
+    for (int g = 0; g < 8; ++g) bip::shared_memory_object::remove(table_segment_name(name_, g).c_str());
+    std::remove(lock_path(name_).c_str());
+    std::remove(path_.c_str());
+  }
+  void write(const std::string& text) const { std::ofstream(path_) << text; }
+  std::unique_ptr<Server> start() {
+    auto s = Server::start(path_, name_);
+    EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message);
+    return std::move(s.value().server);
+  }
+  static std::unique_ptr<FastClient> attach(const std::string& name) {
+    auto f = FastClient::attach(name);
+    EXPECT_TRUE(f.ok()) << (f.ok() ? "" : f.error().message);
+    return f.ok() ? std::move(f).value() : nullptr;
+  }
+
+  std::string name_;
+  std::string path_;
+};
+
+// A multi-turn prompt: one of `families` system prompts, then `turns` of its own.
+std::vector<std::uint32_t> prompt(std::uint32_t family, std::uint32_t conversation, int turns) {
+  std::vector<std::uint32_t> t;
+  for (std::uint32_t i = 0; i < 640; ++i) t.push_back(family * 100'000 + i);
+  for (int k = 0; k < turns; ++k) {
+    for (std::uint32_t i = 0; i < 48; ++i)
+      t.push_back(7'000'000 + conversation * 1000 + static_cast<std::uint32_t>(k) * 48 + i);
+  }
+  return t;
+}
+
+RouteRequest request(const std::vector<std::uint32_t>& tokens, std::int64_t now) {
+  RouteRequest r;
+  r.scenario = "chat";
+  r.token_ids = tokens;
+  r.input_tokens = static_cast<std::int64_t>(tokens.size());
+  r.now = now;
+  return r;
+}
+
+std::string report_msg(std::uint64_t id, const std::string& target, const std::string& status) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_map(6);
+  pk.pack("v");
+  pk.pack(1);
+  pk.pack("op");
+  pk.pack("report");
+  pk.pack("decision_id");
+  pk.pack(id);
+  pk.pack("target");
+  pk.pack(target);
+  pk.pack("status");
+  pk.pack(status);
+  pk.pack("now");
+  pk.pack(static_cast<double>(kNow) / 1000.0 + 1);
+  return {buf.data(), buf.size()};
+}
+
+std::uint64_t requests_of(const Router& r, const std::string& target) {
+  std::uint64_t n = 0;
+  const Config& c = *r.config();
+  for (const auto& row : r.counters()) {
+    if (c.targets[row.target].name == target) n += row.counters.requests;
+  }
+  return n;
+}
+
+TEST_F(FastPathTest, DecisionsMatchTheSidecarsOwnAndAreCountedOnceDrained) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  std::mt19937 rng(7);
+  int compared = 0;
+  int warm = 0;
+  for (int i = 0; i < 400; ++i) {
+    const auto tokens = prompt(static_cast<std::uint32_t>(rng() % 12), static_cast<std::uint32_t>(rng() % 40),
+                               1 + static_cast<int>(rng() % 4));
+    const auto now = kNow + i;
+    // What the sidecar would decide now (same table, same state), then the fast path's decision.
+    auto expected = server->router()->explain(request(tokens, now));
+    auto got = fast->route(request(tokens, now));
+    ASSERT_TRUE(expected.ok() && got.ok()) << (got.ok() ? "" : got.error().message);
+    EXPECT_EQ(got->placement.target, expected->placement.target) << "request " << i;
+    EXPECT_EQ(got->placement.replica, expected->placement.replica) << "request " << i;
+    EXPECT_EQ(got->expected_cached_tokens, expected->expected_cached_tokens) << "request " << i;
+    EXPECT_EQ(got->predicted_cost, expected->predicted_cost) << "request " << i;
+    EXPECT_NE(got->id & kFastIdBit, 0U);
+    EXPECT_EQ(got->config_version, server->router()->config()->content_hash);
+    ++compared;
+    if (got->expected_cached_tokens > 0) ++warm;
+    EXPECT_EQ(server->drain_rings(now), 1U);
+  }
+  EXPECT_EQ(compared, 400);
+  EXPECT_GT(warm, 200) << "the sidecar's directory, learned from the fast path's decisions, is seen by it";
+  EXPECT_EQ(requests_of(*server->router(), "pool") + requests_of(*server->router(), "api"), 400U);
+  EXPECT_EQ(server->router()->pending_decisions(), 400U);
+}
+
+TEST_F(FastPathTest, ReportsThroughTheRingSettleTheSidecarsLedgerAndOpenItsBreakers) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  // Fail the replica that prompt family 1 lands on twice: the breaker opens in the sidecar, the
+  // mirror carries it to the client, and the client stops choosing that replica.
+  const auto tokens = prompt(1, 1, 1);
+  auto first = fast->route(request(tokens, kNow));
+  ASSERT_TRUE(first.ok());
+  ASSERT_EQ(server->router()->config()->targets[first->placement.target].name, "pool");
+  const auto replica = first->placement.replica;
+  ASSERT_TRUE(fast->post(report_msg(first->id, "pool", "error")));
+  EXPECT_EQ(server->drain_rings(kNow + 1), 2U);
+  auto second = fast->route(request(tokens, kNow + 1));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->placement.replica, replica) << "the warm replica, idle again once the report drained";
+  ASSERT_TRUE(fast->post(report_msg(second->id, "pool", "timeout")));
+  EXPECT_EQ(server->drain_rings(kNow + 2), 2U);
+  const auto breakers = server->router()->breakers(kNow + 2);
+  EXPECT_EQ(breakers[replica].phase, Breaker::Phase::open);
+  std::uint64_t outcomes = 0;
+  for (const auto& row : server->router()->counters()) outcomes += row.counters.outcomes;
+  EXPECT_EQ(outcomes, 2U);
+
+  auto third = fast->route(request(tokens, kNow + 3));
+  ASSERT_TRUE(third.ok());
+  EXPECT_FALSE(third->placement.target == first->placement.target && third->placement.replica == replica)
+      << "the client saw the open breaker through shared memory";
+  // A report the sidecar cannot apply is an error counted by the sidecar, not a crash.
+  ASSERT_TRUE(fast->post(report_msg(third->id, "no-such-target", "ok")));
+  ASSERT_TRUE(fast->post("\x81\xa2op"));  // truncated msgpack
+  EXPECT_EQ(server->fast_path().rejected, 0U);
+  EXPECT_EQ(server->drain_rings(kNow + 4), 3U);
+  EXPECT_EQ(server->fast_path().rejected, 2U);
+  EXPECT_EQ(server->fast_path().records, 7U);
+  EXPECT_TRUE(server->router()->has_pending(third->id));
+}
+
+TEST_F(FastPathTest, AReloadIsPickedUpWithoutARoundTripAndOldDecisionsStillReport) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  const auto before = server->router()->config()->content_hash;
+  auto d = fast->route(request(prompt(2, 2, 1), kNow));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(server->drain_rings(kNow), 1U);
+  std::string text = kTable;
+  text.replace(text.find("weight: 80"), 10, "weight: 0");
+  text.replace(text.find("weight: 20"), 10, "weight: 100");
+  write(text);
+  ASSERT_TRUE(server->reload().ok());
+  const auto after = server->router()->config()->content_hash;
+  ASSERT_NE(before, after);
+  auto e = fast->route(request(prompt(2, 2, 1), kNow + 1));
+  ASSERT_TRUE(e.ok()) << e.error().message;
+  EXPECT_EQ(e->config_version, after);
+  EXPECT_EQ(server->router()->config()->targets[e->placement.target].name, "api");
+  // The decision made from the old table reports to it; the new ledger gains the outcome.
+  ASSERT_TRUE(fast->post(report_msg(d->id, "pool", "ok")));
+  EXPECT_EQ(server->drain_rings(kNow + 2), 2U);
+  EXPECT_EQ(server->fast_path().rejected, 0U) << "the old table's decision and its report were both applied";
+  std::uint64_t outcomes = 0;
+  for (const auto& row : server->router()->counters()) outcomes += row.counters.outcomes;
+  EXPECT_EQ(outcomes, 1U);
+}
+
+TEST_F(FastPathTest, AFullRingIsRefusedSoTheCallerCanUseTheSocket) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  int posted = 0;
+  Result<Decision> last = make_error(ErrorCode::invalid_argument, "none");
+  for (int i = 0; i < 100'000; ++i) {
+    last = fast->route(request(prompt(3, static_cast<std::uint32_t>(i), 3), kNow + i));
+    if (!last.ok()) break;
+    ++posted;
+  }
+  ASSERT_FALSE(last.ok());
+  EXPECT_EQ(last.error().code, ErrorCode::unavailable);
+  EXPECT_GT(posted, 50);
+  // Draining frees the ring: routes are accepted again, and every posted one was counted.
+  EXPECT_EQ(server->drain_rings(kNow), static_cast<std::size_t>(posted));
+  EXPECT_TRUE(fast->route(request(prompt(3, 1, 1), kNow + 1)).ok());
+  EXPECT_EQ(requests_of(*server->router(), "pool") + requests_of(*server->router(), "api"),
+            static_cast<std::uint64_t>(posted));
+}
+
+TEST_F(FastPathTest, SegmentsArePrivateAndAClientOutlivesNothing) {
+  auto server = start();
+  struct stat st {};
+  ASSERT_EQ(::stat(("/dev/shm/" + rings_segment_name(name_)).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600U);
+  ASSERT_EQ(::stat(("/dev/shm/" + table_segment_name(name_, 1)).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600U);
+  {
+    auto a = attach(name_);
+    auto b = attach(name_);
+    ASSERT_TRUE(a && b);
+    EXPECT_NE(a->ring(), b->ring());
+    EXPECT_EQ(server->fast_clients(), 2U);
+  }
+  EXPECT_EQ(server->fast_clients(), 0U) << "a closed client frees its ring";
+  EXPECT_FALSE(FastClient::attach("sy-fp-no-such-segment").ok());
+}
+
+}  // namespace
+}  // namespace switchyard::sidecar
