@@ -10,6 +10,7 @@
 #include <string>
 
 #include "rows.hpp"
+#include "sidecar/fastpath.hpp"
 #include "switchyard/config.hpp"
 #include "switchyard/kv_events.hpp"
 #include "switchyard/prefix.hpp"
@@ -26,9 +27,9 @@ namespace {
 // Raises the Python exception class that matches an Error's code.
 [[noreturn]] void raise(const Error& e) {
   static const char* const kClass[] = {
-      "ConfigError",          "UnknownScenarioError", "UnknownTargetError",   "NoEligibleTargetError",
-      "BudgetExhaustedError", "InvalidArgumentError", "UnknownDecisionError", "TargetNotAllowedError",
-      "UsageError",           "PriceMissingError",
+      "ConfigError",          "UnknownScenarioError", "UnknownTargetError",      "NoEligibleTargetError",
+      "BudgetExhaustedError", "InvalidArgumentError", "UnknownDecisionError",    "TargetNotAllowedError",
+      "UsageError",           "PriceMissingError",    "SidecarUnavailableError",
   };
   py::object errors = py::module_::import("switchyard._errors");
   py::object cls = errors.attr(kClass[static_cast<int>(e.code)]);
@@ -264,6 +265,51 @@ DecisionView decide_py(Router& r, const std::string& scenario, const std::option
   return DecisionView{unwrap(Commit ? r.route(req) : r.explain(req)), r.config()};
 }
 
+// Router.report and the fast path's receipt share their Python signature and their conversions.
+template <class Report>
+py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string& target, const std::string& status,
+                   const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
+                   std::optional<bool> accepted, std::optional<double> now) {
+  auto st = status_from_string(status);
+  if (!st) {
+    raise({ErrorCode::invalid_argument, "unknown status '" + status +
+                                            "'; expected ok, error, timeout, rate_limited, "
+                                            "context_overflow or content_filter"});
+  }
+  auto ms = [](std::optional<double> v, const char* name) -> std::int64_t {
+    if (!v) return -1;
+    if (!std::isfinite(*v) || *v < 0) raise({ErrorCode::invalid_argument, std::string(name) + " must be >= 0"});
+    return std::llround(*v);
+  };
+  msgpack::zone zone;
+  msgpack::object native;
+  OutcomeReport o;
+  o.decision_id = decision_id;
+  o.target = target;
+  o.status = *st;
+  if (!usage.is_none()) {
+    native = to_msgpack(usage, zone);
+    o.usage = &native;
+  }
+  o.ttft_ms = ms(ttft_ms, "ttft_ms");
+  o.latency_ms = ms(latency_ms, "latency_ms");
+  o.accepted = accepted;
+  o.now = now_ms(now);
+  auto receipt = unwrap(report(o));
+  py::dict d;
+  d["duplicate"] = receipt.duplicate;
+  d["fallback"] = receipt.fallback;
+  d["priced"] = receipt.priced;
+  d["cost_usd"] = money(receipt.cost);
+  d["usage"] = usage_dict(receipt.usage);
+  return d;
+}
+
+#define REPORT_ARGS                                                                                       \
+  py::arg("decision_id"), py::kw_only(), py::arg("target"), py::arg("status"),                            \
+      py::arg("usage") = py::none(), py::arg("ttft_ms") = py::none(), py::arg("latency_ms") = py::none(), \
+      py::arg("accepted") = py::none(), py::arg("now") = py::none()
+
 // The keyword arguments of route/explain (and of the no-op baseline with the same signature).
 #define ROUTE_ARGS                                                                                                     \
   py::arg("scenario"), py::kw_only(), py::arg("key") = py::none(), py::arg("data_class") = py::none(),                 \
@@ -394,45 +440,10 @@ PYBIND11_MODULE(_core, m) {
           [](Router& r, std::uint64_t decision_id, const std::string& target, const std::string& status,
              const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
              std::optional<bool> accepted, std::optional<double> now) {
-            auto st = status_from_string(status);
-            if (!st) {
-              raise({ErrorCode::invalid_argument, "unknown status '" + status +
-                                                      "'; expected ok, error, timeout, rate_limited, "
-                                                      "context_overflow or content_filter"});
-            }
-            auto ms = [](std::optional<double> v, const char* name) -> std::int64_t {
-              if (!v) return -1;
-              if (!std::isfinite(*v) || *v < 0)
-                raise({ErrorCode::invalid_argument, std::string(name) + " must be >= 0"});
-              return std::llround(*v);
-            };
-            msgpack::zone zone;
-            msgpack::object native;
-            OutcomeReport o;
-            o.decision_id = decision_id;
-            o.target = target;
-            o.status = *st;
-            if (!usage.is_none()) {
-              native = to_msgpack(usage, zone);
-              o.usage = &native;
-            }
-            o.ttft_ms = ms(ttft_ms, "ttft_ms");
-            o.latency_ms = ms(latency_ms, "latency_ms");
-            o.accepted = accepted;
-            o.now = now_ms(now);
-            auto receipt = unwrap(r.report(o));
-            py::dict d;
-            d["duplicate"] = receipt.duplicate;
-            d["fallback"] = receipt.fallback;
-            d["priced"] = receipt.priced;
-            d["cost_usd"] = money(receipt.cost);
-            d["usage"] = usage_dict(receipt.usage);
-            return d;
+            return report_py([&](const OutcomeReport& o) { return r.report(o); }, decision_id, target, status, usage,
+                             ttft_ms, latency_ms, accepted, now);
           },
-          py::arg("decision_id"), py::kw_only(), py::arg("target"), py::arg("status"), py::arg("usage") = py::none(),
-          py::arg("ttft_ms") = py::none(), py::arg("latency_ms") = py::none(), py::arg("accepted") = py::none(),
-          py::arg("now") = py::none(),
-          "Accounts what happened to a decision on `target`. Idempotent per (decision, target).")
+          REPORT_ARGS, "Accounts what happened to a decision on `target`. Idempotent per (decision, target).")
       .def(
           "verdict",
           [](Router& r, std::uint64_t decision_id, bool accepted, std::optional<double> now) {
@@ -648,6 +659,48 @@ PYBIND11_MODULE(_core, m) {
       py::kw_only(), py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("block_size") = 16,
       py::arg("model") = "", py::arg("lora") = "", py::arg("salt") = "",
       "The chained XXH3-64 block hashes of a prompt, as the router and the cache directory compute them.");
+
+  py::class_<sidecar::FastClient>(m, "FastPath",
+                                  "A sidecar's table mapped from shared memory: route() decides here, with the same "
+                                  "decide(), and posts the decision to this process's ring (no system call).")
+      .def(
+          "route",
+          [](sidecar::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
+             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
+             const std::optional<std::string>& text, std::optional<double> now) {
+            std::vector<std::uint32_t> tokens;
+            auto req =
+                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
+            ConfigPtr decided_by;
+            auto d = f.route(req, &decided_by);
+            return DecisionView{unwrap(std::move(d)), decided_by};
+          },
+          ROUTE_ARGS, "Decides from the mapped table and posts the decision; UnavailableError if the ring is full.")
+      .def(
+          "receipt",
+          [](sidecar::FastClient& f, std::uint64_t decision_id, const std::string& target, const std::string& status,
+             const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
+             std::optional<bool> accepted, std::optional<double> now) {
+            return report_py([&](const OutcomeReport& o) { return f.receipt(o); }, decision_id, target, status, usage,
+                             ttft_ms, latency_ms, accepted, now);
+          },
+          REPORT_ARGS, "What report() would answer for one of this client's recent decisions, priced here.")
+      .def(
+          "post", [](sidecar::FastClient& f, const py::bytes& message) { return f.post(std::string_view(message)); },
+          py::arg("message"), "Posts one wire message (report, verdict) to the ring; False if it is full.")
+      .def_property_readonly("config",
+                             [](sidecar::FastClient& f) -> std::optional<ConfigHandle> {
+                               auto c = f.config();
+                               if (!c) return std::nullopt;
+                               return ConfigHandle{c};
+                             })
+      .def_property_readonly("generation", &sidecar::FastClient::generation)
+      .def_property_readonly("ring", &sidecar::FastClient::ring);
+
+  m.def(
+      "attach_fast_path", [](const std::string& shm) { return unwrap(sidecar::FastClient::attach(shm)); },
+      py::arg("shm"), "Maps sidecar `shm`'s table and claims a ring for this process.");
 
   // Baseline for bench/route_bench.py: the same signature as Router.route, doing nothing.
   m.def(

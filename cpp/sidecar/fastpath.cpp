@@ -578,7 +578,12 @@ Result<Ok> FastClient::refresh() {
   return Ok{};
 }
 
-Result<Decision> FastClient::route(const RouteRequest& request) {
+ConfigPtr FastClient::config() {
+  std::lock_guard lock(mu_);
+  return table_ ? table_->router->config() : nullptr;
+}
+
+Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decided_by) {
   std::lock_guard lock(mu_);
   if (auto ok = refresh(); !ok) return std::move(ok).error();
   Table& t = *table_;
@@ -591,15 +596,21 @@ Result<Decision> FastClient::route(const RouteRequest& request) {
       t.router->set_live_state(t.units, t.budgets);
     }
   }
-  auto d = t.router->route(request);
+  auto d = t.router->dispatch(request);
   if (!d) return d;
+  if (decided_by != nullptr) *decided_by = t.router->config();
+  recent_[d->id & (kRecent - 1)] = {d->id, d->scenario, d->placement.target, t.router.get()};
   my_ring_->next_seq.store((t.router->next_decision_id()) & kSeqMask, std::memory_order_relaxed);
 
   // The adopt message: the wire protocol's, by indices of the table it was decided from.
-  scratch_.clear();
+  // Packed into a buffer of fixed size (no allocation); a message too big for it never fits the ring.
   struct Out {
-    std::vector<std::uint8_t>& buf;
-    void write(const char* p, std::size_t n) { buf.insert(buf.end(), p, p + n); }
+    std::vector<char>& buf;
+    std::size_t n = 0;
+    void write(const char* p, std::size_t k) {
+      if (n + k <= buf.size()) std::memcpy(buf.data() + n, p, k);
+      n += k;
+    }
   } out{scratch_};
   msgpack::packer<Out> pk(out);
   const Decision& dd = *d;
@@ -637,7 +648,7 @@ Result<Decision> FastClient::route(const RouteRequest& request) {
   pk.pack_bin_body(reinterpret_cast<const char*>(dd.prefix.data()), prefix_bytes);
   pk.pack("at");
   pk.pack(dd.at);
-  if (!post_locked({reinterpret_cast<const char*>(scratch_.data()), scratch_.size()})) {
+  if (out.n > scratch_.size() || !post_locked({scratch_.data(), out.n})) {
     // Not posted, so the sidecar never learns of it: the caller routes through the socket instead.
     return unavailable("the fast-path ring is full (the sidecar is not draining it)");
   }
@@ -672,10 +683,16 @@ bool FastClient::post_locked(std::string_view message) {
   return true;
 }
 
-std::shared_ptr<Router> FastClient::router_for(std::uint64_t decision_id) {
+Result<ReportReceipt> FastClient::receipt(const OutcomeReport& report) {
   std::lock_guard lock(mu_);
-  if (previous_ && previous_->has_pending(decision_id)) return previous_;
-  return table_ ? table_->router : nullptr;
+  const Recent& r = recent_[report.decision_id & (kRecent - 1)];
+  const bool known = r.id == report.decision_id &&
+                     ((table_ && r.router == table_->router.get()) || (previous_ && r.router == previous_.get()));
+  if (!known) {
+    return make_error(ErrorCode::unknown_decision, "decision " + std::to_string(report.decision_id) +
+                                                       " is not one of this client's recent fast-path decisions");
+  }
+  return r.router->price_outcome(r.scenario, r.target, report);
 }
 
 }  // namespace switchyard::sidecar

@@ -171,12 +171,15 @@ class FastClient {
 
   /// Decides locally and posts the decision; `unavailable` if the ring is full or no table is mapped
   /// (the caller then routes through the socket).
-  [[nodiscard]] Result<Decision> route(const RouteRequest& request);
+  [[nodiscard]] Result<Decision> route(const RouteRequest& request, ConfigPtr* decided_by = nullptr);
+  /// The mapped table (the one the next route decides from, as of the last route).
+  [[nodiscard]] ConfigPtr config();
   /// Posts one wire message (report, verdict) to the ring; false if the ring is full.
   [[nodiscard]] bool post(std::string_view message);
-  /// The local router that made `decision_id` (the current table's, or the one before a reload):
-  /// reports are checked and priced there, by the same code, before they are posted.
-  [[nodiscard]] std::shared_ptr<Router> router_for(std::uint64_t decision_id);
+  /// What report() would answer for an outcome of one of this client's recent decisions (priced by
+  /// the same code, from the table that decided it), without a round trip. `duplicate` is never set
+  /// here, and an unknown fallback target is only refused by the sidecar.
+  [[nodiscard]] Result<ReportReceipt> receipt(const OutcomeReport& report);
   [[nodiscard]] std::uint64_t generation() const;
   [[nodiscard]] std::uint32_t ring() const noexcept { return ring_; }
 
@@ -196,7 +199,15 @@ class FastClient {
   std::uint32_t ring_ = 0;
   std::unique_ptr<Table> table_;
   std::shared_ptr<Router> previous_;  // the local router of the table before the last reload
-  std::vector<std::uint8_t> scratch_;
+  struct Recent {
+    std::uint64_t id = 0;
+    std::uint32_t scenario = 0;
+    std::uint32_t target = 0;
+    Router* router = nullptr;  // the current or the previous table's
+  };
+  static constexpr std::size_t kRecent = 1U << 16;  // decisions a receipt can be given for
+  std::vector<Recent> recent_ = std::vector<Recent>(kRecent);
+  std::vector<char> scratch_ = std::vector<char>(kRingBytes / 2);  // the largest record a ring takes
 };
 
 }  // namespace switchyard::sidecar

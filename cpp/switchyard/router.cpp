@@ -67,6 +67,46 @@ Result<Decision> Router::route(const RouteRequest& request) {
   return decision;
 }
 
+Result<Decision> Router::dispatch(const RouteRequest& request) {
+  auto req = resolve(request);
+  if (!req) return std::move(req).error();
+  std::lock_guard lock(mu_);
+  auto d = decide(*config_, state_, *req, options_.seed, next_id_);
+  if (!d) return d;
+  ++next_id_;
+  const Target& t = config_->targets[d->placement.target];
+  const std::size_t unit = state_.unit(d->placement.target, d->placement.replica);
+  ++state_.inflight[unit];
+  state_.active_blocks[unit] += d->active_blocks;
+  state_.breakers[unit].on_dispatch(t.breaker, req->now);
+  if (config_->scenarios[d->scenario].budget_per_day) {
+    BudgetState& budget = state_.budgets[d->scenario];
+    roll_budget(budget, req->now);
+    budget.reserved += d->reserved_cost;
+  }
+  return d;
+}
+
+Result<ReportReceipt> Router::price_outcome(std::uint32_t scenario, std::uint32_t placed_target,
+                                            const OutcomeReport& r) const {
+  const std::uint32_t target = config_->find_target(r.target);
+  if (target == kNone) return make_error(ErrorCode::unknown_target, "unknown target '" + std::string(r.target) + "'");
+  if (scenario >= config_->scenarios.size()) return make_error(ErrorCode::unknown_scenario, "unknown scenario index");
+  ReportReceipt receipt;
+  receipt.fallback = target != placed_target;
+  if (r.usage != nullptr && r.usage->type != msgpack::type::NIL) {
+    const Target& t = config_->targets[target];
+    auto usage = normalize_usage(t.provider, *r.usage);
+    if (!usage) return std::move(usage).error();
+    auto cost = actual_cost(t, *usage, config_->scenarios[scenario].mode);
+    if (!cost) return std::move(cost).error();
+    receipt.priced = true;
+    receipt.usage = *usage;
+    receipt.cost = *cost;
+  }
+  return receipt;
+}
+
 Result<Ok> Router::adopt(Decision d) {
   const Config& c = *config_;
   if (d.config_version != c.content_hash) {

@@ -126,6 +126,13 @@ class Router {
   /// Decides and commits: takes an in-flight slot, the half-open probe if any, and reserves the
   /// worst-case cost against the scenario's budget.
   [[nodiscard]] Result<Decision> route(const RouteRequest& request);
+  /// Decides and takes the in-flight slot, the probe and the budget reservation in this router's
+  /// state, but keeps no pending entry or counters: a fast-path client, whose decisions the sidecar
+  /// keeps (it adopts them) and whose state is a mirror of the sidecar's.
+  [[nodiscard]] Result<Decision> dispatch(const RouteRequest& request);
+  /// Checks and prices an outcome of decision `d` on `target` as report() would, changing nothing.
+  [[nodiscard]] Result<ReportReceipt> price_outcome(std::uint32_t scenario, std::uint32_t placed_target,
+                                                    const OutcomeReport& report) const;
   /// Commits a decision made elsewhere from this table (a client's fast path) exactly as route()
   /// commits its own: in-flight slot, probe, budget reservation, counters, and its prefix is learned.
   [[nodiscard]] Result<Ok> adopt(Decision decision);

@@ -148,3 +148,38 @@ class SegmentView:
     def info(self) -> dict[str, Any]: ...
 
 def attach_segment(name: str) -> SegmentView: ...
+
+class FastPath:
+    def route(
+        self,
+        scenario: str,
+        *,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        token_ids: Sequence[int] | None = None,
+        text: str | None = None,
+        now: float | None = None,
+    ) -> Decision: ...
+    def receipt(
+        self,
+        decision_id: int,
+        *,
+        target: str,
+        status: str,
+        usage: dict[str, Any] | list[Any] | None = None,
+        ttft_ms: float | None = None,
+        latency_ms: float | None = None,
+        accepted: bool | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]: ...
+    def post(self, message: bytes) -> bool: ...
+    @property
+    def config(self) -> Config | None: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def ring(self) -> int: ...
+
+def attach_fast_path(shm: str) -> FastPath: ...

@@ -145,7 +145,18 @@ class Client:
     or None when the report was queued. Reports the restarted sidecar no longer knows (their
     decision died with the old process) are dropped and counted in ``dropped_reports``.
 
-    A Client owns a ZeroMQ socket: use one per thread (and create it after a fork).
+    With ``shm`` (the sidecar's ``--shm`` name) the client also maps the sidecar's table, live
+    state and cache directory from shared memory and takes the **fast path**: ``route`` decides
+    in this process with the same decide code and posts the decision to this process's ring in
+    shared memory (no system call, no round trip); reports and verdicts of those decisions are
+    posted the same way, and their receipts are priced here from the same table. The sidecar
+    drains the rings within a millisecond and stays the only writer of tables and counters; a
+    ring that is full (a sidecar that stopped draining) sends the call through the socket
+    instead. Records in a ring survive a sidecar crash: the restarted sidecar applies them. When
+    the sidecar does not answer and no ``config`` was given, the fallback Router is built from
+    the last mapped table.
+
+    A Client owns a ZeroMQ socket and a ring: use one per thread (and create it after a fork).
     """
 
     def __init__(
@@ -156,6 +167,7 @@ class Client:
         config: str | os.PathLike[str] | _core.Config | None = None,
         seed: int = 0,
         retry_after_s: float = 1.0,
+        shm: str | None = None,
     ) -> None:
         import zmq
 
@@ -174,6 +186,15 @@ class Client:
         self.local_decisions = 0
         self.dropped_reports = 0
         self._fallback: Router | None = None
+        self._seed = seed
+        self.fast_decisions = 0
+        self._fast: _core.FastPath | None = None
+        self.fast_path_error: str | None = None
+        if shm is not None:
+            try:
+                self._fast = _core.attach_fast_path(shm)
+            except _errors.SwitchyardError as e:  # no sidecar yet, or every ring taken: the socket
+                self.fast_path_error = str(e)
         if config is not None:
             from switchyard import load_config
             from switchyard.router import Router
@@ -262,6 +283,22 @@ class Client:
         now: float | None = None,
     ) -> RemoteDecision | _core.Decision:
         """Decides where a request goes (the sidecar, or the local fallback Router)."""
+        if self._fast is not None:
+            try:
+                d = self._fast.route(
+                    scenario,
+                    key=key,
+                    data_class=data_class,
+                    input_tokens=input_tokens,
+                    max_output_tokens=max_output_tokens,
+                    token_ids=token_ids,
+                    text=text,
+                    now=now,
+                )
+                self.fast_decisions += 1
+                return d
+            except _errors.SidecarUnavailableError:
+                pass  # the ring is full: through the socket
         if self._unacked and self._available():
             self.flush()
         msg: dict[str, Any] = {"op": "route", "scenario": scenario}
@@ -294,6 +331,10 @@ class Client:
         return RemoteDecision(reply)
 
     def _local_route(self, scenario: str, **kwargs: Any) -> _core.Decision:
+        if self._fallback is None and self._fast is not None and self._fast.config is not None:
+            from switchyard.router import Router
+
+            self._fallback = Router(self._fast.config, seed=self._seed)  # the last mapped table
         if self._fallback is None:
             raise _errors.SidecarUnavailableError(
                 f"no answer from the sidecar at {self.endpoint} within {self.timeout_ms} ms "
@@ -349,6 +390,10 @@ class Client:
         ):
             if value is not None:
                 msg[name] = value
+        if self._fast is not None and decision_id >> 63:
+            receipt = self._fast_receipt(msg)
+            if self._post(msg):
+                return receipt
         if self._unacked and self._available():
             self.flush()
         reply = self._call(dict(msg)) if self._available() else None
@@ -371,12 +416,42 @@ class Client:
             "accepted": accepted,
             "now": time.time() if now is None else now,
         }
+        if self._fast is not None and decision_id >> 63 and self._post(msg):
+            return
         reply = self._call(dict(msg)) if self._available() else None
         if reply is None:
             self._unacked.append(msg)
             return
         if not reply.get("ok"):
             _raise(reply.get("error") or {})
+
+    def _fast_receipt(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The receipt of a fast-path decision's report, priced here; None when this client no
+        longer remembers the decision (the sidecar still applies the report)."""
+        assert self._fast is not None
+        fields = {k: msg[k] for k in ("usage", "ttft_ms", "latency_ms", "accepted") if k in msg}
+        try:
+            return self._fast.receipt(
+                msg["decision_id"],
+                target=msg["target"],
+                status=msg["status"],
+                now=msg["now"],
+                **fields,
+            )
+        except _errors.UnknownDecisionError:
+            return None
+
+    def _post(self, msg: dict[str, Any]) -> bool:
+        """Posts a report or verdict to this process's ring (False: full, use the socket)."""
+        import msgpack
+
+        assert self._fast is not None
+        return self._fast.post(msgpack.packb({"v": PROTOCOL_VERSION, **msg}, use_bin_type=True))
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether routes decide from the mapped table (``shm`` given and mapped)."""
+        return self._fast is not None
 
     @property
     def unacknowledged(self) -> int:
@@ -411,6 +486,7 @@ class Client:
         return self.request("reload", timeout_ms=timeout_ms)
 
     def close(self) -> None:
+        self._fast = None  # frees the ring (what is in it is still applied)
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

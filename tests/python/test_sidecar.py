@@ -126,7 +126,7 @@ def workdir() -> Iterator[Path]:
 def shm_name() -> Iterator[str]:
     name = f"sy-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     yield name
-    for p in (Path("/dev/shm") / name, Path("/dev/shm") / f"{name}.lock"):
+    for p in Path("/dev/shm").glob(f"{name}*"):  # the segment, its lock, rings and table segments
         p.unlink(missing_ok=True)
 
 
@@ -754,3 +754,166 @@ def test_daemon_follows_kv_events_of_its_replicas(
     finally:
         pub.close(linger=0)
         ctx.term()
+
+
+# ------------------------------------------------------------------- the shared-memory fast path
+
+FAST_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from decimal import Decimal
+    import switchyard
+    endpoint, shm, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    out = {"outcomes": 0, "input": 0, "output": 0, "cost": "0", "fast": 0}
+    cost = Decimal(0)
+    with switchyard.Client(endpoint, timeout_ms=5000, shm=shm) as c:
+        assert c.fast_path, c.fast_path_error
+        for i in range(n):
+            d = c.route("contract-extraction", key=f"{seed}-{i}", input_tokens=100 + i)
+            assert d.id >> 63 == 1
+            usage = {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7}
+            r = c.report(d.id, target=d.target, status="ok", usage=usage, latency_ms=5 + i)
+            assert r is not None and r["priced"]
+            out["outcomes"] += 1
+            out["input"] += usage["prompt_tokens"]
+            out["output"] += usage["completion_tokens"]
+            cost += r["cost_usd"]
+        out["fast"] = c.fast_decisions
+    out["cost"] = str(cost)
+    print(json.dumps(out))
+    """
+)
+
+
+def _wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_fast_path_clients_and_socket_clients_sum_up_in_shared_memory(sidecar: Sidecar) -> None:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FAST_WORKER, sidecar.endpoint, sidecar.shm, "80", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for seed in range(3)
+    ] + [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, sidecar.endpoint, "40", str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for seed in range(3, 5)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    assert sum(r.get("fast", 0) for r in results) == 240  # every fast worker's route was local
+    total = sum(r["outcomes"] for r in results)
+    assert total == 320
+
+    def applied() -> bool:
+        return _row(switchyard.attach(sidecar.shm).counters())["outcomes"] == total
+
+    _wait_for(applied)  # the sidecar drains the rings within milliseconds
+    row = _row(switchyard.attach(sidecar.shm).counters())
+    assert row["requests"] == row["outcomes"] == row["ok"] == total
+    assert row["uncached_input_tokens"] == sum(r["input"] for r in results)
+    assert row["output_tokens"] == sum(r["output"] for r in results)
+    # The receipts priced in the workers add up, exactly, to what the sidecar booked.
+    assert row["cost_usd"] == sum(Decimal(r["cost"]) for r in results)
+    with sidecar.client() as c:
+        fast = c.stats()["fast_path"]
+    assert fast["enabled"]
+    assert fast["rejected"] == 0
+    assert fast["records"] == 2 * 240
+
+
+def test_fast_path_decides_what_the_sidecar_would(sidecar: Sidecar) -> None:
+    with sidecar.client(shm=sidecar.shm) as fast, sidecar.client() as slow:
+        assert fast.fast_path
+        warm_seen = 0
+        for i in range(50):
+            # agent-assist: prefix affinity over two MaaS targets; the sidecar learns each prompt.
+            text = f"system prompt {i % 5} " * 400 + f"question {i}"
+            expected = slow.explain("agent-assist", text=text, now=T0 + i)
+            d = fast.route("agent-assist", text=text, now=T0 + i)
+            assert (d.target, d.expected_cached_tokens) == (
+                expected.target,
+                expected.expected_cached_tokens,
+            )
+            assert d.config_version == expected.config_version
+            warm_seen += d.expected_cached_tokens > 0
+            _wait_for(lambda n=i: slow.stats()["fast_path"]["records"] == n + 1)
+        assert warm_seen >= 40  # the fast path saw what the sidecar learned from its decisions
+        warm = fast.route("agent-assist", text="system prompt 1 " * 400, now=T0 + 60)
+        assert warm.expected_cached_tokens >= 1024
+        with pytest.raises(switchyard.UnknownScenarioError):
+            fast.route("no-such-scenario", input_tokens=10)
+        with pytest.raises(switchyard.InvalidArgumentError):
+            fast.route(SCENARIO, data_class="top-secret", input_tokens=10)
+
+
+def test_fast_path_follows_a_reload_and_decisions_made_before_it_still_report(
+    sidecar: Sidecar, config_path: Path
+) -> None:
+    with sidecar.client(shm=sidecar.shm) as c:
+        before = c.route(SCENARIO, input_tokens=100)
+        text = config_path.read_text().replace("max_output_tokens: 2048", "max_output_tokens: 1024")
+        config_path.write_text(text)
+        version = c.reload()["config_version"]
+        _wait_for(lambda: c.route(SCENARIO, input_tokens=1).config_version == version)
+        r = c.report(before.id, target=before.target, status="ok", usage=_usage(0))
+        assert r is not None
+        assert r["priced"]
+        _wait_for(lambda: _row(c.stats()["counters"])["outcomes"] == 1)
+        assert c.stats()["fast_path"]["rejected"] == 0
+
+
+def test_fast_path_keeps_deciding_while_the_sidecar_is_down_and_nothing_is_lost(
+    sidecars: list[Sidecar], workdir: Path, config_path: Path, shm_name: str
+) -> None:
+    first = Sidecar(workdir, config_path, shm_name)
+    sidecars.append(first)
+    first.start()
+    with first.client(shm=shm_name, timeout_ms=300, retry_after_s=0) as c:
+        for i in range(20):
+            d = c.route(SCENARIO, key=str(i), input_tokens=100)
+            c.report(d.id, target=d.target, status="ok", usage=_usage(i))
+        _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 20)
+        first.kill9()
+        # Down: decisions still come from the mapped table, without waiting for any timeout, and
+        # their records wait in the ring.
+        started = time.monotonic()
+        for i in range(20, 50):
+            d = c.route(SCENARIO, key=str(i), input_tokens=100)
+            assert d.id >> 63 == 1
+            assert c.report(d.id, target=d.target, status="ok", usage=_usage(i)) is not None
+        assert time.monotonic() - started < 1.0
+        second = Sidecar(workdir, config_path, shm_name)
+        second.endpoint = first.endpoint
+        sidecars.append(second)
+        second.start()
+        # The restarted sidecar applies what the ring kept: no outcome is lost.
+        _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 50)
+        row = _row(switchyard.attach(shm_name).counters())
+        assert row["requests"] == 50
+        d = c.route(SCENARIO, input_tokens=100)  # the new generation's table, mapped on the way
+        assert c.report(d.id, target=d.target, status="ok", usage=_usage(0)) is not None
+        _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 51)
+
+
+def test_fast_path_segments_are_private_and_a_missing_sidecar_is_reported(
+    sidecar: Sidecar, workdir: Path
+) -> None:
+    for path in Path("/dev/shm").glob(f"{sidecar.shm}*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert (Path("/dev/shm") / f"{sidecar.shm}.rings").exists()
+    with switchyard.Client(f"ipc://{workdir / 'none.sock'}", shm="sy-no-such-segment") as c:
+        assert not c.fast_path
+        assert "sy-no-such-segment" in (c.fast_path_error or "")
