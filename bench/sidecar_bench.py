@@ -1,9 +1,13 @@
-"""A route through switchyard-sidecar vs a raw ZeroMQ DEALER/ROUTER echo of the same message sizes.
+"""A route through switchyard-sidecar vs raw ZeroMQ DEALER/ROUTER echoes of the same message sizes.
 
 Issue target: the sidecar's route round trip median and p99 <= 1.3x the raw echo, both measured in
-this run (same pyzmq client loop, same request bytes; the echo peer is a Python ROUTER that answers
-with a reply of the sidecar's reply size). Also: throughput of route calls with 1, 4 and 16 client
-processes. Prints JSON (microseconds per round trip, routes per second).
+this run (same pyzmq client loop, same request bytes). The baseline is bench/zmq_echo, a C++ ROUTER
+with the sidecar's socket options that answers with a reply of the sidecar's reply size; a Python
+(pyzmq) echo of the same shape is reported beside it. Also: throughput of route calls with 1, 4 and
+16 client processes. Prints JSON (microseconds per round trip, routes per second).
+
+The sidecar is switchyard's (``$SWITCHYARD_SIDECAR`` overrides it); zmq_echo is ``--echo``, else
+``$SWITCHYARD_ZMQ_ECHO``, else build/bench/bench/zmq_echo, else the newest build/*/bench/zmq_echo.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +31,8 @@ import zmq
 import switchyard
 from bench_stats import summary
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "routing.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "routing.yaml"
 
 ECHO = """
 import sys, zmq
@@ -73,6 +79,33 @@ def request(i: int) -> bytes:
     )
 
 
+def find_echo(given: str | None) -> str:
+    """The zmq_echo binary (see the module docstring for the order)."""
+    given = given or os.environ.get("SWITCHYARD_ZMQ_ECHO")
+    if given:
+        return given
+    preferred = ROOT / "build" / "bench" / "bench" / "zmq_echo"
+    built = [p for p in ROOT.glob("build/*/bench/zmq_echo") if os.access(p, os.X_OK)]
+    if preferred in built:
+        return str(preferred)
+    if built:
+        return str(max(built, key=lambda p: p.stat().st_mtime))
+    sys.exit(
+        "sidecar_bench: no zmq_echo; build the benches (cmake -S . -B build/bench "
+        "-DCMAKE_BUILD_TYPE=Release && cmake --build build/bench) or pass --echo PATH"
+    )
+
+
+def start_echo(argv: list[str]) -> subprocess.Popen[bytes]:
+    """Starts an echo peer and waits for its "ready" line."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    if p.stdout.readline().strip() != b"ready":
+        p.kill()
+        sys.exit(f"sidecar_bench: {argv[0]} did not start")
+    return p
+
+
 def round_trips(endpoint: str, n: int) -> tuple[list[float], int]:
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
@@ -97,16 +130,20 @@ def round_trips(endpoint: str, n: int) -> tuple[list[float], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--calls", type=int, default=1000, help="round trips per peer per round")
     parser.add_argument("--seconds", type=float, default=2.0, help="per throughput run")
+    parser.add_argument("--echo", help="the zmq_echo binary (default: see the module docstring)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds of each peer")
     args = parser.parse_args()
+    echo_binary = find_echo(args.echo)
 
     work = Path(tempfile.mkdtemp(prefix="sy-bench-", dir="/tmp"))
     shm = f"sy-bench-{uuid.uuid4().hex[:8]}"
     config = work / "routing.yaml"
     shutil.copy(EXAMPLE, config)
     endpoint = f"ipc://{work / 's.sock'}"
-    echo_endpoint = f"ipc://{work / 'echo.sock'}"
+    cpp_endpoint = f"ipc://{work / 'cpp-echo.sock'}"
+    py_endpoint = f"ipc://{work / 'py-echo.sock'}"
     procs: list[subprocess.Popen[bytes]] = []
     try:
         sidecar = subprocess.Popen(
@@ -125,19 +162,19 @@ def main() -> None:
                         raise
                     time.sleep(0.05)
 
-        sidecar_us, reply_size = round_trips(endpoint, args.calls)
-        echo = subprocess.Popen(
-            [sys.executable, "-c", ECHO, echo_endpoint, str(reply_size)], stdout=subprocess.PIPE
-        )
-        procs.append(echo)
-        assert echo.stdout is not None
-        echo.stdout.readline()
-        echo_us, _ = round_trips(echo_endpoint, args.calls)
-        # Interleave a second sidecar run so drift on a noisy machine hits both sides.
-        sidecar_us2, _ = round_trips(endpoint, args.calls)
-        sidecar_us += sidecar_us2
-        echo_us2, _ = round_trips(echo_endpoint, args.calls)
-        echo_us += echo_us2
+        _, reply_size = round_trips(endpoint, 500)  # the reply size the echoes must match
+        procs.append(start_echo([echo_binary, cpp_endpoint, str(reply_size)]))
+        procs.append(start_echo([sys.executable, "-c", ECHO, py_endpoint, str(reply_size)]))
+        # Short interleaved rounds: drift on a noisy machine hits every peer alike.
+        samples: dict[str, list[float]] = {"sidecar": [], "cpp": [], "py": []}
+        round_ratios: list[float] = []  # sidecar / C++ echo medians of the same round
+        for _ in range(args.rounds):
+            medians = {}
+            for name, peer in (("sidecar", endpoint), ("cpp", cpp_endpoint), ("py", py_endpoint)):
+                us = round_trips(peer, args.calls)[0]
+                samples[name] += us
+                medians[name] = statistics.median(us)
+            round_ratios.append(medians["sidecar"] / medians["cpp"])
 
         with switchyard.Client(endpoint, timeout_ms=1000) as c:
             t0 = time.perf_counter_ns()
@@ -157,18 +194,25 @@ def main() -> None:
             total = sum(int(p.communicate(timeout=60)[0]) for p in load)
             throughput[f"{n}_clients"] = round(total / args.seconds)
 
-        s, e = summary(sidecar_us), summary(echo_us)
+        s, cpp, py = (summary(samples[k]) for k in ("sidecar", "cpp", "py"))
         print(
             json.dumps(
                 {
                     "unit": "us per round trip; routes per second",
                     "request_bytes": len(request(1)),
                     "reply_bytes": reply_size,
+                    "round_trips_each": args.calls * args.rounds,
                     "sidecar_route": s,
-                    "raw_zmq_echo": e,
+                    "baseline_cpp_zmq_echo": cpp,
                     "ratio": {
-                        "median": round(s["median"] / e["median"], 2),
-                        "p99": round(s["p99"] / e["p99"], 2),
+                        "median": round(s["median"] / cpp["median"], 2),
+                        "p99": round(s["p99"] / cpp["p99"], 2),
+                        "median_of_round_ratios": round(statistics.median(round_ratios), 2),
+                    },
+                    "python_zmq_echo": py,
+                    "ratio_to_python_echo": {
+                        "median": round(s["median"] / py["median"], 2),
+                        "p99": round(s["p99"] / py["p99"], 2),
                     },
                     "client_route_mean_us": round(client_us, 1),
                     "throughput_routes_per_s": throughput,
@@ -185,7 +229,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(work, ignore_errors=True)
-        for p in (Path("/dev/shm") / shm, Path("/dev/shm") / f"{shm}.lock"):
+        for p in Path("/dev/shm").glob(f"{shm}*"):  # segment, lock, rings, table slots
             p.unlink(missing_ok=True)
 
 

@@ -11,6 +11,7 @@
 
 #include <httplib.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -18,8 +19,12 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 #include <zmq.hpp>
@@ -30,7 +35,12 @@
 
 namespace {
 
+using switchyard::ErrorCode;
+using switchyard::make_error;
+using switchyard::Result;
 using switchyard::sidecar::Server;
+
+constexpr std::int64_t kWatchIntervalMs = 250;  // config file stat() period
 
 bool g_foreground = false;
 int g_ready_fd = -1;  // background mode: the parent waits on this pipe for "ok" or the error line
@@ -64,22 +74,35 @@ void log(int priority, const char* fmt, ...) {
 }
 
 const char* kUsage =
-    "usage: switchyard-sidecar CONFIG [--endpoint ipc://PATH|tcp://127.0.0.1:PORT] [--shm NAME]\n"
-    "                          [--metrics 127.0.0.1:PORT] [--foreground]\n"
+    "usage: switchyard-sidecar CONFIG [--endpoint ipc://PATH|tcp://HOST:PORT] [--shm NAME]\n"
+    "                          [--metrics 127.0.0.1:PORT] [--foreground] [--no-watch]\n"
+    "                          [--curve-secret-key FILE --curve-authorized-keys FILE]\n"
     "\n"
-    "  CONFIG              the YAML routing table (reloaded on SIGHUP and by the reload op)\n"
+    "  CONFIG              the YAML routing table (reloaded on SIGHUP, by the reload op and when the\n"
+    "                      file changes)\n"
     "  --endpoint E        ZeroMQ endpoint to bind (default ipc://$XDG_RUNTIME_DIR/switchyard/sidecar.sock,\n"
-    "                      else ipc:///tmp/switchyard-$UID/sidecar.sock; socket file mode 0600)\n"
+    "                      else ipc:///tmp/switchyard-$UID/sidecar.sock; socket file mode 0600);\n"
+    "                      tcp:// on a non-loopback address needs the two --curve options\n"
     "  --shm NAME          shared-memory segment for the counters (default switchyard-$UID)\n"
     "  --metrics HOST:PORT serve /metrics and /healthz over HTTP (loopback only; default off)\n"
-    "  --foreground        stay in the foreground and log to stderr (default: daemonize, log to syslog)\n";
+    "  --foreground        stay in the foreground and log to stderr (default: daemonize, log to syslog)\n"
+    "  --no-watch          do not reload when the CONFIG file changes (SIGHUP and the reload op still do)\n"
+    "  --curve-secret-key FILE\n"
+    "                      the server's CURVE secret key (40 Z85 characters; the file must be mode 0600):\n"
+    "                      peers must use ZeroMQ CURVE with the matching public key (logged at start)\n"
+    "  --curve-authorized-keys FILE\n"
+    "                      the client public keys allowed in, one Z85 key per line ('#' comments);\n"
+    "                      re-read on SIGHUP\n";
 
 struct Options {
   std::string config;
   std::string endpoint;
   std::string shm;
   std::string metrics;
+  std::string curve_secret_key;
+  std::string curve_authorized_keys;
   bool foreground = false;
+  bool watch = true;
 };
 
 Options parse(int argc, char** argv) {
@@ -101,6 +124,12 @@ Options parse(int argc, char** argv) {
       std::exit(0);
     } else if (a == "--foreground" || a == "-f") {
       o.foreground = true;
+    } else if (a == "--no-watch") {
+      o.watch = false;
+    } else if (a == "--curve-secret-key" || a.rfind("--curve-secret-key=", 0) == 0) {
+      o.curve_secret_key = value("--curve-secret-key");
+    } else if (a == "--curve-authorized-keys" || a.rfind("--curve-authorized-keys=", 0) == 0) {
+      o.curve_authorized_keys = value("--curve-authorized-keys");
     } else if (a == "--endpoint" || a.rfind("--endpoint=", 0) == 0) {
       o.endpoint = value("--endpoint");
     } else if (a == "--shm" || a.rfind("--shm=", 0) == 0) {
@@ -116,6 +145,9 @@ Options parse(int argc, char** argv) {
     }
   }
   if (o.config.empty()) die("missing CONFIG (see --help)");
+  if (o.curve_secret_key.empty() != o.curve_authorized_keys.empty()) {
+    die("CURVE needs both --curve-secret-key and --curve-authorized-keys");
+  }
   return o;
 }
 
@@ -140,8 +172,8 @@ std::string default_endpoint() {
   return "ipc://" + dir + "/sidecar.sock";
 }
 
-/// Refuses what is not ipc:// or loopback tcp:// (CURVE keys for remote peers are not implemented).
-void check_endpoint(const std::string& e) {
+/// Refuses what is not ipc:// or tcp://; a non-loopback tcp:// address only with CURVE.
+void check_endpoint(const std::string& e, bool curve) {
   if (e.rfind("ipc://", 0) == 0) {
     if (e.size() <= 6) die("--endpoint ipc:// needs a path");
     return;
@@ -151,14 +183,154 @@ void check_endpoint(const std::string& e) {
     const auto colon = hostport.rfind(':');
     if (colon == std::string::npos) die("--endpoint " + e + " needs a port (tcp://127.0.0.1:PORT)");
     const std::string host = hostport.substr(0, colon);
-    if (!loopback_host(host)) {
+    if (!loopback_host(host) && !curve) {
       die("refusing to bind non-loopback address " + e +
-          ": remote peers need ZeroMQ CURVE authentication, which this sidecar does not implement yet; "
-          "bind ipc:// or tcp://127.0.0.1:PORT");
+          " without ZeroMQ CURVE authentication: give --curve-secret-key and --curve-authorized-keys, "
+          "or bind ipc:// or tcp://127.0.0.1:PORT");
     }
     return;
   }
-  die("--endpoint must be ipc://PATH or tcp://127.0.0.1:PORT, got '" + e + "'");
+  die("--endpoint must be ipc://PATH or tcp://HOST:PORT, got '" + e + "'");
+}
+
+// ------------------------------------------------------------------------------------------- CURVE
+
+/// Client public keys as ZAP hands them over: 32 raw bytes.
+using KeySet = std::set<std::string>;
+
+std::string z85(std::string_view key) {
+  char out[41] = {};
+  ::zmq_z85_encode(out, reinterpret_cast<const std::uint8_t*>(key.data()), key.size());
+  return out;
+}
+
+/// Reads a key file through one descriptor (the mode checked is the file's that is read). Bits of
+/// `forbidden` set in its mode refuse it with `why`.
+Result<std::string> read_key_file(const std::string& flag, const std::string& path, mode_t forbidden, const char* why) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(ErrorCode::invalid_argument, flag + " " + path + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error(ErrorCode::invalid_argument, flag + " " + path + " is not a regular file");
+  }
+  if ((st.st_mode & forbidden) != 0) {
+    ::close(fd);
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return make_error(ErrorCode::invalid_argument, flag + " " + path + " is mode " + mode + ": " + why);
+  }
+  std::string text;
+  char buf[4096];
+  ssize_t n = 0;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return text;
+}
+
+/// Z85 keys, one per line. A line's first word is a key when it is 40 Z85 characters (a key may
+/// start with '#', a Z85 digit), else a comment when it starts with '#' (so '#' before a key
+/// comments it out), else an error naming path:line. Returns raw 32-byte keys.
+Result<std::vector<std::string>> parse_keys(const std::string& text, const std::string& path) {
+  std::vector<std::string> keys;
+  std::istringstream lines(text);
+  std::string line;
+  for (int number = 1; std::getline(lines, line); ++number) {
+    std::istringstream words(line);
+    std::string word;
+    if (!(words >> word)) continue;
+    std::uint8_t key[32];
+    if (word.size() == 40 && ::zmq_z85_decode(key, word.c_str()) != nullptr) {
+      keys.emplace_back(reinterpret_cast<const char*>(key), sizeof key);
+    } else if (word[0] != '#') {
+      return make_error(ErrorCode::invalid_argument,
+                        path + ":" + std::to_string(number) + ": not a Z85 CURVE key (40 characters)");
+    }
+  }
+  return keys;
+}
+
+/// The server's secret key, in Z85; refused unless only its owner can read it.
+Result<std::string> load_secret_key(const std::string& path) {
+  auto text =
+      read_key_file("--curve-secret-key", path, 0077, ("only its owner may read it (chmod 600 " + path + ")").c_str());
+  if (!text) return std::move(text).error();
+  auto keys = parse_keys(text.value(), path);
+  if (!keys) return std::move(keys).error();
+  if (keys.value().size() != 1) {
+    return make_error(ErrorCode::invalid_argument, "--curve-secret-key " + path + " must hold exactly one Z85 key");
+  }
+  return z85(keys.value()[0]);
+}
+
+/// The client public keys allowed in; refused if others could add theirs.
+Result<KeySet> load_authorized_keys(const std::string& path) {
+  auto text = read_key_file("--curve-authorized-keys", path, 0022,
+                            ("others could add keys to it (chmod go-w " + path + ")").c_str());
+  if (!text) return std::move(text).error();
+  auto keys = parse_keys(text.value(), path);
+  if (!keys) return std::move(keys).error();
+  if (keys.value().empty())
+    return make_error(ErrorCode::invalid_argument, "--curve-authorized-keys " + path + " holds no key");
+  return KeySet(keys.value().begin(), keys.value().end());
+}
+
+/// Answers the ZAP requests (RFC 27) libzmq sends for each CURVE handshake on this context: only
+/// authorized client keys pass. A denied key is logged once (a peer retrying must not flood the log).
+void answer_zap(zmq::socket_t& zap, const KeySet& authorized, KeySet& denied_logged) {
+  std::vector<zmq::message_t> req;
+  for (int i = 0; i < 1024; ++i) {
+    req.clear();
+    if (!zmq::recv_multipart(zap, std::back_inserter(req), zmq::recv_flags::dontwait)) return;
+    // version, request id, domain, address, identity, mechanism, client public key
+    std::string status = "400";
+    std::string text = "client key not authorized";
+    std::string user;
+    if (req.size() != 7 || req[0].to_string_view() != "1.0" || req[5].to_string_view() != "CURVE" ||
+        req[6].size() != 32) {
+      status = "500";
+      text = "unexpected ZAP request";
+    } else if (const std::string key = req[6].to_string(); authorized.count(key) != 0) {
+      status = "200";
+      text = "OK";
+      user = z85(key);
+    } else if (denied_logged.size() < 1024 && denied_logged.insert(key).second) {
+      log(LOG_WARNING, "CURVE: denied client key %s from %s", z85(key).c_str(), req[3].to_string().c_str());
+    }
+    const std::string request_id = req.size() > 1 ? req[1].to_string() : std::string();
+    const std::array<zmq::const_buffer, 6> reply = {zmq::str_buffer("1.0"), zmq::buffer(request_id),
+                                                    zmq::buffer(status),    zmq::buffer(text),
+                                                    zmq::buffer(user),      zmq::const_buffer()};
+    (void)zmq::send_multipart(zap, reply);
+  }
+}
+
+// ----------------------------------------------------------------------------------- file watch
+
+/// What identifies one version of the config file without reading it: in-place writes change the
+/// size or mtime, editors and ConfigMap updates that replace the file change the inode.
+struct FileStamp {
+  bool exists = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  std::int64_t mtime_ns = 0;
+  bool operator==(const FileStamp&) const = default;
+};
+
+FileStamp stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {true, st.st_dev, st.st_ino, st.st_size,
+          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+std::optional<std::string> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return std::nullopt;
+  std::ostringstream out;
+  out << in.rdbuf();
+  return std::move(out).str();
 }
 
 std::int64_t now_ms() {
@@ -204,7 +376,19 @@ int run(int argc, char** argv) {
   g_foreground = opt.foreground;
   ::umask(0077);  // every file we create (socket, segment, lock) is 0600
   if (opt.endpoint.empty()) opt.endpoint = default_endpoint();
-  check_endpoint(opt.endpoint);
+  const bool curve = !opt.curve_secret_key.empty();
+  check_endpoint(opt.endpoint, curve);
+  std::string curve_secret;
+  KeySet authorized;
+  if (curve) {
+    if (::zmq_has("curve") == 0) die("this libzmq was built without CURVE support; cannot use --curve-secret-key");
+    auto secret = load_secret_key(opt.curve_secret_key);
+    if (!secret) die(secret.error().message);
+    curve_secret = std::move(secret).value();
+    auto keys = load_authorized_keys(opt.curve_authorized_keys);
+    if (!keys) die(keys.error().message);
+    authorized = std::move(keys).value();
+  }
   if (opt.shm.empty()) opt.shm = "switchyard-" + std::to_string(::getuid());
   std::string metrics_host;
   int metrics_port = 0;
@@ -235,6 +419,8 @@ int run(int argc, char** argv) {
   const int sigfd = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sigfd < 0) die(std::string("signalfd: ") + std::strerror(errno));
 
+  // Stamped before the load: a change that lands during start-up is still seen.
+  FileStamp watched = stamp(opt.config);
   auto started = Server::start(opt.config, opt.shm);
   if (!started) die(started.error().message);
   std::unique_ptr<Server> server = std::move(started.value().server);
@@ -254,11 +440,27 @@ int run(int argc, char** argv) {
 
   zmq::context_t ctx(1);
   zmq::socket_t sock(ctx, zmq::socket_type::router);
+  // The ZAP handler must be bound before the first handshake: without one, libzmq lets every CURVE
+  // client in.
+  zmq::socket_t zap;
+  std::string curve_public;
+  if (curve) {
+    zap = zmq::socket_t(ctx, zmq::socket_type::rep);
+    zap.set(zmq::sockopt::linger, 0);
+    zap.bind("inproc://zeromq.zap.01");
+    char pub[41] = {};
+    if (::zmq_curve_public(pub, curve_secret.c_str()) != 0) die("--curve-secret-key: not a CURVE secret key");
+    curve_public = pub;
+  }
   try {
     sock.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(switchyard::sidecar::kMaxMessageBytes));
     sock.set(zmq::sockopt::linger, 1000);
     sock.set(zmq::sockopt::rcvhwm, 10000);
     sock.set(zmq::sockopt::sndhwm, 10000);
+    if (curve) {
+      sock.set(zmq::sockopt::curve_server, true);
+      sock.set(zmq::sockopt::curve_secretkey, curve_secret.c_str());
+    }
     sock.bind(opt.endpoint);
   } catch (const zmq::error_t& e) {
     die("cannot bind " + opt.endpoint + ": " + e.what());
@@ -297,6 +499,10 @@ int run(int argc, char** argv) {
   }
 
   log(LOG_INFO, "%s", started.value().note.c_str());
+  if (curve) {
+    log(LOG_INFO, "CURVE on: server public key %s, %zu authorized client keys", curve_public.c_str(),
+        authorized.size());
+  }
   log(LOG_INFO, "serving %s on %s, shm %s, generation %llu, config %s%s%s", opt.config.c_str(), opt.endpoint.c_str(),
       opt.shm.c_str(), static_cast<unsigned long long>(server->generation()), server->config_version().c_str(),
       metrics_port != 0 ? ", metrics http://" : "", metrics_port != 0 ? opt.metrics.c_str() : "");
@@ -309,6 +515,7 @@ int run(int argc, char** argv) {
 
   bool stopping = false;
   std::int64_t last_beat = 0;
+  KeySet denied_logged;
   std::vector<zmq::message_t> frames;
   // One request: [identity, (empty delimiter from REQ peers), payload] -> same envelope + reply.
   auto serve_one = [&](bool wait) -> bool {
@@ -331,12 +538,53 @@ int run(int argc, char** argv) {
     return true;
   };
 
+  // SIGHUP and file changes reload the same way: validated first, the old table serves on error.
+  auto reload = [&](const char* why) {
+    if (auto r = server->reload(); r) {
+      log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", why, opt.config.c_str(),
+          server->config_version().c_str(), static_cast<unsigned long long>(server->generation()));
+    } else {
+      log(LOG_ERR, "%s: reload failed, still serving config %s: %s", why, server->config_version().c_str(),
+          r.error().message.c_str());
+    }
+  };
+  // A new stamp is acted on once it held for a whole interval (an editor may be mid-write), and
+  // only once (a broken file is reported when it changes, not every poll). Content already being
+  // served (reloaded by SIGHUP or the op) is not reloaded again.
+  FileStamp settling = watched;  // the last stamp seen; equal to `watched` when nothing is pending
+  std::int64_t last_watch = now_ms();
+  auto watch = [&](std::int64_t now) {
+    if (!opt.watch || now - last_watch < kWatchIntervalMs) return;
+    last_watch = now;
+    const FileStamp current = stamp(opt.config);
+    if (current == watched || current != settling) {
+      settling = current;
+      return;
+    }
+    watched = current;
+    if (!current.exists) {
+      log(LOG_WARNING, "config %s is gone, still serving config %s", opt.config.c_str(),
+          server->config_version().c_str());
+    } else if (read_file(opt.config) != server->router()->config()->text) {
+      reload("file change");
+    }
+  };
+
   while (!stopping) {
-    zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, sigfd, ZMQ_POLLIN, 0}};
+    zmq::pollitem_t items[] = {
+        {sock.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, sigfd, ZMQ_POLLIN, 0}, {zap.handle(), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds(100));
+      // Fast-path clients post to rings, not the socket: look at them every millisecond while any exist.
+      zmq::poll(items, curve ? 3 : 2, std::chrono::milliseconds(server->fast_clients() > 0 ? 1 : 100));
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) log(LOG_ERR, "poll: %s", e.what());
+    }
+    if (curve && (items[2].revents & ZMQ_POLLIN) != 0) {
+      try {
+        answer_zap(zap, authorized, denied_logged);
+      } catch (const zmq::error_t& e) {
+        log(LOG_WARNING, "ZAP: %s", e.what());
+      }
     }
     if ((items[0].revents & ZMQ_POLLIN) != 0) {
       for (int i = 0; i < 1024 && serve_one(false); ++i) {
@@ -346,12 +594,15 @@ int run(int argc, char** argv) {
       signalfd_siginfo si{};
       while (::read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
         if (si.ssi_signo == SIGHUP) {
-          if (auto r = server->reload(); r) {
-            log(LOG_INFO, "SIGHUP: reloaded %s, config %s, generation %llu", opt.config.c_str(),
-                server->config_version().c_str(), static_cast<unsigned long long>(server->generation()));
-          } else {
-            log(LOG_ERR, "SIGHUP: reload failed, still serving config %s: %s", server->config_version().c_str(),
-                r.error().message.c_str());
+          reload("SIGHUP");
+          if (curve) {
+            if (auto keys = load_authorized_keys(opt.curve_authorized_keys); keys) {
+              authorized = std::move(keys).value();
+              log(LOG_INFO, "SIGHUP: %zu authorized client keys", authorized.size());
+            } else {
+              log(LOG_ERR, "SIGHUP: keeping %zu authorized client keys: %s", authorized.size(),
+                  keys.error().message.c_str());
+            }
           }
         } else {
           log(LOG_INFO, "%s: draining and stopping", strsignal(static_cast<int>(si.ssi_signo)));
@@ -360,15 +611,18 @@ int run(int argc, char** argv) {
       }
     }
     const auto now = now_ms();
+    server->drain_rings(now);
     if (now - last_beat >= 100) {
       server->heartbeat(now);
       last_beat = now;
     }
+    watch(now);
   }
 
   // Drain what already arrived, then stop accepting.
   int drained = 0;
   while (drained < 100'000 && serve_one(false)) ++drained;  // bounded: a flood cannot hold the exit
+  server->drain_rings(now_ms());                            // what fast-path clients posted
   try {
     sock.unbind(opt.endpoint);
   } catch (const zmq::error_t&) {
@@ -379,6 +633,7 @@ int run(int argc, char** argv) {
     http_thread.join();
   }
   sock.close();  // linger: queued replies still go out
+  zap.close();   // after the ROUTER: a handshake must never find the handler gone
   ctx.close();
   if (endpoint_lock >= 0) ::close(endpoint_lock);
   log(LOG_INFO, "stopped (%d requests drained)", drained);

@@ -536,6 +536,9 @@ void Server::carry_delta(const Router& old, const std::vector<CounterRow>& befor
 Result<Ok> Server::reload() {
   auto config = load_config_file(config_path_);
   if (!config) return std::move(config).error();
+  // The same bytes again (a file watch and a reload op racing): keep the table, and with it the
+  // table before it, whose decisions still report.
+  if (config.value()->content_hash == router_->config()->content_hash) return Ok{};
   const auto generation = segment_->advance_generation();
   const std::uint64_t first = generation << kGenerationShift;
   auto fresh = std::make_shared<Router>(config.value(), RouterOptions{.first_decision_id = first | 1U});

@@ -208,12 +208,34 @@ def demo(config_path: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (default: ipc:// socket).")
+@click.option(
+    "--endpoint",
+    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// socket); a non-loopback address needs "
+    "the --curve-* options.",
+)
 @click.option("--shm", help="Shared-memory segment name (default switchyard-$UID).")
 @click.option("--metrics", help="Serve /metrics and /healthz on this loopback HOST:PORT.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground and log to stderr.")
+@click.option("--no-watch", is_flag=True, help="Do not reload when the CONFIG file changes.")
+@click.option(
+    "--curve-secret-key",
+    type=click.Path(dir_okay=False),
+    help="File with the server's Z85 CURVE secret key (mode 0600): clients must use CURVE.",
+)
+@click.option(
+    "--curve-authorized-keys",
+    type=click.Path(dir_okay=False),
+    help="File with the Z85 public keys of the clients let in, one per line ('#' comments).",
+)
 def serve(
-    config: str, endpoint: str | None, shm: str | None, metrics: str | None, foreground: bool
+    config: str,
+    endpoint: str | None,
+    shm: str | None,
+    metrics: str | None,
+    foreground: bool,
+    no_watch: bool,
+    curve_secret_key: str | None,
+    curve_authorized_keys: str | None,
 ) -> None:
     """Run the switchyard-sidecar daemon on a routing table (execs the installed binary)."""
     import os
@@ -223,11 +245,19 @@ def serve(
     except FileNotFoundError as e:
         _fail(e, 2)
     argv = [binary, config]
-    for flag, value in (("--endpoint", endpoint), ("--shm", shm), ("--metrics", metrics)):
+    for flag, value in (
+        ("--endpoint", endpoint),
+        ("--shm", shm),
+        ("--metrics", metrics),
+        ("--curve-secret-key", curve_secret_key),
+        ("--curve-authorized-keys", curve_authorized_keys),
+    ):
         if value:
             argv += [flag, value]
     if foreground:
         argv.append("--foreground")
+    if no_watch:
+        argv.append("--no-watch")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(binary, argv)

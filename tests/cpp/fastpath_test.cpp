@@ -232,6 +232,21 @@ TEST_F(FastPathTest, AReloadIsPickedUpWithoutARoundTripAndOldDecisionsStillRepor
   EXPECT_EQ(outcomes, 1U);
 }
 
+TEST_F(FastPathTest, AReloadOfTheSameBytesKeepsTheTable) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  auto d = fast->route(request(prompt(4, 4, 1), kNow));
+  ASSERT_TRUE(d.ok());
+  const auto generation = server->generation();
+  ASSERT_TRUE(server->reload().ok());  // e.g. a file watch and a reload op racing on one save
+  ASSERT_TRUE(server->reload().ok());
+  EXPECT_EQ(server->generation(), generation);
+  ASSERT_TRUE(fast->post(report_msg(d->id, server->router()->config()->targets[d->placement.target].name, "ok")));
+  EXPECT_EQ(server->drain_rings(kNow + 1), 2U);
+  EXPECT_EQ(server->fast_path().rejected, 0U);
+}
+
 TEST_F(FastPathTest, AFullRingIsRefusedSoTheCallerCanUseTheSocket) {
   auto server = start();
   auto fast = attach(name_);
