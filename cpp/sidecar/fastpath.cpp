@@ -360,15 +360,14 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
 }
 
 void TablePublisher::publish_state(const Router& router) {
-  std::vector<LiveUnit> units;
-  std::vector<LiveBudget> budgets;
-  router.live_state(units, budgets);
-  if (same_units(units, units_) && same_budgets(budgets, budgets_) && head_->state_seq.load() != 0) return;
+  router.live_state(next_units_, next_budgets_);  // into kept buffers: no allocation per request
+  if (same_units(next_units_, units_) && same_budgets(next_budgets_, budgets_) && head_->state_seq.load() != 0) return;
   char* base = static_cast<char*>(region_->get_address());
   write_state(*head_, {reinterpret_cast<UnitWords*>(base + head_->units_offset), head_->units},
-              {reinterpret_cast<BudgetWords*>(base + head_->budgets_offset), head_->scenarios}, units, budgets);
-  units_ = std::move(units);
-  budgets_ = std::move(budgets);
+              {reinterpret_cast<BudgetWords*>(base + head_->budgets_offset), head_->scenarios}, next_units_,
+              next_budgets_);
+  units_.swap(next_units_);
+  budgets_.swap(next_budgets_);
 }
 
 void TablePublisher::detach(Router& router) {

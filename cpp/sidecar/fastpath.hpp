@@ -134,8 +134,10 @@ class TablePublisher {
   std::unique_ptr<boost::interprocess::mapped_region> region_;
   TableHeader* head_ = nullptr;
   std::vector<std::unique_ptr<View>> views_;
-  std::vector<LiveUnit> units_;
+  std::vector<LiveUnit> units_;  // what the segment holds
   std::vector<LiveBudget> budgets_;
+  std::vector<LiveUnit> next_units_;
+  std::vector<LiveBudget> next_budgets_;
 };
 
 /// The sidecar's side of the rings: re-attaches a dead sidecar's rings (their records are still to

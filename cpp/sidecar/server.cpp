@@ -507,6 +507,16 @@ void Server::sync_rows_locked(const Router& r) {
 
 void Server::sync_rows() { sync_rows_locked(*router_); }
 
+void Server::sync_row(std::uint32_t scenario, std::uint32_t target) {
+  for (auto& row : published_) {
+    if (row.scenario != scenario || row.target != target) continue;
+    row.counters = router_->counter(scenario, target);
+    segment_->publish(*router_->config(), row);
+    return;
+  }
+  sync_rows();  // not a row we knew: take the whole snapshot
+}
+
 void Server::flush() {
   sync_rows();
   segment_->heartbeat(
@@ -614,7 +624,7 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
         return reply_bytes(id, &e, nullptr);
       }
       if (op == "route") {
-        sync_rows();
+        sync_row(d->scenario, d->placement.target);
         publish_state();
       }
       pack_decision(body, config, d.value());

@@ -70,6 +70,8 @@ class Server {
  private:
   Server() = default;
   void sync_rows();
+  /// Mirrors the one row a route changed (the hot path: no full snapshot).
+  void sync_row(std::uint32_t scenario, std::uint32_t target);
   void publish_state();
   /// Publishes router_'s table for the fast path (start, reload); on failure the socket still serves.
   void publish_table(std::uint64_t generation);

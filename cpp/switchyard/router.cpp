@@ -325,6 +325,12 @@ Result<Ok> Router::verdict(std::uint64_t decision_id, bool accepted, TimeMs now)
   return apply_verdict(it->second, accepted);
 }
 
+Counters Router::counter(std::uint32_t scenario, std::uint32_t target) const {
+  std::lock_guard lock(mu_);
+  if (scenario >= config_->scenarios.size() || target >= config_->targets.size()) return {};
+  return state_.ledger[static_cast<std::size_t>(scenario) * state_.target_count + target];
+}
+
 std::vector<CounterRow> Router::counters() const {
   std::lock_guard lock(mu_);
   std::vector<CounterRow> rows;

@@ -144,6 +144,8 @@ class Router {
   [[nodiscard]] Result<Ok> verdict(std::uint64_t decision_id, bool accepted, TimeMs now);
 
   [[nodiscard]] std::vector<CounterRow> counters() const;
+  /// One ledger row (cheap: no allocation), e.g. the one a route just changed.
+  [[nodiscard]] Counters counter(std::uint32_t scenario, std::uint32_t target) const;
   /// Replaces ledger rows (a restarted or reloaded sidecar carries its counters over). Rows whose
   /// indices are out of range for this config are errors; nothing is changed then.
   [[nodiscard]] Result<Ok> restore_counters(const std::vector<CounterRow>& rows);

@@ -127,6 +127,13 @@ class RemoteDecision:
         return f"<switchyard.RemoteDecision {self.id} -> {self.target} (${cost})>"
 
 
+def _z85(key: str | bytes, name: str) -> bytes:
+    raw = key.encode() if isinstance(key, str) else key
+    if len(raw) != 40:
+        raise _errors.InvalidArgumentError(f"{name} must be a 40-character Z85 key")
+    return raw
+
+
 class Client:
     """Routes through a local ``switchyard-sidecar`` with the same ``route``/``report``/``verdict``
     signatures as :class:`switchyard.Router`.
@@ -156,6 +163,11 @@ class Client:
     the sidecar does not answer and no ``config`` was given, the fallback Router is built from
     the last mapped table.
 
+    A sidecar serving CURVE (``--curve-secret-key``) is reached with ``curve_server_key`` (the
+    public key it logs at start) and this client's ``curve_secret_key`` (its public key, which
+    the sidecar's authorized-keys file lists, is derived from it); all Z85. A client the sidecar
+    does not authorize gets no answer, as if the sidecar were down.
+
     A Client owns a ZeroMQ socket and a ring: use one per thread (and create it after a fork).
     """
 
@@ -168,6 +180,8 @@ class Client:
         seed: int = 0,
         retry_after_s: float = 1.0,
         shm: str | None = None,
+        curve_server_key: str | bytes | None = None,
+        curve_secret_key: str | bytes | None = None,
     ) -> None:
         import zmq
 
@@ -177,6 +191,15 @@ class Client:
         self.timeout_ms = timeout_ms
         self.retry_after_s = retry_after_s
         self._zmq = zmq
+        if (curve_server_key is None) != (curve_secret_key is None):
+            raise _errors.InvalidArgumentError(
+                "give both curve_server_key and curve_secret_key, or neither"
+            )
+        self._curve: tuple[bytes, bytes, bytes] | None = None
+        if curve_server_key is not None and curve_secret_key is not None:
+            server = _z85(curve_server_key, "curve_server_key")
+            secret = _z85(curve_secret_key, "curve_secret_key")
+            self._curve = (server, zmq.curve_public(secret), secret)
         self._ctx = zmq.Context()
         self._sock: Any = None
         self._ids = itertools.count(random.getrandbits(31))
@@ -210,6 +233,11 @@ class Client:
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for a peer that is not there
+        if self._curve is not None:
+            server, public, secret = self._curve
+            self._sock.curve_serverkey = server
+            self._sock.curve_publickey = public
+            self._sock.curve_secretkey = secret
         self._sock.connect(self.endpoint)
 
     def _reset(self) -> None:

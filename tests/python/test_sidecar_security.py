@@ -232,6 +232,39 @@ def test_only_authorized_curve_clients_get_answers(daemon: Daemon, keys: Keys) -
     assert daemon.log().count(stranger.public.decode()) == 1
 
 
+def test_the_client_speaks_curve(daemon: Daemon, keys: Keys) -> None:
+    bind, connect = _tcp()
+    daemon.start(bind, *keys.args())
+    daemon.wait_ready(connect, server=keys.server.public, client=keys.client)
+    with switchyard.Client(
+        connect,
+        timeout_ms=2000,
+        curve_server_key=keys.server.public.decode(),
+        curve_secret_key=keys.client.secret,
+    ) as c:
+        d = c.route("contract-extraction", input_tokens=100)
+        usage = {"prompt_tokens": 100, "completion_tokens": 20}
+        receipt = c.report(d.id, target=d.target, status="ok", usage=usage)
+        assert receipt is not None
+        assert receipt["priced"]
+    stranger = Keypair.new()
+    with (
+        switchyard.Client(
+            connect,
+            timeout_ms=SILENCE_MS,
+            retry_after_s=0,
+            curve_server_key=keys.server.public,
+            curve_secret_key=stranger.secret,
+        ) as c,
+        pytest.raises(switchyard.SidecarUnavailableError),
+    ):
+        c.health()
+    with pytest.raises(switchyard.InvalidArgumentError):
+        switchyard.Client(connect, curve_server_key=keys.server.public)
+    with pytest.raises(switchyard.InvalidArgumentError):
+        switchyard.Client(connect, curve_server_key=b"short", curve_secret_key=b"short")
+
+
 def test_sighup_rereads_the_authorized_keys(daemon: Daemon, keys: Keys) -> None:
     bind, connect = _tcp()
     daemon.start(bind, *keys.args())
