@@ -139,9 +139,41 @@ TEST_F(SidecarTest, ErrorCodes) {
 TEST_F(SidecarTest, RandomizedInputAlwaysGetsAWellFormedReply) {
   auto server = start();
   const char* env = std::getenv("SWITCHYARD_FUZZ_ITERATIONS");  // NOLINT(concurrency-mt-unsafe)
-  const long iterations = env != nullptr ? std::atol(env) : 20'000;
+  const long iterations = env != nullptr ? std::atol(env) : 500'000;
   std::mt19937_64 rng(0x51DECA11);
+  const std::uint64_t version = server->router()->config()->content_hash;
   const std::string seeds[] = {route_msg(), route_msg("agent-assist"),
+                               pack(  // what a fast-path client posts to its ring
+                                   [&](auto& pk) {
+                                     const std::uint64_t prefix[2] = {0x1234, 0x5678};
+                                     pk.pack("op");
+                                     pk.pack("adopt");
+                                     pk.pack("decision_id");
+                                     pk.pack((1ULL << 63) | 5U);
+                                     pk.pack("config_version");
+                                     pk.pack(version);
+                                     pk.pack("scenario");
+                                     pk.pack(0);
+                                     pk.pack("target");
+                                     pk.pack(4);
+                                     pk.pack("replica");
+                                     pk.pack(1);
+                                     pk.pack("fallbacks");
+                                     pk.pack_array(1);
+                                     pk.pack_array(2);
+                                     pk.pack(0);
+                                     pk.pack(0xFFFFFFFFU);
+                                     pk.pack("reserved_cost");
+                                     pk.pack(1000);
+                                     pk.pack("active_blocks");
+                                     pk.pack(2);
+                                     pk.pack("prefix");
+                                     pk.pack_bin(16);
+                                     pk.pack_bin_body(reinterpret_cast<const char*>(prefix), 16);
+                                     pk.pack("at");
+                                     pk.pack(kNow);
+                                   },
+                                   11),
                                pack(
                                    [](auto& pk) {
                                      pk.pack("op");
@@ -160,6 +192,7 @@ TEST_F(SidecarTest, RandomizedInputAlwaysGetsAWellFormedReply) {
                                      pk.pack(5);
                                    },
                                    5)};
+  for (const auto& seed : seeds) EXPECT_TRUE(outcome(server->handle(seed, kNow)).first) << "seeds are valid";
   for (long i = 0; i < iterations; ++i) {
     std::string msg;
     if (i % 10 == 0) {
