@@ -642,7 +642,10 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
   pk.pack("active_blocks");
   pk.pack(dd.active_blocks);
   pk.pack("prefix");
-  const auto prefix_bytes = static_cast<std::uint32_t>(dd.prefix.size() * 8);  // little-endian words
+  // Little-endian words; a huge prompt posts its leading blocks only (a leading run is still a
+  // correct thing to learn), so that its record fits a ring.
+  const std::size_t posted = std::min<std::size_t>(dd.prefix.size(), kMaxPostedBlocks);
+  const auto prefix_bytes = static_cast<std::uint32_t>(posted * 8);
   pk.pack_bin(prefix_bytes);
   pk.pack_bin_body(reinterpret_cast<const char*>(dd.prefix.data()), prefix_bytes);
   pk.pack("at");

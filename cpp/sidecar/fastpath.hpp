@@ -35,6 +35,7 @@ inline constexpr std::uint32_t kRingCount = 64;          ///< client processes o
 inline constexpr std::uint32_t kRingBytes = 256U << 10;  ///< per client: ~1,000 routes with 128-block prefixes
 inline constexpr std::uint64_t kFastIdBit = 1ULL << 63;  ///< fast-path decision ids: bit 63 | ring << 40 | seq
 inline constexpr int kRingShift = 40;
+inline constexpr std::size_t kMaxPostedBlocks = 4096;       ///< prefix blocks an adopt record carries at most
 inline constexpr std::uint64_t kMaxViewSlots = 1ULL << 22;  ///< 64 MiB per directory view at most
 
 /// Offset 0 of a table segment. Plain fields are written once, before `ready`.

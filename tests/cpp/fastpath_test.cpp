@@ -268,6 +268,24 @@ TEST_F(FastPathTest, AFullRingIsRefusedSoTheCallerCanUseTheSocket) {
             static_cast<std::uint64_t>(posted));
 }
 
+TEST_F(FastPathTest, AHugePromptIsPostedAndLearnedUpToCapacity) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  std::vector<std::uint32_t> tokens(90'000);  // 5,625 blocks of 16: more than a record carries
+  for (std::uint32_t i = 0; i < tokens.size(); ++i) tokens[i] = i;
+  auto d = fast->route(request(tokens, kNow));
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(server->drain_rings(kNow), 1U);
+  EXPECT_EQ(server->fast_path().rejected, 0U);
+  if (server->router()->config()->targets[d->placement.target].name == "pool") {
+    auto again = server->router()->explain(request(tokens, kNow + 1));
+    ASSERT_TRUE(again.ok());
+    // Learned as far as a replica holds: its capacity, 4,000 blocks (below the 4,096 a record carries).
+    EXPECT_EQ(again->expected_cached_tokens, 4000 * 16);
+  }
+}
+
 TEST_F(FastPathTest, SegmentsArePrivateAndAClientOutlivesNothing) {
   auto server = start();
   struct stat st {};
