@@ -1,7 +1,9 @@
 """A route through switchyard-sidecar vs raw ZeroMQ DEALER/ROUTER echoes of the same message sizes.
 
 Issue target: the sidecar's route round trip median and p99 <= 1.3x the raw echo, both measured in
-this run (same pyzmq client loop, same request bytes). The baseline is bench/zmq_echo, a C++ ROUTER
+this run (same pyzmq client loop, same request bytes). Also the fast path as a Python worker sees
+it: ``Client(shm=...).route`` against the in-process ``Router.route`` of the same table. The
+baseline is bench/zmq_echo, a C++ ROUTER
 with the sidecar's socket options that answers with a reply of the sidecar's reply size; a Python
 (pyzmq) echo of the same shape is reported beside it. Also: throughput of route calls with 1, 4 and
 16 client processes. Prints JSON (microseconds per round trip, routes per second).
@@ -63,6 +65,29 @@ while time.perf_counter() < t_end:
     n += 1
 print(n)
 """
+
+
+LOAD_FAST = """
+import sys, time, switchyard
+endpoint, shm, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+n = 0
+with switchyard.Client(endpoint, shm=shm, timeout_ms=1000) as c:
+    assert c.fast_path, c.fast_path_error
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        c.route("agent-assist", key=f"k{n & 1023}", input_tokens=1800, max_output_tokens=300)
+        n += 1
+print(n)
+"""
+
+
+def per_call_us(fn: object, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter_ns()
+        fn(i)  # type: ignore[operator]
+        out.append((time.perf_counter_ns() - t0) / 1000.0)
+    return out
 
 
 def request(i: int) -> bytes:
@@ -182,7 +207,36 @@ def main() -> None:
                 c.route("agent-assist", key=f"k{i}", input_tokens=1800, max_output_tokens=300)
             client_us = (time.perf_counter_ns() - t0) / 1000.0 / 1000
 
+        # The fast path from Python: Client(shm=...).route against the in-process Router.route.
+        router = switchyard.Router(switchyard.load_config(str(config)))
+        with switchyard.Client(endpoint, shm=shm, timeout_ms=1000) as c:
+            assert c.fast_path, c.fast_path_error
+            fast_samples: list[float] = []
+            local_samples: list[float] = []
+            for _ in range(args.rounds):
+                fast_samples += per_call_us(
+                    lambda i: c.route("agent-assist", key=f"k{i & 1023}", input_tokens=1800),
+                    args.calls,
+                )
+                local_samples += per_call_us(
+                    lambda i: router.route("agent-assist", key=f"k{i & 1023}", input_tokens=1800),
+                    args.calls,
+                )
+                time.sleep(0.01)  # the sidecar drains the ring
+        fast, local = summary(fast_samples), summary(local_samples)
+
         throughput = {}
+        fast_throughput = {}
+        for n in (1, 4, 16):
+            load = [
+                subprocess.Popen(
+                    [sys.executable, "-c", LOAD_FAST, endpoint, shm, str(args.seconds)],
+                    stdout=subprocess.PIPE,
+                )
+                for _ in range(n)
+            ]
+            total = sum(int(p.communicate(timeout=60)[0]) for p in load)
+            fast_throughput[f"{n}_clients"] = round(total / args.seconds)
         for n in (1, 4, 16):
             load = [
                 subprocess.Popen(
@@ -216,6 +270,13 @@ def main() -> None:
                     },
                     "client_route_mean_us": round(client_us, 1),
                     "throughput_routes_per_s": throughput,
+                    "python_fast_path_route": fast,
+                    "python_in_process_router_route": local,
+                    "fast_path_vs_in_process_ratio": {
+                        "median": round(fast["median"] / local["median"], 2),
+                        "p99": round(fast["p99"] / local["p99"], 2),
+                    },
+                    "fast_path_throughput_routes_per_s": fast_throughput,
                     "cpus": os.cpu_count(),
                 },
                 indent=2,
