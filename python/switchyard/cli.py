@@ -283,6 +283,15 @@ def stats(endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
         f"up {reply['uptime_s']:.0f} s, {reply['pending_decisions']} pending decisions",
         highlight=False,
     )
+    fast = reply.get("fast_path") or {}
+    if fast.get("enabled"):
+        console.print(
+            f"fast path: table {fast['table']}, {fast['clients']} clients, "
+            f"{fast['records']} records applied, {fast['rejected']} rejected",
+            highlight=False,
+        )
+    elif fast:
+        console.print(f"fast path off: {fast.get('why_not', '')}", highlight=False)
     table = Table(title="Ledger")
     counts = ("requests", "outcomes", "ok", "error", "timeout", "accepted")
     for col in ("scenario", "target", *counts, "cost $"):

@@ -636,6 +636,7 @@ def test_cli_stats(sidecar: Sidecar) -> None:
     assert r.exit_code == 0, r.output
     assert "Ledger" in r.output
     assert "Breakers" in r.output
+    assert f"fast path: table {sidecar.shm}.t1, 0 clients" in r.output
     r = runner.invoke(
         cli_main, ["explain", "--endpoint", sidecar.endpoint, "-s", SCENARIO, "--json"]
     )
