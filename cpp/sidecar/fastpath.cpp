@@ -1,7 +1,6 @@
 #include "sidecar/fastpath.hpp"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,6 +10,7 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <msgpack.hpp>
 #include <thread>
@@ -342,8 +342,8 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
   h.units = static_cast<std::uint32_t>(units.size());
   h.scenarios = static_cast<std::uint32_t>(budgets.size());
   h.views = static_cast<std::uint32_t>(plans.size());
-  std::memcpy(base + text_off, c.text.data(), c.text.size());
-  std::memcpy(base + source_off, c.source.data(), c.source.size());
+  std::copy(c.text.begin(), c.text.end(), base + text_off);  // lengths are in the header: no terminator
+  std::copy(c.source.begin(), c.source.end(), base + source_off);
   pub->head_ = &h;
   for (std::size_t v = 0; v < plans.size(); ++v) {
     auto* vh = reinterpret_cast<ViewHeader*>(base + views_off) + v;

@@ -290,7 +290,7 @@ void answer_zap(zmq::socket_t& zap, const KeySet& authorized, KeySet& denied_log
         req[6].size() != 32) {
       status = "500";
       text = "unexpected ZAP request";
-    } else if (const std::string key = req[6].to_string(); authorized.count(key) != 0) {
+    } else if (const std::string key = req[6].to_string(); authorized.contains(key)) {
       status = "200";
       text = "OK";
       user = z85(key);
