@@ -678,6 +678,20 @@ PYBIND11_MODULE(_core, m) {
           },
           ROUTE_ARGS, "Decides from the mapped table and posts the decision; UnavailableError if the ring is full.")
       .def(
+          "explain",
+          [](sidecar::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
+             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
+             const std::optional<std::string>& text, std::optional<double> now) {
+            std::vector<std::uint32_t> tokens;
+            auto req =
+                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
+            ConfigPtr decided_by;
+            auto d = f.explain(req, &decided_by);
+            return DecisionView{unwrap(std::move(d)), decided_by};
+          },
+          ROUTE_ARGS, "What route() would decide now from the mapped table and state; commits nothing.")
+      .def(
           "receipt",
           [](sidecar::FastClient& f, std::uint64_t decision_id, const std::string& target, const std::string& status,
              const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
@@ -699,8 +713,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("ring", &sidecar::FastClient::ring);
 
   m.def(
-      "attach_fast_path", [](const std::string& shm) { return unwrap(sidecar::FastClient::attach(shm)); },
-      py::arg("shm"), "Maps sidecar `shm`'s table and claims a ring for this process.");
+      "attach_fast_path",
+      [](const std::string& shm, bool ring) { return unwrap(sidecar::FastClient::attach(shm, ring)); }, py::arg("shm"),
+      py::arg("ring") = true, "Maps sidecar `shm`'s table and claims a ring for this process (ring=False: read only).");
 
   // Baseline for bench/route_bench.py: the same signature as Router.route, doing nothing.
   m.def(

@@ -479,13 +479,17 @@ struct FastClient::Table {
   std::vector<LiveBudget> budgets;
 };
 
-Result<std::unique_ptr<FastClient>> FastClient::attach(const std::string& shm) {
+Result<std::unique_ptr<FastClient>> FastClient::attach(const std::string& shm, bool claim_ring) {
   if (auto ok = check_segment_name(shm); !ok) return std::move(ok).error();
   std::unique_ptr<FastClient> f(new FastClient());
   f->shm_ = shm;
   auto counters = map_segment(shm, false);
   if (!counters) return std::move(counters).error();
   f->counters_ = std::move(counters).value();
+  if (!claim_ring) {
+    if (auto ok = f->refresh(); !ok) return std::move(ok).error();
+    return f;
+  }
   auto rings = map_segment(rings_segment_name(shm), true);
   if (!rings) return std::move(rings).error();
   f->rings_ = std::move(rings).value();
@@ -554,8 +558,8 @@ Result<Ok> FastClient::refresh() {
                                  std::string(base + h.source_offset, h.source_bytes));
   if (!config) return fast_error("the published table does not load here: " + config.error().message);
   if (config.value()->content_hash != h.config_version) return fast_error("the published table is torn");
-  const std::uint64_t first = kFastIdBit | (std::uint64_t{ring_} << kRingShift) |
-                              (my_ring_->next_seq.load(std::memory_order_relaxed) & kSeqMask);
+  const std::uint64_t seq = my_ring_ != nullptr ? my_ring_->next_seq.load(std::memory_order_relaxed) & kSeqMask : 0;
+  const std::uint64_t first = kFastIdBit | (std::uint64_t{ring_} << kRingShift) | seq;
   t->router = std::make_shared<Router>(config.value(), RouterOptions{.seed = h.seed, .first_decision_id = first | 1U});
   std::vector<const PrefixIndex*> pools(config.value()->targets.size(), nullptr);
   const PrefixIndex* maas = nullptr;
@@ -582,19 +586,32 @@ ConfigPtr FastClient::config() {
   return table_ ? table_->router->config() : nullptr;
 }
 
-Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decided_by) {
-  std::lock_guard lock(mu_);
-  if (auto ok = refresh(); !ok) return std::move(ok).error();
+void FastClient::mirror_state() {
   Table& t = *table_;
   const TableHeader& h = *t.head;
   const char* base = static_cast<const char*>(t.region->get_address());
-  if (h.state_seq.load(std::memory_order_acquire) != t.seen_seq) {
-    if (read_state(h, {reinterpret_cast<const UnitWords*>(base + h.units_offset), h.units},
-                   {reinterpret_cast<const BudgetWords*>(base + h.budgets_offset), h.scenarios}, t.units, t.budgets,
-                   t.seen_seq)) {
-      t.router->set_live_state(t.units, t.budgets);
-    }
+  if (h.state_seq.load(std::memory_order_acquire) == t.seen_seq) return;
+  if (read_state(h, {reinterpret_cast<const UnitWords*>(base + h.units_offset), h.units},
+                 {reinterpret_cast<const BudgetWords*>(base + h.budgets_offset), h.scenarios}, t.units, t.budgets,
+                 t.seen_seq)) {
+    t.router->set_live_state(t.units, t.budgets);
   }
+}
+
+Result<Decision> FastClient::explain(const RouteRequest& request, ConfigPtr* decided_by) {
+  std::lock_guard lock(mu_);
+  if (auto ok = refresh(); !ok) return std::move(ok).error();
+  mirror_state();
+  if (decided_by != nullptr) *decided_by = table_->router->config();
+  return table_->router->explain(request);
+}
+
+Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decided_by) {
+  std::lock_guard lock(mu_);
+  if (my_ring_ == nullptr) return unavailable("this view of '" + shm_ + "' is read-only (no ring)");
+  if (auto ok = refresh(); !ok) return std::move(ok).error();
+  Table& t = *table_;
+  mirror_state();
   auto d = t.router->dispatch(request);
   if (!d) return d;
   if (decided_by != nullptr) *decided_by = t.router->config();
@@ -659,7 +676,7 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
 
 bool FastClient::post(std::string_view message) {
   std::lock_guard lock(mu_);
-  return post_locked(message);
+  return my_ring_ != nullptr && post_locked(message);
 }
 
 bool FastClient::post_locked(std::string_view message) {

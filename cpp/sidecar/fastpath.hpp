@@ -166,8 +166,9 @@ class RingReader {
 /// The worker's side: decides from the mapped table and posts to its own ring. Thread-safe.
 class FastClient {
  public:
-  /// Maps the sidecar's segments (`shm` as given to the sidecar) and claims a ring.
-  [[nodiscard]] static Result<std::unique_ptr<FastClient>> attach(const std::string& shm);
+  /// Maps the sidecar's segments (`shm` as given to the sidecar) and claims a ring; without
+  /// `claim_ring` it only reads (explain() and config(), no route()).
+  [[nodiscard]] static Result<std::unique_ptr<FastClient>> attach(const std::string& shm, bool claim_ring = true);
   ~FastClient();  ///< releases the ring (the sidecar drains what is left)
   FastClient(const FastClient&) = delete;
   FastClient& operator=(const FastClient&) = delete;
@@ -177,7 +178,9 @@ class FastClient {
   [[nodiscard]] Result<Decision> route(const RouteRequest& request, ConfigPtr* decided_by = nullptr);
   /// The mapped table (the one the next route decides from, as of the last route).
   [[nodiscard]] ConfigPtr config();
-  /// Posts one wire message (report, verdict) to the ring; false if the ring is full.
+  /// What route() would decide now from the mapped table and state, committing and posting nothing.
+  [[nodiscard]] Result<Decision> explain(const RouteRequest& request, ConfigPtr* decided_by = nullptr);
+  /// Posts one wire message (report, verdict) to the ring; false if the ring is full (or no ring).
   [[nodiscard]] bool post(std::string_view message);
   /// What report() would answer for an outcome of one of this client's recent decisions (priced by
   /// the same code, from the table that decided it), without a round trip. `duplicate` is never set
@@ -192,6 +195,7 @@ class FastClient {
   FastClient() = default;
   [[nodiscard]] Result<Ok> refresh();  // re-maps the table when the sidecar published a new one
   [[nodiscard]] bool post_locked(std::string_view message);
+  void mirror_state();  // copies the published live state into the local router if it changed
 
   std::string shm_;
   std::mutex mu_;

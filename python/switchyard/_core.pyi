@@ -174,6 +174,18 @@ class FastPath:
         accepted: bool | None = None,
         now: float | None = None,
     ) -> dict[str, Any]: ...
+    def explain(
+        self,
+        scenario: str,
+        *,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        token_ids: Sequence[int] | None = None,
+        text: str | None = None,
+        now: float | None = None,
+    ) -> Decision: ...
     def post(self, message: bytes) -> bool: ...
     @property
     def config(self) -> Config | None: ...
@@ -182,4 +194,4 @@ class FastPath:
     @property
     def ring(self) -> int: ...
 
-def attach_fast_path(shm: str) -> FastPath: ...
+def attach_fast_path(shm: str, ring: bool = True) -> FastPath: ...

@@ -528,12 +528,32 @@ class Client:
 
 
 class SharedCounters:
-    """A read-only view of a sidecar's counters through its shared-memory segment: no round trip,
-    no system call per read once mapped. Each row is read under its seqlock (torn reads retry)."""
+    """A read-only view of a sidecar through its shared memory: counters, the routing table and
+    what it would decide (from its live state and cache directory), with no round trip and no
+    system call per read once mapped. Each counter row is read under its seqlock (torn reads
+    retry)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._view = _core.attach_segment(name)
+        self._table: _core.FastPath | None = None
+
+    def _mapped(self) -> _core.FastPath:
+        if self._table is None:
+            self._table = _core.attach_fast_path(self.name, ring=False)
+        return self._table
+
+    @property
+    def config(self) -> _core.Config:
+        """The routing table the sidecar serves now (its published copy)."""
+        config = self._mapped().config
+        assert config is not None  # a mapped view always has a table
+        return config
+
+    def explain(self, scenario: str, **kwargs: Any) -> _core.Decision:
+        """What the sidecar's route() would decide now, computed here from the mapped table, live
+        state and cache directory (the same decide code); commits nothing."""
+        return self._mapped().explain(scenario, **kwargs)
 
     def counters(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:
         """The same row dicts as :meth:`switchyard.Router.counters`."""

@@ -909,6 +909,24 @@ def test_fast_path_keeps_deciding_while_the_sidecar_is_down_and_nothing_is_lost(
         _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 51)
 
 
+def test_attach_reads_the_table_and_explains_without_a_round_trip(sidecar: Sidecar) -> None:
+    view = switchyard.attach(sidecar.shm)
+    assert view.config.version == view.info()["config_version"]
+    assert "agent-assist" in view.config.scenarios
+    text = "system prompt 7 " * 400
+    with sidecar.client() as c:
+        c.route("agent-assist", text=text, now=T0)  # the sidecar learns the prefix
+        remote = c.explain("agent-assist", text=text, now=T0 + 1)
+    local = view.explain("agent-assist", text=text, now=T0 + 1)
+    assert (local.target, local.expected_cached_tokens) == (
+        remote.target,
+        remote.expected_cached_tokens,
+    )
+    assert local.expected_cached_tokens >= 1024
+    with pytest.raises(switchyard.UnknownScenarioError):
+        view.explain("nope")
+
+
 def test_fast_path_segments_are_private_and_a_missing_sidecar_is_reported(
     sidecar: Sidecar, workdir: Path
 ) -> None:
