@@ -37,7 +37,8 @@ struct Fixture {
     for (std::uint32_t h = 0; h < 8; ++h) {
       for (int p = 0; p < 160; ++p) {
         chain.clear();
-        PrefixHasher::hash_tokens(tokens(1000 * h + static_cast<std::uint64_t>(p) + 7, 2048), 16, root, chain);
+        PrefixHasher::hash_tokens(tokens(std::uint64_t{1000} * h + static_cast<std::uint64_t>(p) + 7, 2048), 16, root,
+                                  chain);
         dir.store(h, chain, kNow);
       }
     }
@@ -77,30 +78,34 @@ void hash_and_match_2048_tokens(benchmark::State& state) {
   if (matched[3] != 128) state.SkipWithError("the prompt should be warm on replica 3");
 }
 
-// Memory at a realistic fill: bytes of every array, as allocated, over (block, holder) entries.
-// Argument 1: precise mode (engine hashes indexed), 0: approximate.
+// Memory at a realistic fill: 8 replicas of 50,000 blocks (800k tokens of KV each), every one full
+// after twice its capacity of distinct 2,048-token prompts (no block shared: the worst case). Bytes of
+// every array, as allocated, over (block, holder) entries. Argument 1: precise mode (engine hashes,
+// no TTL); 0: approximate mode (the router's own decisions, 120 s TTL).
 void directory_memory(benchmark::State& state) {
   const bool precise = state.range(0) == 1;
-  CacheDirectory dir(std::vector<CacheDirectory::HolderSpec>(8, {.capacity_blocks = 200'000}));
-  std::vector<std::uint64_t> chain;
-  std::vector<std::uint64_t> engine;
+  constexpr std::int64_t kCapacity = 50'000;
+  const CacheDirectory::HolderSpec spec{.capacity_blocks = kCapacity, .ttl_ms = precise ? 0 : 120'000};
   const std::uint64_t root = PrefixHasher::root_seed("llama");
-  std::size_t entries = 0;
   for (auto _ : state) {
+    CacheDirectory dir(std::vector<CacheDirectory::HolderSpec>(8, spec));
+    std::vector<std::uint64_t> chain;
+    std::vector<std::uint64_t> engine;
     for (std::uint32_t h = 0; h < 8; ++h) {
-      for (int p = 0; p < 400; ++p) {
+      for (std::uint64_t p = 0; p < 2 * kCapacity / 128; ++p) {
         chain.clear();
-        PrefixHasher::hash_tokens(tokens(5000 * h + static_cast<std::uint64_t>(p), 2048), 16, root, chain);
+        PrefixHasher::hash_tokens(tokens(std::uint64_t{100'000} * h + p, 2048), 16, root, chain);
         engine.resize(chain.size());
         for (std::size_t i = 0; i < chain.size(); ++i) engine[i] = chain[i] ^ 0x5555;
         dir.store(h, chain, kNow, precise ? std::span<const std::uint64_t>(engine) : std::span<const std::uint64_t>());
       }
     }
     const auto st = dir.stats();
-    entries = 0;
+    std::size_t entries = 0;
     for (auto n : st.held) entries += n;
     state.counters["bytes_per_entry"] = static_cast<double>(st.bytes) / static_cast<double>(entries);
     state.counters["entries"] = static_cast<double>(entries);
+    state.counters["blocks"] = static_cast<double>(st.blocks);
   }
 }
 

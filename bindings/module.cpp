@@ -265,6 +265,19 @@ DecisionView decide_py(Router& r, const std::string& scenario, const std::option
   return DecisionView{unwrap(Commit ? r.route(req) : r.explain(req)), r.config()};
 }
 
+// FastPath.route (Commit: decide and post) and FastPath.explain, with Router.route's signature.
+template <bool Commit>
+DecisionView fast_decide_py(sidecar::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
+                            const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
+                            std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
+                            const std::optional<std::string>& text, std::optional<double> now) {
+  std::vector<std::uint32_t> tokens;
+  auto req = make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
+  ConfigPtr decided_by;
+  auto d = Commit ? f.route(req, &decided_by) : f.explain(req, &decided_by);
+  return DecisionView{unwrap(std::move(d)), decided_by};
+}
+
 // Router.report and the fast path's receipt share their Python signature and their conversions.
 template <class Report>
 py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string& target, const std::string& status,
@@ -539,6 +552,7 @@ PYBIND11_MODULE(_core, m) {
             d["orphans"] = stats.orphans;
             d["rejected"] = stats.rejected;
             d["skipped_unknown"] = batch.skipped_unknown;
+            d["skipped_groups"] = stats.skipped;
             return d;
           },
           py::arg("target"), py::arg("replica"), py::arg("payload"), py::kw_only(), py::arg("now") = py::none(),
@@ -593,6 +607,7 @@ PYBIND11_MODULE(_core, m) {
                 ev["cleared"] = e.cleared;
                 ev["orphans"] = e.orphans;
                 ev["rejected"] = e.rejected;
+                ev["skipped_groups"] = e.skipped;
                 events.append(ev);
               }
               d["events"] = events;
@@ -663,34 +678,10 @@ PYBIND11_MODULE(_core, m) {
   py::class_<sidecar::FastClient>(m, "FastPath",
                                   "A sidecar's table mapped from shared memory: route() decides here, with the same "
                                   "decide(), and posts the decision to this process's ring (no system call).")
-      .def(
-          "route",
-          [](sidecar::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
-             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
-             const std::optional<std::string>& text, std::optional<double> now) {
-            std::vector<std::uint32_t> tokens;
-            auto req =
-                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
-            ConfigPtr decided_by;
-            auto d = f.route(req, &decided_by);
-            return DecisionView{unwrap(std::move(d)), decided_by};
-          },
-          ROUTE_ARGS, "Decides from the mapped table and posts the decision; UnavailableError if the ring is full.")
-      .def(
-          "explain",
-          [](sidecar::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
-             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
-             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
-             const std::optional<std::string>& text, std::optional<double> now) {
-            std::vector<std::uint32_t> tokens;
-            auto req =
-                make_request(scenario, key, data_class, input_tokens, max_output_tokens, token_ids, text, now, tokens);
-            ConfigPtr decided_by;
-            auto d = f.explain(req, &decided_by);
-            return DecisionView{unwrap(std::move(d)), decided_by};
-          },
-          ROUTE_ARGS, "What route() would decide now from the mapped table and state; commits nothing.")
+      .def("route", &fast_decide_py<true>, ROUTE_ARGS,
+           "Decides from the mapped table and posts the decision; UnavailableError if the ring is full.")
+      .def("explain", &fast_decide_py<false>, ROUTE_ARGS,
+           "What route() would decide now from the mapped table and state; commits nothing.")
       .def(
           "receipt",
           [](sidecar::FastClient& f, std::uint64_t decision_id, const std::string& target, const std::string& status,

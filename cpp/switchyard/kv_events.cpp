@@ -30,6 +30,16 @@
 //   (and without the rank); some (e.g. EmbeddedLLM/vllm) an array batch holding tagged-map events.
 //   msgspec writes every field of an array_like struct, defaults included (omit_defaults only shortens
 //   maps), so an array is only shorter when the engine's struct had fewer fields.
+//   KV cache groups (hybrid models): vllm/v1/core/block_pool.py sets group_idx=kv_cache_group_id on
+//   BlockStored and the evicted block's group on BlockRemoved; a block of tokens has one hash for every
+//   group. vLLM PR #40984 added kv_cache_spec_kind ("full_attention", "mla_attention",
+//   "sink_full_attention", "sliding_window", "sliding_window_mla", "mamba", "chunked_local_attention",
+//   "encoder_only_attention", "cross_attention", "unknown") and kv_cache_spec_sliding_window because group
+//   numbers are layout details (DeepSeek V4's full-attention group is not group 0); kv_events.py: "Store
+//   events carry cache-spec metadata so consumers can classify and filter groups as they are learned.
+//   Remove events only need group_idx+hash." Positional: BlockStored[9] group_idx, [10] kind, [11] window;
+//   BlockRemoved[3] group_idx. Consumers keep the full-attention-like kinds (ai-dynamo/dynamo #8669 and
+//   #8751, llm-d/llm-d-router #2363): see KvCacheGroups.
 //   Block hashes (vllm/v1/core/kv_cache_utils.py, ExternalBlockHash = bytes | int, maybe_convert_block_hash):
 //   with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1 (the default) the digest's low 64 bits as an unsigned int
 //   (msgpack uint64, half of them >= 2^63); with =0 the raw digest as bin: 32 bytes (sha256, sha256_cbor)
@@ -203,12 +213,26 @@ struct EventFields {
   const msgpack::object* block_size = nullptr;
   const msgpack::object* medium = nullptr;
   const msgpack::object* lora_name = nullptr;
+  const msgpack::object* group_idx = nullptr;
+  const msgpack::object* cache_kind = nullptr;  // kv_cache_spec_kind
 };
+
+enum class CacheKind { prefix, other, unknown };
+
+/// vLLM's KVCacheSpecKind values: which hold whole prefixes (the kinds Dynamo's router indexes).
+CacheKind classify(std::string_view kind) noexcept {
+  if (kind == "full_attention" || kind == "mla_attention" || kind == "sink_full_attention") return CacheKind::prefix;
+  if (kind == "sliding_window" || kind == "sliding_window_mla" || kind == "mamba" ||
+      kind == "chunked_local_attention" || kind == "encoder_only_attention" || kind == "cross_attention") {
+    return CacheKind::other;
+  }
+  return CacheKind::unknown;  // "", "unknown", kinds newer than this decoder
+}
 
 /// Walks the unpacked tree. Each read_* returns false after recording what was wrong in error_.
 class BatchReader {
  public:
-  explicit BatchReader(const KvDecodeLimits& limits) : limits_(limits) {}
+  BatchReader(const KvDecodeLimits& limits, KvCacheGroups& groups) : limits_(limits), groups_(groups) {}
 
   Result<KvEventBatch> read(const msgpack::object& root) {
     KvEventBatch batch;
@@ -310,10 +334,13 @@ class BatchReader {
         f.block_size = &a.ptr[4];
         if (a.size > 6) f.medium = &a.ptr[6];
         if (a.size > 7) f.lora_name = &a.ptr[7];
+        if (a.size > 9) f.group_idx = &a.ptr[9];  // after extra_keys (8)
+        if (a.size > 10) f.cache_kind = &a.ptr[10];
       } else if (kind == EventKind::removed) {
         if (a.size < 2) return fail_event(index, "BlockRemoved has no block_hashes");
         f.block_hashes = &a.ptr[1];
         if (a.size > 2) f.medium = &a.ptr[2];
+        if (a.size > 3) f.group_idx = &a.ptr[3];
       }
     } else if (o.type == mp::MAP) {  // {"type": "BlockStored", "block_hashes": ..., ...}
       const msgpack::object_map& m = o.via.map;
@@ -337,6 +364,10 @@ class BatchReader {
           f.medium = v;
         } else if (key == "lora_name") {
           f.lora_name = v;
+        } else if (key == "group_idx") {
+          f.group_idx = v;
+        } else if (key == "kv_cache_spec_kind") {
+          f.cache_kind = v;
         }
       }
       if (tag == nullptr) return fail_event(index, "an event map has no \"type\"");
@@ -401,6 +432,29 @@ class BatchReader {
     return true;
   }
 
+  /// Reads group_idx and kv_cache_spec_kind; `admitted` says whether the event feeds the directory.
+  bool read_group(const EventFields& f, std::size_t index, EventKind kind, std::optional<std::uint32_t>& group,
+                  bool& admitted) {
+    if (f.group_idx != nullptr && f.group_idx->type != mp::NIL) {
+      if (f.group_idx->type != mp::POSITIVE_INTEGER ||
+          f.group_idx->via.u64 > std::numeric_limits<std::uint32_t>::max()) {
+        return fail_field(index, kind, "group_idx",
+                          "expected an unsigned 32-bit integer or nil, got " + describe(*f.group_idx));
+      }
+      group = static_cast<std::uint32_t>(f.group_idx->via.u64);
+    }
+    std::string_view cache_kind;
+    if (f.cache_kind != nullptr && f.cache_kind->type != mp::NIL) {
+      if (f.cache_kind->type != mp::STR) {
+        return fail_field(index, kind, "kv_cache_spec_kind",
+                          "expected a string or nil, got " + describe(*f.cache_kind));
+      }
+      cache_kind = str_of(*f.cache_kind);
+    }
+    admitted = groups_.admit(group, cache_kind);
+    return true;
+  }
+
   bool read_stored(const EventFields& f, std::size_t index, KvEventBatch& batch) {
     constexpr EventKind kind = EventKind::stored;
     BlockStored e;
@@ -451,6 +505,12 @@ class BatchReader {
 
     if (!read_text(f.medium, index, kind, "medium", e.medium)) return false;
     if (!read_text(f.lora_name, index, kind, "lora_name", e.lora_name)) return false;
+    bool admitted = true;
+    if (!read_group(f, index, kind, e.group_idx, admitted)) return false;
+    if (!admitted) {
+      ++batch.skipped_groups;
+      return true;
+    }
     batch.events.emplace_back(std::move(e));
     return true;
   }
@@ -460,11 +520,18 @@ class BatchReader {
     BlockRemoved e;
     if (!read_hashes(*f.block_hashes, index, kind, e.block_hashes)) return false;
     if (!read_text(f.medium, index, kind, "medium", e.medium)) return false;
+    bool admitted = true;
+    if (!read_group(f, index, kind, e.group_idx, admitted)) return false;
+    if (!admitted) {
+      ++batch.skipped_groups;
+      return true;
+    }
     batch.events.emplace_back(std::move(e));
     return true;
   }
 
   const KvDecodeLimits& limits_;
+  KvCacheGroups& groups_;
   std::string error_;
 };
 
@@ -474,7 +541,26 @@ bool reference_payload(mp::object_type /*type*/, std::size_t /*length*/, void* /
 
 }  // namespace
 
-Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const KvDecodeLimits& limits) {
+bool KvCacheGroups::admit(std::optional<std::uint32_t> group, std::string_view kind) noexcept {
+  const std::uint64_t bit = group && *group < 64 ? std::uint64_t{1} << *group : 0;
+  switch (classify(kind)) {
+    case CacheKind::prefix:
+      known_ |= bit;
+      prefix_ |= bit;
+      return true;
+    case CacheKind::other:
+      known_ |= bit;
+      prefix_ &= ~bit;
+      return false;
+    case CacheKind::unknown: break;
+  }
+  if (!group) return true;
+  if ((known_ & bit) != 0) return (prefix_ & bit) != 0;
+  return *group == 0;
+}
+
+Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const KvDecodeLimits& limits,
+                                      KvCacheGroups* groups) {
   if (payload.empty()) return invalid("empty payload");
   if (payload.size() > limits.max_payload_bytes) {
     return invalid("payload of " + std::to_string(payload.size()) + " bytes, the limit is " +
@@ -496,7 +582,11 @@ Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const 
     const msgpack::object_handle handle = msgpack::unpack(reinterpret_cast<const char*>(bytes), payload.size(), offset,
                                                           reference_payload, nullptr, unpack_limit);
     if (offset != payload.size()) return invalid("malformed msgpack: not one complete value");
-    return BatchReader(limits).read(handle.get());
+    // Kinds are learned only from payloads that decode.
+    KvCacheGroups learned = groups != nullptr ? *groups : KvCacheGroups{};
+    Result<KvEventBatch> batch = BatchReader(limits, learned).read(handle.get());
+    if (batch && groups != nullptr) *groups = learned;
+    return batch;
   } catch (const std::exception& e) {  // msgpack::unpack_error and its kin, std::bad_alloc
     return invalid(std::string("malformed msgpack: ") + e.what());
   }

@@ -6,6 +6,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -23,13 +24,15 @@ struct BlockStored {
   std::optional<EngineHash> parent_block_hash;  ///< nullopt at the root
   std::vector<std::uint32_t> token_ids;         ///< block_size x block_hashes.size()
   std::int64_t block_size = 0;
-  std::string lora_name;  ///< "" when absent
-  std::string medium;     ///< "" when absent (GPU, CPU, ...)
+  std::string lora_name;                   ///< "" when absent
+  std::string medium;                      ///< "" when absent (GPU, CPU, ...)
+  std::optional<std::uint32_t> group_idx;  ///< the engine's KV cache group; nullopt when not sent
 };
 
 struct BlockRemoved {
   std::vector<EngineHash> block_hashes;
   std::string medium;
+  std::optional<std::uint32_t> group_idx;
 };
 
 struct AllBlocksCleared {};
@@ -41,6 +44,27 @@ struct KvEventBatch {
   std::vector<KvEvent> events;
   std::optional<std::int64_t> data_parallel_rank;
   std::uint32_t skipped_unknown = 0;  ///< events of types this decoder does not know (ignored, counted)
+  std::uint32_t skipped_groups = 0;   ///< events of KV cache groups that hold no whole prefixes (see KvCacheGroups)
+};
+
+/// Which KV cache groups of one publisher feed the prefix directory. Hybrid models keep one cache per
+/// group of layers (full attention, sliding window, Mamba state) and vLLM reports every group's blocks
+/// under the same block hashes, tagged `group_idx`. Only full-attention-like groups hold whole prefixes:
+/// a sliding-window group dropping blocks behind its window must not erase prefixes the full-attention
+/// group still holds. BlockStored names its group's kind (kv_cache_spec_kind); BlockRemoved names only
+/// the group, so kinds are learned from stores. Without a kind, group 0 or no group at all feeds it
+/// (engines without groups, and vLLM before kinds: the rule Dynamo's router keeps). Reset it when the
+/// publisher's state is dropped (a restarted engine may number its groups anew).
+class KvCacheGroups {
+ public:
+  /// Whether an event of `group` feeds the directory. `kind` is the kv_cache_spec_kind it names ("" when
+  /// none); a kind this decoder knows is remembered for the group (the first 64 groups).
+  bool admit(std::optional<std::uint32_t> group, std::string_view kind) noexcept;
+  void reset() noexcept { known_ = prefix_ = 0; }
+
+ private:
+  std::uint64_t known_ = 0;   // bit g: the kind of group g is known
+  std::uint64_t prefix_ = 0;  // bit g: group g holds whole prefixes
 };
 
 /// Hard limits the decoder enforces before allocating (absurd sizes are rejected, never allocated).
@@ -56,8 +80,10 @@ struct KvDecodeLimits {
 
 /// Decodes one payload (the third frame of a live message, or of a replay reply). Accepts the
 /// positional-array and the tagged-map encodings of both batch and events; ignores unknown fields;
-/// trailing defaulted fields may be absent. Errors (ErrorCode::invalid_argument) say what was wrong.
+/// trailing defaulted fields may be absent. Events of groups `groups` does not admit are validated, then
+/// dropped and counted (without `groups`, kinds are learned within this payload only). Errors
+/// (ErrorCode::invalid_argument) say what was wrong.
 [[nodiscard]] Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload,
-                                                    const KvDecodeLimits& limits = {});
+                                                    const KvDecodeLimits& limits = {}, KvCacheGroups* groups = nullptr);
 
 }  // namespace switchyard

@@ -420,6 +420,7 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
   CacheDirectory& dir = *state_.pools[target];
   KvIngestStats delta;
   delta.batches = 1;
+  delta.skipped = batch.skipped_groups;
   std::vector<std::uint64_t> chain;
   for (const KvEvent& event : batch.events) {
     if (const auto* stored = std::get_if<BlockStored>(&event)) {
@@ -458,6 +459,7 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
   total.cleared += delta.cleared;
   total.orphans += delta.orphans;
   total.rejected += delta.rejected;
+  total.skipped += delta.skipped;
   return delta;
 }
 

@@ -127,6 +127,7 @@ struct KvIngestStats {
   std::uint64_t cleared = 0;   ///< AllBlocksCleared and publisher resets
   std::uint64_t orphans = 0;   ///< blocks whose parent was unknown (published before we listened)
   std::uint64_t rejected = 0;  ///< events that did not fit the pool (block size)
+  std::uint64_t skipped = 0;   ///< events of KV cache groups that hold no whole prefixes (sliding window...)
 };
 
 inline constexpr std::int64_t kDefaultReplicaBlocks = 1 << 18;  ///< when kv.capacity_blocks is unset

@@ -310,19 +310,19 @@ class Client:
         text: str | None = None,
         now: float | None = None,
     ) -> RemoteDecision | _core.Decision:
-        """Decides where a request goes (the sidecar, or the local fallback Router)."""
+        """Decides where a request goes (the fast path, the sidecar, or the local fallback)."""
+        fields: dict[str, Any] = {
+            "key": key,
+            "data_class": data_class,
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
+            "token_ids": token_ids,
+            "text": text,
+            "now": now,
+        }
         if self._fast is not None:
             try:
-                d = self._fast.route(
-                    scenario,
-                    key=key,
-                    data_class=data_class,
-                    input_tokens=input_tokens,
-                    max_output_tokens=max_output_tokens,
-                    token_ids=token_ids,
-                    text=text,
-                    now=now,
-                )
+                d = self._fast.route(scenario, **fields)
                 self.fast_decisions += 1
                 return d
             except _errors.SidecarUnavailableError:
@@ -330,30 +330,12 @@ class Client:
         if self._unacked and self._available():
             self.flush()
         msg: dict[str, Any] = {"op": "route", "scenario": scenario}
-        for name, value in (
-            ("key", key),
-            ("data_class", data_class),
-            ("input_tokens", input_tokens),
-            ("max_output_tokens", max_output_tokens),
-            ("text", text),
-            ("now", now),
-        ):
-            if value is not None:
-                msg[name] = value
+        msg.update((name, value) for name, value in fields.items() if value is not None)
         if token_ids is not None:
             msg["token_ids"] = [int(t) for t in token_ids]
         reply = self._call(msg) if self._available() else None
         if reply is None:
-            return self._local_route(
-                scenario,
-                key=key,
-                data_class=data_class,
-                input_tokens=input_tokens,
-                max_output_tokens=max_output_tokens,
-                token_ids=token_ids,
-                text=text,
-                now=now,
-            )
+            return self._local_route(scenario, **fields)
         if not reply.get("ok"):
             _raise(reply.get("error") or {})
         return RemoteDecision(reply)

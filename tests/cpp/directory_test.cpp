@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <list>
 #include <map>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -112,26 +113,27 @@ TEST(CacheDirectory, EngineHashesRemoveAndChain) {
   EXPECT_FALSE(d.own_hash(1, engine[0]).has_value());
 }
 
+// `families` x 3 chains (branches share all but their last block) of 2 to `longest` blocks.
+std::vector<std::vector<std::uint64_t>> chain_families(std::uint32_t families, std::size_t longest) {
+  std::vector<std::vector<std::uint64_t>> chains;
+  for (std::uint32_t f = 0; f < families; ++f) {
+    for (std::uint32_t br = 0; br < 3; ++br) chains.push_back(chain_of(f, 2 + (f % (longest - 1)), br));
+  }
+  return chains;
+}
+
 // The directory against a plain reference model (std::list LRU per holder), under random operations.
-TEST(CacheDirectory, AgreesWithAReferenceModel) {
+void agree_with_reference_model(const std::vector<CacheDirectory::HolderSpec>& specs,
+                                const std::vector<std::vector<std::uint64_t>>& chains, int steps, std::uint64_t seed) {
   struct Entry {
     std::uint64_t own;
     std::uint64_t engine;
     std::uint32_t last_s;
   };
-  constexpr std::uint32_t kHolders = 5;
-  const std::vector<CacheDirectory::HolderSpec> specs = {{.capacity_blocks = 40, .ttl_ms = 0},
-                                                         {.capacity_blocks = 25, .ttl_ms = 30'000},
-                                                         {.capacity_blocks = 60, .ttl_ms = 0},
-                                                         {.capacity_blocks = 10, .ttl_ms = 5'000},
-                                                         {.capacity_blocks = 80, .ttl_ms = 0}};
+  const auto holders = static_cast<std::uint32_t>(specs.size());
   CacheDirectory d(specs);
-  std::vector<std::list<Entry>> model(kHolders);
-  std::mt19937_64 rng(20261124);
-  std::vector<std::vector<std::uint64_t>> chains;
-  for (std::uint32_t f = 0; f < 12; ++f) {
-    for (std::uint32_t br = 0; br < 3; ++br) chains.push_back(chain_of(f, 2 + (f % 7), br));
-  }
+  std::vector<std::list<Entry>> model(holders);
+  std::mt19937_64 rng(seed);
   auto engine_of = [](std::uint64_t own) { return own * 0x2545F4914F6CDD1DULL + 1; };
   std::int64_t now = 0;
   std::int64_t base = -1;
@@ -148,9 +150,9 @@ TEST(CacheDirectory, AgreesWithAReferenceModel) {
       }
     }
   };
-  for (int step = 0; step < 20'000; ++step) {
+  for (int step = 0; step < steps; ++step) {
     now += static_cast<std::int64_t>(rng() % 700);
-    const auto h = static_cast<std::uint32_t>(rng() % kHolders);
+    const auto h = static_cast<std::uint32_t>(rng() % holders);
     const auto& c = chains[rng() % chains.size()];
     const int op = static_cast<int>(rng() % 100);
     if (op < 60) {
@@ -175,6 +177,8 @@ TEST(CacheDirectory, AgreesWithAReferenceModel) {
       const std::uint64_t own = c[rng() % c.size()];
       auto it =
           std::find_if(model[h].begin(), model[h].end(), [&](const Entry& e) { return e.own == own && e.engine != 0; });
+      EXPECT_EQ(d.own_hash(h, engine_of(own)), it != model[h].end() ? std::optional(own) : std::nullopt)
+          << "step " << step;
       const bool removed = d.remove_engine(h, engine_of(own));
       EXPECT_EQ(removed, it != model[h].end()) << "step " << step;
       if (it != model[h].end()) model[h].erase(it);
@@ -183,12 +187,12 @@ TEST(CacheDirectory, AgreesWithAReferenceModel) {
       model[h].clear();
     } else if (op < 82) {
       d.expire(now);
-      for (std::uint32_t k = 0; k < kHolders; ++k) trim(k, secs(now));
+      for (std::uint32_t k = 0; k < holders; ++k) trim(k, secs(now));
     } else {
-      std::vector<std::uint32_t> got(kHolders);
+      std::vector<std::uint32_t> got(holders);
       d.match(c, now, got);
       const std::uint32_t s = secs(now);
-      for (std::uint32_t k = 0; k < kHolders; ++k) {
+      for (std::uint32_t k = 0; k < holders; ++k) {
         auto find = [&](std::uint64_t own) {
           return std::find_if(model[k].begin(), model[k].end(), [&](const Entry& e) { return e.own == own; });
         };
@@ -200,9 +204,48 @@ TEST(CacheDirectory, AgreesWithAReferenceModel) {
     }
     if (step % 1000 == 0) {
       const auto st = d.stats();
-      for (std::uint32_t k = 0; k < kHolders; ++k) ASSERT_EQ(st.held[k], model[k].size()) << "step " << step;
+      for (std::uint32_t k = 0; k < holders; ++k) ASSERT_EQ(st.held[k], model[k].size()) << "step " << step;
     }
   }
+}
+
+TEST(CacheDirectory, AgreesWithAReferenceModel) {
+  agree_with_reference_model({{.capacity_blocks = 40, .ttl_ms = 0},
+                              {.capacity_blocks = 25, .ttl_ms = 30'000},
+                              {.capacity_blocks = 60, .ttl_ms = 0},
+                              {.capacity_blocks = 10, .ttl_ms = 5'000},
+                              {.capacity_blocks = 80, .ttl_ms = 0}},
+                             chain_families(12, 8), 20'000, 20261124);
+}
+
+// Larger: the block and engine tables grow through several sizes, and chains longer than a holder's
+// capacity overshoot it until trimmed.
+TEST(CacheDirectory, AgreesWithAReferenceModelAtScale) {
+  agree_with_reference_model({{.capacity_blocks = 300, .ttl_ms = 0},
+                              {.capacity_blocks = 500, .ttl_ms = 30'000},
+                              {.capacity_blocks = 800, .ttl_ms = 0},
+                              {.capacity_blocks = 30, .ttl_ms = 5'000},
+                              {.capacity_blocks = 1000, .ttl_ms = 0},
+                              {.capacity_blocks = 64, .ttl_ms = 0}},
+                             chain_families(80, 40), 6'000, 7);
+}
+
+// Hashes below 2^32 all have the same home slot in the block index: one long cluster, whose blocks sit
+// farther from home than a slot records (the distance is then computed).
+TEST(CacheDirectory, AgreesWithAReferenceModelWhenEveryHashCollides) {
+  std::vector<std::vector<std::uint64_t>> chains;
+  for (std::uint64_t f = 0; f < 40; ++f) {
+    for (std::uint64_t br = 0; br < 3; ++br) {
+      std::vector<std::uint64_t> c;
+      for (std::uint64_t i = 0; i < 2 + f % 9; ++i) c.push_back(f * 100 + i);
+      c.back() += br * 10'000;
+      chains.push_back(c);
+    }
+  }
+  agree_with_reference_model({{.capacity_blocks = 150, .ttl_ms = 0},
+                              {.capacity_blocks = 90, .ttl_ms = 20'000},
+                              {.capacity_blocks = 400, .ttl_ms = 0}},
+                             chains, 6'000, 11);
 }
 
 }  // namespace

@@ -74,13 +74,16 @@ TEST(KvEventsEngines, VllmTaggedMapsWithUint64HashesAboveTwoTo63) {
   EXPECT_EQ(root.block_size, 4);
   EXPECT_EQ(root.medium, "GPU");
   EXPECT_EQ(root.lora_name, "");
+  EXPECT_FALSE(root.group_idx.has_value());
 
-  // extra_keys, group_idx, kv_cache_spec_kind and lora_id are not ours: ignored.
+  // extra_keys and lora_id are not ours: ignored. Group 0, full attention: feeds the directory.
   const BlockStored& child = stored(b, 1);
   EXPECT_EQ(child.block_hashes, (std::vector<EngineHash>{7}));
   EXPECT_EQ(child.parent_block_hash, kH2);
   EXPECT_EQ(child.token_ids, (std::vector<std::uint32_t>{9, 10, 11, 12}));
   EXPECT_EQ(child.lora_name, "adapter-a");
+  EXPECT_EQ(child.group_idx, 0U);
+  EXPECT_EQ(b.skipped_groups, 0U);
 
   EXPECT_EQ(removed(b, 2).block_hashes, (std::vector<EngineHash>{kH1}));
   EXPECT_EQ(removed(b, 2).medium, "GPU");
@@ -120,13 +123,23 @@ TEST(KvEventsEngines, VllmPositionalArrays) {
 }
 
 TEST(KvEventsEngines, VllmArrayBatchOfTaggedMapEvents) {
+  // Its one event is of group 1 and names no kind: not group 0, so not ours until group 1 is known to
+  // be full attention.
   Result<KvEventBatch> r = decode(test::kVllmMixedBatch);
   ASSERT_TRUE(r) << r.error().message;
   EXPECT_EQ(r->data_parallel_rank, 2);
+  EXPECT_TRUE(r->events.empty());
+  EXPECT_EQ(r->skipped_groups, 1U);
+
+  KvCacheGroups groups;
+  EXPECT_TRUE(groups.admit(1, "full_attention"));
+  r = decode_kv_events(as_payload(test::kVllmMixedBatch), {}, &groups);
+  ASSERT_TRUE(r) << r.error().message;
   ASSERT_EQ(r->events.size(), 1U);
   EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH2}));
   EXPECT_EQ(stored(*r, 0).parent_block_hash, kH1);
   EXPECT_EQ(stored(*r, 0).block_size, 3);
+  EXPECT_EQ(stored(*r, 0).group_idx, 1U);
 }
 
 TEST(KvEventsEngines, SglangSignedHashesKeepTheirBits) {
@@ -182,8 +195,8 @@ TEST(KvEventsTolerance, UnknownFieldsAreIgnored) {
     pack_text(p, "vllm-9");
     pack_text(p, "events");
     p.pack_array(2);
-    // Positional with extra trailing elements (extra_keys, group_idx, future fields).
-    p.pack_array(11);
+    // Positional with extra trailing elements (extra_keys, sliding window, future fields).
+    p.pack_array(13);
     pack_text(p, "BlockStored");
     p.pack_array(1).pack_uint64(5);
     p.pack_nil();
@@ -192,8 +205,10 @@ TEST(KvEventsTolerance, UnknownFieldsAreIgnored) {
     p.pack_nil();
     pack_text(p, "GPU");
     pack_text(p, "lora-x");
-    p.pack_array(1).pack_nil();                     // extra_keys
-    p.pack_uint32(0);                               // group_idx
+    p.pack_array(1).pack_nil();  // extra_keys
+    p.pack_uint32(0);            // group_idx
+    pack_text(p, "full_attention");
+    p.pack_nil();                                   // kv_cache_spec_sliding_window
     p.pack_map(1).pack_uint32(1).pack_double(2.0);  // anything
     // Map with unknown keys, a non-string key, and "type" last.
     p.pack_map(5);
@@ -261,6 +276,183 @@ TEST(KvEventsTolerance, NumbersAtTheirLimits) {
   EXPECT_DOUBLE_EQ(integer_ts->ts, 1718000000.0);
   EXPECT_TRUE(decode(json_bytes(R"({"ts": 1.0, "events": []})")));
   EXPECT_TRUE(decode(json_bytes(R"([1.0, [["BlockStored", [], null, [], 16]]])")));  // no blocks, no tokens
+}
+
+// ---- KV cache groups (hybrid models) ----------------------------------------------------------------
+
+// msgspec 0.22.0 over vLLM's declarations (vllm/distributed/kv_events.py, vllm-project/vllm @ 0181ea3173e5);
+// H1 and H2 as in kv_event_payloads.hpp.
+// EventBatch(ts=7.0, data_parallel_rank=0, events=[
+//   BlockStored(block_hashes=[H1], parent_block_hash=None, token_ids=[1, 2], block_size=2, lora_id=None,
+//               medium="GPU", lora_name=None, group_idx=0, kv_cache_spec_kind="sliding_window",
+//               kv_cache_spec_sliding_window=128),
+//   BlockStored(<the same block>, group_idx=1, kv_cache_spec_kind="full_attention"),
+//   BlockRemoved(block_hashes=[H1], medium="GPU", group_idx=0),
+//   BlockRemoved(block_hashes=[H2], medium="GPU", group_idx=1)])
+constexpr std::string_view kHybridMapBatch =
+    "\x83\xa2\x74\x73\xcb\x40\x1c\x00\x00\x00\x00\x00\x00\xa6\x65\x76\x65\x6e\x74\x73\x94\x8b\xa4\x74"
+    "\x79\x70\x65\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64\xac\x62\x6c\x6f\x63\x6b\x5f\x68\x61"
+    "\x73\x68\x65\x73\x91\xcf\x80\x00\x00\x00\x00\x00\x30\x39\xb1\x70\x61\x72\x65\x6e\x74\x5f\x62\x6c"
+    "\x6f\x63\x6b\x5f\x68\x61\x73\x68\xc0\xa9\x74\x6f\x6b\x65\x6e\x5f\x69\x64\x73\x92\x01\x02\xaa\x62"
+    "\x6c\x6f\x63\x6b\x5f\x73\x69\x7a\x65\x02\xa7\x6c\x6f\x72\x61\x5f\x69\x64\xc0\xa6\x6d\x65\x64\x69"
+    "\x75\x6d\xa3\x47\x50\x55\xa9\x6c\x6f\x72\x61\x5f\x6e\x61\x6d\x65\xc0\xa9\x67\x72\x6f\x75\x70\x5f"
+    "\x69\x64\x78\x00\xb2\x6b\x76\x5f\x63\x61\x63\x68\x65\x5f\x73\x70\x65\x63\x5f\x6b\x69\x6e\x64\xae"
+    "\x73\x6c\x69\x64\x69\x6e\x67\x5f\x77\x69\x6e\x64\x6f\x77\xbc\x6b\x76\x5f\x63\x61\x63\x68\x65\x5f"
+    "\x73\x70\x65\x63\x5f\x73\x6c\x69\x64\x69\x6e\x67\x5f\x77\x69\x6e\x64\x6f\x77\xcc\x80\x8a\xa4\x74"
+    "\x79\x70\x65\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64\xac\x62\x6c\x6f\x63\x6b\x5f\x68\x61"
+    "\x73\x68\x65\x73\x91\xcf\x80\x00\x00\x00\x00\x00\x30\x39\xb1\x70\x61\x72\x65\x6e\x74\x5f\x62\x6c"
+    "\x6f\x63\x6b\x5f\x68\x61\x73\x68\xc0\xa9\x74\x6f\x6b\x65\x6e\x5f\x69\x64\x73\x92\x01\x02\xaa\x62"
+    "\x6c\x6f\x63\x6b\x5f\x73\x69\x7a\x65\x02\xa7\x6c\x6f\x72\x61\x5f\x69\x64\xc0\xa6\x6d\x65\x64\x69"
+    "\x75\x6d\xa3\x47\x50\x55\xa9\x6c\x6f\x72\x61\x5f\x6e\x61\x6d\x65\xc0\xa9\x67\x72\x6f\x75\x70\x5f"
+    "\x69\x64\x78\x01\xb2\x6b\x76\x5f\x63\x61\x63\x68\x65\x5f\x73\x70\x65\x63\x5f\x6b\x69\x6e\x64\xae"
+    "\x66\x75\x6c\x6c\x5f\x61\x74\x74\x65\x6e\x74\x69\x6f\x6e\x84\xa4\x74\x79\x70\x65\xac\x42\x6c\x6f"
+    "\x63\x6b\x52\x65\x6d\x6f\x76\x65\x64\xac\x62\x6c\x6f\x63\x6b\x5f\x68\x61\x73\x68\x65\x73\x91\xcf"
+    "\x80\x00\x00\x00\x00\x00\x30\x39\xa6\x6d\x65\x64\x69\x75\x6d\xa3\x47\x50\x55\xa9\x67\x72\x6f\x75"
+    "\x70\x5f\x69\x64\x78\x00\x84\xa4\x74\x79\x70\x65\xac\x42\x6c\x6f\x63\x6b\x52\x65\x6d\x6f\x76\x65"
+    "\x64\xac\x62\x6c\x6f\x63\x6b\x5f\x68\x61\x73\x68\x65\x73\x91\xcf\xfe\xdc\xba\x98\x76\x54\x32\x10"
+    "\xa6\x6d\x65\x64\x69\x75\x6d\xa3\x47\x50\x55\xa9\x67\x72\x6f\x75\x70\x5f\x69\x64\x78\x01\xb2\x64"
+    "\x61\x74\x61\x5f\x70\x61\x72\x61\x6c\x6c\x65\x6c\x5f\x72\x61\x6e\x6b\x00"sv;
+// The same declarations with array_like=True (every field written):
+// EventBatch(ts=8.0, data_parallel_rank=1, events=[
+//   BlockStored(block_hashes=[H2], parent_block_hash=None, token_ids=[3], block_size=1, lora_id=None,
+//               medium="GPU", lora_name=None, extra_keys=[None], group_idx=0),
+//   BlockStored(block_hashes=[H1], parent_block_hash=H2, token_ids=[4], block_size=1, lora_id=None,
+//               medium="GPU", lora_name=None, group_idx=1),
+//   BlockRemoved(block_hashes=[H1], medium="GPU", group_idx=1),
+//   BlockRemoved(block_hashes=[H2], medium="GPU", group_idx=0)])
+constexpr std::string_view kGroupArrayBatch =
+    "\x93\xcb\x40\x20\x00\x00\x00\x00\x00\x00\x94\x9c\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64"
+    "\x91\xcf\xfe\xdc\xba\x98\x76\x54\x32\x10\xc0\x91\x03\x01\xc0\xa3\x47\x50\x55\xc0\x91\xc0\x00\xc0"
+    "\xc0\x9c\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64\x91\xcf\x80\x00\x00\x00\x00\x00\x30\x39"
+    "\xcf\xfe\xdc\xba\x98\x76\x54\x32\x10\x91\x04\x01\xc0\xa3\x47\x50\x55\xc0\xc0\x01\xc0\xc0\x94\xac"
+    "\x42\x6c\x6f\x63\x6b\x52\x65\x6d\x6f\x76\x65\x64\x91\xcf\x80\x00\x00\x00\x00\x00\x30\x39\xa3\x47"
+    "\x50\x55\x01\x94\xac\x42\x6c\x6f\x63\x6b\x52\x65\x6d\x6f\x76\x65\x64\x91\xcf\xfe\xdc\xba\x98\x76"
+    "\x54\x32\x10\xa3\x47\x50\x55\x00\x01"sv;
+
+TEST(KvEventsGroups, HybridModelFeedsOnlyTheFullAttentionGroup) {
+  // Group 0 is the sliding window here: its store is dropped, and so is its removal of the same block
+  // (which the full-attention group still holds). Group 1 was learned to be full attention from its
+  // store, so its removal, which names no kind, is kept.
+  Result<KvEventBatch> r = decode(kHybridMapBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->skipped_groups, 2U);
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH1}));
+  EXPECT_EQ(stored(*r, 0).group_idx, 1U);
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{kH2}));
+  EXPECT_EQ(removed(*r, 1).group_idx, 1U);
+}
+
+TEST(KvEventsGroups, PositionalGroupIdx) {
+  // No kinds: group 0 feeds the directory, group 1 does not.
+  Result<KvEventBatch> r = decode(kGroupArrayBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->data_parallel_rank, 1);
+  EXPECT_EQ(r->skipped_groups, 2U);
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH2}));
+  EXPECT_EQ(stored(*r, 0).group_idx, 0U);
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{kH2}));
+  EXPECT_EQ(removed(*r, 1).group_idx, 0U);
+
+  // Kinds learned earlier from this publisher's stores decide instead.
+  KvCacheGroups groups;
+  EXPECT_FALSE(groups.admit(0, "sliding_window"));
+  EXPECT_TRUE(groups.admit(1, "full_attention"));
+  r = decode_kv_events(as_payload(kGroupArrayBatch), {}, &groups);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->skipped_groups, 2U);
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH1}));
+  EXPECT_EQ(stored(*r, 0).parent_block_hash, kH2);
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{kH1}));
+}
+
+TEST(KvEventsGroups, KindsAreLearnedAcrossPayloadsAndForgottenOnReset) {
+  KvCacheGroups groups;
+  auto decode_with = [&](std::string_view json) { return decode_kv_events(as_payload(json_bytes(json)), {}, &groups); };
+  Result<KvEventBatch> r = decode_with(R"({"ts": 1.0, "events": [
+      {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null, "token_ids": [1], "block_size": 1,
+       "lora_id": null, "medium": "GPU", "lora_name": null, "group_idx": 3, "kv_cache_spec_kind": "mla_attention"},
+      {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null, "token_ids": [1], "block_size": 1,
+       "lora_id": null, "medium": "GPU", "lora_name": null, "group_idx": 0, "kv_cache_spec_kind": "sliding_window_mla",
+       "kv_cache_spec_sliding_window": 128}]})");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->events.size(), 1U);
+  EXPECT_EQ(r->skipped_groups, 1U);
+
+  const std::string removals = R"({"ts": 2.0, "events": [
+      {"type": "BlockRemoved", "block_hashes": [1], "medium": "GPU", "group_idx": 0},
+      {"type": "BlockRemoved", "block_hashes": [1], "medium": "GPU", "group_idx": 3}]})";
+  r = decode_with(removals);
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->events.size(), 1U);
+  EXPECT_EQ(removed(*r, 0).group_idx, 3U);
+  EXPECT_EQ(r->skipped_groups, 1U);
+
+  // The engine restarted: its groups are unknown again, group 0 is assumed to hold prefixes.
+  groups.reset();
+  r = decode_with(removals);
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->events.size(), 1U);
+  EXPECT_EQ(removed(*r, 0).group_idx, 0U);
+
+  // A payload that does not decode teaches nothing.
+  EXPECT_FALSE(decode_with(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, 5, "full_attention"],
+                                     ["BlockRemoved", "not hashes"]]])"));
+  r = decode_with(R"([1.0, [["BlockRemoved", [1], "GPU", 5]]])");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->skipped_groups, 1U) << "group 5 is still unknown: not group 0";
+}
+
+TEST(KvEventsGroups, EveryTruncationIsAnError) {
+  for (std::string_view payload : {kHybridMapBatch, kGroupArrayBatch}) {
+    for (std::size_t n = 0; n < payload.size(); ++n) EXPECT_FALSE(decode(payload.substr(0, n))) << n << " bytes";
+  }
+}
+
+TEST(KvEventsGroups, KindsThisDecoderDoesNotKnowFallBackToTheGroup) {
+  KvCacheGroups groups;
+  EXPECT_TRUE(groups.admit(std::nullopt, ""));          // engines without groups (SGLang, older vLLM)
+  EXPECT_TRUE(groups.admit(0, ""));                     // vLLM's first group
+  EXPECT_FALSE(groups.admit(2, ""));                    // any other, until its kind is known
+  EXPECT_TRUE(groups.admit(0, "unknown"));              // vLLM's KVCacheSpecKind.UNKNOWN
+  EXPECT_FALSE(groups.admit(2, "gated_delta_net"));     // newer than this decoder
+  EXPECT_TRUE(groups.admit(2, "sink_full_attention"));  // now known
+  EXPECT_TRUE(groups.admit(2, ""));                     // and remembered
+  EXPECT_FALSE(groups.admit(std::nullopt, "mamba"));    // a kind decides even without a group
+  EXPECT_TRUE(groups.admit(1000, "full_attention"));    // past 64 groups: decided, not remembered
+  EXPECT_FALSE(groups.admit(1000, ""));
+  EXPECT_FALSE(groups.admit(0, "cross_attention"));
+  EXPECT_FALSE(groups.admit(0, ""));  // group 0 learned as not holding prefixes
+}
+
+TEST(KvEventsGroups, WrongTypesAreErrorsEvenForSkippedGroups) {
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, -1]]])"),
+                      "events[0] (BlockStored).group_idx: expected an unsigned 32-bit integer or nil, got -1");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, "0"]]])"),
+                      "group_idx");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, null, null, null, 4294967296]]])"),
+                      "group_idx");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, null, null, null, 0, 7]]])"),
+                      "kv_cache_spec_kind: expected a string or nil, got 7");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockRemoved", [1], "GPU", 1.5]]])"), "(BlockRemoved).group_idx");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockRemoved", "block_hashes": [1], "group_idx": [0]}]])"),
+                      "(BlockRemoved).group_idx");
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null,
+                                  "token_ids": [1], "block_size": 1, "kv_cache_spec_kind": {"a": 1}}]])"),
+                      "kv_cache_spec_kind");
+  // A group that is skipped is still checked whole: one bad event fails the batch.
+  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1], 1, null, "GPU", null, null, 1]]])"),
+                      "token_ids");
+  // nil is "not sent".
+  Result<KvEventBatch> r =
+      decode(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, null, null, null],
+                                  ["BlockRemoved", [1], "GPU", null]]])"));
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_FALSE(stored(*r, 0).group_idx.has_value());
+  EXPECT_FALSE(removed(*r, 1).group_idx.has_value());
 }
 
 // ---- wrong shapes and values ------------------------------------------------------------------------

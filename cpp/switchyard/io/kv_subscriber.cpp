@@ -108,6 +108,7 @@ struct KvEventSubscriber::Impl {
     zmq::socket_t monitor;  ///< PAIR receiving the SUB's connect/disconnect events
     zmq::socket_t replay;   ///< DEALER; no handle when the publisher has no replay endpoint
     unsigned logged = 0;    ///< Trouble kinds already written to stderr
+    KvCacheGroups groups;   ///< which of this engine's KV cache groups hold whole prefixes (learned)
   };
 
   Impl(std::vector<KvPublisher> p, KvEventSink& s, KvSubscriberOptions o)
@@ -203,13 +204,14 @@ struct KvEventSubscriber::Impl {
 
   void reset(Link& link, Trouble kind, const std::string& reason) {
     update(link.index, [](KvPublisherStats& s) { ++s.resets; });
+    link.groups.reset();  // a restarted engine may lay its groups out anew
     log_once(link, kind, "state reset: " + reason);
     call_sink(link, [&] { sink.on_reset(link.index, reason); });
   }
 
   /// Decodes and hands over one batch; false (after on_rejected) when the payload does not decode.
   bool apply(Link& link, std::uint64_t seq, const zmq::message_t& payload, bool replayed) {
-    Result<KvEventBatch> batch = decode_kv_events(bytes_of(payload), options.limits);
+    Result<KvEventBatch> batch = decode_kv_events(bytes_of(payload), options.limits, &link.groups);
     if (!batch) {
       reject(link, Trouble::payload, "seq " + std::to_string(seq) + ": " + batch.error().message);
       return false;
