@@ -165,20 +165,27 @@ class TablePublisher::View final : public MaskObserver {
     for (std::uint64_t n = 0; n <= mask_; ++n, i = (i + 1) & mask_) {
       const std::uint64_t k = slots_[i].key.load(std::memory_order_relaxed);
       if (k == key) {
+        const std::uint64_t old = slots_[i].mask.load(std::memory_order_relaxed);
+        live_ += (old == 0 && mask != 0) ? 1 : 0;
+        live_ -= (old != 0 && mask == 0) ? 1 : 0;
         slots_[i].mask.store(mask, std::memory_order_release);
         return;
       }
       if (k == 0) break;
     }
     if (mask == 0) return;  // not in the view: nothing to clear
-    if (head_->used.load(std::memory_order_relaxed) + 1 > head_->slots / 4 * 3) {
-      rehash();
-      if (head_->used.load(std::memory_order_relaxed) + 1 > head_->slots / 4 * 3) {
+    const std::uint64_t used = head_->used.load(std::memory_order_relaxed);
+    if (used + 1 > head_->slots / 4 * 3) {
+      // Rehash only when it frees a good share of the slots: a view full of live keys would
+      // otherwise rescan itself on every new block.
+      if (used - live_ < head_->slots / 8) {
         head_->dropped.fetch_add(1, std::memory_order_relaxed);
         return;
       }
+      rehash();
     }
     insert(key, mask);
+    ++live_;
   }
 
   [[nodiscard]] std::uint64_t dropped() const noexcept { return head_->dropped.load(std::memory_order_relaxed); }
@@ -214,12 +221,14 @@ class TablePublisher::View final : public MaskObserver {
     }
     head_->used.store(0, std::memory_order_relaxed);
     for (const auto& [k, m] : live) insert(k, m);
+    live_ = live.size();
     head_->seq.store(s + 2, std::memory_order_release);
   }
 
   ViewHeader* head_;
   ViewSlot* slots_;
   std::uint64_t mask_;
+  std::uint64_t live_ = 0;  // keys with a non-zero mask
 };
 
 // The reader of one view: what decide() matches prompts against on the fast path.
@@ -428,7 +437,7 @@ std::uint32_t RingReader::clients() const noexcept {
   return n;
 }
 
-std::size_t RingReader::drain(const std::function<void(std::string_view)>& apply, std::size_t budget) {
+std::size_t RingReader::drain(const std::function<void(std::uint32_t, std::string_view)>& apply, std::size_t budget) {
   std::size_t applied = 0;
   const auto now = std::chrono::steady_clock::now().time_since_epoch();
   const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
@@ -452,9 +461,11 @@ std::size_t RingReader::drain(const std::function<void(std::string_view)>& apply
         tail = head;
         break;
       }
-      apply(std::string_view(data + pos + 4, len));
-      ++applied;
+      record_.assign(data + pos + 4, len);
       tail += (4 + std::uint64_t{len} + 7) & ~std::uint64_t{7};
+      rh.tail.store(tail, std::memory_order_release);
+      apply(i, record_);
+      ++applied;
     }
     rh.tail.store(tail, std::memory_order_release);
     // A client that died leaves its ring to be drained, then free.
@@ -520,44 +531,55 @@ Result<std::unique_ptr<FastClient>> FastClient::attach(const std::string& shm, b
 }
 
 FastClient::~FastClient() {
-  if (my_ring_ != nullptr) my_ring_->owner_pid.store(0, std::memory_order_release);
+  // Only the process that claimed the ring frees it (a forked child destroying its copy must not).
+  if (my_ring_ == nullptr) return;
+  std::int64_t me = ::getpid();
+  my_ring_->owner_pid.compare_exchange_strong(me, 0);
 }
 
 std::uint64_t FastClient::generation() const { return table_ ? table_->head->generation : 0; }
 
 Result<Ok> FastClient::refresh() {
-  const auto& main = *static_cast<const ShmHeader*>(counters_->get_address());
-  const std::uint64_t gen = main.generation.load(std::memory_order_acquire);
+  const auto* main = static_cast<const ShmHeader*>(counters_->get_address());
+  std::uint64_t gen = main->generation.load(std::memory_order_acquire);
   if (table_ && table_->head->generation == gen && table_->head->retired.load(std::memory_order_relaxed) == 0) {
     return Ok{};
   }
-  if (main.retired.load(std::memory_order_acquire) != 0) {  // the sidecar grew its segment: re-open it
-    auto counters = map_segment(shm_, false);
-    if (counters) counters_ = std::move(counters).value();
+  if (main->retired.load(std::memory_order_acquire) != 0) {  // the sidecar grew its segment: re-open it
+    if (auto counters = map_segment(shm_, false); counters) {
+      counters_ = std::move(counters).value();
+      main = static_cast<const ShmHeader*>(counters_->get_address());
+      gen = main->generation.load(std::memory_order_acquire);
+    }
   }
   auto region = map_segment(table_segment_name(shm_, gen), false);
-  if (!region) {
-    // A reload is being published: keep deciding from the table we have.
+  // While a new table is being published (or cannot be read) the mapped one keeps deciding; with
+  // none mapped, the caller is told to use the socket.
+  auto keep = [&](std::string why) -> Result<Ok> {
     if (table_) return Ok{};
-    return std::move(region).error();
-  }
+    return unavailable(std::move(why));
+  };
+  if (!region) return keep(region.error().message);
   auto t = std::make_unique<Table>();
   t->region = std::move(region).value();
   const char* base = static_cast<const char*>(t->region->get_address());
   t->head = reinterpret_cast<const TableHeader*>(base);
-  const TableHeader& h = *t->head;
-  if (t->region->get_size() < sizeof(TableHeader) || h.magic != kTableMagic || h.layout_version != kFastLayoutVersion ||
-      h.header_size != sizeof(TableHeader) || !same_fingerprint(h.fingerprint) || h.bytes > t->region->get_size()) {
-    return fast_error("table segment of '" + shm_ + "' was written by another build of Switchyard");
+  if (t->region->get_size() < sizeof(TableHeader) || t->head->ready.load(std::memory_order_acquire) == 0) {
+    return keep("the sidecar's table is not published yet");
   }
-  if (h.ready.load(std::memory_order_acquire) == 0) {
-    if (table_) return Ok{};
-    return unavailable("the sidecar's table is not published yet");
+  const TableHeader& h = *t->head;
+  if (h.magic != kTableMagic || h.layout_version != kFastLayoutVersion || h.header_size != sizeof(TableHeader) ||
+      !same_fingerprint(h.fingerprint) || h.bytes > t->region->get_size() || h.text_offset + h.text_bytes > h.bytes ||
+      h.source_offset + h.source_bytes > h.bytes ||
+      h.units_offset + std::uint64_t{h.units} * sizeof(UnitWords) > h.bytes ||
+      h.budgets_offset + std::uint64_t{h.scenarios} * sizeof(BudgetWords) > h.bytes ||
+      h.views_offset + std::uint64_t{h.views} * sizeof(ViewHeader) > h.bytes) {
+    return keep("table segment of '" + shm_ + "' was written by another build of Switchyard");
   }
   auto config = load_config_text(std::string_view(base + h.text_offset, h.text_bytes),
                                  std::string(base + h.source_offset, h.source_bytes));
-  if (!config) return fast_error("the published table does not load here: " + config.error().message);
-  if (config.value()->content_hash != h.config_version) return fast_error("the published table is torn");
+  if (!config) return keep("the published table does not load here: " + config.error().message);
+  if (config.value()->content_hash != h.config_version) return keep("the published table is torn");
   const std::uint64_t seq = my_ring_ != nullptr ? my_ring_->next_seq.load(std::memory_order_relaxed) & kSeqMask : 0;
   const std::uint64_t first = kFastIdBit | (std::uint64_t{ring_} << kRingShift) | seq;
   t->router = std::make_shared<Router>(config.value(), RouterOptions{.seed = h.seed, .first_decision_id = first | 1U});
@@ -566,7 +588,7 @@ Result<Ok> FastClient::refresh() {
   const auto* vh = reinterpret_cast<const ViewHeader*>(base + h.views_offset);
   for (std::uint32_t v = 0; v < h.views; ++v) {
     if (vh[v].offset + vh[v].slots * sizeof(ViewSlot) > h.bytes || !std::has_single_bit(vh[v].slots)) {
-      return fast_error("table segment of '" + shm_ + "' has a view out of bounds");
+      return keep("table segment of '" + shm_ + "' has a view out of bounds");
     }
     t->views.push_back(std::make_unique<MappedView>(&vh[v], reinterpret_cast<const ViewSlot*>(base + vh[v].offset)));
     if (vh[v].target == kNone) {
@@ -577,6 +599,7 @@ Result<Ok> FastClient::refresh() {
   }
   t->router->set_prefix_index(std::move(pools), maas);
   previous_ = table_ ? table_->router : nullptr;
+  previous_generation_ = table_ ? table_->head->generation : 0;
   table_ = std::move(t);
   return Ok{};
 }
@@ -615,7 +638,7 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
   auto d = t.router->dispatch(request);
   if (!d) return d;
   if (decided_by != nullptr) *decided_by = t.router->config();
-  recent_[d->id & (kRecent - 1)] = {d->id, d->scenario, d->placement.target, t.router.get()};
+  recent_[d->id & (kRecent - 1)] = {d->id, d->scenario, d->placement.target, t.head->generation};
   my_ring_->next_seq.store((t.router->next_decision_id()) & kSeqMask, std::memory_order_relaxed);
 
   // The adopt message: the wire protocol's, by indices of the table it was decided from.
@@ -680,6 +703,7 @@ bool FastClient::post(std::string_view message) {
 }
 
 bool FastClient::post_locked(std::string_view message) {
+  if (message.empty()) return false;  // a zero length marks a corrupt ring to the reader
   const std::uint64_t need = (4 + message.size() + 7) & ~std::uint64_t{7};
   if (need > kRingBytes / 2) return false;
   std::uint64_t head = my_ring_->head.load(std::memory_order_relaxed);
@@ -705,13 +729,14 @@ bool FastClient::post_locked(std::string_view message) {
 Result<ReportReceipt> FastClient::receipt(const OutcomeReport& report) {
   std::lock_guard lock(mu_);
   const Recent& r = recent_[report.decision_id & (kRecent - 1)];
-  const bool known = r.id == report.decision_id &&
-                     ((table_ && r.router == table_->router.get()) || (previous_ && r.router == previous_.get()));
-  if (!known) {
+  Router* router = nullptr;
+  if (r.id == report.decision_id && table_ && r.generation == table_->head->generation) router = table_->router.get();
+  if (r.id == report.decision_id && previous_ && r.generation == previous_generation_) router = previous_.get();
+  if (router == nullptr) {
     return make_error(ErrorCode::unknown_decision, "decision " + std::to_string(report.decision_id) +
                                                        " is not one of this client's recent fast-path decisions");
   }
-  return r.router->price_outcome(r.scenario, r.target, report);
+  return router->price_outcome(r.scenario, r.target, report);
 }
 
 }  // namespace switchyard::sidecar

@@ -152,7 +152,9 @@ class RingReader {
 
   /// Hands every waiting record to `apply` (at most `budget` of them); frees rings of dead clients
   /// once empty. Returns how many records it applied.
-  std::size_t drain(const std::function<void(std::string_view)>& apply, std::size_t budget = 4096);
+  /// Each record is copied out and consumed before `apply` sees it: a record that brings the sidecar
+  /// down is not applied twice (nor forever).
+  std::size_t drain(const std::function<void(std::uint32_t ring, std::string_view)>& apply, std::size_t budget = 4096);
   [[nodiscard]] std::uint32_t clients() const noexcept;
 
  private:
@@ -161,6 +163,7 @@ class RingReader {
   std::unique_ptr<boost::interprocess::mapped_region> region_;
   char* base_ = nullptr;
   std::int64_t last_reap_ms_ = 0;
+  std::string record_;  // the record being applied, out of shared memory
 };
 
 /// The worker's side: decides from the mapped table and posts to its own ring. Thread-safe.
@@ -206,11 +209,12 @@ class FastClient {
   std::uint32_t ring_ = 0;
   std::unique_ptr<Table> table_;
   std::shared_ptr<Router> previous_;  // the local router of the table before the last reload
+  std::uint64_t previous_generation_ = 0;
   struct Recent {
     std::uint64_t id = 0;
     std::uint32_t scenario = 0;
     std::uint32_t target = 0;
-    Router* router = nullptr;  // the current or the previous table's
+    std::uint64_t generation = 0;  // of the table that decided it (the current or the previous)
   };
   static constexpr std::size_t kRecent = 1U << 16;  // decisions a receipt can be given for
   std::vector<Recent> recent_ = std::vector<Recent>(kRecent);

@@ -586,6 +586,8 @@ int run(int argc, char** argv) {
         log(LOG_WARNING, "ZAP: %s", e.what());
       }
     }
+    // Rings first: a report sent through the socket must not overtake the adopt of its decision.
+    server->drain_rings(now_ms());
     if ((items[0].revents & ZMQ_POLLIN) != 0) {
       for (int i = 0; i < 1024 && serve_one(false); ++i) {
       }
@@ -611,7 +613,6 @@ int run(int argc, char** argv) {
       }
     }
     const auto now = now_ms();
-    server->drain_rings(now);
     if (now - last_beat >= 100) {
       server->heartbeat(now);
       last_beat = now;

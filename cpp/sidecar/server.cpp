@@ -2,9 +2,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <utility>
@@ -48,7 +50,7 @@ class MapOut {
   [[nodiscard]] msgpack::sbuffer& body() { return body_; }
 
  private:
-  msgpack::sbuffer body_;
+  msgpack::sbuffer body_{256};  // most maps are small: not the default 8 KiB per map
   Packer pk_{body_};
   std::uint32_t n_ = 0;
 };
@@ -78,7 +80,7 @@ struct WireError {
 };
 
 std::string reply_bytes(const msgpack::object* id, const WireError* error, const MapOut* body) {
-  msgpack::sbuffer out;
+  msgpack::sbuffer out{512};
   Packer p(out);
   p.pack_map(3 + (error != nullptr ? 1 : (body != nullptr ? body->size() : 0)));
   pack_str(p, "v");
@@ -131,16 +133,18 @@ struct BadField {
 class Fields {
  public:
   explicit Fields(const msgpack::object& map) {
+    fields_.reserve(map.via.map.size);
     for (std::uint32_t i = 0; i < map.via.map.size; ++i) {
       const auto& kv = map.via.map.ptr[i];
       if (kv.key.type != msgpack::type::STR) bad("bad_message", "request keys must be strings");
-      fields_.emplace(std::string_view(kv.key.via.str.ptr, kv.key.via.str.size), &kv.val);
+      const std::string_view key(kv.key.via.str.ptr, kv.key.via.str.size);
+      if (find(key) == nullptr) fields_.emplace_back(key, &kv.val);  // the first of repeated keys wins
     }
   }
   [[nodiscard]] const msgpack::object* get(std::string_view k) const {
-    auto it = fields_.find(k);
-    if (it == fields_.end() || it->second->type == msgpack::type::NIL) return nullptr;
-    return it->second;
+    const msgpack::object* o = find(k);
+    if (o == nullptr || o->type == msgpack::type::NIL) return nullptr;
+    return o;
   }
   [[nodiscard]] std::optional<std::string_view> str(std::string_view k) const {
     const auto* o = get(k);
@@ -192,7 +196,14 @@ class Fields {
   }
 
  private:
-  std::map<std::string_view, const msgpack::object*, std::less<>> fields_;
+  // A request has about a dozen keys (the decoder caps a map at 256): a flat list beats a tree.
+  [[nodiscard]] const msgpack::object* find(std::string_view k) const {
+    for (const auto& [key, value] : fields_) {
+      if (key == k) return value;
+    }
+    return nullptr;
+  }
+  std::vector<std::pair<std::string_view, const msgpack::object*>> fields_;
 };
 
 TimeMs now_of(const Fields& f, std::int64_t now_ms) {
@@ -236,7 +247,7 @@ RouteRequest route_request(const Fields& f, std::int64_t now_ms, std::vector<std
 }
 
 /// adopt fields -> the Decision a fast-path client made (indices into the table it names).
-Decision adopted_decision(const Fields& f) {
+Decision adopted_decision(const Fields& f, std::int64_t now_ms) {
   auto index = [](const msgpack::object& o, std::string_view k) {
     if (o.type != msgpack::type::POSITIVE_INTEGER || o.via.u64 > 0xFFFFFFFFULL) {
       bad("bad_message", "'" + std::string(k) + "' must be an index (a 32-bit unsigned integer)");
@@ -273,7 +284,11 @@ Decision adopted_decision(const Fields& f) {
     d.prefix.resize(p->via.bin.size / 8);
     std::memcpy(d.prefix.data(), p->via.bin.ptr, p->via.bin.size);
   }
-  d.at = f.count("at").value_or(0);
+  // Figures a real decision cannot have are refused: they would overflow the budget sums.
+  if (d.reserved_cost.picos() > 1'000'000'000'000'000LL) bad("invalid_argument", "reserved_cost above 1,000 USD");
+  if (d.active_blocks > (1LL << 26)) bad("invalid_argument", "active_blocks above 2^26");
+  // The client's clock, but never ahead of ours (a future time would expire every pending decision).
+  d.at = std::min<std::int64_t>(f.count("at").value_or(now_ms), now_ms);
   return d;
 }
 
@@ -399,6 +414,20 @@ std::vector<std::string> reason_strings(const Config& config, const Decision& d)
   return out;
 }
 
+// Table segments of other generations: a sidecar that died (or failed to start) left them. The
+// caller holds the segment's lock, so no live sidecar owns them.
+static void remove_stale_tables(const std::string& shm, std::uint64_t keep) {
+  std::error_code ec;
+  const std::string prefix = shm + ".t";
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string_view digits = std::string_view(name).substr(prefix.size());
+    if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    if (name != table_segment_name(shm, keep)) std::filesystem::remove(entry.path(), ec);
+  }
+}
+
 // ------------------------------------------------------------------------------------------ Server
 
 Result<Server::Started> Server::start(const std::string& config_path, const std::string& shm_name) {
@@ -432,7 +461,8 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
   if (auto ok = s->segment_->publish_all(*s->router_->config(), s->published_); !ok) return std::move(ok).error();
   if (auto rings = RingReader::open(shm_name); rings) {
     s->rings_ = std::move(rings).value();
-    s->publish_table(s->segment_->generation());
+    remove_stale_tables(shm_name, s->segment_->generation());
+    s->publish_table(s->segment_->generation(), *s->router_, nullptr);
   } else {
     s->fast_note_ = rings.error().message;
   }
@@ -445,10 +475,10 @@ Server::~Server() {
   if (table_ && router_) table_->detach(*router_);
 }
 
-void Server::publish_table(std::uint64_t generation) {
+void Server::publish_table(std::uint64_t generation, Router& router, Router* replaced) {
   if (!rings_) return;
-  auto fresh = TablePublisher::create(segment_->name(), generation, *router_, 0);
-  if (table_ && previous_) table_->detach(*previous_);
+  auto fresh = TablePublisher::create(segment_->name(), generation, router, 0);
+  if (table_ && replaced != nullptr) table_->detach(*replaced);
   table_.reset();  // retires the old table: clients map the new one on their next route
   if (fresh) {
     table_ = std::move(fresh).value();
@@ -474,8 +504,8 @@ std::size_t Server::drain_rings(std::int64_t now_ms) {
     router_->expire_directories(now_ms);
   }
   if (!rings_) return 0;
-  return rings_->drain([&](std::string_view record) {
-    const std::string reply = handle(record, now_ms);
+  return rings_->drain([&](std::uint32_t ring, std::string_view record) {
+    const std::string reply = handle(record, now_ms, ring);
     ++ring_applied_;
     // Nobody waits for this reply: an error is counted (and shown by stats and /metrics).
     if (!reply_ok(reply)) ++ring_rejected_;
@@ -568,6 +598,9 @@ Result<Ok> Server::reload() {
   if (rows.size() > segment_->capacity()) {
     if (auto ok = segment_->rebuild(rows.size()); !ok) return std::move(ok).error();
   }
+  // Published (and observing the new directories) before the swap: no block the KV thread stores
+  // into them is missed. A rebuild above started yet another generation: name the table after it.
+  publish_table(segment_->generation(), *fresh, router_.get());
   {
     std::lock_guard lock(router_mu_);
     previous_ = std::move(router_);
@@ -577,13 +610,17 @@ Result<Ok> Server::reload() {
   }
   published_ = rows;
   auto ok = segment_->publish_all(nc, published_);
-  publish_table(generation);
+  publish_state();
   return ok;
 }
 
 // ------------------------------------------------------------------------------------------ handle
 
 std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexcept {
+  return handle(payload, now_ms, kNone);
+}
+
+std::string Server::handle(std::string_view payload, std::int64_t now_ms, std::uint32_t ring) noexcept {
   const msgpack::object* id = nullptr;
   msgpack::object_handle oh;  // outlives the try: error replies echo `id`, which points into it
   try {
@@ -611,6 +648,11 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
       bad("bad_message", "unsupported protocol version (this sidecar speaks v=1)");
     }
     const std::string_view op = f.required_str("op");
+    // A ring carries what a fast-path client did, nothing else; an adopt comes only from its ring.
+    if (ring != kNone && op != "adopt" && op != "report" && op != "verdict") {
+      bad("bad_message", "a fast-path ring carries adopt, report and verdict records only");
+    }
+    if (ring == kNone && op == "adopt") bad("bad_message", "adopt comes only through a fast-path ring");
     MapOut body;
     auto router = router_;  // the serving thread is the only writer of router_
     const Config& config = *router->config();
@@ -688,7 +730,12 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexce
       publish_state();
     } else if (op == "adopt") {
       // A fast-path client's decision, decided from the table it names (this one, or the one before).
-      Decision d = adopted_decision(f);
+      Decision d = adopted_decision(f, now_ms);
+      // Ids are partitioned by ring: a client cannot take the sidecar's ids or another ring's.
+      if ((d.id & kFastIdBit) == 0 || ((d.id >> kRingShift) & 0x7FFFFFU) != ring) {
+        bad("invalid_argument",
+            "decision id " + std::to_string(d.id) + " is not one of ring " + std::to_string(ring) + "'s ids");
+      }
       const bool old =
           previous_ && d.config_version != config.content_hash && d.config_version == previous_->config()->content_hash;
       Router& target_router = old ? *previous_ : *router;

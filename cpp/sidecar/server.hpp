@@ -44,6 +44,9 @@ class Server {
 
   /// One request -> one reply. Never throws; bad input is an error reply.
   [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms) noexcept;
+  /// The same for a record of fast-path ring `ring` (only adopt, report and verdict; an adopt's id
+  /// must be one of that ring's). drain_rings() calls it; public for the fuzz test.
+  [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms, std::uint32_t ring) noexcept;
   /// Re-reads the config file: validated first; the old table keeps serving on error.
   [[nodiscard]] Result<Ok> reload();
   void heartbeat(std::int64_t now_ms) noexcept;
@@ -73,8 +76,9 @@ class Server {
   /// Mirrors the one row a route changed (the hot path: no full snapshot).
   void sync_row(std::uint32_t scenario, std::uint32_t target);
   void publish_state();
-  /// Publishes router_'s table for the fast path (start, reload); on failure the socket still serves.
-  void publish_table(std::uint64_t generation);
+  /// Publishes `router`'s table for the fast path (start, reload; `replaced` stops being observed);
+  /// on failure the socket still serves.
+  void publish_table(std::uint64_t generation, Router& router, Router* replaced);
   void sync_rows_locked(const Router& r);
   /// Adds what `old` gained between two snapshots to the current router's rows of the same names.
   void carry_delta(const Router& old, const std::vector<CounterRow>& before);

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import time
+import weakref
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,6 +128,13 @@ class RemoteDecision:
         return f"<switchyard.RemoteDecision {self.id} -> {self.target} (${cost})>"
 
 
+def _drop_fast_path(ref: weakref.ref[Client]) -> None:
+    client = ref()
+    if client is not None:
+        client._fast = None
+        client.fast_path_error = "forked: this process has no ring of its own"
+
+
 def _z85(key: str | bytes, name: str) -> bytes:
     raw = key.encode() if isinstance(key, str) else key
     if len(raw) != 40:
@@ -218,6 +226,10 @@ class Client:
                 self._fast = _core.attach_fast_path(shm)
             except _errors.SwitchyardError as e:  # no sidecar yet, or every ring taken: the socket
                 self.fast_path_error = str(e)
+            else:
+                # A forked child must not write into its parent's ring: it goes through the socket.
+                me = weakref.ref(self)
+                os.register_at_fork(after_in_child=lambda: _drop_fast_path(me))
         if config is not None:
             from switchyard import load_config
             from switchyard.router import Router
@@ -321,6 +333,8 @@ class Client:
             "now": now,
         }
         if self._fast is not None:
+            if self._unacked and self._available():
+                self.flush()  # what the socket could not take before
             try:
                 d = self._fast.route(scenario, **fields)
                 self.fast_decisions += 1

@@ -67,7 +67,7 @@ class FastPathTest : public ::testing::Test {
     namespace bip = boost::interprocess;
     bip::shared_memory_object::remove(name_.c_str());
     bip::shared_memory_object::remove(rings_segment_name(name_).c_str());
-    for (int g = 0; g < 8; ++g) bip::shared_memory_object::remove(table_segment_name(name_, g).c_str());
+    for (int g = 0; g < 64; ++g) bip::shared_memory_object::remove(table_segment_name(name_, g).c_str());
     std::remove(lock_path(name_).c_str());
     std::remove(path_.c_str());
   }
@@ -123,6 +123,19 @@ std::string report_msg(std::uint64_t id, const std::string& target, const std::s
   pk.pack(status);
   pk.pack("now");
   pk.pack(static_cast<double>(kNow) / 1000.0 + 1);
+  return {buf.data(), buf.size()};
+}
+
+std::string route_request_msg() {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_map(3);
+  pk.pack("v");
+  pk.pack(1);
+  pk.pack("op");
+  pk.pack("route");
+  pk.pack("scenario");
+  pk.pack("chat");
   return {buf.data(), buf.size()};
 }
 
@@ -245,6 +258,76 @@ TEST_F(FastPathTest, AReloadOfTheSameBytesKeepsTheTable) {
   ASSERT_TRUE(fast->post(report_msg(d->id, server->router()->config()->targets[d->placement.target].name, "ok")));
   EXPECT_EQ(server->drain_rings(kNow + 1), 2U);
   EXPECT_EQ(server->fast_path().rejected, 0U);
+}
+
+TEST_F(FastPathTest, AReloadThatGrowsTheCounterSegmentIsFollowed) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  ASSERT_TRUE(fast->route(request(prompt(5, 5, 1), kNow)).ok());
+  std::string text = kTable;
+  for (int i = 0; i < 80; ++i) {  // 80 more ledger rows: more than the segment has slots
+    text += "  extra-" + std::to_string(i) + ":\n    data_class: public\n    routes: [{target: api}]\n";
+  }
+  write(text);
+  ASSERT_TRUE(server->reload().ok());
+  auto d = fast->route(request(prompt(5, 5, 1), kNow + 1));
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  EXPECT_EQ(d->config_version, server->router()->config()->content_hash);
+  EXPECT_EQ(fast->generation(), server->generation());
+  EXPECT_EQ(server->drain_rings(kNow + 2), 2U);
+  EXPECT_EQ(server->fast_path().rejected, 0U);
+}
+
+TEST_F(FastPathTest, RingRecordsAreCheckedAgainstTheirRing) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  auto d = fast->route(request(prompt(6, 6, 1), kNow));
+  ASSERT_TRUE(d.ok());
+  ASSERT_EQ(server->drain_rings(kNow), 1U);
+  // The same adopt under an id of another ring, and of the sidecar's own id space.
+  auto adopt = [&](std::uint64_t id) {
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> pk(buf);
+    pk.pack_map(7);
+    for (const auto& [k, v] : {std::pair<const char*, std::uint64_t>{"v", 1},
+                               {"decision_id", id},
+                               {"config_version", d->config_version},
+                               {"scenario", 0},
+                               {"target", 1},
+                               {"replica", kNone}}) {
+      pk.pack(k);
+      pk.pack(v);
+    }
+    pk.pack("op");
+    pk.pack("adopt");
+    return std::string(buf.data(), buf.size());
+  };
+  const std::uint64_t other_ring = kFastIdBit | (std::uint64_t{fast->ring() + 1} << kRingShift) | 7U;
+  const std::uint64_t socket_id = (server->generation() << kGenerationShift) | 1U;
+  const std::uint64_t own = kFastIdBit | (std::uint64_t{fast->ring()} << kRingShift) | 900U;
+  ASSERT_TRUE(fast->post(adopt(other_ring)));
+  ASSERT_TRUE(fast->post(adopt(socket_id)));
+  ASSERT_TRUE(fast->post(adopt(own)));
+  EXPECT_FALSE(fast->post("")) << "an empty record would read as a corrupt ring";
+  ASSERT_TRUE(fast->post(route_request_msg()));  // only adopt, report and verdict ride a ring
+  EXPECT_EQ(server->drain_rings(kNow + 1), 4U);
+  EXPECT_EQ(server->fast_path().rejected, 3U);
+  EXPECT_FALSE(server->router()->has_pending(other_ring));
+  EXPECT_FALSE(server->router()->has_pending(socket_id));
+  EXPECT_TRUE(server->router()->has_pending(own));
+  // Through the socket an adopt is refused whatever its id.
+  EXPECT_NE(server->handle(adopt(own + 1), kNow + 2).find("adopt comes only through"), std::string::npos);
+}
+
+TEST_F(FastPathTest, TablesOfDeadGenerationsAreRemovedAtStart) {
+  const std::string stale = "/dev/shm/" + table_segment_name(name_, 41);
+  std::ofstream(stale) << "left by a sidecar that died";
+  auto server = start();
+  struct stat st {};
+  EXPECT_NE(::stat(stale.c_str(), &st), 0);
+  EXPECT_EQ(::stat(("/dev/shm/" + table_segment_name(name_, server->generation())).c_str(), &st), 0);
 }
 
 TEST_F(FastPathTest, AFullRingIsRefusedSoTheCallerCanUseTheSocket) {

@@ -192,14 +192,22 @@ TEST_F(SidecarTest, RandomizedInputAlwaysGetsAWellFormedReply) {
                                      pk.pack(5);
                                    },
                                    5)};
-  for (const auto& seed : seeds) EXPECT_TRUE(outcome(server->handle(seed, kNow)).first) << "seeds are valid";
+  // Seed 2 is a ring record (ring 0's id): fed through the ring path; the rest through the socket's.
+  auto handle = [&](std::size_t seed, const std::string& msg, std::int64_t now) {
+    return seed == 2 ? server->handle(msg, now, 0) : server->handle(msg, now);
+  };
+  for (std::size_t s = 0; s < std::size(seeds); ++s) {
+    EXPECT_TRUE(outcome(handle(s, seeds[s], kNow)).first) << "seed " << s << " is valid";
+  }
   for (long i = 0; i < iterations; ++i) {
     std::string msg;
+    std::size_t seed = rng() % std::size(seeds);  // random bytes go through either path
     if (i % 10 == 0) {
       msg.resize(rng() % 64);
       for (auto& c : msg) c = static_cast<char>(rng());
     } else {
-      msg = seeds[rng() % std::size(seeds)];
+      seed = rng() % std::size(seeds);
+      msg = seeds[seed];
       const int edits = 1 + static_cast<int>(rng() % 4);
       for (int e = 0; e < edits && !msg.empty(); ++e) {
         const std::size_t at = rng() % msg.size();
@@ -211,7 +219,7 @@ TEST_F(SidecarTest, RandomizedInputAlwaysGetsAWellFormedReply) {
         }
       }
     }
-    const std::string reply = server->handle(msg, kNow + i);
+    const std::string reply = handle(seed, msg, kNow + i);
     ASSERT_FALSE(reply.empty());
     (void)outcome(reply);
     if (HasFailure()) FAIL() << "iteration " << i;

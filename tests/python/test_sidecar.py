@@ -909,6 +909,23 @@ def test_fast_path_keeps_deciding_while_the_sidecar_is_down_and_nothing_is_lost(
         _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 51)
 
 
+def test_a_forked_child_does_not_share_its_parents_ring(sidecar: Sidecar) -> None:
+    with sidecar.client(shm=sidecar.shm) as c:
+        assert c.fast_path
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the client has no ring (and frees none on the way out)
+            code = 1
+            try:
+                code = 0 if not c.fast_path and "forked" in (c.fast_path_error or "") else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        d = c.route(SCENARIO, input_tokens=10)  # the parent's ring is still its own
+        assert d.id >> 63 == 1
+        _wait_for(lambda: c.stats()["fast_path"]["clients"] == 1)
+
+
 def test_attach_reads_the_table_and_explains_without_a_round_trip(sidecar: Sidecar) -> None:
     view = switchyard.attach(sidecar.shm)
     assert view.config.version == view.info()["config_version"]
