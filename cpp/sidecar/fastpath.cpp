@@ -443,7 +443,10 @@ std::size_t RingReader::drain(const std::function<void(std::uint32_t, std::strin
   const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
   const bool reap = now_ms - last_reap_ms_ >= 1000;
   if (reap) last_reap_ms_ = now_ms;
-  for (std::uint32_t i = 0; i < kRingCount && applied < budget; ++i) {
+  // Start one ring further each time: under load no ring always waits for the others.
+  first_ring_ = (first_ring_ + 1) % kRingCount;
+  for (std::uint32_t n = 0; n < kRingCount && applied < budget; ++n) {
+    const std::uint32_t i = (first_ring_ + n) % kRingCount;
     auto& rh = *reinterpret_cast<RingHeader*>(base_ + sizeof(RingsHeader) + i * ring_stride());
     const char* data = base_ + sizeof(RingsHeader) + i * ring_stride() + sizeof(RingHeader);
     const std::uint64_t head = rh.head.load(std::memory_order_acquire);

@@ -164,6 +164,7 @@ class RingReader {
   char* base_ = nullptr;
   std::int64_t last_reap_ms_ = 0;
   std::string record_;  // the record being applied, out of shared memory
+  std::uint32_t first_ring_ = 0;
 };
 
 /// The worker's side: decides from the mapped table and posts to its own ring. Thread-safe.

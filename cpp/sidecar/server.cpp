@@ -741,12 +741,18 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms, std::u
       Router& target_router = old ? *previous_ : *router;
       std::vector<CounterRow> before;
       if (old) before = previous_->counters();
+      const Placement placed = d.placement;
+      const std::uint32_t scenario = d.scenario;
       if (auto r = target_router.adopt(std::move(d)); !r) {
         const auto e = core_error(r.error());
         return reply_bytes(id, &e, nullptr);
       }
-      if (old) carry_delta(*previous_, before);
-      sync_rows();
+      if (old) {
+        carry_delta(*previous_, before);
+        sync_rows();
+      } else {
+        sync_row(scenario, placed.target);  // the one row an adopt changes
+      }
       publish_state();
     } else if (op == "stats") {
       body.key("pid").pack(static_cast<std::int64_t>(::getpid()));

@@ -913,7 +913,7 @@ def test_a_forked_child_does_not_share_its_parents_ring(sidecar: Sidecar) -> Non
     with sidecar.client(shm=sidecar.shm) as c:
         assert c.fast_path
         pid = os.fork()
-        if pid == 0:  # the child: its copy of the client has no ring (and frees none on the way out)
+        if pid == 0:  # the child: its copy of the client has no ring (and frees none on exit)
             code = 1
             try:
                 code = 0 if not c.fast_path and "forked" in (c.fast_path_error or "") else 2
