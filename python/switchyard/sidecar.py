@@ -323,6 +323,25 @@ class Client:
         now: float | None = None,
     ) -> RemoteDecision | _core.Decision:
         """Decides where a request goes (the fast path, the sidecar, or the local fallback)."""
+        if self._fast is not None:
+            if self._unacked and self._available():
+                self.flush()  # what the socket could not take before
+            try:
+                # Keywords spelled out: the hot path builds no dict (measured: a third of its cost).
+                d = self._fast.route(
+                    scenario,
+                    key=key,
+                    data_class=data_class,
+                    input_tokens=input_tokens,
+                    max_output_tokens=max_output_tokens,
+                    token_ids=token_ids,
+                    text=text,
+                    now=now,
+                )
+                self.fast_decisions += 1
+                return d
+            except _errors.SidecarUnavailableError:
+                pass  # the ring is full: through the socket
         fields: dict[str, Any] = {
             "key": key,
             "data_class": data_class,
@@ -332,15 +351,6 @@ class Client:
             "text": text,
             "now": now,
         }
-        if self._fast is not None:
-            if self._unacked and self._available():
-                self.flush()  # what the socket could not take before
-            try:
-                d = self._fast.route(scenario, **fields)
-                self.fast_decisions += 1
-                return d
-            except _errors.SidecarUnavailableError:
-                pass  # the ring is full: through the socket
         if self._unacked and self._available():
             self.flush()
         msg: dict[str, Any] = {"op": "route", "scenario": scenario}
