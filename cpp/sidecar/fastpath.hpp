@@ -8,6 +8,7 @@
 // directories and counters. A route on this path makes no system call.
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -211,6 +212,7 @@ class FastClient {
   std::unique_ptr<Table> table_;
   std::shared_ptr<Router> previous_;  // the local router of the table before the last reload
   std::uint64_t previous_generation_ = 0;
+  std::chrono::steady_clock::time_point retry_after_{};  // when to look for a new table again
   struct Recent {
     std::uint64_t id = 0;
     std::uint32_t scenario = 0;

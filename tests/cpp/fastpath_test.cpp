@@ -12,6 +12,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
@@ -328,6 +329,25 @@ TEST_F(FastPathTest, TablesOfDeadGenerationsAreRemovedAtStart) {
   struct stat st {};
   EXPECT_NE(::stat(stale.c_str(), &st), 0);
   EXPECT_EQ(::stat(("/dev/shm/" + table_segment_name(name_, server->generation())).c_str(), &st), 0);
+}
+
+TEST_F(FastPathTest, AStoppedSidecarsTableKeepsDecidingAndTheNextSidecarTakesOver) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  ASSERT_TRUE(fast->route(request(prompt(7, 7, 1), kNow)).ok());
+  server.reset();  // a clean stop retires its table
+  ASSERT_TRUE(fast->route(request(prompt(7, 7, 1), kNow + 1)).ok());
+  EXPECT_EQ(fast->generation(), 1U);
+  auto next = start();
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // the client looks again every 100 ms
+  auto d = fast->route(request(prompt(7, 7, 1), kNow + 2));
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(fast->generation(), next->generation());
+  // What was posted while no sidecar drained is applied by the next one.
+  EXPECT_EQ(next->drain_rings(kNow + 3), 3U);
+  EXPECT_EQ(next->fast_path().rejected, 0U);
+  EXPECT_EQ(requests_of(*next->router(), "pool") + requests_of(*next->router(), "api"), 3U);
 }
 
 TEST_F(FastPathTest, AFullRingIsRefusedSoTheCallerCanUseTheSocket) {
