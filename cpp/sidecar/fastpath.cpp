@@ -1,7 +1,5 @@
 #include "sidecar/fastpath.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -43,33 +41,6 @@ void put_fingerprint(char (&dst)[N]) {
 template <std::size_t N>
 bool same_fingerprint(const char (&src)[N]) {
   return std::string(src, strnlen(src, N)) == layout_fingerprint();
-}
-
-// Creates a 0600 segment of `size` bytes, backed for real (a full /dev/shm fails here, not with
-// SIGBUS on first touch), zeroed.
-Result<std::unique_ptr<bip::mapped_region>> create_segment(const std::string& name, std::size_t size) {
-  try {
-    bip::shared_memory_object::remove(name.c_str());
-    bip::permissions perms(0600);
-    bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perms);
-    shm.truncate(static_cast<bip::offset_t>(size));
-    ::chmod(("/dev/shm/" + name).c_str(), 0600);  // whatever the umask was
-    const int fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
-      const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-      ::close(fd);
-      if (rc != 0) {
-        bip::shared_memory_object::remove(name.c_str());
-        return fast_error("cannot reserve " + std::to_string(size >> 20) + " MiB for '" + name +
-                          "' in /dev/shm: " + std::strerror(rc));
-      }
-    }
-    auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);
-    std::memset(region->get_address(), 0, region->get_size());
-    return region;
-  } catch (const bip::interprocess_exception& e) {
-    return fast_error("cannot create shared-memory segment '" + name + "': " + e.what());
-  }
 }
 
 Result<std::unique_ptr<bip::mapped_region>> map_segment(const std::string& name, bool writable) {
@@ -328,7 +299,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
 
   std::unique_ptr<TablePublisher> pub(new TablePublisher());
   pub->name_ = table_segment_name(shm, generation);
-  auto region = create_segment(pub->name_, off);
+  auto region = create_private_segment(pub->name_, off);
   if (!region) return std::move(region).error();
   pub->region_ = std::move(region).value();
   char* base = static_cast<char*>(pub->region_->get_address());
@@ -410,7 +381,7 @@ Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm) {
     }
   }
   if (!r->region_) {
-    auto region = create_segment(r->name_, rings_size());
+    auto region = create_private_segment(r->name_, rings_size());
     if (!region) return std::move(region).error();
     r->region_ = std::move(region).value();
     auto& h = *static_cast<RingsHeader*>(r->region_->get_address());

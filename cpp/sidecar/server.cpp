@@ -499,10 +499,6 @@ Server::FastPathStats Server::fast_path() const noexcept {
 }
 
 std::size_t Server::drain_rings(std::int64_t now_ms) {
-  if (now_ms - last_expiry_ms_ >= 1000) {  // TTLs of the directories (and so of their views)
-    last_expiry_ms_ = now_ms;
-    router_->expire_directories(now_ms);
-  }
   if (!rings_) return 0;
   return rings_->drain([&](std::uint32_t ring, std::string_view record) {
     const std::string reply = handle(record, now_ms, ring);
@@ -520,7 +516,16 @@ std::shared_ptr<Router> Server::router() const {
 std::uint64_t Server::generation() const { return segment_->generation(); }
 std::string Server::config_version() const { return hex16(router()->config()->content_hash); }
 
-void Server::heartbeat(std::int64_t now_ms) noexcept { segment_->heartbeat(now_ms); }
+void Server::heartbeat(std::int64_t now_ms) noexcept {
+  segment_->heartbeat(now_ms);
+  if (now_ms - last_expiry_ms_ >= 1000) {  // TTLs of the directories (and so of their views)
+    last_expiry_ms_ = now_ms;
+    try {
+      router_->expire_directories(now_ms);
+    } catch (...) {  // a lock that failed: the next beat tries again
+    }
+  }
+}
 
 void Server::sync_rows_locked(const Router& r) {
   auto rows = r.counters();

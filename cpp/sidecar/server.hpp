@@ -49,6 +49,7 @@ class Server {
   [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms, std::uint32_t ring) noexcept;
   /// Re-reads the config file: validated first; the old table keeps serving on error.
   [[nodiscard]] Result<Ok> reload();
+  /// Every ~100 ms: the segment's heartbeat, and once a second the directories' TTL expiry.
   void heartbeat(std::int64_t now_ms) noexcept;
   /// Applies what fast-path clients posted to their rings (the serving thread, every loop turn).
   std::size_t drain_rings(std::int64_t now_ms);

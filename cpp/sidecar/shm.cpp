@@ -192,22 +192,39 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
   return out;
 }
 
+Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::string& name, std::size_t size) {
+  try {
+    bip::shared_memory_object::remove(name.c_str());
+    bip::permissions perms(0600);
+    bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perms);
+    shm.truncate(static_cast<bip::offset_t>(size));
+    ::chmod(("/dev/shm/" + name).c_str(), 0600);  // whatever the umask was
+    const int fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+      const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+      ::close(fd);
+      if (rc != 0) {
+        bip::shared_memory_object::remove(name.c_str());
+        return shm_error("cannot reserve " + std::to_string(size >> 20) + " MiB for '" + name +
+                         "' in /dev/shm: " + std::strerror(rc));
+      }
+    }
+    auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);
+    std::memset(region->get_address(), 0, region->get_size());
+    return region;
+  } catch (const bip::interprocess_exception& e) {
+    return shm_error("cannot create shared-memory segment '" + name + "': " + e.what());
+  }
+}
+
 Result<Ok> Segment::create(std::size_t min_slots, std::uint64_t generation) {
   unmap();
   const std::size_t slots = std::max<std::size_t>(64, min_slots * 2);
-  try {
-    bip::shared_memory_object::remove(name_.c_str());
-    bip::permissions perms(0600);
-    bip::shared_memory_object shm(bip::create_only, name_.c_str(), bip::read_write, perms);
-    shm.truncate(static_cast<bip::offset_t>(segment_size(slots)));
-    region_ = std::make_unique<bip::mapped_region>(shm, bip::read_write);
-  } catch (const bip::interprocess_exception& e) {
-    return shm_error("cannot create shared-memory segment '" + name_ + "': " + e.what());
-  }
-  ::chmod(("/dev/shm/" + name_).c_str(), 0600);  // whatever the umask was
+  auto region = create_private_segment(name_, segment_size(slots));
+  if (!region) return std::move(region).error();
+  region_ = std::move(region).value();
   base_ = region_->get_address();
   size_ = region_->get_size();
-  std::memset(base_, 0, size_);
   ShmHeader& h = head();
   h.magic = kShmMagic;
   h.layout_version = kShmLayoutVersion;

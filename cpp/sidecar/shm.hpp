@@ -90,6 +90,11 @@ struct HeaderInfo {
 /// Checks a segment name: 1-200 of [A-Za-z0-9._-].
 [[nodiscard]] Result<Ok> check_segment_name(const std::string& name);
 
+/// Creates (replacing any old one) a segment of `size` bytes, mode 0600 whatever the umask, backed
+/// for real (a full /dev/shm fails here, not with SIGBUS on first touch) and zeroed.
+[[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> create_private_segment(
+    const std::string& name, std::size_t size);
+
 /// The writer side, owned by the sidecar. Holds the lock file for its whole life.
 class Segment {
  public:
