@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-namespace switchyard::bench {
+namespace turnout::bench {
 
 struct Ratio {
   std::string name;       ///< e.g. "decide_vs_key_hash"
@@ -87,4 +87,4 @@ inline int run_and_print(int argc, char** argv, const std::vector<Ratio>& ratios
   return 0;
 }
 
-}  // namespace switchyard::bench
+}  // namespace turnout::bench

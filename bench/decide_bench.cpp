@@ -7,12 +7,12 @@
 #include <vector>
 
 #include "bench_json.hpp"
-#include "switchyard/policy.hpp"
-#include "switchyard/router.hpp"
+#include "turnout/policy.hpp"
+#include "turnout/router.hpp"
 
 namespace {
 
-using namespace switchyard;
+using namespace turnout;
 
 // 6 MaaS targets and 2 self-hosted pools of 4 replicas; 8 weighted routes and a 3-deep fallback.
 std::string eight_target_yaml() {
@@ -108,8 +108,7 @@ BENCHMARK(router_route_and_report)->Repetitions(25)->MinTime(0.02);
 }  // namespace
 
 int main(int argc, char** argv) {
-  return switchyard::bench::run_and_print(
-      argc, argv,
-      {{"decide_vs_key_hash", "decide_8_targets", "baseline_key_hash", 0},
-       {"route_report_vs_decide", "router_route_and_report", "decide_8_targets", 0}});
+  return turnout::bench::run_and_print(argc, argv,
+                                       {{"decide_vs_key_hash", "decide_8_targets", "baseline_key_hash", 0},
+                                        {"route_report_vs_decide", "router_route_and_report", "decide_8_targets", 0}});
 }

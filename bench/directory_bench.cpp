@@ -9,14 +9,14 @@
 #include <vector>
 
 #include "bench_json.hpp"
-#include "switchyard/directory.hpp"
-#include "switchyard/kv_events.hpp"
-#include "switchyard/prefix.hpp"
-#include "switchyard/router.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/kv_events.hpp"
+#include "turnout/prefix.hpp"
+#include "turnout/router.hpp"
 
 namespace {
 
-using namespace switchyard;
+using namespace turnout;
 
 constexpr std::int64_t kNow = 1'767'225'600'000;
 
@@ -180,6 +180,6 @@ BENCHMARK(kv_ingest_decode_and_apply)->Repetitions(10)->MinTime(0.05);
 }  // namespace
 
 int main(int argc, char** argv) {
-  return switchyard::bench::run_and_print(
+  return turnout::bench::run_and_print(
       argc, argv, {{"hash_and_match_vs_hash", "hash_and_match_2048_tokens", "hash_2048_tokens", 2.0}});
 }

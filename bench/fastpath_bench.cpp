@@ -21,11 +21,11 @@
 #include "bench_json.hpp"
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
-#include "switchyard/policy.hpp"
+#include "turnout/policy.hpp"
 
 namespace {
 
-using namespace switchyard;
+using namespace turnout;
 constexpr std::int64_t kNow = 1'767'225'600'000;
 
 // A self-hosted pool of 8 replicas with limited KV and two MaaS targets; prefix affinity on.
@@ -271,7 +271,7 @@ int main(int argc, char** argv) {
     const int rc = probe_syscalls(std::atol(argv[2]));
     return rc;
   }
-  return switchyard::bench::run_and_print(
+  return turnout::bench::run_and_print(
       argc, argv,
       {{"fast_path_vs_in_process_route_keyed", "fast_path_route_keyed", "in_process_route_keyed", 1.5},
        {"fast_path_vs_in_process_route_2048", "fast_path_route_2048", "in_process_route_2048", 1.5},

@@ -16,12 +16,12 @@
 
 #include "bench_json.hpp"
 #include "kv_event_payloads.hpp"
-#include "switchyard/kv_events.hpp"
+#include "turnout/kv_events.hpp"
 
 namespace {
 
-using switchyard::test::pack_text;
-using switchyard::test::Packer;
+using turnout::test::pack_text;
+using turnout::test::Packer;
 
 constexpr int kRepetitions = 30;
 /// Manual time counts per block: 0.05 s of wall time per repetition is this much of it.
@@ -36,7 +36,7 @@ constexpr double kBlocksPerBatch = double{kEvents} * kBlocksPerEvent;
 std::string make_batch(bool tagged_maps) {
   std::mt19937_64 rng(42);
   std::uniform_int_distribution<std::uint32_t> token(0, 150'000);
-  return switchyard::test::packed([&](Packer& p) {
+  return turnout::test::packed([&](Packer& p) {
     if (tagged_maps) {
       p.pack_map(3);
       pack_text(p, "ts");
@@ -118,10 +118,10 @@ void msgpack_unpack_only(benchmark::State& state) {
 }
 
 void run_decode(benchmark::State& state, const std::string& payload) {
-  const auto bytes = switchyard::test::as_payload(payload);
+  const auto bytes = turnout::test::as_payload(payload);
   bool ok = true;
   per_block(state, [&] {
-    auto batch = switchyard::decode_kv_events(bytes);
+    auto batch = turnout::decode_kv_events(bytes);
     ok = ok && batch.ok() && batch->events.size() == kEvents;
     benchmark::DoNotOptimize(batch);
   });
@@ -140,7 +140,7 @@ BENCHMARK(decode_positional)->Repetitions(kRepetitions)->MinTime(kMinTimeSeconds
 int main(int argc, char** argv) {
   std::fprintf(stderr, "kv events bench: %zu-byte tagged-map batch, %zu-byte positional batch, %.0f blocks each\n",
                map_batch().size(), array_batch().size(), kBlocksPerBatch);
-  return switchyard::bench::run_and_print(
+  return turnout::bench::run_and_print(
       argc, argv,
       {{"decode_tagged_maps_vs_unpack", "decode_tagged_maps", "msgpack_unpack_only", 0},
        {"decode_positional_vs_unpack", "decode_positional", "msgpack_unpack_only", 0}});

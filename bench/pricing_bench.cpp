@@ -9,21 +9,21 @@
 
 #include "bench_json.hpp"
 #include "msgpack_builder.hpp"
-#include "switchyard/pricing.hpp"
-#include "switchyard/usage.hpp"
+#include "turnout/pricing.hpp"
+#include "turnout/usage.hpp"
 
 namespace {
 
-using switchyard::PriceCatalog;
-using switchyard::PriceRates;
-using switchyard::Provider;
+using turnout::PriceCatalog;
+using turnout::PriceRates;
+using turnout::Provider;
 
 constexpr int kRepetitions = 30;
 constexpr double kMinTimeSeconds = 0.05;
 
 // The usage objects as the wire carries them: the `usage` field of a report.
 const msgpack::object_handle& openai_chat_usage() {
-  static const msgpack::object_handle h = switchyard::test::from_json(R"({
+  static const msgpack::object_handle h = turnout::test::from_json(R"({
     "prompt_tokens": 1500, "completion_tokens": 300, "total_tokens": 1800,
     "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0,
@@ -32,7 +32,7 @@ const msgpack::object_handle& openai_chat_usage() {
 }
 
 const msgpack::object_handle& anthropic_usage() {
-  static const msgpack::object_handle h = switchyard::test::from_json(R"({
+  static const msgpack::object_handle h = turnout::test::from_json(R"({
     "input_tokens": 50, "cache_creation_input_tokens": 2000, "cache_read_input_tokens": 100000,
     "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 2000},
     "output_tokens": 500, "service_tier": "standard"})");
@@ -43,9 +43,9 @@ PriceCatalog catalog(const char* input, const char* output, const char* read, co
                      const char* write_1h) {
   PriceCatalog c;
   c.present = true;
-  c.base = PriceRates{switchyard::parse_usd_per_mtok(input).value(), switchyard::parse_usd_per_mtok(output).value(),
-                      switchyard::parse_usd_per_mtok(read).value(), switchyard::parse_usd_per_mtok(write_5m).value(),
-                      switchyard::parse_usd_per_mtok(write_1h).value()};
+  c.base = PriceRates{turnout::parse_usd_per_mtok(input).value(), turnout::parse_usd_per_mtok(output).value(),
+                      turnout::parse_usd_per_mtok(read).value(), turnout::parse_usd_per_mtok(write_5m).value(),
+                      turnout::parse_usd_per_mtok(write_1h).value()};
   return c;
 }
 
@@ -84,12 +84,12 @@ void read_one_field(benchmark::State& state) {
 void run_normalize_and_price(benchmark::State& state, Provider provider, const msgpack::object& usage,
                              const PriceCatalog& price) {
   for (auto _ : state) {
-    auto normalized = switchyard::normalize_usage(provider, usage);
+    auto normalized = turnout::normalize_usage(provider, usage);
     if (!normalized) {
       state.SkipWithError(normalized.error().message.c_str());
       break;
     }
-    auto cost = switchyard::price_usage(price, *normalized);
+    auto cost = turnout::price_usage(price, *normalized);
     benchmark::DoNotOptimize(cost);
   }
 }
@@ -110,7 +110,7 @@ BENCHMARK(normalize_and_price_anthropic)->Repetitions(kRepetitions)->MinTime(kMi
 
 int main(int argc, char** argv) {
   // The 200 ns target is absolute (see the medians); the ratios make runs on different machines comparable.
-  return switchyard::bench::run_and_print(
+  return turnout::bench::run_and_print(
       argc, argv,
       {{"openai_chat_vs_read_one_field", "normalize_and_price_openai_chat", "read_one_field", 0},
        {"anthropic_vs_read_one_field", "normalize_and_price_anthropic", "read_one_field", 0}});

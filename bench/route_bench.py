@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-import switchyard
+import turnout
 from bench_stats import summary
-from switchyard import _core
+from turnout import _core
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "routing.yaml"
 NOW = 1_767_225_600.0
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     args = parser.parse_args()
 
-    router = switchyard.Router(switchyard.load_config(EXAMPLE), decision_ttl_s=1.0)
+    router = turnout.Router(turnout.load_config(EXAMPLE), decision_ttl_s=1.0)
     route = router.route
     noop = _core._noop_route
     keys = [f"ticket-{i}" for i in range(1024)]

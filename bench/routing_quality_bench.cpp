@@ -1,5 +1,5 @@
 // Routing quality on a multi-turn chat workload with shared system prompts, 8 replicas with limited
-// KV capacity. Compares round-robin, Switchyard's cache-aware routing (approximate mode: it learns
+// KV capacity. Compares round-robin, Turnout's cache-aware routing (approximate mode: it learns
 // from its own decisions only) and an oracle that sees every replica's true cache. Prints JSON:
 // prefix hit rate (cached prompt tokens / prompt tokens) and load imbalance (time-averaged
 // max/mean in-flight). Issue targets: >= 3x round-robin's hit rate, >= 90% of the oracle's,
@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "switchyard/directory.hpp"
-#include "switchyard/prefix.hpp"
-#include "switchyard/router.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/prefix.hpp"
+#include "turnout/router.hpp"
 
 namespace {
 
-using namespace switchyard;
+using namespace turnout;
 
 constexpr int kReplicas = 8;
 constexpr std::int64_t kBlock = 16;

@@ -1,4 +1,4 @@
-"""A route through switchyard-sidecar vs raw ZeroMQ DEALER/ROUTER echoes of the same message sizes.
+"""A route through turnout-sidecar vs raw ZeroMQ DEALER/ROUTER echoes of the same message sizes.
 
 Issue target: the sidecar's route round trip median and p99 <= 1.3x the raw echo, both measured in
 this run (same pyzmq client loop, same request bytes). Also the fast path as a Python worker sees
@@ -8,8 +8,8 @@ with the sidecar's socket options that answers with a reply of the sidecar's rep
 (pyzmq) echo of the same shape is reported beside it. Also: throughput of route calls with 1, 4 and
 16 client processes. Prints JSON (microseconds per round trip, routes per second).
 
-The sidecar is switchyard's (``$SWITCHYARD_SIDECAR`` overrides it); zmq_echo is ``--echo``, else
-``$SWITCHYARD_ZMQ_ECHO``, else build/bench/bench/zmq_echo, else the newest build/*/bench/zmq_echo.
+The sidecar is turnout's (``$TURNOUT_SIDECAR`` overrides it); zmq_echo is ``--echo``, else
+``$TURNOUT_ZMQ_ECHO``, else build/bench/bench/zmq_echo, else the newest build/*/bench/zmq_echo.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-import switchyard
+import turnout
 from bench_stats import summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,10 +68,10 @@ print(n)
 
 
 LOAD_FAST = """
-import sys, time, switchyard
+import sys, time, turnout
 endpoint, shm, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 n = 0
-with switchyard.Client(endpoint, shm=shm, timeout_ms=1000) as c:
+with turnout.Client(endpoint, shm=shm, timeout_ms=1000) as c:
     assert c.fast_path, c.fast_path_error
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end:
@@ -106,7 +106,7 @@ def request(i: int) -> bytes:
 
 def find_echo(given: str | None) -> str:
     """The zmq_echo binary (see the module docstring for the order)."""
-    given = given or os.environ.get("SWITCHYARD_ZMQ_ECHO")
+    given = given or os.environ.get("TURNOUT_ZMQ_ECHO")
     if given:
         return given
     preferred = ROOT / "build" / "bench" / "bench" / "zmq_echo"
@@ -172,17 +172,17 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         sidecar = subprocess.Popen(
-            [switchyard._sidecar_path(), str(config), "--endpoint", endpoint, "--shm", shm, "-f"],
+            [turnout._sidecar_path(), str(config), "--endpoint", endpoint, "--shm", shm, "-f"],
             stderr=subprocess.DEVNULL,
         )
         procs.append(sidecar)
-        with switchyard.Client(endpoint, timeout_ms=200, retry_after_s=0) as c:
+        with turnout.Client(endpoint, timeout_ms=200, retry_after_s=0) as c:
             deadline = time.monotonic() + 10
             while True:
                 try:
                     c.health()
                     break
-                except switchyard.SidecarUnavailableError:
+                except turnout.SidecarUnavailableError:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
@@ -201,15 +201,15 @@ def main() -> None:
                 medians[name] = statistics.median(us)
             round_ratios.append(medians["sidecar"] / medians["cpp"])
 
-        with switchyard.Client(endpoint, timeout_ms=1000) as c:
+        with turnout.Client(endpoint, timeout_ms=1000) as c:
             t0 = time.perf_counter_ns()
             for i in range(1000):
                 c.route("agent-assist", key=f"k{i}", input_tokens=1800, max_output_tokens=300)
             client_us = (time.perf_counter_ns() - t0) / 1000.0 / 1000
 
         # The fast path from Python: Client(shm=...).route against the in-process Router.route.
-        router = switchyard.Router(switchyard.load_config(str(config)))
-        with switchyard.Client(endpoint, shm=shm, timeout_ms=1000) as c:
+        router = turnout.Router(turnout.load_config(str(config)))
+        with turnout.Client(endpoint, shm=shm, timeout_ms=1000) as c:
             assert c.fast_path, c.fast_path_error
             fast_samples: list[float] = []
             local_samples: list[float] = []

@@ -10,12 +10,12 @@
 #include <utility>
 #include <vector>
 
-#include "switchyard/io/kv_subscriber.hpp"
-#include "switchyard/io/router_sink.hpp"
-#include "switchyard/router.hpp"
+#include "turnout/io/kv_subscriber.hpp"
+#include "turnout/io/router_sink.hpp"
+#include "turnout/router.hpp"
 
 namespace py = pybind11;
-using namespace switchyard;
+using namespace turnout;
 
 namespace {
 

@@ -1,5 +1,5 @@
-// switchyard._core: a thin binding over the C++ core. Errors become the exception classes of
-// switchyard._errors (which subclass built-ins); money becomes decimal.Decimal; time is seconds.
+// turnout._core: a thin binding over the C++ core. Errors become the exception classes of
+// turnout._errors (which subclass built-ins); money becomes decimal.Decimal; time is seconds.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,16 +11,16 @@
 
 #include "rows.hpp"
 #include "sidecar/fastpath.hpp"
-#include "switchyard/config.hpp"
-#include "switchyard/kv_events.hpp"
-#include "switchyard/prefix.hpp"
-#include "switchyard/pricing.hpp"
-#include "switchyard/router.hpp"
-#include "switchyard/usage.hpp"
+#include "turnout/config.hpp"
+#include "turnout/kv_events.hpp"
+#include "turnout/prefix.hpp"
+#include "turnout/pricing.hpp"
+#include "turnout/router.hpp"
+#include "turnout/usage.hpp"
 
 namespace py = pybind11;
-using namespace switchyard;
-using namespace switchyard::bindings;
+using namespace turnout;
+using namespace turnout::bindings;
 
 namespace {
 
@@ -31,7 +31,7 @@ namespace {
       "BudgetExhaustedError", "InvalidArgumentError", "UnknownDecisionError",    "TargetNotAllowedError",
       "UsageError",           "PriceMissingError",    "SidecarUnavailableError",
   };
-  py::object errors = py::module_::import("switchyard._errors");
+  py::object errors = py::module_::import("turnout._errors");
   py::object cls = errors.attr(kClass[static_cast<int>(e.code)]);
   PyErr_SetObject(cls.ptr(), py::str(e.message).ptr());
   throw py::error_already_set();
@@ -334,8 +334,8 @@ void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
 void bind_kv(py::module_& m);       // bindings/kv.cpp
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "Switchyard C++ core (private: import switchyard instead)";
-  m.attr("__version__") = SWITCHYARD_VERSION;
+  m.doc() = "Turnout C++ core (private: import turnout instead)";
+  m.attr("__version__") = TURNOUT_VERSION;
   m.attr("LATENCY_BUCKETS_MS") = std::vector<std::int64_t>(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end());
 
   py::class_<ConfigHandle>(m, "Config", "A validated, immutable routing table.")
@@ -380,7 +380,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("name"))
       .def("__repr__", [](const ConfigHandle& c) {
-        return "<switchyard.Config " + c.ptr->source + " (" + std::to_string(c.ptr->targets.size()) + " targets, " +
+        return "<turnout.Config " + c.ptr->source + " (" + std::to_string(c.ptr->targets.size()) + " targets, " +
                std::to_string(c.ptr->scenarios.size()) + " scenarios)>";
       });
 
@@ -433,7 +433,7 @@ PYBIND11_MODULE(_core, m) {
              return out;
            })
       .def("__repr__", [](const DecisionView& d) {
-        return "<switchyard.Decision " + std::to_string(d.d.id) + " -> " + d.target() + " ($" +
+        return "<turnout.Decision " + std::to_string(d.d.id) + " -> " + d.target() + " ($" +
                d.d.predicted_cost.to_usd_string() + ")>";
       });
 

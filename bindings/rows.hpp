@@ -7,11 +7,11 @@
 #include <string>
 #include <string_view>
 
-#include "switchyard/money.hpp"
-#include "switchyard/state.hpp"
-#include "switchyard/usage.hpp"
+#include "turnout/money.hpp"
+#include "turnout/state.hpp"
+#include "turnout/usage.hpp"
 
-namespace switchyard::bindings {
+namespace turnout::bindings {
 
 namespace py = pybind11;
 
@@ -39,7 +39,7 @@ inline py::list histogram(const Histogram& h) {
   return l;
 }
 
-/// One ledger row as Router.counters() and switchyard.attach(...).counters() return it.
+/// One ledger row as Router.counters() and turnout.attach(...).counters() return it.
 inline py::dict counter_row_dict(std::string_view scenario, std::string_view target, std::string_view kind,
                                  std::string_view provider, const Counters& c) {
   py::dict d;
@@ -69,4 +69,4 @@ inline py::dict counter_row_dict(std::string_view scenario, std::string_view tar
   return d;
 }
 
-}  // namespace switchyard::bindings
+}  // namespace turnout::bindings

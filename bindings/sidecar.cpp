@@ -1,5 +1,5 @@
 // Bindings of the sidecar's client-side pieces: the read-only view of its shared-memory segment
-// (switchyard.attach). Registered by module.cpp.
+// (turnout.attach). Registered by module.cpp.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,8 +14,8 @@
 #include "sidecar/shm.hpp"
 
 namespace py = pybind11;
-using namespace switchyard;
-using namespace switchyard::bindings;
+using namespace turnout;
+using namespace turnout::bindings;
 
 namespace {
 
@@ -23,7 +23,7 @@ namespace {
   if (missing) {
     PyErr_SetString(PyExc_FileNotFoundError, message.c_str());
   } else {
-    py::object cls = py::module_::import("switchyard._errors").attr("SidecarError");
+    py::object cls = py::module_::import("turnout._errors").attr("SidecarError");
     PyErr_SetObject(cls.ptr(), py::str(message).ptr());
   }
   throw py::error_already_set();

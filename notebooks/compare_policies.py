@@ -34,8 +34,8 @@ if "ipykernel" not in sys.modules:
 import matplotlib.pyplot as plt
 import pandas as pd
 
-import switchyard
-from switchyard.replay import Request, TargetModel, replay
+import turnout
+from turnout.replay import Request, TargetModel, replay
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 parser = argparse.ArgumentParser()
@@ -59,7 +59,7 @@ for i in range(args.requests):
     at = DAY + hour * 3600 + rng.random() * 3600
     product = min(int(rng.expovariate(0.35)), 11)
     ticket = f"ticket {i}: " + "customer text " * rng.randint(40, 400)
-    text = switchyard.canonical_prompt(
+    text = turnout.canonical_prompt(
         [
             {"role": "system", "content": system_prompts[product]},
             {"role": "user", "content": ticket},
@@ -93,7 +93,7 @@ models = {
 }
 results = {}
 for name in ("maas_only", "self_hosted_only", "hybrid"):
-    config = switchyard.load_config(HERE / "policies" / f"{name}.yaml")
+    config = turnout.load_config(HERE / "policies" / f"{name}.yaml")
     results[name] = replay(config, requests, models=models, seed=1)
 
 rows = []

@@ -14,9 +14,9 @@
 #include <thread>
 
 #include "sidecar/shm.hpp"
-#include "switchyard/config.hpp"
+#include "turnout/config.hpp"
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 
 namespace bip = boost::interprocess;
 
@@ -482,7 +482,7 @@ Result<std::unique_ptr<FastClient>> FastClient::attach(const std::string& shm, b
   const auto& rh = *static_cast<const RingsHeader*>(f->rings_->get_address());
   if (rh.magic != kRingsMagic || rh.layout_version != kFastLayoutVersion || rh.rings != kRingCount ||
       rh.ring_bytes != kRingBytes || !same_fingerprint(rh.fingerprint)) {
-    return fast_error("rings segment of '" + shm + "' was written by another build of Switchyard");
+    return fast_error("rings segment of '" + shm + "' was written by another build of Turnout");
   }
   char* base = static_cast<char*>(f->rings_->get_address()) + sizeof(RingsHeader);
   const auto me = static_cast<std::int64_t>(::getpid());
@@ -553,7 +553,7 @@ Result<Ok> FastClient::refresh() {
       h.units_offset + std::uint64_t{h.units} * sizeof(UnitWords) > h.bytes ||
       h.budgets_offset + std::uint64_t{h.scenarios} * sizeof(BudgetWords) > h.bytes ||
       h.views_offset + std::uint64_t{h.views} * sizeof(ViewHeader) > h.bytes) {
-    return keep("table segment of '" + shm_ + "' was written by another build of Switchyard");
+    return keep("table segment of '" + shm_ + "' was written by another build of Turnout");
   }
   auto config = load_config_text(std::string_view(base + h.text_offset, h.text_bytes),
                                  std::string(base + h.source_offset, h.source_bytes));
@@ -719,4 +719,4 @@ Result<ReportReceipt> FastClient::receipt(const OutcomeReport& report) {
   return router->price_outcome(r.scenario, r.target, report);
 }
 
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

@@ -19,18 +19,18 @@
 #include <string_view>
 #include <vector>
 
-#include "switchyard/directory.hpp"
-#include "switchyard/result.hpp"
-#include "switchyard/router.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/result.hpp"
+#include "turnout/router.hpp"
 
 namespace boost::interprocess {
 class mapped_region;
 }
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 
-inline constexpr std::uint64_t kTableMagic = 0x3154424c'44595753ULL;  // "SWYDLBT1" little-endian
-inline constexpr std::uint64_t kRingsMagic = 0x31474e52'44595753ULL;  // "SWYDRNG1" little-endian
+inline constexpr std::uint64_t kTableMagic = 0x3154424c'544e5254ULL;  // "TRNTLBT1" little-endian
+inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRNG1" little-endian
 inline constexpr std::uint32_t kFastLayoutVersion = 1;
 inline constexpr std::uint32_t kRingCount = 64;          ///< client processes on the fast path at once
 inline constexpr std::uint32_t kRingBytes = 256U << 10;  ///< per client: ~1,000 routes with 128-block prefixes
@@ -224,4 +224,4 @@ class FastClient {
   std::vector<char> scratch_ = std::vector<char>(kRingBytes / 2);  // the largest record a ring takes
 };
 
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

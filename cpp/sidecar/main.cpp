@@ -1,6 +1,6 @@
-// switchyard-sidecar: the per-node routing daemon. Serves the Router over a ZeroMQ ROUTER socket
+// turnout-sidecar: the per-node routing daemon. Serves the Router over a ZeroMQ ROUTER socket
 // (msgpack requests), mirrors the ledger into a shared-memory segment, and exposes /metrics and
-// /healthz on a loopback HTTP port. See DESIGN.md section 3.
+// /healthz on a loopback HTTP port. See docs/operations.md.
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -29,16 +29,16 @@
 #include <vector>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
-#include "switchyard/io/router_sink.hpp"
+#include "turnout/io/router_sink.hpp"
 
 #include "sidecar/server.hpp"
 
 namespace {
 
-using switchyard::ErrorCode;
-using switchyard::make_error;
-using switchyard::Result;
-using switchyard::sidecar::Server;
+using turnout::ErrorCode;
+using turnout::make_error;
+using turnout::Result;
+using turnout::sidecar::Server;
 
 constexpr std::int64_t kWatchIntervalMs = 250;  // config file stat() period
 
@@ -56,7 +56,7 @@ void log(int priority, const char* fmt, ...) {
     const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
     char ts[32];
     std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-    std::fprintf(stderr, "%s switchyard-sidecar[%d]: %s\n", ts, static_cast<int>(::getpid()), msg);
+    std::fprintf(stderr, "%s turnout-sidecar[%d]: %s\n", ts, static_cast<int>(::getpid()), msg);
   } else {
     ::syslog(priority, "%s", msg);
   }
@@ -64,7 +64,7 @@ void log(int priority, const char* fmt, ...) {
 
 /// A startup error: one line on stderr (or through the readiness pipe), exit 1.
 [[noreturn]] void die(const std::string& message) {
-  const std::string line = "switchyard-sidecar: " + message + "\n";
+  const std::string line = "turnout-sidecar: " + message + "\n";
   if (g_ready_fd >= 0) {
     (void)!::write(g_ready_fd, line.data(), line.size());
   } else {
@@ -74,16 +74,16 @@ void log(int priority, const char* fmt, ...) {
 }
 
 const char* kUsage =
-    "usage: switchyard-sidecar CONFIG [--endpoint ipc://PATH|tcp://HOST:PORT] [--shm NAME]\n"
+    "usage: turnout-sidecar CONFIG [--endpoint ipc://PATH|tcp://HOST:PORT] [--shm NAME]\n"
     "                          [--metrics 127.0.0.1:PORT] [--foreground] [--no-watch]\n"
     "                          [--curve-secret-key FILE --curve-authorized-keys FILE]\n"
     "\n"
     "  CONFIG              the YAML routing table (reloaded on SIGHUP, by the reload op and when the\n"
     "                      file changes)\n"
-    "  --endpoint E        ZeroMQ endpoint to bind (default ipc://$XDG_RUNTIME_DIR/switchyard/sidecar.sock,\n"
-    "                      else ipc:///tmp/switchyard-$UID/sidecar.sock; socket file mode 0600);\n"
+    "  --endpoint E        ZeroMQ endpoint to bind (default ipc://$XDG_RUNTIME_DIR/turnout/sidecar.sock,\n"
+    "                      else ipc:///tmp/turnout-$UID/sidecar.sock; socket file mode 0600);\n"
     "                      tcp:// on a non-loopback address needs the two --curve options\n"
-    "  --shm NAME          shared-memory segment for the counters (default switchyard-$UID)\n"
+    "  --shm NAME          shared-memory segment for the counters (default turnout-$UID)\n"
     "  --metrics HOST:PORT serve /metrics and /healthz over HTTP (loopback only; default off)\n"
     "  --foreground        stay in the foreground and log to stderr (default: daemonize, log to syslog)\n"
     "  --no-watch          do not reload when the CONFIG file changes (SIGHUP and the reload op still do)\n"
@@ -120,7 +120,7 @@ Options parse(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       std::exit(0);
     } else if (a == "--version") {
-      std::puts("switchyard-sidecar " SWITCHYARD_VERSION);
+      std::puts("turnout-sidecar " TURNOUT_VERSION);
       std::exit(0);
     } else if (a == "--foreground" || a == "-f") {
       o.foreground = true;
@@ -158,9 +158,9 @@ bool loopback_host(const std::string& host) {
 std::string default_endpoint() {
   std::string dir;
   if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
-    dir = std::string(xdg) + "/switchyard";
+    dir = std::string(xdg) + "/turnout";
   } else {
-    dir = "/tmp/switchyard-" + std::to_string(::getuid());
+    dir = "/tmp/turnout-" + std::to_string(::getuid());
   }
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
     die("cannot create " + dir + ": " + std::strerror(errno));
@@ -351,10 +351,10 @@ void daemonize() {
     ssize_t n = 0;
     while ((n = ::read(fds[0], buf, sizeof buf)) > 0) got.append(buf, static_cast<std::size_t>(n));
     if (got.rfind("ok", 0) == 0) {
-      std::fprintf(stderr, "switchyard-sidecar: started (pid %s)\n", got.substr(3).c_str());
+      std::fprintf(stderr, "turnout-sidecar: started (pid %s)\n", got.substr(3).c_str());
       std::_Exit(0);
     }
-    if (got.empty()) got = "switchyard-sidecar: exited during startup\n";
+    if (got.empty()) got = "turnout-sidecar: exited during startup\n";
     (void)!::write(2, got.data(), got.size());
     std::_Exit(1);
   }
@@ -368,7 +368,7 @@ void daemonize() {
     ::dup2(null, 2);
     if (null > 2) ::close(null);
   }
-  ::openlog("switchyard-sidecar", LOG_PID, LOG_DAEMON);
+  ::openlog("turnout-sidecar", LOG_PID, LOG_DAEMON);
 }
 
 int run(int argc, char** argv) {
@@ -389,7 +389,7 @@ int run(int argc, char** argv) {
     if (!keys) die(keys.error().message);
     authorized = std::move(keys).value();
   }
-  if (opt.shm.empty()) opt.shm = "switchyard-" + std::to_string(::getuid());
+  if (opt.shm.empty()) opt.shm = "turnout-" + std::to_string(::getuid());
   std::string metrics_host;
   int metrics_port = 0;
   if (!opt.metrics.empty()) {
@@ -453,7 +453,7 @@ int run(int argc, char** argv) {
     curve_public = pub;
   }
   try {
-    sock.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(switchyard::sidecar::kMaxMessageBytes));
+    sock.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(turnout::sidecar::kMaxMessageBytes));
     sock.set(zmq::sockopt::linger, 1000);
     sock.set(zmq::sockopt::rcvhwm, 10000);
     sock.set(zmq::sockopt::sndhwm, 10000);
@@ -486,7 +486,7 @@ int run(int argc, char** argv) {
   // Precise mode: subscribe to the engines' KV events of the replicas that name a publisher. The
   // subscriptions follow the table loaded at start; the sink resolves replicas by name on the
   // current Router, so a reload that keeps them keeps working.
-  namespace io = switchyard::io;
+  namespace io = turnout::io;
   std::unique_ptr<io::RouterKvSink> kv_sink;
   std::unique_ptr<io::KvEventSubscriber> kv_subscriber;
   if (auto [publishers, names] = io::kv_publishers(*server->router()->config()); !publishers.empty()) {
@@ -649,13 +649,13 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv);
   } catch (const std::exception& e) {
-    const char* prefix = "switchyard-sidecar: internal error: ";
+    const char* prefix = "turnout-sidecar: internal error: ";
     const int fd = g_ready_fd >= 0 ? g_ready_fd : 2;
     (void)!::write(fd, prefix, std::strlen(prefix));
     (void)!::write(fd, e.what(), std::strlen(e.what()));
     (void)!::write(fd, "\n", 1);
   } catch (...) {
-    const char* line = "switchyard-sidecar: internal error\n";
+    const char* line = "turnout-sidecar: internal error\n";
     (void)!::write(g_ready_fd >= 0 ? g_ready_fd : 2, line, std::strlen(line));
   }
   return 1;

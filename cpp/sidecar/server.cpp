@@ -11,9 +11,9 @@
 #include <optional>
 #include <utility>
 
-#include "switchyard/prefix.hpp"
+#include "turnout/prefix.hpp"
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 
 namespace {
 
@@ -888,37 +888,37 @@ std::string Server::metrics(std::int64_t now_ms) const {
   };
   auto u = [](std::uint64_t v) { return std::to_string(v); };
 
-  family("switchyard_up", "gauge", "1 while the sidecar serves.");
-  out += "switchyard_up 1\n";
-  family("switchyard_generation", "gauge", "Segment generation (bumped on start and reload).");
-  out += "switchyard_generation " + std::to_string(segment_->generation()) + "\n";
-  family("switchyard_config_info", "gauge", "The routing table being served.");
-  out += "switchyard_config_info{version=\"" + hex16(c.content_hash) + "\",source=\"" + label(c.source) + "\"} 1\n";
-  family("switchyard_uptime_seconds", "gauge", "Seconds since the sidecar started.");
-  out += "switchyard_uptime_seconds " + std::to_string(static_cast<double>(now_ms - started_ms_) / 1000.0) + "\n";
-  family("switchyard_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
-  out += "switchyard_pending_decisions " + std::to_string(r->pending_decisions()) + "\n";
+  family("turnout_up", "gauge", "1 while the sidecar serves.");
+  out += "turnout_up 1\n";
+  family("turnout_generation", "gauge", "Segment generation (bumped on start and reload).");
+  out += "turnout_generation " + std::to_string(segment_->generation()) + "\n";
+  family("turnout_config_info", "gauge", "The routing table being served.");
+  out += "turnout_config_info{version=\"" + hex16(c.content_hash) + "\",source=\"" + label(c.source) + "\"} 1\n";
+  family("turnout_uptime_seconds", "gauge", "Seconds since the sidecar started.");
+  out += "turnout_uptime_seconds " + std::to_string(static_cast<double>(now_ms - started_ms_) / 1000.0) + "\n";
+  family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
+  out += "turnout_pending_decisions " + std::to_string(r->pending_decisions()) + "\n";
 
-  simple("switchyard_requests_total", "counter", "Decisions that chose the target.",
+  simple("turnout_requests_total", "counter", "Decisions that chose the target.",
          [&](const Counters& k) { return u(k.requests); });
-  simple("switchyard_spillovers_total", "counter", "Decisions that spilled over to the target.",
+  simple("turnout_spillovers_total", "counter", "Decisions that spilled over to the target.",
          [&](const Counters& k) { return u(k.spillovers); });
-  simple("switchyard_fallbacks_total", "counter", "Outcomes on the target as a fallback.",
+  simple("turnout_fallbacks_total", "counter", "Outcomes on the target as a fallback.",
          [&](const Counters& k) { return u(k.fallbacks); });
-  simple("switchyard_unpriced_total", "counter", "ok outcomes reported without usage.",
+  simple("turnout_unpriced_total", "counter", "ok outcomes reported without usage.",
          [&](const Counters& k) { return u(k.unpriced); });
-  simple("switchyard_accepted_total", "counter", "Outcomes accepted by their quality verdict.",
+  simple("turnout_accepted_total", "counter", "Outcomes accepted by their quality verdict.",
          [&](const Counters& k) { return u(k.accepted); });
-  simple("switchyard_rejected_total", "counter", "Outcomes rejected by their quality verdict.",
+  simple("turnout_rejected_total", "counter", "Outcomes rejected by their quality verdict.",
          [&](const Counters& k) { return u(k.rejected); });
-  family("switchyard_outcomes_total", "counter", "Reported outcomes by status.");
+  family("turnout_outcomes_total", "counter", "Reported outcomes by status.");
   for (const auto& row : rows) {
     for (std::size_t i = 0; i < kStatusCount; ++i) {
-      out += "switchyard_outcomes_total{" + labels(row) + ",status=\"" + to_string(static_cast<Status>(i)) + "\"} " +
+      out += "turnout_outcomes_total{" + labels(row) + ",status=\"" + to_string(static_cast<Status>(i)) + "\"} " +
              u(row.counters.by_status[i]) + "\n";
     }
   }
-  family("switchyard_tokens_total", "counter", "Tokens of priced outcomes by kind.");
+  family("turnout_tokens_total", "counter", "Tokens of priced outcomes by kind.");
   for (const auto& row : rows) {
     const Usage& t = row.counters.tokens;
     const std::pair<const char*, std::int64_t> kinds[] = {{"uncached_input", t.uncached_input_tokens},
@@ -928,22 +928,22 @@ std::string Server::metrics(std::int64_t now_ms) const {
                                                           {"output", t.output_tokens},
                                                           {"reasoning", t.reasoning_tokens}};
     for (const auto& [kind, n] : kinds) {
-      out += "switchyard_tokens_total{" + labels(row) + ",kind=\"" + kind + "\"} " + std::to_string(n) + "\n";
+      out += "turnout_tokens_total{" + labels(row) + ",kind=\"" + kind + "\"} " + std::to_string(n) + "\n";
     }
   }
-  family("switchyard_cost_usd", "gauge", "Cost of priced outcomes in USD (float view of the exact counter).");
+  family("turnout_cost_usd", "gauge", "Cost of priced outcomes in USD (float view of the exact counter).");
   for (const auto& row : rows) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.12g", static_cast<double>(row.counters.cost.picos()) / 1e12);
-    out += "switchyard_cost_usd{" + labels(row) + "} " + buf + "\n";
+    out += "turnout_cost_usd{" + labels(row) + "} " + buf + "\n";
   }
-  simple("switchyard_cost_picodollars_total", "counter", "Exact cost of priced outcomes in picodollars.",
+  simple("turnout_cost_picodollars_total", "counter", "Exact cost of priced outcomes in picodollars.",
          [&](const Counters& k) { return int128_string(k.cost.picos()); });
-  simple("switchyard_accepted_cost_picodollars_total", "counter", "Exact cost of accepted outcomes in picodollars.",
+  simple("turnout_accepted_cost_picodollars_total", "counter", "Exact cost of accepted outcomes in picodollars.",
          [&](const Counters& k) { return int128_string(k.accepted_cost.picos()); });
   for (const auto& [name, help, pick] :
-       {std::tuple{"switchyard_latency_ms", "Outcome latency in milliseconds.", &Counters::latency},
-        std::tuple{"switchyard_ttft_ms", "Time to first token in milliseconds.", &Counters::ttft}}) {
+       {std::tuple{"turnout_latency_ms", "Outcome latency in milliseconds.", &Counters::latency},
+        std::tuple{"turnout_ttft_ms", "Time to first token in milliseconds.", &Counters::ttft}}) {
     family(name, "histogram", help);
     for (const auto& row : rows) {
       const Histogram& h = row.counters.*pick;
@@ -957,21 +957,21 @@ std::string Server::metrics(std::int64_t now_ms) const {
       out += std::string(name) + "_count{" + labels(row) + "} " + u(h.count) + "\n";
     }
   }
-  family("switchyard_breaker_state", "gauge", "Circuit breaker phase: 0 closed, 1 open, 2 half-open.");
+  family("turnout_breaker_state", "gauge", "Circuit breaker phase: 0 closed, 1 open, 2 half-open.");
   for (const auto& b : r->breakers(now_ms)) {
     const Target& t = c.targets[b.target];
-    out += "switchyard_breaker_state{target=\"" + label(t.name) + "\",endpoint=\"" +
+    out += "turnout_breaker_state{target=\"" + label(t.name) + "\",endpoint=\"" +
            (b.replica == kNone ? std::string() : label(t.replicas[b.replica].endpoint)) + "\"} " +
            std::to_string(static_cast<int>(b.phase)) + "\n";
   }
-  family("switchyard_inflight", "gauge", "Requests in flight per target replica.");
+  family("turnout_inflight", "gauge", "Requests in flight per target replica.");
   for (const auto& b : r->breakers(now_ms)) {
     const Target& t = c.targets[b.target];
-    out += "switchyard_inflight{target=\"" + label(t.name) + "\",endpoint=\"" +
+    out += "turnout_inflight{target=\"" + label(t.name) + "\",endpoint=\"" +
            (b.replica == kNone ? std::string() : label(t.replicas[b.replica].endpoint)) + "\"} " +
            std::to_string(b.inflight) + "\n";
   }
   return out;
 }
 
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

@@ -11,10 +11,10 @@
 
 #include "sidecar/fastpath.hpp"
 #include "sidecar/shm.hpp"
-#include "switchyard/result.hpp"
-#include "switchyard/router.hpp"
+#include "turnout/result.hpp"
+#include "turnout/router.hpp"
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 
 inline constexpr std::uint64_t kProtocolVersion = 1;
 inline constexpr std::size_t kMaxMessageBytes = 8U << 20;  ///< ZMQ_MAXMSGSIZE: larger peers are dropped
@@ -107,4 +107,4 @@ class Server {
 /// Formats a decision's reasons as the Python binding does ("weight:llama-70b (90%)").
 [[nodiscard]] std::vector<std::string> reason_strings(const Config& config, const Decision& d);
 
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

@@ -14,7 +14,7 @@
 #include <cstring>
 #include <thread>
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 
 namespace bip = boost::interprocess;
 
@@ -62,7 +62,7 @@ bool read_slot(const Slot& s, SlotPayload& out) {
 
 // The layout check shared by writer (stale segment) and reader; empty string = compatible.
 std::string layout_mismatch(const ShmHeader& h, std::size_t mapped) {
-  if (h.magic != kShmMagic) return "it is not a Switchyard segment (bad magic)";
+  if (h.magic != kShmMagic) return "it is not a Turnout segment (bad magic)";
   if (h.layout_version != kShmLayoutVersion) {
     return "its layout version is " + std::to_string(h.layout_version) + ", this build uses " +
            std::to_string(kShmLayoutVersion);
@@ -335,7 +335,7 @@ Result<Ok> SegmentReader::map() {
   }
   if (region_->get_size() < sizeof(ShmHeader)) {
     unmap();
-    return shm_error("shared-memory segment '" + name_ + "' is too small to be a Switchyard segment");
+    return shm_error("shared-memory segment '" + name_ + "' is too small to be a Turnout segment");
   }
   const auto& h = *static_cast<const ShmHeader*>(region_->get_address());
   if (const std::string why = layout_mismatch(h, region_->get_size()); !why.empty()) {
@@ -395,4 +395,4 @@ Result<std::vector<NamedCounters>> SegmentReader::counters(int timeout_ms) {
   }
 }
 
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

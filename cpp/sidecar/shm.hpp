@@ -1,6 +1,6 @@
 #pragma once
 // The sidecar's shared-memory segment: a fixed POD layout (no allocator in shared memory), one writer
-// (the sidecar), any number of read-only readers (switchyard.attach). Header at offset 0, then a table
+// (the sidecar), any number of read-only readers (turnout.attach). Header at offset 0, then a table
 // of counter slots, each a seqlock over the Counters of one scenario x target.
 
 #include <atomic>
@@ -12,17 +12,17 @@
 #include <unordered_map>
 #include <vector>
 
-#include "switchyard/result.hpp"
-#include "switchyard/router.hpp"
-#include "switchyard/state.hpp"
+#include "turnout/result.hpp"
+#include "turnout/router.hpp"
+#include "turnout/state.hpp"
 
 namespace boost::interprocess {
 class mapped_region;
 }
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 
-inline constexpr std::uint64_t kShmMagic = 0x314d48534459'5753ULL;  // "SWYDSHM1" little-endian
+inline constexpr std::uint64_t kShmMagic = 0x314d4853'544e5254ULL;  // "TRNTSHM1" little-endian
 inline constexpr std::uint32_t kShmLayoutVersion = 1;
 inline constexpr std::size_t kShmNameBytes = 64;
 
@@ -140,7 +140,7 @@ class Segment {
   std::unordered_map<std::uint64_t, std::uint32_t> slot_of_;  // (scenario << 32 | target) -> slot
 };
 
-/// The reader side (switchyard.attach): maps the segment read-only and reads it with the seqlocks.
+/// The reader side (turnout.attach): maps the segment read-only and reads it with the seqlocks.
 class SegmentReader {
  public:
   [[nodiscard]] static Result<std::unique_ptr<SegmentReader>> attach(const std::string& name);
@@ -165,4 +165,4 @@ class SegmentReader {
   std::size_t size_ = 0;
 };
 
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

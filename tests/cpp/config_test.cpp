@@ -3,10 +3,10 @@
 #include <fstream>
 #include <string>
 
-#include "switchyard/config.hpp"
 #include "test_configs.hpp"
+#include "turnout/config.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 using testing::kBasicYaml;
@@ -121,9 +121,9 @@ TEST(Config, RejectsInvalidYamlAndEmptyFiles) {
   EXPECT_NE(msg.find("invalid YAML"), std::string::npos) << msg;
   msg = load_error("");
   EXPECT_NE(msg.find("empty"), std::string::npos) << msg;
-  auto missing = load_config_file("/nonexistent/switchyard.yaml");
+  auto missing = load_config_file("/nonexistent/turnout.yaml");
   ASSERT_FALSE(missing.ok());
-  EXPECT_EQ(missing.error().message.rfind("/nonexistent/switchyard.yaml:1:1: cannot read", 0), 0U);
+  EXPECT_EQ(missing.error().message.rfind("/nonexistent/turnout.yaml:1:1: cannot read", 0), 0U);
 }
 
 TEST(Config, RejectsWrongShapes) {
@@ -136,10 +136,10 @@ TEST(Config, RejectsWrongShapes) {
 }
 
 TEST(Config, LoadsTheBundledExample) {
-  auto c = load_config_file(std::string(SWITCHYARD_EXAMPLES_DIR) + "/routing.yaml");
+  auto c = load_config_file(std::string(TURNOUT_EXAMPLES_DIR) + "/routing.yaml");
   ASSERT_TRUE(c.ok()) << c.error().message;
   EXPECT_EQ((*c)->targets.size(), 5U);
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -6,15 +6,15 @@
 #include <string>
 
 #include "msgpack_builder.hpp"
-#include "switchyard/config.hpp"
-#include "switchyard/pricing.hpp"
-#include "switchyard/router.hpp"
 #include "test_configs.hpp"
+#include "turnout/config.hpp"
+#include "turnout/pricing.hpp"
+#include "turnout/router.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
-const std::string kPrices = std::string(SWITCHYARD_TEST_DATA_DIR) + "/litellm_prices.json";
+const std::string kPrices = std::string(TURNOUT_TEST_DATA_DIR) + "/litellm_prices.json";
 
 std::string litellm_yaml(const std::string& target_block) {
   return "version: 1\ntargets:\n" + target_block + "scenarios:\n  s: {data_class: public, routes: [{target: t}]}\n";
@@ -150,4 +150,4 @@ TEST(CacheStorage, TokenHoursAtTheStoragePrice) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -8,10 +8,10 @@
 #include <span>
 #include <vector>
 
-#include "switchyard/directory.hpp"
-#include "switchyard/prefix.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/prefix.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 constexpr std::int64_t kNow = 1'767'225'600'000;
@@ -111,4 +111,4 @@ TEST(CacheDirectoryMemory, HugeCapacitiesAreNotAllocatedUpFront) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

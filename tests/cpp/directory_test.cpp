@@ -7,10 +7,10 @@
 #include <random>
 #include <vector>
 
-#include "switchyard/directory.hpp"
-#include "switchyard/prefix.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/prefix.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 std::vector<std::uint64_t> chain_of(std::uint32_t family, std::size_t blocks, std::uint32_t branch = 0) {
@@ -249,4 +249,4 @@ TEST(CacheDirectory, AgreesWithAReferenceModelWhenEveryHashCollides) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

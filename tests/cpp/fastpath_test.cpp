@@ -17,7 +17,7 @@
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 namespace {
 
 constexpr std::int64_t kNow = 1'767'225'600'000;
@@ -408,4 +408,4 @@ TEST_F(FastPathTest, SegmentsArePrivateAndAClientOutlivesNothing) {
 }
 
 }  // namespace
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

@@ -22,7 +22,7 @@
 
 #include "msgpack_builder.hpp"
 
-namespace switchyard::test {
+namespace turnout::test {
 
 using namespace std::string_view_literals;
 
@@ -129,4 +129,4 @@ inline std::span<const std::byte> as_payload(std::string_view bytes) {
   return std::as_bytes(std::span<const char>(bytes.data(), bytes.size()));
 }
 
-}  // namespace switchyard::test
+}  // namespace turnout::test

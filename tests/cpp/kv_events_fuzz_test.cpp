@@ -3,8 +3,8 @@
 // repeated chunks) and pure random bytes. Every input must give a value (never a crash, an exception or a
 // sanitizer report), and every success must respect the limits it was decoded with.
 //
-// Deterministic: a fixed seed (printed; SWITCHYARD_FUZZ_SEED overrides it). The count is
-// SWITCHYARD_FUZZ_ITERATIONS (default 1,000,000; about 7 s under ASan+UBSan in a Debug build here).
+// Deterministic: a fixed seed (printed; TURNOUT_FUZZ_SEED overrides it). The count is
+// TURNOUT_FUZZ_ITERATIONS (default 1,000,000; about 7 s under ASan+UBSan in a Debug build here).
 
 #include <gtest/gtest.h>
 
@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "kv_event_payloads.hpp"
-#include "switchyard/kv_events.hpp"
+#include "turnout/kv_events.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 constexpr std::uint64_t kDefaultSeed = 0x5157'1C4A'9D2E'0001ULL;
@@ -134,8 +134,8 @@ class Mutator {
 };
 
 TEST(KvEventsFuzz, MutatedAndRandomPayloadsNeverCrashAndSuccessesRespectTheLimits) {
-  const std::uint64_t seed = env_or("SWITCHYARD_FUZZ_SEED", kDefaultSeed);
-  const std::uint64_t iterations = env_or("SWITCHYARD_FUZZ_ITERATIONS", kDefaultIterations);
+  const std::uint64_t seed = env_or("TURNOUT_FUZZ_SEED", kDefaultSeed);
+  const std::uint64_t iterations = env_or("TURNOUT_FUZZ_ITERATIONS", kDefaultIterations);
   std::printf("kv events fuzz: seed 0x%llx, %llu inputs\n", static_cast<unsigned long long>(seed),
               static_cast<unsigned long long>(iterations));
 
@@ -177,4 +177,4 @@ TEST(KvEventsFuzz, MutatedAndRandomPayloadsNeverCrashAndSuccessesRespectTheLimit
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -1,7 +1,7 @@
 // decode_kv_events: the engines' payloads byte for byte (kv_event_payloads.hpp), then every way a payload
 // can be wrong. Each bad input must give an error value, never a crash or an exception.
 
-#include "switchyard/kv_events.hpp"
+#include "turnout/kv_events.hpp"
 
 #include <gtest/gtest.h>
 #include <xxhash.h>
@@ -14,7 +14,7 @@
 
 #include "kv_event_payloads.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 using test::as_payload;
@@ -642,4 +642,4 @@ TEST(KvEventsMalformed, GarbageNeverThrows) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

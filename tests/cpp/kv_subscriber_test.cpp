@@ -2,7 +2,7 @@
 // ROUTER answering replay requests the way vLLM's ZmqEventPublisher does) and records what the sink sees.
 // Every wait has a timeout, so a broken subscriber fails the test instead of hanging it.
 
-#include "switchyard/io/kv_subscriber.hpp"
+#include "turnout/io/kv_subscriber.hpp"
 
 #include <gtest/gtest.h>
 
@@ -25,7 +25,7 @@
 
 #include "kv_event_payloads.hpp"
 
-namespace switchyard::io {
+namespace turnout::io {
 namespace {
 
 using namespace std::chrono_literals;
@@ -481,4 +481,4 @@ TEST(KvSubscriber, StartErrorsAreValues) {
 }
 
 }  // namespace
-}  // namespace switchyard::io
+}  // namespace turnout::io

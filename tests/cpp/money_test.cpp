@@ -8,9 +8,9 @@
 #include <ostream>
 #include <string>
 
-#include "switchyard/money.hpp"
+#include "turnout/money.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
@@ -208,4 +208,4 @@ TEST(ErrorCodeNames, AreStable) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -15,7 +15,7 @@
 
 #include <msgpack.hpp>
 
-namespace switchyard::test {
+namespace turnout::test {
 
 using Packer = msgpack::packer<msgpack::sbuffer>;
 
@@ -205,4 +205,4 @@ inline msgpack::object_handle from_json(std::string_view json) {
   return msgpack::unpack(buffer.data(), buffer.size());
 }
 
-}  // namespace switchyard::test
+}  // namespace turnout::test

@@ -7,11 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "switchyard/prefix.hpp"
-#include "switchyard/router.hpp"
 #include "test_configs.hpp"
+#include "turnout/prefix.hpp"
+#include "turnout/router.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 constexpr TimeMs kT0 = 1'767'225'600'000;
@@ -198,4 +198,4 @@ TEST(PrefixRouting, PreciseModeFollowsEngineEvents) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -7,7 +7,7 @@
 //                              Batch API: 50% off.
 //   OpenAI GPT-4.1:            $2 in, $0.50 cached, $8 out; writes cost the input price (1.0×). Batch 50%.
 //   OpenAI GPT-5:              $1.25 in, $0.125 cached, $10 out. Batch 50%.
-//   "GPT-5 with billed writes" GPT-5 prices plus DESIGN.md's 1.25× write multiplier: $1.5625 write
+//   "GPT-5 with billed writes" GPT-5 prices plus a 1.25× write multiplier: $1.5625 write
 //                              (an illustration of `cache_write_tokens`, not a published price).
 //   Gemini 2.5 Pro             ≤200k: $1.25 in, $10 out, $0.125 cached; >200k: $2.50, $15, $0.25. Batch 50%.
 //   Gemini 2.5 Flash           $0.30 in, $2.50 out, $0.03 cached.
@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "msgpack_builder.hpp"
-#include "switchyard/pricing.hpp"
+#include "turnout/pricing.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 using test::from_json;
@@ -478,4 +478,4 @@ TEST(ActualCost, ErrorsNameTheTarget) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

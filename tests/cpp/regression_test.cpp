@@ -5,14 +5,14 @@
 #include <string>
 #include <vector>
 
-#include "switchyard/config.hpp"
-#include "switchyard/directory.hpp"
-#include "switchyard/kv_events.hpp"
-#include "switchyard/pricing.hpp"
-#include "switchyard/router.hpp"
 #include "test_configs.hpp"
+#include "turnout/config.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/kv_events.hpp"
+#include "turnout/pricing.hpp"
+#include "turnout/router.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 constexpr TimeMs kT0 = 1'767'225'600'000;  // 2026-01-01T00:00:00Z
@@ -162,7 +162,7 @@ TEST(EngineHashIndex, KvEventsWithRepeatedHashThenRemovalLeaveNoGhostParent) {
 // ---- LiteLLM import: Anthropic 1 h cache writes in the long-context tier ------------------------
 
 TEST(LiteLlmAnthropic, LiteLlmAnthropicLongContextOneHourWriteIsTwiceTierInput) {
-  const std::string prices = std::string(SWITCHYARD_TEST_DATA_DIR) + "/litellm_prices.json";
+  const std::string prices = std::string(TURNOUT_TEST_DATA_DIR) + "/litellm_prices.json";
   const std::string yaml =
       "version: 1\ntargets:\n  t: {kind: maas, provider: anthropic, model: claude-sonnet-4-20250514, "
       "data_classes: [public], context_window: 1000000, price: {from_litellm: \"" +
@@ -181,9 +181,9 @@ TEST(LiteLlmAnthropic, LiteLlmAnthropicLongContextOneHourWriteIsTwiceTierInput) 
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 // ---- Budget: a prediction that overflows the per-request Money range reserves $0 ----------------
@@ -215,9 +215,9 @@ scenarios:
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 // Review near-misses, fixed: reservations are the true worst case, fallbacks fit the budget, and a
@@ -289,4 +289,4 @@ TEST(BudgetWorstCase, TimesBefore1970StillHaveABudget) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "msgpack_builder.hpp"
-#include "switchyard/policy.hpp"
-#include "switchyard/router.hpp"
 #include "test_configs.hpp"
+#include "turnout/policy.hpp"
+#include "turnout/router.hpp"
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 using testing::kBasicYaml;
@@ -402,9 +402,9 @@ TEST_F(RouterTest, ExplainCommitsNothing) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout
 
-namespace switchyard {
+namespace turnout {
 namespace {
 
 TEST_F(RouterTest, AProbeAnsweredByAFallbackIsReleased) {
@@ -465,4 +465,4 @@ TEST_F(RouterTest, AVerdictWithoutAnAnswerChangesNothing) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -17,10 +17,10 @@
 #include "sidecar/server.hpp"
 #include "sidecar/shm.hpp"
 
-namespace switchyard::sidecar {
+namespace turnout::sidecar {
 namespace {
 
-const std::string kExample = std::string(SWITCHYARD_EXAMPLES_DIR) + "/routing.yaml";
+const std::string kExample = std::string(TURNOUT_EXAMPLES_DIR) + "/routing.yaml";
 constexpr std::int64_t kNow = 1'767'225'600'000;
 
 class SidecarTest : public ::testing::Test {
@@ -138,7 +138,7 @@ TEST_F(SidecarTest, ErrorCodes) {
 
 TEST_F(SidecarTest, RandomizedInputAlwaysGetsAWellFormedReply) {
   auto server = start();
-  const char* env = std::getenv("SWITCHYARD_FUZZ_ITERATIONS");  // NOLINT(concurrency-mt-unsafe)
+  const char* env = std::getenv("TURNOUT_FUZZ_ITERATIONS");  // NOLINT(concurrency-mt-unsafe)
   const long iterations = env != nullptr ? std::atol(env) : 500'000;
   std::mt19937_64 rng(0x51DECA11);
   const std::uint64_t version = server->router()->config()->content_hash;
@@ -315,4 +315,4 @@ TEST_F(SidecarTest, SeqlockReadersNeverSeeATornRow) {
 }
 
 }  // namespace
-}  // namespace switchyard::sidecar
+}  // namespace turnout::sidecar

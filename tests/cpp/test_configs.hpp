@@ -5,9 +5,9 @@
 
 #include <string>
 
-#include "switchyard/config.hpp"
+#include "turnout/config.hpp"
 
-namespace switchyard::testing {
+namespace turnout::testing {
 
 /// Two MaaS targets (one public-only), one self-hosted pool of two replicas, three scenarios.
 inline constexpr const char* kBasicYaml = R"(version: 1
@@ -59,4 +59,4 @@ inline ConfigPtr load_or_die(const std::string& yaml, const std::string& source 
   return c ? *c : nullptr;
 }
 
-}  // namespace switchyard::testing
+}  // namespace turnout::testing

@@ -8,9 +8,9 @@
 #include <string>
 
 #include "msgpack_builder.hpp"
-#include "switchyard/usage.hpp"
+#include "turnout/usage.hpp"
 
-namespace switchyard {
+namespace turnout {
 
 // Readable failure output. Internal linkage: other test files may define their own printer.
 static void PrintTo(const Usage& u, std::ostream* os) {
@@ -634,4 +634,4 @@ TEST(NormalizeUsageTypes, InputTokensAddsEveryPartOnce) {
 }
 
 }  // namespace
-}  // namespace switchyard
+}  // namespace turnout

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import switchyard
+import turnout
 from support import config_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,13 +23,13 @@ def example_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def example_config(example_path: Path) -> switchyard.Config:
-    return switchyard.load_config(example_path)
+def example_config(example_path: Path) -> turnout.Config:
+    return turnout.load_config(example_path)
 
 
 @pytest.fixture
-def example_router(example_config: switchyard.Config) -> switchyard.Router:
-    return switchyard.Router(example_config, seed=0)
+def example_router(example_config: turnout.Config) -> turnout.Router:
+    return turnout.Router(example_config, seed=0)
 
 
 def _make_config(tmp_path: Path, name: str = "routing.yaml", **overrides: Any) -> Path:
@@ -63,7 +63,7 @@ def write_yaml(tmp_path: Path) -> Callable[[str], Path]:
 
 
 @pytest.fixture
-def make_router(make_config: Callable[..., Path]) -> Callable[..., switchyard.Router]:
+def make_router(make_config: Callable[..., Path]) -> Callable[..., turnout.Router]:
     """``make_router(seed=0, decision_ttl_s=3600, max_pending=None, **overrides) -> Router``."""
 
     def build(
@@ -72,11 +72,11 @@ def make_router(make_config: Callable[..., Path]) -> Callable[..., switchyard.Ro
         decision_ttl_s: float = 3600.0,
         max_pending: int | None = None,
         **overrides: Any,
-    ) -> switchyard.Router:
-        config = switchyard.load_config(make_config(**overrides))
+    ) -> turnout.Router:
+        config = turnout.load_config(make_config(**overrides))
         kwargs: dict[str, Any] = {"seed": seed, "decision_ttl_s": decision_ttl_s}
         if max_pending is not None:
             kwargs["max_pending"] = max_pending
-        return switchyard.Router(config, **kwargs)
+        return turnout.Router(config, **kwargs)
 
     return build

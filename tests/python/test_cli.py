@@ -1,4 +1,4 @@
-"""The ``switchyard`` command, run for real as a subprocess: exit codes, JSON, stderr messages."""
+"""The ``turnout`` command, run for real as a subprocess: exit codes, JSON, stderr messages."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import switchyard
+import turnout
 from support import config_text
-from switchyard._demo import REQUESTS, provider_usage
+from turnout._demo import REQUESTS, provider_usage
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -22,7 +22,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
         k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")
     }  # a pipe, as in scripts
     return subprocess.run(
-        [sys.executable, "-m", "switchyard.cli", *map(str, args)],
+        [sys.executable, "-m", "turnout.cli", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -39,11 +39,11 @@ def one_line(text: str) -> str:
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert switchyard.__version__ in result.stdout
+    assert turnout.__version__ in result.stdout
 
 
 def test_console_script_is_installed() -> None:
-    script = Path(sys.executable).parent / "switchyard"
+    script = Path(sys.executable).parent / "turnout"
     result = subprocess.run(
         [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -52,7 +52,7 @@ def test_console_script_is_installed() -> None:
         assert command in result.stdout
 
 
-def test_validate_ok(example_path: Path, example_config: switchyard.Config) -> None:
+def test_validate_ok(example_path: Path, example_config: turnout.Config) -> None:
     result = run("validate", example_path)
     assert result.returncode == 0, result.stderr
     out = one_line(result.stdout)
@@ -86,13 +86,13 @@ def test_errors_are_printed_on_one_line(tmp_path: Path) -> None:
     # must not be wrapped at the console width when stderr is not a terminal.
     path = tmp_path / "routing.yaml"
     path.write_text(config_text(targets={"mini": {"context_window": "lots"}}), encoding="utf-8")
-    with pytest.raises(switchyard.ConfigError) as info:
-        switchyard.load_config(path)
+    with pytest.raises(turnout.ConfigError) as info:
+        turnout.load_config(path)
     result = run("validate", path)
     assert result.stderr.splitlines() == [f"error: {info.value}"]
 
 
-def test_route_json(example_path: Path, example_config: switchyard.Config) -> None:
+def test_route_json(example_path: Path, example_config: turnout.Config) -> None:
     result = run(
         "route",
         example_path,
@@ -111,7 +111,7 @@ def test_route_json(example_path: Path, example_config: switchyard.Config) -> No
     assert decision["key"] == "user-42"
     assert decision["config_version"] == example_config.version
     # the same decision as the library makes with the same seed
-    expected = switchyard.Router(example_config, seed=0).explain(
+    expected = turnout.Router(example_config, seed=0).explain(
         "agent-assist", key="user-42", input_tokens=5000
     )
     assert decision["target"] == expected.target
@@ -233,7 +233,7 @@ def test_demo_json() -> None:
     result = run("demo", "--json")
     assert result.returncode == 0, result.stderr
     demo = json.loads(result.stdout)
-    config = switchyard.load_config(demo["config"])
+    config = turnout.load_config(demo["config"])
     assert demo["version"] == config.version
 
     decisions = demo["decisions"]
@@ -268,7 +268,7 @@ def test_demo_json() -> None:
         served += 1
         provider = config.target_info(d["target"])["provider"]
         usage = provider_usage(provider, prompt, max_out * 3 // 4)
-        repriced += switchyard.price_usage(
+        repriced += turnout.price_usage(
             config, d["target"], usage, batch=scenario == "contract-extraction"
         ).cost_usd
     assert ledger_cost == repriced

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-import switchyard
+import turnout
 from support import DELETE, Raw, base_config, dump, locate, merge
-from switchyard import ConfigError, SwitchyardError
+from turnout import ConfigError, TurnoutError
 
 # ---- helpers -------------------------------------------------------------------------------------
 
@@ -21,9 +21,9 @@ from switchyard import ConfigError, SwitchyardError
 def load_error(path: Path | str) -> str:
     """The message of the ConfigError that loading `path` raises (checking its classes)."""
     with pytest.raises(ConfigError) as info:
-        switchyard.load_config(path)
+        turnout.load_config(path)
     assert isinstance(info.value, ValueError)
-    assert isinstance(info.value, SwitchyardError)
+    assert isinstance(info.value, TurnoutError)
     return str(info.value)
 
 
@@ -38,7 +38,7 @@ def assert_located(message: str, path: Path | str, line: int, col: int, *fragmen
 
 
 def test_example_loads(example_path: Path) -> None:
-    config = switchyard.load_config(example_path)
+    config = turnout.load_config(example_path)
     assert config.targets == [
         "gpt-4.1-mini",
         "claude-sonnet-4",
@@ -52,7 +52,7 @@ def test_example_loads(example_path: Path) -> None:
     assert "5 targets, 3 scenarios" in repr(config)
 
 
-def test_example_target_info(example_config: switchyard.Config) -> None:
+def test_example_target_info(example_config: turnout.Config) -> None:
     llama = example_config.target_info("llama-70b")
     assert llama == {
         "name": "llama-70b",
@@ -72,15 +72,15 @@ def test_example_target_info(example_config: switchyard.Config) -> None:
     assert example_config.target_info("deepseek-chat")["region"] is None  # no region declared
 
 
-def test_target_info_unknown_target(example_config: switchyard.Config) -> None:
-    with pytest.raises(switchyard.UnknownTargetError, match="nope") as info:
+def test_target_info_unknown_target(example_config: turnout.Config) -> None:
+    with pytest.raises(turnout.UnknownTargetError, match="nope") as info:
         example_config.target_info("nope")
     assert isinstance(info.value, KeyError)
 
 
 def test_load_config_accepts_str_and_pathlike(example_path: Path) -> None:
-    by_path = switchyard.load_config(example_path)
-    by_str = switchyard.load_config(str(example_path))
+    by_path = turnout.load_config(example_path)
+    by_str = turnout.load_config(str(example_path))
     assert by_path.version == by_str.version
 
 
@@ -90,21 +90,21 @@ def test_version_is_the_content_hash(tmp_path: Path, example_path: Path) -> None
     copy.write_text(text, encoding="utf-8")
     edited = tmp_path / "edited.yaml"
     edited.write_text(text + "# a comment changes the bytes, so the version\n", encoding="utf-8")
-    original = switchyard.load_config(example_path).version
-    assert switchyard.load_config(copy).version == original  # same bytes, other path: same version
-    assert switchyard.load_config(edited).version != original
-    assert switchyard.load_config_text(text).version == original
+    original = turnout.load_config(example_path).version
+    assert turnout.load_config(copy).version == original  # same bytes, other path: same version
+    assert turnout.load_config(edited).version != original
+    assert turnout.load_config_text(text).version == original
 
 
 def test_minimal_config_loads(make_config: Callable[..., Path]) -> None:
-    config = switchyard.load_config(make_config())
+    config = turnout.load_config(make_config())
     assert config.targets == ["mini", "backup", "pool"]
     assert config.scenarios == ["chat"]
 
 
 def test_load_config_text_names_its_source() -> None:
     with pytest.raises(ConfigError) as info:
-        switchyard.load_config_text("version: 1\n", source="inline.yaml")
+        turnout.load_config_text("version: 1\n", source="inline.yaml")
     assert str(info.value).startswith("inline.yaml:1:1: ")
     assert "missing required key 'targets'" in str(info.value)
 
@@ -123,8 +123,8 @@ def test_six_decimal_prices_are_exact(make_config: Callable[..., Path]) -> None:
             }
         }
     )
-    cost = switchyard.price_usage(
-        switchyard.load_config(path), "mini", {"prompt_tokens": 3, "completion_tokens": 7}
+    cost = turnout.price_usage(
+        turnout.load_config(path), "mini", {"prompt_tokens": 3, "completion_tokens": 7}
     )
     assert cost.cost_usd == Decimal("0.000000000003")
 
@@ -531,7 +531,7 @@ scenarios:
 
 
 def test_hand_written_valid_table_loads(write_yaml: Callable[[str], Path]) -> None:
-    config = switchyard.load_config(write_yaml(VALID))
+    config = turnout.load_config(write_yaml(VALID))
     assert config.targets == ["mini", "pool"]
 
 

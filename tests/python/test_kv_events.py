@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import zmq
 
-import switchyard
+import turnout
 
 BLOCK = 16
 T0 = 1_767_225_600.0
@@ -106,7 +106,7 @@ def engine() -> Iterator[Engine]:
     ctx.term()
 
 
-def config_for(tmp_path: Path, engine: Engine) -> switchyard.Config:
+def config_for(tmp_path: Path, engine: Engine) -> turnout.Config:
     path = tmp_path / "routing.yaml"
     path.write_text(f"""version: 1
 targets:
@@ -128,16 +128,16 @@ scenarios:
     routes: [{{target: pool}}]
     affinity: {{prefix: true}}
 """)
-    return switchyard.load_config(path)
+    return turnout.load_config(path)
 
 
-def cached(router: switchyard.Router, tokens: list[int]) -> tuple[str | None, int]:
+def cached(router: turnout.Router, tokens: list[int]) -> tuple[str | None, int]:
     d = router.explain("chat", token_ids=tokens, now=time.time())
     return d.endpoint, d.expected_cached_tokens
 
 
 def test_directory_follows_a_live_publisher(tmp_path: Path, engine: Engine) -> None:
-    router = switchyard.Router(config_for(tmp_path, engine))
+    router = turnout.Router(config_for(tmp_path, engine))
     prompt = list(range(1000, 1000 + 4 * BLOCK))  # 4 blocks
     h = [2**63 + i for i in range(1, 6)]  # engine hashes >= 2^63, as vLLM's often are
     with router.subscribe_kv_events(replay_timeout_s=1.0) as sub:
@@ -192,16 +192,16 @@ def test_directory_follows_a_live_publisher(tmp_path: Path, engine: Engine) -> N
 
 
 def test_apply_kv_events_from_bytes(tmp_path: Path, engine: Engine) -> None:
-    router = switchyard.Router(config_for(tmp_path, engine))
+    router = turnout.Router(config_for(tmp_path, engine))
     prompt = list(range(50, 50 + 2 * BLOCK))
     got = router.apply_kv_events(
         "pool", 1, batch_array([stored_array([11, 12], None, prompt)]), now=T0
     )
     assert got["stored"] == 2
     assert router.explain("chat", token_ids=prompt, now=T0).endpoint == "http://127.0.0.1:9001"
-    with pytest.raises(switchyard.InvalidArgumentError):
+    with pytest.raises(turnout.InvalidArgumentError):
         router.apply_kv_events("pool", 1, b"\x91\xc1", now=T0)  # 0xc1 is never valid msgpack
-    with pytest.raises(switchyard.InvalidArgumentError):
+    with pytest.raises(turnout.InvalidArgumentError):
         router.apply_kv_events("pool", 7, batch_map([]), now=T0)
     router.reset_kv("pool", "http://127.0.0.1:9001")
     assert router.explain("chat", token_ids=prompt, now=T0).expected_cached_tokens == 0

@@ -9,8 +9,8 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-import switchyard
-from switchyard.replay import Request, TargetModel, replay
+import turnout
+from turnout.replay import Request, TargetModel, replay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,8 +55,8 @@ def test_compare_policies_notebook_runs(tmp_path: Path) -> None:
 
 
 def test_replay_is_exact_and_reproducible() -> None:
-    config = switchyard.load_config(ROOT / "notebooks" / "policies" / "hybrid.yaml")
-    text = switchyard.canonical_prompt(
+    config = turnout.load_config(ROOT / "notebooks" / "policies" / "hybrid.yaml")
+    text = turnout.canonical_prompt(
         [{"role": "system", "content": "Summarize. " * 600}, {"role": "user", "content": "ticket"}]
     )
     reqs = [

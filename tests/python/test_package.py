@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-import switchyard
-from switchyard import _core, _errors
+import turnout
+from turnout import _core, _errors
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_all_names_exist() -> None:
-    assert switchyard.__all__, "empty __all__"
-    missing = [name for name in switchyard.__all__ if not hasattr(switchyard, name)]
+    assert turnout.__all__, "empty __all__"
+    missing = [name for name in turnout.__all__ if not hasattr(turnout, name)]
     assert missing == []
-    assert len(set(switchyard.__all__)) == len(switchyard.__all__)
+    assert len(set(turnout.__all__)) == len(turnout.__all__)
 
 
 def test_every_public_error_is_exported() -> None:
@@ -29,23 +29,23 @@ def test_every_public_error_is_exported() -> None:
         for name, value in vars(_errors).items()
         if isinstance(value, type) and issubclass(value, Exception)
     }
-    assert errors <= set(switchyard.__all__)
+    assert errors <= set(turnout.__all__)
 
 
 def test_py_typed_ships() -> None:
-    assert (resources.files("switchyard") / "py.typed").is_file()
+    assert (resources.files("turnout") / "py.typed").is_file()
 
 
 def test_core_stub_ships() -> None:
     # STYLE.md 1: the private binding is re-exported "with __all__, a .pyi stub and py.typed";
     # without a
-    # stub, type checkers see switchyard._core (Router, Config, Decision) as Any.
-    package = resources.files("switchyard")
+    # stub, type checkers see turnout._core (Router, Config, Decision) as Any.
+    package = resources.files("turnout")
     assert (package / "_core.pyi").is_file() or (package / "_core" / "__init__.pyi").is_file()
 
 
 def test_core_stub_matches_the_module() -> None:
-    stub = ast.parse((resources.files("switchyard") / "_core.pyi").read_text(encoding="utf-8"))
+    stub = ast.parse((resources.files("turnout") / "_core.pyi").read_text(encoding="utf-8"))
     stubbed: dict[str, set[str]] = {}
     for node in stub.body:
         if isinstance(node, ast.ClassDef):
@@ -68,7 +68,7 @@ def test_core_stub_matches_the_module() -> None:
 
 
 def test_bundled_example_matches_the_repository() -> None:
-    bundled = (resources.files("switchyard") / "examples" / "routing.yaml").read_text(
+    bundled = (resources.files("turnout") / "examples" / "routing.yaml").read_text(
         encoding="utf-8"
     )
     assert bundled == (REPO / "examples" / "routing.yaml").read_text(encoding="utf-8")
@@ -81,37 +81,37 @@ def test_version_is_written_once() -> None:
     match = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
     assert match, "no version in [project]"
     declared = match.group(1)
-    assert switchyard.__version__ == declared
-    assert importlib.metadata.version("switchyard") == declared
+    assert turnout.__version__ == declared
+    assert importlib.metadata.version("turnout") == declared
 
 
 @pytest.mark.parametrize(
     ("error", "builtin"),
     [
-        (switchyard.ConfigError, ValueError),
-        (switchyard.InvalidArgumentError, ValueError),
-        (switchyard.UsageError, ValueError),
-        (switchyard.TargetNotAllowedError, ValueError),
-        (switchyard.PriceMissingError, ValueError),
-        (switchyard.UnknownScenarioError, KeyError),
-        (switchyard.UnknownTargetError, KeyError),
-        (switchyard.UnknownDecisionError, KeyError),
-        (switchyard.NoEligibleTargetError, RuntimeError),
-        (switchyard.BudgetExhaustedError, switchyard.NoEligibleTargetError),
+        (turnout.ConfigError, ValueError),
+        (turnout.InvalidArgumentError, ValueError),
+        (turnout.UsageError, ValueError),
+        (turnout.TargetNotAllowedError, ValueError),
+        (turnout.PriceMissingError, ValueError),
+        (turnout.UnknownScenarioError, KeyError),
+        (turnout.UnknownTargetError, KeyError),
+        (turnout.UnknownDecisionError, KeyError),
+        (turnout.NoEligibleTargetError, RuntimeError),
+        (turnout.BudgetExhaustedError, turnout.NoEligibleTargetError),
     ],
 )
 def test_errors_subclass_builtins(error: type[Exception], builtin: type[Exception]) -> None:
     assert issubclass(error, builtin)
-    assert issubclass(error, switchyard.SwitchyardError)
+    assert issubclass(error, turnout.TurnoutError)
 
 
 def test_config_error_is_caught_as_value_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("", encoding="utf-8")
     with pytest.raises(ValueError, match=r":1:1: the routing table is empty"):
-        switchyard.load_config(path)
+        turnout.load_config(path)
 
 
 def test_key_errors_print_their_message() -> None:
     # KeyError's str() is the repr of its argument; ours print the message as given.
-    assert str(switchyard.UnknownScenarioError("unknown scenario 'x'")) == "unknown scenario 'x'"
+    assert str(turnout.UnknownScenarioError("unknown scenario 'x'")) == "unknown scenario 'x'"

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import switchyard
+import turnout
 from support import T0, Raw, dump, locate
-from switchyard import ConfigError, NoEligibleTargetError
+from turnout import ConfigError, NoEligibleTargetError
 
 CLASSES = ("public", "internal", "deidentified", "confidential", "restricted")
 DEFAULT_MAX_OUTPUT = 1024  # a scenario's output cap when it does not set max_output_tokens
@@ -158,8 +158,8 @@ def write_table(directory: Path, table: dict[str, Any]) -> Path:
 def test_decisions_respect_the_boundary(
     table_dir: Path, table: dict[str, Any], traffic: list[dict[str, Any]], seed: int
 ) -> None:
-    config = switchyard.load_config(write_table(table_dir, table))
-    router = switchyard.Router(config, seed=seed, decision_ttl_s=60)
+    config = turnout.load_config(write_table(table_dir, table))
+    router = turnout.Router(config, seed=seed, decision_ttl_s=60)
     targets, scenarios = table["targets"], table["scenarios"]
     names = list(scenarios)
     now = T0
@@ -248,7 +248,7 @@ def test_forbidden_references_never_load(
     table, scenario, target, where = case
     path = write_table(table_dir, table)
     with pytest.raises(ConfigError) as info:
-        switchyard.load_config(path)
+        turnout.load_config(path)
     message = str(info.value)
     data_class = table["scenarios"][scenario]["data_class"]
     assert f"target '{target}' does not accept data class '{data_class}'" in message

@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-import switchyard
+import turnout
 from support import DELETE, T0
-from switchyard import (
+from turnout import (
     BudgetExhaustedError,
     InvalidArgumentError,
     NoEligibleTargetError,
@@ -84,10 +84,10 @@ def key_for(
 # ---- the Decision --------------------------------------------------------------------------------
 
 
-def test_maas_decision_fields(example_router: Router, example_config: switchyard.Config) -> None:
+def test_maas_decision_fields(example_router: Router, example_config: turnout.Config) -> None:
     key = key_for(example_router, SUPPORT, "gpt-4.1-mini", input_tokens=1800, max_output_tokens=300)
     d = example_router.route(SUPPORT, key=key, input_tokens=1800, max_output_tokens=300, now=T0)
-    assert isinstance(d, switchyard.Decision)
+    assert isinstance(d, turnout.Decision)
     assert d.id == 1  # the first decision of a fresh router
     assert d.scenario == SUPPORT
     assert d.target == "gpt-4.1-mini"
@@ -206,7 +206,7 @@ def test_readme_flow(example_router: Router) -> None:
     assert r["ttft_buckets"][4] == 1
     assert r["latency_buckets"][7] == 1
     assert (r["ttft_sum_ms"], r["latency_sum_ms"]) == (240, 1900)
-    assert len(r["latency_buckets"]) == len(switchyard.LATENCY_BUCKETS_MS) + 1
+    assert len(r["latency_buckets"]) == len(turnout.LATENCY_BUCKETS_MS) + 1
 
 
 def test_self_hosted_outcome_cost(example_router: Router) -> None:
@@ -230,18 +230,18 @@ def test_latency_histogram_buckets_are_upper_bounds(
     make_router: MakeRouter, ms: int, bucket: int
 ) -> None:
     # LATENCY_BUCKETS_MS are inclusive upper bounds (Prometheus "le"); the last bucket is +Inf.
-    assert switchyard.LATENCY_BUCKETS_MS[:5] == [10, 25, 50, 100, 250]
+    assert turnout.LATENCY_BUCKETS_MS[:5] == [10, 25, 50, 100, 250]
     router = make_router()
     d = router.route("chat", now=T0)
     router.report(d.id, target="mini", status="ok", ttft_ms=ms, latency_ms=ms, now=T0)
     r = row(router, "chat", "mini")
-    expected = [0] * (len(switchyard.LATENCY_BUCKETS_MS) + 1)
+    expected = [0] * (len(turnout.LATENCY_BUCKETS_MS) + 1)
     expected[bucket] = 1
     assert r["ttft_buckets"] == expected
     assert r["latency_buckets"] == expected
 
 
-def test_replay_is_deterministic(example_config: switchyard.Config) -> None:
+def test_replay_is_deterministic(example_config: turnout.Config) -> None:
     # The notebook promise: the same seed and the same traffic (clock included) give the same
     # decisions and the same ledger, key or no key.
     def replay() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -269,7 +269,7 @@ def test_replay_is_deterministic(example_config: switchyard.Config) -> None:
 # ---- sticky weighted split -----------------------------------------------------------------------
 
 
-def test_same_key_same_seed_same_target(example_config: switchyard.Config) -> None:
+def test_same_key_same_seed_same_target(example_config: turnout.Config) -> None:
     one = Router(example_config, seed=11)
     two = Router(example_config, seed=11)
     for i in range(50):
@@ -302,7 +302,7 @@ def test_weighted_split_is_near_90_10(example_router: Router) -> None:
     assert abs(mini - 200) <= 5 * sd, mini
 
 
-def test_seed_changes_the_assignment(example_config: switchyard.Config) -> None:
+def test_seed_changes_the_assignment(example_config: turnout.Config) -> None:
     # A key keeps its target under another seed with probability 0.9^2 + 0.1^2 = 0.82; all 200 keys
     # keeping theirs has probability 0.82^200 < 1e-17.
     zero = Router(example_config, seed=0)
@@ -1157,6 +1157,6 @@ def test_max_pending_bounds_the_pending_decisions(make_router: MakeRouter) -> No
         router.report(decisions[0].id, target="mini", status="ok", now=T0)
 
 
-def test_router_rejects_a_non_positive_ttl(example_config: switchyard.Config) -> None:
+def test_router_rejects_a_non_positive_ttl(example_config: turnout.Config) -> None:
     with pytest.raises(InvalidArgumentError):
         Router(example_config, decision_ttl_s=0)

@@ -1,4 +1,4 @@
-"""The switchyard-sidecar daemon, started for real: wire protocol, bad input, reload, crash safety,
+"""The turnout-sidecar daemon, started for real: wire protocol, bad input, reload, crash safety,
 shared-memory counters, client fallback, /metrics. Every daemon is stopped by its fixture."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-import switchyard
-from switchyard.cli import main as cli_main
+import turnout
+from turnout.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = "contract-extraction"  # one route: llama-70b (vLLM usage, OpenAI shape)
@@ -59,7 +59,7 @@ class Sidecar:
         log = self.workdir / f"sidecar-{len(self.logs)}.log"
         self.logs.append(log)
         argv = [
-            switchyard._sidecar_path(),
+            turnout._sidecar_path(),
             str(self.config),
             "--endpoint",
             self.endpoint,
@@ -78,7 +78,7 @@ class Sidecar:
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_S
-        with switchyard.Client(self.endpoint, timeout_ms=200, retry_after_s=0) as c:
+        with turnout.Client(self.endpoint, timeout_ms=200, retry_after_s=0) as c:
             while time.monotonic() < deadline:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
@@ -86,16 +86,16 @@ class Sidecar:
                 try:
                     c.health()
                     return
-                except switchyard.SidecarUnavailableError:
+                except turnout.SidecarUnavailableError:
                     time.sleep(0.02)
         raise AssertionError(f"sidecar not ready in {STARTUP_S} s: {self.log()}")
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
-    def client(self, **kwargs: Any) -> switchyard.Client:
+    def client(self, **kwargs: Any) -> turnout.Client:
         kwargs.setdefault("timeout_ms", 2000)
-        return switchyard.Client(self.endpoint, **kwargs)
+        return turnout.Client(self.endpoint, **kwargs)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -166,7 +166,7 @@ def _row(rows: list[dict[str, Any]], scenario: str = SCENARIO, target: str = TAR
 
 
 def test_route_report_match_the_in_process_router(sidecar: Sidecar, config_path: Path) -> None:
-    router = switchyard.Router(switchyard.load_config(config_path))
+    router = turnout.Router(turnout.load_config(config_path))
     with sidecar.client() as c:
         d = c.route(SCENARIO, key="k1", input_tokens=1000, now=T0)
         local = router.route(SCENARIO, key="k1", input_tokens=1000, now=T0)
@@ -191,20 +191,20 @@ def test_route_report_match_the_in_process_router(sidecar: Sidecar, config_path:
         assert again["duplicate"]
         c.verdict(d.id, True, now=T0 + 3)
         router.verdict(local.id, True, now=T0 + 3)
-    view = switchyard.attach(sidecar.shm)
+    view = turnout.attach(sidecar.shm)
     assert _row(view.counters()) == _row(router.counters())
     assert sidecar.stop() == 0
 
 
 def test_core_errors_come_back_as_the_same_exceptions(sidecar: Sidecar) -> None:
     with sidecar.client() as c:
-        with pytest.raises(switchyard.UnknownScenarioError):
+        with pytest.raises(turnout.UnknownScenarioError):
             c.route("no-such-scenario")
-        with pytest.raises(switchyard.UnknownDecisionError):
+        with pytest.raises(turnout.UnknownDecisionError):
             c.report(12345, target=TARGET, status="ok")
-        with pytest.raises(switchyard.InvalidArgumentError):
+        with pytest.raises(turnout.InvalidArgumentError):
             c.route(SCENARIO, input_tokens=-1)
-        with pytest.raises(switchyard.SidecarError) as e:
+        with pytest.raises(turnout.SidecarError) as e:
             c.request("frobnicate")
         assert e.value.code == "unknown_op"
 
@@ -214,12 +214,12 @@ def test_core_errors_come_back_as_the_same_exceptions(sidecar: Sidecar) -> None:
 WORKER = textwrap.dedent(
     """
     import json, sys
-    import switchyard
+    import turnout
     endpoint, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     out = {"outcomes": 0, "input": 0, "output": 0, "cost": "0"}
     from decimal import Decimal
     cost = Decimal(0)
-    with switchyard.Client(endpoint, timeout_ms=5000) as c:
+    with turnout.Client(endpoint, timeout_ms=5000) as c:
         for i in range(n):
             d = c.route("contract-extraction", key=f"{seed}-{i}", input_tokens=100 + i)
             usage = {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7}
@@ -249,13 +249,13 @@ def test_concurrent_clients_sum_up_in_shared_memory(sidecar: Sidecar) -> None:
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err.decode()
         results.append(json.loads(out))
-    row = _row(switchyard.attach(sidecar.shm).counters())
+    row = _row(turnout.attach(sidecar.shm).counters())
     assert row["requests"] == row["outcomes"] == row["ok"] == sum(r["outcomes"] for r in results)
     assert row["uncached_input_tokens"] == sum(r["input"] for r in results)
     assert row["output_tokens"] == sum(r["output"] for r in results)
     assert row["cost_usd"] == sum(Decimal(r["cost"]) for r in results)
     assert row["latency_count"] == 240
-    frame = switchyard.attach(sidecar.shm).counters_frame()
+    frame = turnout.attach(sidecar.shm).counters_frame()
     assert int(frame.loc[frame["scenario"] == SCENARIO, "outcomes"].sum()) == 240
 
 
@@ -347,7 +347,7 @@ def test_reload_keeps_the_old_table_on_error_then_swaps(
         assert broken != good
         config_path.write_text(broken)
         line = next(i for i, t in enumerate(broken.splitlines(), 1) if "lots" in t)
-        with pytest.raises(switchyard.ConfigError, match=rf"routing\.yaml:{line}:\d+"):
+        with pytest.raises(turnout.ConfigError, match=rf"routing\.yaml:{line}:\d+"):
             c.reload()
         assert c.route(SCENARIO, input_tokens=100).config_version == old_version
 
@@ -362,7 +362,7 @@ def test_reload_keeps_the_old_table_on_error_then_swaps(
         row = _row(c.stats()["counters"])
         assert row["requests"] == 4
         assert row["outcomes"] == 2
-        shm_row = _row(switchyard.attach(sidecar.shm).counters())
+        shm_row = _row(turnout.attach(sidecar.shm).counters())
         assert shm_row["requests"] == 4
         assert shm_row["outcomes"] == 2
 
@@ -396,12 +396,12 @@ def test_counters_survive_kill_9_under_load(
             while not stop.is_set():
                 try:
                     d = c.route(SCENARIO, key=str(i), input_tokens=100)
-                except switchyard.SidecarUnavailableError:
+                except turnout.SidecarUnavailableError:
                     return
                 sent += 1
                 try:
                     r = c.report(d.id, target=d.target, status="ok", usage=_usage(i))
-                except switchyard.SwitchyardError:
+                except turnout.TurnoutError:
                     return
                 if r is None:
                     return
@@ -425,7 +425,7 @@ def test_counters_survive_kill_9_under_load(
     sidecars.append(second)
     second.start()
     assert "re-attached" in second.log()
-    row = _row(switchyard.attach(shm_name).counters())
+    row = _row(turnout.attach(shm_name).counters())
     assert acked <= row["outcomes"] <= sent
     with second.client() as c:
         d = c.route(SCENARIO, input_tokens=10)
@@ -466,7 +466,7 @@ def test_startup_refusals_are_one_line(
     workdir: Path, config_path: Path, shm_name: str, args: list[str], message: str
 ) -> None:
     r = subprocess.run(
-        [switchyard._sidecar_path(), str(config_path), "--shm", shm_name, "--foreground", *args],
+        [turnout._sidecar_path(), str(config_path), "--shm", shm_name, "--foreground", *args],
         capture_output=True,
         timeout=10,
         check=False,
@@ -485,7 +485,7 @@ def test_invalid_config_and_busy_port_fail_with_one_line(
     sock = f"ipc://{workdir / 'x.sock'}"
     r = subprocess.run(
         [
-            switchyard._sidecar_path(),
+            turnout._sidecar_path(),
             str(bad),
             "--shm",
             shm_name,
@@ -508,7 +508,7 @@ def test_invalid_config_and_busy_port_fail_with_one_line(
         port = busy.getsockname()[1]
         r = subprocess.run(
             [
-                switchyard._sidecar_path(),
+                turnout._sidecar_path(),
                 str(config_path),
                 "--shm",
                 shm_name,
@@ -531,7 +531,7 @@ def test_invalid_config_and_busy_port_fail_with_one_line(
 
 def test_client_decides_locally_when_the_sidecar_is_down(workdir: Path, config_path: Path) -> None:
     endpoint = f"ipc://{workdir / 'nobody.sock'}"
-    with switchyard.Client(endpoint, timeout_ms=100, config=config_path) as c:
+    with turnout.Client(endpoint, timeout_ms=100, config=config_path) as c:
         t0 = time.monotonic()
         d = c.route(SCENARIO, input_tokens=100)
         assert time.monotonic() - t0 < 2.0  # the deadline (100 ms) plus slack, never a hang
@@ -542,8 +542,8 @@ def test_client_decides_locally_when_the_sidecar_is_down(workdir: Path, config_p
         assert receipt is not None
         assert not receipt["duplicate"]
     with (
-        switchyard.Client(endpoint, timeout_ms=100) as c,
-        pytest.raises(switchyard.SidecarUnavailableError),
+        turnout.Client(endpoint, timeout_ms=100) as c,
+        pytest.raises(turnout.SidecarUnavailableError),
     ):
         c.route(SCENARIO, input_tokens=100)
 
@@ -587,31 +587,31 @@ def test_metrics_parse_as_prometheus_text(sidecar: Sidecar) -> None:
                 return s.value
         raise AssertionError(f"no {sample} {extra}")
 
-    assert value("switchyard_requests", "switchyard_requests_total") == 1
-    assert value("switchyard_outcomes", "switchyard_outcomes_total", status="ok") == 1
-    assert value("switchyard_tokens", "switchyard_tokens_total", kind="uncached_input") == 100
-    picos = value("switchyard_cost_picodollars", "switchyard_cost_picodollars_total")
+    assert value("turnout_requests", "turnout_requests_total") == 1
+    assert value("turnout_outcomes", "turnout_outcomes_total", status="ok") == 1
+    assert value("turnout_tokens", "turnout_tokens_total", kind="uncached_input") == 100
+    picos = value("turnout_cost_picodollars", "turnout_cost_picodollars_total")
     assert Decimal(int(picos)) / 10**12 == receipt["cost_usd"]
-    assert value("switchyard_cost_usd", "switchyard_cost_usd") == pytest.approx(
+    assert value("turnout_cost_usd", "turnout_cost_usd") == pytest.approx(
         float(receipt["cost_usd"])
     )
-    assert families["switchyard_latency_ms"].type == "histogram"
-    assert value("switchyard_latency_ms", "switchyard_latency_ms_bucket", le="50") == 1
-    assert value("switchyard_latency_ms", "switchyard_latency_ms_bucket", le="25") == 0
-    assert families["switchyard_breaker_state"].type == "gauge"
+    assert families["turnout_latency_ms"].type == "histogram"
+    assert value("turnout_latency_ms", "turnout_latency_ms_bucket", le="50") == 1
+    assert value("turnout_latency_ms", "turnout_latency_ms_bucket", le="25") == 0
+    assert families["turnout_breaker_state"].type == "gauge"
 
 
 def test_socket_and_segment_files_are_private(sidecar: Sidecar) -> None:
     sock = Path(sidecar.endpoint.removeprefix("ipc://"))
     for path in (sock, Path("/dev/shm") / sidecar.shm, Path("/dev/shm") / f"{sidecar.shm}.lock"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    info = switchyard.attach(sidecar.shm).info()
+    info = turnout.attach(sidecar.shm).info()
     assert info["ready"]
     assert sidecar.proc is not None
     assert info["pid"] == sidecar.proc.pid
     beat = info["heartbeat"]
     time.sleep(0.3)
-    assert switchyard.attach(sidecar.shm).info()["heartbeat"] > beat
+    assert turnout.attach(sidecar.shm).info()["heartbeat"] > beat
 
 
 def test_sigterm_drains_and_exits_zero(sidecar: Sidecar) -> None:
@@ -621,7 +621,7 @@ def test_sigterm_drains_and_exits_zero(sidecar: Sidecar) -> None:
     assert sidecar.stop(signal.SIGTERM) == 0
     assert "stopped" in sidecar.log()
     # The counters stay readable after a clean stop.
-    assert _row(switchyard.attach(sidecar.shm).counters())["outcomes"] == 1
+    assert _row(turnout.attach(sidecar.shm).counters())["outcomes"] == 1
 
 
 def test_cli_stats(sidecar: Sidecar) -> None:
@@ -659,7 +659,7 @@ def test_serve_daemonizes_after_a_successful_start(
     workdir: Path, config_path: Path, shm_name: str
 ) -> None:
     endpoint = f"ipc://{workdir / 'd.sock'}"
-    argv = [sys.executable, "-m", "switchyard.cli", "serve", str(config_path)]
+    argv = [sys.executable, "-m", "turnout.cli", "serve", str(config_path)]
     r = subprocess.run(
         [*argv, "--endpoint", endpoint, "--shm", shm_name],
         capture_output=True,
@@ -669,7 +669,7 @@ def test_serve_daemonizes_after_a_successful_start(
     assert r.returncode == 0, r.stderr
     pid = int(r.stderr.decode().split("pid ")[1].split(")")[0])
     try:
-        with switchyard.Client(endpoint, timeout_ms=2000) as c:
+        with turnout.Client(endpoint, timeout_ms=2000) as c:
             assert c.health()["pid"] == pid
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
@@ -763,11 +763,11 @@ FAST_WORKER = textwrap.dedent(
     """
     import json, sys
     from decimal import Decimal
-    import switchyard
+    import turnout
     endpoint, shm, n, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     out = {"outcomes": 0, "input": 0, "output": 0, "cost": "0", "fast": 0}
     cost = Decimal(0)
-    with switchyard.Client(endpoint, timeout_ms=5000, shm=shm) as c:
+    with turnout.Client(endpoint, timeout_ms=5000, shm=shm) as c:
         assert c.fast_path, c.fast_path_error
         for i in range(n):
             d = c.route("contract-extraction", key=f"{seed}-{i}", input_tokens=100 + i)
@@ -819,10 +819,10 @@ def test_fast_path_clients_and_socket_clients_sum_up_in_shared_memory(sidecar: S
     assert total == 320
 
     def applied() -> bool:
-        return _row(switchyard.attach(sidecar.shm).counters())["outcomes"] == total
+        return _row(turnout.attach(sidecar.shm).counters())["outcomes"] == total
 
     _wait_for(applied)  # the sidecar drains the rings within milliseconds
-    row = _row(switchyard.attach(sidecar.shm).counters())
+    row = _row(turnout.attach(sidecar.shm).counters())
     assert row["requests"] == row["outcomes"] == row["ok"] == total
     assert row["uncached_input_tokens"] == sum(r["input"] for r in results)
     assert row["output_tokens"] == sum(r["output"] for r in results)
@@ -854,9 +854,9 @@ def test_fast_path_decides_what_the_sidecar_would(sidecar: Sidecar) -> None:
         assert warm_seen >= 40  # the fast path saw what the sidecar learned from its decisions
         warm = fast.route("agent-assist", text="system prompt 1 " * 400, now=T0 + 60)
         assert warm.expected_cached_tokens >= 1024
-        with pytest.raises(switchyard.UnknownScenarioError):
+        with pytest.raises(turnout.UnknownScenarioError):
             fast.route("no-such-scenario", input_tokens=10)
-        with pytest.raises(switchyard.InvalidArgumentError):
+        with pytest.raises(turnout.InvalidArgumentError):
             fast.route(SCENARIO, data_class="top-secret", input_tokens=10)
 
 
@@ -886,7 +886,7 @@ def test_fast_path_keeps_deciding_while_the_sidecar_is_down_and_nothing_is_lost(
         for i in range(20):
             d = c.route(SCENARIO, key=str(i), input_tokens=100)
             c.report(d.id, target=d.target, status="ok", usage=_usage(i))
-        _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 20)
+        _wait_for(lambda: _row(turnout.attach(shm_name).counters())["outcomes"] == 20)
         first.kill9()
         # Down: decisions still come from the mapped table, without waiting for any timeout, and
         # their records wait in the ring.
@@ -901,12 +901,12 @@ def test_fast_path_keeps_deciding_while_the_sidecar_is_down_and_nothing_is_lost(
         sidecars.append(second)
         second.start()
         # The restarted sidecar applies what the ring kept: no outcome is lost.
-        _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 50)
-        row = _row(switchyard.attach(shm_name).counters())
+        _wait_for(lambda: _row(turnout.attach(shm_name).counters())["outcomes"] == 50)
+        row = _row(turnout.attach(shm_name).counters())
         assert row["requests"] == 50
         d = c.route(SCENARIO, input_tokens=100)  # the new generation's table, mapped on the way
         assert c.report(d.id, target=d.target, status="ok", usage=_usage(0)) is not None
-        _wait_for(lambda: _row(switchyard.attach(shm_name).counters())["outcomes"] == 51)
+        _wait_for(lambda: _row(turnout.attach(shm_name).counters())["outcomes"] == 51)
 
 
 def test_a_forked_child_does_not_share_its_parents_ring(sidecar: Sidecar) -> None:
@@ -927,7 +927,7 @@ def test_a_forked_child_does_not_share_its_parents_ring(sidecar: Sidecar) -> Non
 
 
 def test_attach_reads_the_table_and_explains_without_a_round_trip(sidecar: Sidecar) -> None:
-    view = switchyard.attach(sidecar.shm)
+    view = turnout.attach(sidecar.shm)
     assert view.config.version == view.info()["config_version"]
     assert "agent-assist" in view.config.scenarios
     text = "system prompt 7 " * 400
@@ -940,7 +940,7 @@ def test_attach_reads_the_table_and_explains_without_a_round_trip(sidecar: Sidec
         remote.expected_cached_tokens,
     )
     assert local.expected_cached_tokens >= 1024
-    with pytest.raises(switchyard.UnknownScenarioError):
+    with pytest.raises(turnout.UnknownScenarioError):
         view.explain("nope")
 
 
@@ -950,6 +950,6 @@ def test_fast_path_segments_are_private_and_a_missing_sidecar_is_reported(
     for path in Path("/dev/shm").glob(f"{sidecar.shm}*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert (Path("/dev/shm") / f"{sidecar.shm}.rings").exists()
-    with switchyard.Client(f"ipc://{workdir / 'none.sock'}", shm="sy-no-such-segment") as c:
+    with turnout.Client(f"ipc://{workdir / 'none.sock'}", shm="sy-no-such-segment") as c:
         assert not c.fast_path
         assert "sy-no-such-segment" in (c.fast_path_error or "")

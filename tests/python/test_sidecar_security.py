@@ -1,7 +1,7 @@
-"""The switchyard-sidecar daemon's access control and config watch, started for real: ZeroMQ CURVE
+"""The turnout-sidecar daemon's access control and config watch, started for real: ZeroMQ CURVE
 with a ZAP allow-list for tcp:// binds, and reload when the routing table file changes.
 
-The clients here speak the wire protocol with pyzmq directly (switchyard.Client has no CURVE
+The clients here speak the wire protocol with pyzmq directly (turnout.Client has no CURVE
 parameters yet): one msgpack map ``{v: 1, op, id}`` per request on a DEALER socket.
 """
 
@@ -26,7 +26,7 @@ import msgpack
 import pytest
 import zmq
 
-import switchyard
+import turnout
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 10.0
@@ -84,7 +84,7 @@ def request(
 
 
 class Daemon:
-    """One switchyard-sidecar in the foreground, its stderr in a file."""
+    """One turnout-sidecar in the foreground, its stderr in a file."""
 
     def __init__(self, workdir: Path, config: Path) -> None:
         self.workdir = workdir
@@ -94,7 +94,7 @@ class Daemon:
         self.log_path = workdir / f"sidecar-{self.shm}.log"
 
     def start(self, endpoint: str, *extra: str) -> Daemon:
-        argv = [switchyard._sidecar_path(), str(self.config), "--endpoint", endpoint]
+        argv = [turnout._sidecar_path(), str(self.config), "--endpoint", endpoint]
         argv += ["--shm", self.shm, "--foreground", *extra]
         with self.log_path.open("wb") as f:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f)
@@ -184,7 +184,7 @@ class Keys:
 def keys(workdir: Path) -> Keys:
     server, client = Keypair.new(), Keypair.new()
     secret_file = workdir / "server.key"
-    secret_file.write_bytes(b"# switchyard-sidecar CURVE secret key\n" + server.secret + b"\n")
+    secret_file.write_bytes(b"# turnout-sidecar CURVE secret key\n" + server.secret + b"\n")
     secret_file.chmod(0o600)
     authorized_file = workdir / "authorized_keys"
     authorized_file.write_bytes(
@@ -236,7 +236,7 @@ def test_the_client_speaks_curve(daemon: Daemon, keys: Keys) -> None:
     bind, connect = _tcp()
     daemon.start(bind, *keys.args())
     daemon.wait_ready(connect, server=keys.server.public, client=keys.client)
-    with switchyard.Client(
+    with turnout.Client(
         connect,
         timeout_ms=2000,
         curve_server_key=keys.server.public.decode(),
@@ -249,20 +249,20 @@ def test_the_client_speaks_curve(daemon: Daemon, keys: Keys) -> None:
         assert receipt["priced"]
     stranger = Keypair.new()
     with (
-        switchyard.Client(
+        turnout.Client(
             connect,
             timeout_ms=SILENCE_MS,
             retry_after_s=0,
             curve_server_key=keys.server.public,
             curve_secret_key=stranger.secret,
         ) as c,
-        pytest.raises(switchyard.SidecarUnavailableError),
+        pytest.raises(turnout.SidecarUnavailableError),
     ):
         c.health()
-    with pytest.raises(switchyard.InvalidArgumentError):
-        switchyard.Client(connect, curve_server_key=keys.server.public)
-    with pytest.raises(switchyard.InvalidArgumentError):
-        switchyard.Client(connect, curve_server_key=b"short", curve_secret_key=b"short")
+    with pytest.raises(turnout.InvalidArgumentError):
+        turnout.Client(connect, curve_server_key=keys.server.public)
+    with pytest.raises(turnout.InvalidArgumentError):
+        turnout.Client(connect, curve_server_key=b"short", curve_secret_key=b"short")
 
 
 def test_sighup_rereads_the_authorized_keys(daemon: Daemon, keys: Keys) -> None:
@@ -306,7 +306,7 @@ def test_non_loopback_bind_needs_curve_keys(
     refused = Daemon(workdir, config_path)
     daemons.append(refused)
     line = refused.start(bind).exit_line()
-    assert line.startswith("switchyard-sidecar: refusing to bind non-loopback address")
+    assert line.startswith("turnout-sidecar: refusing to bind non-loopback address")
     assert "--curve-secret-key" in line
 
     served = Daemon(workdir, config_path)
@@ -350,7 +350,7 @@ def test_bad_key_files_are_refused_with_one_line(
     setup(keys)
     bind, _ = _tcp()
     line = daemon.start(bind, *keys.args()).exit_line()
-    assert line.startswith("switchyard-sidecar: ")
+    assert line.startswith("turnout-sidecar: ")
     assert expected in line
 
 
@@ -368,7 +368,7 @@ def test_serve_passes_the_curve_and_watch_options(
     run = [
         sys.executable,
         "-c",
-        "from switchyard.cli import main; main()",
+        "from turnout.cli import main; main()",
         "serve",
         str(config_path),
     ]

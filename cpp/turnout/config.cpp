@@ -1,0 +1,708 @@
+#include "turnout/config.hpp"
+
+#include <xxhash.h>
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <initializer_list>
+#include <set>
+#include <sstream>
+
+namespace turnout {
+
+const char* to_string(TargetKind kind) noexcept { return kind == TargetKind::maas ? "maas" : "self_hosted"; }
+
+const char* to_string(Provider provider) noexcept {
+  switch (provider) {
+    case Provider::openai: return "openai";
+    case Provider::anthropic: return "anthropic";
+    case Provider::gemini: return "gemini";
+    case Provider::deepseek: return "deepseek";
+    case Provider::openrouter: return "openrouter";
+    case Provider::vllm: return "vllm";
+    case Provider::sglang: return "sglang";
+  }
+  return "unknown";
+}
+
+std::optional<Provider> provider_from_string(std::string_view name) noexcept {
+  for (auto p : {Provider::openai, Provider::anthropic, Provider::gemini, Provider::deepseek, Provider::openrouter,
+                 Provider::vllm, Provider::sglang}) {
+    if (name == to_string(p)) return p;
+  }
+  return std::nullopt;
+}
+
+std::uint32_t Config::find_target(std::string_view name) const {
+  auto it = target_index.find(std::string(name));
+  return it == target_index.end() ? kNone : it->second;
+}
+std::uint32_t Config::find_scenario(std::string_view name) const {
+  auto it = scenario_index.find(std::string(name));
+  return it == scenario_index.end() ? kNone : it->second;
+}
+std::uint32_t Config::find_data_class(std::string_view name) const {
+  auto it = data_class_index.find(std::string(name));
+  return it == data_class_index.end() ? kNone : it->second;
+}
+std::size_t Config::replica_count() const {
+  std::size_t n = 0;
+  for (const auto& t : targets) n += t.replicas.size();
+  return n;
+}
+
+namespace {
+
+// The loader stops at the first problem; this internal exception never leaves this file.
+struct Fault {
+  YAML::Mark mark;
+  std::string message;
+};
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+class Loader {
+ public:
+  explicit Loader(std::string source) : source_(std::move(source)) {}
+
+  [[noreturn]] static void fail(const YAML::Node& at, std::string message) {
+    throw Fault{at.Mark(), std::move(message)};
+  }
+
+  // Checks `node` is a map with only `allowed` keys (and no key twice); `what` names it in messages.
+  static void expect_map(const YAML::Node& node, const std::string& what, std::initializer_list<const char*> allowed,
+                         std::initializer_list<const char*> required = {}) {
+    if (!node.IsMap()) fail(node, what + " must be a mapping");
+    std::set<std::string> seen;
+    for (const auto& kv : node) {
+      const auto key = kv.first.Scalar();
+      if (std::find_if(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }) == allowed.end()) {
+        std::vector<std::string> names(allowed.begin(), allowed.end());
+        fail(kv.first, "unknown key '" + key + "' in " + what + "; expected one of: " + join(names));
+      }
+      if (!seen.insert(key).second) fail(kv.first, "duplicate key '" + key + "' in " + what);
+    }
+    for (const char* r : required) {
+      if (!node[r]) fail(node, what + " is missing required key '" + std::string(r) + "'");
+    }
+  }
+
+  static const std::string& scalar(const YAML::Node& node, const std::string& what) {
+    if (!node.IsScalar()) fail(node, what + " must be a scalar value");
+    return node.Scalar();
+  }
+
+  // A number or boolean written in quotes is a string in YAML: refuse it rather than guess.
+  static const std::string& unquoted(const YAML::Node& node, const std::string& what, const char* expected) {
+    const auto& s = scalar(node, what);
+    if (node.Tag() == "!") fail(node, what + " must be " + expected + ", got the quoted string \"" + s + "\"");
+    return s;
+  }
+
+  static std::string string_value(const YAML::Node& node, const std::string& what) {
+    const auto& s = scalar(node, what);
+    if (s.empty()) fail(node, what + " must not be empty");
+    return s;
+  }
+
+  static std::int64_t int_value(const YAML::Node& node, const std::string& what, std::int64_t lo, std::int64_t hi) {
+    const auto& s = unquoted(node, what, "an integer");
+    std::int64_t v = 0;
+    const auto* end = s.data() + s.size();
+    auto [p, ec] = std::from_chars(s.data(), end, v);
+    if (ec != std::errc() || p != end) fail(node, what + " must be an integer, got '" + s + "'");
+    if (v < lo || v > hi) {
+      fail(node, what + " must be between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got " + s);
+    }
+    return v;
+  }
+
+  static double double_value(const YAML::Node& node, const std::string& what, double lo, double hi) {
+    const auto& s = unquoted(node, what, "a number");
+    double v = 0;
+    const auto* end = s.data() + s.size();
+    auto [p, ec] = std::from_chars(s.data(), end, v);
+    if (ec != std::errc() || p != end || !std::isfinite(v)) {
+      fail(node, what + " must be a number, got '" + s + "'");
+    }
+    if (v < lo || v > hi) {
+      std::ostringstream os;
+      os << what << " must be between " << lo << " and " << hi << ", got " << s;
+      fail(node, os.str());
+    }
+    return v;
+  }
+
+  static bool bool_value(const YAML::Node& node, const std::string& what) {
+    const auto& s = unquoted(node, what, "true or false");
+    if (s == "true") return true;
+    if (s == "false") return false;
+    fail(node, what + " must be true or false, got '" + s + "'");
+  }
+
+  static TokenPrice price_value(const YAML::Node& node, const std::string& what) {
+    auto p = parse_usd_per_mtok(scalar(node, what));
+    if (!p) fail(node, what + " (USD per million tokens) " + p.error().message);
+    return *p;
+  }
+
+  static Money usd_value(const YAML::Node& node, const std::string& what) {
+    auto m = parse_usd(scalar(node, what));
+    if (!m) fail(node, what + " (USD) " + m.error().message);
+    return *m;
+  }
+
+  template <class F>
+  static void each_in_sequence(const YAML::Node& node, const std::string& what, F&& f) {
+    if (!node.IsSequence()) fail(node, what + " must be a list");
+    std::size_t i = 0;
+    for (const auto& item : node) f(item, what + "[" + std::to_string(i++) + "]");
+  }
+
+  ConfigPtr load(std::string_view text) {
+    auto config = std::make_shared<Config>();
+    config->source = source_;
+    config->content_hash = XXH3_64bits(text.data(), text.size());
+    config->text = std::string(text);
+    YAML::Node root = YAML::Load(std::string(text));
+    if (!root.IsDefined() || root.IsNull()) fail(root, "the routing table is empty");
+    expect_map(root, "the routing table", {"version", "data_classes", "regions", "targets", "scenarios"},
+               {"version", "targets", "scenarios"});
+    config->schema_version = static_cast<int>(int_value(root["version"], "version", 1, 1));
+
+    load_data_classes(*config, root["data_classes"]);
+    if (root["regions"]) {
+      each_in_sequence(root["regions"], "regions",
+                       [&](const YAML::Node& n, const std::string& w) { add_region(*config, n, w, /*declare=*/true); });
+      regions_declared_ = true;
+    }
+
+    const auto& targets = root["targets"];
+    if (!targets.IsMap()) fail(targets, "targets must be a mapping of target name to target");
+    for (const auto& kv : targets) load_target(*config, kv.first, kv.second);
+    if (config->targets.empty()) fail(targets, "targets must declare at least one target");
+    const auto maas = std::count_if(config->targets.begin(), config->targets.end(),
+                                    [](const Target& t) { return t.kind == TargetKind::maas; });
+    if (maas > 64) fail(targets, "at most 64 MaaS targets are supported (the MaaS cache directory's holders)");
+
+    const auto& scenarios = root["scenarios"];
+    if (!scenarios.IsMap()) fail(scenarios, "scenarios must be a mapping of scenario name to scenario");
+    for (const auto& kv : scenarios) load_scenario(*config, kv.first, kv.second);
+    if (config->scenarios.empty()) fail(scenarios, "scenarios must declare at least one scenario");
+    return config;
+  }
+
+ private:
+  static void load_data_classes(Config& config, const YAML::Node& node) {
+    if (!node) {
+      for (const char* c : {"public", "internal", "deidentified", "confidential", "restricted"}) {
+        config.data_class_index.emplace(c, static_cast<std::uint32_t>(config.data_classes.size()));
+        config.data_classes.emplace_back(c);
+      }
+      return;
+    }
+    each_in_sequence(node, "data_classes", [&](const YAML::Node& n, const std::string& what) {
+      auto name = string_value(n, what);
+      if (config.data_class_index.contains(name)) fail(n, "data class '" + name + "' is listed twice");
+      if (config.data_classes.size() == 64) fail(n, "at most 64 data classes are supported");
+      config.data_class_index.emplace(name, static_cast<std::uint32_t>(config.data_classes.size()));
+      config.data_classes.push_back(name);
+    });
+  }
+
+  std::uint32_t add_region(Config& config, const YAML::Node& n, const std::string& what, bool declare) const {
+    auto name = string_value(n, what);
+    auto it = std::find(config.regions.begin(), config.regions.end(), name);
+    if (it != config.regions.end()) {
+      if (declare) fail(n, "region '" + name + "' is listed twice");
+      return static_cast<std::uint32_t>(it - config.regions.begin());
+    }
+    if (regions_declared_) {
+      fail(n, "unknown region '" + name + "'; declared regions: " + join(config.regions));
+    }
+    if (config.regions.size() == 64) fail(n, "at most 64 regions are supported");
+    config.regions.push_back(name);
+    return static_cast<std::uint32_t>(config.regions.size() - 1);
+  }
+
+  static std::uint32_t data_class(const Config& config, const YAML::Node& n, const std::string& what) {
+    auto name = string_value(n, what);
+    auto idx = config.find_data_class(name);
+    if (idx == kNone) {
+      fail(n, "unknown data class '" + name + "' in " + what + "; known: " + join(config.data_classes));
+    }
+    return idx;
+  }
+
+  static void load_rates(const YAML::Node& node, const std::string& what, PriceRates& rates, Provider provider) {
+    rates.input = price_value(node["input_per_mtok"], what + ".input_per_mtok");
+    rates.output = price_value(node["output_per_mtok"], what + ".output_per_mtok");
+    // A missing cache-read price must never make reads free: it defaults to the input price.
+    rates.cache_read = node["cache_read_per_mtok"]
+                           ? price_value(node["cache_read_per_mtok"], what + ".cache_read_per_mtok")
+                           : rates.input;
+    // Anthropic bills writes above input (1.25x / 2x): guessing would misprice, so demand them.
+    if (provider == Provider::anthropic) {
+      for (const char* k : {"cache_write_5m_per_mtok", "cache_write_1h_per_mtok"}) {
+        if (!node[k]) {
+          fail(node, what + " is missing '" + std::string(k) +
+                         "': anthropic bills cache writes above the input price (1.25x for 5 min, 2x "
+                         "for 1 h)");
+        }
+      }
+    }
+    rates.cache_write_5m = node["cache_write_5m_per_mtok"]
+                               ? price_value(node["cache_write_5m_per_mtok"], what + ".cache_write_5m_per_mtok")
+                               : rates.input;
+    rates.cache_write_1h = node["cache_write_1h_per_mtok"]
+                               ? price_value(node["cache_write_1h_per_mtok"], what + ".cache_write_1h_per_mtok")
+                               : rates.cache_write_5m;
+  }
+
+  void load_price(Target& t, const YAML::Node& node, const std::string& what) {
+    if (node.IsMap() && node["from_litellm"]) {
+      load_litellm_price(t, node, what);
+      return;
+    }
+    expect_map(node, what,
+               {"input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_5m_per_mtok",
+                "cache_write_1h_per_mtok", "cache_storage_per_mtok_hour", "batch_discount_pct", "tiers"},
+               {"input_per_mtok", "output_per_mtok"});
+    auto& price = t.price;
+    price.present = true;
+    load_rates(node, what, price.base, t.provider);
+    if (node["cache_storage_per_mtok_hour"]) {
+      price.cache_storage_per_hour =
+          price_value(node["cache_storage_per_mtok_hour"], what + ".cache_storage_per_mtok_hour");
+    }
+    if (node["batch_discount_pct"]) {
+      price.batch_discount_pct = int_value(node["batch_discount_pct"], what + ".batch_discount_pct", 0, 100);
+    }
+    if (node["tiers"]) {
+      std::int64_t previous = 0;
+      each_in_sequence(node["tiers"], what + ".tiers", [&](const YAML::Node& n, const std::string& w) {
+        expect_map(n, w,
+                   {"above_input_tokens", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
+                    "cache_write_5m_per_mtok", "cache_write_1h_per_mtok"},
+                   {"above_input_tokens", "input_per_mtok", "output_per_mtok"});
+        PriceTier tier;
+        tier.above_input_tokens = int_value(n["above_input_tokens"], w + ".above_input_tokens", 1, 1LL << 40);
+        if (tier.above_input_tokens <= previous) {
+          fail(n["above_input_tokens"], w + ".above_input_tokens must be larger than the previous tier's");
+        }
+        previous = tier.above_input_tokens;
+        load_rates(n, w, tier.rates, t.provider);
+        price.tiers.push_back(tier);
+      });
+    }
+  }
+
+  // The LiteLLM model price map (per-token USD, JSON): reused as teams already keep it. yaml-cpp reads
+  // JSON and keeps each number's text, so "3e-06" is parsed exactly, never through a double.
+  const YAML::Node& litellm_map(const YAML::Node& at, const std::string& file) {
+    std::filesystem::path path(file);
+    if (path.is_relative()) path = std::filesystem::path(source_).parent_path() / path;
+    const std::string key = path.string();
+    auto it = litellm_maps_.find(key);
+    if (it != litellm_maps_.end()) return it->second;
+    YAML::Node map;
+    try {
+      map = YAML::LoadFile(key);
+    } catch (const YAML::BadFile&) {
+      fail(at, "cannot read the LiteLLM price map '" + key + "'");
+    } catch (const YAML::Exception& e) {
+      fail(at, "the LiteLLM price map " + key + ":" + std::to_string(e.mark.line + 1) + ":" +
+                   std::to_string(e.mark.column + 1) + " is not valid JSON: " + e.msg);
+    }
+    if (!map.IsMap()) fail(at, "the LiteLLM price map '" + key + "' must be a JSON object of model entries");
+    return litellm_maps_.emplace(key, map).first->second;
+  }
+
+  void load_litellm_price(Target& t, const YAML::Node& node, const std::string& what) {
+    expect_map(node, what, {"from_litellm", "litellm_model", "batch_discount_pct"}, {"from_litellm"});
+    const auto file = string_value(node["from_litellm"], what + ".from_litellm");
+    const std::string model =
+        node["litellm_model"] ? string_value(node["litellm_model"], what + ".litellm_model") : t.model;
+    const YAML::Node& map = litellm_map(node["from_litellm"], file);
+    const YAML::Node entry = map[model];
+    if (!entry || !entry.IsMap()) {
+      fail(node, what + ": model '" + model + "' is not in the LiteLLM price map '" + file + "'");
+    }
+    const std::string where = what + " (LiteLLM '" + model + "')";
+    auto field = [&](const std::string& key) -> std::optional<TokenPrice> {
+      const YAML::Node v = entry[key];
+      if (!v || v.IsNull()) return std::nullopt;
+      if (!v.IsScalar()) fail(node, where + "." + key + " must be a number");
+      auto p = parse_usd_per_token(v.Scalar());
+      if (!p) fail(node, where + "." + key + " (USD per token) " + p.error().message);
+      return *p;
+    };
+    auto required = [&](const std::string& key) {
+      auto p = field(key);
+      if (!p) fail(node, where + " has no '" + key + "'");
+      return *p;
+    };
+    auto rates_with_suffix = [&](const std::string& suffix, const PriceRates* base) {
+      PriceRates r;
+      r.input = base ? field("input_cost_per_token" + suffix).value_or(base->input) : required("input_cost_per_token");
+      r.output =
+          base ? field("output_cost_per_token" + suffix).value_or(base->output) : required("output_cost_per_token");
+      // As in YAML prices: a missing cache price is never cheaper than input.
+      r.cache_read = field("cache_read_input_token_cost" + suffix).value_or(r.input);
+      auto write = field("cache_creation_input_token_cost" + suffix);
+      if (!write && t.provider == Provider::anthropic) {
+        fail(node, where + " has no 'cache_creation_input_token_cost" + suffix +
+                       "': anthropic bills cache writes above the input price");
+      }
+      r.cache_write_5m = write.value_or(r.input);
+      // Without its own 1 h write price: Anthropic's published rule is 2x that tier's input price;
+      // for others never below the tier's 5 min price nor the base 1 h one.
+      TokenPrice fallback_1h = base ? std::max(r.cache_write_5m, base->cache_write_1h) : r.cache_write_5m;
+      if (t.provider == Provider::anthropic) {
+        fallback_1h = TokenPrice::from_picos_per_token(2 * r.input.picos_per_token());
+      }
+      r.cache_write_1h = field("cache_creation_input_token_cost_above_1hr" + suffix).value_or(fallback_1h);
+      return r;
+    };
+    auto& price = t.price;
+    price.present = true;
+    price.base = rates_with_suffix("", nullptr);
+    // Long-context tiers: "input_cost_per_token_above_200k_tokens" and friends.
+    for (const auto& kv : entry) {
+      const std::string key = kv.first.Scalar();
+      const std::string prefix = "input_cost_per_token_above_";
+      const std::string tail = "k_tokens";
+      if (key.rfind(prefix, 0) != 0 || key.size() <= prefix.size() + tail.size() ||
+          key.compare(key.size() - tail.size(), tail.size(), tail) != 0) {
+        continue;
+      }
+      const std::string digits = key.substr(prefix.size(), key.size() - prefix.size() - tail.size());
+      std::int64_t thousands = 0;
+      auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), thousands);
+      if (ec != std::errc() || p != digits.data() + digits.size() || thousands <= 0) continue;
+      PriceTier tier;
+      tier.above_input_tokens = thousands * 1000;
+      tier.rates = rates_with_suffix("_above_" + digits + "k_tokens", &price.base);
+      price.tiers.push_back(tier);
+    }
+    std::sort(price.tiers.begin(), price.tiers.end(),
+              [](const PriceTier& a, const PriceTier& b) { return a.above_input_tokens < b.above_input_tokens; });
+    if (node["batch_discount_pct"]) {
+      price.batch_discount_pct = int_value(node["batch_discount_pct"], what + ".batch_discount_pct", 0, 100);
+    } else if (auto batch = field("input_cost_per_token_batches")) {
+      // LiteLLM states batch prices; Turnout models a uniform discount. Take it only when exact.
+      const std::int64_t in = price.base.input.picos_per_token();
+      const std::int64_t b = batch->picos_per_token();
+      if (in <= 0 || b > in || (100 * (in - b)) % in != 0) {
+        fail(node, where +
+                       ".input_cost_per_token_batches is not a whole-percent discount of the input price; "
+                       "set batch_discount_pct");
+      }
+      price.batch_discount_pct = 100 * (in - b) / in;
+    }
+  }
+
+  static void load_breaker(BreakerSpec& b, const YAML::Node& node, const std::string& what) {
+    expect_map(node, what, {"consecutive_failures", "error_rate", "min_requests", "window_s", "cooldown_s"});
+    if (node["consecutive_failures"]) {
+      b.consecutive_failures = static_cast<std::uint32_t>(
+          int_value(node["consecutive_failures"], what + ".consecutive_failures", 1, 1'000'000));
+    }
+    if (node["error_rate"]) b.error_rate = double_value(node["error_rate"], what + ".error_rate", 0.01, 1.0);
+    if (node["min_requests"]) {
+      b.min_requests =
+          static_cast<std::uint32_t>(int_value(node["min_requests"], what + ".min_requests", 1, 1'000'000));
+    }
+    if (node["window_s"]) b.window_ms = 1000 * int_value(node["window_s"], what + ".window_s", 1, 86'400);
+    if (node["cooldown_s"]) {
+      b.cooldown_ms = 1000 * int_value(node["cooldown_s"], what + ".cooldown_s", 1, 86'400);
+    }
+  }
+
+  static void load_cost(SelfHostedCost& c, const YAML::Node& node, const std::string& what) {
+    expect_map(node, what,
+               {"gpus_per_replica", "usd_per_gpu_hour", "prefill_tokens_per_s", "decode_tokens_per_s", "monthly"},
+               {"gpus_per_replica", "usd_per_gpu_hour"});
+    c.gpus_per_replica = int_value(node["gpus_per_replica"], what + ".gpus_per_replica", 1, 4096);
+    c.usd_per_gpu_hour = usd_value(node["usd_per_gpu_hour"], what + ".usd_per_gpu_hour");
+    if (node["prefill_tokens_per_s"]) {
+      c.prefill_tokens_per_s = int_value(node["prefill_tokens_per_s"], what + ".prefill_tokens_per_s", 1, 1LL << 32);
+    }
+    if (node["decode_tokens_per_s"]) {
+      c.decode_tokens_per_s = int_value(node["decode_tokens_per_s"], what + ".decode_tokens_per_s", 1, 1LL << 32);
+    }
+    if (const auto& m = node["monthly"]) {
+      if (!m.IsMap()) fail(m, what + ".monthly must map an overhead name to USD per month");
+      for (const auto& kv : m) {
+        auto name = string_value(kv.first, what + ".monthly key");
+        c.monthly_overheads.emplace_back(name, usd_value(kv.second, what + ".monthly." + name));
+      }
+    }
+  }
+
+  void load_target(Config& config, const YAML::Node& key, const YAML::Node& node) {
+    Target t;
+    t.name = string_value(key, "target name");
+    t.name_hash = XXH3_64bits(t.name.data(), t.name.size());
+    t.line = key.Mark().line + 1;
+    const std::string what = "target '" + t.name + "'";
+    if (!node.IsMap()) fail(node, what + " must be a mapping");
+    if (!node["kind"]) fail(node, what + " is missing required key 'kind' (maas or self_hosted)");
+    const auto kind = string_value(node["kind"], what + ".kind");
+    if (kind == "maas") {
+      t.kind = TargetKind::maas;
+      expect_map(node, what,
+                 {"kind", "provider", "model", "region", "data_classes", "context_window", "price", "cache", "breaker"},
+                 {"provider", "model", "data_classes", "context_window", "price"});
+      const auto provider = string_value(node["provider"], what + ".provider");
+      auto p = provider_from_string(provider);
+      if (!p || *p == Provider::vllm || *p == Provider::sglang) {
+        fail(node["provider"], what + ".provider '" + provider +
+                                   "' is not a MaaS provider; expected one of: openai, anthropic, gemini, "
+                                   "deepseek, openrouter");
+      }
+      t.provider = *p;
+    } else if (kind == "self_hosted") {
+      t.kind = TargetKind::self_hosted;
+      expect_map(
+          node, what,
+          {"kind", "engine", "model", "region", "data_classes", "context_window", "cost", "kv", "replicas", "breaker"},
+          {"data_classes", "context_window", "cost", "replicas"});
+      t.provider = Provider::vllm;
+      if (node["engine"]) {
+        const auto engine = string_value(node["engine"], what + ".engine");
+        if (engine == "vllm")
+          t.provider = Provider::vllm;
+        else if (engine == "sglang")
+          t.provider = Provider::sglang;
+        else
+          fail(node["engine"], what + ".engine must be vllm or sglang, got '" + engine + "'");
+      }
+    } else {
+      fail(node["kind"], what + ".kind must be maas or self_hosted, got '" + kind + "'");
+    }
+    if (node["model"]) t.model = string_value(node["model"], what + ".model");
+    if (node["region"]) t.region = add_region(config, node["region"], what + ".region", false);
+    each_in_sequence(node["data_classes"], what + ".data_classes", [&](const YAML::Node& n, const std::string& w) {
+      t.data_class_mask |= 1ULL << data_class(config, n, w);
+    });
+    if (t.data_class_mask == 0) fail(node["data_classes"], what + ".data_classes must not be empty");
+    t.context_window = int_value(node["context_window"], what + ".context_window", 1, 1LL << 32);
+    if (node["breaker"]) load_breaker(t.breaker, node["breaker"], what + ".breaker");
+
+    if (t.kind == TargetKind::maas) {
+      if (!node["price"].IsMap()) fail(node["price"], what + ".price must be a mapping");
+      load_price(t, node["price"], what + ".price");
+      if (const auto& c = node["cache"]) {
+        expect_map(c, what + ".cache", {"ttl_s", "min_prefix_tokens"});
+        if (c["ttl_s"]) t.cache.ttl_s = int_value(c["ttl_s"], what + ".cache.ttl_s", 0, 7LL * 86'400);
+        if (c["min_prefix_tokens"]) {
+          t.cache.min_prefix_tokens = int_value(c["min_prefix_tokens"], what + ".cache.min_prefix_tokens", 0, 1 << 20);
+        }
+      }
+    } else {
+      load_cost(t.cost, node["cost"], what + ".cost");
+      if (const auto& kv = node["kv"]) {
+        expect_map(kv, what + ".kv", {"block_size", "capacity_blocks", "ttl_s", "overlap_weight", "balance_slack"});
+        if (kv["balance_slack"]) {
+          t.kv.balance_slack = int_value(kv["balance_slack"], what + ".kv.balance_slack", -1, 1'000'000);
+        }
+        if (kv["ttl_s"]) t.kv.ttl_s = int_value(kv["ttl_s"], what + ".kv.ttl_s", 1, 7LL * 86'400);
+        if (kv["overlap_weight"]) {
+          t.kv.overlap_weight = double_value(kv["overlap_weight"], what + ".kv.overlap_weight", 0.0, 1000.0);
+        }
+        if (kv["block_size"]) t.kv.block_size = int_value(kv["block_size"], what + ".kv.block_size", 1, 4096);
+        if (kv["capacity_blocks"]) {
+          t.kv.capacity_blocks = int_value(kv["capacity_blocks"], what + ".kv.capacity_blocks", 0, 1LL << 32);
+        }
+      }
+      each_in_sequence(node["replicas"], what + ".replicas", [&](const YAML::Node& n, const std::string& w) {
+        expect_map(n, w, {"endpoint", "max_inflight", "kv_events", "kv_replay"}, {"endpoint", "max_inflight"});
+        Replica r;
+        r.endpoint = string_value(n["endpoint"], w + ".endpoint");
+        r.max_inflight = int_value(n["max_inflight"], w + ".max_inflight", 1, 1'000'000);
+        if (n["kv_events"]) r.kv_events = string_value(n["kv_events"], w + ".kv_events");
+        if (n["kv_replay"]) r.kv_replay = string_value(n["kv_replay"], w + ".kv_replay");
+        t.replicas.push_back(std::move(r));
+      });
+      if (t.replicas.empty()) fail(node["replicas"], what + ".replicas must list at least one replica");
+      if (t.replicas.size() > 64) fail(node["replicas"], what + ".replicas: at most 64 replicas per pool");
+      // Precise mode needs every replica's events; a pool with some publishers missing stays approximate.
+      t.kv.precise =
+          std::all_of(t.replicas.begin(), t.replicas.end(), [](const Replica& r) { return !r.kv_events.empty(); });
+    }
+    if (config.target_index.contains(t.name)) fail(key, "target '" + t.name + "' is declared twice");
+    config.target_index.emplace(t.name, static_cast<std::uint32_t>(config.targets.size()));
+    config.targets.push_back(std::move(t));
+  }
+
+  // Resolves a target name and checks the scenario may ever send data there (fail closed at load).
+  static std::uint32_t scenario_target(const Config& config, const Scenario& s, const YAML::Node& n,
+                                       const std::string& what) {
+    auto name = string_value(n, what);
+    auto idx = config.find_target(name);
+    if (idx == kNone) {
+      std::vector<std::string> names;
+      for (const auto& t : config.targets) names.push_back(t.name);
+      fail(n, what + " names unknown target '" + name + "'; known targets: " + join(names));
+    }
+    const auto& t = config.targets[idx];
+    if ((t.data_class_mask & (1ULL << s.data_class)) == 0) {
+      std::vector<std::string> allowed;
+      for (std::size_t i = 0; i < config.data_classes.size(); ++i) {
+        if ((t.data_class_mask >> i) & 1U) allowed.push_back(config.data_classes[i]);
+      }
+      fail(n, what + ": target '" + name + "' does not accept data class '" + config.data_classes[s.data_class] +
+                  "' (it accepts " + join(allowed) + "), so scenario '" + s.name + "' may never send data there");
+    }
+    if (s.region_mask != 0 && (t.region == kNone || ((s.region_mask >> t.region) & 1U) == 0)) {
+      fail(n, what + ": target '" + name + "' is outside the regions scenario '" + s.name + "' allows");
+    }
+    return idx;
+  }
+
+  void load_scenario(Config& config, const YAML::Node& key, const YAML::Node& node) {
+    Scenario s;
+    s.name = string_value(key, "scenario name");
+    const std::string what = "scenario '" + s.name + "'";
+    expect_map(node, what,
+               {"data_class", "regions", "slo", "quality_gate", "mode", "max_output_tokens", "routes", "fallback",
+                "spillover", "budget", "affinity", "owner", "description"},
+               {"data_class", "routes"});
+    s.data_class = data_class(config, node["data_class"], what + ".data_class");
+    if (node["regions"]) {
+      each_in_sequence(node["regions"], what + ".regions", [&](const YAML::Node& n, const std::string& w) {
+        auto name = string_value(n, w);
+        auto it = std::find(config.regions.begin(), config.regions.end(), name);
+        if (it == config.regions.end()) {
+          fail(n, w + " names region '" + name + "' that no target is in; " +
+                      (config.regions.empty() ? std::string("no target declares a region")
+                                              : "regions in use: " + join(config.regions)));
+        }
+        s.region_mask |= 1ULL << (it - config.regions.begin());
+      });
+    }
+    if (const auto& slo = node["slo"]) {
+      expect_map(slo, what + ".slo", {"ttft_p95_ms", "latency_p95_ms"});
+      if (slo["ttft_p95_ms"]) s.ttft_p95_ms = int_value(slo["ttft_p95_ms"], what + ".slo.ttft_p95_ms", 1, 3'600'000);
+      if (slo["latency_p95_ms"]) {
+        s.latency_p95_ms = int_value(slo["latency_p95_ms"], what + ".slo.latency_p95_ms", 1, 3'600'000);
+      }
+    }
+    if (const auto& q = node["quality_gate"]) {
+      expect_map(q, what + ".quality_gate", {"min_accept_rate"});
+      if (q["min_accept_rate"]) {
+        s.min_accept_rate = double_value(q["min_accept_rate"], what + ".quality_gate.min_accept_rate", 0, 1);
+      }
+    }
+    if (node["mode"]) {
+      const auto mode = string_value(node["mode"], what + ".mode");
+      if (mode == "online")
+        s.mode = ProcessingMode::online;
+      else if (mode == "batch")
+        s.mode = ProcessingMode::batch;
+      else
+        fail(node["mode"], what + ".mode must be online or batch, got '" + mode + "'");
+    }
+    if (node["max_output_tokens"]) {
+      s.max_output_tokens = int_value(node["max_output_tokens"], what + ".max_output_tokens", 1, 1 << 24);
+    }
+
+    std::int64_t weight_sum = 0;
+    const auto& routes = node["routes"];
+    each_in_sequence(routes, what + ".routes", [&](const YAML::Node& n, const std::string& w) {
+      expect_map(n, w, {"target", "weight"}, {"target"});
+      Route r;
+      r.target = scenario_target(config, s, n["target"], w + ".target");
+      for (const auto& other : s.routes) {
+        if (other.target == r.target) fail(n["target"], w + " repeats target '" + config.targets[r.target].name + "'");
+      }
+      r.weight = n["weight"] ? static_cast<std::uint32_t>(int_value(n["weight"], w + ".weight", 0, 100)) : 100U;
+      weight_sum += r.weight;
+      s.routes.push_back(r);
+    });
+    if (s.routes.empty()) fail(routes, what + ".routes must list at least one target");
+    if (weight_sum != 100) {
+      fail(routes, what + ".routes weights are percentages and must sum to 100, got " + std::to_string(weight_sum));
+    }
+
+    if (node["fallback"]) {
+      each_in_sequence(node["fallback"], what + ".fallback", [&](const YAML::Node& n, const std::string& w) {
+        auto idx = scenario_target(config, s, n, w);
+        if (std::find(s.fallback.begin(), s.fallback.end(), idx) != s.fallback.end()) {
+          fail(n, w + " repeats target '" + config.targets[idx].name + "'");
+        }
+        s.fallback.push_back(idx);
+      });
+    }
+    if (const auto& sp = node["spillover"]) {
+      expect_map(sp, what + ".spillover", {"target", "when_inflight_ratio"}, {"target"});
+      Spillover spill;
+      spill.target = scenario_target(config, s, sp["target"], what + ".spillover.target");
+      if (sp["when_inflight_ratio"]) {
+        spill.when_inflight_ratio =
+            double_value(sp["when_inflight_ratio"], what + ".spillover.when_inflight_ratio", 0.01, 1.0);
+      }
+      s.spillover = spill;
+    }
+    if (const auto& b = node["budget"]) {
+      expect_map(b, what + ".budget", {"usd_per_day"}, {"usd_per_day"});
+      s.budget_per_day = usd_value(b["usd_per_day"], what + ".budget.usd_per_day");
+    }
+    if (const auto& a = node["affinity"]) {
+      expect_map(a, what + ".affinity", {"prefix"});
+      if (a["prefix"]) s.prefix_affinity = bool_value(a["prefix"], what + ".affinity.prefix");
+    }
+    if (node["owner"]) (void)string_value(node["owner"], what + ".owner");
+    if (node["description"]) (void)scalar(node["description"], what + ".description");
+
+    if (config.scenario_index.contains(s.name)) fail(key, "scenario '" + s.name + "' is declared twice");
+    config.scenario_index.emplace(s.name, static_cast<std::uint32_t>(config.scenarios.size()));
+    config.scenarios.push_back(std::move(s));
+  }
+
+  std::string source_;
+  bool regions_declared_ = false;
+  std::unordered_map<std::string, YAML::Node> litellm_maps_;  // per load, each file read once
+};
+
+std::string located(const std::string& source, const YAML::Mark& mark, const std::string& message) {
+  if (mark.is_null()) return source + ":1:1: " + message;
+  return source + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + message;
+}
+
+}  // namespace
+
+Result<ConfigPtr> load_config_text(std::string_view text, const std::string& source) {
+  try {
+    Loader loader(source);
+    return ConfigPtr(loader.load(text));
+  } catch (const Fault& f) {
+    return make_error(ErrorCode::config_invalid, located(source, f.mark, f.message));
+  } catch (const YAML::Exception& e) {
+    return make_error(ErrorCode::config_invalid, located(source, e.mark, "invalid YAML: " + e.msg));
+  }
+}
+
+Result<ConfigPtr> load_config_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return make_error(ErrorCode::config_invalid,
+                      path + ":1:1: cannot read the file: it is a directory, not a routing table");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return make_error(ErrorCode::config_invalid, path + ":1:1: cannot read the file");
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return load_config_text(buf.str(), path);
+}
+
+}  // namespace turnout

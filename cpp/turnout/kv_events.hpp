@@ -1,0 +1,89 @@
+#pragma once
+// vLLM / SGLang KV-cache events, decoded from the engines' msgpack payloads into plain values.
+// Wire format: see docs/architecture.md, "KV events". Decoding is pure (no sockets); the subscriber lives in io/.
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "turnout/result.hpp"
+
+namespace turnout {
+
+/// An engine's block hash reduced to 64 bits: uint64 and int64 hashes keep their bits; `bin` hashes (vLLM
+/// with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0: 32-byte sha256 or 16-byte xxh3_128 digests; 1 to 64 bytes
+/// accepted) are folded with XXH3-64. Only ever compared with other engine hashes.
+using EngineHash = std::uint64_t;
+
+struct BlockStored {
+  std::vector<EngineHash> block_hashes;
+  std::optional<EngineHash> parent_block_hash;  ///< nullopt at the root
+  std::vector<std::uint32_t> token_ids;         ///< block_size x block_hashes.size()
+  std::int64_t block_size = 0;
+  std::string lora_name;                   ///< "" when absent
+  std::string medium;                      ///< "" when absent (GPU, CPU, ...)
+  std::optional<std::uint32_t> group_idx;  ///< the engine's KV cache group; nullopt when not sent
+};
+
+struct BlockRemoved {
+  std::vector<EngineHash> block_hashes;
+  std::string medium;
+  std::optional<std::uint32_t> group_idx;
+};
+
+struct AllBlocksCleared {};
+
+using KvEvent = std::variant<BlockStored, BlockRemoved, AllBlocksCleared>;
+
+struct KvEventBatch {
+  double ts = 0;
+  std::vector<KvEvent> events;
+  std::optional<std::int64_t> data_parallel_rank;
+  std::uint32_t skipped_unknown = 0;  ///< events of types this decoder does not know (ignored, counted)
+  std::uint32_t skipped_groups = 0;   ///< events of KV cache groups that hold no whole prefixes (see KvCacheGroups)
+};
+
+/// Which KV cache groups of one publisher feed the prefix directory. Hybrid models keep one cache per
+/// group of layers (full attention, sliding window, Mamba state) and vLLM reports every group's blocks
+/// under the same block hashes, tagged `group_idx`. Only full-attention-like groups hold whole prefixes:
+/// a sliding-window group dropping blocks behind its window must not erase prefixes the full-attention
+/// group still holds. BlockStored names its group's kind (kv_cache_spec_kind); BlockRemoved names only
+/// the group, so kinds are learned from stores. Without a kind, group 0 or no group at all feeds it
+/// (engines without groups, and vLLM before kinds: the rule Dynamo's router keeps). Reset it when the
+/// publisher's state is dropped (a restarted engine may number its groups anew).
+class KvCacheGroups {
+ public:
+  /// Whether an event of `group` feeds the directory. `kind` is the kv_cache_spec_kind it names ("" when
+  /// none); a kind this decoder knows is remembered for the group (the first 64 groups).
+  bool admit(std::optional<std::uint32_t> group, std::string_view kind) noexcept;
+  void reset() noexcept { known_ = prefix_ = 0; }
+
+ private:
+  std::uint64_t known_ = 0;   // bit g: the kind of group g is known
+  std::uint64_t prefix_ = 0;  // bit g: group g holds whole prefixes
+};
+
+/// Hard limits the decoder enforces before allocating (absurd sizes are rejected, never allocated).
+struct KvDecodeLimits {
+  std::size_t max_payload_bytes = 64U << 20;
+  std::size_t max_events = 1U << 16;
+  std::size_t max_blocks_per_event = 1U << 16;
+  std::size_t max_tokens_per_event = 1U << 22;
+  std::int64_t max_block_size = 4096;
+  std::size_t max_depth = 32;               ///< nested arrays/maps (vLLM's deepest is 5); capped at 64
+  std::size_t max_string_bytes = 1U << 20;  ///< any one str, bin or ext value
+};
+
+/// Decodes one payload (the third frame of a live message, or of a replay reply). Accepts the
+/// positional-array and the tagged-map encodings of both batch and events; ignores unknown fields;
+/// trailing defaulted fields may be absent. Events of groups `groups` does not admit are validated, then
+/// dropped and counted (without `groups`, kinds are learned within this payload only). Errors
+/// (ErrorCode::invalid_argument) say what was wrong.
+[[nodiscard]] Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload,
+                                                    const KvDecodeLimits& limits = {}, KvCacheGroups* groups = nullptr);
+
+}  // namespace turnout

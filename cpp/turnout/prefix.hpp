@@ -1,0 +1,48 @@
+#pragma once
+// Prefix hashing (the scheme of NVIDIA Dynamo and the engines' prefix caches): a prompt is cut into
+// fixed blocks, each block hashed with XXH3-64 seeded by its parent block's hash, so a block's hash
+// names the whole prefix up to and including it. Root seed = model + LoRA + cache salt.
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace turnout {
+
+/// Characters per token assumed when a prompt comes as text without token ids.
+inline constexpr std::size_t kCharsPerToken = 4;
+
+class PrefixHasher {
+ public:
+  /// Seed of the first block: requests for another model, LoRA or salt never share blocks.
+  [[nodiscard]] static std::uint64_t root_seed(std::string_view model, std::string_view lora = {},
+                                               std::string_view salt = {});
+
+  /// One block of token ids (little-endian u32 each), chained to its parent's hash.
+  [[nodiscard]] static std::uint64_t hash_block(std::span<const std::uint32_t> tokens, std::uint64_t parent) noexcept;
+
+  /// Appends the hash of every *full* block of `block_size` tokens (a partial tail is not cacheable).
+  static void hash_tokens(std::span<const std::uint32_t> tokens, std::size_t block_size, std::uint64_t root,
+                          std::vector<std::uint64_t>& out);
+
+  /// Same over text, in blocks of block_size x kCharsPerToken bytes.
+  static void hash_text(std::string_view text, std::size_t block_size, std::uint64_t root,
+                        std::vector<std::uint64_t>& out);
+};
+
+/// One message of a chat prompt.
+struct PromptMessage {
+  std::string role;  ///< system, developer, user, assistant, tool
+  std::string content;
+};
+
+/// The canonical text of a structured prompt: system/developer messages first (in their order), then
+/// tool definitions sorted by name, then the turns in order; each part framed so no two different
+/// prompts give the same text. The same conversation prefix gives the same leading bytes, so the same
+/// block chain, from Python and from C++.
+[[nodiscard]] std::string canonical_prompt(std::span<const PromptMessage> messages,
+                                           std::span<const std::string> tools = {});
+
+}  // namespace turnout

@@ -1,0 +1,197 @@
+#pragma once
+// The in-process Router: one config snapshot, the mutable state, and the decide/commit and report
+// paths under one lock. Notebooks, workers and the sidecar all route through this class.
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "turnout/config.hpp"
+#include "turnout/decision.hpp"
+#include "turnout/kv_events.hpp"
+#include "turnout/policy.hpp"
+#include "turnout/pricing.hpp"
+#include "turnout/result.hpp"
+#include "turnout/state.hpp"
+#include "turnout/usage.hpp"
+
+namespace turnout {
+
+/// Documented defaults for a Router's bookkeeping.
+struct RouterOptions {
+  std::uint64_t seed = 0;               ///< sticky hashing seed (replays with the same seed agree)
+  TimeMs decision_ttl_ms = 3'600'000;   ///< how long a decision waits for reports and its verdict
+  std::size_t max_pending = 1U << 18;   ///< pending decisions kept at most (oldest expire first)
+  std::uint64_t first_decision_id = 1;  ///< a restarted sidecar starts past every id it issued before
+};
+
+/// A route request in the names a caller uses.
+struct RouteRequest {
+  std::string_view scenario;
+  std::string_view key;
+  std::string_view data_class;  ///< "" = the scenario's
+  std::int64_t input_tokens = -1;
+  std::int64_t max_output_tokens = -1;
+  std::int64_t expected_cached_tokens = 0;
+  std::span<const std::uint32_t> token_ids;  ///< the prompt's token ids, if known
+  std::string_view text;                     ///< else its (canonical) text
+  TimeMs now = 0;
+};
+
+/// What a worker reports after calling a target.
+struct OutcomeReport {
+  std::uint64_t decision_id = 0;
+  std::string_view target;
+  Status status = Status::ok;
+  const msgpack::object* usage = nullptr;  ///< the provider's native usage object, or none
+  std::int64_t ttft_ms = -1;
+  std::int64_t latency_ms = -1;
+  std::optional<bool> accepted;
+  TimeMs now = 0;
+};
+
+struct ReportReceipt {
+  bool duplicate = false;  ///< this (decision, target) was already reported: nothing changed
+  bool fallback = false;   ///< the target was not the decision's choice
+  bool priced = false;     ///< false when no usage came with it (cost unknown, counted as unpriced)
+  Usage usage;
+  Money cost;
+};
+
+struct CounterRow {
+  std::uint32_t scenario;
+  std::uint32_t target;
+  Counters counters;
+};
+
+struct BreakerRow {
+  std::uint32_t target;
+  std::uint32_t replica;  ///< kNone for MaaS
+  Breaker::Phase phase;
+  std::uint32_t consecutive_failures;
+  std::uint64_t times_opened;
+  std::int64_t inflight;
+};
+
+/// A self-hosted pool's two cost views over a period, side by side and never mixed: the marginal GPU
+/// time its outcomes used (the ledger) and the fully loaded provisioned cost.
+struct PoolCostRow {
+  std::uint32_t target;
+  PoolPeriodCost provisioned;
+  MoneyTotal marginal;
+  std::uint64_t outcomes;
+  std::uint64_t accepted;
+};
+
+/// One cache directory: a self-hosted pool's (target set) or the MaaS targets' (target kNone).
+struct DirectoryRow {
+  std::uint32_t target;
+  CacheDirectory::Stats stats;
+  std::vector<KvIngestStats> events;  ///< per replica (pools only)
+};
+
+struct BudgetRow {
+  std::uint32_t scenario;
+  Money limit;
+  Money spent;
+  Money reserved;
+};
+
+/// What decide() reads that changes between decisions: per (target, replica) unit and per scenario.
+/// The sidecar publishes it for the clients that decide from shared memory.
+struct LiveUnit {
+  Breaker::Phase phase = Breaker::Phase::closed;
+  bool probe_inflight = false;
+  TimeMs opened_at = 0;
+  std::int64_t inflight = 0;
+  std::int64_t active_blocks = 0;
+};
+struct LiveBudget {
+  std::int64_t day = 0;
+  Money spent;
+  Money reserved;
+};
+
+class Router {
+ public:
+  explicit Router(ConfigPtr config, RouterOptions options = {});
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  /// Decides and commits: takes an in-flight slot, the half-open probe if any, and reserves the
+  /// worst-case cost against the scenario's budget.
+  [[nodiscard]] Result<Decision> route(const RouteRequest& request);
+  /// Decides and takes the in-flight slot, the probe and the budget reservation in this router's
+  /// state, but keeps no pending entry or counters: a fast-path client, whose decisions the sidecar
+  /// keeps (it adopts them) and whose state is a mirror of the sidecar's.
+  [[nodiscard]] Result<Decision> dispatch(const RouteRequest& request);
+  /// Checks and prices an outcome of decision `d` on `target` as report() would, changing nothing.
+  [[nodiscard]] Result<ReportReceipt> price_outcome(std::uint32_t scenario, std::uint32_t placed_target,
+                                                    const OutcomeReport& report) const;
+  /// Commits a decision made elsewhere from this table (a client's fast path) exactly as route()
+  /// commits its own: in-flight slot, probe, budget reservation, counters, and its prefix is learned.
+  [[nodiscard]] Result<Ok> adopt(Decision decision);
+  /// Decides without committing anything: what route() would answer now, with every reason.
+  [[nodiscard]] Result<Decision> explain(const RouteRequest& request);
+  /// Accounts an outcome. Idempotent per (decision, target); invalid usage changes nothing.
+  [[nodiscard]] Result<ReportReceipt> report(const OutcomeReport& report);
+  /// Records the quality verdict of a decision's answered request (may come after its report).
+  [[nodiscard]] Result<Ok> verdict(std::uint64_t decision_id, bool accepted, TimeMs now);
+
+  [[nodiscard]] std::vector<CounterRow> counters() const;
+  /// One ledger row (cheap: no allocation), e.g. the one a route just changed.
+  [[nodiscard]] Counters counter(std::uint32_t scenario, std::uint32_t target) const;
+  /// Replaces ledger rows (a restarted or reloaded sidecar carries its counters over). Rows whose
+  /// indices are out of range for this config are errors; nothing is changed then.
+  [[nodiscard]] Result<Ok> restore_counters(const std::vector<CounterRow>& rows);
+  [[nodiscard]] std::vector<BreakerRow> breakers(TimeMs now) const;
+  [[nodiscard]] std::vector<BudgetRow> budgets(TimeMs now) const;
+  /// Per self-hosted target: the ledger's marginal cost and outcomes next to the provisioned cost of
+  /// `period_ms` (the period the ledger covers, which only the caller knows).
+  [[nodiscard]] std::vector<PoolCostRow> self_hosted_costs(TimeMs period_ms) const;
+  [[nodiscard]] std::size_t pending_decisions() const;
+
+  /// Applies a replica's decoded KV events to its pool's directory (precise mode).
+  [[nodiscard]] Result<KvIngestStats> apply_kv_events(std::uint32_t target, std::uint32_t replica,
+                                                      const KvEventBatch& batch, TimeMs now);
+  /// Drops everything the directory holds for a replica (its publisher restarted or lost events).
+  [[nodiscard]] Result<Ok> reset_kv(std::uint32_t target, std::uint32_t replica);
+  [[nodiscard]] std::vector<DirectoryRow> directory_stats() const;
+  [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
+
+  // The fast path: the sidecar publishes its live state and directories; a client's Router mirrors
+  // them and matches prompts against the sidecar's directories instead of learning its own.
+  void live_state(std::vector<LiveUnit>& units, std::vector<LiveBudget>& budgets) const;
+  void set_live_state(std::span<const LiveUnit> units, std::span<const LiveBudget> budgets);
+  /// Matches prompts against these (per target; kNone-free) instead of this Router's directories,
+  /// which then learn nothing.
+  void set_prefix_index(std::vector<const PrefixIndex*> pools, const PrefixIndex* maas);
+  /// Tells `observer` every holder-mask change of a directory (target = a pool, kNone = MaaS).
+  void observe_directory(std::uint32_t target, MaskObserver* observer);
+  /// Drops directory entries past their TTL.
+  void expire_directories(TimeMs now);
+  [[nodiscard]] bool has_pending(std::uint64_t decision_id) const;
+  [[nodiscard]] std::uint64_t next_decision_id() const;
+
+ private:
+  [[nodiscard]] Result<Request> resolve(const RouteRequest& request) const;
+  /// Drops decisions past their TTL, and the oldest while fewer than `room` places are free.
+  void expire(TimeMs now, std::size_t room = 0);
+  void release(PendingDecision& p);
+  void commit(Decision& d, TimeMs now);
+  Result<Ok> apply_verdict(PendingDecision& p, bool accepted);
+
+  ConfigPtr config_;
+  RouterOptions options_;
+  mutable std::mutex mu_;
+  RouterState state_;
+  std::uint64_t next_id_ = 1;
+  bool learn_ = true;  // false when decide() matches against another router's directories
+};
+
+}  // namespace turnout

@@ -1,0 +1,167 @@
+#pragma once
+// Mutable routing state: circuit breakers, in-flight counts, budgets, pending decisions and the ledger.
+// Plain structs sized from a Config; the Router guards them. Nothing here reads the clock.
+
+#include <array>
+#include <climits>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "turnout/config.hpp"
+#include "turnout/decision.hpp"
+#include "turnout/directory.hpp"
+#include "turnout/money.hpp"
+#include "turnout/usage.hpp"
+
+namespace turnout {
+
+/// Closed -> open on consecutive failures or a windowed error rate; open -> half-open after a
+/// cooldown; half-open lets exactly one probe through, whose outcome closes or re-opens it.
+class Breaker {
+ public:
+  enum class Phase : std::uint8_t { closed, open, half_open };
+
+  /// Whether a request may be sent now (an open breaker past its cooldown becomes half-open).
+  [[nodiscard]] bool allows(const BreakerSpec& spec, TimeMs now) const noexcept;
+  /// Claims the half-open probe (call after allows() chose this breaker); true if this was the probe.
+  bool on_dispatch(const BreakerSpec& spec, TimeMs now) noexcept;
+  /// Releases a probe that never reported (decision expired).
+  void on_abandoned() noexcept { probe_inflight_ = false; }
+  /// Records an outcome; `probe` marks the half-open probe's own outcome.
+  void on_outcome(const BreakerSpec& spec, bool failure, bool probe, TimeMs now) noexcept;
+
+  [[nodiscard]] Phase phase(const BreakerSpec& spec, TimeMs now) const noexcept;
+  [[nodiscard]] std::uint32_t consecutive_failures() const noexcept { return consecutive_failures_; }
+  [[nodiscard]] bool probe_inflight() const noexcept { return probe_inflight_; }
+  [[nodiscard]] std::uint64_t times_opened() const noexcept { return times_opened_; }
+  /// The stored phase (an open breaker past its cooldown still says open) and when it opened.
+  [[nodiscard]] Phase stored_phase() const noexcept { return phase_; }
+  [[nodiscard]] TimeMs opened_at() const noexcept { return opened_at_; }
+  /// Takes the phase another router published (a client mirroring the sidecar's breakers).
+  void mirror(Phase phase, bool probe_inflight, TimeMs opened_at) noexcept {
+    phase_ = phase;
+    probe_inflight_ = probe_inflight;
+    opened_at_ = opened_at;
+  }
+
+ private:
+  static constexpr std::size_t kBuckets = 10;  // the error-rate window, in tenths
+  void open(TimeMs now) noexcept;
+  void roll_window(const BreakerSpec& spec, TimeMs now) noexcept;
+
+  Phase phase_ = Phase::closed;
+  bool probe_inflight_ = false;
+  std::uint32_t consecutive_failures_ = 0;
+  TimeMs opened_at_ = 0;
+  std::uint64_t times_opened_ = 0;
+  std::int64_t window_epoch_ = 0;  // index of the newest bucket (now / bucket width)
+  std::array<std::uint32_t, kBuckets> outcomes_{};
+  std::array<std::uint32_t, kBuckets> failures_{};
+};
+
+[[nodiscard]] const char* to_string(Breaker::Phase phase) noexcept;
+
+/// The UTC day a time belongs to (floor division: times before 1970 are days below zero).
+[[nodiscard]] constexpr std::int64_t budget_day(TimeMs now) noexcept {
+  constexpr std::int64_t kMsPerDay = 86'400'000;
+  return now >= 0 ? now / kMsPerDay : -((-now + kMsPerDay - 1) / kMsPerDay);
+}
+
+/// A scenario's daily budget: worst-case reservations at decision time, settled with actual cost.
+struct BudgetState {
+  std::int64_t day = INT64_MIN;  ///< UTC day number the figures belong to (none yet)
+  Money spent;
+  Money reserved;
+};
+
+/// Latency histogram with fixed millisecond bounds (the last bucket is +Inf).
+inline constexpr std::array<std::int64_t, 12> kLatencyBoundsMs = {10,   25,   50,   100,   250,   500,
+                                                                  1000, 2500, 5000, 10000, 30000, 60000};
+struct Histogram {
+  std::array<std::uint64_t, kLatencyBoundsMs.size() + 1> buckets{};
+  std::uint64_t count = 0;
+  std::int64_t sum_ms = 0;
+  void observe(std::int64_t ms) noexcept;
+};
+
+/// Ledger counters of one scenario x target.
+struct Counters {
+  std::uint64_t requests = 0;    ///< decisions that chose this target
+  std::uint64_t spillovers = 0;  ///< ... of which because the self-hosted pool was full
+  std::uint64_t outcomes = 0;    ///< reports received for this target
+  std::uint64_t fallbacks = 0;   ///< ... of which the target was a fallback, not the decision's choice
+  std::array<std::uint64_t, kStatusCount> by_status{};
+  std::uint64_t unpriced = 0;  ///< ok outcomes reported without usage (cost unknown, not zero)
+  std::uint64_t accepted = 0;
+  std::uint64_t rejected = 0;
+  Usage tokens;              ///< sums (reported_cost unused)
+  MoneyTotal cost;           ///< exact sum of every priced outcome
+  MoneyTotal accepted_cost;  ///< cost of the outcomes that were later accepted
+  Histogram ttft;
+  Histogram latency;
+};
+
+/// A decision waiting for its outcome(s) and verdict. Reports are idempotent per (decision, target).
+struct PendingDecision {
+  Decision decision;
+  std::int64_t budget_day = -1;
+  bool reservation_open = true;    ///< budget reservation and in-flight slot still held
+  bool probe = false;              ///< holds the half-open probe of its placement
+  std::int64_t active_blocks = 0;  ///< added to its replica's active blocks until released
+  std::vector<std::uint32_t> reported_targets;
+  std::uint32_t served_target = kNone;  ///< target whose ok report answered the request
+  Money served_cost;
+  bool verdict_given = false;
+};
+
+/// What a pool's KV-event ingestion did, per replica.
+struct KvIngestStats {
+  std::uint64_t batches = 0;
+  std::uint64_t stored = 0;    ///< blocks stored
+  std::uint64_t removed = 0;   ///< blocks removed
+  std::uint64_t cleared = 0;   ///< AllBlocksCleared and publisher resets
+  std::uint64_t orphans = 0;   ///< blocks whose parent was unknown (published before we listened)
+  std::uint64_t rejected = 0;  ///< events that did not fit the pool (block size)
+  std::uint64_t skipped = 0;   ///< events of KV cache groups that hold no whole prefixes (sliding window...)
+};
+
+inline constexpr std::int64_t kDefaultReplicaBlocks = 1 << 18;  ///< when kv.capacity_blocks is unset
+inline constexpr std::int64_t kMaasHolderBlocks = 1 << 16;      ///< 8 M tokens of prefixes per MaaS target
+
+/// Everything the Router mutates, sized from one Config.
+struct RouterState {
+  explicit RouterState(const Config& config);
+
+  /// Flat index of (target, replica) breakers / in-flight slots: MaaS targets have one unit.
+  [[nodiscard]] std::size_t unit(std::uint32_t target, std::uint32_t replica) const noexcept {
+    return first_unit[target] + (replica == kNone ? 0 : replica);
+  }
+  [[nodiscard]] Counters& counters(std::uint32_t scenario, std::uint32_t target) noexcept {
+    return ledger[static_cast<std::size_t>(scenario) * target_count + target];
+  }
+
+  std::size_t target_count = 0;
+  std::vector<std::size_t> first_unit;
+  std::vector<Breaker> breakers;                       ///< per unit
+  std::vector<std::int64_t> inflight;                  ///< per unit
+  std::vector<std::int64_t> active_blocks;             ///< per unit: blocks of its in-flight requests
+  std::vector<std::unique_ptr<CacheDirectory>> pools;  ///< per target: a self-hosted pool's directory
+  std::unique_ptr<CacheDirectory> maas;                ///< holders: the MaaS targets
+  std::vector<std::uint32_t> maas_holder;              ///< per target: its holder in `maas`, or kNone
+  /// What decide() matches prompts against: the directories above, or a client's mapped view of
+  /// the sidecar's (then `pools` and `maas` stay empty and are not learned into).
+  std::vector<const PrefixIndex*> pool_index;  ///< per target
+  const PrefixIndex* maas_index = nullptr;
+  std::map<std::uint32_t, std::vector<KvIngestStats>> pool_events;  ///< per pool target, per replica
+  std::vector<BudgetState> budgets;                                 ///< per scenario
+  std::vector<Counters> ledger;                                     ///< scenario-major
+  std::unordered_map<std::uint64_t, PendingDecision> pending;
+  std::deque<std::uint64_t> pending_order;  ///< decision ids, oldest first, for expiry
+};
+
+}  // namespace turnout

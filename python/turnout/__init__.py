@@ -1,0 +1,71 @@
+"""Turnout: route each LLM scenario between managed APIs and self-hosted pools, with exact cost.
+
+The C++ core makes every decision; this package is its Python face, used the same way in notebooks
+(replay) and in production workers.
+"""
+
+from __future__ import annotations
+
+from turnout._core import LATENCY_BUCKETS_MS, Config, Decision, __version__, load_config_text
+from turnout._core import load_config as _load_config
+from turnout._errors import (
+    BudgetExhaustedError,
+    ConfigError,
+    InvalidArgumentError,
+    NoEligibleTargetError,
+    PriceMissingError,
+    SidecarError,
+    SidecarUnavailableError,
+    TurnoutError,
+    TargetNotAllowedError,
+    UnknownDecisionError,
+    UnknownScenarioError,
+    UnknownTargetError,
+    UsageError,
+)
+from turnout.prefix import canonical_prompt, prefix_hashes
+from turnout.pricing import Cost, price_usage
+from turnout.router import Router
+from turnout.sidecar import Client, RemoteDecision, SharedCounters, _sidecar_path, attach
+
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "BudgetExhaustedError",
+    "Client",
+    "Config",
+    "ConfigError",
+    "Cost",
+    "Decision",
+    "InvalidArgumentError",
+    "NoEligibleTargetError",
+    "PriceMissingError",
+    "RemoteDecision",
+    "Router",
+    "SharedCounters",
+    "SidecarError",
+    "SidecarUnavailableError",
+    "TurnoutError",
+    "TargetNotAllowedError",
+    "UnknownDecisionError",
+    "UnknownScenarioError",
+    "UnknownTargetError",
+    "UsageError",
+    "__version__",
+    "_sidecar_path",
+    "attach",
+    "canonical_prompt",
+    "load_config",
+    "load_config_text",
+    "prefix_hashes",
+    "price_usage",
+]
+
+
+def load_config(path: str | bytes | "os.PathLike[str]") -> Config:  # noqa: F821, UP037
+    """Loads and validates a YAML routing table.
+
+    Raises :class:`ConfigError` (a ``ValueError``) whose message starts with ``path:line:col:``.
+    """
+    import os
+
+    return _load_config(os.fsdecode(path))

@@ -1,0 +1,361 @@
+"""The ``turnout`` command: validate a routing table, route, price usage, run the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import Decimal
+from importlib import resources
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+import turnout
+from turnout import TurnoutError
+
+# Piped output (CI logs, `| less`) gets room for the tables; a terminal keeps its own width.
+console = Console() if sys.stdout.isatty() else Console(width=160)
+err_console = Console(stderr=True, soft_wrap=True)  # file:line:col stays on one line
+
+
+def _example_config() -> str:
+    return str(resources.files("turnout") / "examples" / "routing.yaml")
+
+
+def _load(path: str) -> turnout.Config:
+    try:
+        return turnout.load_config(path)
+    except turnout.ConfigError as e:
+        _fail(e, 2)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _dump(obj: Any) -> None:
+    click.echo(json.dumps(obj, default=_json_default, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(turnout.__version__, prog_name="turnout")
+def main() -> None:
+    """Turnout: route LLM scenarios between MaaS and self-hosted targets, with exact cost."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate(config: str) -> None:
+    """Validate a routing table (errors name file:line:col)."""
+    cfg = _load(config)
+    console.print(
+        f"[green]ok[/] {cfg.source}: {len(cfg.targets)} targets, {len(cfg.scenarios)} scenarios, "
+        f"version {cfg.version}",
+        highlight=False,
+    )
+
+
+def _fail(e: Exception, code: int) -> NoReturn:
+    # Text, not markup: messages hold brackets ("routes[0]", "[public, ...]").
+    err_console.print(Text("error: ", style="bold red") + Text(str(e)), highlight=False)
+    sys.exit(code)
+
+
+def _decisions_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Routing decisions", show_lines=True)
+    for col in ("id", "scenario / key", "target", "fallbacks", "predicted $", "reasons"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        who = Text(f"{r['scenario']}\n{r.get('key') or ''}")
+        if "error" in r:
+            table.add_row("-", who, Text(r["error"], style="red"), "", "", Text(r["message"]))
+            continue
+        target = r["target"] + (f"\n{r['endpoint']}" if r["endpoint"] else "")
+        table.add_row(
+            str(r["id"]),
+            who,
+            Text(target),
+            Text("\n".join(r["fallbacks"])),
+            str(r["predicted_cost_usd"]),
+            Text("\n".join(r["reasons"])),
+        )
+    return table
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--scenario", "-s", required=True, help="Scenario name, as in the routing table.")
+@click.option("--key", help="Sticky key (user, conversation).")
+@click.option("--data-class", help="Data class of this request, if stricter than the scenario's.")
+@click.option("--input-tokens", type=click.IntRange(min=0), help="Prompt size in tokens.")
+@click.option("--max-output-tokens", type=click.IntRange(min=0), help="Output cap in tokens.")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 100_000),
+    default=1,
+    show_default=True,
+    help="Route this many requests (keys get a numeric suffix when --key is given).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sticky hashing seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def route(
+    config: str,
+    scenario: str,
+    key: str | None,
+    data_class: str | None,
+    input_tokens: int | None,
+    max_output_tokens: int | None,
+    count: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Ask the router where requests of SCENARIO go."""
+    router = turnout.Router(_load(config), seed=seed)
+    rows = []
+    for i in range(count):
+        k = key if count == 1 or key is None else f"{key}-{i}"
+        try:
+            d = router.route(
+                scenario,
+                key=k,
+                data_class=data_class,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+            )
+        except TurnoutError as e:
+            _fail(e, 1)
+        rows.append({**d.to_dict(), "key": k})
+    if as_json:
+        _dump(rows if count > 1 else rows[0])
+    else:
+        console.print(_decisions_table(rows))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--target", "-t", required=True, help="Target whose price catalog applies.")
+@click.option(
+    "--usage",
+    "usage_file",
+    required=True,
+    type=click.File("r"),
+    help="JSON file with the provider's native usage (or whole response, or stream events).",
+)
+@click.option("--provider", help="Read the usage as this provider's shape (default: the target's).")
+@click.option("--batch", is_flag=True, help="Apply the batch discount.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def cost(
+    config: str, target: str, usage_file: Any, provider: str | None, batch: bool, as_json: bool
+) -> None:
+    """Price a provider usage object exactly."""
+    cfg = _load(config)
+    try:
+        # Floats stay exact: parse them as Decimal text, never through binary floating point first.
+        usage = json.load(usage_file, parse_float=Decimal)
+        usage = _decimals_to_float(usage)
+        c = turnout.price_usage(cfg, target, usage, provider=provider, batch=batch)
+    except (TurnoutError, json.JSONDecodeError) as e:
+        _fail(e, 1)
+    fields = {k: getattr(c, k) for k in c.__dataclass_fields__}
+    if as_json:
+        _dump(fields)
+        return
+    table = Table(title=f"Cost on {target}")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in fields.items():
+        table.add_row(k, "" if v is None else str(v))
+    console.print(table)
+
+
+def _decimals_to_float(value: Any) -> Any:
+    # The core reads numbers as msgpack values; a provider's float `cost` keeps its shortest repr.
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _decimals_to_float(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decimals_to_float(v) for v in value]
+    return value
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Routing table (default: the bundled example).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def demo(config_path: str | None, as_json: bool) -> None:
+    """Route example traffic through the bundled routing table; show decisions and ledger."""
+    from turnout._demo import run_demo
+
+    run_demo(
+        _load(config_path or _example_config()),
+        console=console,
+        as_json=as_json,
+        decisions_table=_decisions_table,
+        dump=_dump,
+    )
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "--endpoint",
+    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// socket); a non-loopback address needs "
+    "the --curve-* options.",
+)
+@click.option("--shm", help="Shared-memory segment name (default turnout-$UID).")
+@click.option("--metrics", help="Serve /metrics and /healthz on this loopback HOST:PORT.")
+@click.option("--foreground", is_flag=True, help="Stay in the foreground and log to stderr.")
+@click.option("--no-watch", is_flag=True, help="Do not reload when the CONFIG file changes.")
+@click.option(
+    "--curve-secret-key",
+    type=click.Path(dir_okay=False),
+    help="File with the server's Z85 CURVE secret key (mode 0600): clients must use CURVE.",
+)
+@click.option(
+    "--curve-authorized-keys",
+    type=click.Path(dir_okay=False),
+    help="File with the Z85 public keys of the clients let in, one per line ('#' comments).",
+)
+def serve(
+    config: str,
+    endpoint: str | None,
+    shm: str | None,
+    metrics: str | None,
+    foreground: bool,
+    no_watch: bool,
+    curve_secret_key: str | None,
+    curve_authorized_keys: str | None,
+) -> None:
+    """Run the turnout-sidecar daemon on a routing table (execs the installed binary)."""
+    import os
+
+    try:
+        binary = turnout._sidecar_path()
+    except FileNotFoundError as e:
+        _fail(e, 2)
+    argv = [binary, config]
+    for flag, value in (
+        ("--endpoint", endpoint),
+        ("--shm", shm),
+        ("--metrics", metrics),
+        ("--curve-secret-key", curve_secret_key),
+        ("--curve-authorized-keys", curve_authorized_keys),
+    ):
+        if value:
+            argv += [flag, value]
+    if foreground:
+        argv.append("--foreground")
+    if no_watch:
+        argv.append("--no-watch")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(binary, argv)
+
+
+@main.command()
+@click.option("--endpoint", help="The sidecar's endpoint (default: ipc:// in the runtime dir).")
+@click.option("--timeout-ms", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def stats(endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
+    """Show a running sidecar's counters and breakers (the stats op)."""
+    try:
+        with turnout.Client(endpoint, timeout_ms=timeout_ms) as client:
+            reply = client.stats()
+    except TurnoutError as e:
+        _fail(e, 1)
+    if as_json:
+        _dump(reply)
+        return
+    console.print(
+        f"sidecar pid {reply['pid']}, generation {reply['generation']}, config "
+        f"{reply['config_version']} ({reply['config']}), shm {reply['shm']}, "
+        f"up {reply['uptime_s']:.0f} s, {reply['pending_decisions']} pending decisions",
+        highlight=False,
+    )
+    fast = reply.get("fast_path") or {}
+    if fast.get("enabled"):
+        console.print(
+            f"fast path: table {fast['table']}, {fast['clients']} clients, "
+            f"{fast['records']} records applied, {fast['rejected']} rejected",
+            highlight=False,
+        )
+    elif fast:
+        console.print(f"fast path off: {fast.get('why_not', '')}", highlight=False)
+    table = Table(title="Ledger")
+    counts = ("requests", "outcomes", "ok", "error", "timeout", "accepted")
+    for col in ("scenario", "target", *counts, "cost $"):
+        table.add_column(col, justify="right" if col not in ("scenario", "target") else "left")
+    for r in reply["counters"]:
+        table.add_row(
+            r["scenario"],
+            r["target"],
+            *(str(r[k]) for k in counts),
+            r["cost_usd"],
+        )
+    console.print(table)
+    breakers = Table(title="Breakers")
+    for col in ("target", "endpoint", "phase", "consecutive failures", "opened", "in flight"):
+        breakers.add_column(col)
+    for b in reply["breakers"]:
+        breakers.add_row(
+            b["target"],
+            b["endpoint"] or "",
+            b["phase"],
+            str(b["consecutive_failures"]),
+            str(b["times_opened"]),
+            str(b["inflight"]),
+        )
+    console.print(breakers)
+
+
+@main.command()
+@click.option("--endpoint", help="The sidecar's endpoint (default: ipc:// in the runtime dir).")
+@click.option("--scenario", "-s", required=True, help="Scenario name, as in the routing table.")
+@click.option("--key", help="Sticky key (user, conversation).")
+@click.option("--data-class", help="Data class of this request, if stricter than the scenario's.")
+@click.option("--input-tokens", type=click.IntRange(min=0), help="Prompt size in tokens.")
+@click.option("--max-output-tokens", type=click.IntRange(min=0), help="Output cap in tokens.")
+@click.option("--timeout-ms", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def explain(
+    endpoint: str | None,
+    scenario: str,
+    key: str | None,
+    data_class: str | None,
+    input_tokens: int | None,
+    max_output_tokens: int | None,
+    timeout_ms: int,
+    as_json: bool,
+) -> None:
+    """Ask a running sidecar what it would decide for SCENARIO now (nothing is committed)."""
+    try:
+        with turnout.Client(endpoint, timeout_ms=timeout_ms) as client:
+            d = client.explain(
+                scenario,
+                key=key,
+                data_class=data_class,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+            )
+    except TurnoutError as e:
+        _fail(e, 1)
+    row = {**d.to_dict(), "key": key}
+    if as_json:
+        _dump(row)
+    else:
+        console.print(_decisions_table([row]))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

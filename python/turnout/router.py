@@ -1,0 +1,54 @@
+"""The in-process Router, with pandas views of its ledger."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from turnout import _core
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class Router(_core.Router):
+    """Routes requests of named scenarios and accounts their outcomes.
+
+    ``route``/``report``/``verdict`` are the C++ core's own methods (no Python in the hot path);
+    this subclass only adds conveniences.
+    """
+
+    def subscribe_kv_events(
+        self, *, topic: str = "", replay_timeout_s: float = 0.5
+    ) -> _core.KvSubscription:
+        """Subscribes to every replica's ``kv_events`` publisher (vLLM / SGLang) on a background
+        thread and applies the events to the pool directories (precise mode). Sequence gaps are
+        healed through ``kv_replay`` when configured; a gap that cannot be filled or an engine
+        restart drops that replica's blocks. Use as a context manager, or call ``.stop()``."""
+        return _core._subscribe_kv_events(self, topic, replay_timeout_s)
+
+    def counters_frame(self) -> pd.DataFrame:
+        """The ledger as a DataFrame, one row per scenario x target (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.counters())
+
+    def scenario_summary(self) -> list[dict[str, Any]]:
+        """Per-scenario totals: cost, accepted outcomes and the cost per accepted outcome."""
+        totals: dict[str, dict[str, Any]] = {}
+        for row in self.counters():
+            t = totals.setdefault(
+                row["scenario"],
+                {
+                    "scenario": row["scenario"],
+                    "requests": 0,
+                    "outcomes": 0,
+                    "ok": 0,
+                    "accepted": 0,
+                    "cost_usd": 0,
+                },
+            )
+            for key in ("requests", "outcomes", "ok", "accepted", "cost_usd"):
+                t[key] += row[key]
+        for t in totals.values():
+            t["cost_per_accepted_usd"] = t["cost_usd"] / t["accepted"] if t["accepted"] else None
+        return list(totals.values())
