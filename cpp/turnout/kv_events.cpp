@@ -13,41 +13,10 @@
 
 #include <msgpack.hpp>
 
-// What the engines put on the wire (msgspec.msgpack.Encoder over these msgspec.Structs), as read in their
-// sources; tests/cpp/kv_events_test.cpp holds payloads msgspec 0.22 produced from the same definitions.
-//
-// vLLM, vllm/distributed/kv_events.py (vllm-project/vllm main, 2025):
-//   EventBatch(omit_defaults=True): ts: float, events: list, data_parallel_rank: int | None = None
-//     -> a map {"ts", "events", "data_parallel_rank"} (the rank omitted when None; the publisher sets it).
-//   KVCacheEvent(omit_defaults=True, tag=True) -> a map whose first key is "type": "<class name>".
-//   BlockStored: block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name (no
-//     defaults: always present, maybe nil), then extra_keys, group_idx, kv_cache_spec_kind,
-//     kv_cache_spec_sliding_window, ... = None (omitted when None). BlockRemoved: block_hashes, medium,
-//     group_idx = None. AllBlocksCleared: no fields.
-//   Earlier releases declared both with array_like=True: [ts, events, data_parallel_rank] and
-//   ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name],
-//   ["BlockRemoved", block_hashes, medium], ["AllBlocksCleared"]; older still without medium/lora_name
-//   (and without the rank); some (e.g. EmbeddedLLM/vllm) an array batch holding tagged-map events.
-//   msgspec writes every field of an array_like struct, defaults included (omit_defaults only shortens
-//   maps), so an array is only shorter when the engine's struct had fewer fields.
-//   KV cache groups (hybrid models): vllm/v1/core/block_pool.py sets group_idx=kv_cache_group_id on
-//   BlockStored and the evicted block's group on BlockRemoved; a block of tokens has one hash for every
-//   group. vLLM PR #40984 added kv_cache_spec_kind ("full_attention", "mla_attention",
-//   "sink_full_attention", "sliding_window", "sliding_window_mla", "mamba", "chunked_local_attention",
-//   "encoder_only_attention", "cross_attention", "unknown") and kv_cache_spec_sliding_window because group
-//   numbers are layout details (DeepSeek V4's full-attention group is not group 0); kv_events.py: "Store
-//   events carry cache-spec metadata so consumers can classify and filter groups as they are learned.
-//   Remove events only need group_idx+hash." Positional: BlockStored[9] group_idx, [10] kind, [11] window;
-//   BlockRemoved[3] group_idx. Consumers keep the full-attention-like kinds (ai-dynamo/dynamo #8669 and
-//   #8751, llm-d/llm-d-router #2363): see KvCacheGroups.
-//   Block hashes (vllm/v1/core/kv_cache_utils.py, ExternalBlockHash = bytes | int, maybe_convert_block_hash):
-//   with VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=1 (the default) the digest's low 64 bits as an unsigned int
-//   (msgpack uint64, half of them >= 2^63); with =0 the raw digest as bin: 32 bytes (sha256, sha256_cbor)
-//   or 16 bytes (xxhash, xxhash_cbor: xxh3_128).
-// SGLang, python/sglang/srt/disaggregation/kv_events.py: array_like=True throughout:
-//   [ts, events, attn_dp_rank], ["BlockStored", block_hashes, parent_block_hash, token_ids, block_size,
-//   lora_id], ["BlockRemoved", block_hashes], ["AllBlocksCleared"]. Hashes are Python hash() values
-//   (hash_str_to_int64): signed int64, negative half of the time. One block per BlockStored (one page).
+// What the engines put on the wire (vLLM's and SGLang's msgspec structs: map and array encodings, the
+// three block-hash forms, KV cache groups of hybrid models) is described in docs/architecture.md,
+// "KV events"; tests/cpp/kv_events_test.cpp holds payloads msgspec produced from the engines' own
+// definitions.
 //
 // Decoding runs in three steps, each bounded: a structural pass over the bytes (no allocation: every
 // container's claimed element count must fit in the bytes that remain, so msgpack-c never allocates for

@@ -16,10 +16,9 @@
 #include <thread>
 #include <utility>
 
-// Wire (docs/architecture.md, "KV events"; vLLM and SGLang ZmqEventPublisher in vllm/distributed/kv_events.py and
-// python/sglang/srt/disaggregation/kv_events.py): live messages are [topic, seq (8 bytes, big-endian),
-// payload], seq counting from 0 per engine process. The replay ROUTER takes [identity, "", start_seq]
-// (what our DEALER's ["", start_seq] becomes) and answers, for every buffered batch with seq >= start_seq,
+// Wire (docs/architecture.md, "KV events"; the engines' ZeroMQ event publishers): live messages are [topic, seq (8
+// bytes, big-endian), payload], seq counting from 0 per engine process. The replay ROUTER takes [identity, "",
+// start_seq] (what our DEALER's ["", start_seq] becomes) and answers, for every buffered batch with seq >= start_seq,
 // ["", seq, payload], then ["", 0xFFFFFFFFFFFFFFFF, ""]. The 4-frame form ["", topic, seq, payload] is
 // accepted as well.
 
