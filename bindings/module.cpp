@@ -4,9 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "rows.hpp"
@@ -149,22 +151,38 @@ std::string hex16(std::uint64_t v) {
   return buf;
 }
 
-/// A Decision together with the config it was made against (for names).
+/// The names of a decision the sidecar made, as its route/explain reply carries them (the indices of
+/// its table mean nothing in this process).
+struct DecisionNames {
+  std::string scenario;
+  std::string target;
+  std::optional<std::string> endpoint;
+  std::vector<std::string> fallbacks;
+  std::vector<std::string> reasons;
+};
+
+/// A Decision together with the config it was made against (for names); or, detached, a decision
+/// of the sidecar's with the names its reply carried (then `config` is null).
 struct DecisionView {
   Decision d;
   ConfigPtr config;
+  std::shared_ptr<const DecisionNames> names;  ///< set only when detached
 
-  [[nodiscard]] std::string target() const { return config->targets[d.placement.target].name; }
+  [[nodiscard]] std::string scenario() const { return names ? names->scenario : config->scenarios[d.scenario].name; }
+  [[nodiscard]] std::string target() const { return names ? names->target : config->targets[d.placement.target].name; }
   [[nodiscard]] py::object endpoint() const {
+    if (names) return names->endpoint ? py::object(py::str(*names->endpoint)) : py::object(py::none());
     if (d.placement.replica == kNone) return py::none();
     return py::str(config->targets[d.placement.target].replicas[d.placement.replica].endpoint);
   }
   [[nodiscard]] std::vector<std::string> fallbacks() const {
+    if (names) return names->fallbacks;
     std::vector<std::string> out;
     for (const auto& f : d.fallbacks) out.push_back(config->targets[f.target].name);
     return out;
   }
   [[nodiscard]] std::vector<std::string> reasons() const {
+    if (names) return names->reasons;
     std::vector<std::string> out;
     for (const auto& r : d.reasons) {
       std::string s = to_string(r.code);
@@ -186,7 +204,50 @@ struct DecisionView {
     return out;
   }
   [[nodiscard]] std::string version() const { return hex16(d.config_version); }
+  [[nodiscard]] py::object cache_key() const {
+    return d.cache_key == 0 ? py::object(py::none()) : py::object(py::str(hex16(d.cache_key)));
+  }
 };
+
+// A 64-bit id from its 16 hex digits, as hex16() writes it.
+std::uint64_t from_hex16(const std::string& text, const char* what) {
+  std::uint64_t v = 0;
+  const auto* end = text.data() + text.size();
+  const auto [at, ec] = std::from_chars(text.data(), end, v, 16);
+  if (text.size() != 16 || ec != std::errc{} || at != end) {
+    raise({ErrorCode::invalid_argument, std::string(what) + " must be 16 hex digits, got '" + text + "'"});
+  }
+  return v;
+}
+
+// An exact USD amount from its decimal text (never through a double).
+Money usd_from_text(const std::string& text, const char* what) {
+  auto m = parse_usd(text);
+  if (!m) raise({ErrorCode::invalid_argument, std::string(what) + ": " + m.error().message});
+  return *m;
+}
+
+// A detached Decision from the fields of the sidecar's route/explain reply (the client reads them by
+// their wire names); amounts are decimal text, so they stay exact.
+DecisionView detached_decision(std::uint64_t id, std::string scenario, std::string target,
+                               std::optional<std::string> endpoint, std::vector<std::string> fallbacks,
+                               std::vector<std::string> reasons, const std::string& predicted_cost_usd,
+                               const std::string& reserved_cost_usd, std::int64_t expected_cached_tokens,
+                               const std::optional<std::string>& cache_key, const std::string& config_version,
+                               double at) {
+  if (!std::isfinite(at) || at < 0) raise({ErrorCode::invalid_argument, "at must be a finite, non-negative time"});
+  DecisionView v;
+  v.d.id = id;
+  v.d.predicted_cost = usd_from_text(predicted_cost_usd, "predicted_cost_usd");
+  v.d.reserved_cost = usd_from_text(reserved_cost_usd, "reserved_cost_usd");
+  v.d.expected_cached_tokens = expected_cached_tokens;
+  v.d.cache_key = cache_key ? from_hex16(*cache_key, "cache_key") : 0;
+  v.d.config_version = from_hex16(config_version, "config_version");
+  v.d.at = static_cast<TimeMs>(std::llround(at * 1000.0));
+  v.names = std::make_shared<const DecisionNames>(DecisionNames{
+      std::move(scenario), std::move(target), std::move(endpoint), std::move(fallbacks), std::move(reasons)});
+  return v;
+}
 
 // (target index, replica index) from a target name and a replica index or endpoint.
 std::pair<std::uint32_t, std::uint32_t> replica_of(const Config& config, const std::string& target,
@@ -330,8 +391,9 @@ py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string
                                       py::arg("token_ids") = py::none(), py::arg("text") = py::none(),                 \
                                       py::arg("now") = py::none()
 
-void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
-void bind_kv(py::module_& m);       // bindings/kv.cpp
+void bind_sidecar(py::module_& m);   // bindings/sidecar.cpp
+void bind_kv(py::module_& m);        // bindings/kv.cpp
+void bind_protocol(py::module_& m);  // bindings/protocol.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Turnout C++ core (private: import turnout instead)";
@@ -394,9 +456,11 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("text"), py::arg("source") = "<string>");
 
-  py::class_<DecisionView>(m, "Decision", "Where one request goes, and why.")
+  py::class_<DecisionView>(m, "Decision",
+                           "Where one request goes, and why: the same attributes whichever made it (this "
+                           "process's Router, the fast path, or the sidecar through its socket).")
       .def_property_readonly("id", [](const DecisionView& d) { return d.d.id; })
-      .def_property_readonly("scenario", [](const DecisionView& d) { return d.config->scenarios[d.d.scenario].name; })
+      .def_property_readonly("scenario", &DecisionView::scenario)
       .def_property_readonly("target", &DecisionView::target)
       .def_property_readonly("endpoint", &DecisionView::endpoint,
                              "Replica endpoint for self-hosted targets, else None.")
@@ -408,10 +472,7 @@ PYBIND11_MODULE(_core, m) {
           "What the scenario's budget reserved: the worst case, cache writes at their dearest.")
       .def_property_readonly("expected_cached_tokens", [](const DecisionView& d) { return d.d.expected_cached_tokens; })
       .def_property_readonly(
-          "cache_key",
-          [](const DecisionView& d) {
-            return d.d.cache_key == 0 ? py::object(py::none()) : py::object(py::str(hex16(d.d.cache_key)));
-          },
+          "cache_key", &DecisionView::cache_key,
           "Prefix family of the prompt (its first <= 1024 tokens): pass it as the provider's cache key "
           "(OpenAI prompt_cache_key) so one family stays on one cache. None without a prompt.")
       .def_property_readonly("config_version", &DecisionView::version)
@@ -420,7 +481,7 @@ PYBIND11_MODULE(_core, m) {
            [](const DecisionView& d) {
              py::dict out;
              out["id"] = d.d.id;
-             out["scenario"] = d.config->scenarios[d.d.scenario].name;
+             out["scenario"] = d.scenario();
              out["target"] = d.target();
              out["endpoint"] = d.endpoint();
              out["fallbacks"] = d.fallbacks();
@@ -428,14 +489,20 @@ PYBIND11_MODULE(_core, m) {
              out["predicted_cost_usd"] = money(d.d.predicted_cost);
              out["reserved_cost_usd"] = money(d.d.reserved_cost);
              out["expected_cached_tokens"] = d.d.expected_cached_tokens;
-             out["cache_key"] = d.d.cache_key == 0 ? py::object(py::none()) : py::object(py::str(hex16(d.d.cache_key)));
+             out["cache_key"] = d.cache_key();
              out["config_version"] = d.version();
              return out;
            })
-      .def("__repr__", [](const DecisionView& d) {
-        return "<turnout.Decision " + std::to_string(d.d.id) + " -> " + d.target() + " ($" +
-               d.d.predicted_cost.to_usd_string() + ")>";
-      });
+      .def("__repr__",
+           [](const DecisionView& d) {
+             return "<turnout.Decision " + std::to_string(d.d.id) + " -> " + d.target() + " ($" +
+                    d.d.predicted_cost.to_usd_string() + ")>";
+           })
+      .def_static("_detached", &detached_decision, py::arg("id"), py::arg("scenario"), py::arg("target"),
+                  py::arg("endpoint"), py::arg("fallbacks"), py::arg("reasons"), py::arg("predicted_cost_usd"),
+                  py::arg("reserved_cost_usd"), py::arg("expected_cached_tokens"), py::arg("cache_key"),
+                  py::arg("config_version"), py::arg("at"),
+                  "A Decision the sidecar made, from its reply's fields (turnout.Client reads them by wire name).");
 
   py::class_<Router>(m, "Router", "In-process router: the same decisions the sidecar makes.")
       .def(py::init([](const ConfigHandle& config, std::uint64_t seed, double decision_ttl_s, std::size_t max_pending) {
@@ -718,4 +785,5 @@ PYBIND11_MODULE(_core, m) {
 
   bind_sidecar(m);
   bind_kv(m);
+  bind_protocol(m);
 }

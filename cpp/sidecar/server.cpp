@@ -319,6 +319,7 @@ void pack_decision(MapOut& m, const Config& c, const Decision& d) {
   rs.pack_array(static_cast<std::uint32_t>(reasons.size()));
   for (const auto& r : reasons) pack_str(rs, r);
   m.str("predicted_cost_usd", d.predicted_cost.to_usd_string());
+  m.str("reserved_cost_usd", d.reserved_cost.to_usd_string());
   m.key("expected_cached_tokens").pack(d.expected_cached_tokens);
   if (d.cache_key == 0) {
     m.key("cache_key").pack_nil();

@@ -26,7 +26,7 @@ from turnout._errors import (
 from turnout.prefix import canonical_prompt, prefix_hashes
 from turnout.pricing import Cost, price_usage
 from turnout.router import Router
-from turnout.sidecar import Client, RemoteDecision, SharedCounters, _sidecar_path, attach
+from turnout.sidecar import Client, SharedCounters, _sidecar_path, attach
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -39,7 +39,6 @@ __all__ = [
     "InvalidArgumentError",
     "NoEligibleTargetError",
     "PriceMissingError",
-    "RemoteDecision",
     "Router",
     "SharedCounters",
     "SidecarError",

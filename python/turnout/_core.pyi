@@ -2,10 +2,13 @@
 
 from collections.abc import Sequence
 from decimal import Decimal
+from types import ModuleType
 from typing import Any
 
 __version__: str
 LATENCY_BUCKETS_MS: list[int]
+# The wire protocol's names: VERSION, MAX_MESSAGE_BYTES, OPS, RING_OPS, FIELD, ERROR_CODES.
+protocol: ModuleType
 
 class Config:
     @property
@@ -47,6 +50,21 @@ class Decision:
     @property
     def at(self) -> float: ...
     def to_dict(self) -> dict[str, Any]: ...
+    @staticmethod
+    def _detached(
+        id: int,
+        scenario: str,
+        target: str,
+        endpoint: str | None,
+        fallbacks: list[str],
+        reasons: list[str],
+        predicted_cost_usd: str,
+        reserved_cost_usd: str,
+        expected_cached_tokens: int,
+        cache_key: str | None,
+        config_version: str,
+        at: float,
+    ) -> Decision: ...
 
 class Router:
     def __init__(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from decimal import Decimal
 from importlib import resources
 from typing import Any, NoReturn
@@ -25,10 +26,15 @@ def _example_config() -> str:
     return str(resources.files("turnout") / "examples" / "routing.yaml")
 
 
+# What loading a table can raise: a malformed table, a missing or unreadable file.
+_LOAD_ERRORS = (TurnoutError, OSError)
+
+
 def _load(path: str) -> turnout.Config:
+    """The table at `path`; whatever went wrong is one line on stderr and exit 2."""
     try:
         return turnout.load_config(path)
-    except turnout.ConfigError as e:
+    except _LOAD_ERRORS as e:
         _fail(e, 2)
 
 
@@ -50,8 +56,37 @@ def main() -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-def validate(config: str) -> None:
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print JSON: {"ok": true, "version", "targets", "scenarios", ...} or, exiting 2, '
+    '{"ok": false, "error": {"type", "message"}}.',
+)
+def validate(config: str, as_json: bool) -> None:
     """Validate a routing table (errors name file:line:col)."""
+    if as_json:
+        try:
+            cfg = turnout.load_config(config)
+        except _LOAD_ERRORS as e:
+            _dump(
+                {
+                    "ok": False,
+                    "config": config,
+                    "error": {"type": type(e).__name__, "message": str(e)},
+                }
+            )
+            sys.exit(2)
+        _dump(
+            {
+                "ok": True,
+                "config": cfg.source,
+                "version": cfg.version,
+                "targets": cfg.targets,
+                "scenarios": cfg.scenarios,
+            }
+        )
+        return
     cfg = _load(config)
     console.print(
         f"[green]ok[/] {cfg.source}: {len(cfg.targets)} targets, {len(cfg.scenarios)} scenarios, "
@@ -99,7 +134,10 @@ def _decisions_table(rows: list[dict[str, Any]]) -> Table:
     type=click.IntRange(1, 100_000),
     default=1,
     show_default=True,
-    help="Route this many requests (keys get a numeric suffix when --key is given).",
+    help="Route this many requests, one after another: each is reported as an ok outcome "
+    "before the next, so none stays in flight and the targets show the split the table gives "
+    "(weights, per-key stickiness), not a burst filling the pools. With --key, keys get a "
+    "numeric suffix.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Sticky hashing seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -127,13 +165,29 @@ def route(
                 input_tokens=input_tokens,
                 max_output_tokens=max_output_tokens,
             )
+            # Done before the next one: the count measures the split, not the pools' capacity.
+            router.report(d.id, target=d.target, status="ok")
         except TurnoutError as e:
             _fail(e, 1)
         rows.append({**d.to_dict(), "key": k})
     if as_json:
         _dump(rows if count > 1 else rows[0])
-    else:
-        console.print(_decisions_table(rows))
+        return
+    console.print(_decisions_table(rows))
+    if count > 1:
+        console.print(_split_table(rows))
+
+
+def _split_table(rows: list[dict[str, Any]]) -> Table:
+    """How many of the routed requests went to each target."""
+    split = Counter(r["target"] for r in rows)
+    table = Table(title=f"Split over {len(rows)} requests")
+    table.add_column("target")
+    table.add_column("requests", justify="right")
+    table.add_column("share", justify="right")
+    for target, n in split.most_common():
+        table.add_row(target, str(n), f"{100 * n / len(rows):.1f}%")
+    return table
 
 
 @main.command()
@@ -263,6 +317,14 @@ def serve(
     os.execv(binary, argv)
 
 
+def _client(endpoint: str | None, timeout_ms: int) -> turnout.Client:
+    """A client of the sidecar at `endpoint`; a malformed endpoint is a usage error (exit 2)."""
+    try:
+        return turnout.Client(endpoint, timeout_ms=timeout_ms)
+    except turnout.InvalidArgumentError as e:
+        _fail(e, 2)
+
+
 @main.command()
 @click.option("--endpoint", help="The sidecar's endpoint (default: ipc:// in the runtime dir).")
 @click.option("--timeout-ms", type=click.IntRange(min=1), default=2000, show_default=True)
@@ -270,7 +332,7 @@ def serve(
 def stats(endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
     """Show a running sidecar's counters and breakers (the stats op)."""
     try:
-        with turnout.Client(endpoint, timeout_ms=timeout_ms) as client:
+        with _client(endpoint, timeout_ms) as client:
             reply = client.stats()
     except TurnoutError as e:
         _fail(e, 1)
@@ -340,7 +402,7 @@ def explain(
 ) -> None:
     """Ask a running sidecar what it would decide for SCENARIO now (nothing is committed)."""
     try:
-        with turnout.Client(endpoint, timeout_ms=timeout_ms) as client:
+        with _client(endpoint, timeout_ms) as client:
             d = client.explain(
                 scenario,
                 key=key,

@@ -2,13 +2,19 @@
 its counters, and where its binary lives.
 
 Wire protocol (docs/protocol.md): one msgpack map per message, ``{v: 1, op, id, ...}``; replies
-are ``{v, id, ok: true, ...}`` or ``{v, id, ok: false, error: {code, message}}``.
+are ``{v, id, ok: true, ...}`` or ``{v, id, ok: false, error: {code, message}}``. Every name the
+client puts on the wire comes from ``turnout._core.protocol``.
+
+``Client`` is a facade over three ways to decide, each a small class: ``_SocketTransport`` (the
+ZeroMQ socket: deadline, reset, CURVE), ``_FastTransport`` (the mapped table and this process's
+ring) and ``_LocalFallback`` (an in-process Router for when the sidecar does not answer).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import random
 import shutil
@@ -19,26 +25,58 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from turnout import _core, _errors
+from turnout._core import protocol
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from turnout.router import Router
 
-PROTOCOL_VERSION = 1
+_log = logging.getLogger("turnout")
 
-_ERRORS: dict[str, type[Exception]] = {
-    "config_invalid": _errors.ConfigError,
-    "unknown_scenario": _errors.UnknownScenarioError,
-    "unknown_target": _errors.UnknownTargetError,
-    "no_eligible_target": _errors.NoEligibleTargetError,
-    "budget_exhausted": _errors.BudgetExhaustedError,
-    "invalid_argument": _errors.InvalidArgumentError,
-    "unknown_decision": _errors.UnknownDecisionError,
-    "target_not_allowed": _errors.TargetNotAllowedError,
-    "usage_invalid": _errors.UsageError,
-    "price_missing": _errors.PriceMissingError,
-}
+FIELD = protocol.FIELD  # the wire's field names, from the sidecar's own definition
+
+
+def _ops(*names: str) -> tuple[str, ...]:
+    """The ops this client sends, checked against the protocol's list when the module loads."""
+    unknown = [name for name in names if name not in protocol.OPS]
+    if unknown:
+        raise ImportError(f"turnout._core.protocol has no ops {unknown}")
+    return names
+
+
+_ROUTE, _EXPLAIN, _REPORT, _VERDICT, _STATS, _HEALTH, _RELOAD = _ops(
+    "route", "explain", "report", "verdict", "stats", "health", "reload"
+)
+# The route/explain reply's fields in the order Decision._detached takes them.
+_DECISION_FIELDS = (
+    FIELD.decision_id,
+    FIELD.scenario,
+    FIELD.target,
+    FIELD.endpoint,
+    FIELD.fallbacks,
+    FIELD.reasons,
+    FIELD.predicted_cost_usd,
+    FIELD.reserved_cost_usd,
+    FIELD.expected_cached_tokens,
+    FIELD.cache_key,
+    FIELD.config_version,
+    FIELD.at,
+)
+# The names of the per-call messages, read from FIELD once: a lookup per call would cost more than
+# building the fast path's message.
+_V, _OP, _ID, _OK = FIELD.v, FIELD.op, FIELD.id, FIELD.ok
+_DECISION_ID, _TARGET, _STATUS, _NOW = FIELD.decision_id, FIELD.target, FIELD.status, FIELD.now
+_USAGE, _TTFT_MS, _LATENCY_MS, _ACCEPTED = (
+    FIELD.usage,
+    FIELD.ttft_ms,
+    FIELD.latency_ms,
+    FIELD.accepted,
+)
+_VERSION = protocol.VERSION
+_ENVELOPE = frozenset((_V, _ID, _OK))
+# What a re-sent report gets when its decision died with a previous sidecar (expected, not logged).
+_DIED_WITH_THE_SIDECAR = (_errors.UnknownDecisionError, _errors.TargetNotAllowedError)
 
 
 def _sidecar_path() -> str:
@@ -67,72 +105,101 @@ def default_shm_name() -> str:
     return f"turnout-{os.getuid()}"
 
 
-def _raise(error: dict[str, Any]) -> None:
-    code = str(error.get("code", ""))
-    message = str(error.get("message", ""))
+_ERRORS: dict[str, type[_errors.TurnoutError]] = {
+    "config_invalid": _errors.ConfigError,
+    "unknown_scenario": _errors.UnknownScenarioError,
+    "unknown_target": _errors.UnknownTargetError,
+    "no_eligible_target": _errors.NoEligibleTargetError,
+    "budget_exhausted": _errors.BudgetExhaustedError,
+    "invalid_argument": _errors.InvalidArgumentError,
+    "unknown_decision": _errors.UnknownDecisionError,
+    "target_not_allowed": _errors.TargetNotAllowedError,
+    "usage_invalid": _errors.UsageError,
+    "price_missing": _errors.PriceMissingError,
+}
+
+
+def _error_for(code: str, message: str) -> _errors.TurnoutError:
+    """The exception of a wire error reply (the one place the client maps codes to classes;
+    to be replaced by ``turnout._errors.error_for``)."""
     cls = _ERRORS.get(code)
-    if cls is None:
-        raise _errors.SidecarError(message, code)
-    raise cls(message)
+    return _errors.SidecarError(message, code) if cls is None else cls(message)
 
 
-class RemoteDecision:
-    """A decision the sidecar made: the same attributes as :class:`turnout.Decision`."""
-
-    __slots__ = (
-        "at",
-        "cache_key",
-        "config_version",
-        "endpoint",
-        "expected_cached_tokens",
-        "fallbacks",
-        "id",
-        "predicted_cost_usd",
-        "reasons",
-        "scenario",
-        "target",
-    )
-
-    def __init__(self, reply: dict[str, Any]) -> None:
-        self.id: int = reply["decision_id"]
-        self.scenario: str = reply["scenario"]
-        self.target: str = reply["target"]
-        self.endpoint: str | None = reply["endpoint"]
-        self.fallbacks: list[str] = list(reply["fallbacks"])
-        self.reasons: list[str] = list(reply["reasons"])
-        self.predicted_cost_usd = Decimal(reply["predicted_cost_usd"])
-        self.expected_cached_tokens: int = reply["expected_cached_tokens"]
-        self.cache_key: str | None = reply["cache_key"]
-        self.config_version: str = reply["config_version"]
-        self.at: float = reply["at"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "id",
-                "scenario",
-                "target",
-                "endpoint",
-                "fallbacks",
-                "reasons",
-                "predicted_cost_usd",
-                "expected_cached_tokens",
-                "cache_key",
-                "config_version",
-            )
-        }
-
-    def __repr__(self) -> str:
-        cost = self.predicted_cost_usd
-        return f"<turnout.RemoteDecision {self.id} -> {self.target} (${cost})>"
+def _reply_error(reply: dict[str, Any]) -> _errors.TurnoutError:
+    error = reply.get(FIELD.error) or {}
+    return _error_for(str(error.get(FIELD.code, "")), str(error.get(FIELD.message, "")))
 
 
-def _drop_fast_path(ref: weakref.ref[Client]) -> None:
-    client = ref()
-    if client is not None:
-        client._fast = None
-        client.fast_path_error = "forked: this process has no ring of its own"
+def _fields(reply: dict[str, Any]) -> dict[str, Any]:
+    """A reply's fields without its envelope (v, id, ok)."""
+    return {k: v for k, v in reply.items() if k not in _ENVELOPE}
+
+
+def _decision(reply: dict[str, Any]) -> _core.Decision:
+    """The Decision of a route/explain reply: the same type (and attributes) as Router.route's."""
+    try:
+        return _core.Decision._detached(*[reply[name] for name in _DECISION_FIELDS])
+    except KeyError as e:
+        raise _errors.SidecarError(f"the sidecar's decision reply has no field {e}") from None
+    except TypeError:
+        names = ", ".join(f"{name}={reply[name]!r:.40}" for name in _DECISION_FIELDS)
+        raise _errors.SidecarError(
+            f"the sidecar's decision reply has a mistyped field: {names}"
+        ) from None
+    except _errors.InvalidArgumentError as e:
+        raise _errors.SidecarError(f"the sidecar's decision reply is malformed: {e}") from None
+
+
+def _decide_message(
+    op: str,
+    scenario: str,
+    key: str | None,
+    data_class: str | None,
+    input_tokens: int | None,
+    max_output_tokens: int | None,
+    token_ids: Any,
+    text: str | None,
+    now: float | None,
+) -> dict[str, Any]:
+    """A route or explain request's wire message; optional fields only when given."""
+    msg: dict[str, Any] = {_OP: op, FIELD.scenario: scenario}
+    for name, value in (
+        (FIELD.key, key),
+        (FIELD.data_class, data_class),
+        (FIELD.input_tokens, input_tokens),
+        (FIELD.max_output_tokens, max_output_tokens),
+        (FIELD.text, text),
+        (_NOW, now),
+    ):
+        if value is not None:
+            msg[name] = value
+    if token_ids is not None:
+        msg[FIELD.token_ids] = [int(t) for t in token_ids]  # numpy arrays too
+    return msg
+
+
+def _report_message(
+    decision_id: int,
+    target: str,
+    status: str,
+    now: float,
+    usage: dict[str, Any] | None,
+    ttft_ms: float | None,
+    latency_ms: float | None,
+    accepted: bool | None,
+) -> dict[str, Any]:
+    """A report's wire message; optional fields only when given."""
+    msg = {_OP: _REPORT, _DECISION_ID: decision_id, _TARGET: target, _STATUS: status, _NOW: now}
+    if usage is not None:
+        msg[_USAGE] = usage
+    if ttft_ms is not None:
+        msg[_TTFT_MS] = ttft_ms
+    if latency_ms is not None:
+        msg[_LATENCY_MS] = latency_ms
+    if accepted is not None:
+        msg[_ACCEPTED] = accepted
+    return msg
 
 
 def _z85(key: str | bytes, name: str) -> bytes:
@@ -142,9 +209,222 @@ def _z85(key: str | bytes, name: str) -> bytes:
     return raw
 
 
+class _SocketTransport:
+    """The sidecar's ZeroMQ socket: one DEALER, a deadline per call, a fresh socket after a call
+    that timed out (lazy pirate), CURVE when keys are given. After a failure it reports itself
+    unavailable for ``retry_after_s`` so callers do not wait on a sidecar that is down."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_ms: int,
+        retry_after_s: float,
+        curve: tuple[bytes, bytes, bytes] | None,
+    ) -> None:
+        import zmq
+
+        self._zmq = zmq
+        self.endpoint = endpoint
+        self.timeout_ms = timeout_ms
+        self.retry_after_s = retry_after_s
+        self._curve = curve
+        self._ids = itertools.count(random.getrandbits(31))
+        self._down_until = 0.0
+        self._ctx = zmq.Context()
+        self._sock: Any = None
+        try:
+            self._connect()
+        except zmq.ZMQError as e:
+            self.close()
+            raise _errors.InvalidArgumentError(
+                f"malformed endpoint '{endpoint}' ({zmq.strerror(e.errno)}): "
+                "expected ipc://PATH or tcp://HOST:PORT"
+            ) from None
+
+    def _connect(self) -> None:
+        zmq = self._zmq
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for a peer that is not there
+        if self._curve is not None:
+            server, public, secret = self._curve
+            sock.curve_serverkey = server
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        self._sock = sock
+
+    def _reset(self) -> None:
+        # A timed-out socket may still deliver stale requests later: start afresh.
+        self._sock.close(linger=0)
+        self._connect()
+        self._down_until = time.monotonic() + self.retry_after_s
+
+    @property
+    def available(self) -> bool:
+        """False for ``retry_after_s`` after a call got no answer."""
+        return time.monotonic() >= self._down_until
+
+    def call(self, msg: dict[str, Any], timeout_ms: int | None = None) -> dict[str, Any] | None:
+        """Sends one request and waits for its reply; None if the sidecar did not answer in time."""
+        import msgpack
+
+        zmq = self._zmq
+        msg[_V] = _VERSION
+        msg[_ID] = rid = next(self._ids)
+        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000.0
+        payload = msgpack.packb(msg, use_bin_type=True)
+        while True:
+            try:
+                self._sock.send(payload, zmq.NOBLOCK)
+                break
+            except zmq.Again:  # not connected (yet): wait for the connection within the deadline
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._sock.poll(max(1, int(left * 1000)), zmq.POLLOUT):
+                    self._down_until = time.monotonic() + self.retry_after_s
+                    return None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._reset()
+                return None
+            # A receive timeout instead of a poll: no Poller object per call on the hot path.
+            self._sock.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)))
+            try:
+                data = self._sock.recv()
+            except zmq.Again:
+                self._reset()
+                return None
+            try:
+                reply = msgpack.unpackb(data, raw=False)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and reply.get(_ID) == rid:
+                return reply
+            # a late reply to an earlier request that timed out: drop it
+
+    def why_not(self, timeout_ms: int | None = None) -> str:
+        """Why nothing answered, in words a user can act on."""
+        path = self.endpoint.removeprefix("ipc://")
+        if path != self.endpoint and not os.path.exists(path):
+            return (
+                f"nothing listens at {self.endpoint} (no such socket file): is the sidecar running?"
+            )
+        waited = timeout_ms or self.timeout_ms
+        return f"no answer from the sidecar at {self.endpoint} within {waited} ms"
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self._ctx.term()
+
+
+class _FastTransport:
+    """The fast path: the sidecar's table, live state and cache directory mapped from shared
+    memory, and this process's ring. ``route`` is the binding's own method (no Python layer on
+    the hot path); it raises SidecarUnavailableError when the ring is full or no table is mapped."""
+
+    def __init__(self, mapped: _core.FastPath) -> None:
+        self.mapped = mapped
+        self.route = mapped.route
+
+    @staticmethod
+    def owns(decision_id: int) -> bool:
+        """Whether a decision came from a fast path (its id has the top bit set)."""
+        return decision_id >> 63 == 1
+
+    def receipt(
+        self,
+        decision_id: int,
+        target: str,
+        status: str,
+        now: float,
+        usage: dict[str, Any] | None,
+        ttft_ms: float | None,
+        latency_ms: float | None,
+        accepted: bool | None,
+    ) -> dict[str, Any] | None:
+        """The receipt of a fast-path decision's report, priced here; None when this client no
+        longer remembers the decision (the sidecar still applies the report)."""
+        try:
+            return self.mapped.receipt(
+                decision_id,
+                target=target,
+                status=status,
+                usage=usage,
+                ttft_ms=ttft_ms,
+                latency_ms=latency_ms,
+                accepted=accepted,
+                now=now,
+            )
+        except _errors.UnknownDecisionError:
+            return None
+
+    def post(self, msg: dict[str, Any]) -> bool:
+        """Posts a report or verdict to this process's ring (False: full, use the socket)."""
+        import msgpack
+
+        msg[_V] = _VERSION
+        return self.mapped.post(msgpack.packb(msg, use_bin_type=True))
+
+    @property
+    def config(self) -> _core.Config | None:
+        """The table mapped last (None before the first)."""
+        return self.mapped.config
+
+
+class _LocalFallback:
+    """The in-process Router that decides when the sidecar does not answer: built from the
+    client's ``config``, else (lazily) from the last table the fast path mapped. Reports and
+    verdicts of its decisions stay here."""
+
+    def __init__(self, config: _core.Config | None, seed: int) -> None:
+        self._seed = seed
+        self.router: Router | None = None
+        self._last_id = 0
+        if config is not None:
+            self._build(config)
+
+    def _build(self, config: _core.Config) -> None:
+        from turnout.router import Router
+
+        self.router = Router(config, seed=self._seed)
+
+    def ready(self, mapped: _core.Config | None) -> bool:
+        """Whether it can decide (building the Router from the mapped table if need be)."""
+        if self.router is None and mapped is not None:
+            self._build(mapped)
+        return self.router is not None
+
+    def route(self, scenario: str, **kwargs: Any) -> _core.Decision:
+        assert self.router is not None
+        d = self.router.route(scenario, **kwargs)
+        self._last_id = d.id
+        return d
+
+    def owns(self, decision_id: int) -> bool:
+        """Whether this Router made the decision. Its ids count up from 1; the sidecar's start at
+        its generation << 40 and the fast path's at 1 << 63, so they are all above the last local
+        one."""
+        return self.router is not None and 0 < decision_id <= self._last_id
+
+
+def _drop_fast_path(ref: weakref.ref[Client]) -> None:
+    client = ref()
+    if client is not None:
+        client._fast = None
+        client.fast_path_error = "forked: this process has no ring of its own"
+
+
 class Client:
     """Routes through a local ``turnout-sidecar`` with the same ``route``/``report``/``verdict``
-    signatures as :class:`turnout.Router`.
+    signatures as :class:`turnout.Router`, and the same :class:`turnout.Decision` whichever way
+    the decision was made: by the sidecar through its socket, by the fast path, or locally.
 
     Every call waits at most ``timeout_ms`` for the sidecar. The fallback is fixed up front: if
     ``config`` (a path or a :class:`turnout.Config`) is given, the client builds its own
@@ -152,13 +432,16 @@ class Client:
     (or is down) is decided locally by that Router — the same decide code, with this process's own
     state; such decisions have ids below 2**40 and their reports stay local. Without ``config`` a
     route that gets no answer raises :class:`turnout.SidecarUnavailableError`. After a failure
-    the client goes local for ``retry_after_s`` before trying the sidecar again.
+    the client goes local for ``retry_after_s`` before trying the sidecar again. The first local
+    decision of an outage logs a warning on the ``turnout`` logger (one per outage, not one per
+    request); :meth:`counters` and :attr:`local_decisions` count them.
 
     A report the sidecar does not acknowledge is kept in a queue and re-sent (before the next
     request, or by :meth:`flush`); reports are idempotent per (decision id, target), so a re-sent
     report that did arrive the first time changes nothing. ``report`` returns the sidecar's receipt,
-    or None when the report was queued. Reports the restarted sidecar no longer knows (their
-    decision died with the old process) are dropped and counted in ``dropped_reports``.
+    or None when the report was queued. A re-sent report the sidecar refuses (most often: its
+    decision died with a previous sidecar process) is dropped, logged and counted in
+    ``dropped_reports``.
 
     With ``shm`` (the sidecar's ``--shm`` name) the client also maps the sidecar's table, live
     state and cache directory from shared memory and takes the **fast path**: ``route`` decides
@@ -191,122 +474,86 @@ class Client:
         curve_server_key: str | bytes | None = None,
         curve_secret_key: str | bytes | None = None,
     ) -> None:
-        import zmq
-
         if timeout_ms <= 0:
             raise _errors.InvalidArgumentError("timeout_ms must be positive")
-        self.endpoint = endpoint or default_endpoint()
-        self.timeout_ms = timeout_ms
-        self.retry_after_s = retry_after_s
-        self._zmq = zmq
         if (curve_server_key is None) != (curve_secret_key is None):
             raise _errors.InvalidArgumentError(
                 "give both curve_server_key and curve_secret_key, or neither"
             )
-        self._curve: tuple[bytes, bytes, bytes] | None = None
+        curve: tuple[bytes, bytes, bytes] | None = None
         if curve_server_key is not None and curve_secret_key is not None:
+            import zmq
+
             server = _z85(curve_server_key, "curve_server_key")
             secret = _z85(curve_secret_key, "curve_secret_key")
-            self._curve = (server, zmq.curve_public(secret), secret)
-        self._ctx = zmq.Context()
-        self._sock: Any = None
-        self._ids = itertools.count(random.getrandbits(31))
+            curve = (server, zmq.curve_public(secret), secret)
+        if config is not None and not isinstance(config, _core.Config):
+            from turnout import load_config
+
+            config = load_config(config)
+        self._local = _LocalFallback(config, seed)
+        self._socket = _SocketTransport(
+            endpoint or default_endpoint(), timeout_ms, retry_after_s, curve
+        )
         self._unacked: collections.deque[dict[str, Any]] = collections.deque()
-        self._down_until = 0.0
-        self._local_ids: set[int] = set()
-        self.local_decisions = 0
         self.dropped_reports = 0
-        self._fallback: Router | None = None
-        self._seed = seed
-        self.fast_decisions = 0
-        self._fast: _core.FastPath | None = None
+        self._socket_decisions = 0
+        self._fast_decisions = 0
+        self._local_decisions = 0
+        self._outages = 0
+        self._in_outage = False
+        self._fast: _FastTransport | None = None
         self.fast_path_error: str | None = None
         if shm is not None:
             try:
-                self._fast = _core.attach_fast_path(shm)
+                self._fast = _FastTransport(_core.attach_fast_path(shm))
             except _errors.TurnoutError as e:  # no sidecar yet, or every ring taken: the socket
                 self.fast_path_error = str(e)
             else:
                 # A forked child must not write into its parent's ring: it goes through the socket.
                 me = weakref.ref(self)
                 os.register_at_fork(after_in_child=lambda: _drop_fast_path(me))
-        if config is not None:
-            from turnout import load_config
-            from turnout.router import Router
 
-            cfg = config if isinstance(config, _core.Config) else load_config(config)
-            self._fallback = Router(cfg, seed=seed)
-        self._connect()
+    @property
+    def endpoint(self) -> str:
+        return self._socket.endpoint
 
-    # -- socket -------------------------------------------------------------------------------
+    @property
+    def timeout_ms(self) -> int:
+        return self._socket.timeout_ms
 
-    def _connect(self) -> None:
-        zmq = self._zmq
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for a peer that is not there
-        if self._curve is not None:
-            server, public, secret = self._curve
-            self._sock.curve_serverkey = server
-            self._sock.curve_publickey = public
-            self._sock.curve_secretkey = secret
-        self._sock.connect(self.endpoint)
+    @property
+    def retry_after_s(self) -> float:
+        return self._socket.retry_after_s
 
-    def _reset(self) -> None:
-        # Lazy pirate: a timed-out socket may still deliver stale requests later; start afresh.
-        self._sock.close(linger=0)
-        self._connect()
-        self._down_until = time.monotonic() + self.retry_after_s
+    # -- one request through the socket --------------------------------------------------------
 
-    def _call(self, msg: dict[str, Any], timeout_ms: int | None = None) -> dict[str, Any] | None:
-        """Sends one request and waits for its reply; None if the sidecar did not answer in time."""
-        import msgpack
+    def _call(
+        self, msg: dict[str, Any], timeout_ms: int | None = None, *, even_if_down: bool = False
+    ) -> dict[str, Any] | None:
+        """The socket's reply; None when it did not answer, or (unless ``even_if_down``) did not
+        answer lately."""
+        if not even_if_down and not self._socket.available:
+            return None
+        reply = self._socket.call(msg, timeout_ms)
+        if reply is not None and self._in_outage:
+            self._in_outage = False
+            _log.info("turnout: the sidecar at %s answers again", self.endpoint)
+        return reply
 
-        zmq = self._zmq
-        msg["v"] = PROTOCOL_VERSION
-        msg["id"] = rid = next(self._ids)
-        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000.0
-        payload = msgpack.packb(msg, use_bin_type=True)
-        while True:
-            try:
-                self._sock.send(payload, zmq.NOBLOCK)
-                break
-            except zmq.Again:  # not connected (yet): wait for the connection within the deadline
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._sock.poll(max(1, int(left * 1000)), zmq.POLLOUT):
-                    self._down_until = time.monotonic() + self.retry_after_s
-                    return None
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self._reset()
-                return None
-            # A receive timeout instead of a poll: no Poller object per call on the hot path.
-            self._sock.setsockopt(zmq.RCVTIMEO, max(1, int(left * 1000)))
-            try:
-                data = self._sock.recv()
-            except zmq.Again:
-                self._reset()
-                return None
-            try:
-                reply = msgpack.unpackb(data, raw=False)
-            except ValueError:
-                continue
-            if isinstance(reply, dict) and reply.get("id") == rid:
-                return reply
-            # a late reply to an earlier request that timed out: drop it
-
-    def _available(self) -> bool:
-        return time.monotonic() >= self._down_until
+    def _ask(self, msg: dict[str, Any], timeout_ms: int | None = None) -> dict[str, Any]:
+        """The reply to one request (even while the sidecar looks down); raises on an error
+        reply or when nothing answered."""
+        reply = self._call(msg, timeout_ms, even_if_down=True)
+        if reply is None:
+            raise _errors.SidecarUnavailableError(self._socket.why_not(timeout_ms))
+        if not reply.get(_OK):
+            raise _reply_error(reply)
+        return reply
 
     def request(self, op: str, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
         """Sends any op and returns the reply's fields; raises on an error reply or a timeout."""
-        reply = self._call({"op": op, **fields}, timeout_ms)
-        if reply is None:
-            raise _errors.SidecarUnavailableError(f"no answer from the sidecar at {self.endpoint}")
-        if not reply.get("ok"):
-            _raise(reply.get("error") or {})
-        return {k: v for k, v in reply.items() if k not in ("v", "id", "ok")}
+        return _fields(self._ask({_OP: op, **fields}, timeout_ms))
 
     # -- Router's signatures ------------------------------------------------------------------
 
@@ -321,14 +568,16 @@ class Client:
         token_ids: Any = None,
         text: str | None = None,
         now: float | None = None,
-    ) -> RemoteDecision | _core.Decision:
+    ) -> _core.Decision:
         """Decides where a request goes (the fast path, the sidecar, or the local fallback)."""
-        if self._fast is not None:
-            if self._unacked and self._available():
-                self.flush()  # what the socket could not take before
+        if self._unacked and self._socket.available:
+            self.flush()  # what the socket could not take before
+        fast = self._fast
+        fast_refused = None
+        if fast is not None:
             try:
                 # Keywords spelled out: the hot path builds no dict (measured: a third of its cost).
-                d = self._fast.route(
+                d = fast.route(
                     scenario,
                     key=key,
                     data_class=data_class,
@@ -338,52 +587,64 @@ class Client:
                     text=text,
                     now=now,
                 )
-                self.fast_decisions += 1
+            except _errors.SidecarUnavailableError as e:
+                fast_refused = e  # the ring is full or no table is mapped: through the socket
+            else:
+                self._fast_decisions += 1
                 return d
-            except _errors.SidecarUnavailableError:
-                pass  # the ring is full: through the socket
-        fields: dict[str, Any] = {
-            "key": key,
-            "data_class": data_class,
-            "input_tokens": input_tokens,
-            "max_output_tokens": max_output_tokens,
-            "token_ids": token_ids,
-            "text": text,
-            "now": now,
-        }
-        if self._unacked and self._available():
-            self.flush()
-        msg: dict[str, Any] = {"op": "route", "scenario": scenario}
-        msg.update((name, value) for name, value in fields.items() if value is not None)
-        if token_ids is not None:
-            msg["token_ids"] = [int(t) for t in token_ids]
-        reply = self._call(msg) if self._available() else None
+        request = (key, data_class, input_tokens, max_output_tokens, token_ids, text, now)
+        reply = self._call(_decide_message(_ROUTE, scenario, *request))
         if reply is None:
-            return self._local_route(scenario, **fields)
-        if not reply.get("ok"):
-            _raise(reply.get("error") or {})
-        return RemoteDecision(reply)
-
-    def _local_route(self, scenario: str, **kwargs: Any) -> _core.Decision:
-        if self._fallback is None and self._fast is not None and self._fast.config is not None:
-            from turnout.router import Router
-
-            self._fallback = Router(self._fast.config, seed=self._seed)  # the last mapped table
-        if self._fallback is None:
-            raise _errors.SidecarUnavailableError(
-                f"no answer from the sidecar at {self.endpoint} within {self.timeout_ms} ms "
-                "and no fallback config"
+            return self._route_locally(
+                fast_refused,
+                scenario,
+                key=key,
+                data_class=data_class,
+                input_tokens=input_tokens,
+                max_output_tokens=max_output_tokens,
+                token_ids=token_ids,
+                text=text,
+                now=now,
             )
-        d = self._fallback.route(scenario, **kwargs)
-        self._local_ids.add(d.id)
-        self.local_decisions += 1
+        if not reply.get(_OK):
+            raise _reply_error(reply)
+        self._socket_decisions += 1
+        return _decision(reply)
+
+    def _route_locally(
+        self, fast_refused: Exception | None, scenario: str, **kwargs: Any
+    ) -> _core.Decision:
+        why = self._socket.why_not()
+        if fast_refused is not None:
+            why = f"the fast path refused ({fast_refused}) and {why}"
+        mapped = self._fast.config if self._fast is not None else None
+        if not self._local.ready(mapped):
+            raise _errors.SidecarUnavailableError(f"{why}, and no fallback config")
+        d = self._local.route(scenario, **kwargs)
+        if not self._in_outage:
+            self._in_outage = True
+            self._outages += 1
+            _log.warning(
+                "turnout: %s; deciding locally (this process's own state) until it answers", why
+            )
+        self._local_decisions += 1
         return d
 
-    def explain(self, scenario: str, **kwargs: Any) -> RemoteDecision:
+    def explain(
+        self,
+        scenario: str,
+        *,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+        max_output_tokens: int | None = None,
+        token_ids: Any = None,
+        text: str | None = None,
+        now: float | None = None,
+    ) -> _core.Decision:
         """What the sidecar's route() would decide now, without committing anything."""
-        fields = {k: v for k, v in kwargs.items() if v is not None}
-        reply = self.request("explain", scenario=scenario, **fields)
-        return RemoteDecision(reply)
+        request = (key, data_class, input_tokens, max_output_tokens, token_ids, text, now)
+        return _decision(self._ask(_decide_message(_EXPLAIN, scenario, *request)))
 
     def report(
         self,
@@ -398,8 +659,9 @@ class Client:
         now: float | None = None,
     ) -> dict[str, Any] | None:
         """Accounts an outcome. Returns the receipt, or None if it was queued for re-sending."""
-        if decision_id in self._local_ids and self._fallback is not None:
-            return self._fallback.report(
+        if self._local.owns(decision_id):
+            assert self._local.router is not None
+            return self._local.router.report(
                 decision_id,
                 target=target,
                 status=status,
@@ -409,78 +671,49 @@ class Client:
                 accepted=accepted,
                 now=now,
             )
-        msg: dict[str, Any] = {
-            "op": "report",
-            "decision_id": decision_id,
-            "target": target,
-            "status": status,
-            "now": time.time() if now is None else now,  # fixed now: a re-send is the same report
-        }
-        for name, value in (
-            ("usage", usage),
-            ("ttft_ms", ttft_ms),
-            ("latency_ms", latency_ms),
-            ("accepted", accepted),
-        ):
-            if value is not None:
-                msg[name] = value
-        if self._fast is not None and decision_id >> 63:
-            receipt = self._fast_receipt(msg)
-            if self._post(msg):
+        if now is None:
+            now = time.time()  # fixed here: a re-sent report is the same report
+        outcome = (decision_id, target, status, now, usage, ttft_ms, latency_ms, accepted)
+        msg = _report_message(*outcome)
+        fast = self._fast
+        if fast is not None and fast.owns(decision_id):
+            receipt = fast.receipt(*outcome)
+            if fast.post(msg):
                 return receipt
-        if self._unacked and self._available():
-            self.flush()
-        reply = self._call(dict(msg)) if self._available() else None
+        reply = self._send_or_queue(msg)
         if reply is None:
-            self._unacked.append(msg)
             return None
-        if not reply.get("ok"):
-            _raise(reply.get("error") or {})
-        reply["cost_usd"] = Decimal(reply["cost_usd"])
-        return {k: v for k, v in reply.items() if k not in ("v", "id", "ok")}
+        reply[FIELD.cost_usd] = Decimal(reply[FIELD.cost_usd])
+        return _fields(reply)
 
     def verdict(self, decision_id: int, accepted: bool, *, now: float | None = None) -> None:
         """Records the quality verdict of a decision (queued like a report if unacknowledged)."""
-        if decision_id in self._local_ids and self._fallback is not None:
-            self._fallback.verdict(decision_id, accepted, now=now)
+        if self._local.owns(decision_id):
+            assert self._local.router is not None
+            self._local.router.verdict(decision_id, accepted, now=now)
             return
         msg = {
-            "op": "verdict",
-            "decision_id": decision_id,
-            "accepted": accepted,
-            "now": time.time() if now is None else now,
+            _OP: _VERDICT,
+            _DECISION_ID: decision_id,
+            _ACCEPTED: accepted,
+            _NOW: time.time() if now is None else now,
         }
-        if self._fast is not None and decision_id >> 63 and self._post(msg):
+        if self._fast is not None and self._fast.owns(decision_id) and self._fast.post(msg):
             return
-        reply = self._call(dict(msg)) if self._available() else None
+        self._send_or_queue(msg)
+
+    def _send_or_queue(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """Sends a report or verdict; queues it for re-sending when the sidecar does not answer
+        (None), raises on an error reply."""
+        if self._unacked and self._socket.available:
+            self.flush()
+        reply = self._call(dict(msg))
         if reply is None:
             self._unacked.append(msg)
-            return
-        if not reply.get("ok"):
-            _raise(reply.get("error") or {})
-
-    def _fast_receipt(self, msg: dict[str, Any]) -> dict[str, Any] | None:
-        """The receipt of a fast-path decision's report, priced here; None when this client no
-        longer remembers the decision (the sidecar still applies the report)."""
-        assert self._fast is not None
-        fields = {k: msg[k] for k in ("usage", "ttft_ms", "latency_ms", "accepted") if k in msg}
-        try:
-            return self._fast.receipt(
-                msg["decision_id"],
-                target=msg["target"],
-                status=msg["status"],
-                now=msg["now"],
-                **fields,
-            )
-        except _errors.UnknownDecisionError:
             return None
-
-    def _post(self, msg: dict[str, Any]) -> bool:
-        """Posts a report or verdict to this process's ring (False: full, use the socket)."""
-        import msgpack
-
-        assert self._fast is not None
-        return self._fast.post(msgpack.packb({"v": PROTOCOL_VERSION, **msg}, use_bin_type=True))
+        if not reply.get(_OK):
+            raise _reply_error(reply)
+        return reply
 
     @property
     def fast_path(self) -> bool:
@@ -492,39 +725,60 @@ class Client:
         """Reports and verdicts waiting to be re-sent."""
         return len(self._unacked)
 
+    @property
+    def local_decisions(self) -> int:
+        """Routes decided by the local fallback Router (the sidecar did not answer)."""
+        return self._local_decisions
+
+    @property
+    def fast_decisions(self) -> int:
+        """Routes decided by the fast path."""
+        return self._fast_decisions
+
+    def counters(self) -> dict[str, int]:
+        """How this client's routes were decided: ``socket`` (by the sidecar), ``fast_path``,
+        ``local`` (the fallback Router), and ``outages`` (runs of local decisions, one warning
+        each)."""
+        return {
+            "socket": self._socket_decisions,
+            "fast_path": self._fast_decisions,
+            "local": self._local_decisions,
+            "outages": self._outages,
+        }
+
     def flush(self, timeout_ms: int | None = None) -> int:
         """Re-sends queued reports; returns how many are still queued."""
         while self._unacked:
             msg = self._unacked[0]
-            reply = self._call(dict(msg), timeout_ms)
+            reply = self._call(dict(msg), timeout_ms, even_if_down=True)
             if reply is None:
                 break
             self._unacked.popleft()
-            if not reply.get("ok"):
-                code = (reply.get("error") or {}).get("code")
-                if code in ("unknown_decision", "target_not_allowed"):
-                    self.dropped_reports += 1  # its decision died with a previous sidecar
+            if not reply.get(_OK):
+                self.dropped_reports += 1
+                error = _reply_error(reply)
+                if not isinstance(error, _DIED_WITH_THE_SIDECAR):
+                    _log.warning("turnout: the sidecar refused a re-sent %s: %s", msg[_OP], error)
         return len(self._unacked)
 
     # -- the sidecar's own ops ----------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        return self.request("stats")
+        """The sidecar's ledger, breakers and fast-path figures (the stats op)."""
+        return self.request(_STATS)
 
     def health(self) -> dict[str, Any]:
-        return self.request("health")
+        """Whether the sidecar serves, its pid and config version (the health op)."""
+        return self.request(_HEALTH)
 
     def reload(self, timeout_ms: int | None = 5000) -> dict[str, Any]:
         """Asks the sidecar to re-read its config; raises ConfigError (file:line:col) if it is
         invalid, in which case the sidecar keeps serving the old table."""
-        return self.request("reload", timeout_ms=timeout_ms)
+        return self.request(_RELOAD, timeout_ms=timeout_ms)
 
     def close(self) -> None:
         self._fast = None  # frees the ring (what is in it is still applied)
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        self._ctx.term()
+        self._socket.close()
 
     def __enter__(self) -> Client:
         return self

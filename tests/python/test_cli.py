@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -11,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import turnout
 from support import config_text
 from turnout._demo import REQUESTS, provider_usage
+from turnout.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -74,10 +80,77 @@ def test_validate_bad_config(tmp_path: Path) -> None:
     )
 
 
-def test_validate_missing_file(tmp_path: Path) -> None:
-    result = run("validate", tmp_path / "absent.yaml")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["validate"],
+        ["route", "-s", "agent-assist"],
+        ["cost", "-t", "claude-sonnet-4", "--usage", REPO / "examples" / "usage.json"],
+        ["demo", "--config"],
+    ],
+)
+def test_a_missing_config_is_one_line_naming_the_file(tmp_path: Path, command: list[Any]) -> None:
+    absent = tmp_path / "absent.yaml"
+    args = [*command, absent] if command[-1] == "--config" else [command[0], absent, *command[1:]]
+    result = run(*args)
     assert result.returncode == 2
-    assert f"{tmp_path / 'absent.yaml'}:1:1: cannot read the file" in one_line(result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert str(absent) in lines[0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError(2, "No such file or directory", "/nowhere/routing.yaml"),
+        PermissionError(13, "Permission denied", "/root/routing.yaml"),
+        turnout.ConfigError("/nowhere/routing.yaml:1:1: not found (No such file or directory)"),
+        turnout.TurnoutError("/nowhere/routing.yaml: not found (No such file or directory)"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_whatever_load_config_raises_is_one_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def fail(path: object) -> turnout.Config:
+        raise error
+
+    monkeypatch.setattr(turnout, "load_config", fail)
+    for args in (["validate", "r.yaml"], ["validate", "r.yaml", "--json"]):
+        result = CliRunner().invoke(cli_main, args)
+        assert result.exit_code == 2, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        if "--json" in args:
+            assert json.loads(result.stdout)["error"] == {
+                "type": type(error).__name__,
+                "message": str(error),
+            }
+        else:
+            assert result.stderr.splitlines() == [f"error: {error}"]
+
+
+def test_validate_json(example_path: Path, example_config: turnout.Config, tmp_path: Path) -> None:
+    result = run("validate", example_path, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "ok": True,
+        "config": str(example_path),
+        "version": example_config.version,
+        "targets": example_config.targets,
+        "scenarios": example_config.scenarios,
+    }
+    bad = tmp_path / "routing.yaml"
+    bad.write_text(config_text(targets={"mini": {"context_window": "lots"}}), encoding="utf-8")
+    result = run("validate", bad, "--json")
+    assert result.returncode == 2
+    assert result.stderr == ""
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["config"] == str(bad)
+    assert report["error"]["type"] == "ConfigError"
+    assert report["error"]["message"].startswith(f"{bad}:10:21: target 'mini'.context_window")
 
 
 def test_errors_are_printed_on_one_line(tmp_path: Path) -> None:
@@ -128,12 +201,34 @@ def test_route_count(example_path: Path) -> None:
     decisions = json.loads(result.stdout)
     assert [d["key"] for d in decisions] == ["c-0", "c-1", "c-2"]
     assert [d["id"] for d in decisions] == [1, 2, 3]
-    # in-flight decisions alternate between the two replicas
-    assert [d["endpoint"] for d in decisions] == [
-        "http://127.0.0.1:8001",
-        "http://127.0.0.1:8002",
-        "http://127.0.0.1:8001",
-    ]
+    # each is done before the next: both replicas are idle every time, so the same one is picked
+    assert len({d["endpoint"] for d in decisions}) == 1
+    assert all("least_loaded" in " ".join(d["reasons"]) for d in decisions)
+
+
+def test_route_count_gives_the_split_of_the_table(example_path: Path) -> None:
+    # support-summarization routes 90% to llama-70b and 10% to gpt-4.1-mini, with a spillover to
+    # gpt-4.1-mini once llama-70b's two replicas hold 90% of their 2 x 64 slots. Held in flight,
+    # 2000 requests would fill the pool after ~115 and spill the rest: the split turned around.
+    n = 2000
+    result = run(
+        "route", example_path, "-s", "support-summarization", "--key", "ticket",
+        "--count", str(n), "--seed", "7", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    decisions = json.loads(result.stdout)
+    assert len(decisions) == n
+    assert not any("spillover" in r for d in decisions for r in d["reasons"])
+    on_pool = sum(d["target"] == "llama-70b" for d in decisions)
+    assert on_pool + sum(d["target"] == "gpt-4.1-mini" for d in decisions) == n
+    # Each key lands on llama-70b with p = 0.9: Binomial(2000, 0.9) has mean 1800 and standard
+    # deviation sqrt(2000 x 0.9 x 0.1) = 13.4; five of them (67) bound a fair split.
+    assert abs(on_pool - 0.9 * n) <= 67, on_pool
+    help_text = one_line(run("route", "--help").stdout)
+    assert "each is reported as an ok outcome before the next" in help_text
+    table = run("route", example_path, "-s", "support-summarization", "--count", "50")
+    assert table.returncode == 0, table.stderr
+    assert "Split over 50 requests" in table.stdout
 
 
 def test_route_unknown_scenario(example_path: Path) -> None:
@@ -273,3 +368,76 @@ def test_demo_json() -> None:
         ).cost_usd
     assert ledger_cost == repriced
     assert sum(r["requests"] for r in ledger) == served == len(REQUESTS) - 2
+
+
+def _readme_command_lines() -> list[str]:
+    """The lines of README.md's command-line block that run ``turnout``."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("Command line", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("turnout ")]
+
+
+def test_readme_cost_example_runs_verbatim() -> None:
+    # The README's line, run from the repository root with the installed `turnout`: the usage
+    # file it names ships in examples/ (an Anthropic usage, as claude-sonnet-4 reports it).
+    [line] = [cmd for cmd in _readme_command_lines() if cmd.startswith("turnout cost ")]
+    assert line.endswith(" [--json]")
+    argv = [
+        str(Path(sys.executable).parent / "turnout"),
+        *shlex.split(line.removesuffix(" [--json]"))[1:],
+    ]
+    table = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert table.returncode == 0, table.stderr
+    as_json = subprocess.run(
+        [*argv, "--json"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    # claude-sonnet-4, USD per Mtok: input 3.00, cache read 0.30, 5 min write 3.75, output 15.00
+    #   412 x 3.00 + 3072 x 0.30 + 1536 x 3.75 + 286 x 15.00
+    #   = 1236 + 921.6 + 5760 + 4290 = 12207.6 micro-dollars = $0.0122076
+    cost = json.loads(as_json.stdout)
+    assert cost["cost_usd"] == "0.0122076"
+    assert cost["cache_write_5m_tokens"] == 1536
+    assert "0.0122076" in table.stdout
+
+
+def test_readme_command_lines_run(tmp_path: Path) -> None:
+    lines = _readme_command_lines()
+    assert len(lines) >= 3
+    for line in lines:
+        if line.startswith(("turnout serve", "turnout stats")):
+            continue  # a daemon and its client: test_sidecar.py runs those
+        argv = [str(Path(sys.executable).parent / "turnout")]
+        argv += shlex.split(line.replace(" [--json]", ""))[1:]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, cwd=REPO, timeout=60, check=False
+        )
+        assert result.returncode == 0, (line, result.stderr)
+
+
+def test_stats_and_explain_refuse_a_malformed_endpoint_in_one_line() -> None:
+    for command in (["stats"], ["explain", "-s", "agent-assist"]):
+        for endpoint in ("foo", "tcp://localhost", "ipc://"):
+            result = run(*command, "--endpoint", endpoint)
+            assert result.returncode == 2, (command, endpoint, result.stderr)
+            lines = result.stderr.splitlines()
+            assert len(lines) == 1, result.stderr
+            assert lines[0].startswith(f"error: malformed endpoint '{endpoint}'")
+            assert "ipc://PATH or tcp://HOST:PORT" in lines[0]
+
+
+def test_stats_says_when_nothing_listens(tmp_path: Path) -> None:
+    absent = tmp_path / "none.sock"
+    result = run("stats", "--endpoint", f"ipc://{absent}", "--timeout-ms", "100")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: nothing listens at ipc://{absent} (no such socket file): is the sidecar running?"
+    ]
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        result = run("stats", "--endpoint", f"tcp://127.0.0.1:{port}", "--timeout-ms", "100")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: no answer from the sidecar at tcp://127.0.0.1:{port} within 100 ms"
+    ]

@@ -3,8 +3,11 @@ shared-memory counters, client fallback, /metrics. Every daemon is stopped by it
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -535,17 +538,211 @@ def test_client_decides_locally_when_the_sidecar_is_down(workdir: Path, config_p
         t0 = time.monotonic()
         d = c.route(SCENARIO, input_tokens=100)
         assert time.monotonic() - t0 < 2.0  # the deadline (100 ms) plus slack, never a hang
+        assert type(d) is turnout.Decision
         assert d.target == TARGET
         assert d.id < 1 << 40  # a local decision
         assert c.local_decisions == 1
+        assert c.counters() == {"socket": 0, "fast_path": 0, "local": 1, "outages": 1}
         receipt = c.report(d.id, target=d.target, status="ok", usage=_usage(0))
         assert receipt is not None
         assert not receipt["duplicate"]
     with (
         turnout.Client(endpoint, timeout_ms=100) as c,
-        pytest.raises(turnout.SidecarUnavailableError),
+        pytest.raises(turnout.SidecarUnavailableError, match="no such socket file"),
     ):
         c.route(SCENARIO, input_tokens=100)
+
+
+BUDGETED = "support-summarization"  # 90/10 over llama-70b and gpt-4.1-mini, under a daily budget
+
+
+def test_one_decision_type_whichever_path_answered(sidecar: Sidecar, config_path: Path) -> None:
+    config = turnout.load_config(config_path)
+
+    def request(path: str) -> dict[str, Any]:
+        # A prompt per path: each is compared with a fresh Router that has seen nothing either.
+        text = f"ticket via {path}: " + "Summarize the customer's issue. " * 200
+        return {"key": "ticket-1001", "text": text, "max_output_tokens": 256, "now": T0}
+
+    decisions: dict[str, turnout.Decision] = {}
+    with (
+        sidecar.client(shm=sidecar.shm) as fast,
+        sidecar.client(config=config_path, timeout_ms=300, retry_after_s=0) as slow,
+    ):
+        assert fast.fast_path, fast.fast_path_error
+        decisions["explain"] = slow.explain(BUDGETED, **request("explain"))
+        decisions["socket"] = slow.route(BUDGETED, **request("socket"))
+        decisions["fast_path"] = fast.route(BUDGETED, **request("fast_path"))
+        sidecar.kill9()
+        decisions["local"] = slow.route(BUDGETED, **request("local"))
+        assert slow.counters() == {"socket": 1, "fast_path": 0, "local": 1, "outages": 1}
+        assert fast.counters() == {"socket": 0, "fast_path": 1, "local": 0, "outages": 0}
+    assert decisions["socket"].id >> 40 == 1  # the sidecar's first generation
+    assert decisions["fast_path"].id >> 63 == 1
+    assert decisions["local"].id < 1 << 40
+    for path, d in decisions.items():
+        fresh = turnout.Router(config)
+        decide = fresh.explain if path == "explain" else fresh.route
+        expected = decide(BUDGETED, **request(path))
+        assert type(d) is turnout.Decision, path
+        # The same values, exact: only the id and the replica (in flight elsewhere) may differ.
+        placement = {"id": d.id, "endpoint": d.endpoint, "reasons": d.reasons}
+        assert d.to_dict() == {**expected.to_dict(), **placement}, path
+        assert isinstance(d.predicted_cost_usd, Decimal)
+        assert d.reserved_cost_usd > 0  # the budget's worst case, carried by every path
+        assert d.cache_key is not None
+        assert d.at == T0
+        assert repr(d) == f"<turnout.Decision {d.id} -> {d.target} (${d.predicted_cost_usd})>"
+        if d.endpoint is None:
+            assert d.reasons == expected.reasons, path
+
+
+def test_local_decisions_warn_once_per_outage_and_are_counted(
+    sidecars: list[Sidecar],
+    workdir: Path,
+    config_path: Path,
+    shm_name: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = Sidecar(workdir, config_path, shm_name)
+    sidecars.append(first)
+    first.start()
+    caplog.set_level(logging.INFO, logger="turnout")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    # retry_after_s=0: every route tries the socket again, and still one warning per outage
+    with turnout.Client(first.endpoint, config=config_path, timeout_ms=200, retry_after_s=0) as c:
+        for i in range(3):
+            c.route(SCENARIO, key=str(i), input_tokens=100)
+        assert c.counters() == {"socket": 3, "fast_path": 0, "local": 0, "outages": 0}
+        assert caplog.records == []
+        first.kill9()
+        for i in range(4):
+            assert c.route(SCENARIO, key=str(i), input_tokens=100).id < 1 << 40
+        assert c.local_decisions == 4
+        assert warnings() == [
+            f"turnout: no answer from the sidecar at {first.endpoint} within 200 ms; "
+            "deciding locally (this process's own state) until it answers"
+        ]
+        second = Sidecar(workdir, config_path, shm_name)
+        second.endpoint = first.endpoint
+        sidecars.append(second)
+        second.start()
+        assert c.route(SCENARIO, input_tokens=100).id >> 40 == 2  # the sidecar's again
+        assert any("answers again" in r.getMessage() for r in caplog.records)
+        second.kill9()
+        for i in range(2):
+            c.route(SCENARIO, key=str(i), input_tokens=100)
+        assert len(warnings()) == 2
+        assert c.counters() == {"socket": 4, "fast_path": 0, "local": 6, "outages": 2}
+    assert all(r.name == "turnout" for r in caplog.records)
+
+
+def test_a_full_ring_of_a_stopped_sidecar_sends_routes_to_the_local_fallback(
+    sidecar: Sidecar, config_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert sidecar.proc is not None
+    caplog.set_level(logging.WARNING, logger="turnout")
+    with sidecar.client(shm=sidecar.shm, config=config_path, timeout_ms=100, retry_after_s=30) as c:
+        sidecar.proc.send_signal(signal.SIGSTOP)  # it stops draining the rings and answering
+        try:
+            fast = 0
+            while c.route("agent-assist", key=str(fast), input_tokens=100).id >> 63:
+                fast += 1
+                assert fast < 100_000, "the ring never filled"
+            for i in range(5):
+                assert c.route("agent-assist", key=str(i), input_tokens=100).id < 1 << 40
+        finally:
+            sidecar.proc.send_signal(signal.SIGCONT)
+        assert c.counters() == {"socket": 0, "fast_path": fast, "local": 6, "outages": 1}
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("turnout: the fast path refused (the fast-path ring is full")
+    assert f"no answer from the sidecar at {sidecar.endpoint} within 100 ms" in warning
+
+
+def test_client_refuses_a_malformed_endpoint() -> None:
+    for endpoint in ("foo", "tcp://localhost", "ipc://", "udp://127.0.0.1:5555"):
+        with pytest.raises(turnout.InvalidArgumentError, match="malformed endpoint"):
+            turnout.Client(endpoint)
+
+
+@contextlib.contextmanager
+def _fake_sidecar(endpoint: str, reply: dict[str, Any]) -> Iterator[None]:
+    """A ROUTER that answers one request with `reply` (in the request's envelope), open until
+    the block ends (closed right after its send, the reply could be lost)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+
+    def answer() -> None:
+        if sock.poll(5000):
+            peer, data = sock.recv_multipart()
+            request = msgpack.unpackb(data)
+            envelope = {"v": 1, "id": request["id"], "ok": True}
+            sock.send_multipart([peer, msgpack.packb({**envelope, **reply})])
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=10)
+        ctx.destroy(linger=0)
+
+
+MISSING = object()  # a field left out of the reply
+GOOD_REPLY: dict[str, Any] = {
+    "decision_id": 1 << 40,
+    "scenario": SCENARIO,
+    "target": TARGET,
+    "endpoint": "http://127.0.0.1:8001",
+    "fallbacks": [],
+    "reasons": ["weight:llama-70b (100%)"],
+    "predicted_cost_usd": "0.000123456789",
+    "reserved_cost_usd": "0",
+    "expected_cached_tokens": 0,
+    "cache_key": None,
+    "config_version": "00000000000000ff",
+    "at": T0,
+}
+
+
+def test_a_decision_reply_keeps_its_exact_amounts(workdir: Path) -> None:
+    endpoint = f"ipc://{workdir / 'fake.sock'}"
+    with _fake_sidecar(endpoint, GOOD_REPLY), turnout.Client(endpoint, timeout_ms=5000) as c:
+        d = c.route(SCENARIO)
+    assert type(d) is turnout.Decision
+    assert d.predicted_cost_usd == Decimal("0.000123456789")  # picodollars, not a float
+    assert d.config_version == "00000000000000ff"
+    assert d.at == T0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"reserved_cost_usd": MISSING}, "has no field 'reserved_cost_usd'"),
+        ({"predicted_cost_usd": "0.12.3"}, "malformed: predicted_cost_usd"),
+        ({"predicted_cost_usd": "0.0000000000001"}, "malformed: predicted_cost_usd"),
+        ({"config_version": "ff"}, "malformed: config_version must be 16 hex digits"),
+        ({"cache_key": "zzzzzzzzzzzzzzzz"}, "malformed: cache_key must be 16 hex digits"),
+        ({"fallbacks": "gpt-4.1-mini"}, "mistyped field"),
+        ({"decision_id": "1"}, "mistyped field"),
+        ({"at": -1.0}, "malformed: at must be"),
+    ],
+)
+def test_a_malformed_decision_reply_is_a_sidecar_error(
+    workdir: Path, change: dict[str, Any], message: str
+) -> None:
+    reply = {k: v for k, v in {**GOOD_REPLY, **change}.items() if v is not MISSING}
+    endpoint = f"ipc://{workdir / 'fake.sock'}"
+    with (
+        _fake_sidecar(endpoint, reply),
+        turnout.Client(endpoint, timeout_ms=5000) as c,
+        pytest.raises(turnout.SidecarError, match=re.escape(message)),
+    ):
+        c.route(SCENARIO)
 
 
 def test_unacknowledged_reports_are_resent(sidecar: Sidecar) -> None:
