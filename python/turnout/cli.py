@@ -28,7 +28,7 @@ def _example_config() -> str:
 def _load(path: str) -> turnout.Config:
     try:
         return turnout.load_config(path)
-    except turnout.ConfigError as e:
+    except TurnoutError as e:  # malformed (file:line:col), or not readable (the OS reason)
         _fail(e, 2)
 
 

@@ -27,19 +27,6 @@ if TYPE_CHECKING:
 
 PROTOCOL_VERSION = 1
 
-_ERRORS: dict[str, type[Exception]] = {
-    "config_invalid": _errors.ConfigError,
-    "unknown_scenario": _errors.UnknownScenarioError,
-    "unknown_target": _errors.UnknownTargetError,
-    "no_eligible_target": _errors.NoEligibleTargetError,
-    "budget_exhausted": _errors.BudgetExhaustedError,
-    "invalid_argument": _errors.InvalidArgumentError,
-    "unknown_decision": _errors.UnknownDecisionError,
-    "target_not_allowed": _errors.TargetNotAllowedError,
-    "usage_invalid": _errors.UsageError,
-    "price_missing": _errors.PriceMissingError,
-}
-
 
 def _sidecar_path() -> str:
     """Path of the ``turnout-sidecar`` binary: $TURNOUT_SIDECAR, the one installed with this
@@ -68,12 +55,8 @@ def default_shm_name() -> str:
 
 
 def _raise(error: dict[str, Any]) -> None:
-    code = str(error.get("code", ""))
-    message = str(error.get("message", ""))
-    cls = _ERRORS.get(code)
-    if cls is None:
-        raise _errors.SidecarError(message, code)
-    raise cls(message)
+    """Raises a wire error reply's ``{code, message}`` as the class of that code."""
+    raise _errors.error_for(str(error.get("code", "")), str(error.get("message", "")))
 
 
 class RemoteDecision:
