@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "errors.hpp"
 #include "turnout/io/kv_subscriber.hpp"
 #include "turnout/io/router_sink.hpp"
 #include "turnout/router.hpp"
@@ -31,7 +32,7 @@ class KvSubscription {
         subscriber_(std::move(publishers), sink_, std::move(options)) {}
   void start() {
     auto started = subscriber_.start();
-    if (!started) throw py::value_error(started.error().message);
+    if (!started) bindings::raise(started.error());
   }
   void stop() { subscriber_.stop(); }
   [[nodiscard]] py::list stats() const {
@@ -80,7 +81,10 @@ void bind_kv(py::module_& m) {
       "_subscribe_kv_events",
       [](Router& router, const std::string& topic, double replay_timeout_s) {
         auto [publishers, names] = io::kv_publishers(*router.config());
-        if (publishers.empty()) throw py::value_error("no replica in this routing table names a kv_events publisher");
+        if (publishers.empty()) {
+          bindings::raise(
+              {ErrorCode::invalid_argument, "no replica in this routing table names a kv_events publisher"});
+        }
         io::KvSubscriberOptions options;
         options.topic = topic;
         options.replay_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(replay_timeout_s * 1000));

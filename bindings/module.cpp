@@ -1,5 +1,6 @@
 // turnout._core: a thin binding over the C++ core. Errors become the exception classes of
-// turnout._errors (which subclass built-ins); money becomes decimal.Decimal; time is seconds.
+// turnout._errors (which subclass built-ins) through errors.hpp; money becomes decimal.Decimal; time is
+// seconds.
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "errors.hpp"
 #include "rows.hpp"
 #include "sidecar/fastpath.hpp"
 #include "turnout/config.hpp"
@@ -25,25 +27,6 @@ using namespace turnout;
 using namespace turnout::bindings;
 
 namespace {
-
-// Raises the Python exception class that matches an Error's code.
-[[noreturn]] void raise(const Error& e) {
-  static const char* const kClass[] = {
-      "ConfigError",          "UnknownScenarioError", "UnknownTargetError",      "NoEligibleTargetError",
-      "BudgetExhaustedError", "InvalidArgumentError", "UnknownDecisionError",    "TargetNotAllowedError",
-      "UsageError",           "PriceMissingError",    "SidecarUnavailableError",
-  };
-  py::object errors = py::module_::import("turnout._errors");
-  py::object cls = errors.attr(kClass[static_cast<int>(e.code)]);
-  PyErr_SetObject(cls.ptr(), py::str(e.message).ptr());
-  throw py::error_already_set();
-}
-
-template <class T>
-T unwrap(Result<T>&& r) {
-  if (!r) raise(r.error());
-  return std::move(r).value();
-}
 
 TimeMs now_ms(const std::optional<double>& now) {
   if (now) {
@@ -783,6 +766,7 @@ PYBIND11_MODULE(_core, m) {
          std::optional<double>) {},
       ROUTE_ARGS);
 
+  bind_errors(m);
   bind_sidecar(m);
   bind_kv(m);
   bind_protocol(m);

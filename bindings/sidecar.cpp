@@ -10,26 +10,13 @@
 #include <utility>
 #include <vector>
 
+#include "errors.hpp"
 #include "rows.hpp"
 #include "sidecar/shm.hpp"
 
 namespace py = pybind11;
 using namespace turnout;
 using namespace turnout::bindings;
-
-namespace {
-
-[[noreturn]] void raise_sidecar(const std::string& message, bool missing = false) {
-  if (missing) {
-    PyErr_SetString(PyExc_FileNotFoundError, message.c_str());
-  } else {
-    py::object cls = py::module_::import("turnout._errors").attr("SidecarError");
-    PyErr_SetObject(cls.ptr(), py::str(message).ptr());
-  }
-  throw py::error_already_set();
-}
-
-}  // namespace
 
 void bind_sidecar(py::module_& m) {
   py::class_<sidecar::SegmentReader>(m, "SegmentView",
@@ -42,7 +29,7 @@ void bind_sidecar(py::module_& m) {
               py::gil_scoped_release release;
               return r.counters(static_cast<int>(timeout_s * 1000.0));
             }();
-            if (!rows) raise_sidecar(rows.error().message);
+            if (!rows) raise(rows.error());
             py::list out;
             for (const auto& row : rows.value()) {
               out.append(counter_row_dict(row.scenario, row.target, row.kind, row.provider, row.counters));
@@ -69,14 +56,6 @@ void bind_sidecar(py::module_& m) {
           "The segment header: owner pid, generation, last heartbeat (seconds), config version, ready.");
 
   m.def(
-      "attach_segment",
-      [](const std::string& name) {
-        auto r = sidecar::SegmentReader::attach(name);
-        if (!r) {
-          const auto& msg = r.error().message;
-          raise_sidecar(msg, msg.rfind("no shared-memory segment", 0) == 0);
-        }
-        return std::move(r).value();
-      },
+      "attach_segment", [](const std::string& name) { return unwrap(sidecar::SegmentReader::attach(name)); },
       py::arg("name"), "Maps the sidecar segment `name` read-only.");
 }

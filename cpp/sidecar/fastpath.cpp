@@ -22,7 +22,7 @@ namespace bip = boost::interprocess;
 
 namespace {
 
-Error fast_error(std::string message) { return make_error(ErrorCode::invalid_argument, std::move(message)); }
+Error incompatible(std::string message) { return make_error(ErrorCode::incompatible_layout, std::move(message)); }
 Error unavailable(std::string message) { return make_error(ErrorCode::unavailable, std::move(message)); }
 
 constexpr std::uint64_t align64(std::uint64_t n) { return (n + 63) & ~std::uint64_t{63}; }
@@ -41,16 +41,6 @@ void put_fingerprint(char (&dst)[N]) {
 template <std::size_t N>
 bool same_fingerprint(const char (&src)[N]) {
   return std::string(src, strnlen(src, N)) == layout_fingerprint();
-}
-
-Result<std::unique_ptr<bip::mapped_region>> map_segment(const std::string& name, bool writable) {
-  try {
-    const auto mode = writable ? bip::read_write : bip::read_only;
-    bip::shared_memory_object shm(bip::open_only, name.c_str(), mode);
-    return std::make_unique<bip::mapped_region>(shm, mode);
-  } catch (const bip::interprocess_exception& e) {
-    return unavailable("no shared-memory segment '" + name + "' (" + e.what() + ")");
-  }
 }
 
 // Seqlock-protected copy of the live state, both directions.
@@ -373,7 +363,7 @@ Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm) {
   std::unique_ptr<RingReader> r(new RingReader());
   r->name_ = rings_segment_name(shm);
   // A dead sidecar's rings hold records not yet applied: keep them when the layout matches.
-  if (auto old = map_segment(r->name_, true); old && old.value()->get_size() >= rings_size()) {
+  if (auto old = map_private_segment(r->name_, true); old && old.value()->get_size() >= rings_size()) {
     const auto& h = *static_cast<const RingsHeader*>(old.value()->get_address());
     if (h.magic == kRingsMagic && h.layout_version == kFastLayoutVersion && h.header_size == sizeof(RingsHeader) &&
         h.rings == kRingCount && h.ring_bytes == kRingBytes && same_fingerprint(h.fingerprint)) {
@@ -468,21 +458,21 @@ Result<std::unique_ptr<FastClient>> FastClient::attach(const std::string& shm, b
   if (auto ok = check_segment_name(shm); !ok) return std::move(ok).error();
   std::unique_ptr<FastClient> f(new FastClient());
   f->shm_ = shm;
-  auto counters = map_segment(shm, false);
+  auto counters = map_counters_segment(shm);
   if (!counters) return std::move(counters).error();
   f->counters_ = std::move(counters).value();
   if (!claim_ring) {
     if (auto ok = f->refresh(); !ok) return std::move(ok).error();
     return f;
   }
-  auto rings = map_segment(rings_segment_name(shm), true);
+  auto rings = map_private_segment(rings_segment_name(shm), true);
   if (!rings) return std::move(rings).error();
   f->rings_ = std::move(rings).value();
-  if (f->rings_->get_size() < rings_size()) return fast_error("rings segment of '" + shm + "' is too small");
+  if (f->rings_->get_size() < rings_size()) return incompatible("rings segment of '" + shm + "' is too small");
   const auto& rh = *static_cast<const RingsHeader*>(f->rings_->get_address());
   if (rh.magic != kRingsMagic || rh.layout_version != kFastLayoutVersion || rh.rings != kRingCount ||
       rh.ring_bytes != kRingBytes || !same_fingerprint(rh.fingerprint)) {
-    return fast_error("rings segment of '" + shm + "' was written by another build of Turnout");
+    return incompatible("rings segment of '" + shm + "' was written by another build of Turnout");
   }
   char* base = static_cast<char*>(f->rings_->get_address()) + sizeof(RingsHeader);
   const auto me = static_cast<std::int64_t>(::getpid());
@@ -524,27 +514,27 @@ Result<Ok> FastClient::refresh() {
   const auto now = std::chrono::steady_clock::now();
   if (table_ && now < retry_after_) return Ok{};
   if (main->retired.load(std::memory_order_acquire) != 0) {  // the sidecar grew its segment: re-open it
-    if (auto counters = map_segment(shm_, false); counters) {
+    if (auto counters = map_counters_segment(shm_); counters) {
       counters_ = std::move(counters).value();
       main = static_cast<const ShmHeader*>(counters_->get_address());
       gen = main->generation.load(std::memory_order_acquire);
     }
   }
-  auto region = map_segment(table_segment_name(shm_, gen), false);
+  auto region = map_private_segment(table_segment_name(shm_, gen), false);
   // While a new table is being published (or cannot be read) the mapped one keeps deciding; with
   // none mapped, the caller is told to use the socket.
-  auto keep = [&](std::string why) -> Result<Ok> {
-    if (!table_) return unavailable(std::move(why));
+  auto keep = [&](Error why) -> Result<Ok> {
+    if (!table_) return why;
     retry_after_ = now + std::chrono::milliseconds(100);
     return Ok{};
   };
-  if (!region) return keep(region.error().message);
+  if (!region) return keep(std::move(region).error());
   auto t = std::make_unique<Table>();
   t->region = std::move(region).value();
   const char* base = static_cast<const char*>(t->region->get_address());
   t->head = reinterpret_cast<const TableHeader*>(base);
   if (t->region->get_size() < sizeof(TableHeader) || t->head->ready.load(std::memory_order_acquire) == 0) {
-    return keep("the sidecar's table is not published yet");
+    return keep(unavailable("the sidecar's table is not published yet"));
   }
   const TableHeader& h = *t->head;
   if (h.magic != kTableMagic || h.layout_version != kFastLayoutVersion || h.header_size != sizeof(TableHeader) ||
@@ -553,12 +543,12 @@ Result<Ok> FastClient::refresh() {
       h.units_offset + std::uint64_t{h.units} * sizeof(UnitWords) > h.bytes ||
       h.budgets_offset + std::uint64_t{h.scenarios} * sizeof(BudgetWords) > h.bytes ||
       h.views_offset + std::uint64_t{h.views} * sizeof(ViewHeader) > h.bytes) {
-    return keep("table segment of '" + shm_ + "' was written by another build of Turnout");
+    return keep(incompatible("table segment of '" + shm_ + "' was written by another build of Turnout"));
   }
   auto config = load_config_text(std::string_view(base + h.text_offset, h.text_bytes),
                                  std::string(base + h.source_offset, h.source_bytes));
-  if (!config) return keep("the published table does not load here: " + config.error().message);
-  if (config.value()->content_hash != h.config_version) return keep("the published table is torn");
+  if (!config) return keep(incompatible("the published table does not load here: " + config.error().message));
+  if (config.value()->content_hash != h.config_version) return keep(unavailable("the published table is torn"));
   const std::uint64_t seq = my_ring_ != nullptr ? my_ring_->next_seq.load(std::memory_order_relaxed) & kSeqMask : 0;
   const std::uint64_t first = kFastIdBit | (std::uint64_t{ring_} << kRingShift) | seq;
   t->router = std::make_shared<Router>(config.value(), RouterOptions{.seed = h.seed, .first_decision_id = first | 1U});
@@ -567,7 +557,7 @@ Result<Ok> FastClient::refresh() {
   const auto* vh = reinterpret_cast<const ViewHeader*>(base + h.views_offset);
   for (std::uint32_t v = 0; v < h.views; ++v) {
     if (vh[v].offset + vh[v].slots * sizeof(ViewSlot) > h.bytes || !std::has_single_bit(vh[v].slots)) {
-      return keep("table segment of '" + shm_ + "' has a view out of bounds");
+      return keep(incompatible("table segment of '" + shm_ + "' has a view out of bounds"));
     }
     t->views.push_back(std::make_unique<MappedView>(&vh[v], reinterpret_cast<const ViewSlot*>(base + vh[v].offset)));
     if (vh[v].target == kNone) {

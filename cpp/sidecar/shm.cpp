@@ -11,6 +11,7 @@
 #include <boost/version.hpp>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -25,7 +26,33 @@ static_assert(kSlotsOffset % alignof(Slot) == 0);
 
 std::size_t segment_size(std::size_t slots) { return kSlotsOffset + slots * sizeof(Slot); }
 
-Error shm_error(std::string message) { return make_error(ErrorCode::invalid_argument, std::move(message)); }
+// A failed Boost.Interprocess call: the OS reason under the code its errno stands for.
+Error boost_error(const bip::interprocess_exception& e, std::string what) {
+  if (e.get_native_error() != 0) return os_error(e.get_native_error(), std::move(what));
+  return make_error(ErrorCode::io_error, std::move(what) + ": " + e.what());
+}
+
+// Checks an open segment is private to us: our uid, no group or other mode bits.
+Result<Ok> check_private(int fd, const std::string& name) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return os_error(errno, "shared-memory segment '" + name + "': cannot stat");
+  if (st.st_uid != ::geteuid()) {
+    return make_error(ErrorCode::permission_denied, "shared-memory segment '" + name + "' is owned by uid " +
+                                                        std::to_string(st.st_uid) + ", not by this user (uid " +
+                                                        std::to_string(::geteuid()) + ")");
+  }
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return make_error(ErrorCode::permission_denied, "shared-memory segment '" + name + "' has mode " + mode +
+                                                        ": other users could have written it (a sidecar makes 0600)");
+  }
+  if (st.st_size == 0) {
+    return make_error(ErrorCode::incompatible_layout,
+                      "shared-memory segment '" + name + "' is empty: not a Turnout segment");
+  }
+  return Ok{};
+}
 
 void copy_name(char (&dst)[kShmNameBytes], const std::string& src) {
   std::memset(dst, 0, sizeof dst);
@@ -101,7 +128,10 @@ Result<Ok> check_segment_name(const std::string& name) {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
                c == '-';
       });
-  if (!ok) return shm_error("invalid shared-memory name '" + name + "': use 1-200 of A-Z a-z 0-9 . _ -");
+  if (!ok) {
+    return make_error(ErrorCode::invalid_argument,
+                      "invalid shared-memory name '" + name + "': use 1-200 of A-Z a-z 0-9 . _ -");
+  }
   return Ok{};
 }
 
@@ -117,73 +147,73 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
   seg->name_ = name;
   const std::string lock = lock_path(name);
   seg->lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (seg->lock_fd_ < 0) return shm_error("cannot open lock file " + lock + ": " + std::strerror(errno));
+  if (seg->lock_fd_ < 0) return os_error(errno, "cannot open lock file " + lock);
   if (::flock(seg->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return os_error(errno, "cannot lock " + lock);
     std::string who;
     if (auto reader = SegmentReader::attach(name); reader) {
       who = " (pid " + std::to_string(reader.value()->header().creator_pid) + ")";
     }
-    return shm_error("shared-memory segment '" + name + "' is owned by a live sidecar" + who +
-                     "; stop it or choose another --shm name");
+    return make_error(ErrorCode::busy, "shared-memory segment '" + name + "' is owned by a live sidecar" + who +
+                                           "; stop it or choose another --shm name");
   }
 
   Opened out;
   std::uint64_t generation = 1;
   bool reuse = false;
-  try {
-    bip::shared_memory_object shm(bip::open_only, name.c_str(), bip::read_write);
-    bip::offset_t size = 0;
-    shm.get_size(size);
-    if (static_cast<std::size_t>(size) < sizeof(ShmHeader)) {
-      out.note = "stale segment '" + name + "' is too small to be ours: rebuilding";
+  // Only a segment private to us is re-attached: one that anyone else could have written is rebuilt.
+  auto old = map_private_segment(name, true);
+  if (!old) {
+    out.note = old.error().code == ErrorCode::not_found
+                   ? "created segment '" + name + "'"
+                   : "stale segment '" + name + "' is not re-attached (" + old.error().message + "): rebuilding";
+  } else if (old.value()->get_size() < sizeof(ShmHeader)) {
+    out.note = "stale segment '" + name + "' is too small to be ours: rebuilding";
+  } else {
+    auto region = std::move(old).value();
+    auto& h = *static_cast<ShmHeader*>(region->get_address());
+    const std::string why = layout_mismatch(h, region->get_size());
+    if (h.magic == kShmMagic && h.layout_version == kShmLayoutVersion) {
+      generation = h.generation.load() + 1;
+    }
+    if (!why.empty()) {
+      out.note = "stale segment '" + name + "' does not match this sidecar: " + why + "; rebuilding under generation " +
+                 std::to_string(generation) + " (its counters are not read)";
     } else {
-      auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);
-      auto& h = *static_cast<ShmHeader*>(region->get_address());
-      const std::string why = layout_mismatch(h, region->get_size());
-      if (h.magic == kShmMagic && h.layout_version == kShmLayoutVersion) {
-        generation = h.generation.load() + 1;
+      const auto count = std::min(h.slot_count.load(), h.slot_capacity);
+      auto* slots = reinterpret_cast<Slot*>(static_cast<char*>(region->get_address()) + kSlotsOffset);
+      std::size_t torn = 0;
+      for (std::uint32_t i = 0; i < count; ++i) {
+        Slot& s = slots[i];
+        SlotPayload p{};
+        if ((s.seq.load() & 1U) != 0) {
+          ++torn;  // the owner died inside this write: the words are each old or new, take them
+          std::uint64_t words[kSlotWords];
+          for (std::size_t w = 0; w < kSlotWords; ++w) words[w] = s.words[w].load();
+          std::memcpy(&p, words, sizeof p);
+        } else if (!read_slot(s, p)) {
+          continue;
+        }
+        out.recovered.push_back(
+            {read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider), p.counters});
       }
-      if (!why.empty()) {
-        out.note = "stale segment '" + name + "' does not match this sidecar: " + why +
-                   "; rebuilding under generation " + std::to_string(generation) + " (its counters are not read)";
+      out.note = "re-attached segment '" + name + "' of dead sidecar pid " + std::to_string(h.creator_pid.load()) +
+                 ": " + std::to_string(out.recovered.size()) + " counter rows recovered" +
+                 (torn ? " (" + std::to_string(torn) + " caught mid-write)" : "") + ", generation " +
+                 std::to_string(generation);
+      if (h.slot_capacity >= min_slots) {
+        reuse = true;
+        seg->region_ = std::move(region);
+        seg->base_ = seg->region_->get_address();
+        seg->size_ = seg->region_->get_size();
+        h.ready.store(0);
+        h.retired.store(0);
+        h.creator_pid.store(static_cast<std::int64_t>(::getpid()));
+        h.generation.store(generation);
       } else {
-        const auto count = std::min(h.slot_count.load(), h.slot_capacity);
-        auto* slots = reinterpret_cast<Slot*>(static_cast<char*>(region->get_address()) + kSlotsOffset);
-        std::size_t torn = 0;
-        for (std::uint32_t i = 0; i < count; ++i) {
-          Slot& s = slots[i];
-          SlotPayload p{};
-          if ((s.seq.load() & 1U) != 0) {
-            ++torn;  // the owner died inside this write: the words are each old or new, take them
-            std::uint64_t words[kSlotWords];
-            for (std::size_t w = 0; w < kSlotWords; ++w) words[w] = s.words[w].load();
-            std::memcpy(&p, words, sizeof p);
-          } else if (!read_slot(s, p)) {
-            continue;
-          }
-          out.recovered.push_back(
-              {read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider), p.counters});
-        }
-        out.note = "re-attached segment '" + name + "' of dead sidecar pid " + std::to_string(h.creator_pid.load()) +
-                   ": " + std::to_string(out.recovered.size()) + " counter rows recovered" +
-                   (torn ? " (" + std::to_string(torn) + " caught mid-write)" : "") + ", generation " +
-                   std::to_string(generation);
-        if (h.slot_capacity >= min_slots) {
-          reuse = true;
-          seg->region_ = std::move(region);
-          seg->base_ = seg->region_->get_address();
-          seg->size_ = seg->region_->get_size();
-          h.ready.store(0);
-          h.retired.store(0);
-          h.creator_pid.store(static_cast<std::int64_t>(::getpid()));
-          h.generation.store(generation);
-        } else {
-          h.retired.store(1);  // readers of the old mapping re-open by name
-        }
+        h.retired.store(1);  // readers of the old mapping re-open by name
       }
     }
-  } catch (const bip::interprocess_exception&) {
-    out.note = "created segment '" + name + "'";
   }
   if (!reuse) {
     if (auto ok = seg->create(min_slots, generation); !ok) return std::move(ok).error();
@@ -193,10 +223,15 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
 }
 
 Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::string& name, std::size_t size) {
+  const std::string what = "shared-memory segment '" + name + "'";
+  if (!bip::shared_memory_object::remove(name.c_str()) && errno != ENOENT) {
+    return os_error(errno, what + ": cannot remove the old one");
+  }
+  const char* step = "create";
   try {
-    bip::shared_memory_object::remove(name.c_str());
     bip::permissions perms(0600);
     bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perms);
+    step = "size";
     shm.truncate(static_cast<bip::offset_t>(size));
     ::chmod(("/dev/shm/" + name).c_str(), 0600);  // whatever the umask was
     const int fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR | O_CLOEXEC);
@@ -205,15 +240,45 @@ Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::st
       ::close(fd);
       if (rc != 0) {
         bip::shared_memory_object::remove(name.c_str());
-        return shm_error("cannot reserve " + std::to_string(size >> 20) + " MiB for '" + name +
-                         "' in /dev/shm: " + std::strerror(rc));
+        return os_error(rc, what + ": cannot reserve " + std::to_string(size >> 20) + " MiB in /dev/shm");
       }
     }
+    step = "map";
     auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);
     std::memset(region->get_address(), 0, region->get_size());
     return region;
   } catch (const bip::interprocess_exception& e) {
-    return shm_error("cannot create shared-memory segment '" + name + "': " + e.what());
+    return boost_error(e, what + ": cannot " + step);
+  }
+}
+
+Result<std::unique_ptr<bip::mapped_region>> map_counters_segment(const std::string& name) {
+  auto region = map_private_segment(name, false);
+  if (!region) return region;
+  if (region.value()->get_size() < sizeof(ShmHeader)) {
+    return make_error(ErrorCode::incompatible_layout,
+                      "shared-memory segment '" + name + "' is too small to be a Turnout segment");
+  }
+  const auto& h = *static_cast<const ShmHeader*>(region.value()->get_address());
+  if (const std::string why = layout_mismatch(h, region.value()->get_size()); !why.empty()) {
+    return make_error(ErrorCode::incompatible_layout, "cannot read shared-memory segment '" + name + "': " + why);
+  }
+  return region;
+}
+
+Result<std::unique_ptr<bip::mapped_region>> map_private_segment(const std::string& name, bool writable) {
+  const auto mode = writable ? bip::read_write : bip::read_only;
+  bip::shared_memory_object shm;
+  try {
+    shm = bip::shared_memory_object(bip::open_only, name.c_str(), mode);
+  } catch (const bip::interprocess_exception& e) {
+    return boost_error(e, "shared-memory segment '" + name + "': cannot open");
+  }
+  if (auto ok = check_private(shm.get_mapping_handle().handle, name); !ok) return std::move(ok).error();
+  try {
+    return std::make_unique<bip::mapped_region>(shm, mode);
+  } catch (const bip::interprocess_exception& e) {
+    return boost_error(e, "shared-memory segment '" + name + "': cannot map");
   }
 }
 
@@ -265,8 +330,9 @@ Result<Ok> Segment::rebuild(std::size_t min_slots) {
 
 Result<Ok> Segment::publish_all(const Config& config, const std::vector<CounterRow>& rows) {
   if (rows.size() > capacity()) {
-    return shm_error("routing table needs " + std::to_string(rows.size()) + " counter slots, the segment has " +
-                     std::to_string(capacity()));
+    return make_error(ErrorCode::internal, "routing table needs " + std::to_string(rows.size()) +
+                                               " counter slots, the segment has " + std::to_string(capacity()) +
+                                               " (the caller rebuilds it first)");
   }
   ShmHeader& h = head();
   h.ready.store(0, std::memory_order_seq_cst);
@@ -327,21 +393,9 @@ void SegmentReader::unmap() noexcept {
 
 Result<Ok> SegmentReader::map() {
   unmap();
-  try {
-    bip::shared_memory_object shm(bip::open_only, name_.c_str(), bip::read_only);
-    region_ = std::make_unique<bip::mapped_region>(shm, bip::read_only);
-  } catch (const bip::interprocess_exception& e) {
-    return shm_error("no shared-memory segment '" + name_ + "' (" + e.what() + ")");
-  }
-  if (region_->get_size() < sizeof(ShmHeader)) {
-    unmap();
-    return shm_error("shared-memory segment '" + name_ + "' is too small to be a Turnout segment");
-  }
-  const auto& h = *static_cast<const ShmHeader*>(region_->get_address());
-  if (const std::string why = layout_mismatch(h, region_->get_size()); !why.empty()) {
-    unmap();
-    return shm_error("cannot read shared-memory segment '" + name_ + "': " + why);
-  }
+  auto region = map_counters_segment(name_);
+  if (!region) return std::move(region).error();
+  region_ = std::move(region).value();
   base_ = region_->get_address();
   size_ = region_->get_size();
   return Ok{};
@@ -388,7 +442,7 @@ Result<std::vector<NamedCounters>> SegmentReader::counters(int timeout_ms) {
       }
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      return make_error(ErrorCode::invalid_argument,
+      return make_error(ErrorCode::unavailable,
                         "shared-memory segment '" + name_ + "' stayed not ready (is its sidecar starting?)");
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));

@@ -94,6 +94,14 @@ struct HeaderInfo {
 /// for real (a full /dev/shm fails here, not with SIGBUS on first touch) and zeroed.
 [[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> create_private_segment(
     const std::string& name, std::size_t size);
+/// Maps an existing segment, read-only or read-write, if it is private to this user: owned by our
+/// uid, no group or other mode bits (anyone else could have written it). not_found,
+/// permission_denied, incompatible_layout (empty) or io_error (the OS reason) otherwise.
+[[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> map_private_segment(const std::string& name,
+                                                                                              bool writable);
+/// Maps the counters segment `name` read-only (map_private_segment) if its header is this build's
+/// layout (magic, version, sizes, fingerprint): incompatible_layout otherwise.
+[[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> map_counters_segment(const std::string& name);
 
 /// The writer side, owned by the sidecar. Holds the lock file for its whole life.
 class Segment {

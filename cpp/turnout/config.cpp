@@ -1,13 +1,16 @@
 #include "turnout/config.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <initializer_list>
 #include <set>
 #include <sstream>
@@ -679,6 +682,33 @@ std::string located(const std::string& source, const YAML::Mark& mark, const std
   return source + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + message;
 }
 
+// The whole file, or why it cannot be read: "path: cannot open: <the OS reason>" (a file that cannot
+// be read has no line and column to point at).
+Result<std::string> read_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return os_error(errno, path + ": cannot open");
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return os_error(EISDIR, path + ": cannot read");
+  }
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    const ::ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      return os_error(err, path + ": cannot read");
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
 }  // namespace
 
 Result<ConfigPtr> load_config_text(std::string_view text, const std::string& source) {
@@ -693,16 +723,9 @@ Result<ConfigPtr> load_config_text(std::string_view text, const std::string& sou
 }
 
 Result<ConfigPtr> load_config_file(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    return make_error(ErrorCode::config_invalid,
-                      path + ":1:1: cannot read the file: it is a directory, not a routing table");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(ErrorCode::config_invalid, path + ":1:1: cannot read the file");
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return load_config_text(buf.str(), path);
+  auto text = read_file(path);
+  if (!text) return std::move(text).error();
+  return load_config_text(text.value(), path);
 }
 
 }  // namespace turnout

@@ -165,7 +165,9 @@ struct Config {
 
 using ConfigPtr = std::shared_ptr<const Config>;
 
-/// Loads and validates a YAML routing table. Errors read "path:line:col: what is wrong; what is expected".
+/// Loads and validates a YAML routing table. A malformed one is config_invalid, "path:line:col: what is
+/// wrong; what is expected"; a file that cannot be read is not_found, permission_denied or io_error,
+/// "path: cannot open: <the OS reason>".
 [[nodiscard]] Result<ConfigPtr> load_config_file(const std::string& path);
 /// Same, from text (`source` names it in messages).
 [[nodiscard]] Result<ConfigPtr> load_config_text(std::string_view text, const std::string& source);

@@ -3,7 +3,9 @@
 
 #include <array>
 #include <cassert>
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -64,10 +66,12 @@ inline constexpr std::array kErrorCodes{
     ErrorCodeInfo{ErrorCode::unavailable, "unavailable",
                   "the sidecar or its fast path cannot take this now (not running, no table, ring full)"},
     ErrorCodeInfo{ErrorCode::not_found, "not_found", "a file or shared-memory segment does not exist"},
-    ErrorCodeInfo{ErrorCode::io_error, "io_error", "reading, writing or mapping a file failed (the OS reason follows)"},
+    ErrorCodeInfo{ErrorCode::io_error, "io_error",
+                  "an OS call failed: open, read, ftruncate, mmap, a socket or a thread (the OS reason follows)"},
     ErrorCodeInfo{ErrorCode::permission_denied, "permission_denied",
                   "a file, segment or socket is not ours, or its mode lets others in"},
-    ErrorCodeInfo{ErrorCode::busy, "busy", "another process holds it (a running sidecar's lock)"},
+    ErrorCodeInfo{ErrorCode::busy, "busy",
+                  "it is held or running already (a live sidecar's lock, a started subscriber)"},
     ErrorCodeInfo{ErrorCode::incompatible_layout, "incompatible_layout",
                   "a segment written by another build or layout version"},
     ErrorCodeInfo{ErrorCode::bad_message, "bad_message", "a wire message is not a valid request (type, field)"},
@@ -147,5 +151,21 @@ class [[nodiscard]] Result {
 struct Ok {};
 
 inline Error make_error(ErrorCode code, std::string message) { return Error{code, std::move(message)}; }
+
+/// The code an OS error number stands for: a missing file is not_found, a refused one
+/// permission_denied, anything else io_error.
+[[nodiscard]] constexpr ErrorCode error_code_of_errno(int err) noexcept {
+  switch (err) {
+    case ENOENT: return ErrorCode::not_found;
+    case EACCES:
+    case EPERM: return ErrorCode::permission_denied;
+    default: return ErrorCode::io_error;
+  }
+}
+
+/// A failed OS call: "<what>: <the OS reason>" under the code its error number stands for.
+inline Error os_error(int err, std::string what) {
+  return make_error(error_code_of_errno(err), std::move(what) + ": " + std::strerror(err));
+}
 
 }  // namespace turnout

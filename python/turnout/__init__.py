@@ -10,14 +10,21 @@ from turnout._core import LATENCY_BUCKETS_MS, Config, Decision, __version__, loa
 from turnout._core import load_config as _load_config
 from turnout._errors import (
     BudgetExhaustedError,
+    BusyError,
     ConfigError,
+    IncompatibleLayoutError,
+    InternalError,
     InvalidArgumentError,
     NoEligibleTargetError,
+    NotFoundError,
+    PermissionDeniedError,
     PriceMissingError,
+    ProtocolError,
     SidecarError,
     SidecarUnavailableError,
     TargetNotAllowedError,
     TurnoutError,
+    TurnoutIOError,
     UnknownDecisionError,
     UnknownScenarioError,
     UnknownTargetError,
@@ -31,20 +38,27 @@ from turnout.sidecar import Client, SharedCounters, _sidecar_path, attach
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "BudgetExhaustedError",
+    "BusyError",
     "Client",
     "Config",
     "ConfigError",
     "Cost",
     "Decision",
+    "IncompatibleLayoutError",
+    "InternalError",
     "InvalidArgumentError",
     "NoEligibleTargetError",
+    "NotFoundError",
+    "PermissionDeniedError",
     "PriceMissingError",
+    "ProtocolError",
     "Router",
     "SharedCounters",
     "SidecarError",
     "SidecarUnavailableError",
     "TargetNotAllowedError",
     "TurnoutError",
+    "TurnoutIOError",
     "UnknownDecisionError",
     "UnknownScenarioError",
     "UnknownTargetError",
@@ -63,7 +77,10 @@ __all__ = [
 def load_config(path: str | bytes | "os.PathLike[str]") -> Config:  # noqa: F821, UP037
     """Loads and validates a YAML routing table.
 
-    Raises :class:`ConfigError` (a ``ValueError``) whose message starts with ``path:line:col:``.
+    Raises :class:`ConfigError` (a ``ValueError``) whose message starts with ``path:line:col:``;
+    a file that cannot be read raises :class:`NotFoundError` (a ``FileNotFoundError``),
+    :class:`PermissionDeniedError` or :class:`TurnoutIOError` (``OSError``s), "path: cannot open:
+    <the OS reason>".
     """
     import os
 

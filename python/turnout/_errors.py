@@ -1,10 +1,22 @@
-"""Turnout's exceptions. Each subclasses a built-in, so ``except ValueError`` keeps working."""
+"""Turnout's exceptions, and the one mapping from the core's error codes to them.
+
+The codes are the C++ core's table (``kErrorCodes`` in ``cpp/turnout/result.hpp``, listed at run
+time by ``turnout._core.error_codes()``); they are also the wire's ``error.code``. :data:`ERRORS`
+maps each to one class and :func:`error_for` builds the exception: the binding
+(``bindings/errors.cpp``) and the sidecar client both go through it. Each class subclasses a
+built-in, so ``except ValueError``, ``except KeyError`` or ``except FileNotFoundError`` keeps
+working; each exception carries ``.code``.
+"""
 
 from __future__ import annotations
 
 
 class TurnoutError(Exception):
     """Base class of every Turnout error."""
+
+    code: str | None = None
+    """The wire code (``"not_found"``...): set by :func:`error_for`; a class that stands for one
+    code carries it as its default."""
 
 
 class ConfigError(ValueError, TurnoutError):
@@ -56,14 +68,94 @@ class PriceMissingError(ValueError, TurnoutError):
     """A usage needs a price that the target's catalog does not have."""
 
 
+class NotFoundError(FileNotFoundError, TurnoutError):
+    """A file (a routing table) or a shared-memory segment (no sidecar serves that name) does not
+    exist; the message ends with the OS reason."""
+
+
+class PermissionDeniedError(PermissionError, TurnoutError):
+    """A file or segment cannot be opened, or a segment is not private to this user (owned by
+    another uid, or a mode that lets others write it)."""
+
+
+class TurnoutIOError(OSError, TurnoutError):
+    """An OS call failed (open, read, ftruncate, mmap, a socket, a thread); the message ends with
+    the OS reason. (Not named ``IOError``: that is the built-in ``OSError``'s other name.)"""
+
+
+class BusyError(RuntimeError, TurnoutError):
+    """It is held or running already: a live sidecar holds the segment's lock, a subscriber was
+    started twice. A ``RuntimeError``, not a ``BlockingIOError``: waiting and retrying does not
+    clear it (the other sidecar has to stop), and ``except OSError`` retry loops must not spin on
+    it."""
+
+
+class ProtocolError(ValueError, TurnoutError):
+    """The sidecar refused a wire message: ``bad_message``, ``unknown_op``, ``too_large`` or
+    ``too_deep`` (``.code`` says which)."""
+
+
+class InternalError(RuntimeError, TurnoutError):
+    """A bug in Turnout: the message says where. Please report it."""
+
+
 class SidecarError(RuntimeError, TurnoutError):
-    """The sidecar answered with a wire error (bad_message, unknown_op, too_large, too_deep), or its
-    shared-memory segment cannot be read."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
+    """The sidecar, or its shared memory, cannot serve this; also a wire error whose code this
+    version does not know (a newer sidecar), with that ``.code``."""
 
 
-class SidecarUnavailableError(SidecarError):
-    """The sidecar did not answer within the client's deadline (and there was no local fallback)."""
+class SidecarUnavailableError(SidecarError, ConnectionError):
+    """The sidecar did not answer within the client's deadline (and there was no local fallback), or
+    its fast path cannot take this now (not running, no table yet, every ring taken, ring full)."""
+
+
+class IncompatibleLayoutError(SidecarError):
+    """A shared-memory segment was written by another build or layout version of Turnout (or is
+    not a Turnout segment at all): restart the sidecar with this build, or use another ``--shm``
+    name."""
+
+
+ERRORS: dict[str, type[TurnoutError]] = {
+    "config_invalid": ConfigError,
+    "unknown_scenario": UnknownScenarioError,
+    "unknown_target": UnknownTargetError,
+    "no_eligible_target": NoEligibleTargetError,
+    "budget_exhausted": BudgetExhaustedError,
+    "invalid_argument": InvalidArgumentError,
+    "unknown_decision": UnknownDecisionError,
+    "target_not_allowed": TargetNotAllowedError,
+    "usage_invalid": UsageError,
+    "price_missing": PriceMissingError,
+    "unavailable": SidecarUnavailableError,
+    "not_found": NotFoundError,
+    "io_error": TurnoutIOError,
+    "permission_denied": PermissionDeniedError,
+    "busy": BusyError,
+    "incompatible_layout": IncompatibleLayoutError,
+    "bad_message": ProtocolError,
+    "unknown_op": ProtocolError,
+    "too_large": ProtocolError,
+    "too_deep": ProtocolError,
+    "internal": InternalError,
+}
+"""Every code of the core's table -> the one class raised for it (tests/python/test_package.py
+checks that this lists ``turnout._core.error_codes()`` exactly)."""
+
+
+def _set_default_codes() -> None:
+    # A class raised for exactly one code carries it, so one raised directly in Python has it too.
+    classes = list(ERRORS.values())
+    for code, cls in ERRORS.items():
+        if classes.count(cls) == 1:
+            cls.code = code
+
+
+_set_default_codes()
+
+
+def error_for(code: str, message: str) -> TurnoutError:
+    """The exception for a core or wire error: the class of ``code`` (:class:`SidecarError` for a
+    code this version does not know), with ``message`` and ``.code``."""
+    error = ERRORS.get(code, SidecarError)(message)
+    error.code = code
+    return error

@@ -105,25 +105,9 @@ def default_shm_name() -> str:
     return f"turnout-{os.getuid()}"
 
 
-_ERRORS: dict[str, type[_errors.TurnoutError]] = {
-    "config_invalid": _errors.ConfigError,
-    "unknown_scenario": _errors.UnknownScenarioError,
-    "unknown_target": _errors.UnknownTargetError,
-    "no_eligible_target": _errors.NoEligibleTargetError,
-    "budget_exhausted": _errors.BudgetExhaustedError,
-    "invalid_argument": _errors.InvalidArgumentError,
-    "unknown_decision": _errors.UnknownDecisionError,
-    "target_not_allowed": _errors.TargetNotAllowedError,
-    "usage_invalid": _errors.UsageError,
-    "price_missing": _errors.PriceMissingError,
-}
-
-
 def _error_for(code: str, message: str) -> _errors.TurnoutError:
-    """The exception of a wire error reply (the one place the client maps codes to classes;
-    to be replaced by ``turnout._errors.error_for``)."""
-    cls = _ERRORS.get(code)
-    return _errors.SidecarError(message, code) if cls is None else cls(message)
+    """The exception of a wire error reply: the one mapping of ``turnout._errors``."""
+    return _errors.error_for(code, message)
 
 
 def _reply_error(reply: dict[str, Any]) -> _errors.TurnoutError:

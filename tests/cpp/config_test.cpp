@@ -121,9 +121,17 @@ TEST(Config, RejectsInvalidYamlAndEmptyFiles) {
   EXPECT_NE(msg.find("invalid YAML"), std::string::npos) << msg;
   msg = load_error("");
   EXPECT_NE(msg.find("empty"), std::string::npos) << msg;
+}
+
+TEST(Config, AFileThatCannotBeReadSaysWhyWithoutAnInventedPosition) {
   auto missing = load_config_file("/nonexistent/turnout.yaml");
   ASSERT_FALSE(missing.ok());
-  EXPECT_EQ(missing.error().message.rfind("/nonexistent/turnout.yaml:1:1: cannot read", 0), 0U);
+  EXPECT_EQ(missing.error().code, ErrorCode::not_found);
+  EXPECT_EQ(missing.error().message, "/nonexistent/turnout.yaml: cannot open: No such file or directory");
+  auto directory = load_config_file(TURNOUT_EXAMPLES_DIR);
+  ASSERT_FALSE(directory.ok());
+  EXPECT_EQ(directory.error().code, ErrorCode::io_error);
+  EXPECT_EQ(directory.error().message, std::string(TURNOUT_EXAMPLES_DIR) + ": cannot read: Is a directory");
 }
 
 TEST(Config, RejectsWrongShapes) {

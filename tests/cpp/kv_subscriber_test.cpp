@@ -462,14 +462,19 @@ TEST(KvSubscriber, StartErrorsAreValues) {
   KvEventSubscriber bad({{"not an endpoint", ""}}, sink);
   const Result<Ok> r = bad.start();
   ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
   EXPECT_NE(r.error().message.find("publisher 0 (\"not an endpoint\""), std::string::npos) << r.error().message;
 
   KvEventSubscriber bad_replay({{"tcp://127.0.0.1:5", "nowhere"}}, sink);
-  EXPECT_FALSE(bad_replay.start());
+  const Result<Ok> replay = bad_replay.start();
+  ASSERT_FALSE(replay);
+  EXPECT_EQ(replay.error().code, ErrorCode::invalid_argument);
 
   KvEventSubscriber good({{"tcp://127.0.0.1:9", ""}}, sink);  // nothing listens there: connects in background
   ASSERT_TRUE(good.start());
-  EXPECT_FALSE(good.start());  // already running
+  const Result<Ok> again = good.start();
+  ASSERT_FALSE(again);  // already running
+  EXPECT_EQ(again.error().code, ErrorCode::busy);
   good.stop();
   good.stop();                // idempotent
   ASSERT_TRUE(good.start());  // and restartable

@@ -267,7 +267,8 @@ TEST_F(SidecarTest, ARestartedServerReattachesAndRestoresCounters) {
 TEST_F(SidecarTest, AForeignSegmentIsRebuilt) {
   {
     namespace bip = boost::interprocess;
-    bip::shared_memory_object shm(bip::create_only, name_.c_str(), bip::read_write);
+    // Private to us (0600), so its layout is read (one others could have written is rebuilt unread).
+    bip::shared_memory_object shm(bip::create_only, name_.c_str(), bip::read_write, bip::permissions(0600));
     shm.truncate(4096);
     bip::mapped_region region(shm, bip::read_write);
     std::memset(region.get_address(), 0x5A, region.get_size());

@@ -153,6 +153,15 @@ def test_validate_json(example_path: Path, example_config: turnout.Config, tmp_p
     assert report["error"]["message"].startswith(f"{bad}:10:21: target 'mini'.context_window")
 
 
+def test_validate_missing_file(tmp_path: Path) -> None:
+    # One line with the OS reason; no line and column (there is no file to point into).
+    path = tmp_path / "absent.yaml"
+    result = run("validate", path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {path}: cannot open: No such file or directory"]
+
+
 def test_errors_are_printed_on_one_line(tmp_path: Path) -> None:
     # Editors and CI problem matchers read "file:line:col: message" one line at a time: a long
     # message

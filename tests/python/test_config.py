@@ -3,7 +3,11 @@ ConfigError whose message starts with ``path:line:col:`` pointing at the offendi
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -653,14 +657,50 @@ def test_empty_file(write_yaml: Callable[[str], Path], text: str) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
+    # The OS reason, and no line and column: a file that cannot be opened has none to point at.
     path = tmp_path / "absent.yaml"
-    assert_located(load_error(path), path, 1, 1, "cannot read the file")
+    with pytest.raises(FileNotFoundError) as info:
+        turnout.load_config(path)
+    assert isinstance(info.value, turnout.NotFoundError)
+    assert info.value.code == "not_found"
+    assert str(info.value) == f"{path}: cannot open: No such file or directory"
+
+
+def test_unreadable_file() -> None:
+    # Tests run as root, who reads any file: the loader runs as nobody (uid 65534) in a child, on a
+    # file in a folder anyone may enter: first 0600 (refused by its mode), then 0644 (read).
+    if os.geteuid() != 0:
+        pytest.skip("needs root to load a file as another user")
+    script = (
+        "import os, sys, turnout\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        "    turnout.load_config(sys.argv[1])\n"
+        "except (PermissionError, turnout.ConfigError) as e:\n"
+        "    print(type(e).__name__, e.code, e, sep='|')\n"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        path = Path(folder) / "routing.yaml"
+        path.write_text("version: 1\n", encoding="utf-8")
+        path.chmod(0o600)
+        run = [sys.executable, "-c", script, str(path)]
+        out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+        denied = f"{path}: cannot open: Permission denied"
+        assert out == f"PermissionDeniedError|permission_denied|{denied}\n"
+        path.chmod(0o644)
+        out = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+        assert out.startswith(f"ConfigError|config_invalid|{path}:1:1: ")
 
 
 def test_directory_is_not_a_config(tmp_path: Path) -> None:
     # A directory cannot be read as a file: saying "the routing table is empty" would send the user
     # looking for a problem in a file that does not exist.
-    assert_located(load_error(tmp_path), tmp_path, 1, 1, "cannot read")
+    with pytest.raises(OSError, match="Is a directory") as info:
+        turnout.load_config(tmp_path)
+    assert isinstance(info.value, turnout.TurnoutIOError)
+    assert info.value.code == "io_error"
+    assert str(info.value) == f"{tmp_path}: cannot read: Is a directory"
 
 
 def test_top_level_not_a_mapping(write_yaml: Callable[[str], Path]) -> None:

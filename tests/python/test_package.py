@@ -85,24 +85,72 @@ def test_version_is_written_once() -> None:
     assert importlib.metadata.version("turnout") == declared
 
 
-@pytest.mark.parametrize(
-    ("error", "builtin"),
-    [
-        (turnout.ConfigError, ValueError),
-        (turnout.InvalidArgumentError, ValueError),
-        (turnout.UsageError, ValueError),
-        (turnout.TargetNotAllowedError, ValueError),
-        (turnout.PriceMissingError, ValueError),
-        (turnout.UnknownScenarioError, KeyError),
-        (turnout.UnknownTargetError, KeyError),
-        (turnout.UnknownDecisionError, KeyError),
-        (turnout.NoEligibleTargetError, RuntimeError),
-        (turnout.BudgetExhaustedError, turnout.NoEligibleTargetError),
-    ],
-)
-def test_errors_subclass_builtins(error: type[Exception], builtin: type[Exception]) -> None:
-    assert issubclass(error, builtin)
-    assert issubclass(error, turnout.TurnoutError)
+# Every code of the core's table (kErrorCodes) -> the built-in its class must subclass, so users'
+# `except` clauses keep working. A code added to the table without a decision here fails below.
+BUILTIN_OF_CODE: dict[str, type[Exception]] = {
+    "config_invalid": ValueError,
+    "unknown_scenario": KeyError,
+    "unknown_target": KeyError,
+    "no_eligible_target": RuntimeError,
+    "budget_exhausted": RuntimeError,
+    "invalid_argument": ValueError,
+    "unknown_decision": KeyError,
+    "target_not_allowed": ValueError,
+    "usage_invalid": ValueError,
+    "price_missing": ValueError,
+    "unavailable": ConnectionError,
+    "not_found": FileNotFoundError,
+    "io_error": OSError,
+    "permission_denied": PermissionError,
+    "busy": RuntimeError,
+    "incompatible_layout": RuntimeError,
+    "bad_message": ValueError,
+    "unknown_op": ValueError,
+    "too_large": ValueError,
+    "too_deep": ValueError,
+    "internal": RuntimeError,
+}
+
+
+def test_every_core_error_code_has_one_class() -> None:
+    table = _core.error_codes()
+    assert list(table) == list(_errors.ERRORS), "ERRORS must list kErrorCodes, in its order"
+    assert set(BUILTIN_OF_CODE) == set(table)
+    assert all(what for what in table.values()), "every code says what it means"
+
+
+@pytest.mark.parametrize("code", list(BUILTIN_OF_CODE))
+def test_each_code_raises_its_class(code: str) -> None:
+    cls = _errors.ERRORS[code]
+    assert issubclass(cls, BUILTIN_OF_CODE[code])
+    assert issubclass(cls, turnout.TurnoutError)
+    assert cls.__name__ in turnout.__all__
+    error = _errors.error_for(code, "what went wrong")
+    assert type(error) is cls
+    assert error.code == code
+    assert str(error) == "what went wrong"  # KeyError and OSError subclasses too
+
+
+def test_the_protocol_codes_share_a_class_and_say_which() -> None:
+    protocol = ("bad_message", "unknown_op", "too_large", "too_deep")
+    assert {_errors.ERRORS[c] for c in protocol} == {turnout.ProtocolError}
+    assert [_errors.error_for(c, "m").code for c in protocol] == list(protocol)
+    assert turnout.ProtocolError.code is None  # one class, four codes: the instance says which
+
+
+def test_a_class_of_one_code_carries_it_when_raised_directly() -> None:
+    assert turnout.InvalidArgumentError("x").code == "invalid_argument"
+    assert turnout.SidecarUnavailableError("x").code == "unavailable"
+
+
+def test_an_unknown_wire_code_is_a_sidecar_error_with_that_code() -> None:
+    error = _errors.error_for("from_a_newer_sidecar", "m")
+    assert type(error) is turnout.SidecarError
+    assert error.code == "from_a_newer_sidecar"
+
+
+def test_budget_exhausted_is_a_no_eligible_target() -> None:
+    assert issubclass(turnout.BudgetExhaustedError, turnout.NoEligibleTargetError)
 
 
 def test_config_error_is_caught_as_value_error(tmp_path: Path) -> None:

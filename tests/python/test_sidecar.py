@@ -207,7 +207,7 @@ def test_core_errors_come_back_as_the_same_exceptions(sidecar: Sidecar) -> None:
             c.report(12345, target=TARGET, status="ok")
         with pytest.raises(turnout.InvalidArgumentError):
             c.route(SCENARIO, input_tokens=-1)
-        with pytest.raises(turnout.SidecarError) as e:
+        with pytest.raises(turnout.ProtocolError) as e:
             c.request("frobnicate")
         assert e.value.code == "unknown_op"
 

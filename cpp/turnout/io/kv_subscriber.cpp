@@ -386,16 +386,18 @@ KvEventSubscriber::~KvEventSubscriber() { stop(); }
 
 Result<Ok> KvEventSubscriber::start() {
   Impl& s = *impl_;
-  if (s.thread.joinable()) return make_error(ErrorCode::invalid_argument, "kv subscriber: already started");
+  if (s.thread.joinable()) return make_error(ErrorCode::busy, "kv subscriber: already started");
   std::vector<Impl::Link> links;
   links.reserve(s.publishers.size());
   for (std::size_t i = 0; i < s.publishers.size(); ++i) {
     try {
       links.push_back(s.open_link(i));
     } catch (const zmq::error_t& e) {
-      return make_error(ErrorCode::invalid_argument, "kv subscriber: publisher " + std::to_string(i) + " (\"" +
-                                                         s.publishers[i].endpoint + "\", replay \"" +
-                                                         s.publishers[i].replay_endpoint + "\"): " + e.what());
+      // An endpoint ZeroMQ cannot parse is the caller's; anything else (sockets, files) is the OS's.
+      const bool bad_endpoint = e.num() == EINVAL || e.num() == EPROTONOSUPPORT || e.num() == ENOCOMPATPROTO;
+      return make_error(bad_endpoint ? ErrorCode::invalid_argument : ErrorCode::io_error,
+                        "kv subscriber: publisher " + std::to_string(i) + " (\"" + s.publishers[i].endpoint +
+                            "\", replay \"" + s.publishers[i].replay_endpoint + "\"): " + e.what());
     }
   }
   s.links = std::move(links);
@@ -404,7 +406,7 @@ Result<Ok> KvEventSubscriber::start() {
     s.thread = std::thread([&s] { s.run(); });
   } catch (const std::system_error& e) {
     s.links.clear();
-    return make_error(ErrorCode::invalid_argument, std::string("kv subscriber: cannot start its thread: ") + e.what());
+    return make_error(ErrorCode::io_error, std::string("kv subscriber: cannot start its thread: ") + e.what());
   }
   return Ok{};
 }

@@ -72,7 +72,8 @@ class KvEventSubscriber {
   KvEventSubscriber& operator=(KvEventSubscriber&&) = delete;
 
   /// Creates and connects the sockets (on this thread, so a malformed endpoint is an error here, not in
-  /// the background), then starts the thread. An error if already running.
+  /// the background), then starts the thread. invalid_argument for an endpoint ZeroMQ cannot parse,
+  /// io_error if a socket or the thread cannot be made, busy if already running.
   [[nodiscard]] Result<Ok> start();
   /// Asks the thread to stop and joins it (within about poll_interval, mid-replay too); closes the
   /// sockets. Idempotent. Sequence numbers are kept, so a later start() detects what it missed.
