@@ -332,6 +332,7 @@ py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string
 
 void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
 void bind_kv(py::module_& m);       // bindings/kv.cpp
+void bind_ledger(py::module_& m);   // bindings/ledger.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Turnout C++ core (private: import turnout instead)";
@@ -718,4 +719,5 @@ PYBIND11_MODULE(_core, m) {
 
   bind_sidecar(m);
   bind_kv(m);
+  bind_ledger(m);
 }
