@@ -376,6 +376,7 @@ py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string
 
 void bind_sidecar(py::module_& m);   // bindings/sidecar.cpp
 void bind_kv(py::module_& m);        // bindings/kv.cpp
+void bind_ledger(py::module_& m);    // bindings/ledger.cpp
 void bind_protocol(py::module_& m);  // bindings/protocol.cpp
 
 PYBIND11_MODULE(_core, m) {
@@ -769,5 +770,6 @@ PYBIND11_MODULE(_core, m) {
   bind_errors(m);
   bind_sidecar(m);
   bind_kv(m);
+  bind_ledger(m);
   bind_protocol(m);
 }

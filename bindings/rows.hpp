@@ -1,14 +1,17 @@
 #pragma once
-// Python shapes shared by module.cpp and sidecar.cpp: Decimal money, usage dicts and ledger rows.
+// Python shapes shared by module.cpp, sidecar.cpp and ledger.cpp: Decimal money, usage dicts and
+// ledger rows (their columns come from the ledger's field list, turnout/ledger.hpp).
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
+#include "turnout/ledger.hpp"
 #include "turnout/money.hpp"
-#include "turnout/state.hpp"
 #include "turnout/usage.hpp"
 
 namespace turnout::bindings {
@@ -24,48 +27,46 @@ inline py::object money(const MoneyTotal& m) { return decimal_usd(m.to_usd_strin
 
 inline py::dict usage_dict(const Usage& u) {
   py::dict d;
-  d["uncached_input_tokens"] = u.uncached_input_tokens;
-  d["cache_read_tokens"] = u.cache_read_tokens;
-  d["cache_write_5m_tokens"] = u.cache_write_5m_tokens;
-  d["cache_write_1h_tokens"] = u.cache_write_1h_tokens;
-  d["output_tokens"] = u.output_tokens;
-  d["reasoning_tokens"] = u.reasoning_tokens;
+  for (const TokenKind& k : kTokenKinds) d[py::str(k.column.data(), k.column.size())] = u.*k.tokens;
   return d;
 }
 
-inline py::list histogram(const Histogram& h) {
-  py::list l;
-  for (auto b : h.buckets) l.append(b);
-  return l;
+/// The columns of a ledger row dict, in order: `f(column, kind, value)` with kind "label" for the
+/// names, a FieldKind's name for the ledger's own columns (ledger.hpp), and "money" for the one
+/// derived here. Router.counters(), turnout.attach(...).counters() and the DataFrames are built
+/// from it, and counter_columns() lists it for Python.
+template <class F>
+void row_columns(std::string_view scenario, std::string_view target, std::string_view kind, std::string_view provider,
+                 const Counters& c, F&& f) {
+  f("scenario", "label", py::str(scenario.data(), scenario.size()));
+  f("target", "label", py::str(target.data(), target.size()));
+  f("kind", "label", py::str(kind.data(), kind.size()));
+  f("provider", "label", py::str(provider.data(), provider.size()));
+  visit_columns(c, [&f](const CounterField& field, std::string_view column, const auto& value) {
+    using T = std::remove_cvref_t<decltype(value)>;
+    py::object v;
+    if constexpr (std::is_same_v<T, MoneyTotal>) {
+      v = money(value);  // exact Decimal
+    } else if constexpr (std::is_integral_v<T>) {
+      v = py::int_(value);
+    } else {
+      py::list buckets;
+      for (const auto n : value) buckets.append(n);
+      v = std::move(buckets);
+    }
+    f(column, to_string(field.kind), std::move(v));
+  });
+  f("cost_per_accepted_usd", "money",
+    c.accepted == 0 ? py::object(py::none()) : money(c.cost).attr("__truediv__")(py::int_(c.accepted)));
 }
 
 /// One ledger row as Router.counters() and turnout.attach(...).counters() return it.
 inline py::dict counter_row_dict(std::string_view scenario, std::string_view target, std::string_view kind,
                                  std::string_view provider, const Counters& c) {
   py::dict d;
-  d["scenario"] = scenario;
-  d["target"] = target;
-  d["kind"] = kind;
-  d["provider"] = provider;
-  d["requests"] = c.requests;
-  d["spillovers"] = c.spillovers;
-  d["outcomes"] = c.outcomes;
-  d["fallbacks"] = c.fallbacks;
-  for (std::size_t i = 0; i < kStatusCount; ++i) d[to_string(static_cast<Status>(i))] = c.by_status[i];
-  d["unpriced"] = c.unpriced;
-  d["accepted"] = c.accepted;
-  d["rejected"] = c.rejected;
-  for (auto item : usage_dict(c.tokens)) d[item.first] = item.second;
-  d["cost_usd"] = money(c.cost);
-  d["accepted_cost_usd"] = money(c.accepted_cost);
-  d["cost_per_accepted_usd"] =
-      c.accepted == 0 ? py::object(py::none()) : money(c.cost).attr("__truediv__")(py::int_(c.accepted));
-  d["ttft_count"] = c.ttft.count;
-  d["ttft_sum_ms"] = c.ttft.sum_ms;
-  d["ttft_buckets"] = histogram(c.ttft);
-  d["latency_count"] = c.latency.count;
-  d["latency_sum_ms"] = c.latency.sum_ms;
-  d["latency_buckets"] = histogram(c.latency);
+  row_columns(scenario, target, kind, provider, c, [&d](std::string_view column, std::string_view, py::object v) {
+    d[py::str(column.data(), column.size())] = std::move(v);
+  });
   return d;
 }
 

@@ -11,6 +11,7 @@
 #include <optional>
 #include <utility>
 
+#include "sidecar/metrics.hpp"
 #include "turnout/prefix.hpp"
 
 namespace turnout::sidecar {
@@ -59,19 +60,6 @@ std::string hex16(std::uint64_t v) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
   return buf;
-}
-
-std::string int128_string(Int128 v) {
-  if (v == 0) return "0";
-  const bool neg = v < 0;
-  UInt128 u = neg ? static_cast<UInt128>(-(v + 1)) + 1 : static_cast<UInt128>(v);
-  std::string s;
-  while (u != 0) {
-    s.push_back(static_cast<char>('0' + static_cast<int>(u % 10)));
-    u /= 10;
-  }
-  if (neg) s.push_back('-');
-  return {s.rbegin(), s.rend()};
 }
 
 struct WireError {
@@ -293,12 +281,7 @@ Decision adopted_decision(const Fields& f, std::int64_t now_ms) {
 }
 
 void pack_usage(MapOut& m, const Usage& u) {
-  m.key("uncached_input_tokens").pack(u.uncached_input_tokens);
-  m.key("cache_read_tokens").pack(u.cache_read_tokens);
-  m.key("cache_write_5m_tokens").pack(u.cache_write_5m_tokens);
-  m.key("cache_write_1h_tokens").pack(u.cache_write_1h_tokens);
-  m.key("output_tokens").pack(u.output_tokens);
-  m.key("reasoning_tokens").pack(u.reasoning_tokens);
+  for (const TokenKind& k : kTokenKinds) m.key(k.column).pack(u.*k.tokens);
 }
 
 void pack_decision(MapOut& m, const Config& c, const Decision& d) {
@@ -335,58 +318,14 @@ void pack_counters(MapOut& m, const std::string& scenario, const Target& t, cons
   m.str("target", t.name);
   m.str("kind", to_string(t.kind));
   m.str("provider", to_string(t.provider));
-  m.key("requests").pack(c.requests);
-  m.key("spillovers").pack(c.spillovers);
-  m.key("outcomes").pack(c.outcomes);
-  m.key("fallbacks").pack(c.fallbacks);
-  for (std::size_t i = 0; i < kStatusCount; ++i) m.key(to_string(static_cast<Status>(i))).pack(c.by_status[i]);
-  m.key("unpriced").pack(c.unpriced);
-  m.key("accepted").pack(c.accepted);
-  m.key("rejected").pack(c.rejected);
-  pack_usage(m, c.tokens);
-  m.str("cost_usd", c.cost.to_usd_string());
-  m.str("accepted_cost_usd", c.accepted_cost.to_usd_string());
-  m.key("latency_count").pack(c.latency.count);
-  m.key("latency_sum_ms").pack(c.latency.sum_ms);
-  m.key("ttft_count").pack(c.ttft.count);
-  m.key("ttft_sum_ms").pack(c.ttft.sum_ms);
-}
-
-void add_delta(Counters& dst, const Counters& after, const Counters& before) {
-  dst.requests += after.requests - before.requests;
-  dst.spillovers += after.spillovers - before.spillovers;
-  dst.outcomes += after.outcomes - before.outcomes;
-  dst.fallbacks += after.fallbacks - before.fallbacks;
-  for (std::size_t i = 0; i < kStatusCount; ++i) dst.by_status[i] += after.by_status[i] - before.by_status[i];
-  dst.unpriced += after.unpriced - before.unpriced;
-  dst.accepted += after.accepted - before.accepted;
-  dst.rejected += after.rejected - before.rejected;
-  dst.tokens.uncached_input_tokens += after.tokens.uncached_input_tokens - before.tokens.uncached_input_tokens;
-  dst.tokens.cache_read_tokens += after.tokens.cache_read_tokens - before.tokens.cache_read_tokens;
-  dst.tokens.cache_write_5m_tokens += after.tokens.cache_write_5m_tokens - before.tokens.cache_write_5m_tokens;
-  dst.tokens.cache_write_1h_tokens += after.tokens.cache_write_1h_tokens - before.tokens.cache_write_1h_tokens;
-  dst.tokens.output_tokens += after.tokens.output_tokens - before.tokens.output_tokens;
-  dst.tokens.reasoning_tokens += after.tokens.reasoning_tokens - before.tokens.reasoning_tokens;
-  dst.cost += Money::from_picos(static_cast<std::int64_t>(after.cost.picos() - before.cost.picos()));
-  dst.accepted_cost +=
-      Money::from_picos(static_cast<std::int64_t>(after.accepted_cost.picos() - before.accepted_cost.picos()));
-  for (auto [d, a, b] :
-       {std::tuple{&dst.ttft, &after.ttft, &before.ttft}, std::tuple{&dst.latency, &after.latency, &before.latency}}) {
-    for (std::size_t i = 0; i < d->buckets.size(); ++i) d->buckets[i] += a->buckets[i] - b->buckets[i];
-    d->count += a->count - b->count;
-    d->sum_ms += a->sum_ms - b->sum_ms;
-  }
-}
-
-bool same_histogram(const Histogram& a, const Histogram& b) {
-  return a.buckets == b.buckets && a.count == b.count && a.sum_ms == b.sum_ms;
-}
-
-bool same_counters(const Counters& a, const Counters& b) {
-  return a.requests == b.requests && a.spillovers == b.spillovers && a.outcomes == b.outcomes &&
-         a.fallbacks == b.fallbacks && a.by_status == b.by_status && a.unpriced == b.unpriced &&
-         a.accepted == b.accepted && a.rejected == b.rejected && a.tokens == b.tokens && a.cost == b.cost &&
-         a.accepted_cost == b.accepted_cost && same_histogram(a.ttft, b.ttft) && same_histogram(a.latency, b.latency);
+  visit_columns(c, [&m](const CounterField&, std::string_view column, const auto& value) {
+    using T = std::remove_cvref_t<decltype(value)>;
+    if constexpr (std::is_same_v<T, MoneyTotal>) {
+      m.str(column, value.to_usd_string());  // exact decimal text, as every money field on the wire
+    } else {
+      m.key(column).pack(value);  // counts, and bucket arrays as msgpack arrays
+    }
+  });
 }
 
 WireError core_error(const Error& e) { return {to_string(e.code), e.message}; }
@@ -533,7 +472,7 @@ void Server::sync_rows_locked(const Router& r) {
   const Config& c = *r.config();
   for (std::size_t i = 0; i < rows.size(); ++i) {
     if (i < published_.size() && published_[i].scenario == rows[i].scenario && published_[i].target == rows[i].target &&
-        same_counters(published_[i].counters, rows[i].counters)) {
+        published_[i].counters == rows[i].counters) {
       continue;
     }
     segment_->publish(c, rows[i]);
@@ -567,11 +506,12 @@ void Server::carry_delta(const Router& old, const std::vector<CounterRow>& befor
   auto current = router_->counters();
   std::vector<CounterRow> changed;
   for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {
-    if (same_counters(after[i].counters, before[i].counters)) continue;
+    if (after[i].counters == before[i].counters) continue;
+    const Counters gained = delta(after[i].counters, before[i].counters);
     for (auto& row : current) {
       if (nc.scenarios[row.scenario].name == oc.scenarios[after[i].scenario].name &&
           nc.targets[row.target].name == oc.targets[after[i].target].name) {
-        add_delta(row.counters, after[i].counters, before[i].counters);
+        add(row.counters, gained);
         changed.push_back(row);
       }
     }
@@ -844,135 +784,13 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms, std::u
 
 // ------------------------------------------------------------------------------------------ metrics
 
-namespace {
-
-std::string label(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
-
-}  // namespace
-
 std::string Server::metrics(std::int64_t now_ms) const {
   const auto r = router();
-  const Config& c = *r->config();
-  const auto rows = r->counters();
-  std::string out;
-  auto family = [&](const char* name, const char* type, const char* help) {
-    out += "# HELP ";
-    out += name;
-    out += ' ';
-    out += help;
-    out += "\n# TYPE ";
-    out += name;
-    out += ' ';
-    out += type;
-    out += '\n';
-  };
-  auto labels = [&](const CounterRow& row) {
-    return "scenario=\"" + label(c.scenarios[row.scenario].name) + "\",target=\"" + label(c.targets[row.target].name) +
-           "\"";
-  };
-  auto simple = [&](const char* name, const char* type, const char* help, auto get) {
-    family(name, type, help);
-    for (const auto& row : rows) out += std::string(name) + "{" + labels(row) + "} " + get(row.counters) + "\n";
-  };
-  auto u = [](std::uint64_t v) { return std::to_string(v); };
-
-  family("turnout_up", "gauge", "1 while the sidecar serves.");
-  out += "turnout_up 1\n";
-  family("turnout_generation", "gauge", "Segment generation (bumped on start and reload).");
-  out += "turnout_generation " + std::to_string(segment_->generation()) + "\n";
-  family("turnout_config_info", "gauge", "The routing table being served.");
-  out += "turnout_config_info{version=\"" + hex16(c.content_hash) + "\",source=\"" + label(c.source) + "\"} 1\n";
-  family("turnout_uptime_seconds", "gauge", "Seconds since the sidecar started.");
-  out += "turnout_uptime_seconds " + std::to_string(static_cast<double>(now_ms - started_ms_) / 1000.0) + "\n";
-  family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
-  out += "turnout_pending_decisions " + std::to_string(r->pending_decisions()) + "\n";
-
-  simple("turnout_requests_total", "counter", "Decisions that chose the target.",
-         [&](const Counters& k) { return u(k.requests); });
-  simple("turnout_spillovers_total", "counter", "Decisions that spilled over to the target.",
-         [&](const Counters& k) { return u(k.spillovers); });
-  simple("turnout_fallbacks_total", "counter", "Outcomes on the target as a fallback.",
-         [&](const Counters& k) { return u(k.fallbacks); });
-  simple("turnout_unpriced_total", "counter", "ok outcomes reported without usage.",
-         [&](const Counters& k) { return u(k.unpriced); });
-  simple("turnout_accepted_total", "counter", "Outcomes accepted by their quality verdict.",
-         [&](const Counters& k) { return u(k.accepted); });
-  simple("turnout_rejected_total", "counter", "Outcomes rejected by their quality verdict.",
-         [&](const Counters& k) { return u(k.rejected); });
-  family("turnout_outcomes_total", "counter", "Reported outcomes by status.");
-  for (const auto& row : rows) {
-    for (std::size_t i = 0; i < kStatusCount; ++i) {
-      out += "turnout_outcomes_total{" + labels(row) + ",status=\"" + to_string(static_cast<Status>(i)) + "\"} " +
-             u(row.counters.by_status[i]) + "\n";
-    }
-  }
-  family("turnout_tokens_total", "counter", "Tokens of priced outcomes by kind.");
-  for (const auto& row : rows) {
-    const Usage& t = row.counters.tokens;
-    const std::pair<const char*, std::int64_t> kinds[] = {{"uncached_input", t.uncached_input_tokens},
-                                                          {"cache_read", t.cache_read_tokens},
-                                                          {"cache_write_5m", t.cache_write_5m_tokens},
-                                                          {"cache_write_1h", t.cache_write_1h_tokens},
-                                                          {"output", t.output_tokens},
-                                                          {"reasoning", t.reasoning_tokens}};
-    for (const auto& [kind, n] : kinds) {
-      out += "turnout_tokens_total{" + labels(row) + ",kind=\"" + kind + "\"} " + std::to_string(n) + "\n";
-    }
-  }
-  family("turnout_cost_usd", "gauge", "Cost of priced outcomes in USD (float view of the exact counter).");
-  for (const auto& row : rows) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.12g", static_cast<double>(row.counters.cost.picos()) / 1e12);
-    out += "turnout_cost_usd{" + labels(row) + "} " + buf + "\n";
-  }
-  simple("turnout_cost_picodollars_total", "counter", "Exact cost of priced outcomes in picodollars.",
-         [&](const Counters& k) { return int128_string(k.cost.picos()); });
-  simple("turnout_accepted_cost_picodollars_total", "counter", "Exact cost of accepted outcomes in picodollars.",
-         [&](const Counters& k) { return int128_string(k.accepted_cost.picos()); });
-  for (const auto& [name, help, pick] :
-       {std::tuple{"turnout_latency_ms", "Outcome latency in milliseconds.", &Counters::latency},
-        std::tuple{"turnout_ttft_ms", "Time to first token in milliseconds.", &Counters::ttft}}) {
-    family(name, "histogram", help);
-    for (const auto& row : rows) {
-      const Histogram& h = row.counters.*pick;
-      std::uint64_t cumulative = 0;
-      for (std::size_t i = 0; i < h.buckets.size(); ++i) {
-        cumulative += h.buckets[i];
-        const std::string le = i < kLatencyBoundsMs.size() ? std::to_string(kLatencyBoundsMs[i]) : "+Inf";
-        out += std::string(name) + "_bucket{" + labels(row) + ",le=\"" + le + "\"} " + u(cumulative) + "\n";
-      }
-      out += std::string(name) + "_sum{" + labels(row) + "} " + std::to_string(h.sum_ms) + "\n";
-      out += std::string(name) + "_count{" + labels(row) + "} " + u(h.count) + "\n";
-    }
-  }
-  family("turnout_breaker_state", "gauge", "Circuit breaker phase: 0 closed, 1 open, 2 half-open.");
-  for (const auto& b : r->breakers(now_ms)) {
-    const Target& t = c.targets[b.target];
-    out += "turnout_breaker_state{target=\"" + label(t.name) + "\",endpoint=\"" +
-           (b.replica == kNone ? std::string() : label(t.replicas[b.replica].endpoint)) + "\"} " +
-           std::to_string(static_cast<int>(b.phase)) + "\n";
-  }
-  family("turnout_inflight", "gauge", "Requests in flight per target replica.");
-  for (const auto& b : r->breakers(now_ms)) {
-    const Target& t = c.targets[b.target];
-    out += "turnout_inflight{target=\"" + label(t.name) + "\",endpoint=\"" +
-           (b.replica == kNone ? std::string() : label(t.replicas[b.replica].endpoint)) + "\"} " +
-           std::to_string(b.inflight) + "\n";
-  }
-  return out;
+  return metrics_text(*r,
+                      {.generation = segment_->generation(),
+                       .uptime_s = static_cast<double>(now_ms - started_ms_) / 1000.0,
+                       .config_version = hex16(r->config()->content_hash)},
+                      now_ms);
 }
 
 }  // namespace turnout::sidecar

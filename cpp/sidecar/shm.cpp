@@ -109,12 +109,17 @@ std::string layout_mismatch(const ShmHeader& h, std::size_t mapped) {
 }  // namespace
 
 std::string layout_fingerprint() {
+  // The ledger's field list first (a truncated compiler version never cuts it off): a segment written
+  // with other counters, even of the same size, is not read as ours.
+  char ledger[32];
+  std::snprintf(ledger, sizeof ledger, "ledger %016llx ", static_cast<unsigned long long>(ledger_fingerprint()));
+  std::string fp = ledger;
 #if defined(__clang__)
-  std::string fp = "clang " __clang_version__;
+  fp += "clang " __clang_version__;
 #elif defined(__GNUC__)
-  std::string fp = "gcc " __VERSION__;
+  fp += "gcc " __VERSION__;
 #else
-  std::string fp = "unknown compiler";
+  fp += "unknown compiler";
 #endif
   fp += " boost " BOOST_LIB_VERSION;
   return fp.substr(0, sizeof(ShmHeader::fingerprint) - 1);

@@ -12,6 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "turnout/ledger.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
 #include "turnout/state.hpp"
@@ -56,7 +57,7 @@ struct alignas(64) ShmHeader {
   std::uint32_t payload_size;
   std::uint32_t counters_size;
   std::uint32_t slot_capacity;
-  char fingerprint[128];                   ///< compiler and Boost versions the writer was built with
+  char fingerprint[128];                   ///< ledger field list, compiler and Boost versions of the writer
   std::atomic<std::int64_t> creator_pid;   ///< the sidecar that owns the segment now
   std::atomic<std::uint64_t> generation;   ///< bumped on every start and reload
   std::atomic<std::int64_t> heartbeat_ms;  ///< wall clock of the owner, every ~100 ms
@@ -83,7 +84,8 @@ struct HeaderInfo {
   bool ready = false;
 };
 
-/// The compiler/Boost fingerprint this build writes and expects.
+/// The fingerprint this build writes and expects: its ledger field list (ledger_fingerprint()),
+/// compiler and Boost versions.
 [[nodiscard]] std::string layout_fingerprint();
 /// Where the lock file of segment `name` lives (next to the segment, in /dev/shm).
 [[nodiscard]] std::string lock_path(const std::string& name);

@@ -71,6 +71,11 @@ class MoneyTotal {
     picos_ += m.picos_;
     return *this;
   }
+  /// Takes back a part of the sum (a ledger's delta between two snapshots).
+  constexpr MoneyTotal& operator-=(const MoneyTotal& m) {
+    picos_ -= m.picos_;
+    return *this;
+  }
   [[nodiscard]] constexpr Int128 picos() const { return picos_; }
   [[nodiscard]] std::string to_usd_string() const;
   friend constexpr bool operator==(MoneyTotal, MoneyTotal) = default;

@@ -14,18 +14,11 @@ constexpr std::int64_t kSecondsPerHour = 3600;
 /// Usage values can come from callers other than normalize_usage (Python, replays): check the bounds
 /// that make the arithmetic below safe.
 Result<Ok> check_usage(const Usage& usage) {
-  const struct {
-    std::int64_t tokens;
-    const char* name;
-  } parts[] = {{usage.uncached_input_tokens, "uncached_input_tokens"},
-               {usage.cache_read_tokens, "cache_read_tokens"},
-               {usage.cache_write_5m_tokens, "cache_write_5m_tokens"},
-               {usage.cache_write_1h_tokens, "cache_write_1h_tokens"},
-               {usage.output_tokens, "output_tokens"}};
-  for (const auto& part : parts) {
-    if (part.tokens < 0 || part.tokens > kMaxTokens) {
-      return make_error(ErrorCode::usage_invalid, std::string("usage.") + part.name + " (" +
-                                                      std::to_string(part.tokens) + ") is outside 0..2^31");
+  for (const TokenKind& kind : kTokenKinds) {
+    const std::int64_t tokens = usage.*kind.tokens;
+    if (tokens < 0 || tokens > kMaxTokens) {
+      return make_error(ErrorCode::usage_invalid,
+                        "usage." + std::string(kind.column) + " (" + std::to_string(tokens) + ") is outside 0..2^31");
     }
   }
   return Ok{};
@@ -65,23 +58,14 @@ Result<Money> price_usage(const PriceCatalog& price, const Usage& usage, Process
                       "batch_discount_pct (" + std::to_string(price.batch_discount_pct) + ") is outside 0..100");
   }
   const PriceRates& rates = price.rates_for(usage.input_tokens());
-  const struct {
-    std::int64_t tokens;
-    TokenPrice price;
-    const char* name;
-  } parts[] = {{usage.uncached_input_tokens, rates.input, "input"},
-               {usage.cache_read_tokens, rates.cache_read, "cache_read"},
-               {usage.cache_write_5m_tokens, rates.cache_write_5m, "cache_write_5m"},
-               {usage.cache_write_1h_tokens, rates.cache_write_1h, "cache_write_1h"},
-               {usage.output_tokens, rates.output, "output"}};
-
-  Int128 total = 0;  // ≤ 5 × 2^31 × int64 max: far inside 128 bits
-  for (const auto& part : parts) {
-    const std::int64_t picos = part.price.picos_per_token();
+  Int128 total = 0;  // ≤ 6 × 2^31 × int64 max: far inside 128 bits
+  for (const TokenKind& kind : kTokenKinds) {
+    if (kind.rate == nullptr) continue;  // informative: its tokens are billed as another kind
+    const std::int64_t picos = (rates.*kind.rate).picos_per_token();
     if (picos < 0) {
-      return make_error(ErrorCode::invalid_argument, std::string("price ") + part.name + " is negative");
+      return make_error(ErrorCode::invalid_argument, "price " + std::string(kind.price) + " is negative");
     }
-    total += static_cast<Int128>(part.tokens) * picos;
+    total += static_cast<Int128>(usage.*kind.tokens) * picos;
   }
   if (mode == ProcessingMode::batch) {
     total = total * (100 - price.batch_discount_pct) / 100;  // non-negative: truncation rounds down

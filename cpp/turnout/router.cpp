@@ -261,12 +261,7 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   if (fallback) ++c.fallbacks;
   ++c.by_status[static_cast<std::size_t>(r.status)];
   if (receipt.priced) {
-    c.tokens.uncached_input_tokens += receipt.usage.uncached_input_tokens;
-    c.tokens.cache_read_tokens += receipt.usage.cache_read_tokens;
-    c.tokens.cache_write_5m_tokens += receipt.usage.cache_write_5m_tokens;
-    c.tokens.cache_write_1h_tokens += receipt.usage.cache_write_1h_tokens;
-    c.tokens.output_tokens += receipt.usage.output_tokens;
-    c.tokens.reasoning_tokens += receipt.usage.reasoning_tokens;
+    add_tokens(c.tokens, receipt.usage);
     c.cost += receipt.cost;
   } else if (r.status == Status::ok) {
     ++c.unpriced;

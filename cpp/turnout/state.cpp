@@ -129,13 +129,6 @@ void Breaker::on_outcome(const BreakerSpec& spec, bool failure, bool probe, Time
   }
 }
 
-void Histogram::observe(std::int64_t ms) noexcept {
-  const auto* const it = std::lower_bound(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end(), ms);
-  ++buckets[static_cast<std::size_t>(it - kLatencyBoundsMs.begin())];
-  ++count;
-  sum_ms += ms;
-}
-
 RouterState::RouterState(const Config& config) : target_count(config.targets.size()) {
   std::size_t units = 0;
   for (const auto& t : config.targets) {

@@ -15,6 +15,7 @@
 #include "turnout/config.hpp"
 #include "turnout/decision.hpp"
 #include "turnout/directory.hpp"
+#include "turnout/ledger.hpp"
 #include "turnout/money.hpp"
 #include "turnout/usage.hpp"
 
@@ -77,33 +78,6 @@ struct BudgetState {
   std::int64_t day = INT64_MIN;  ///< UTC day number the figures belong to (none yet)
   Money spent;
   Money reserved;
-};
-
-/// Latency histogram with fixed millisecond bounds (the last bucket is +Inf).
-inline constexpr std::array<std::int64_t, 12> kLatencyBoundsMs = {10,   25,   50,   100,   250,   500,
-                                                                  1000, 2500, 5000, 10000, 30000, 60000};
-struct Histogram {
-  std::array<std::uint64_t, kLatencyBoundsMs.size() + 1> buckets{};
-  std::uint64_t count = 0;
-  std::int64_t sum_ms = 0;
-  void observe(std::int64_t ms) noexcept;
-};
-
-/// Ledger counters of one scenario x target.
-struct Counters {
-  std::uint64_t requests = 0;    ///< decisions that chose this target
-  std::uint64_t spillovers = 0;  ///< ... of which because the self-hosted pool was full
-  std::uint64_t outcomes = 0;    ///< reports received for this target
-  std::uint64_t fallbacks = 0;   ///< ... of which the target was a fallback, not the decision's choice
-  std::array<std::uint64_t, kStatusCount> by_status{};
-  std::uint64_t unpriced = 0;  ///< ok outcomes reported without usage (cost unknown, not zero)
-  std::uint64_t accepted = 0;
-  std::uint64_t rejected = 0;
-  Usage tokens;              ///< sums (reported_cost unused)
-  MoneyTotal cost;           ///< exact sum of every priced outcome
-  MoneyTotal accepted_cost;  ///< cost of the outcomes that were later accepted
-  Histogram ttft;
-  Histogram latency;
 };
 
 /// A decision waiting for its outcome(s) and verdict. Reports are idempotent per (decision, target).

@@ -14,6 +14,14 @@
 namespace turnout {
 namespace {
 
+// kTokenKinds names every token member of Usage (all but reported_cost): a member added without its
+// line there stops this binding from compiling.
+[[maybe_unused]] void every_token_kind_is_listed(Usage& u) {
+  [[maybe_unused]] auto& [uncached_input, cache_read, cache_write_5m, cache_write_1h, output, reasoning,
+                          reported_cost] = u;
+  static_assert(kTokenKinds.size() == 6, "a token member of Usage is missing from kTokenKinds");
+}
+
 namespace mp = msgpack::type;
 
 /// Token counts above this are not a real request (the largest context windows are ~2^21). Rejecting

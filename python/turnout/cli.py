@@ -16,6 +16,7 @@ from rich.text import Text
 
 import turnout
 from turnout import TurnoutError
+from turnout.ledger import COUNTER_FIELDS
 
 # Piped output (CI logs, `| less`) gets room for the tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -354,17 +355,13 @@ def stats(endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
         )
     elif fast:
         console.print(f"fast path off: {fast.get('why_not', '')}", highlight=False)
+    # Every count and amount of the ledger's field list (statuses, tokens, latencies: --json).
+    shown = [c for f in COUNTER_FIELDS if f.kind in ("count", "money") for c in f.columns]
     table = Table(title="Ledger")
-    counts = ("requests", "outcomes", "ok", "error", "timeout", "accepted")
-    for col in ("scenario", "target", *counts, "cost $"):
+    for col in ("scenario", "target", *shown):
         table.add_column(col, justify="right" if col not in ("scenario", "target") else "left")
     for r in reply["counters"]:
-        table.add_row(
-            r["scenario"],
-            r["target"],
-            *(str(r[k]) for k in counts),
-            r["cost_usd"],
-        )
+        table.add_row(r["scenario"], r["target"], *(str(r[c]) for c in shown))
     console.print(table)
     breakers = Table(title="Breakers")
     for col in ("target", "endpoint", "phase", "consecutive failures", "opened", "in flight"):

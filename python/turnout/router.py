@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from turnout import _core
+from turnout.ledger import MoneyType, counters_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,11 +27,12 @@ class Router(_core.Router):
         restart drops that replica's blocks. Use as a context manager, or call ``.stop()``."""
         return _core._subscribe_kv_events(self, topic, replay_timeout_s)
 
-    def counters_frame(self) -> pd.DataFrame:
-        """The ledger as a DataFrame, one row per scenario x target (needs pandas)."""
-        import pandas as pd
+    def counters_frame(self, money: MoneyType = "decimal") -> pd.DataFrame:
+        """The ledger as a DataFrame, one row per scenario x target (needs pandas).
 
-        return pd.DataFrame(self.counters())
+        ``money="decimal"``: exact ``Decimal`` amounts; ``money="float"``: float64 money columns,
+        for plotting. See :func:`turnout.ledger.counters_frame`."""
+        return counters_frame(self.counters(), money)
 
     def scenario_summary(self) -> list[dict[str, Any]]:
         """Per-scenario totals: cost, accepted outcomes and the cost per accepted outcome."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from turnout import _core, _errors
 from turnout._core import protocol
+from turnout.ledger import MoneyType, counters_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -803,11 +804,10 @@ class SharedCounters:
         """The same row dicts as :meth:`turnout.Router.counters`."""
         return self._view.counters(timeout_s)
 
-    def counters_frame(self) -> pd.DataFrame:
-        """The rows as a DataFrame (needs pandas)."""
-        import pandas as pd
-
-        return pd.DataFrame(self.counters())
+    def counters_frame(self, money: MoneyType = "decimal") -> pd.DataFrame:
+        """The rows as a DataFrame (needs pandas); ``money`` as in
+        :meth:`turnout.Router.counters_frame`."""
+        return counters_frame(self.counters(), money)
 
     def info(self) -> dict[str, Any]:
         """The segment header: owner pid, generation, heartbeat (s), config version, ready."""

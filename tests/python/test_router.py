@@ -7,6 +7,7 @@ tokens x price gives micro-dollars).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from decimal import Decimal
@@ -27,6 +28,7 @@ from turnout import (
     UnknownScenarioError,
     UnknownTargetError,
     UsageError,
+    ledger,
 )
 
 MakeRouter = Callable[..., Router]
@@ -1089,6 +1091,52 @@ def test_counters_frame(example_router: Router) -> None:
     assert llama["requests"].tolist() == [1]
     assert llama["cost_usd"].tolist() == [row(example_router, CONTRACT, "llama-70b")["cost_usd"]]
     assert isinstance(llama["cost_usd"].iloc[0], Decimal)
+
+
+def test_counters_frame_money_as_float(example_router: Router) -> None:
+    d = example_router.route(CONTRACT, now=T0)
+    example_router.report(
+        d.id, target="llama-70b", status="ok", usage=openai_usage(100, 10), accepted=True, now=T0
+    )
+    exact = example_router.counters_frame()
+    floats = example_router.counters_frame(money="float")
+    assert list(floats.columns) == list(exact.columns) == list(ledger.COLUMNS)
+    assert {"cost_usd", "accepted_cost_usd", "cost_per_accepted_usd"} <= set(ledger.MONEY_COLUMNS)
+    for column in ledger.MONEY_COLUMNS:
+        assert floats[column].dtype == "float64", column
+        for amount, approx in zip(exact[column], floats[column], strict=True):
+            if amount is None:  # cost per accepted outcome before the first one
+                assert math.isnan(approx), column
+            else:
+                assert isinstance(amount, Decimal)
+                assert approx == float(amount), column
+    assert floats["cost_per_accepted_usd"].notna().sum() == 1
+    others = [c for c in ledger.COLUMNS if c not in ledger.MONEY_COLUMNS]
+    assert floats[others].equals(exact[others])
+    with pytest.raises(ValueError, match="money must be 'decimal' or 'float', got 'cents'"):
+        example_router.counters_frame(money="cents")  # type: ignore[arg-type]
+
+
+def test_row_columns_come_from_the_field_list(example_router: Router) -> None:
+    rows = example_router.counters()
+    assert rows
+    assert all(list(r) == list(ledger.COLUMNS) for r in rows)
+    field_columns = [c for f in ledger.COUNTER_FIELDS for c in f.columns]
+    assert len(field_columns) == len(set(field_columns))
+    assert set(field_columns) <= set(ledger.COLUMNS)
+    assert {f.kind for f in ledger.COUNTER_FIELDS} == {
+        "count",
+        "by_status",
+        "tokens",
+        "money",
+        "histogram",
+    }
+    empty = ledger.counters_frame([])  # an empty ledger still has every column
+    assert list(empty.columns) == list(ledger.COLUMNS)
+    assert len(empty) == 0
+    # turnout.Cost spells the token kinds out for type checkers: it must know every one.
+    (tokens,) = (f for f in ledger.COUNTER_FIELDS if f.kind == "tokens")
+    assert set(tokens.columns) <= {f.name for f in dataclasses.fields(turnout.Cost)}
 
 
 # ---- explain and expiry --------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import zmq
 from click.testing import CliRunner
 
 import turnout
+from turnout import ledger
 from turnout.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -796,6 +797,153 @@ def test_metrics_parse_as_prometheus_text(sidecar: Sidecar) -> None:
     assert value("turnout_latency_ms", "turnout_latency_ms_bucket", le="50") == 1
     assert value("turnout_latency_ms", "turnout_latency_ms_bucket", le="25") == 0
     assert families["turnout_breaker_state"].type == "gauge"
+
+
+LEDGER_TABLE = """\
+version: 1
+targets:
+  pool:
+    kind: self_hosted
+    data_classes: [public]
+    context_window: 32000
+    cost: {gpus_per_replica: 1, usd_per_gpu_hour: 3.60, prefill_tokens_per_s: 10000,
+           decode_tokens_per_s: 1000}
+    replicas: [{endpoint: "http://127.0.0.1:9001", max_inflight: 1}]
+  claude:
+    kind: maas
+    provider: anthropic
+    model: claude-sonnet-4
+    data_classes: [public]
+    context_window: 200000
+    price: {input_per_mtok: 3, output_per_mtok: 15, cache_read_per_mtok: 0.30,
+            cache_write_5m_per_mtok: 3.75, cache_write_1h_per_mtok: 6}
+  mini:
+    kind: maas
+    provider: openai
+    model: gpt-4.1-mini
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 0.40, cache_read_per_mtok: 0.10, output_per_mtok: 1.60}
+scenarios:
+  chat:
+    data_class: public
+    routes: [{target: pool}]
+    spillover: {target: claude, when_inflight_ratio: 0.5}
+    fallback: [mini]
+"""
+
+
+def _every_counter_moves(c: turnout.Client) -> None:
+    """Traffic that makes every field of the ledger non-zero on some row of LEDGER_TABLE."""
+    held = c.route("chat", input_tokens=100, now=T0)  # the pool's only slot
+    assert held.target == "pool"
+    spilled = c.route("chat", input_tokens=100, now=T0)
+    assert spilled.target == "claude"
+    anthropic = {
+        "input_tokens": 50,
+        "cache_read_input_tokens": 20,
+        "cache_creation_input_tokens": 30,
+        "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
+        "output_tokens": 40,
+    }
+    c.report(
+        spilled.id,
+        target="claude",
+        status="ok",
+        usage=anthropic,
+        ttft_ms=120,
+        latency_ms=900,
+        accepted=True,
+        now=T0 + 1,
+    )
+    reasoning = {
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "completion_tokens_details": {"reasoning_tokens": 20},
+    }
+    c.report(held.id, target="mini", status="ok", usage=reasoning, now=T0 + 2)  # a fallback
+    c.verdict(held.id, False, now=T0 + 3)
+    for status in ("context_overflow", "content_filter", "error", "timeout", "rate_limited"):
+        d = c.route("chat", input_tokens=100, now=T0 + 4)
+        c.report(d.id, target=d.target, status=status, latency_ms=30_000, now=T0 + 5)
+    d = c.route("chat", input_tokens=100, now=T0 + 6)
+    c.report(d.id, target=d.target, status="ok", now=T0 + 7)  # no usage: unpriced
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_every_counter_field_reaches_stats_metrics_and_frames(
+    sidecars: list[Sidecar], workdir: Path, shm_name: str
+) -> None:
+    """Iterates the ledger's field list (turnout.ledger): a field added to the core is covered."""
+    config = workdir / "ledger.yaml"
+    config.write_text(LEDGER_TABLE)
+    sidecar = Sidecar(workdir, config, shm_name)
+    sidecars.append(sidecar)
+    sidecar.start()
+    with sidecar.client() as c:
+        _every_counter_moves(c)
+        stats = c.stats()["counters"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.metrics_port}/metrics", timeout=5) as r:
+        samples = _samples(r.read().decode())
+    frame = turnout.attach(sidecar.shm).counters_frame()
+    floats = turnout.attach(sidecar.shm).counters_frame(money="float")
+    assert list(frame.columns) == list(ledger.COLUMNS)
+    assert len(frame) == len(stats) == 3
+
+    for field in ledger.COUNTER_FIELDS:
+        assert field.columns, field.name
+        for column in field.columns:
+            values = [frame.at[i, column] for i in frame.index]
+            total = sum(sum(v) if isinstance(v, list) else v for v in values)
+            assert total != 0, f"{column} ({field.name}) never moved: the test traffic misses it"
+    for i in frame.index:
+        row = frame.loc[i]
+        wire = _row(stats, row["scenario"], row["target"])
+        labels = {("scenario", row["scenario"]), ("target", row["target"])}
+
+        def metric(name: str, *extra: tuple[str, str], labels: set = labels) -> float:
+            return samples[(name, frozenset(labels | set(extra)))]
+
+        for field in ledger.COUNTER_FIELDS:
+            for column in field.columns:
+                value = row[column]
+                if field.kind == "money":
+                    assert Decimal(wire[column]) == value, column  # exact text on the wire
+                    assert floats.at[i, column] == pytest.approx(float(value)), column
+                else:
+                    assert wire[column] == value, column
+            if not field.metrics:
+                continue
+            if field.kind == "count":
+                assert metric(field.metrics[0]) == row[field.name], field.name
+            elif field.kind in ("by_status", "tokens"):
+                label = "status" if field.kind == "by_status" else "kind"
+                for column in field.columns:
+                    kind = column.removesuffix("_tokens")
+                    assert metric(field.metrics[0], (label, kind)) == row[column], column
+            elif field.kind == "money":
+                usd, picos = field.metrics
+                (column,) = field.columns
+                assert metric(usd) == pytest.approx(float(row[column])), usd
+                assert Decimal(int(metric(picos))) / 10**12 == row[column], picos
+            else:
+                assert field.kind == "histogram", field
+                family = field.metrics[0]
+                assert metric(f"{family}_count") == row[f"{field.name}_count"]
+                assert metric(f"{family}_sum") == row[f"{field.name}_sum_ms"]
+                buckets = row[f"{field.name}_buckets"]
+                bounds = [*map(str, turnout.LATENCY_BUCKETS_MS), "+Inf"]
+                for k, le in enumerate(bounds):
+                    assert metric(f"{family}_bucket", ("le", le)) == sum(buckets[: k + 1]), le
 
 
 def test_socket_and_segment_files_are_private(sidecar: Sidecar) -> None:

@@ -1,0 +1,202 @@
+#pragma once
+// The ledger: what the Router counts per scenario x target (Counters), and the one list of its fields
+// (visit_fields) that every edge iterates: the Router's and the sidecar's row arithmetic, the stats reply,
+// the shared-memory layout fingerprint, /metrics, and the Python rows and DataFrames. Adding a counter
+// is a member in Counters and its line in visit_fields(); see HACKING.md, "Adding a counter".
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "turnout/decision.hpp"
+#include "turnout/money.hpp"
+#include "turnout/usage.hpp"
+
+namespace turnout {
+
+/// Latency histogram with fixed millisecond bounds (the last bucket is +Inf).
+inline constexpr std::array<std::int64_t, 12> kLatencyBoundsMs = {10,   25,   50,   100,   250,   500,
+                                                                  1000, 2500, 5000, 10000, 30000, 60000};
+struct Histogram {
+  std::array<std::uint64_t, kLatencyBoundsMs.size() + 1> buckets{};
+  std::uint64_t count = 0;
+  std::int64_t sum_ms = 0;
+  void observe(std::int64_t ms) noexcept;
+  friend bool operator==(const Histogram&, const Histogram&) = default;
+};
+
+/// Outcomes per Status, indexed by the enum.
+using StatusCounts = std::array<std::uint64_t, kStatusCount>;
+
+/// Ledger counters of one scenario x target. What each member means is said once, in visit_fields().
+struct Counters {
+  std::uint64_t requests = 0;
+  std::uint64_t spillovers = 0;
+  std::uint64_t outcomes = 0;
+  std::uint64_t fallbacks = 0;
+  StatusCounts by_status{};
+  std::uint64_t unpriced = 0;
+  std::uint64_t accepted = 0;
+  std::uint64_t rejected = 0;
+  Usage tokens;  ///< token sums by kind (reported_cost unused)
+  MoneyTotal cost;
+  MoneyTotal accepted_cost;
+  Histogram ttft;
+  Histogram latency;
+
+  /// Every field equal (through visit_fields(), like every other operation on a row).
+  friend bool operator==(const Counters& a, const Counters& b) noexcept;
+};
+
+/// What a field holds, and so how each edge shows it:
+/// count      std::uint64_t  column `name`; metric turnout_<metric>_total
+/// by_status  StatusCounts   a column per status (`ok`, `error`...); turnout_<metric>_total{status}
+/// tokens     Usage          a column per token kind (`cache_read_tokens`...); turnout_<metric>_total{kind}
+/// money      MoneyTotal     column `<name>_usd` (exact); turnout_<metric>_usd (float) and
+///                           turnout_<metric>_picodollars_total (exact)
+/// histogram  Histogram      columns `<name>_count`, `<name>_sum_ms`, `<name>_buckets`; turnout_<metric>_ms
+enum class FieldKind : std::uint8_t { count, by_status, tokens, money, histogram };
+
+[[nodiscard]] const char* to_string(FieldKind kind) noexcept;
+
+/// One field of the ledger, as visit_fields() names it.
+struct CounterField {
+  std::string_view name;  ///< the column stem and the wire name
+  FieldKind kind = FieldKind::count;
+  std::string_view help;    ///< what it counts, a noun phrase (the /metrics HELP adds the unit)
+  std::string_view metric;  ///< the /metrics stem when it is not `name`
+  bool exported = true;     ///< false: not a /metrics family of its own (help says where it shows)
+
+  [[nodiscard]] constexpr std::string_view metric_stem() const noexcept { return metric.empty() ? name : metric; }
+};
+
+namespace detail {
+
+template <FieldKind K>
+struct FieldValue;
+template <>
+struct FieldValue<FieldKind::count> {
+  using type = std::uint64_t;
+};
+template <>
+struct FieldValue<FieldKind::by_status> {
+  using type = StatusCounts;
+};
+template <>
+struct FieldValue<FieldKind::tokens> {
+  using type = Usage;
+};
+template <>
+struct FieldValue<FieldKind::money> {
+  using type = MoneyTotal;
+};
+template <>
+struct FieldValue<FieldKind::histogram> {
+  using type = Histogram;
+};
+
+/// One line of the list: checks that the member has the type its kind says, then visits it.
+template <FieldKind K, class V, class... M>
+constexpr void field(V& v, CounterField f, M&... members) {
+  static_assert((std::is_same_v<std::remove_const_t<M>, typename FieldValue<K>::type> && ...),
+                "a counter's member type must match its FieldKind");
+  f.kind = K;
+  v(static_cast<const CounterField&>(f), members...);
+}
+
+}  // namespace detail
+
+/// THE field list: calls `v(field, rows.member...)` for every field of the ledger, in one order, on
+/// any number of rows at once (const or not), so one visitor can add, compare or print them.
+template <class V, class... Rows>
+constexpr void visit_fields(V&& v, Rows&... rows) {
+  static_assert(sizeof...(Rows) > 0 && (std::is_same_v<std::remove_const_t<Rows>, Counters> && ...),
+                "visit_fields() walks ledger rows (Counters)");
+  using enum FieldKind;
+  using detail::field;
+  field<count>(v, {.name = "requests", .help = "Decisions that chose the target"}, rows.requests...);
+  field<count>(
+      v, {.name = "spillovers", .help = "Decisions that spilled over to the target (the self-hosted pool was full)"},
+      rows.spillovers...);
+  field<count>(v,
+               {.name = "outcomes",
+                .help = "Outcomes reported for the target (on /metrics: turnout_outcomes_total by status)",
+                .exported = false},
+               rows.outcomes...);
+  field<count>(v, {.name = "fallbacks", .help = "Outcomes on the target as a fallback"}, rows.fallbacks...);
+  field<by_status>(v, {.name = "by_status", .help = "Reported outcomes", .metric = "outcomes"}, rows.by_status...);
+  field<count>(v, {.name = "unpriced", .help = "ok outcomes reported without usage (cost unknown, not zero)"},
+               rows.unpriced...);
+  field<count>(v, {.name = "accepted", .help = "Outcomes accepted by their quality verdict"}, rows.accepted...);
+  field<count>(v, {.name = "rejected", .help = "Outcomes rejected by their quality verdict"}, rows.rejected...);
+  field<tokens>(v, {.name = "tokens", .help = "Tokens of priced outcomes"}, rows.tokens...);
+  field<money>(v, {.name = "cost", .help = "Cost of priced outcomes"}, rows.cost...);
+  field<money>(v, {.name = "accepted_cost", .help = "Cost of the outcomes later accepted"}, rows.accepted_cost...);
+  field<histogram>(v, {.name = "ttft", .help = "Time to first token"}, rows.ttft...);
+  field<histogram>(v, {.name = "latency", .help = "Outcome latency"}, rows.latency...);
+}
+
+/// The fields in list order (their names, kinds and help; no values).
+inline constexpr auto kCounterFields = [] {
+  constexpr std::size_t n = [] {
+    std::size_t count = 0;
+    const Counters row{};
+    visit_fields([&count](const CounterField&, const auto&) { ++count; }, row);
+    return count;
+  }();
+  std::array<CounterField, n> out{};
+  std::size_t i = 0;
+  const Counters row{};
+  visit_fields([&](const CounterField& f, const auto&) { out[i++] = f; }, row);
+  return out;
+}();
+
+/// dst += src, field by field.
+void add(Counters& dst, const Counters& src) noexcept;
+/// dst -= src, field by field (unsigned counts wrap, so dst += after - before always lands right).
+void subtract(Counters& dst, const Counters& src) noexcept;
+/// What a row gained between two snapshots: after - before.
+[[nodiscard]] Counters delta(const Counters& after, const Counters& before) noexcept;
+
+/// Calls `f(field, column, value)` for each column of a ledger row, in order: what the stats reply and
+/// the Python row dicts hold. `value` is a std::uint64_t, a std::int64_t, a MoneyTotal or an array of
+/// bucket counts; column names follow FieldKind.
+template <class F>
+void visit_columns(const Counters& row, F&& f) {
+  std::string column;
+  const auto named = [&column](std::string_view stem, std::string_view suffix) -> std::string_view {
+    column.assign(stem);
+    column += suffix;
+    return column;
+  };
+  visit_fields(
+      [&](const CounterField& field, const auto& value) {
+        using T = std::remove_cvref_t<decltype(value)>;
+        if constexpr (std::is_same_v<T, std::uint64_t>) {
+          f(field, field.name, value);
+        } else if constexpr (std::is_same_v<T, StatusCounts>) {
+          for (std::size_t i = 0; i < kStatusCount; ++i) {
+            f(field, std::string_view(to_string(static_cast<Status>(i))), value[i]);
+          }
+        } else if constexpr (std::is_same_v<T, Usage>) {
+          for (const TokenKind& k : kTokenKinds) f(field, k.column, value.*k.tokens);
+        } else if constexpr (std::is_same_v<T, MoneyTotal>) {
+          f(field, named(field.name, "_usd"), value);
+        } else {
+          static_assert(std::is_same_v<T, Histogram>);
+          f(field, named(field.name, "_count"), value.count);
+          f(field, named(field.name, "_sum_ms"), value.sum_ms);
+          f(field, named(field.name, "_buckets"), value.buckets);
+        }
+      },
+      row);
+}
+
+/// A hash of the field list (names, kinds, columns, histogram bounds): the shared-memory layout
+/// fingerprint includes it, so a segment written with other counters is never read as ours.
+[[nodiscard]] std::uint64_t ledger_fingerprint();
+
+}  // namespace turnout
