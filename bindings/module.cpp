@@ -166,23 +166,7 @@ struct DecisionView {
   }
   [[nodiscard]] std::vector<std::string> reasons() const {
     std::vector<std::string> out;
-    for (const auto& r : d.reasons) {
-      std::string s = to_string(r.code);
-      if (r.target != kNone) s += ":" + config->targets[r.target].name;
-      switch (r.code) {
-        case ReasonCode::weight: s += " (" + std::to_string(r.value) + "%)"; break;
-        case ReasonCode::spillover: s += " (in-flight " + std::to_string(r.value / 10) + "%)"; break;
-        case ReasonCode::context_window: s += " (needs " + std::to_string(r.value) + " tokens)"; break;
-        case ReasonCode::budget: s += " (worst case $" + Money::from_picos(r.value).to_usd_string() + ")"; break;
-        case ReasonCode::affinity: s += " (" + std::to_string(r.value) + " cached tokens)"; break;
-        case ReasonCode::prefix_overlap:
-        case ReasonCode::least_loaded:
-          s += " (" + config->targets[r.target].replicas[static_cast<std::size_t>(r.value)].endpoint + ")";
-          break;
-        default: break;
-      }
-      out.push_back(std::move(s));
-    }
+    for (const auto& r : d.reasons) out.push_back(reason_text(*config, r));
     return out;
   }
   [[nodiscard]] std::string version() const { return hex16(d.config_version); }
@@ -233,13 +217,11 @@ RouteRequest make_request(const std::string& scenario, const std::optional<std::
     r.token_ids = tokens;
   }
   if (text) r.text = *text;
-  // Without a count, estimate the prompt: its token ids, else ~4 characters per token.
   if (input_tokens) {
     r.input_tokens = *input_tokens;
-  } else if (!token_ids.is_none()) {
-    r.input_tokens = static_cast<std::int64_t>(tokens.size());
-  } else if (text) {
-    r.input_tokens = static_cast<std::int64_t>((text->size() + kCharsPerToken - 1) / kCharsPerToken);
+  } else {
+    r.input_tokens = estimate_input_tokens(token_ids.is_none() ? std::nullopt : std::optional(r.token_ids),
+                                           text ? std::optional(r.text) : std::nullopt);
   }
   r.max_output_tokens = max_output_tokens.value_or(-1);
   r.now = now_ms(now);
@@ -330,8 +312,9 @@ py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string
                                       py::arg("token_ids") = py::none(), py::arg("text") = py::none(),                 \
                                       py::arg("now") = py::none()
 
-void bind_sidecar(py::module_& m);  // bindings/sidecar.cpp
-void bind_kv(py::module_& m);       // bindings/kv.cpp
+void bind_sidecar(py::module_& m);   // bindings/sidecar.cpp
+void bind_kv(py::module_& m);        // bindings/kv.cpp
+void bind_protocol(py::module_& m);  // bindings/protocol.cpp
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Turnout C++ core (private: import turnout instead)";
@@ -718,4 +701,5 @@ PYBIND11_MODULE(_core, m) {
 
   bind_sidecar(m);
   bind_kv(m);
+  bind_protocol(m);
 }
