@@ -167,23 +167,7 @@ struct DecisionView {
   [[nodiscard]] std::vector<std::string> reasons() const {
     if (names) return names->reasons;
     std::vector<std::string> out;
-    for (const auto& r : d.reasons) {
-      std::string s = to_string(r.code);
-      if (r.target != kNone) s += ":" + config->targets[r.target].name;
-      switch (r.code) {
-        case ReasonCode::weight: s += " (" + std::to_string(r.value) + "%)"; break;
-        case ReasonCode::spillover: s += " (in-flight " + std::to_string(r.value / 10) + "%)"; break;
-        case ReasonCode::context_window: s += " (needs " + std::to_string(r.value) + " tokens)"; break;
-        case ReasonCode::budget: s += " (worst case $" + Money::from_picos(r.value).to_usd_string() + ")"; break;
-        case ReasonCode::affinity: s += " (" + std::to_string(r.value) + " cached tokens)"; break;
-        case ReasonCode::prefix_overlap:
-        case ReasonCode::least_loaded:
-          s += " (" + config->targets[r.target].replicas[static_cast<std::size_t>(r.value)].endpoint + ")";
-          break;
-        default: break;
-      }
-      out.push_back(std::move(s));
-    }
+    for (const auto& r : d.reasons) out.push_back(reason_text(*config, r));
     return out;
   }
   [[nodiscard]] std::string version() const { return hex16(d.config_version); }
@@ -277,13 +261,11 @@ RouteRequest make_request(const std::string& scenario, const std::optional<std::
     r.token_ids = tokens;
   }
   if (text) r.text = *text;
-  // Without a count, estimate the prompt: its token ids, else ~4 characters per token.
   if (input_tokens) {
     r.input_tokens = *input_tokens;
-  } else if (!token_ids.is_none()) {
-    r.input_tokens = static_cast<std::int64_t>(tokens.size());
-  } else if (text) {
-    r.input_tokens = static_cast<std::int64_t>((text->size() + kCharsPerToken - 1) / kCharsPerToken);
+  } else {
+    r.input_tokens = estimate_input_tokens(token_ids.is_none() ? std::nullopt : std::optional(r.token_ids),
+                                           text ? std::optional(r.text) : std::nullopt);
   }
   r.max_output_tokens = max_output_tokens.value_or(-1);
   r.now = now_ms(now);

@@ -1,39 +1,55 @@
-// STAND-IN for turnout._core.protocol (issue 9): the interface the Python client is written against,
-// until the real submodule (its names read from the sidecar's protocol definition) replaces this file.
-// Registered by module.cpp.
+// turnout._core.protocol: the wire protocol's names as cpp/turnout/protocol.hpp defines them, so the
+// Python client never retypes a field, an op or an error code. Registered by module.cpp.
 
 #include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
 
 #include <string>
 
-#include "sidecar/server.hpp"
+#include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
 
 namespace py = pybind11;
+using namespace turnout;
 
 namespace {
 
-// The wire's field names the client uses (the envelope first), space-separated.
-constexpr const char* kFields =
-    "v op id ok error code message "
-    "scenario key data_class input_tokens max_output_tokens token_ids text now "
-    "decision_id target endpoint fallbacks reasons predicted_cost_usd reserved_cost_usd expected_cached_tokens "
-    "cache_key config_version at "
-    "status usage ttft_ms latency_ms accepted cost_usd duplicate fallback priced";
+/// The class of FIELD: one read-only attribute per wire field, whose value is the field's wire name.
+struct WireFields {};
+
+py::object field_names(py::module_& m) {
+  py::class_<WireFields> cls(m, "WireFields", "The wire name of every field: FIELD.decision_id == 'decision_id'.");
+  for (const std::string_view name : protocol::kFields) {
+    const std::string value(name);
+    cls.def_property_readonly(value.c_str(), [value](const WireFields&) { return value; });
+  }
+  cls.def("__iter__", [](const WireFields&) {
+    py::list names;
+    for (const std::string_view name : protocol::kFields) names.append(py::str(name.data(), name.size()));
+    return py::iter(names);
+  });
+  cls.def("__repr__", [](const WireFields&) { return std::string("<turnout._core.protocol.FIELD>"); });
+  return py::cast(WireFields{});
+}
 
 }  // namespace
 
 void bind_protocol(py::module_& m) {
-  auto p = m.def_submodule("protocol", "The wire protocol's names (stand-in).");
-  p.attr("VERSION") = turnout::sidecar::kProtocolVersion;
-  p.attr("MAX_MESSAGE_BYTES") = turnout::sidecar::kMaxMessageBytes;
-  p.attr("OPS") = py::make_tuple("route", "explain", "report", "verdict", "stats", "health", "reload", "adopt");
-  p.attr("RING_OPS") = py::make_tuple("adopt", "report", "verdict");
-  py::dict fields;
-  for (auto name : py::str(kFields).attr("split")()) fields[name] = name;
-  p.attr("FIELD") = py::module_::import("types").attr("SimpleNamespace")(**fields);
+  py::module_ p = m.def_submodule("protocol", "The sidecar's wire protocol (docs/protocol.md): names and limits.");
+  p.attr("VERSION") = protocol::kVersion;
+  p.attr("MAX_MESSAGE_BYTES") = protocol::kMaxMessageBytes;
+  py::list ops;
+  py::list ring_ops;
+  for (const auto& op : protocol::kOps) {
+    ops.append(py::str(op.name.data(), op.name.size()));
+    if (op.ring) ring_ops.append(py::str(op.name.data(), op.name.size()));
+  }
+  p.attr("OPS") = py::tuple(ops);
+  p.attr("RING_OPS") = py::tuple(ring_ops);
+  p.attr("FIELD") = field_names(p);
   py::dict codes;
-  for (const auto& e : turnout::kErrorCodes) codes[py::str(std::string(e.name))] = std::string(e.what);
+  for (const auto& e : kErrorCodes)
+    codes[py::str(e.name.data(), e.name.size())] = py::str(e.what.data(), e.what.size());
   p.attr("ERROR_CODES") = codes;
+  // `import turnout._core.protocol` and `from turnout._core.protocol import FIELD` work too.
+  py::module_::import("sys").attr("modules")["turnout._core.protocol"] = p;
 }

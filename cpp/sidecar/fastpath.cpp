@@ -611,56 +611,11 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
   recent_[d->id & (kRecent - 1)] = {d->id, d->scenario, d->placement.target, t.head->generation};
   my_ring_->next_seq.store((t.router->next_decision_id()) & kSeqMask, std::memory_order_relaxed);
 
-  // The adopt message: the wire protocol's, by indices of the table it was decided from.
-  // Packed into a buffer of fixed size (no allocation); a message too big for it never fits the ring.
-  struct Out {
-    std::vector<char>& buf;
-    std::size_t n = 0;
-    void write(const char* p, std::size_t k) {
-      if (n + k <= buf.size()) std::memcpy(buf.data() + n, p, k);
-      n += k;
-    }
-  } out{scratch_};
-  msgpack::packer<Out> pk(out);
-  const Decision& dd = *d;
-  pk.pack_map(13);
-  pk.pack("v");
-  pk.pack(1);
-  pk.pack("op");
-  pk.pack("adopt");
-  pk.pack("decision_id");
-  pk.pack(dd.id);
-  pk.pack("config_version");
-  pk.pack(dd.config_version);
-  pk.pack("scenario");
-  pk.pack(dd.scenario);
-  pk.pack("target");
-  pk.pack(dd.placement.target);
-  pk.pack("replica");
-  pk.pack(dd.placement.replica);
-  pk.pack("fallbacks");
-  pk.pack_array(static_cast<std::uint32_t>(dd.fallbacks.size()));
-  for (const auto& f : dd.fallbacks) {
-    pk.pack_array(2);
-    pk.pack(f.target);
-    pk.pack(f.replica);
-  }
-  pk.pack("spilled");
-  pk.pack(dd.spilled);
-  pk.pack("reserved_cost");
-  pk.pack(dd.reserved_cost.picos());
-  pk.pack("active_blocks");
-  pk.pack(dd.active_blocks);
-  pk.pack("prefix");
-  // Little-endian words; a huge prompt posts its leading blocks only (a leading run is still a
-  // correct thing to learn), so that its record fits a ring.
-  const std::size_t posted = std::min<std::size_t>(dd.prefix.size(), kMaxPostedBlocks);
-  const auto prefix_bytes = static_cast<std::uint32_t>(posted * 8);
-  pk.pack_bin(prefix_bytes);
-  pk.pack_bin_body(reinterpret_cast<const char*>(dd.prefix.data()), prefix_bytes);
-  pk.pack("at");
-  pk.pack(dd.at);
-  if (out.n > scratch_.size() || !post_locked({scratch_.data(), out.n})) {
+  // The adopt record, by indices of the table it was decided from. The buffer is reused (no
+  // allocation); a huge prompt posts its leading blocks only, so that its record fits a ring.
+  scratch_.clear();
+  protocol::encode_adopt_request(scratch_, *d, kMaxPostedBlocks);
+  if (!post_locked({scratch_.data(), scratch_.size()})) {
     // Not posted, so the sidecar never learns of it: the caller routes through the socket instead.
     return unavailable("the fast-path ring is full (the sidecar is not draining it)");
   }

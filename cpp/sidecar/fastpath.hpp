@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "turnout/directory.hpp"
+#include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
 
@@ -34,8 +35,8 @@ inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRN
 inline constexpr std::uint32_t kFastLayoutVersion = 1;
 inline constexpr std::uint32_t kRingCount = 64;          ///< client processes on the fast path at once
 inline constexpr std::uint32_t kRingBytes = 256U << 10;  ///< per client: ~1,000 routes with 128-block prefixes
-inline constexpr std::uint64_t kFastIdBit = 1ULL << 63;  ///< fast-path decision ids: bit 63 | ring << 40 | seq
-inline constexpr int kRingShift = 40;
+using protocol::kFastIdBit;                              ///< fast-path decision ids: bit 63 | ring << 40 | seq
+using protocol::kRingShift;
 inline constexpr std::size_t kMaxPostedBlocks = 4096;       ///< prefix blocks an adopt record carries at most
 inline constexpr std::uint64_t kMaxViewSlots = 1ULL << 22;  ///< 64 MiB per directory view at most
 
@@ -221,7 +222,7 @@ class FastClient {
   };
   static constexpr std::size_t kRecent = 1U << 16;  // decisions a receipt can be given for
   std::vector<Recent> recent_ = std::vector<Recent>(kRecent);
-  std::vector<char> scratch_ = std::vector<char>(kRingBytes / 2);  // the largest record a ring takes
+  msgpack::sbuffer scratch_{kRingBytes / 2};  // an adopt record: the largest a ring takes, without growing
 };
 
 }  // namespace turnout::sidecar

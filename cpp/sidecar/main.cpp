@@ -103,6 +103,8 @@ struct Options {
   std::string curve_authorized_keys;
   bool foreground = false;
   bool watch = true;
+  std::string metrics_host;  ///< --metrics, split (port 0: off)
+  int metrics_port = 0;
 };
 
 Options parse(int argc, char** argv) {
@@ -371,44 +373,98 @@ void daemonize() {
   ::openlog("turnout-sidecar", LOG_PID, LOG_DAEMON);
 }
 
-int run(int argc, char** argv) {
+// ---------------------------------------------------------------------------------------- start-up
+
+/// Step 1: the flags, checked, with their defaults filled in (dies with one line on a bad one).
+Options parse_flags(int argc, char** argv) {
   Options opt = parse(argc, argv);
   g_foreground = opt.foreground;
   ::umask(0077);  // every file we create (socket, segment, lock) is 0600
   if (opt.endpoint.empty()) opt.endpoint = default_endpoint();
-  const bool curve = !opt.curve_secret_key.empty();
-  check_endpoint(opt.endpoint, curve);
-  std::string curve_secret;
-  KeySet authorized;
-  if (curve) {
-    if (::zmq_has("curve") == 0) die("this libzmq was built without CURVE support; cannot use --curve-secret-key");
-    auto secret = load_secret_key(opt.curve_secret_key);
-    if (!secret) die(secret.error().message);
-    curve_secret = std::move(secret).value();
-    auto keys = load_authorized_keys(opt.curve_authorized_keys);
-    if (!keys) die(keys.error().message);
-    authorized = std::move(keys).value();
-  }
+  check_endpoint(opt.endpoint, !opt.curve_secret_key.empty());
   if (opt.shm.empty()) opt.shm = "turnout-" + std::to_string(::getuid());
-  std::string metrics_host;
-  int metrics_port = 0;
   if (!opt.metrics.empty()) {
     const auto colon = opt.metrics.rfind(':');
     if (colon == std::string::npos) die("--metrics must be HOST:PORT, e.g. 127.0.0.1:9464");
-    metrics_host = opt.metrics.substr(0, colon);
+    opt.metrics_host = opt.metrics.substr(0, colon);
     try {
-      metrics_port = std::stoi(opt.metrics.substr(colon + 1));
+      opt.metrics_port = std::stoi(opt.metrics.substr(colon + 1));
     } catch (...) {
       die("--metrics port must be a number, got '" + opt.metrics.substr(colon + 1) + "'");
     }
-    if (metrics_port <= 0 || metrics_port > 65535) die("--metrics port out of range");
-    if (!loopback_host(metrics_host)) {
-      die("refusing to serve /metrics on non-loopback address " + metrics_host + " (use 127.0.0.1)");
+    if (opt.metrics_port <= 0 || opt.metrics_port > 65535) die("--metrics port out of range");
+    if (!loopback_host(opt.metrics_host)) {
+      die("refusing to serve /metrics on non-loopback address " + opt.metrics_host + " (use 127.0.0.1)");
     }
   }
-  if (!opt.foreground) daemonize();
+  return opt;
+}
 
-  // Signals arrive on a signalfd polled with the socket; block them before any thread starts.
+/// The CURVE server's keys: its secret (Z85) and the client keys let in.
+struct CurveKeys {
+  std::string secret;
+  KeySet authorized;
+};
+
+/// Step 2: the CURVE keys, read before daemonizing so that a bad key file fails on the terminal.
+std::optional<CurveKeys> load_curve_keys(const Options& opt) {
+  if (opt.curve_secret_key.empty()) return std::nullopt;
+  if (::zmq_has("curve") == 0) die("this libzmq was built without CURVE support; cannot use --curve-secret-key");
+  auto secret = load_secret_key(opt.curve_secret_key);
+  if (!secret) die(secret.error().message);
+  auto keys = load_authorized_keys(opt.curve_authorized_keys);
+  if (!keys) die(keys.error().message);
+  return CurveKeys{std::move(secret).value(), std::move(keys).value()};
+}
+
+/// The running daemon: what start-up acquires, step by step (each a member below, called in order by
+/// run()), then the serving loop and the orderly stop.
+class Daemon {
+ public:
+  Daemon(Options opt, std::optional<CurveKeys> curve, int sigfd)
+      : opt_(std::move(opt)), curve_(std::move(curve)), sigfd_(sigfd) {}
+
+  void open_state();
+  void bind_socket();
+  void start_metrics();
+  void subscribe_kv_events();
+  void announce_ready();
+  void serve_loop();
+  /// Drains what already arrived, then stops accepting; returns the exit status.
+  int drain_and_stop();
+
+ private:
+  bool serve_one();
+  void reload(const char* why);
+  void watch(std::int64_t now);
+  void read_signals();
+
+  Options opt_;
+  std::optional<CurveKeys> curve_;
+  int sigfd_ = -1;
+  FileStamp watched_;   // the config version being served
+  FileStamp settling_;  // the last stamp seen; equal to `watched_` when nothing is pending
+  std::int64_t last_watch_ = 0;
+  std::int64_t last_beat_ = 0;
+  std::unique_ptr<Server> server_;
+  std::string start_note_;
+  int endpoint_lock_ = -1;
+  zmq::context_t ctx_{1};  // its threads start with the first socket (bind_socket)
+  zmq::socket_t sock_;
+  zmq::socket_t zap_;
+  std::string curve_public_;
+  KeySet denied_logged_;
+  std::vector<zmq::message_t> frames_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
+  std::unique_ptr<turnout::io::RouterKvSink> kv_sink_;
+  std::unique_ptr<turnout::io::KvEventSubscriber> kv_subscriber_;
+  bool stopping_ = false;
+};
+
+/// Step 3: signals arrive on a signalfd polled with the socket; blocked before any thread starts (a
+/// thread with them unblocked would take SIGTERM's default action).
+int block_signals() {
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGTERM);
@@ -418,227 +474,254 @@ int run(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
   const int sigfd = ::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sigfd < 0) die(std::string("signalfd: ") + std::strerror(errno));
+  return sigfd;
+}
 
+/// Step 4: the table, the shared-memory segment and its counters (re-attached after a crash).
+void Daemon::open_state() {
   // Stamped before the load: a change that lands during start-up is still seen.
-  FileStamp watched = stamp(opt.config);
-  auto started = Server::start(opt.config, opt.shm);
+  watched_ = settling_ = stamp(opt_.config);
+  last_watch_ = now_ms();
+  auto started = Server::start(opt_.config, opt_.shm);
   if (!started) die(started.error().message);
-  std::unique_ptr<Server> server = std::move(started.value().server);
+  server_ = std::move(started.value().server);
+  start_note_ = std::move(started.value().note);
+}
 
+/// Step 5: the ROUTER socket (0600 ipc, loopback TCP, or a CURVE server with its ZAP handler).
+void Daemon::bind_socket() {
   // An ipc endpoint is also guarded by a lock file: ZeroMQ would silently take over a live socket.
-  int endpoint_lock = -1;
   std::string ipc_path;
-  if (opt.endpoint.rfind("ipc://", 0) == 0) {
-    ipc_path = opt.endpoint.substr(6);
+  if (opt_.endpoint.rfind("ipc://", 0) == 0) {
+    ipc_path = opt_.endpoint.substr(6);
     const std::string lock = ipc_path + ".lock";
-    endpoint_lock = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (endpoint_lock < 0) die("cannot open " + lock + ": " + std::strerror(errno));
-    if (::flock(endpoint_lock, LOCK_EX | LOCK_NB) != 0) {
-      die("endpoint " + opt.endpoint + " is in use by another live sidecar");
+    endpoint_lock_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (endpoint_lock_ < 0) die("cannot open " + lock + ": " + std::strerror(errno));
+    if (::flock(endpoint_lock_, LOCK_EX | LOCK_NB) != 0) {
+      die("endpoint " + opt_.endpoint + " is in use by another live sidecar");
     }
   }
-
-  zmq::context_t ctx(1);
-  zmq::socket_t sock(ctx, zmq::socket_type::router);
+  sock_ = zmq::socket_t(ctx_, zmq::socket_type::router);
   // The ZAP handler must be bound before the first handshake: without one, libzmq lets every CURVE
   // client in.
-  zmq::socket_t zap;
-  std::string curve_public;
-  if (curve) {
-    zap = zmq::socket_t(ctx, zmq::socket_type::rep);
-    zap.set(zmq::sockopt::linger, 0);
-    zap.bind("inproc://zeromq.zap.01");
+  if (curve_) {
+    zap_ = zmq::socket_t(ctx_, zmq::socket_type::rep);
+    zap_.set(zmq::sockopt::linger, 0);
+    zap_.bind("inproc://zeromq.zap.01");
     char pub[41] = {};
-    if (::zmq_curve_public(pub, curve_secret.c_str()) != 0) die("--curve-secret-key: not a CURVE secret key");
-    curve_public = pub;
+    if (::zmq_curve_public(pub, curve_->secret.c_str()) != 0) die("--curve-secret-key: not a CURVE secret key");
+    curve_public_ = pub;
   }
   try {
-    sock.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(turnout::sidecar::kMaxMessageBytes));
-    sock.set(zmq::sockopt::linger, 1000);
-    sock.set(zmq::sockopt::rcvhwm, 10000);
-    sock.set(zmq::sockopt::sndhwm, 10000);
-    if (curve) {
-      sock.set(zmq::sockopt::curve_server, true);
-      sock.set(zmq::sockopt::curve_secretkey, curve_secret.c_str());
+    sock_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(turnout::protocol::kMaxMessageBytes));
+    sock_.set(zmq::sockopt::linger, 1000);
+    sock_.set(zmq::sockopt::rcvhwm, 10000);
+    sock_.set(zmq::sockopt::sndhwm, 10000);
+    if (curve_) {
+      sock_.set(zmq::sockopt::curve_server, true);
+      sock_.set(zmq::sockopt::curve_secretkey, curve_->secret.c_str());
     }
-    sock.bind(opt.endpoint);
+    sock_.bind(opt_.endpoint);
   } catch (const zmq::error_t& e) {
-    die("cannot bind " + opt.endpoint + ": " + e.what());
+    die("cannot bind " + opt_.endpoint + ": " + e.what());
   }
   if (!ipc_path.empty()) ::chmod(ipc_path.c_str(), 0600);
+}
 
-  std::unique_ptr<httplib::Server> http;
-  std::thread http_thread;
-  if (metrics_port != 0) {
-    http = std::make_unique<httplib::Server>();
-    Server* srv = server.get();
-    http->Get("/metrics", [srv](const httplib::Request&, httplib::Response& res) {
-      res.set_content(srv->metrics(now_ms()), "text/plain; version=0.0.4; charset=utf-8");
-    });
-    http->Get("/healthz",
-              [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
-    if (!http->bind_to_port(metrics_host, metrics_port)) {
-      die("cannot listen on " + opt.metrics + " for /metrics (address in use?)");
-    }
-    http_thread = std::thread([&http] { http->listen_after_bind(); });
+/// Step 6: /metrics and /healthz on the loopback HTTP port, if asked for.
+void Daemon::start_metrics() {
+  if (opt_.metrics_port == 0) return;
+  http_ = std::make_unique<httplib::Server>();
+  Server* srv = server_.get();
+  http_->Get("/metrics", [srv](const httplib::Request&, httplib::Response& res) {
+    res.set_content(srv->metrics(now_ms()), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http_->Get("/healthz",
+             [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
+  if (!http_->bind_to_port(opt_.metrics_host, opt_.metrics_port)) {
+    die("cannot listen on " + opt_.metrics + " for /metrics (address in use?)");
   }
+  http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+}
 
-  // Precise mode: subscribe to the engines' KV events of the replicas that name a publisher. The
-  // subscriptions follow the table loaded at start; the sink resolves replicas by name on the
-  // current Router, so a reload that keeps them keeps working.
+/// Step 7, precise mode: the engines' KV events of the replicas that name a publisher. The
+/// subscriptions follow the table loaded at start; the sink resolves replicas by name on the current
+/// Router, so a reload that keeps them keeps working.
+void Daemon::subscribe_kv_events() {
   namespace io = turnout::io;
-  std::unique_ptr<io::RouterKvSink> kv_sink;
-  std::unique_ptr<io::KvEventSubscriber> kv_subscriber;
-  if (auto [publishers, names] = io::kv_publishers(*server->router()->config()); !publishers.empty()) {
-    Server* srv = server.get();
-    kv_sink = std::make_unique<io::RouterKvSink>([srv] { return srv->router(); }, std::move(names));
-    const auto count = publishers.size();
-    kv_subscriber = std::make_unique<io::KvEventSubscriber>(std::move(publishers), *kv_sink);
-    if (auto kv_started = kv_subscriber->start(); !kv_started) die("KV events: " + kv_started.error().message);
-    log(LOG_INFO, "subscribed to KV events of %zu replicas", count);
-  }
+  auto [publishers, names] = io::kv_publishers(*server_->router()->config());
+  if (publishers.empty()) return;
+  Server* srv = server_.get();
+  kv_sink_ = std::make_unique<io::RouterKvSink>([srv] { return srv->router(); }, std::move(names));
+  const auto count = publishers.size();
+  kv_subscriber_ = std::make_unique<io::KvEventSubscriber>(std::move(publishers), *kv_sink_);
+  if (auto started = kv_subscriber_->start(); !started) die("KV events: " + started.error().message);
+  log(LOG_INFO, "subscribed to KV events of %zu replicas", count);
+}
 
-  log(LOG_INFO, "%s", started.value().note.c_str());
-  if (curve) {
-    log(LOG_INFO, "CURVE on: server public key %s, %zu authorized client keys", curve_public.c_str(),
-        authorized.size());
+/// Step 8: the log lines of a started sidecar, and "ok" to a parent waiting in the background mode.
+void Daemon::announce_ready() {
+  log(LOG_INFO, "%s", start_note_.c_str());
+  if (curve_) {
+    log(LOG_INFO, "CURVE on: server public key %s, %zu authorized client keys", curve_public_.c_str(),
+        curve_->authorized.size());
   }
-  log(LOG_INFO, "serving %s on %s, shm %s, generation %llu, config %s%s%s", opt.config.c_str(), opt.endpoint.c_str(),
-      opt.shm.c_str(), static_cast<unsigned long long>(server->generation()), server->config_version().c_str(),
-      metrics_port != 0 ? ", metrics http://" : "", metrics_port != 0 ? opt.metrics.c_str() : "");
+  const bool metrics = opt_.metrics_port != 0;
+  log(LOG_INFO, "serving %s on %s, shm %s, generation %llu, config %s%s%s", opt_.config.c_str(), opt_.endpoint.c_str(),
+      opt_.shm.c_str(), static_cast<unsigned long long>(server_->generation()), server_->config_version().c_str(),
+      metrics ? ", metrics http://" : "", metrics ? opt_.metrics.c_str() : "");
   if (g_ready_fd >= 0) {
     const std::string ok = "ok " + std::to_string(::getpid());
     (void)!::write(g_ready_fd, ok.data(), ok.size());
     ::close(g_ready_fd);
     g_ready_fd = -1;
   }
+}
 
-  bool stopping = false;
-  std::int64_t last_beat = 0;
-  KeySet denied_logged;
-  std::vector<zmq::message_t> frames;
-  // One request: [identity, (empty delimiter from REQ peers), payload] -> same envelope + reply.
-  auto serve_one = [&](bool wait) -> bool {
-    frames.clear();
-    try {
-      const auto n = zmq::recv_multipart(sock, std::back_inserter(frames),
-                                         wait ? zmq::recv_flags::none : zmq::recv_flags::dontwait);
-      if (!n) return false;
-      if (frames.size() < 2) return true;  // nothing to answer
-      const auto& payload = frames.back();
-      std::string reply = server->handle(std::string_view(payload.data<char>(), payload.size()), now_ms());
-      if (reply.empty()) return true;
-      for (std::size_t i = 0; i + 1 < frames.size(); ++i) {
-        sock.send(std::move(frames[i]), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-      }
-      sock.send(zmq::buffer(reply), zmq::send_flags::dontwait);
-    } catch (const zmq::error_t& e) {
-      log(LOG_WARNING, "request dropped: %s", e.what());
-    }
-    return true;
-  };
-
-  // SIGHUP and file changes reload the same way: validated first, the old table serves on error.
-  auto reload = [&](const char* why) {
-    if (auto r = server->reload(); r) {
-      log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", why, opt.config.c_str(),
-          server->config_version().c_str(), static_cast<unsigned long long>(server->generation()));
-    } else {
-      log(LOG_ERR, "%s: reload failed, still serving config %s: %s", why, server->config_version().c_str(),
-          r.error().message.c_str());
-    }
-  };
-  // A new stamp is acted on once it held for a whole interval (an editor may be mid-write), and
-  // only once (a broken file is reported when it changes, not every poll). Content already being
-  // served (reloaded by SIGHUP or the op) is not reloaded again.
-  FileStamp settling = watched;  // the last stamp seen; equal to `watched` when nothing is pending
-  std::int64_t last_watch = now_ms();
-  auto watch = [&](std::int64_t now) {
-    if (!opt.watch || now - last_watch < kWatchIntervalMs) return;
-    last_watch = now;
-    const FileStamp current = stamp(opt.config);
-    if (current == watched || current != settling) {
-      settling = current;
-      return;
-    }
-    watched = current;
-    if (!current.exists) {
-      log(LOG_WARNING, "config %s is gone, still serving config %s", opt.config.c_str(),
-          server->config_version().c_str());
-    } else if (read_file(opt.config) != server->router()->config()->text) {
-      reload("file change");
-    }
-  };
-
-  while (!stopping) {
+/// Step 9: requests, ring records, ZAP handshakes, signals, the heartbeat and the config watch,
+/// until SIGTERM or SIGINT.
+void Daemon::serve_loop() {
+  while (!stopping_) {
     zmq::pollitem_t items[] = {
-        {sock.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, sigfd, ZMQ_POLLIN, 0}, {zap.handle(), 0, ZMQ_POLLIN, 0}};
+        {sock_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, sigfd_, ZMQ_POLLIN, 0}, {zap_.handle(), 0, ZMQ_POLLIN, 0}};
     try {
       // Fast-path clients post to rings, not the socket: look at them every millisecond while any exist.
-      zmq::poll(items, curve ? 3 : 2, std::chrono::milliseconds(server->fast_clients() > 0 ? 1 : 100));
+      zmq::poll(items, curve_ ? 3 : 2, std::chrono::milliseconds(server_->fast_clients() > 0 ? 1 : 100));
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) log(LOG_ERR, "poll: %s", e.what());
     }
-    if (curve && (items[2].revents & ZMQ_POLLIN) != 0) {
+    if (curve_ && (items[2].revents & ZMQ_POLLIN) != 0) {
       try {
-        answer_zap(zap, authorized, denied_logged);
+        answer_zap(zap_, curve_->authorized, denied_logged_);
       } catch (const zmq::error_t& e) {
         log(LOG_WARNING, "ZAP: %s", e.what());
       }
     }
     // Rings first: a report sent through the socket must not overtake the adopt of its decision.
-    server->drain_rings(now_ms());
+    server_->drain_rings(now_ms());
     if ((items[0].revents & ZMQ_POLLIN) != 0) {
-      for (int i = 0; i < 1024 && serve_one(false); ++i) {
+      for (int i = 0; i < 1024 && serve_one(); ++i) {
       }
     }
-    if ((items[1].revents & ZMQ_POLLIN) != 0) {
-      signalfd_siginfo si{};
-      while (::read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-        if (si.ssi_signo == SIGHUP) {
-          reload("SIGHUP");
-          if (curve) {
-            if (auto keys = load_authorized_keys(opt.curve_authorized_keys); keys) {
-              authorized = std::move(keys).value();
-              log(LOG_INFO, "SIGHUP: %zu authorized client keys", authorized.size());
-            } else {
-              log(LOG_ERR, "SIGHUP: keeping %zu authorized client keys: %s", authorized.size(),
-                  keys.error().message.c_str());
-            }
-          }
-        } else {
-          log(LOG_INFO, "%s: draining and stopping", strsignal(static_cast<int>(si.ssi_signo)));
-          stopping = true;
-        }
-      }
-    }
+    if ((items[1].revents & ZMQ_POLLIN) != 0) read_signals();
     const auto now = now_ms();
-    if (now - last_beat >= 100) {
-      server->heartbeat(now);
-      last_beat = now;
+    if (now - last_beat_ >= 100) {
+      server_->heartbeat(now);
+      last_beat_ = now;
     }
     watch(now);
   }
+}
 
-  // Drain what already arrived, then stop accepting.
+/// Step 10: what already arrived is answered (bounded: a flood cannot hold the exit), then the
+/// socket, the metrics server and the segment are closed in order.
+int Daemon::drain_and_stop() {
   int drained = 0;
-  while (drained < 100'000 && serve_one(false)) ++drained;  // bounded: a flood cannot hold the exit
-  server->drain_rings(now_ms());                            // what fast-path clients posted
+  while (drained < 100'000 && serve_one()) ++drained;
+  server_->drain_rings(now_ms());  // what fast-path clients posted
   try {
-    sock.unbind(opt.endpoint);
+    sock_.unbind(opt_.endpoint);
   } catch (const zmq::error_t&) {
   }
-  server->flush();
-  if (http) {
-    http->stop();
-    http_thread.join();
+  server_->flush();
+  if (http_) {
+    http_->stop();
+    http_thread_.join();
   }
-  sock.close();  // linger: queued replies still go out
-  zap.close();   // after the ROUTER: a handshake must never find the handler gone
-  ctx.close();
-  if (endpoint_lock >= 0) ::close(endpoint_lock);
+  sock_.close();  // linger: queued replies still go out
+  zap_.close();   // after the ROUTER: a handshake must never find the handler gone
+  ctx_.close();
+  if (endpoint_lock_ >= 0) ::close(endpoint_lock_);
   log(LOG_INFO, "stopped (%d requests drained)", drained);
   return 0;
+}
+
+/// One waiting request: [identity, (empty delimiter from REQ peers), payload] -> same envelope +
+/// reply. False when none was waiting.
+bool Daemon::serve_one() {
+  frames_.clear();
+  try {
+    const auto n = zmq::recv_multipart(sock_, std::back_inserter(frames_), zmq::recv_flags::dontwait);
+    if (!n) return false;
+    if (frames_.size() < 2) return true;  // nothing to answer
+    const auto& payload = frames_.back();
+    std::string reply = server_->handle(std::string_view(payload.data<char>(), payload.size()), now_ms());
+    if (reply.empty()) return true;
+    for (std::size_t i = 0; i + 1 < frames_.size(); ++i) {
+      sock_.send(std::move(frames_[i]), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    }
+    sock_.send(zmq::buffer(reply), zmq::send_flags::dontwait);
+  } catch (const zmq::error_t& e) {
+    log(LOG_WARNING, "request dropped: %s", e.what());
+  }
+  return true;
+}
+
+// SIGHUP and file changes reload the same way: validated first, the old table serves on error.
+void Daemon::reload(const char* why) {
+  if (auto r = server_->reload(); r) {
+    log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", why, opt_.config.c_str(),
+        server_->config_version().c_str(), static_cast<unsigned long long>(server_->generation()));
+  } else {
+    log(LOG_ERR, "%s: reload failed, still serving config %s: %s", why, server_->config_version().c_str(),
+        r.error().message.c_str());
+  }
+}
+
+// A new stamp is acted on once it held for a whole interval (an editor may be mid-write), and only
+// once (a broken file is reported when it changes, not every poll). Content already being served
+// (reloaded by SIGHUP or the op) is not reloaded again.
+void Daemon::watch(std::int64_t now) {
+  if (!opt_.watch || now - last_watch_ < kWatchIntervalMs) return;
+  last_watch_ = now;
+  const FileStamp current = stamp(opt_.config);
+  if (current == watched_ || current != settling_) {
+    settling_ = current;
+    return;
+  }
+  watched_ = current;
+  if (!current.exists) {
+    log(LOG_WARNING, "config %s is gone, still serving config %s", opt_.config.c_str(),
+        server_->config_version().c_str());
+  } else if (read_file(opt_.config) != server_->router()->config()->text) {
+    reload("file change");
+  }
+}
+
+// SIGHUP reloads the table (and the CURVE allow-list); SIGTERM and SIGINT drain and stop.
+void Daemon::read_signals() {
+  signalfd_siginfo si{};
+  while (::read(sigfd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+    if (si.ssi_signo != SIGHUP) {
+      log(LOG_INFO, "%s: draining and stopping", strsignal(static_cast<int>(si.ssi_signo)));
+      stopping_ = true;
+      continue;
+    }
+    reload("SIGHUP");
+    if (!curve_) continue;
+    if (auto keys = load_authorized_keys(opt_.curve_authorized_keys); keys) {
+      curve_->authorized = std::move(keys).value();
+      log(LOG_INFO, "SIGHUP: %zu authorized client keys", curve_->authorized.size());
+    } else {
+      log(LOG_ERR, "SIGHUP: keeping %zu authorized client keys: %s", curve_->authorized.size(),
+          keys.error().message.c_str());
+    }
+  }
+}
+
+int run(int argc, char** argv) {
+  Options opt = parse_flags(argc, argv);
+  auto curve = load_curve_keys(opt);
+  if (!opt.foreground) daemonize();
+  const int sigfd = block_signals();
+  Daemon daemon(std::move(opt), std::move(curve), sigfd);
+  daemon.open_state();
+  daemon.bind_socket();
+  daemon.start_metrics();
+  daemon.subscribe_kv_events();
+  daemon.announce_ready();
+  daemon.serve_loop();
+  return daemon.drain_and_stop();
 }
 
 }  // namespace

@@ -3,315 +3,23 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cmath>
+#include <array>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <utility>
 
 #include "sidecar/metrics.hpp"
-#include "turnout/prefix.hpp"
 
 namespace turnout::sidecar {
 
 namespace {
 
-// ------------------------------------------------------------------------------------ reply encoding
+using MapOut = protocol::MapWriter;
+using protocol::hex16;
 
-using Packer = msgpack::packer<msgpack::sbuffer>;
-
-void pack_str(Packer& pk, std::string_view s) {
-  pk.pack_str(static_cast<std::uint32_t>(s.size()));
-  pk.pack_str_body(s.data(), static_cast<std::uint32_t>(s.size()));
-}
-
-/// A msgpack map under construction: entries are counted, the header is written by emit().
-class MapOut {
- public:
-  Packer& key(std::string_view k) {
-    ++n_;
-    pack_str(pk_, k);
-    return pk_;
-  }
-  void str(std::string_view k, std::string_view v) { pack_str(key(k), v); }
-  void sub(std::string_view k, const MapOut& m) {
-    key(k);
-    m.emit(body_);
-  }
-  void emit(msgpack::sbuffer& out) const {
-    Packer p(out);
-    p.pack_map(n_);
-    out.write(body_.data(), body_.size());
-  }
-  /// The entries without the map header (to merge them into another map).
-  void emit_fields(msgpack::sbuffer& out) const { out.write(body_.data(), body_.size()); }
-  [[nodiscard]] std::uint32_t size() const { return n_; }
-  [[nodiscard]] msgpack::sbuffer& body() { return body_; }
-
- private:
-  msgpack::sbuffer body_{256};  // most maps are small: not the default 8 KiB per map
-  Packer pk_{body_};
-  std::uint32_t n_ = 0;
-};
-
-std::string hex16(std::uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-struct WireError {
-  std::string code;
-  std::string message;
-};
-
-std::string reply_bytes(const msgpack::object* id, const WireError* error, const MapOut* body) {
-  msgpack::sbuffer out{512};
-  Packer p(out);
-  p.pack_map(3 + (error != nullptr ? 1 : (body != nullptr ? body->size() : 0)));
-  pack_str(p, "v");
-  p.pack(kProtocolVersion);
-  pack_str(p, "id");
-  if (id != nullptr) {
-    p.pack(*id);
-  } else {
-    p.pack_nil();
-  }
-  pack_str(p, "ok");
-  p.pack(error == nullptr);
-  if (error != nullptr) {
-    MapOut e;
-    e.str("code", error->code);
-    e.str("message", error->message);
-    pack_str(p, "error");
-    e.emit(out);
-  } else if (body != nullptr) {
-    body->emit_fields(out);
-  }
-  return {out.data(), out.size()};
-}
-
-bool reply_ok(std::string_view reply) {
-  try {
-    const auto oh = msgpack::unpack(reply.data(), reply.size());
-    const auto& m = oh.get();
-    if (m.type != msgpack::type::MAP) return false;
-    for (std::uint32_t i = 0; i < m.via.map.size; ++i) {
-      const auto& kv = m.via.map.ptr[i];
-      if (kv.key.type == msgpack::type::STR && std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "ok") {
-        return kv.val.type == msgpack::type::BOOLEAN && kv.val.via.boolean;
-      }
-    }
-  } catch (const std::exception&) {
-  }
-  return false;
-}
-
-// ------------------------------------------------------------------------------------ request decoding
-
-/// Thrown only inside handle(), caught there: a field of the wrong type or range.
-struct BadField {
-  WireError error;
-};
-
-[[noreturn]] void bad(std::string code, std::string message) { throw BadField{{std::move(code), std::move(message)}}; }
-
-class Fields {
- public:
-  explicit Fields(const msgpack::object& map) {
-    fields_.reserve(map.via.map.size);
-    for (std::uint32_t i = 0; i < map.via.map.size; ++i) {
-      const auto& kv = map.via.map.ptr[i];
-      if (kv.key.type != msgpack::type::STR) bad("bad_message", "request keys must be strings");
-      const std::string_view key(kv.key.via.str.ptr, kv.key.via.str.size);
-      if (find(key) == nullptr) fields_.emplace_back(key, &kv.val);  // the first of repeated keys wins
-    }
-  }
-  [[nodiscard]] const msgpack::object* get(std::string_view k) const {
-    const msgpack::object* o = find(k);
-    if (o == nullptr || o->type == msgpack::type::NIL) return nullptr;
-    return o;
-  }
-  [[nodiscard]] std::optional<std::string_view> str(std::string_view k) const {
-    const auto* o = get(k);
-    if (o == nullptr) return std::nullopt;
-    if (o->type != msgpack::type::STR) bad("bad_message", "'" + std::string(k) + "' must be a string");
-    return std::string_view(o->via.str.ptr, o->via.str.size);
-  }
-  [[nodiscard]] std::string_view required_str(std::string_view k) const {
-    auto v = str(k);
-    if (!v) bad("bad_message", "'" + std::string(k) + "' is required");
-    return *v;
-  }
-  [[nodiscard]] std::optional<std::int64_t> count(std::string_view k) const {
-    const auto* o = get(k);
-    if (o == nullptr) return std::nullopt;
-    if (o->type == msgpack::type::POSITIVE_INTEGER) {
-      if (o->via.u64 > static_cast<std::uint64_t>(INT64_MAX))
-        bad("invalid_argument", "'" + std::string(k) + "' is too large");
-      return static_cast<std::int64_t>(o->via.u64);
-    }
-    if (o->type == msgpack::type::NEGATIVE_INTEGER) {
-      bad("invalid_argument", "'" + std::string(k) + "' must be >= 0 (nil means unknown)");
-    }
-    bad("bad_message", "'" + std::string(k) + "' must be an integer");
-  }
-  [[nodiscard]] std::uint64_t required_id(std::string_view k) const {
-    const auto* o = get(k);
-    if (o == nullptr) bad("bad_message", "'" + std::string(k) + "' is required");
-    if (o->type != msgpack::type::POSITIVE_INTEGER)
-      bad("bad_message", "'" + std::string(k) + "' must be a positive integer");
-    return o->via.u64;
-  }
-  [[nodiscard]] std::optional<double> number(std::string_view k) const {
-    const auto* o = get(k);
-    if (o == nullptr) return std::nullopt;
-    switch (o->type) {
-      case msgpack::type::POSITIVE_INTEGER: return static_cast<double>(o->via.u64);
-      case msgpack::type::NEGATIVE_INTEGER: return static_cast<double>(o->via.i64);
-      case msgpack::type::FLOAT32:
-      case msgpack::type::FLOAT64: return o->via.f64;
-      default: bad("bad_message", "'" + std::string(k) + "' must be a number");
-    }
-  }
-  [[nodiscard]] std::optional<bool> boolean(std::string_view k) const {
-    const auto* o = get(k);
-    if (o == nullptr) return std::nullopt;
-    if (o->type != msgpack::type::BOOLEAN) bad("bad_message", "'" + std::string(k) + "' must be a boolean");
-    return o->via.boolean;
-  }
-
- private:
-  // A request has about a dozen keys (the decoder caps a map at 256): a flat list beats a tree.
-  [[nodiscard]] const msgpack::object* find(std::string_view k) const {
-    for (const auto& [key, value] : fields_) {
-      if (key == k) return value;
-    }
-    return nullptr;
-  }
-  std::vector<std::pair<std::string_view, const msgpack::object*>> fields_;
-};
-
-TimeMs now_of(const Fields& f, std::int64_t now_ms) {
-  const auto now = f.number("now");
-  if (!now) return now_ms;
-  if (!std::isfinite(*now) || *now < 0) bad("invalid_argument", "now must be a finite, non-negative time in seconds");
-  return static_cast<TimeMs>(std::llround(*now * 1000.0));
-}
-
-/// route/explain fields -> RouteRequest (views into the message; `tokens` holds the token ids).
-RouteRequest route_request(const Fields& f, std::int64_t now_ms, std::vector<std::uint32_t>& tokens) {
-  RouteRequest r;
-  r.scenario = f.required_str("scenario");
-  r.key = f.str("key").value_or("");
-  r.data_class = f.str("data_class").value_or("");
-  r.text = f.str("text").value_or("");
-  const bool has_text = f.get("text") != nullptr;
-  if (const auto* ids = f.get("token_ids")) {
-    if (ids->type != msgpack::type::ARRAY) bad("bad_message", "'token_ids' must be an array of integers");
-    tokens.reserve(ids->via.array.size);
-    for (std::uint32_t i = 0; i < ids->via.array.size; ++i) {
-      const auto& t = ids->via.array.ptr[i];
-      if (t.type != msgpack::type::POSITIVE_INTEGER || t.via.u64 > 0xFFFFFFFFULL) {
-        bad("invalid_argument", "token ids must be integers that fit in 32 bits");
-      }
-      tokens.push_back(static_cast<std::uint32_t>(t.via.u64));
-    }
-    r.token_ids = tokens;
-  }
-  if (auto n = f.count("input_tokens")) {
-    r.input_tokens = *n;
-  } else if (f.get("token_ids") != nullptr) {
-    r.input_tokens = static_cast<std::int64_t>(tokens.size());
-  } else if (has_text) {
-    r.input_tokens = static_cast<std::int64_t>((r.text.size() + kCharsPerToken - 1) / kCharsPerToken);
-  }
-  r.max_output_tokens = f.count("max_output_tokens").value_or(-1);
-  r.expected_cached_tokens = f.count("expected_cached_tokens").value_or(0);
-  r.now = now_of(f, now_ms);
-  return r;
-}
-
-/// adopt fields -> the Decision a fast-path client made (indices into the table it names).
-Decision adopted_decision(const Fields& f, std::int64_t now_ms) {
-  auto index = [](const msgpack::object& o, std::string_view k) {
-    if (o.type != msgpack::type::POSITIVE_INTEGER || o.via.u64 > 0xFFFFFFFFULL) {
-      bad("bad_message", "'" + std::string(k) + "' must be an index (a 32-bit unsigned integer)");
-    }
-    return static_cast<std::uint32_t>(o.via.u64);
-  };
-  auto required = [&](std::string_view k) -> const msgpack::object& {
-    const auto* o = f.get(k);
-    if (o == nullptr) bad("bad_message", "'" + std::string(k) + "' is required");
-    return *o;
-  };
-  Decision d;
-  d.id = f.required_id("decision_id");
-  d.config_version = f.required_id("config_version");
-  d.scenario = index(required("scenario"), "scenario");
-  d.placement = {index(required("target"), "target"), index(required("replica"), "replica")};
-  if (const auto* fb = f.get("fallbacks")) {
-    if (fb->type != msgpack::type::ARRAY) bad("bad_message", "'fallbacks' must be an array of [target, replica]");
-    for (std::uint32_t i = 0; i < fb->via.array.size; ++i) {
-      const auto& p = fb->via.array.ptr[i];
-      if (p.type != msgpack::type::ARRAY || p.via.array.size != 2) {
-        bad("bad_message", "'fallbacks' must be an array of [target, replica]");
-      }
-      d.fallbacks.push_back({index(p.via.array.ptr[0], "fallbacks"), index(p.via.array.ptr[1], "fallbacks")});
-    }
-  }
-  d.spilled = f.boolean("spilled").value_or(false);
-  d.reserved_cost = Money::from_picos(f.count("reserved_cost").value_or(0));
-  d.active_blocks = f.count("active_blocks").value_or(0);
-  if (const auto* p = f.get("prefix")) {
-    if (p->type != msgpack::type::BIN || p->via.bin.size % 8 != 0) {
-      bad("bad_message", "'prefix' must be bin of little-endian 64-bit block hashes");
-    }
-    d.prefix.resize(p->via.bin.size / 8);
-    std::memcpy(d.prefix.data(), p->via.bin.ptr, p->via.bin.size);
-  }
-  // Figures a real decision cannot have are refused: they would overflow the budget sums.
-  if (d.reserved_cost.picos() > 1'000'000'000'000'000LL) bad("invalid_argument", "reserved_cost above 1,000 USD");
-  if (d.active_blocks > (1LL << 26)) bad("invalid_argument", "active_blocks above 2^26");
-  // The client's clock, but never ahead of ours (a future time would expire every pending decision).
-  d.at = std::min<std::int64_t>(f.count("at").value_or(now_ms), now_ms);
-  return d;
-}
-
-void pack_usage(MapOut& m, const Usage& u) {
-  for (const TokenKind& k : kTokenKinds) m.key(k.column).pack(u.*k.tokens);
-}
-
-void pack_decision(MapOut& m, const Config& c, const Decision& d) {
-  const Target& t = c.targets[d.placement.target];
-  m.key("decision_id").pack(d.id);
-  m.str("scenario", c.scenarios[d.scenario].name);
-  m.str("target", t.name);
-  if (d.placement.replica == kNone) {
-    m.key("endpoint").pack_nil();
-  } else {
-    m.str("endpoint", t.replicas[d.placement.replica].endpoint);
-  }
-  auto& fb = m.key("fallbacks");
-  fb.pack_array(static_cast<std::uint32_t>(d.fallbacks.size()));
-  for (const auto& f : d.fallbacks) pack_str(fb, c.targets[f.target].name);
-  const auto reasons = reason_strings(c, d);
-  auto& rs = m.key("reasons");
-  rs.pack_array(static_cast<std::uint32_t>(reasons.size()));
-  for (const auto& r : reasons) pack_str(rs, r);
-  m.str("predicted_cost_usd", d.predicted_cost.to_usd_string());
-  m.str("reserved_cost_usd", d.reserved_cost.to_usd_string());
-  m.key("expected_cached_tokens").pack(d.expected_cached_tokens);
-  if (d.cache_key == 0) {
-    m.key("cache_key").pack_nil();
-  } else {
-    m.str("cache_key", hex16(d.cache_key));
-  }
-  m.str("config_version", hex16(d.config_version));
-  m.key("at").pack(static_cast<double>(d.at) / 1000.0);
-}
+void pack_usage(MapOut& m, const Usage& u) { protocol::encode_usage(m, u); }
 
 void pack_counters(MapOut& m, const std::string& scenario, const Target& t, const Counters& c) {
   m.str("scenario", scenario);
@@ -328,31 +36,7 @@ void pack_counters(MapOut& m, const std::string& scenario, const Target& t, cons
   });
 }
 
-WireError core_error(const Error& e) { return {to_string(e.code), e.message}; }
-
 }  // namespace
-
-std::vector<std::string> reason_strings(const Config& config, const Decision& d) {
-  std::vector<std::string> out;
-  for (const auto& r : d.reasons) {
-    std::string s = to_string(r.code);
-    if (r.target != kNone) s += ":" + config.targets[r.target].name;
-    switch (r.code) {
-      case ReasonCode::weight: s += " (" + std::to_string(r.value) + "%)"; break;
-      case ReasonCode::spillover: s += " (in-flight " + std::to_string(r.value / 10) + "%)"; break;
-      case ReasonCode::context_window: s += " (needs " + std::to_string(r.value) + " tokens)"; break;
-      case ReasonCode::budget: s += " (worst case $" + Money::from_picos(r.value).to_usd_string() + ")"; break;
-      case ReasonCode::affinity: s += " (" + std::to_string(r.value) + " cached tokens)"; break;
-      case ReasonCode::prefix_overlap:
-      case ReasonCode::least_loaded:
-        s += " (" + config.targets[r.target].replicas[static_cast<std::size_t>(r.value)].endpoint + ")";
-        break;
-      default: break;
-    }
-    out.push_back(std::move(s));
-  }
-  return out;
-}
 
 // Table segments of other generations: a sidecar that died (or failed to start) left them. The
 // caller holds the segment's lock, so no live sidecar owns them.
@@ -436,16 +120,6 @@ std::uint32_t Server::fast_clients() const noexcept { return rings_ ? rings_->cl
 
 Server::FastPathStats Server::fast_path() const noexcept {
   return {static_cast<bool>(table_), ring_applied_, ring_rejected_, table_ ? table_->dropped() : 0};
-}
-
-std::size_t Server::drain_rings(std::int64_t now_ms) {
-  if (!rings_) return 0;
-  return rings_->drain([&](std::uint32_t ring, std::string_view record) {
-    const std::string reply = handle(record, now_ms, ring);
-    ++ring_applied_;
-    // Nobody waits for this reply: an error is counted (and shown by stats and /metrics).
-    if (!reply_ok(reply)) ++ring_rejected_;
-  });
 }
 
 std::shared_ptr<Router> Server::router() const {
@@ -559,227 +233,237 @@ Result<Ok> Server::reload() {
   publish_state();
   return ok;
 }
-
 // ------------------------------------------------------------------------------------------ handle
+
+/// The op handlers, one per op: each decodes its request (protocol.hpp), applies it and encodes its
+/// reply body. A friend of Server; the table below maps each op to its handler.
+struct Handler {
+  struct Call {
+    const protocol::Envelope& request;
+    std::int64_t now_ms;
+    std::uint32_t ring;  // kNone: the socket
+    protocol::MapWriter& body;
+  };
+  using Fn = Result<Ok> (*)(Server&, const Call&);
+
+  /// Decodes `payload` into `request` and runs its op's handler: the reply body is in `body`, or the
+  /// error is returned. Throws only what the handlers cannot turn into an error (out of memory).
+  static Result<Ok> serve(Server& s, protocol::Envelope& request, std::string_view payload, std::int64_t now_ms,
+                          std::uint32_t ring, protocol::MapWriter& body);
+
+  static Result<Ok> route(Server& s, const Call& c) { return decide(s, c, true); }
+  static Result<Ok> explain(Server& s, const Call& c) { return decide(s, c, false); }
+  static Result<Ok> report(Server& s, const Call& c);
+  static Result<Ok> verdict(Server& s, const Call& c);
+  static Result<Ok> adopt(Server& s, const Call& c);
+  static Result<Ok> stats(Server& s, const Call& c);
+  static Result<Ok> health(Server& s, const Call& c);
+  static Result<Ok> reload(Server& s, const Call& c);
+
+ private:
+  static Result<Ok> decide(Server& s, const Call& c, bool commit);
+  static bool in_previous_table(const Server& s, std::uint64_t decision_id);
+  template <class Apply>
+  static auto on_table_of(Server& s, std::uint64_t decision_id, Apply&& apply);
+};
+
+namespace {
+
+struct HandlerEntry {
+  protocol::Op op;
+  Handler::Fn fn;
+};
+
+/// Every op's handler, in the op table's order (checked below).
+constexpr std::array kHandlers{
+    HandlerEntry{protocol::Op::route, &Handler::route},   HandlerEntry{protocol::Op::explain, &Handler::explain},
+    HandlerEntry{protocol::Op::report, &Handler::report}, HandlerEntry{protocol::Op::verdict, &Handler::verdict},
+    HandlerEntry{protocol::Op::adopt, &Handler::adopt},   HandlerEntry{protocol::Op::stats, &Handler::stats},
+    HandlerEntry{protocol::Op::health, &Handler::health}, HandlerEntry{protocol::Op::reload, &Handler::reload},
+};
+
+constexpr bool handlers_in_order() {
+  for (std::size_t i = 0; i < kHandlers.size(); ++i) {
+    if (kHandlers[i].op != protocol::kOps[i].op) return false;
+  }
+  return kHandlers.size() == protocol::kOps.size();
+}
+static_assert(handlers_in_order(), "kHandlers must name one handler per op, in protocol::kOps order");
+
+}  // namespace
+
+Result<Ok> Handler::serve(Server& s, protocol::Envelope& request, std::string_view payload, std::int64_t now_ms,
+                          std::uint32_t ring, protocol::MapWriter& body) {
+  const auto channel = ring == kNone ? protocol::Channel::socket : protocol::Channel::ring;
+  try {
+    if (auto ok = protocol::decode_envelope(payload, s.limits_, channel, request); !ok) return ok;
+    return kHandlers[static_cast<std::size_t>(request.op)].fn(s, Call{request, now_ms, ring, body});
+  } catch (const std::exception& e) {
+    return make_error(ErrorCode::internal, e.what());
+  }
+}
+
+Result<Ok> Handler::decide(Server& s, const Call& c, bool commit) {
+  std::vector<std::uint32_t> tokens;
+  auto request = protocol::decode_route_request(c.request.fields, c.now_ms, tokens);
+  if (!request) return std::move(request).error();
+  const auto router = s.router_;  // the serving thread is the only writer of router_
+  auto d = commit ? router->route(*request) : router->explain(*request);
+  if (!d) return std::move(d).error();
+  if (commit) {
+    s.sync_row(d->scenario, d->placement.target);
+    s.publish_state();
+  }
+  protocol::encode_decision_reply(c.body, *router->config(), *d);
+  return Ok{};
+}
+
+bool Handler::in_previous_table(const Server& s, std::uint64_t decision_id) {
+  if (!s.previous_) return false;
+  // Fast-path ids carry no generation: ask which table holds them.
+  if (protocol::is_fast_id(decision_id)) {
+    return !s.router_->has_pending(decision_id) && s.previous_->has_pending(decision_id);
+  }
+  return decision_id < s.first_id_ &&
+         protocol::generation_of(decision_id) == protocol::generation_of(s.previous_first_id_);
+}
+
+/// Applies `apply` to the table that holds the decision: the current one, or the one before the last
+/// reload, whose gains then move to the current table's rows of the same names.
+template <class Apply>
+auto Handler::on_table_of(Server& s, std::uint64_t decision_id, Apply&& apply) {
+  const bool old = in_previous_table(s, decision_id);
+  std::vector<CounterRow> before;
+  if (old) before = s.previous_->counters();
+  auto result = apply(old ? *s.previous_ : *s.router_);
+  if (!result) return result;
+  if (old) s.carry_delta(*s.previous_, before);
+  s.sync_rows();
+  s.publish_state();
+  return result;
+}
+
+Result<Ok> Handler::report(Server& s, const Call& c) {
+  auto report = protocol::decode_report_request(c.request.fields, c.now_ms);
+  if (!report) return std::move(report).error();
+  auto receipt = on_table_of(s, report->decision_id, [&](Router& r) { return r.report(*report); });
+  if (!receipt) return std::move(receipt).error();
+  protocol::encode_receipt_reply(c.body, *receipt);
+  return Ok{};
+}
+
+Result<Ok> Handler::verdict(Server& s, const Call& c) {
+  auto v = protocol::decode_verdict_request(c.request.fields, c.now_ms);
+  if (!v) return std::move(v).error();
+  return on_table_of(s, v->decision_id, [&](Router& r) { return r.verdict(v->decision_id, v->accepted, v->now); });
+}
+
+Result<Ok> Handler::adopt(Server& s, const Call& c) {
+  auto d = protocol::decode_adopt_request(c.request.fields, c.now_ms);
+  if (!d) return std::move(d).error();
+  // Ids are partitioned by ring: a client cannot take the sidecar's ids or another ring's.
+  if (!protocol::is_fast_id(d->id) || protocol::ring_of(d->id) != c.ring) {
+    return make_error(ErrorCode::invalid_argument, "decision id " + std::to_string(d->id) + " is not one of ring " +
+                                                       std::to_string(c.ring) + "'s ids");
+  }
+  // Decided from the table it names: this one, or the one before.
+  const bool old = s.previous_ && d->config_version != s.router_->config()->content_hash &&
+                   d->config_version == s.previous_->config()->content_hash;
+  Router& table = old ? *s.previous_ : *s.router_;
+  std::vector<CounterRow> before;
+  if (old) before = s.previous_->counters();
+  const Placement placed = d->placement;
+  const std::uint32_t scenario = d->scenario;
+  if (auto r = table.adopt(std::move(d).value()); !r) return r;
+  if (old) {
+    s.carry_delta(*s.previous_, before);
+    s.sync_rows();
+  } else {
+    s.sync_row(scenario, placed.target);  // the one row an adopt changes
+  }
+  s.publish_state();
+  return Ok{};
+}
+
+Result<Ok> Handler::stats(Server& s, const Call& c) {
+  if (auto r = protocol::decode_stats_request(c.request.fields); !r) return std::move(r).error();
+  const auto router = s.router_;
+  const Config& config = *router->config();
+  protocol::StatsReply reply;
+  reply.pid = ::getpid();
+  reply.generation = s.segment_->generation();
+  reply.config_version = config.content_hash;
+  reply.config = config.source;
+  reply.shm = s.segment_->name();
+  reply.uptime_s = static_cast<double>(c.now_ms - s.started_ms_) / 1000.0;
+  reply.pending_decisions = router->pending_decisions();
+  const auto fast = s.fast_path();
+  reply.fast_path = {fast.enabled,     fast.enabled ? s.table_->name() : std::string(),
+                     s.fast_note_,     s.fast_clients(),
+                     fast.records,     fast.rejected,
+                     fast.view_dropped};
+  for (const auto& row : router->counters()) {
+    MapOut m;
+    pack_counters(m, config.scenarios[row.scenario].name, config.targets[row.target], row.counters);
+    msgpack::sbuffer bytes;
+    m.emit(bytes);
+    reply.counters.emplace_back(bytes.data(), bytes.size());
+  }
+  for (const auto& b : router->breakers(c.now_ms)) {
+    const Target& t = config.targets[b.target];
+    reply.breakers.push_back({t.name, b.replica == kNone ? std::nullopt : std::optional(t.replicas[b.replica].endpoint),
+                              b.phase, b.consecutive_failures, b.times_opened, b.inflight});
+  }
+  protocol::encode_stats_reply(c.body, reply);
+  return Ok{};
+}
+
+Result<Ok> Handler::health(Server& s, const Call& c) {
+  if (auto r = protocol::decode_health_request(c.request.fields); !r) return std::move(r).error();
+  protocol::HealthReply reply;
+  reply.pid = ::getpid();
+  reply.generation = s.segment_->generation();
+  reply.config_version = s.router_->config()->content_hash;
+  reply.uptime_s = static_cast<double>(c.now_ms - s.started_ms_) / 1000.0;
+  protocol::encode_health_reply(c.body, reply);
+  return Ok{};
+}
+
+Result<Ok> Handler::reload(Server& s, const Call& c) {
+  if (auto r = protocol::decode_reload_request(c.request.fields); !r) return std::move(r).error();
+  if (auto r = s.reload(); !r) return r;
+  protocol::encode_reload_reply(c.body, {s.router_->config()->content_hash, s.segment_->generation()});
+  return Ok{};
+}
 
 std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexcept {
   return handle(payload, now_ms, kNone);
 }
 
 std::string Server::handle(std::string_view payload, std::int64_t now_ms, std::uint32_t ring) noexcept {
-  const msgpack::object* id = nullptr;
-  msgpack::object_handle oh;  // outlives the try: error replies echo `id`, which points into it
   try {
-    std::size_t offset = 0;
-    const msgpack::unpack_limit limit(limits_.array, limits_.map, limits_.str, limits_.bin, limits_.ext, limits_.depth);
-    try {
-      oh = msgpack::unpack(payload.data(), payload.size(), offset, nullptr, nullptr, limit);
-    } catch (const msgpack::depth_size_overflow&) {
-      bad("too_deep", "message nested deeper than " + std::to_string(limits_.depth) + " levels");
-    } catch (const msgpack::size_overflow& e) {
-      bad("too_large", std::string("message exceeds a decoder limit (") + e.what() + ")");
-    } catch (const std::exception& e) {
-      bad("bad_message", std::string("not a msgpack message (") + e.what() + ")");
-    }
-    if (offset != payload.size()) bad("bad_message", "trailing bytes after the msgpack message");
-    const msgpack::object& req = oh.get();
-    if (req.type != msgpack::type::MAP) bad("bad_message", "a request is a msgpack map");
-    const Fields f(req);
-    for (std::uint32_t i = 0; i < req.via.map.size; ++i) {
-      const auto& kv = req.via.map.ptr[i];
-      if (std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == "id") id = &kv.val;
-    }
-    const auto* v = f.get("v");
-    if (v == nullptr || v->type != msgpack::type::POSITIVE_INTEGER || v->via.u64 != kProtocolVersion) {
-      bad("bad_message", "unsupported protocol version (this sidecar speaks v=1)");
-    }
-    const std::string_view op = f.required_str("op");
-    // A ring carries what a fast-path client did, nothing else; an adopt comes only from its ring.
-    if (ring != kNone && op != "adopt" && op != "report" && op != "verdict") {
-      bad("bad_message", "a fast-path ring carries adopt, report and verdict records only");
-    }
-    if (ring == kNone && op == "adopt") bad("bad_message", "adopt comes only through a fast-path ring");
-    MapOut body;
-    auto router = router_;  // the serving thread is the only writer of router_
-    const Config& config = *router->config();
-
-    if (op == "route" || op == "explain") {
-      std::vector<std::uint32_t> tokens;
-      const auto rq = route_request(f, now_ms, tokens);
-      auto d = op == "route" ? router->route(rq) : router->explain(rq);
-      if (!d) {
-        const auto e = core_error(d.error());
-        return reply_bytes(id, &e, nullptr);
-      }
-      if (op == "route") {
-        sync_row(d->scenario, d->placement.target);
-        publish_state();
-      }
-      pack_decision(body, config, d.value());
-    } else if (op == "report" || op == "verdict") {
-      const auto decision_id = f.required_id("decision_id");
-      // A decision of the table before the last reload reports to that table; its gains move here.
-      // Fast-path ids (bit 63) carry no generation: ask which table holds them.
-      const bool old = previous_ && ((decision_id & kFastIdBit) != 0
-                                         ? !router->has_pending(decision_id) && previous_->has_pending(decision_id)
-                                         : decision_id < first_id_ && (decision_id >> kGenerationShift) ==
-                                                                          (previous_first_id_ >> kGenerationShift));
-      Router& target_router = old ? *previous_ : *router;
-      std::vector<CounterRow> before;
-      if (old) before = previous_->counters();
-      if (op == "report") {
-        OutcomeReport o;
-        o.decision_id = decision_id;
-        o.target = f.required_str("target");
-        const auto status = f.required_str("status");
-        const auto st = status_from_string(status);
-        if (!st) {
-          bad("invalid_argument", "unknown status '" + std::string(status) +
-                                      "'; expected ok, error, timeout, rate_limited, context_overflow or "
-                                      "content_filter");
-        }
-        o.status = *st;
-        o.usage = f.get("usage");
-        auto ms = [&](std::string_view k) -> std::int64_t {
-          const auto x = f.number(k);
-          if (!x) return -1;
-          if (!std::isfinite(*x) || *x < 0) bad("invalid_argument", std::string(k) + " must be >= 0");
-          return std::llround(*x);
-        };
-        o.ttft_ms = ms("ttft_ms");
-        o.latency_ms = ms("latency_ms");
-        o.accepted = f.boolean("accepted");
-        o.now = now_of(f, now_ms);
-        auto receipt = target_router.report(o);
-        if (!receipt) {
-          const auto e = core_error(receipt.error());
-          return reply_bytes(id, &e, nullptr);
-        }
-        body.key("duplicate").pack(receipt->duplicate);
-        body.key("fallback").pack(receipt->fallback);
-        body.key("priced").pack(receipt->priced);
-        body.str("cost_usd", receipt->cost.to_usd_string());
-        MapOut u;
-        pack_usage(u, receipt->usage);
-        body.sub("usage", u);
-      } else {
-        const auto accepted = f.boolean("accepted");
-        if (!accepted) bad("bad_message", "'accepted' is required");
-        auto r = target_router.verdict(decision_id, *accepted, now_of(f, now_ms));
-        if (!r) {
-          const auto e = core_error(r.error());
-          return reply_bytes(id, &e, nullptr);
-        }
-      }
-      if (old) carry_delta(*previous_, before);
-      sync_rows();
-      publish_state();
-    } else if (op == "adopt") {
-      // A fast-path client's decision, decided from the table it names (this one, or the one before).
-      Decision d = adopted_decision(f, now_ms);
-      // Ids are partitioned by ring: a client cannot take the sidecar's ids or another ring's.
-      if ((d.id & kFastIdBit) == 0 || ((d.id >> kRingShift) & 0x7FFFFFU) != ring) {
-        bad("invalid_argument",
-            "decision id " + std::to_string(d.id) + " is not one of ring " + std::to_string(ring) + "'s ids");
-      }
-      const bool old =
-          previous_ && d.config_version != config.content_hash && d.config_version == previous_->config()->content_hash;
-      Router& target_router = old ? *previous_ : *router;
-      std::vector<CounterRow> before;
-      if (old) before = previous_->counters();
-      const Placement placed = d.placement;
-      const std::uint32_t scenario = d.scenario;
-      if (auto r = target_router.adopt(std::move(d)); !r) {
-        const auto e = core_error(r.error());
-        return reply_bytes(id, &e, nullptr);
-      }
-      if (old) {
-        carry_delta(*previous_, before);
-        sync_rows();
-      } else {
-        sync_row(scenario, placed.target);  // the one row an adopt changes
-      }
-      publish_state();
-    } else if (op == "stats") {
-      body.key("pid").pack(static_cast<std::int64_t>(::getpid()));
-      body.key("generation").pack(segment_->generation());
-      body.str("config_version", hex16(config.content_hash));
-      body.str("config", config.source);
-      body.str("shm", segment_->name());
-      body.key("uptime_s").pack(static_cast<double>(now_ms - started_ms_) / 1000.0);
-      body.key("pending_decisions").pack(static_cast<std::uint64_t>(router->pending_decisions()));
-      {
-        MapOut fp;
-        fp.key("enabled").pack(static_cast<bool>(table_));
-        if (table_) {
-          fp.str("table", table_->name());
-        } else {
-          fp.str("why_not", fast_note_);
-        }
-        fp.key("clients").pack(fast_clients());
-        fp.key("records").pack(ring_applied_);
-        fp.key("rejected").pack(ring_rejected_);
-        fp.key("view_dropped").pack(table_ ? table_->dropped() : 0);
-        body.sub("fast_path", fp);
-      }
-      const auto rows = router->counters();
-      auto& arr = body.key("counters");
-      arr.pack_array(static_cast<std::uint32_t>(rows.size()));
-      for (const auto& row : rows) {
-        MapOut m;
-        pack_counters(m, config.scenarios[row.scenario].name, config.targets[row.target], row.counters);
-        m.emit(body.body());
-      }
-      const auto breakers = router->breakers(now_ms);
-      auto& br = body.key("breakers");
-      br.pack_array(static_cast<std::uint32_t>(breakers.size()));
-      for (const auto& b : breakers) {
-        MapOut m;
-        const Target& t = config.targets[b.target];
-        m.str("target", t.name);
-        if (b.replica == kNone) {
-          m.key("endpoint").pack_nil();
-        } else {
-          m.str("endpoint", t.replicas[b.replica].endpoint);
-        }
-        m.str("phase", to_string(b.phase));
-        m.key("consecutive_failures").pack(b.consecutive_failures);
-        m.key("times_opened").pack(b.times_opened);
-        m.key("inflight").pack(b.inflight);
-        m.emit(body.body());
-      }
-    } else if (op == "health") {
-      body.str("status", "serving");
-      body.key("pid").pack(static_cast<std::int64_t>(::getpid()));
-      body.key("generation").pack(segment_->generation());
-      body.str("config_version", hex16(config.content_hash));
-      body.key("uptime_s").pack(static_cast<double>(now_ms - started_ms_) / 1000.0);
-    } else if (op == "reload") {
-      if (auto r = reload(); !r) {
-        const auto e = core_error(r.error());
-        return reply_bytes(id, &e, nullptr);
-      }
-      body.str("config_version", hex16(router_->config()->content_hash));
-      body.key("generation").pack(segment_->generation());
-    } else {
-      bad("unknown_op", "unknown op '" + std::string(op) +
-                            "'; expected route, report, verdict, adopt, explain, stats, health or reload");
-    }
-    return reply_bytes(id, nullptr, &body);
-  } catch (const BadField& b) {
-    try {
-      return reply_bytes(id, &b.error, nullptr);
-    } catch (...) {
-    }
-  } catch (const std::exception& e) {
-    try {
-      const WireError w{"internal", e.what()};
-      return reply_bytes(id, &w, nullptr);
-    } catch (...) {
-    }
+    protocol::Envelope request;  // every reply echoes its id, an error reply too
+    protocol::MapWriter body;
+    const auto served = Handler::serve(*this, request, payload, now_ms, ring, body);
+    return served ? protocol::encode_reply(request.id, body) : protocol::encode_error_reply(request.id, served.error());
   } catch (...) {
   }
   return {};  // out of memory: the caller drops the request
+}
+
+std::size_t Server::drain_rings(std::int64_t now_ms) {
+  if (!rings_) return 0;
+  return rings_->drain([&](std::uint32_t ring, std::string_view record) {
+    ++ring_applied_;
+    // Nobody waits for a ring record's reply: an error is counted (and shown by stats and /metrics).
+    try {
+      protocol::Envelope request;
+      protocol::MapWriter body;
+      if (!Handler::serve(*this, request, record, now_ms, ring, body)) ++ring_rejected_;
+    } catch (...) {
+      ++ring_rejected_;
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------------ metrics

@@ -11,24 +11,13 @@
 
 #include "sidecar/fastpath.hpp"
 #include "sidecar/shm.hpp"
+#include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
 
 namespace turnout::sidecar {
 
-inline constexpr std::uint64_t kProtocolVersion = 1;
-inline constexpr std::size_t kMaxMessageBytes = 8U << 20;  ///< ZMQ_MAXMSGSIZE: larger peers are dropped
-inline constexpr int kGenerationShift = 40;                ///< decision id = generation << 40 | sequence
-
-/// Decoder limits (msgpack unpack_limit): beyond them a request gets `too_large` / `too_deep`.
-struct DecodeLimits {
-  std::size_t array = 1U << 20;  ///< token_ids of a 1M-token prompt
-  std::size_t map = 256;
-  std::size_t str = 4U << 20;
-  std::size_t bin = 1U << 20;
-  std::size_t ext = 1024;
-  std::size_t depth = 32;
-};
+using protocol::kGenerationShift;  ///< decision id = generation << 40 | sequence
 
 class Server {
  public:
@@ -86,7 +75,7 @@ class Server {
 
   std::string config_path_;
   std::int64_t started_ms_ = 0;
-  DecodeLimits limits_;
+  protocol::DecodeLimits limits_;
   std::unique_ptr<Segment> segment_;
   mutable std::mutex router_mu_;      // guards the pointers (readers: the metrics thread)
   std::shared_ptr<Router> router_;    // the current table
@@ -101,10 +90,7 @@ class Server {
   std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
   std::int64_t last_expiry_ms_ = 0;
 
-  friend struct Handler;
+  friend struct Handler;  // the op handlers (server.cpp)
 };
-
-/// Formats a decision's reasons as the Python binding does ("weight:llama-70b (90%)").
-[[nodiscard]] std::vector<std::string> reason_strings(const Config& config, const Decision& d);
 
 }  // namespace turnout::sidecar

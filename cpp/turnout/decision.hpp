@@ -57,6 +57,10 @@ struct Reason {
   std::int64_t value = 0;
 };
 
+/// A reason as people read it, with its target's name and value ("weight:llama-70b (90%)"): the text
+/// of Decision.reasons in Python and of `reasons` on the wire.
+[[nodiscard]] std::string reason_text(const Config& config, const Reason& reason);
+
 /// A place to send the request: a target, and for self-hosted targets one replica of its pool.
 struct Placement {
   std::uint32_t target = kNone;

@@ -323,4 +323,22 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   return d;
 }
 
+std::string reason_text(const Config& config, const Reason& reason) {
+  std::string s = to_string(reason.code);
+  if (reason.target != kNone) s += ":" + config.targets[reason.target].name;
+  switch (reason.code) {
+    case ReasonCode::weight: s += " (" + std::to_string(reason.value) + "%)"; break;
+    case ReasonCode::spillover: s += " (in-flight " + std::to_string(reason.value / 10) + "%)"; break;
+    case ReasonCode::context_window: s += " (needs " + std::to_string(reason.value) + " tokens)"; break;
+    case ReasonCode::budget: s += " (worst case $" + Money::from_picos(reason.value).to_usd_string() + ")"; break;
+    case ReasonCode::affinity: s += " (" + std::to_string(reason.value) + " cached tokens)"; break;
+    case ReasonCode::prefix_overlap:
+    case ReasonCode::least_loaded:
+      s += " (" + config.targets[reason.target].replicas[static_cast<std::size_t>(reason.value)].endpoint + ")";
+      break;
+    default: break;
+  }
+  return s;
+}
+
 }  // namespace turnout

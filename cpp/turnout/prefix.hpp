@@ -4,6 +4,7 @@
 // names the whole prefix up to and including it. Root seed = model + LoRA + cache salt.
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -13,6 +14,16 @@ namespace turnout {
 
 /// Characters per token assumed when a prompt comes as text without token ids.
 inline constexpr std::size_t kCharsPerToken = 4;
+
+/// The input tokens of a prompt whose caller did not count them: its token ids if given, else its
+/// text at kCharsPerToken characters per token (rounded up), else -1 (unknown). The one estimate the
+/// binding and the sidecar both make.
+[[nodiscard]] constexpr std::int64_t estimate_input_tokens(std::optional<std::span<const std::uint32_t>> token_ids,
+                                                           std::optional<std::string_view> text) noexcept {
+  if (token_ids) return static_cast<std::int64_t>(token_ids->size());
+  if (text) return static_cast<std::int64_t>((text->size() + kCharsPerToken - 1) / kCharsPerToken);
+  return -1;
+}
 
 class PrefixHasher {
  public:

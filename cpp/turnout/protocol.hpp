@@ -1,0 +1,365 @@
+#pragma once
+// The sidecar's wire protocol, said once: its version and limits, its ops, every field name, how
+// decision ids are formed, and the decoders and encoders of every request and reply. The server, the
+// fast path's ring records, the Python binding (turnout._core.protocol) and the tests all use this
+// file; docs/protocol.md describes the same protocol for workers in other languages.
+//
+// A message is one msgpack map. Requests: {v, op, id, ...fields}; replies: {v, id, ok: true, ...fields}
+// or {v, id, ok: false, error: {code, message}}, the code being to_string(ErrorCode). Decoders never
+// throw on bad input: they return the error the reply carries.
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <msgpack.hpp>
+
+#include "turnout/config.hpp"
+#include "turnout/decision.hpp"
+#include "turnout/result.hpp"
+#include "turnout/router.hpp"
+#include "turnout/state.hpp"
+#include "turnout/usage.hpp"
+
+namespace turnout::protocol {
+
+/// The protocol version every message carries as `v`; a request of another version is refused.
+inline constexpr std::uint64_t kVersion = 1;
+/// The largest message a peer may send (the sidecar's ZMQ_MAXMSGSIZE: larger peers are dropped).
+inline constexpr std::size_t kMaxMessageBytes = 8U << 20;
+
+/// Decoder limits (msgpack unpack_limit): beyond them a request gets `too_large` / `too_deep`.
+struct DecodeLimits {
+  std::size_t array = 1U << 20;  ///< token_ids of a 1M-token prompt
+  std::size_t map = 256;
+  std::size_t str = 4U << 20;
+  std::size_t bin = 1U << 20;
+  std::size_t ext = 1024;
+  std::size_t depth = 32;
+};
+
+// ------------------------------------------------------------------------------------- decision ids
+
+/// A sidecar's decision ids are generation << 40 | sequence (unique across restarts and reloads).
+inline constexpr int kGenerationShift = 40;
+/// A fast-path client's are 1 << 63 | ring << 40 | sequence: a ring's ids are its own.
+inline constexpr std::uint64_t kFastIdBit = 1ULL << 63;
+inline constexpr int kRingShift = 40;
+inline constexpr std::uint64_t kRingMask = 0x7FFFFF;  ///< the ring bits 40..62, shifted down
+
+/// Whether `id` was made by a fast-path client (else by the sidecar, or an in-process Router).
+[[nodiscard]] constexpr bool is_fast_id(std::uint64_t id) noexcept { return (id & kFastIdBit) != 0; }
+/// The ring of a fast-path id.
+[[nodiscard]] constexpr std::uint32_t ring_of(std::uint64_t id) noexcept {
+  return static_cast<std::uint32_t>((id >> kRingShift) & kRingMask);
+}
+/// The generation of a sidecar id.
+[[nodiscard]] constexpr std::uint64_t generation_of(std::uint64_t id) noexcept { return id >> kGenerationShift; }
+
+// ---------------------------------------------------------------------------------------------- ops
+
+/// What a request asks for.
+enum class Op : std::uint8_t { route, explain, report, verdict, adopt, stats, health, reload };
+
+struct OpInfo {
+  Op op;
+  std::string_view name;  ///< the wire name (`op`)
+  bool ring;              ///< a fast-path ring may carry it (what a client did: adopt, report, verdict)
+  bool socket;            ///< the socket takes it (adopt comes only through a ring)
+};
+
+/// The op table, in enum order (checked below).
+inline constexpr std::array kOps{
+    OpInfo{Op::route, "route", false, true},   OpInfo{Op::explain, "explain", false, true},
+    OpInfo{Op::report, "report", true, true},  OpInfo{Op::verdict, "verdict", true, true},
+    OpInfo{Op::adopt, "adopt", true, false},   OpInfo{Op::stats, "stats", false, true},
+    OpInfo{Op::health, "health", false, true}, OpInfo{Op::reload, "reload", false, true},
+};
+
+[[nodiscard]] constexpr bool op_table_in_order() noexcept {
+  for (std::size_t i = 0; i < kOps.size(); ++i) {
+    if (static_cast<std::size_t>(kOps[i].op) != i) return false;
+  }
+  return static_cast<std::size_t>(Op::reload) + 1 == kOps.size();
+}
+static_assert(op_table_in_order(), "kOps must list every Op once, in enum order");
+
+/// The op's wire name ("route").
+[[nodiscard]] constexpr std::string_view to_string(Op op) noexcept { return kOps[static_cast<std::size_t>(op)].name; }
+/// The op of a wire name, if it is one.
+[[nodiscard]] constexpr std::optional<Op> op_from_string(std::string_view name) noexcept {
+  for (const auto& o : kOps) {
+    if (o.name == name) return o.op;
+  }
+  return std::nullopt;
+}
+
+// ------------------------------------------------------------------------------------------- fields
+
+// Every field name of every message, once (the envelope's first). The name is the wire name.
+// clang-format off
+#define TURNOUT_PROTOCOL_FIELDS(X)                                                                      \
+  /* envelope */ X(v) X(op) X(id) X(ok) X(error) X(code) X(message)                                    \
+  /* route, explain */ X(scenario) X(key) X(data_class) X(text) X(token_ids) X(input_tokens)            \
+  X(max_output_tokens) X(expected_cached_tokens) X(now)                                                 \
+  /* report, verdict */ X(decision_id) X(target) X(status) X(usage) X(ttft_ms) X(latency_ms) X(accepted) \
+  /* adopt */ X(config_version) X(replica) X(fallbacks) X(spilled) X(reserved_cost) X(active_blocks)    \
+  X(prefix) X(at)                                                                                       \
+  /* decision */ X(endpoint) X(reasons) X(predicted_cost_usd) X(reserved_cost_usd) X(cache_key)         \
+  /* receipt */ X(duplicate) X(fallback) X(priced) X(cost_usd)                                          \
+  /* usage */ X(uncached_input_tokens) X(cache_read_tokens) X(cache_write_5m_tokens)                    \
+  X(cache_write_1h_tokens) X(output_tokens) X(reasoning_tokens)                                         \
+  /* stats, health, reload */ X(pid) X(generation) X(config) X(shm) X(uptime_s) X(pending_decisions)    \
+  X(fast_path) X(enabled) X(table) X(why_not) X(clients) X(records) X(rejected) X(view_dropped)         \
+  X(counters) X(breakers) X(phase) X(consecutive_failures) X(times_opened) X(inflight)
+// clang-format on
+
+/// The wire name of each field: `field::decision_id == "decision_id"`.
+namespace field {
+#define TURNOUT_PROTOCOL_FIELD_NAME(name) inline constexpr std::string_view name = #name;
+TURNOUT_PROTOCOL_FIELDS(TURNOUT_PROTOCOL_FIELD_NAME)
+#undef TURNOUT_PROTOCOL_FIELD_NAME
+}  // namespace field
+
+/// Every field name (for the binding's FIELD and the docs test).
+inline constexpr std::array kFields{
+#define TURNOUT_PROTOCOL_FIELD_ENTRY(name) field::name,
+    TURNOUT_PROTOCOL_FIELDS(TURNOUT_PROTOCOL_FIELD_ENTRY)
+#undef TURNOUT_PROTOCOL_FIELD_ENTRY
+};
+
+/// The health reply's `status` while the sidecar serves.
+inline constexpr std::string_view kServing = "serving";
+
+/// The wire's text of a config version or cache key: 16 lowercase hex digits.
+[[nodiscard]] std::string hex16(std::uint64_t v);
+/// The value of such a text (exactly 16 hex digits).
+[[nodiscard]] std::optional<std::uint64_t> parse_hex16(std::string_view text) noexcept;
+
+// ------------------------------------------------------------------------------------------ reading
+
+/// A decoded msgpack map's fields by name: a flat list (a message has about a dozen keys and the
+/// decoder caps a map at 256, so a scan beats a tree); the first of repeated keys wins. Views into
+/// the message, which must outlive it.
+class Fields {
+ public:
+  Fields() = default;
+  /// The fields of `map`; bad_message if it is not a map or a key is not a string.
+  [[nodiscard]] static Result<Fields> of(const msgpack::object& map);
+  /// The value of `name`, nil included; nullptr if absent.
+  [[nodiscard]] const msgpack::object* find(std::string_view name) const noexcept;
+  /// The value of `name`; nullptr if absent or nil (nil means "not given").
+  [[nodiscard]] const msgpack::object* get(std::string_view name) const noexcept;
+  [[nodiscard]] std::size_t size() const noexcept { return fields_.size(); }
+
+ private:
+  std::vector<std::pair<std::string_view, const msgpack::object*>> fields_;
+};
+
+/// Where a request came from: the socket (answered) or a fast-path client's ring (applied).
+enum class Channel : std::uint8_t { socket, ring };
+
+/// A decoded request: the message (owned), the id its reply echoes, its op and its fields.
+struct Envelope {
+  msgpack::object_handle message;
+  const msgpack::object* id = nullptr;  ///< echoed as is by the reply; nullptr: nil
+  Op op = Op::health;
+  Fields fields;
+};
+
+/// Decodes `payload` into `out`: a map within `limits`, of version kVersion, naming an op `channel`
+/// takes. On an error `out.id` is already set when the message got that far, so the error reply
+/// still carries the request's id.
+[[nodiscard]] Result<Ok> decode_envelope(std::string_view payload, const DecodeLimits& limits, Channel channel,
+                                         Envelope& out);
+
+// ------------------------------------------------------------------------------- request decoders
+// `now` is the receiver's clock: a request without its own `now` (seconds) happened then.
+
+/// route / explain -> RouteRequest (views into the message; `token_ids` holds the decoded token ids).
+/// Without `input_tokens`, the count is estimate_input_tokens() of the prompt.
+[[nodiscard]] Result<RouteRequest> decode_route_request(const Fields& f, TimeMs now,
+                                                        std::vector<std::uint32_t>& token_ids);
+/// report -> OutcomeReport (`usage` points into the message).
+[[nodiscard]] Result<OutcomeReport> decode_report_request(const Fields& f, TimeMs now);
+
+/// A quality verdict on a decision's answered request.
+struct VerdictRequest {
+  std::uint64_t decision_id = 0;
+  bool accepted = false;
+  TimeMs now = 0;
+  friend bool operator==(const VerdictRequest&, const VerdictRequest&) = default;
+};
+[[nodiscard]] Result<VerdictRequest> decode_verdict_request(const Fields& f, TimeMs now);
+
+/// adopt -> the Decision a fast-path client made, by indices into the table it names (checked by
+/// Router::adopt). Figures no real decision has are refused; `at` is never later than `now`.
+[[nodiscard]] Result<Decision> decode_adopt_request(const Fields& f, TimeMs now);
+
+/// stats, health and reload carry no fields (unknown fields of any request are ignored).
+struct StatsRequest {};
+struct HealthRequest {};
+struct ReloadRequest {};
+[[nodiscard]] Result<StatsRequest> decode_stats_request(const Fields& f);
+[[nodiscard]] Result<HealthRequest> decode_health_request(const Fields& f);
+[[nodiscard]] Result<ReloadRequest> decode_reload_request(const Fields& f);
+
+// ------------------------------------------------------------------------------- request encoders
+// Each appends one request message to `out`. `id` is the request id the reply echoes; ring records
+// carry none (nobody answers them). Fields at their "not given" value (an empty string or span, a
+// negative count, now 0) are left out.
+
+using RequestId = std::optional<std::uint64_t>;
+
+/// route (or explain, `op`).
+void encode_route_request(msgpack::sbuffer& out, Op op, const RouteRequest& r, RequestId id);
+void encode_report_request(msgpack::sbuffer& out, const OutcomeReport& r, RequestId id);
+void encode_verdict_request(msgpack::sbuffer& out, const VerdictRequest& r, RequestId id);
+/// A fast-path client's ring record of `d`, with at most `max_prefix_blocks` leading prefix blocks
+/// (a leading run is still a correct thing to learn). Allocates nothing once `out` has room.
+void encode_adopt_request(msgpack::sbuffer& out, const Decision& d, std::size_t max_prefix_blocks);
+void encode_stats_request(msgpack::sbuffer& out, RequestId id);
+void encode_health_request(msgpack::sbuffer& out, RequestId id);
+void encode_reload_request(msgpack::sbuffer& out, RequestId id);
+
+// ---------------------------------------------------------------------------------- reply encoders
+
+/// A msgpack map under construction: entries are counted, the header is written by emit().
+class MapWriter {
+ public:
+  using Packer = msgpack::packer<msgpack::sbuffer>;
+  MapWriter() = default;
+  MapWriter(const MapWriter&) = delete;
+  MapWriter& operator=(const MapWriter&) = delete;
+
+  /// Writes key `k` and returns the packer for its value.
+  Packer& key(std::string_view k);
+  void str(std::string_view k, std::string_view v);
+  /// Key `k` with the map `m` as its value.
+  void sub(std::string_view k, const MapWriter& m);
+  /// The whole map (header and entries) appended to `out`.
+  void emit(msgpack::sbuffer& out) const;
+  /// The entries without the map header (to merge them into another map).
+  void emit_fields(msgpack::sbuffer& out) const { out.write(body_.data(), body_.size()); }
+  [[nodiscard]] std::uint32_t size() const noexcept { return n_; }
+  /// The entries written so far (to append values after a key()).
+  [[nodiscard]] msgpack::sbuffer& body() noexcept { return body_; }
+
+ private:
+  msgpack::sbuffer body_{256};  // most maps are small: not the default 8 KiB per map
+  Packer pk_{body_};
+  std::uint32_t n_ = 0;
+};
+
+/// The reply {v, id, ok: true, ...body}.
+[[nodiscard]] std::string encode_reply(const msgpack::object* id, const MapWriter& body);
+/// The reply {v, id, ok: false, error: {code: to_string(error.code), message}}.
+[[nodiscard]] std::string encode_error_reply(const msgpack::object* id, const Error& error);
+
+/// route / explain: the decision in names (`config` is the table it was made from).
+void encode_decision_reply(MapWriter& body, const Config& config, const Decision& d);
+/// A Usage's six token counts (the receipt's `usage`; also a ledger row's token columns).
+void encode_usage(MapWriter& m, const Usage& u);
+/// report: the receipt.
+void encode_receipt_reply(MapWriter& body, const ReportReceipt& r);
+
+/// The fast path's state in a stats reply.
+struct FastPathInfo {
+  bool enabled = false;
+  std::string table;    ///< the published table segment (enabled)
+  std::string why_not;  ///< why the fast path is off (not enabled)
+  std::uint32_t clients = 0;
+  std::uint64_t records = 0;   ///< ring records applied
+  std::uint64_t rejected = 0;  ///< ... that were answered with an error
+  std::uint64_t view_dropped = 0;
+  friend bool operator==(const FastPathInfo&, const FastPathInfo&) = default;
+};
+
+/// One circuit breaker in a stats reply (per target, per replica of a pool).
+struct BreakerInfo {
+  std::string target;
+  std::optional<std::string> endpoint;  ///< the replica's; none for MaaS
+  Breaker::Phase phase = Breaker::Phase::closed;
+  std::uint32_t consecutive_failures = 0;
+  std::uint64_t times_opened = 0;
+  std::int64_t inflight = 0;
+  friend bool operator==(const BreakerInfo&, const BreakerInfo&) = default;
+};
+
+/// stats: the sidecar, its fast path, its ledger and its breakers.
+struct StatsReply {
+  std::int64_t pid = 0;
+  std::uint64_t generation = 0;
+  std::uint64_t config_version = 0;
+  std::string config;  ///< the table's path
+  std::string shm;
+  double uptime_s = 0;
+  std::uint64_t pending_decisions = 0;
+  FastPathInfo fast_path;
+  std::vector<std::string> counters;  ///< one msgpack map per ledger row, packed by the ledger's listing
+  std::vector<BreakerInfo> breakers;
+  friend bool operator==(const StatsReply&, const StatsReply&) = default;
+};
+void encode_stats_reply(MapWriter& body, const StatsReply& s);
+
+/// health: serving, and which table.
+struct HealthReply {
+  std::string status{kServing};
+  std::int64_t pid = 0;
+  std::uint64_t generation = 0;
+  std::uint64_t config_version = 0;
+  double uptime_s = 0;
+  friend bool operator==(const HealthReply&, const HealthReply&) = default;
+};
+void encode_health_reply(MapWriter& body, const HealthReply& h);
+
+/// reload: the table now served.
+struct ReloadReply {
+  std::uint64_t config_version = 0;
+  std::uint64_t generation = 0;
+  friend bool operator==(const ReloadReply&, const ReloadReply&) = default;
+};
+void encode_reload_reply(MapWriter& body, const ReloadReply& r);
+
+// ---------------------------------------------------------------------------------- reply decoders
+// For the tests and C++ clients of the socket.
+
+/// A decoded reply: the message (owned), the id it echoes, and its error or its fields.
+struct Reply {
+  msgpack::object_handle message;
+  const msgpack::object* id = nullptr;
+  std::optional<Error> error;  ///< ok: false (a code this build does not know reads as `internal`)
+  Fields fields;               ///< ok: true
+};
+/// Decodes a reply's envelope; a malformed reply is bad_message.
+[[nodiscard]] Result<Reply> decode_reply(std::string_view payload);
+
+/// A decision as the wire gives it: in names.
+struct DecisionReply {
+  std::uint64_t decision_id = 0;
+  std::string scenario;
+  std::string target;
+  std::optional<std::string> endpoint;  ///< the replica's; none for MaaS
+  std::vector<std::string> fallbacks;
+  std::vector<std::string> reasons;  ///< reason_text() of each reason
+  Money predicted_cost;
+  Money reserved_cost;  ///< the worst case held against the budget (0 without one)
+  std::int64_t expected_cached_tokens = 0;
+  std::uint64_t cache_key = 0;  ///< 0: none
+  std::uint64_t config_version = 0;
+  TimeMs at = 0;
+  friend bool operator==(const DecisionReply&, const DecisionReply&) = default;
+};
+[[nodiscard]] Result<DecisionReply> decode_decision_reply(const Fields& f);
+/// The receipt (its usage's reported_cost is not on the wire).
+[[nodiscard]] Result<ReportReceipt> decode_receipt_reply(const Fields& f);
+[[nodiscard]] Result<StatsReply> decode_stats_reply(const Fields& f);
+[[nodiscard]] Result<HealthReply> decode_health_reply(const Fields& f);
+[[nodiscard]] Result<ReloadReply> decode_reload_reply(const Fields& f);
+
+}  // namespace turnout::protocol
