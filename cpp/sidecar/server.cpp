@@ -19,8 +19,6 @@ namespace {
 using MapOut = protocol::MapWriter;
 using protocol::hex16;
 
-void pack_usage(MapOut& m, const Usage& u) { protocol::encode_usage(m, u); }
-
 void pack_counters(MapOut& m, const std::string& scenario, const Target& t, const Counters& c) {
   m.str("scenario", scenario);
   m.str("target", t.name);
@@ -56,7 +54,10 @@ static void remove_stale_tables(const std::string& shm, std::uint64_t keep) {
 
 Result<Server::Started> Server::start(const std::string& config_path, const std::string& shm_name) {
   auto config = load_config_file(config_path);
-  if (!config) return make_error(config.error().code, "invalid config: " + config.error().message);
+  if (!config) {
+    const bool malformed = config.error().code == ErrorCode::config_invalid;
+    return make_error(config.error().code, (malformed ? "invalid config: " : "") + config.error().message);
+  }
   std::unique_ptr<Server> s(new Server());
   s->config_path_ = config_path;
   s->started_ms_ =

@@ -309,6 +309,7 @@ TEST(Protocol, DecisionReplyRoundTripsInNames) {
     for (const auto& f : d->fallbacks) want.fallbacks.push_back(c.targets[f.target].name);
     for (const auto& reason : d->reasons) want.reasons.push_back(reason_text(c, reason));
     want.predicted_cost = d->predicted_cost;
+    want.reserved_cost = d->reserved_cost;
     want.expected_cached_tokens = d->expected_cached_tokens;
     want.cache_key = d->cache_key;
     want.config_version = c.content_hash;
@@ -582,7 +583,8 @@ TEST(Protocol, ReplyDecodersRefuseMalformedReplies) {
   };
   const std::string good =
       R"j("decision_id":1,"scenario":"s","target":"t","endpoint":null,"fallbacks":[],"reasons":["weight:t (100%)"],)j"
-      R"j("expected_cached_tokens":0,"cache_key":null,"config_version":"00000000000000ab","at":1.5)j";
+      R"j("reserved_cost_usd":"0","expected_cached_tokens":0,"cache_key":null,"config_version":"00000000000000ab",)j"
+      R"j("at":1.5)j";
   EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":"0.25",)" + good + "}"), "");
   EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":"a quarter",)" + good + "}"), "bad_message");
   EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":0.25,)" + good + "}"), "bad_message");
