@@ -16,6 +16,10 @@
 
 namespace turnout::sidecar {
 
+using client::kFastIdBit;
+using client::kRingShift;
+using client::table_segment_name;
+
 namespace {
 
 // ------------------------------------------------------------------------------------ reply encoding
