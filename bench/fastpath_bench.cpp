@@ -21,7 +21,9 @@
 #include "bench_json.hpp"
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
+#include "turnout/client/fastpath.hpp"
 #include "turnout/policy.hpp"
+#include "turnout/shm/segment.hpp"
 
 namespace {
 
@@ -113,8 +115,8 @@ struct Sidecar {
     server.reset();
     namespace bip = boost::interprocess;
     bip::shared_memory_object::remove(name.c_str());
-    bip::shared_memory_object::remove(sidecar::rings_segment_name(name).c_str());
-    std::remove(sidecar::lock_path(name).c_str());
+    bip::shared_memory_object::remove(client::rings_segment_name(name).c_str());
+    std::remove(shm::lock_path(name).c_str());
     std::remove(path.c_str());
   }
   static Sidecar& get() {
@@ -158,9 +160,9 @@ RouteRequest chat(const std::vector<std::uint32_t>& tokens) {
   return r;
 }
 
-std::unique_ptr<sidecar::FastClient> fast_client() {
+std::unique_ptr<client::FastClient> fast_client() {
   Sidecar& s = Sidecar::get();
-  auto f = sidecar::FastClient::attach(s.name);
+  auto f = client::FastClient::attach(s.name);
   if (!f) {
     std::fprintf(stderr, "cannot attach: %s\n", f.error().message.c_str());
     std::exit(1);

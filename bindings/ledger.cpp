@@ -8,7 +8,6 @@
 #include <string_view>
 
 #include "rows.hpp"
-#include "sidecar/metrics.hpp"
 #include "turnout/ledger.hpp"
 
 namespace py = pybind11;
@@ -30,7 +29,7 @@ py::dict field_dict(const CounterField& field) {
   });
   d["columns"] = columns;
   py::list metrics;
-  for (const auto& family : sidecar::metric_families(field)) metrics.append(family.name);
+  for (const auto& family : metric_families(field)) metrics.append(family.name);
   d["metrics"] = metrics;
   return d;
 }

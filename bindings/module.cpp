@@ -14,7 +14,7 @@
 
 #include "errors.hpp"
 #include "rows.hpp"
-#include "sidecar/fastpath.hpp"
+#include "turnout/client/fastpath.hpp"
 #include "turnout/config.hpp"
 #include "turnout/kv_events.hpp"
 #include "turnout/prefix.hpp"
@@ -293,7 +293,7 @@ DecisionView decide_py(Router& r, const std::string& scenario, const std::option
 
 // FastPath.route (Commit: decide and post) and FastPath.explain, with Router.route's signature.
 template <bool Commit>
-DecisionView fast_decide_py(sidecar::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
+DecisionView fast_decide_py(client::FastClient& f, const std::string& scenario, const std::optional<std::string>& key,
                             const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
                             std::optional<std::int64_t> max_output_tokens, const py::object& token_ids,
                             const std::optional<std::string>& text, std::optional<double> now) {
@@ -708,16 +708,16 @@ PYBIND11_MODULE(_core, m) {
       py::arg("model") = "", py::arg("lora") = "", py::arg("salt") = "",
       "The chained XXH3-64 block hashes of a prompt, as the router and the cache directory compute them.");
 
-  py::class_<sidecar::FastClient>(m, "FastPath",
-                                  "A sidecar's table mapped from shared memory: route() decides here, with the same "
-                                  "decide(), and posts the decision to this process's ring (no system call).")
+  py::class_<client::FastClient>(m, "FastPath",
+                                 "A sidecar's table mapped from shared memory: route() decides here, with the same "
+                                 "decide(), and posts the decision to this process's ring (no system call).")
       .def("route", &fast_decide_py<true>, ROUTE_ARGS,
            "Decides from the mapped table and posts the decision; UnavailableError if the ring is full.")
       .def("explain", &fast_decide_py<false>, ROUTE_ARGS,
            "What route() would decide now from the mapped table and state; commits nothing.")
       .def(
           "receipt",
-          [](sidecar::FastClient& f, std::uint64_t decision_id, const std::string& target, const std::string& status,
+          [](client::FastClient& f, std::uint64_t decision_id, const std::string& target, const std::string& status,
              const py::object& usage, std::optional<double> ttft_ms, std::optional<double> latency_ms,
              std::optional<bool> accepted, std::optional<double> now) {
             return report_py([&](const OutcomeReport& o) { return f.receipt(o); }, decision_id, target, status, usage,
@@ -725,20 +725,20 @@ PYBIND11_MODULE(_core, m) {
           },
           REPORT_ARGS, "What report() would answer for one of this client's recent decisions, priced here.")
       .def(
-          "post", [](sidecar::FastClient& f, const py::bytes& message) { return f.post(std::string_view(message)); },
+          "post", [](client::FastClient& f, const py::bytes& message) { return f.post(std::string_view(message)); },
           py::arg("message"), "Posts one wire message (report, verdict) to the ring; False if it is full.")
       .def_property_readonly("config",
-                             [](sidecar::FastClient& f) -> std::optional<ConfigHandle> {
+                             [](client::FastClient& f) -> std::optional<ConfigHandle> {
                                auto c = f.config();
                                if (!c) return std::nullopt;
                                return ConfigHandle{c};
                              })
-      .def_property_readonly("generation", &sidecar::FastClient::generation)
-      .def_property_readonly("ring", &sidecar::FastClient::ring);
+      .def_property_readonly("generation", &client::FastClient::generation)
+      .def_property_readonly("ring", &client::FastClient::ring);
 
   m.def(
       "attach_fast_path",
-      [](const std::string& shm, bool ring) { return unwrap(sidecar::FastClient::attach(shm, ring)); }, py::arg("shm"),
+      [](const std::string& shm, bool ring) { return unwrap(client::FastClient::attach(shm, ring)); }, py::arg("shm"),
       py::arg("ring") = true, "Maps sidecar `shm`'s table and claims a ring for this process (ring=False: read only).");
 
   // Baseline for bench/route_bench.py: the same signature as Router.route, doing nothing.

@@ -12,20 +12,20 @@
 
 #include "errors.hpp"
 #include "rows.hpp"
-#include "sidecar/shm.hpp"
+#include "turnout/client/counters.hpp"
 
 namespace py = pybind11;
 using namespace turnout;
 using namespace turnout::bindings;
 
 void bind_sidecar(py::module_& m) {
-  py::class_<sidecar::SegmentReader>(m, "SegmentView",
-                                     "A read-only mapping of a sidecar's shared-memory segment (no round trip).")
-      .def_property_readonly("name", &sidecar::SegmentReader::name)
+  py::class_<client::SegmentReader>(m, "SegmentView",
+                                    "A read-only mapping of a sidecar's shared-memory segment (no round trip).")
+      .def_property_readonly("name", &client::SegmentReader::name)
       .def(
           "counters",
-          [](sidecar::SegmentReader& r, double timeout_s) {
-            Result<std::vector<sidecar::NamedCounters>> rows = [&] {
+          [](client::SegmentReader& r, double timeout_s) {
+            Result<std::vector<client::NamedCounters>> rows = [&] {
               py::gil_scoped_release release;
               return r.counters(static_cast<int>(timeout_s * 1000.0));
             }();
@@ -41,7 +41,7 @@ void bind_sidecar(py::module_& m) {
           "of each row (seqlock).")
       .def(
           "info",
-          [](const sidecar::SegmentReader& r) {
+          [](const client::SegmentReader& r) {
             const auto h = r.header();
             py::dict d;
             d["pid"] = h.creator_pid;
@@ -56,6 +56,6 @@ void bind_sidecar(py::module_& m) {
           "The segment header: owner pid, generation, last heartbeat (seconds), config version, ready.");
 
   m.def(
-      "attach_segment", [](const std::string& name) { return unwrap(sidecar::SegmentReader::attach(name)); },
+      "attach_segment", [](const std::string& name) { return unwrap(client::SegmentReader::attach(name)); },
       py::arg("name"), "Maps the sidecar segment `name` read-only.");
 }

@@ -127,22 +127,6 @@ void with_field(const Counters& row, std::size_t index, F&& f) {
 
 }  // namespace
 
-std::vector<MetricFamily> metric_families(const CounterField& field) {
-  if (!field.exported) return {};
-  const std::string stem = "turnout_" + std::string(field.metric_stem());
-  const std::string help(field.help);
-  switch (field.kind) {
-    case FieldKind::count: return {{stem + "_total", "counter", help + ".", MetricValue::exact}};
-    case FieldKind::by_status: return {{stem + "_total", "counter", help + " by status.", MetricValue::exact}};
-    case FieldKind::tokens: return {{stem + "_total", "counter", help + " by kind.", MetricValue::exact}};
-    case FieldKind::money:
-      return {{stem + "_usd", "gauge", help + " in USD (float view of the exact counter).", MetricValue::usd_float},
-              {stem + "_picodollars_total", "counter", help + " in picodollars (exact).", MetricValue::exact}};
-    case FieldKind::histogram: return {{stem + "_ms", "histogram", help + " in milliseconds.", MetricValue::histogram}};
-  }
-  return {};
-}
-
 std::string metrics_text(const Router& router, const SidecarGauges& sidecar, TimeMs now_ms) {
   const Config& c = *router.config();
   Exposition x;

@@ -1,6 +1,6 @@
 #pragma once
 // The sidecar's /metrics: Prometheus text exposition (version 0.0.4) of the ledger, generated from its
-// field list (turnout/ledger.hpp), plus the sidecar's own gauges, breakers and in-flight counts.
+// field list and its families (turnout/ledger.hpp), plus the sidecar's own gauges, breakers and in-flight counts.
 
 #include <cstdint>
 #include <string>
@@ -10,26 +10,6 @@
 #include "turnout/router.hpp"
 
 namespace turnout::sidecar {
-
-/// What a metric family's samples show of its field.
-enum class MetricValue : std::uint8_t {
-  exact,      ///< the counts (and, for money, the exact picodollars)
-  usd_float,  ///< money as a float of USD: for plotting, not for sums
-  histogram,  ///< cumulative buckets, _sum and _count
-};
-
-/// One family of /metrics that a ledger field is exported as.
-struct MetricFamily {
-  std::string name;  ///< as on the # TYPE line: turnout_requests_total, turnout_latency_ms
-  const char* type;  ///< counter, gauge or histogram
-  std::string help;
-  MetricValue value;
-};
-
-/// The families a ledger field is exported as, by its kind (none when the field is not exported):
-/// count turnout_<m>_total; by_status and tokens the same with a status / kind label; money
-/// turnout_<m>_usd and turnout_<m>_picodollars_total; histogram turnout_<m>_ms.
-[[nodiscard]] std::vector<MetricFamily> metric_families(const CounterField& field);
 
 /// The figures of the sidecar itself that /metrics shows beside a Router's.
 struct SidecarGauges {

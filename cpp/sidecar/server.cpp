@@ -14,6 +14,10 @@
 
 namespace turnout::sidecar {
 
+using client::kFastIdBit;
+using client::kRingShift;
+using client::table_segment_name;
+
 namespace {
 
 using MapOut = protocol::MapWriter;

@@ -2,57 +2,25 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <boost/interprocess/mapped_region.hpp>
-#include <boost/interprocess/shared_memory_object.hpp>
-#include <boost/version.hpp>
 #include <cerrno>
-#include <chrono>
-#include <cstdio>
 #include <cstring>
-#include <thread>
+
+#include "turnout/shm/segment.hpp"
+#include "turnout/shm/seqlock.hpp"
 
 namespace turnout::sidecar {
 
-namespace bip = boost::interprocess;
+using namespace turnout::client;  // the layout this writer writes
+using shm::check_segment_name;
+using shm::create_private_segment;
+using shm::lock_path;
+using shm::map_private_segment;
 
 namespace {
-
-constexpr std::size_t kSlotsOffset = sizeof(ShmHeader);
-static_assert(kSlotsOffset % alignof(Slot) == 0);
-
-std::size_t segment_size(std::size_t slots) { return kSlotsOffset + slots * sizeof(Slot); }
-
-// A failed Boost.Interprocess call: the OS reason under the code its errno stands for.
-Error boost_error(const bip::interprocess_exception& e, std::string what) {
-  if (e.get_native_error() != 0) return os_error(e.get_native_error(), std::move(what));
-  return make_error(ErrorCode::io_error, std::move(what) + ": " + e.what());
-}
-
-// Checks an open segment is private to us: our uid, no group or other mode bits.
-Result<Ok> check_private(int fd, const std::string& name) {
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return os_error(errno, "shared-memory segment '" + name + "': cannot stat");
-  if (st.st_uid != ::geteuid()) {
-    return make_error(ErrorCode::permission_denied, "shared-memory segment '" + name + "' is owned by uid " +
-                                                        std::to_string(st.st_uid) + ", not by this user (uid " +
-                                                        std::to_string(::geteuid()) + ")");
-  }
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return make_error(ErrorCode::permission_denied, "shared-memory segment '" + name + "' has mode " + mode +
-                                                        ": other users could have written it (a sidecar makes 0600)");
-  }
-  if (st.st_size == 0) {
-    return make_error(ErrorCode::incompatible_layout,
-                      "shared-memory segment '" + name + "' is empty: not a Turnout segment");
-  }
-  return Ok{};
-}
 
 void copy_name(char (&dst)[kShmNameBytes], const std::string& src) {
   std::memset(dst, 0, sizeof dst);
@@ -63,82 +31,8 @@ void copy_short(char (&dst)[N], const char* src) {
   std::memset(dst, 0, N);
   std::strncpy(dst, src, N - 1);
 }
-template <std::size_t N>
-std::string read_name(const char (&src)[N]) {
-  return {src, strnlen(src, N)};
-}
-
-// Seqlock read of one slot; false if it kept changing (the caller retries the whole snapshot).
-bool read_slot(const Slot& s, SlotPayload& out) {
-  std::uint64_t words[kSlotWords];
-  for (int attempt = 0; attempt < 1000; ++attempt) {
-    const std::uint64_t before = s.seq.load(std::memory_order_acquire);
-    if ((before & 1U) != 0) {
-      std::this_thread::yield();
-      continue;
-    }
-    for (std::size_t i = 0; i < kSlotWords; ++i) words[i] = s.words[i].load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (s.seq.load(std::memory_order_relaxed) == before) {
-      std::memcpy(&out, words, sizeof out);
-      return true;
-    }
-  }
-  return false;
-}
-
-// The layout check shared by writer (stale segment) and reader; empty string = compatible.
-std::string layout_mismatch(const ShmHeader& h, std::size_t mapped) {
-  if (h.magic != kShmMagic) return "it is not a Turnout segment (bad magic)";
-  if (h.layout_version != kShmLayoutVersion) {
-    return "its layout version is " + std::to_string(h.layout_version) + ", this build uses " +
-           std::to_string(kShmLayoutVersion);
-  }
-  if (h.header_size != sizeof(ShmHeader) || h.slot_size != sizeof(Slot) || h.payload_size != sizeof(SlotPayload) ||
-      h.counters_size != sizeof(Counters)) {
-    return "its struct sizes differ from this build's";
-  }
-  const std::string fp = layout_fingerprint();
-  if (read_name(h.fingerprint) != fp) {
-    return "it was written by '" + read_name(h.fingerprint) + "', this build is '" + fp + "'";
-  }
-  if (mapped < segment_size(h.slot_capacity)) return "it is shorter than its header says";
-  return {};
-}
 
 }  // namespace
-
-std::string layout_fingerprint() {
-  // The ledger's field list first (a truncated compiler version never cuts it off): a segment written
-  // with other counters, even of the same size, is not read as ours.
-  char ledger[32];
-  std::snprintf(ledger, sizeof ledger, "ledger %016llx ", static_cast<unsigned long long>(ledger_fingerprint()));
-  std::string fp = ledger;
-#if defined(__clang__)
-  fp += "clang " __clang_version__;
-#elif defined(__GNUC__)
-  fp += "gcc " __VERSION__;
-#else
-  fp += "unknown compiler";
-#endif
-  fp += " boost " BOOST_LIB_VERSION;
-  return fp.substr(0, sizeof(ShmHeader::fingerprint) - 1);
-}
-
-std::string lock_path(const std::string& name) { return "/dev/shm/" + name + ".lock"; }
-
-Result<Ok> check_segment_name(const std::string& name) {
-  const bool ok =
-      !name.empty() && name.size() <= 200 && name[0] != '.' && std::all_of(name.begin(), name.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-               c == '-';
-      });
-  if (!ok) {
-    return make_error(ErrorCode::invalid_argument,
-                      "invalid shared-memory name '" + name + "': use 1-200 of A-Z a-z 0-9 . _ -");
-  }
-  return Ok{};
-}
 
 // ---------------------------------------------------------------------------------------------- writer
 
@@ -227,70 +121,10 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
   return out;
 }
 
-Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::string& name, std::size_t size) {
-  const std::string what = "shared-memory segment '" + name + "'";
-  if (!bip::shared_memory_object::remove(name.c_str()) && errno != ENOENT) {
-    return os_error(errno, what + ": cannot remove the old one");
-  }
-  const char* step = "create";
-  try {
-    bip::permissions perms(0600);
-    bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perms);
-    step = "size";
-    shm.truncate(static_cast<bip::offset_t>(size));
-    ::chmod(("/dev/shm/" + name).c_str(), 0600);  // whatever the umask was
-    const int fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
-      const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-      ::close(fd);
-      if (rc != 0) {
-        bip::shared_memory_object::remove(name.c_str());
-        return os_error(rc, what + ": cannot reserve " + std::to_string(size >> 20) + " MiB in /dev/shm");
-      }
-    }
-    step = "map";
-    auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);
-    std::memset(region->get_address(), 0, region->get_size());
-    return region;
-  } catch (const bip::interprocess_exception& e) {
-    return boost_error(e, what + ": cannot " + step);
-  }
-}
-
-Result<std::unique_ptr<bip::mapped_region>> map_counters_segment(const std::string& name) {
-  auto region = map_private_segment(name, false);
-  if (!region) return region;
-  if (region.value()->get_size() < sizeof(ShmHeader)) {
-    return make_error(ErrorCode::incompatible_layout,
-                      "shared-memory segment '" + name + "' is too small to be a Turnout segment");
-  }
-  const auto& h = *static_cast<const ShmHeader*>(region.value()->get_address());
-  if (const std::string why = layout_mismatch(h, region.value()->get_size()); !why.empty()) {
-    return make_error(ErrorCode::incompatible_layout, "cannot read shared-memory segment '" + name + "': " + why);
-  }
-  return region;
-}
-
-Result<std::unique_ptr<bip::mapped_region>> map_private_segment(const std::string& name, bool writable) {
-  const auto mode = writable ? bip::read_write : bip::read_only;
-  bip::shared_memory_object shm;
-  try {
-    shm = bip::shared_memory_object(bip::open_only, name.c_str(), mode);
-  } catch (const bip::interprocess_exception& e) {
-    return boost_error(e, "shared-memory segment '" + name + "': cannot open");
-  }
-  if (auto ok = check_private(shm.get_mapping_handle().handle, name); !ok) return std::move(ok).error();
-  try {
-    return std::make_unique<bip::mapped_region>(shm, mode);
-  } catch (const bip::interprocess_exception& e) {
-    return boost_error(e, "shared-memory segment '" + name + "': cannot map");
-  }
-}
-
 Result<Ok> Segment::create(std::size_t min_slots, std::uint64_t generation) {
   unmap();
   const std::size_t slots = std::max<std::size_t>(64, min_slots * 2);
-  auto region = create_private_segment(name_, segment_size(slots));
+  auto region = create_private_segment(name_, counters_segment_size(slots));
   if (!region) return std::move(region).error();
   region_ = std::move(region).value();
   base_ = region_->get_address();
@@ -369,89 +203,10 @@ void Segment::publish(const Config& config, const CounterRow& row) {
   std::uint64_t words[kSlotWords] = {};
   std::memcpy(words, &p, sizeof p);
   Slot& s = slot(it->second);
-  const auto seq = s.seq.load(std::memory_order_relaxed);
-  s.seq.store(seq + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
+  const shm::SeqlockWrite write(s.seq);
   for (std::size_t i = 0; i < kSlotWords; ++i) s.words[i].store(words[i], std::memory_order_relaxed);
-  s.seq.store(seq + 2, std::memory_order_release);
 }
 
 void Segment::heartbeat(std::int64_t now_ms) noexcept { head().heartbeat_ms.store(now_ms, std::memory_order_release); }
-
-// ---------------------------------------------------------------------------------------------- reader
-
-Result<std::unique_ptr<SegmentReader>> SegmentReader::attach(const std::string& name) {
-  if (auto ok = check_segment_name(name); !ok) return std::move(ok).error();
-  std::unique_ptr<SegmentReader> r(new SegmentReader());
-  r->name_ = name;
-  if (auto ok = r->map(); !ok) return std::move(ok).error();
-  return r;
-}
-
-SegmentReader::~SegmentReader() { unmap(); }
-
-void SegmentReader::unmap() noexcept {
-  region_.reset();
-  base_ = nullptr;
-  size_ = 0;
-}
-
-Result<Ok> SegmentReader::map() {
-  unmap();
-  auto region = map_counters_segment(name_);
-  if (!region) return std::move(region).error();
-  region_ = std::move(region).value();
-  base_ = region_->get_address();
-  size_ = region_->get_size();
-  return Ok{};
-}
-
-HeaderInfo SegmentReader::header() const noexcept {
-  if (base_ == nullptr) return {};
-  const auto& h = *static_cast<const ShmHeader*>(base_);
-  return {h.creator_pid.load(), h.generation.load(), h.heartbeat_ms.load(), h.config_version.load(),
-          h.ready.load(std::memory_order_acquire) != 0};
-}
-
-Result<std::vector<NamedCounters>> SegmentReader::counters(int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
-    if (base_ == nullptr) {
-      if (auto ok = map(); !ok) return std::move(ok).error();
-    }
-    const auto& h = *static_cast<const ShmHeader*>(base_);
-    if (h.retired.load(std::memory_order_acquire) != 0) {
-      unmap();
-      continue;
-    }
-    if (h.ready.load(std::memory_order_acquire) != 0) {
-      const auto generation = h.generation.load(std::memory_order_acquire);
-      const auto count = std::min(h.slot_count.load(std::memory_order_acquire), h.slot_capacity);
-      const auto* slots = reinterpret_cast<const Slot*>(static_cast<const char*>(base_) + kSlotsOffset);
-      std::vector<NamedCounters> out;
-      out.reserve(count);
-      bool torn = false;
-      for (std::uint32_t i = 0; i < count && !torn; ++i) {
-        SlotPayload p;
-        if (!read_slot(slots[i], p)) {
-          torn = true;
-          break;
-        }
-        out.push_back(
-            {read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider), p.counters});
-      }
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (!torn && h.ready.load(std::memory_order_relaxed) != 0 &&
-          h.generation.load(std::memory_order_relaxed) == generation) {
-        return out;
-      }
-    }
-    if (std::chrono::steady_clock::now() > deadline) {
-      return make_error(ErrorCode::unavailable,
-                        "shared-memory segment '" + name_ + "' stayed not ready (is its sidecar starting?)");
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-}
 
 }  // namespace turnout::sidecar

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <vector>
 
 #include "turnout/decision.hpp"
 #include "turnout/money.hpp"
@@ -198,5 +199,25 @@ void visit_columns(const Counters& row, F&& f) {
 /// A hash of the field list (names, kinds, columns, histogram bounds): the shared-memory layout
 /// fingerprint includes it, so a segment written with other counters is never read as ours.
 [[nodiscard]] std::uint64_t ledger_fingerprint();
+
+/// What a metric family's samples show of its field.
+enum class MetricValue : std::uint8_t {
+  exact,      ///< the counts (and, for money, the exact picodollars)
+  usd_float,  ///< money as a float of USD: for plotting, not for sums
+  histogram,  ///< cumulative buckets, _sum and _count
+};
+
+/// One family of /metrics that a ledger field is exported as.
+struct MetricFamily {
+  std::string name;  ///< as on the # TYPE line: turnout_requests_total, turnout_latency_ms
+  const char* type;  ///< counter, gauge or histogram
+  std::string help;
+  MetricValue value;
+};
+
+/// The families a ledger field is exported as, by its kind (none when the field is not exported):
+/// count turnout_<m>_total; by_status and tokens the same with a status / kind label; money
+/// turnout_<m>_usd and turnout_<m>_picodollars_total; histogram turnout_<m>_ms.
+[[nodiscard]] std::vector<MetricFamily> metric_families(const CounterField& field);
 
 }  // namespace turnout

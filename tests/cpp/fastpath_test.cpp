@@ -16,8 +16,17 @@
 
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
+#include "turnout/client/fastpath.hpp"
+#include "turnout/shm/segment.hpp"
 
 namespace turnout::sidecar {
+
+using client::FastClient;
+using client::kFastIdBit;
+using client::kRingShift;
+using client::rings_segment_name;
+using client::table_segment_name;
+using shm::lock_path;
 namespace {
 
 constexpr std::int64_t kNow = 1'767'225'600'000;

@@ -15,13 +15,14 @@
 #include <type_traits>
 #include <vector>
 
-#include "sidecar/fastpath.hpp"
-#include "sidecar/metrics.hpp"
 #include "sidecar/server.hpp"
 #include "sidecar/shm.hpp"
 #include "test_configs.hpp"
+#include "turnout/client/counters.hpp"
+#include "turnout/client/fastpath.hpp"
 #include "turnout/ledger.hpp"
 #include "turnout/router.hpp"
+#include "turnout/shm/segment.hpp"
 
 namespace turnout {
 namespace {
@@ -141,8 +142,8 @@ TEST(Ledger, TokenKindsSumAndPrice) {
 TEST(Ledger, FingerprintIsTheSegmentsLayoutFingerprint) {
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(ledger_fingerprint()));
-  EXPECT_TRUE(sidecar::layout_fingerprint().starts_with(std::string("ledger ") + hex + " "))
-      << sidecar::layout_fingerprint();
+  EXPECT_TRUE(client::layout_fingerprint().starts_with(std::string("ledger ") + hex + " "))
+      << client::layout_fingerprint();
 }
 
 class LedgerSidecarTest : public ::testing::Test {
@@ -153,8 +154,8 @@ class LedgerSidecarTest : public ::testing::Test {
   }
   void TearDown() override {
     boost::interprocess::shared_memory_object::remove(name_.c_str());
-    boost::interprocess::shared_memory_object::remove(sidecar::rings_segment_name(name_).c_str());
-    std::remove(sidecar::lock_path(name_).c_str());
+    boost::interprocess::shared_memory_object::remove(client::rings_segment_name(name_).c_str());
+    std::remove(shm::lock_path(name_).c_str());
   }
   std::string name_;
 };
@@ -165,7 +166,7 @@ TEST_F(LedgerSidecarTest, EveryNumberSurvivesTheSharedMemorySlot) {
   auto opened = sidecar::Segment::open(name_, 4);
   ASSERT_TRUE(opened.ok()) << opened.error().message;
   sidecar::Segment& segment = *opened.value().segment;
-  auto reader = sidecar::SegmentReader::attach(name_);
+  auto reader = client::SegmentReader::attach(name_);
   ASSERT_TRUE(reader.ok()) << reader.error().message;
   const std::size_t n = number_count();
   for (std::size_t i = 0; i < n; ++i) {
@@ -215,7 +216,7 @@ TEST_F(LedgerSidecarTest, EveryColumnIsInTheStatsReplyAndEveryFamilyOnMetrics) {
   const std::string text = server.metrics(kNow);
   std::size_t exported = 0;
   for (const CounterField& f : kCounterFields) {
-    const auto families = sidecar::metric_families(f);
+    const auto families = metric_families(f);
     EXPECT_EQ(families.empty(), !f.exported) << f.name;
     for (const auto& family : families) {
       ++exported;

@@ -18,8 +18,17 @@
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
 #include "sidecar/shm.hpp"
+#include "turnout/client/counters.hpp"
+#include "turnout/client/fastpath.hpp"
+#include "turnout/shm/segment.hpp"
 
 namespace turnout::sidecar {
+
+using client::FastClient;
+using client::rings_segment_name;
+using client::SegmentReader;
+using client::table_segment_name;
+using shm::lock_path;
 namespace {
 
 namespace bip = boost::interprocess;

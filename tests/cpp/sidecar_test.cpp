@@ -16,8 +16,15 @@
 
 #include "sidecar/server.hpp"
 #include "sidecar/shm.hpp"
+#include "turnout/client/counters.hpp"
+#include "turnout/client/fastpath.hpp"
+#include "turnout/shm/segment.hpp"
 
 namespace turnout::sidecar {
+
+using client::rings_segment_name;
+using client::SegmentReader;
+using shm::lock_path;
 namespace {
 
 const std::string kExample = std::string(TURNOUT_EXAMPLES_DIR) + "/routing.yaml";

@@ -1,0 +1,32 @@
+#pragma once
+// Private shared-memory segments: POSIX shm objects in /dev/shm that only this user can have written.
+// What the sidecar and its workers create and map; the layouts inside are their own.
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "turnout/result.hpp"
+
+namespace boost::interprocess {
+class mapped_region;
+}
+
+namespace turnout::shm {
+
+/// Where the lock file of segment `name` lives (next to the segment, in /dev/shm).
+[[nodiscard]] std::string lock_path(const std::string& name);
+/// Checks a segment name: 1-200 of [A-Za-z0-9._-].
+[[nodiscard]] Result<Ok> check_segment_name(const std::string& name);
+
+/// Creates (replacing any old one) a segment of `size` bytes, mode 0600 whatever the umask, backed
+/// for real (a full /dev/shm fails here, not with SIGBUS on first touch) and zeroed.
+[[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> create_private_segment(
+    const std::string& name, std::size_t size);
+/// Maps an existing segment, read-only or read-write, if it is private to this user: owned by our
+/// uid, no group or other mode bits (anyone else could have written it). not_found,
+/// permission_denied, incompatible_layout (empty) or io_error (the OS reason) otherwise.
+[[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> map_private_segment(const std::string& name,
+                                                                                              bool writable);
+
+}  // namespace turnout::shm
