@@ -382,7 +382,7 @@ def test_demo_json() -> None:
 def _readme_command_lines() -> list[str]:
     """The lines of README.md's command-line block that run ``turnout``."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    block = text.split("Command line", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    block = text.split("the command line", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.startswith("turnout ")]
 
 
