@@ -361,11 +361,10 @@ void bind_kv(py::module_& m);        // bindings/kv.cpp
 void bind_ledger(py::module_& m);    // bindings/ledger.cpp
 void bind_protocol(py::module_& m);  // bindings/protocol.cpp
 
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "Turnout C++ core (private: import turnout instead)";
-  m.attr("__version__") = TURNOUT_VERSION;
-  m.attr("LATENCY_BUCKETS_MS") = std::vector<std::int64_t>(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end());
+namespace {
 
+/// Config, load_config, load_config_text.
+void bind_config(py::module_& m) {
   py::class_<ConfigHandle>(m, "Config", "A validated, immutable routing table.")
       .def_property_readonly("source", [](const ConfigHandle& c) { return c.ptr->source; })
       .def_property_readonly(
@@ -421,7 +420,10 @@ PYBIND11_MODULE(_core, m) {
         return ConfigHandle{unwrap(load_config_text(text, source))};
       },
       py::arg("text"), py::arg("source") = "<string>");
+}
 
+/// Decision (whichever path made it).
+void bind_decision(py::module_& m) {
   py::class_<DecisionView>(m, "Decision",
                            "Where one request goes, and why: the same attributes whichever made it (this "
                            "process's Router, the fast path, or the sidecar through its socket).")
@@ -469,7 +471,10 @@ PYBIND11_MODULE(_core, m) {
                   py::arg("reserved_cost_usd"), py::arg("expected_cached_tokens"), py::arg("cache_key"),
                   py::arg("config_version"), py::arg("at"),
                   "A Decision the sidecar made, from its reply's fields (turnout.Client reads them by wire name).");
+}
 
+/// Router: the in-process router and its ledger, directories and KV events.
+void bind_router(py::module_& m) {
   py::class_<Router>(m, "Router", "In-process router: the same decisions the sidecar makes.")
       .def(py::init([](const ConfigHandle& config, std::uint64_t seed, double decision_ttl_s, std::size_t max_pending) {
              if (!(decision_ttl_s > 0)) raise({ErrorCode::invalid_argument, "decision_ttl_s must be positive"});
@@ -651,7 +656,10 @@ PYBIND11_MODULE(_core, m) {
           "The cache directories: one per self-hosted pool and one for the MaaS targets.")
       .def_property_readonly("pending_decisions", &Router::pending_decisions)
       .def_property_readonly("config", [](const Router& r) { return ConfigHandle{r.config()}; });
+}
 
+/// Pricing and prefix hashing as free functions.
+void bind_pricing(py::module_& m) {
   m.def(
       "_price_usage",
       [](const ConfigHandle& config, const std::string& target, const py::object& usage,
@@ -707,7 +715,10 @@ PYBIND11_MODULE(_core, m) {
       py::kw_only(), py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("block_size") = 16,
       py::arg("model") = "", py::arg("lora") = "", py::arg("salt") = "",
       "The chained XXH3-64 block hashes of a prompt, as the router and the cache directory compute them.");
+}
 
+/// FastPath: a sidecar's table mapped from shared memory, and the route baseline for the bench.
+void bind_fast_path(py::module_& m) {
   py::class_<client::FastClient>(m, "FastPath",
                                  "A sidecar's table mapped from shared memory: route() decides here, with the same "
                                  "decide(), and posts the decision to this process's ring (no system call).")
@@ -748,7 +759,20 @@ PYBIND11_MODULE(_core, m) {
          std::optional<std::int64_t>, std::optional<std::int64_t>, const py::object&, const std::optional<std::string>&,
          std::optional<double>) {},
       ROUTE_ARGS);
+}
 
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Turnout C++ core (private: import turnout instead)";
+  m.attr("__version__") = TURNOUT_VERSION;
+  m.attr("LATENCY_BUCKETS_MS") = std::vector<std::int64_t>(kLatencyBoundsMs.begin(), kLatencyBoundsMs.end());
+
+  bind_config(m);
+  bind_decision(m);
+  bind_router(m);
+  bind_pricing(m);
+  bind_fast_path(m);
   bind_errors(m);
   bind_sidecar(m);
   bind_kv(m);
