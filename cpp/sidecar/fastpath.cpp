@@ -19,6 +19,7 @@
 namespace turnout::sidecar {
 
 namespace bip = boost::interprocess;
+using detail::FastPathAccess;
 
 namespace {
 
@@ -254,7 +255,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
   const Config& c = *router.config();
   std::vector<LiveUnit> units;
   std::vector<LiveBudget> budgets;
-  router.live_state(units, budgets);
+  FastPathAccess::live_state(router, units, budgets);
 
   // Views: every self-hosted pool, then the MaaS directory; twice the holders' capacity in slots.
   struct Plan {
@@ -332,7 +333,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
     vh->slots = plans[v].slots;
     vh->offset = slot_offs[v];
     pub->views_.push_back(std::make_unique<View>(vh, reinterpret_cast<ViewSlot*>(base + slot_offs[v])));
-    router.observe_directory(plans[v].target, pub->views_.back().get());
+    FastPathAccess::observe_directory(router, plans[v].target, pub->views_.back().get());
   }
   pub->publish_state(router);
   h.ready.store(1, std::memory_order_release);
@@ -340,7 +341,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
 }
 
 void TablePublisher::publish_state(const Router& router) {
-  router.live_state(next_units_, next_budgets_);  // into kept buffers: no allocation per request
+  FastPathAccess::live_state(router, next_units_, next_budgets_);  // into kept buffers: no allocation per request
   if (same_units(next_units_, units_) && same_budgets(next_budgets_, budgets_) && head_->state_seq.load() != 0) return;
   char* base = static_cast<char*>(region_->get_address());
   write_state(*head_, {reinterpret_cast<UnitWords*>(base + head_->units_offset), head_->units},
@@ -353,7 +354,7 @@ void TablePublisher::publish_state(const Router& router) {
 void TablePublisher::detach(Router& router) {
   const auto* vh =
       reinterpret_cast<const ViewHeader*>(static_cast<char*>(region_->get_address()) + head_->views_offset);
-  for (std::uint32_t v = 0; v < head_->views; ++v) router.observe_directory(vh[v].target, nullptr);
+  for (std::uint32_t v = 0; v < head_->views; ++v) FastPathAccess::observe_directory(router, vh[v].target, nullptr);
 }
 
 std::uint64_t TablePublisher::dropped() const noexcept {
@@ -576,7 +577,7 @@ Result<Ok> FastClient::refresh() {
       pools[vh[v].target] = t->views.back().get();
     }
   }
-  t->router->set_prefix_index(std::move(pools), maas);
+  FastPathAccess::set_prefix_index(*t->router, std::move(pools), maas);
   // The previous router only prices receipts from now on: its views are unmapped with its table.
   previous_ = table_ ? table_->router : nullptr;
   previous_generation_ = table_ ? table_->head->generation : 0;
@@ -597,7 +598,7 @@ void FastClient::mirror_state() {
   if (read_state(h, {reinterpret_cast<const UnitWords*>(base + h.units_offset), h.units},
                  {reinterpret_cast<const BudgetWords*>(base + h.budgets_offset), h.scenarios}, t.units, t.budgets,
                  t.seen_seq)) {
-    t.router->set_live_state(t.units, t.budgets);
+    FastPathAccess::set_live_state(*t.router, t.units, t.budgets);
   }
 }
 
@@ -615,11 +616,11 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
   if (auto ok = refresh(); !ok) return std::move(ok).error();
   Table& t = *table_;
   mirror_state();
-  auto d = t.router->dispatch(request);
+  auto d = FastPathAccess::dispatch(*t.router, request);
   if (!d) return d;
   if (decided_by != nullptr) *decided_by = t.router->config();
   recent_[d->id & (kRecent - 1)] = {d->id, d->scenario, d->placement.target, t.head->generation};
-  my_ring_->next_seq.store((t.router->next_decision_id()) & kSeqMask, std::memory_order_relaxed);
+  my_ring_->next_seq.store(FastPathAccess::next_decision_id(*t.router) & kSeqMask, std::memory_order_relaxed);
 
   // The adopt message: the wire protocol's, by indices of the table it was decided from.
   // Packed into a buffer of fixed size (no allocation); a message too big for it never fits the ring.
@@ -716,7 +717,7 @@ Result<ReportReceipt> FastClient::receipt(const OutcomeReport& report) {
     return make_error(ErrorCode::unknown_decision, "decision " + std::to_string(report.decision_id) +
                                                        " is not one of this client's recent fast-path decisions");
   }
-  return router->price_outcome(r.scenario, r.target, report);
+  return FastPathAccess::price_outcome(*router, r.scenario, r.target, report);
 }
 
 }  // namespace turnout::sidecar

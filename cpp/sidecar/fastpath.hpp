@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "turnout/detail/fast_path_access.hpp"
 #include "turnout/directory.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
@@ -28,6 +29,9 @@ class mapped_region;
 }
 
 namespace turnout::sidecar {
+
+using detail::LiveBudget;  // the live state the table segment mirrors
+using detail::LiveUnit;
 
 inline constexpr std::uint64_t kTableMagic = 0x3154424c'544e5254ULL;  // "TRNTLBT1" little-endian
 inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRNG1" little-endian

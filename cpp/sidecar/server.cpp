@@ -11,6 +11,7 @@
 #include <optional>
 #include <utility>
 
+#include "turnout/detail/fast_path_access.hpp"
 #include "turnout/prefix.hpp"
 
 namespace turnout::sidecar {
@@ -748,7 +749,7 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms, std::u
       if (old) before = previous_->counters();
       const Placement placed = d.placement;
       const std::uint32_t scenario = d.scenario;
-      if (auto r = target_router.adopt(std::move(d)); !r) {
+      if (auto r = detail::FastPathAccess::adopt(target_router, std::move(d)); !r) {
         const auto e = core_error(r.error());
         return reply_bytes(id, &e, nullptr);
       }

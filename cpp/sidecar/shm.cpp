@@ -41,25 +41,6 @@ std::string read_name(const char (&src)[N]) {
   return {src, strnlen(src, N)};
 }
 
-// Seqlock read of one slot; false if it kept changing (the caller retries the whole snapshot).
-bool read_slot(const Slot& s, SlotPayload& out) {
-  std::uint64_t words[kSlotWords];
-  for (int attempt = 0; attempt < 1000; ++attempt) {
-    const std::uint64_t before = s.seq.load(std::memory_order_acquire);
-    if ((before & 1U) != 0) {
-      std::this_thread::yield();
-      continue;
-    }
-    for (std::size_t i = 0; i < kSlotWords; ++i) words[i] = s.words[i].load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (s.seq.load(std::memory_order_relaxed) == before) {
-      std::memcpy(&out, words, sizeof out);
-      return true;
-    }
-  }
-  return false;
-}
-
 // The layout check shared by writer (stale segment) and reader; empty string = compatible.
 std::string layout_mismatch(const ShmHeader& h, std::size_t mapped) {
   if (h.magic != kShmMagic) return "it is not a Turnout segment (bad magic)";
@@ -80,6 +61,34 @@ std::string layout_mismatch(const ShmHeader& h, std::size_t mapped) {
 }
 
 }  // namespace
+
+void write_slot(Slot& slot, const SlotPayload& payload) noexcept {
+  std::uint64_t words[kSlotWords] = {};
+  std::memcpy(words, &payload, sizeof payload);
+  const auto seq = slot.seq.load(std::memory_order_relaxed);
+  slot.seq.store(seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  for (std::size_t i = 0; i < kSlotWords; ++i) slot.words[i].store(words[i], std::memory_order_relaxed);
+  slot.seq.store(seq + 2, std::memory_order_release);
+}
+
+bool read_slot(const Slot& slot, SlotPayload& out) noexcept {
+  std::uint64_t words[kSlotWords];
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const std::uint64_t before = slot.seq.load(std::memory_order_acquire);
+    if ((before & 1U) != 0) {
+      std::this_thread::yield();
+      continue;
+    }
+    for (std::size_t i = 0; i < kSlotWords; ++i) words[i] = slot.words[i].load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (slot.seq.load(std::memory_order_relaxed) == before) {
+      std::memcpy(&out, words, sizeof out);
+      return true;
+    }
+  }
+  return false;
+}
 
 std::string layout_fingerprint() {
 #if defined(__clang__)
@@ -295,14 +304,7 @@ void Segment::publish(const Config& config, const CounterRow& row) {
   copy_short(p.kind, to_string(t.kind));
   copy_short(p.provider, to_string(t.provider));
   p.counters = row.counters;
-  std::uint64_t words[kSlotWords] = {};
-  std::memcpy(words, &p, sizeof p);
-  Slot& s = slot(it->second);
-  const auto seq = s.seq.load(std::memory_order_relaxed);
-  s.seq.store(seq + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
-  for (std::size_t i = 0; i < kSlotWords; ++i) s.words[i].store(words[i], std::memory_order_relaxed);
-  s.seq.store(seq + 2, std::memory_order_release);
+  write_slot(slot(it->second), p);
 }
 
 void Segment::heartbeat(std::int64_t now_ms) noexcept { head().heartbeat_ms.store(now_ms, std::memory_order_release); }

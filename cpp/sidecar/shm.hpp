@@ -47,6 +47,11 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::int64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 
+/// Seqlock-writes `payload` into `slot`. One writer per slot at a time (the sidecar's serving thread).
+void write_slot(Slot& slot, const SlotPayload& payload) noexcept;
+/// Seqlock-reads `slot` into `out`; false if a write kept overlapping (the caller retries later).
+[[nodiscard]] bool read_slot(const Slot& slot, SlotPayload& out) noexcept;
+
 /// Offset 0 of the segment. Plain fields are written once while `ready` is 0.
 struct alignas(64) ShmHeader {
   std::uint64_t magic;
