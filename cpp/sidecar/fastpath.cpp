@@ -20,6 +20,8 @@
 
 namespace turnout::sidecar {
 
+using detail::FastPathAccess;
+
 namespace bip = boost::interprocess;
 using namespace turnout::client;  // the layout this side writes
 using shm::create_private_segment;
@@ -152,7 +154,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
   const Config& c = *router.config();
   std::vector<LiveUnit> units;
   std::vector<LiveBudget> budgets;
-  router.live_state(units, budgets);
+  FastPathAccess::live_state(router, units, budgets);
 
   // Views: every self-hosted pool, then the MaaS directory; twice the holders' capacity in slots.
   struct Plan {
@@ -230,7 +232,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
     vh->slots = plans[v].slots;
     vh->offset = slot_offs[v];
     pub->views_.push_back(std::make_unique<View>(vh, reinterpret_cast<ViewSlot*>(base + slot_offs[v])));
-    router.observe_directory(plans[v].target, pub->views_.back().get());
+    FastPathAccess::observe_directory(router, plans[v].target, pub->views_.back().get());
   }
   pub->publish_state(router);
   h.ready.store(1, std::memory_order_release);
@@ -238,7 +240,7 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
 }
 
 void TablePublisher::publish_state(const Router& router) {
-  router.live_state(next_units_, next_budgets_);  // into kept buffers: no allocation per request
+  FastPathAccess::live_state(router, next_units_, next_budgets_);  // into kept buffers: no allocation per request
   if (same_units(next_units_, units_) && same_budgets(next_budgets_, budgets_) && head_->state_seq.load() != 0) return;
   char* base = static_cast<char*>(region_->get_address());
   write_state(*head_, {reinterpret_cast<UnitWords*>(base + head_->units_offset), head_->units},
@@ -251,7 +253,7 @@ void TablePublisher::publish_state(const Router& router) {
 void TablePublisher::detach(Router& router) {
   const auto* vh =
       reinterpret_cast<const ViewHeader*>(static_cast<char*>(region_->get_address()) + head_->views_offset);
-  for (std::uint32_t v = 0; v < head_->views; ++v) router.observe_directory(vh[v].target, nullptr);
+  for (std::uint32_t v = 0; v < head_->views; ++v) FastPathAccess::observe_directory(router, vh[v].target, nullptr);
 }
 
 std::uint64_t TablePublisher::dropped() const noexcept {

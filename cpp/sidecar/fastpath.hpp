@@ -21,6 +21,9 @@ class mapped_region;
 
 namespace turnout::sidecar {
 
+using detail::LiveBudget;  // the live state the table segment mirrors
+using detail::LiveUnit;
+
 /// The sidecar's writer of one table generation's segment. Registers itself as the observer of the
 /// router's directories: every mask change lands in the views as it happens.
 class TablePublisher {

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "sidecar/metrics.hpp"
+#include "turnout/detail/fast_path_access.hpp"
 
 namespace turnout::sidecar {
 
@@ -379,7 +380,7 @@ Result<Ok> Handler::adopt(Server& s, const Call& c) {
   if (old) before = s.previous_->counters();
   const Placement placed = d->placement;
   const std::uint32_t scenario = d->scenario;
-  if (auto r = table.adopt(std::move(d).value()); !r) return r;
+  if (auto r = detail::FastPathAccess::adopt(table, std::move(d).value()); !r) return r;
   if (old) {
     s.carry_delta(*s.previous_, before);
     s.sync_rows();

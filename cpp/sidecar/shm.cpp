@@ -200,11 +200,7 @@ void Segment::publish(const Config& config, const CounterRow& row) {
   copy_short(p.kind, to_string(t.kind));
   copy_short(p.provider, to_string(t.provider));
   p.counters = row.counters;
-  std::uint64_t words[kSlotWords] = {};
-  std::memcpy(words, &p, sizeof p);
-  Slot& s = slot(it->second);
-  const shm::SeqlockWrite write(s.seq);
-  for (std::size_t i = 0; i < kSlotWords; ++i) s.words[i].store(words[i], std::memory_order_relaxed);
+  write_slot(slot(it->second), p);
 }
 
 void Segment::heartbeat(std::int64_t now_ms) noexcept { head().heartbeat_ms.store(now_ms, std::memory_order_release); }

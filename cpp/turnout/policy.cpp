@@ -137,6 +137,285 @@ bool pool_at_threshold(const Target& t, const RouterState& state, std::uint32_t 
   return capacity == 0 || static_cast<double>(inflight) >= ratio * static_cast<double>(capacity);
 }
 
+// What decide() knows of the request before it looks at a target: computed once per decision.
+struct RequestFacts {
+  RequestFacts(const Config& c, const RouterState& st, const Request& r)
+      : config(c), state(st), request(r), scenario(c.scenarios[r.scenario]), chains(r) {
+    required = 1ULL << scenario.data_class;
+    if (r.data_class != kNone) required |= 1ULL << r.data_class;
+    input = std::max<std::int64_t>(0, r.input_tokens);
+    max_output = r.max_output_tokens >= 0 ? r.max_output_tokens : scenario.max_output_tokens;
+    needed = input + max_output;
+    affinity = scenario.prefix_affinity && chains.present();
+    const BudgetState& budget = st.budgets[r.scenario];
+    committed = budget.day == budget_day(r.now) ? budget.spent + budget.reserved : Money{};
+  }
+
+  // The prefix family: the chain hash at (at most) 1024 tokens. It is the cache key a worker hands the
+  // provider, and, with affinity and no explicit key, the sticky key that keeps a family on one target.
+  std::uint64_t prefix_family() {
+    if (!chains.present()) return 0;
+    const auto& m = chains.maas();
+    return m.empty() ? 0 : m[std::min<std::size_t>(m.size(), 1024 / kMaasBlockTokens) - 1];
+  }
+
+  const Config& config;
+  const RouterState& state;
+  const Request& request;
+  const Scenario& scenario;
+  std::uint64_t required = 0;  // data classes a target must allow
+  std::int64_t input = 0;
+  std::int64_t max_output = 0;
+  std::int64_t needed = 0;  // tokens of context: input + max output
+  bool affinity = false;    // rank a pool's replicas by the prefix they hold
+  Money committed;          // today's spent + reserved against the scenario's budget
+  PromptChains chains;
+  std::array<std::uint32_t, CacheDirectory::kMaxHolders> matched{};  // per holder, no allocation
+};
+
+// The sticky key: the request's own key, else (with affinity) its prefix family, else the decision.
+std::uint64_t sticky_hash(const Request& request, bool affinity, std::uint64_t family, std::uint64_t seed,
+                          std::uint64_t decision_id) {
+  if (!request.key.empty()) return XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
+  if (affinity && family != 0) return XXH3_64bits_withSeed(&family, sizeof family, seed);
+  return XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed);
+}
+
+// One target as a home for the request: the filter that refused it, or where on it the request
+// goes, the warm prefix it holds and what that costs.
+struct Candidate {
+  std::uint32_t target = kNone;
+  std::optional<Reason> refusal;  // filtered (fail closed): why
+  std::uint32_t replica = kNone;
+  Money cost;               // predicted
+  Money reserve;            // the budget's worst case; 0 without a budget
+  std::int64_t cached = 0;  // expected cached input tokens
+  std::int64_t active_blocks = 0;
+  const std::vector<std::uint64_t>* chain = nullptr;  // the prompt's blocks here, if a directory was asked
+  bool learn = false;  // the directory learns `chain` from this decision (approximate mode)
+  bool self_hosted = false;
+  bool by_overlap = false;  // the replica was ranked by the prefix it holds
+  bool probe = false;       // the replica's breaker is half-open: this is its probe
+
+  // The reasons this candidate adds to a decision that looked at it.
+  void explain(std::vector<Reason>& out) const {
+    if (refusal) {
+      out.push_back(*refusal);
+      return;
+    }
+    if (self_hosted) {
+      out.push_back({by_overlap ? ReasonCode::prefix_overlap : ReasonCode::least_loaded, target, replica});
+    }
+    if (cached > 0) out.push_back({ReasonCode::affinity, target, cached});
+    if (probe) out.push_back({ReasonCode::half_open_probe, target, 0});
+  }
+};
+
+// What the directory knows of this prompt on `target`: its chain there (null if no directory is
+// asked), with `f.matched` per holder and, for a pool, the overlap its replicas are ranked by.
+const std::vector<std::uint64_t>* match_prompt(RequestFacts& f, std::uint32_t target, PoolOverlap& overlap) {
+  if (!f.chains.present()) return nullptr;
+  const Target& t = f.config.targets[target];
+  if (t.kind == TargetKind::self_hosted && f.state.pool_index[target] != nullptr) {
+    const auto& chain = f.chains.pool(t, target);
+    f.state.pool_index[target]->match(chain, f.request.now, f.matched);
+    overlap = {std::span<const std::uint32_t>(f.matched).first(t.replicas.size()),
+               static_cast<std::int64_t>(chain.size()), t.kv.overlap_weight, t.kv.balance_slack};
+    return &chain;
+  }
+  if (t.kind == TargetKind::maas && f.state.maas_index != nullptr) {
+    const auto& chain = f.chains.maas();
+    f.state.maas_index->match(chain, f.request.now, f.matched);
+    return &chain;
+  }
+  return nullptr;
+}
+
+// Applies the filters to one target and, if it passes them, places and prices the request there.
+Candidate evaluate(RequestFacts& f, std::uint32_t target) {
+  const Target& t = f.config.targets[target];
+  const Scenario& s = f.scenario;
+  Candidate c{.target = target, .self_hosted = t.kind == TargetKind::self_hosted};
+  if (auto why = static_filter(t, s, f.required, f.needed)) {
+    c.refusal = Reason{*why, target, *why == ReasonCode::context_window ? f.needed : 0};
+    return c;
+  }
+  PoolOverlap overlap;
+  c.chain = match_prompt(f, target, overlap);
+  c.by_overlap = f.affinity && c.chain != nullptr && c.self_hosted;
+  if (auto why = state_filter(f.config, f.state, target, f.request.now, c.replica, c.by_overlap ? &overlap : nullptr)) {
+    c.refusal = Reason{*why, target, 0};
+    return c;
+  }
+  if (c.chain != nullptr && c.self_hosted) {
+    c.cached = static_cast<std::int64_t>(f.matched[c.replica]) * t.kv.block_size;
+  } else if (c.chain != nullptr) {
+    c.cached = static_cast<std::int64_t>(f.matched[f.state.maas_holder[target]]) * kMaasBlockTokens;
+    if (c.cached < t.cache.min_prefix_tokens) c.cached = 0;  // below the provider's minimum: no cache
+  }
+  c.cached = std::min(std::max(c.cached, f.request.expected_cached_tokens), f.input);
+  c.cost = predicted_cost(t, f.input, c.cached, f.max_output, s.mode);
+  // Only a budget reserves anything (and pays for pricing the worst case).
+  if (s.budget_per_day) {
+    c.reserve = reserved_cost(t, f.input, c.cached, f.max_output, s.mode);
+    if (c.reserve > *s.budget_per_day - f.committed) {  // no overflow near the int64 top
+      c.refusal = Reason{ReasonCode::budget, target, c.reserve.picos()};
+      return c;
+    }
+  }
+  // Approximate mode learns from its own decisions; a precise pool only believes its engines.
+  c.learn = c.chain != nullptr && !(c.self_hosted && t.kv.precise);
+  if (c.self_hosted) {
+    c.active_blocks = c.chain != nullptr ? static_cast<std::int64_t>(c.chain->size()) : f.input / t.kv.block_size;
+  }
+  const Breaker& breaker = f.state.breakers[f.state.unit(target, c.replica)];
+  c.probe = breaker.phase(t.breaker, f.request.now) == Breaker::Phase::half_open;
+  return c;
+}
+
+// The targets a decision has looked at: a bit each, in a word for tables of up to 64 targets (no
+// allocation per decision), in a vector for larger ones.
+class TargetSet {
+ public:
+  explicit TargetSet(std::size_t targets) {
+    if (targets > 64) many_.resize(targets, 0);
+  }
+  [[nodiscard]] bool contains(std::uint32_t target) const {
+    return many_.empty() ? ((few_ >> target) & 1U) != 0 : many_[target] != 0;
+  }
+  void insert(std::uint32_t target) {
+    if (many_.empty()) {
+      few_ |= 1ULL << target;
+    } else {
+      many_[target] = 1;
+    }
+  }
+
+ private:
+  std::uint64_t few_ = 0;
+  std::vector<std::uint8_t> many_;
+};
+
+// The candidates in order: the routes by sticky weighted rank (a pool at its threshold hands its
+// turn to the spillover target), then the fallback chain. The first eligible one takes the request;
+// every candidate looked at leaves its reasons in the decision.
+class Ranking {
+ public:
+  Ranking(RequestFacts& facts, Decision& d) : f_(facts), d_(d), tried_(facts.config.targets.size()) {}
+
+  // Places the decision; false if no candidate was eligible.
+  bool place(std::uint64_t key_hash) {
+    const Scenario& s = f_.scenario;
+    for (const auto& [score, route_index] : routes_by_rank(key_hash)) {
+      const Route& route = s.routes[route_index];
+      std::int64_t load = 0;
+      if (at_spillover_threshold(route.target, load)) {
+        d_.reasons.push_back({ReasonCode::spillover, route.target, load});
+        if (take(s.spillover->target)) {
+          d_.spilled = true;
+          return true;
+        }
+      }
+      if (take(route.target)) {
+        d_.reasons.insert(d_.reasons.begin(), {ReasonCode::weight, route.target, route.weight});
+        return true;
+      }
+    }
+    for (std::uint32_t target : s.fallback) {
+      if (take(target)) {
+        d_.reasons.insert(d_.reasons.begin(), {ReasonCode::fallback, target, 0});
+        return true;
+      }
+    }
+    return false;
+  }
+  // Whether a candidate was refused only because the budget could not cover it.
+  [[nodiscard]] bool budget_blocked() const { return budget_blocked_; }
+
+ private:
+  // (score, route index), best first.
+  [[nodiscard]] std::vector<std::pair<double, std::uint32_t>> routes_by_rank(std::uint64_t key_hash) const {
+    const Scenario& s = f_.scenario;
+    std::vector<std::pair<double, std::uint32_t>> ranked;
+    ranked.reserve(s.routes.size());
+    for (std::uint32_t i = 0; i < s.routes.size(); ++i) {
+      const auto& r = s.routes[i];
+      if (r.weight > 0) ranked.emplace_back(rendezvous_score(key_hash, f_.config.targets[r.target], r.weight), i);
+    }
+    std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    return ranked;
+  }
+
+  // A self-hosted pool at its in-flight threshold hands the request to the spillover target.
+  bool at_spillover_threshold(std::uint32_t target, std::int64_t& load) const {
+    const Scenario& s = f_.scenario;
+    const Target& t = f_.config.targets[target];
+    return t.kind == TargetKind::self_hosted && s.spillover && s.spillover->target != target &&
+           !tried_.contains(target) &&
+           pool_at_threshold(t, f_.state, target, f_.request.now, s.spillover->when_inflight_ratio, load);
+  }
+
+  // Looks at a target once per decision; places the decision there if it is eligible.
+  bool take(std::uint32_t target) {
+    if (tried_.contains(target)) return false;
+    tried_.insert(target);
+    const Candidate c = evaluate(f_, target);
+    c.explain(d_.reasons);
+    if (c.refusal) {
+      budget_blocked_ = budget_blocked_ || c.refusal->code == ReasonCode::budget;
+      return false;
+    }
+    d_.placement = {target, c.replica};
+    d_.predicted_cost = c.cost;
+    d_.reserved_cost = c.reserve;
+    d_.expected_cached_tokens = c.cached;
+    if (c.learn) d_.prefix = *c.chain;
+    d_.active_blocks = c.active_blocks;
+    return true;
+  }
+
+  RequestFacts& f_;
+  Decision& d_;
+  TargetSet tried_;
+  bool budget_blocked_ = false;
+};
+
+// The error of a decision no candidate would take, naming each target's reason.
+Error no_placement(const RequestFacts& f, const Decision& d, bool budget_blocked) {
+  std::string why;
+  for (const auto& r : d.reasons) {
+    if (r.target == kNone || r.code == ReasonCode::spillover) continue;
+    why += (why.empty() ? "" : "; ") + f.config.targets[r.target].name + ": " + to_string(r.code);
+  }
+  const std::string& name = f.scenario.name;
+  if (budget_blocked) {
+    return make_error(ErrorCode::budget_exhausted,
+                      "scenario '" + name + "' has no budget left today for this request (" + why + ")");
+  }
+  return make_error(ErrorCode::no_eligible_target,
+                    "scenario '" + name + "' has no eligible target (" + (why.empty() ? "no routes" : why) + ")");
+}
+
+// The fallback chain beside the chosen target, filtered by the same constraints (a forbidden data
+// class never appears here).
+void offer_fallbacks(const RequestFacts& f, Decision& d) {
+  const Scenario& s = f.scenario;
+  for (std::uint32_t target : s.fallback) {
+    if (target == d.placement.target) continue;
+    const Target& t = f.config.targets[target];
+    std::uint32_t replica = kNone;
+    if (static_filter(t, s, f.required, f.needed) || state_filter(f.config, f.state, target, f.request.now, replica)) {
+      continue;
+    }
+    // A fallback must fit what the budget has left beside this decision's own reservation.
+    if (s.budget_per_day &&
+        reserved_cost(t, f.input, 0, f.max_output, s.mode) > *s.budget_per_day - f.committed - d.reserved_cost) {
+      continue;
+    }
+    d.fallbacks.push_back({target, replica});
+  }
+}
+
 }  // namespace
 
 double rendezvous_score(std::uint64_t key_hash, const Target& target, std::uint32_t weight) noexcept {
@@ -150,176 +429,23 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
   if (request.scenario >= config.scenarios.size()) {
     return make_error(ErrorCode::unknown_scenario, "unknown scenario index");
   }
-  const Scenario& s = config.scenarios[request.scenario];
   // The bound normalize_usage and the pricing enforce: larger counts are not real requests.
   if (request.input_tokens > (1LL << 31) || request.max_output_tokens > (1LL << 31)) {
     return make_error(ErrorCode::invalid_argument, "input_tokens and max_output_tokens must be at most 2^31");
   }
-  std::uint64_t required = 1ULL << s.data_class;
-  if (request.data_class != kNone) required |= 1ULL << request.data_class;
-  const std::int64_t input = std::max<std::int64_t>(0, request.input_tokens);
-  const std::int64_t max_output = request.max_output_tokens >= 0 ? request.max_output_tokens : s.max_output_tokens;
-  const std::int64_t needed = input + max_output;
-  PromptChains chains(request);
-  const bool affinity = s.prefix_affinity && chains.present();
-  // The prefix family: the chain hash at (at most) 1024 tokens. It is the cache key a worker hands the
-  // provider, and, with affinity and no explicit key, the sticky key that keeps a family on one target.
-  std::uint64_t family = 0;
-  if (chains.present()) {
-    const auto& m = chains.maas();
-    if (!m.empty()) family = m[std::min<std::size_t>(m.size(), 1024 / kMaasBlockTokens) - 1];
-  }
-  std::uint64_t key_hash = XXH3_64bits_withSeed(&decision_id, sizeof decision_id, seed);
-  if (!request.key.empty()) {
-    key_hash = XXH3_64bits_withSeed(request.key.data(), request.key.size(), seed);
-  } else if (affinity && family != 0) {
-    key_hash = XXH3_64bits_withSeed(&family, sizeof family, seed);
-  }
-  const std::int64_t day = budget_day(request.now);
-  const BudgetState& budget = state.budgets[request.scenario];
-  const Money committed = budget.day == day ? budget.spent + budget.reserved : Money{};
-
+  RequestFacts facts(config, state, request);
+  const std::uint64_t family = facts.prefix_family();
   Decision d;
   d.id = decision_id;
   d.scenario = request.scenario;
   d.config_version = config.content_hash;
   d.at = request.now;
   d.cache_key = family;
-  std::array<std::uint32_t, CacheDirectory::kMaxHolders> matched{};  // per holder, no allocation
-
-  // Candidates in order: routes by sticky weighted rank, then the fallback chain.
-  std::vector<std::pair<double, std::uint32_t>> ranked;  // (score, route index)
-  ranked.reserve(s.routes.size());
-  for (std::uint32_t i = 0; i < s.routes.size(); ++i) {
-    const auto& r = s.routes[i];
-    if (r.weight > 0) ranked.emplace_back(rendezvous_score(key_hash, config.targets[r.target], r.weight), i);
+  Ranking ranking(facts, d);
+  if (!ranking.place(sticky_hash(request, facts.affinity, family, seed, decision_id))) {
+    return no_placement(facts, d, ranking.budget_blocked());
   }
-  std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-
-  std::vector<std::uint8_t> tried(config.targets.size(), 0);
-  bool budget_blocked = false;
-
-  // Tries one target; on success fills d.placement and the cost, else records why not.
-  auto try_target = [&](std::uint32_t target) -> bool {
-    if (tried[target] != 0) return false;
-    tried[target] = 1;
-    const Target& t = config.targets[target];
-    if (auto why = static_filter(t, s, required, needed)) {
-      d.reasons.push_back({*why, target, *why == ReasonCode::context_window ? needed : 0});
-      return false;
-    }
-    // What the directory knows of this prompt on this target.
-    const std::vector<std::uint64_t>* chain = nullptr;
-    PoolOverlap overlap;
-    if (chains.present()) {
-      if (t.kind == TargetKind::self_hosted && state.pool_index[target] != nullptr) {
-        chain = &chains.pool(t, target);
-        state.pool_index[target]->match(*chain, request.now, matched);
-        overlap = {std::span<const std::uint32_t>(matched).first(t.replicas.size()),
-                   static_cast<std::int64_t>(chain->size()), t.kv.overlap_weight, t.kv.balance_slack};
-      } else if (t.kind == TargetKind::maas && state.maas_index != nullptr) {
-        chain = &chains.maas();
-        state.maas_index->match(*chain, request.now, matched);
-      }
-    }
-    std::uint32_t replica = kNone;
-    const bool by_overlap = affinity && chain != nullptr && t.kind == TargetKind::self_hosted;
-    if (auto why = state_filter(config, state, target, request.now, replica, by_overlap ? &overlap : nullptr)) {
-      d.reasons.push_back({*why, target, 0});
-      return false;
-    }
-    std::int64_t cached = 0;
-    if (chain != nullptr && t.kind == TargetKind::self_hosted) {
-      cached = static_cast<std::int64_t>(matched[replica]) * t.kv.block_size;
-    } else if (chain != nullptr) {
-      cached = static_cast<std::int64_t>(matched[state.maas_holder[target]]) * kMaasBlockTokens;
-      if (cached < t.cache.min_prefix_tokens) cached = 0;  // below the provider's minimum: no cache
-    }
-    cached = std::min(std::max(cached, request.expected_cached_tokens), input);
-    const Money cost = predicted_cost(t, input, cached, max_output, s.mode);
-    // Only a budget reserves anything (and pays for pricing the worst case).
-    const Money reserve = s.budget_per_day ? reserved_cost(t, input, cached, max_output, s.mode) : Money{};
-    if (s.budget_per_day && reserve > *s.budget_per_day - committed) {  // no overflow near the int64 top
-      d.reasons.push_back({ReasonCode::budget, target, reserve.picos()});
-      budget_blocked = true;
-      return false;
-    }
-    d.placement = {target, replica};
-    d.predicted_cost = cost;
-    d.reserved_cost = reserve;
-    d.expected_cached_tokens = cached;
-    // Approximate mode learns from its own decisions; a precise pool only believes its engines.
-    if (chain != nullptr && !(t.kind == TargetKind::self_hosted && t.kv.precise)) d.prefix = *chain;
-    if (t.kind == TargetKind::self_hosted) {
-      d.active_blocks = chain != nullptr ? static_cast<std::int64_t>(chain->size()) : input / t.kv.block_size;
-      d.reasons.push_back({by_overlap ? ReasonCode::prefix_overlap : ReasonCode::least_loaded, target, replica});
-    }
-    if (cached > 0) d.reasons.push_back({ReasonCode::affinity, target, cached});
-    if (state.breakers[state.unit(target, replica)].phase(t.breaker, request.now) == Breaker::Phase::half_open) {
-      d.reasons.push_back({ReasonCode::half_open_probe, target, 0});
-    }
-    return true;
-  };
-
-  bool chosen = false;
-  for (const auto& [score, route_index] : ranked) {
-    const Route& route = s.routes[route_index];
-    const Target& t = config.targets[route.target];
-    // A self-hosted pool at its in-flight threshold hands the request to the spillover target.
-    if (t.kind == TargetKind::self_hosted && s.spillover && s.spillover->target != route.target &&
-        tried[route.target] == 0) {
-      std::int64_t load = 0;
-      if (pool_at_threshold(t, state, route.target, request.now, s.spillover->when_inflight_ratio, load)) {
-        d.reasons.push_back({ReasonCode::spillover, route.target, load});
-        if (try_target(s.spillover->target)) {
-          d.spilled = true;
-          chosen = true;
-          break;
-        }
-      }
-    }
-    if (try_target(route.target)) {
-      d.reasons.insert(d.reasons.begin(), {ReasonCode::weight, route.target, route.weight});
-      chosen = true;
-      break;
-    }
-  }
-  if (!chosen) {
-    for (std::uint32_t target : s.fallback) {
-      if (try_target(target)) {
-        d.reasons.insert(d.reasons.begin(), {ReasonCode::fallback, target, 0});
-        chosen = true;
-        break;
-      }
-    }
-  }
-  if (!chosen) {
-    std::string why;
-    for (const auto& r : d.reasons) {
-      if (r.target == kNone || r.code == ReasonCode::spillover) continue;
-      why += (why.empty() ? "" : "; ") + config.targets[r.target].name + ": " + to_string(r.code);
-    }
-    if (budget_blocked) {
-      return make_error(ErrorCode::budget_exhausted,
-                        "scenario '" + s.name + "' has no budget left today for this request (" + why + ")");
-    }
-    return make_error(ErrorCode::no_eligible_target,
-                      "scenario '" + s.name + "' has no eligible target (" + (why.empty() ? "no routes" : why) + ")");
-  }
-
-  // The fallback chain, filtered by the same constraints (a forbidden data class never appears here).
-  for (std::uint32_t target : s.fallback) {
-    if (target == d.placement.target) continue;
-    const Target& t = config.targets[target];
-    std::uint32_t replica = kNone;
-    if (static_filter(t, s, required, needed) || state_filter(config, state, target, request.now, replica)) continue;
-    // A fallback must fit what the budget has left beside this decision's own reservation.
-    if (s.budget_per_day &&
-        reserved_cost(t, input, 0, max_output, s.mode) > *s.budget_per_day - committed - d.reserved_cost) {
-      continue;
-    }
-    d.fallbacks.push_back({target, replica});
-  }
+  offer_fallbacks(facts, d);
   return d;
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "turnout/detail/fast_path_access.hpp"
 #include "turnout/prefix.hpp"
 #include "turnout/pricing.hpp"
 
@@ -484,7 +485,7 @@ std::size_t Router::pending_decisions() const {
   return state_.pending.size();
 }
 
-void Router::live_state(std::vector<LiveUnit>& units, std::vector<LiveBudget>& budgets) const {
+void Router::live_state(std::vector<detail::LiveUnit>& units, std::vector<detail::LiveBudget>& budgets) const {
   std::lock_guard lock(mu_);
   units.resize(state_.breakers.size());
   for (std::size_t u = 0; u < units.size(); ++u) {
@@ -498,7 +499,7 @@ void Router::live_state(std::vector<LiveUnit>& units, std::vector<LiveBudget>& b
   }
 }
 
-void Router::set_live_state(std::span<const LiveUnit> units, std::span<const LiveBudget> budgets) {
+void Router::set_live_state(std::span<const detail::LiveUnit> units, std::span<const detail::LiveBudget> budgets) {
   std::lock_guard lock(mu_);
   for (std::size_t u = 0; u < units.size() && u < state_.breakers.size(); ++u) {
     state_.breakers[u].mirror(units[u].phase, units[u].probe_inflight, units[u].opened_at);

@@ -102,20 +102,11 @@ struct BudgetRow {
   Money reserved;
 };
 
-/// What decide() reads that changes between decisions: per (target, replica) unit and per scenario.
-/// The sidecar publishes it for the clients that decide from shared memory.
-struct LiveUnit {
-  Breaker::Phase phase = Breaker::Phase::closed;
-  bool probe_inflight = false;
-  TimeMs opened_at = 0;
-  std::int64_t inflight = 0;
-  std::int64_t active_blocks = 0;
-};
-struct LiveBudget {
-  std::int64_t day = 0;
-  Money spent;
-  Money reserved;
-};
+namespace detail {
+struct LiveUnit;
+struct LiveBudget;
+class FastPathAccess;
+}  // namespace detail
 
 class Router {
  public:
@@ -126,16 +117,6 @@ class Router {
   /// Decides and commits: takes an in-flight slot, the half-open probe if any, and reserves the
   /// worst-case cost against the scenario's budget.
   [[nodiscard]] Result<Decision> route(const RouteRequest& request);
-  /// Decides and takes the in-flight slot, the probe and the budget reservation in this router's
-  /// state, but keeps no pending entry or counters: a fast-path client, whose decisions the sidecar
-  /// keeps (it adopts them) and whose state is a mirror of the sidecar's.
-  [[nodiscard]] Result<Decision> dispatch(const RouteRequest& request);
-  /// Checks and prices an outcome of decision `d` on `target` as report() would, changing nothing.
-  [[nodiscard]] Result<ReportReceipt> price_outcome(std::uint32_t scenario, std::uint32_t placed_target,
-                                                    const OutcomeReport& report) const;
-  /// Commits a decision made elsewhere from this table (a client's fast path) exactly as route()
-  /// commits its own: in-flight slot, probe, budget reservation, counters, and its prefix is learned.
-  [[nodiscard]] Result<Ok> adopt(Decision decision);
   /// Decides without committing anything: what route() would answer now, with every reason.
   [[nodiscard]] Result<Decision> explain(const RouteRequest& request);
   /// Accounts an outcome. Idempotent per (decision, target); invalid usage changes nothing.
@@ -164,21 +145,25 @@ class Router {
   [[nodiscard]] std::vector<DirectoryRow> directory_stats() const;
   [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
 
-  // The fast path: the sidecar publishes its live state and directories; a client's Router mirrors
-  // them and matches prompts against the sidecar's directories instead of learning its own.
-  void live_state(std::vector<LiveUnit>& units, std::vector<LiveBudget>& budgets) const;
-  void set_live_state(std::span<const LiveUnit> units, std::span<const LiveBudget> budgets);
-  /// Matches prompts against these (per target; kNone-free) instead of this Router's directories,
-  /// which then learn nothing.
-  void set_prefix_index(std::vector<const PrefixIndex*> pools, const PrefixIndex* maas);
-  /// Tells `observer` every holder-mask change of a directory (target = a pool, kNone = MaaS).
-  void observe_directory(std::uint32_t target, MaskObserver* observer);
   /// Drops directory entries past their TTL.
   void expire_directories(TimeMs now);
+  /// Whether a decision still waits for its outcome or verdict (a reloaded sidecar asks which table
+  /// holds it).
   [[nodiscard]] bool has_pending(std::uint64_t decision_id) const;
-  [[nodiscard]] std::uint64_t next_decision_id() const;
 
  private:
+  // The fast path's side, reached only through detail::FastPathAccess (documented there).
+  friend class detail::FastPathAccess;
+  [[nodiscard]] Result<Decision> dispatch(const RouteRequest& request);
+  [[nodiscard]] Result<Ok> adopt(Decision decision);
+  [[nodiscard]] Result<ReportReceipt> price_outcome(std::uint32_t scenario, std::uint32_t placed_target,
+                                                    const OutcomeReport& report) const;
+  void live_state(std::vector<detail::LiveUnit>& units, std::vector<detail::LiveBudget>& budgets) const;
+  void set_live_state(std::span<const detail::LiveUnit> units, std::span<const detail::LiveBudget> budgets);
+  void set_prefix_index(std::vector<const PrefixIndex*> pools, const PrefixIndex* maas);
+  void observe_directory(std::uint32_t target, MaskObserver* observer);
+  [[nodiscard]] std::uint64_t next_decision_id() const;
+
   [[nodiscard]] Result<Request> resolve(const RouteRequest& request) const;
   /// Drops decisions past their TTL, and the oldest while fewer than `room` places are free.
   void expire(TimeMs now, std::size_t room = 0);

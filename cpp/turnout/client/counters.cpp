@@ -5,6 +5,7 @@
 #include <boost/version.hpp>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include "turnout/shm/segment.hpp"
@@ -15,6 +16,13 @@ namespace turnout::client {
 namespace bip = boost::interprocess;
 using shm::check_segment_name;
 using shm::map_private_segment;
+
+void write_slot(Slot& s, const SlotPayload& payload) noexcept {
+  std::uint64_t words[kSlotWords] = {};
+  std::memcpy(words, &payload, sizeof payload);
+  const shm::SeqlockWrite write(s.seq);
+  for (std::size_t i = 0; i < kSlotWords; ++i) s.words[i].store(words[i], std::memory_order_relaxed);
+}
 
 bool read_slot(const Slot& s, SlotPayload& out) {
   std::uint64_t words[kSlotWords];

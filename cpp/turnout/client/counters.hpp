@@ -109,6 +109,8 @@ template <std::size_t N>
 /// The layout check shared by writer (stale segment) and reader: why a header of a segment of
 /// `mapped` bytes is not this build's layout, or empty if it is.
 [[nodiscard]] std::string layout_mismatch(const ShmHeader& h, std::size_t mapped);
+/// Seqlock write of one slot (one writer per slot at a time: the sidecar's serving thread).
+void write_slot(Slot& s, const SlotPayload& payload) noexcept;
 /// Seqlock read of one slot; false if it kept changing (the caller retries the whole snapshot).
 [[nodiscard]] bool read_slot(const Slot& s, SlotPayload& out);
 /// Maps the counters segment `name` read-only (map_private_segment) if its header is this build's

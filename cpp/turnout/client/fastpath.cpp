@@ -19,6 +19,8 @@
 
 namespace turnout::client {
 
+using detail::FastPathAccess;
+
 namespace bip = boost::interprocess;
 using shm::check_segment_name;
 using shm::map_private_segment;
@@ -229,7 +231,7 @@ Result<Ok> FastClient::refresh() {
       pools[vh[v].target] = t->views.back().get();
     }
   }
-  t->router->set_prefix_index(std::move(pools), maas);
+  FastPathAccess::set_prefix_index(*t->router, std::move(pools), maas);
   // The previous router only prices receipts from now on: its views are unmapped with its table.
   previous_ = table_ ? table_->router : nullptr;
   previous_generation_ = table_ ? table_->head->generation : 0;
@@ -250,7 +252,7 @@ void FastClient::mirror_state() {
   if (read_state(h, {reinterpret_cast<const UnitWords*>(base + h.units_offset), h.units},
                  {reinterpret_cast<const BudgetWords*>(base + h.budgets_offset), h.scenarios}, t.units, t.budgets,
                  t.seen_seq)) {
-    t.router->set_live_state(t.units, t.budgets);
+    FastPathAccess::set_live_state(*t.router, t.units, t.budgets);
   }
 }
 
@@ -268,11 +270,11 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
   if (auto ok = refresh(); !ok) return std::move(ok).error();
   Table& t = *table_;
   mirror_state();
-  auto d = t.router->dispatch(request);
+  auto d = FastPathAccess::dispatch(*t.router, request);
   if (!d) return d;
   if (decided_by != nullptr) *decided_by = t.router->config();
   recent_[d->id & (kRecent - 1)] = {d->id, d->scenario, d->placement.target, t.head->generation};
-  my_ring_->next_seq.store((t.router->next_decision_id()) & kSeqMask, std::memory_order_relaxed);
+  my_ring_->next_seq.store(FastPathAccess::next_decision_id(*t.router) & kSeqMask, std::memory_order_relaxed);
 
   // The adopt record, by indices of the table it was decided from. The buffer is reused (no
   // allocation); a huge prompt posts its leading blocks only, so that its record fits a ring.
@@ -304,7 +306,7 @@ Result<ReportReceipt> FastClient::receipt(const OutcomeReport& report) {
     return make_error(ErrorCode::unknown_decision, "decision " + std::to_string(report.decision_id) +
                                                        " is not one of this client's recent fast-path decisions");
   }
-  return router->price_outcome(r.scenario, r.target, report);
+  return FastPathAccess::price_outcome(*router, r.scenario, r.target, report);
 }
 
 }  // namespace turnout::client

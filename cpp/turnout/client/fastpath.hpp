@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "turnout/detail/fast_path_access.hpp"
 #include "turnout/directory.hpp"
 #include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
@@ -29,6 +30,9 @@ class mapped_region;
 }
 
 namespace turnout::client {
+
+using detail::LiveBudget;  // the live state the table segment mirrors
+using detail::LiveUnit;
 
 inline constexpr std::uint64_t kTableMagic = 0x3154424c'544e5254ULL;  // "TRNTLBT1" little-endian
 inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRNG1" little-endian
