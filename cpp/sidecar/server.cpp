@@ -15,8 +15,6 @@
 
 namespace turnout::sidecar {
 
-using client::kFastIdBit;
-using client::kRingShift;
 using client::table_segment_name;
 
 namespace {
