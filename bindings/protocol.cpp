@@ -6,7 +6,6 @@
 #include <string>
 
 #include "turnout/protocol.hpp"
-#include "turnout/result.hpp"
 
 namespace py = pybind11;
 using namespace turnout;
@@ -46,10 +45,7 @@ void bind_protocol(py::module_& m) {
   p.attr("OPS") = py::tuple(ops);
   p.attr("RING_OPS") = py::tuple(ring_ops);
   p.attr("FIELD") = field_names(p);
-  py::dict codes;
-  for (const auto& e : kErrorCodes)
-    codes[py::str(e.name.data(), e.name.size())] = py::str(e.what.data(), e.what.size());
-  p.attr("ERROR_CODES") = codes;
+  p.attr("ERROR_CODES") = m.attr("error_codes")();  // the one table, as bind_errors exports it
   // `import turnout._core.protocol` and `from turnout._core.protocol import FIELD` work too.
   py::module_::import("sys").attr("modules")["turnout._core.protocol"] = p;
 }
