@@ -1,14 +1,20 @@
-"""Shared fixtures: the bundled example routing table and builders for small tables on disk."""
+"""Shared fixtures: the bundled example routing table, builders for small tables on disk, and the
+real daemon (its own socket dir, shm name, config per test; every daemon is killed at the end)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import turnout
+from daemon import Sidecar
 from support import config_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,3 +86,46 @@ def make_router(make_config: Callable[..., Path]) -> Callable[..., turnout.Route
         return turnout.Router(config, **kwargs)
 
     return build
+
+
+# -- the real daemon (tests/python/daemon.py) ----------------------------------------------------
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short paths: an ipc:// socket path must fit in sun_path (108 bytes).
+    d = Path(tempfile.mkdtemp(prefix="sy-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def shm_name() -> Iterator[str]:
+    name = f"sy-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield name
+    for p in Path("/dev/shm").glob(f"{name}*"):  # the segment, its lock, rings and table segments
+        p.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def config_path(workdir: Path) -> Path:
+    path = workdir / "routing.yaml"
+    shutil.copy(REPO / "examples" / "routing.yaml", path)
+    return path
+
+
+@pytest.fixture
+def sidecars(workdir: Path, config_path: Path, shm_name: str) -> Iterator[list[Sidecar]]:
+    started: list[Sidecar] = []
+    yield started
+    for s in started:
+        if s.proc is not None and s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sidecar(sidecars: list[Sidecar], workdir: Path, config_path: Path, shm_name: str) -> Sidecar:
+    s = Sidecar(workdir, config_path, shm_name)
+    sidecars.append(s)
+    return s.start()

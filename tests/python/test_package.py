@@ -68,9 +68,7 @@ def test_core_stub_matches_the_module() -> None:
 
 
 def test_bundled_example_matches_the_repository() -> None:
-    bundled = (resources.files("turnout") / "examples" / "routing.yaml").read_text(
-        encoding="utf-8"
-    )
+    bundled = (resources.files("turnout") / "examples" / "routing.yaml").read_text(encoding="utf-8")
     assert bundled == (REPO / "examples" / "routing.yaml").read_text(encoding="utf-8")
 
 

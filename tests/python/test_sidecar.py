@@ -19,7 +19,6 @@ import textwrap
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -31,131 +30,13 @@ import zmq
 from click.testing import CliRunner
 
 import turnout
+from daemon import REPO, Sidecar
 from turnout import ledger
 from turnout.cli import main as cli_main
 
-REPO = Path(__file__).resolve().parents[2]
 SCENARIO = "contract-extraction"  # one route: llama-70b (vLLM usage, OpenAI shape)
 TARGET = "llama-70b"
-STARTUP_S = 10.0
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Sidecar:
-    """One daemon process with its own socket dir, shm name and metrics port."""
-
-    def __init__(self, workdir: Path, config: Path, shm: str) -> None:
-        self.workdir = workdir
-        self.config = config
-        self.shm = shm
-        self.endpoint = f"ipc://{workdir / 's.sock'}"
-        self.metrics_port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.logs: list[Path] = []
-
-    def start(self, *extra: str, wait: bool = True) -> Sidecar:
-        log = self.workdir / f"sidecar-{len(self.logs)}.log"
-        self.logs.append(log)
-        argv = [
-            turnout._sidecar_path(),
-            str(self.config),
-            "--endpoint",
-            self.endpoint,
-            "--shm",
-            self.shm,
-            "--metrics",
-            f"127.0.0.1:{self.metrics_port}",
-            "--foreground",
-            *extra,
-        ]
-        with log.open("wb") as f:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f)
-        if wait:
-            self.wait_ready()
-        return self
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_S
-        with turnout.Client(self.endpoint, timeout_ms=200, retry_after_s=0) as c:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"sidecar exited: {self.log()}")
-                try:
-                    c.health()
-                    return
-                except turnout.SidecarUnavailableError:
-                    time.sleep(0.02)
-        raise AssertionError(f"sidecar not ready in {STARTUP_S} s: {self.log()}")
-
-    def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
-
-    def client(self, **kwargs: Any) -> turnout.Client:
-        kwargs.setdefault("timeout_ms", 2000)
-        return turnout.Client(self.endpoint, **kwargs)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # Short paths: an ipc:// socket path must fit in sun_path (108 bytes).
-    d = Path(tempfile.mkdtemp(prefix="sy-", dir="/tmp"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def shm_name() -> Iterator[str]:
-    name = f"sy-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    yield name
-    for p in Path("/dev/shm").glob(f"{name}*"):  # the segment, its lock, rings and table segments
-        p.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def config_path(workdir: Path) -> Path:
-    path = workdir / "routing.yaml"
-    shutil.copy(REPO / "examples" / "routing.yaml", path)
-    return path
-
-
-@pytest.fixture
-def sidecars(workdir: Path, config_path: Path, shm_name: str) -> Iterator[list[Sidecar]]:
-    started: list[Sidecar] = []
-    yield started
-    for s in started:
-        if s.proc is not None and s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def sidecar(sidecars: list[Sidecar], workdir: Path, config_path: Path, shm_name: str) -> Sidecar:
-    s = Sidecar(workdir, config_path, shm_name)
-    sidecars.append(s)
-    return s.start()
 
 
 def _usage(i: int) -> dict[str, int]:
