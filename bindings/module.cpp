@@ -584,13 +584,9 @@ void bind_router(py::module_& m) {
             auto batch = unwrap(decode_kv_events(std::as_bytes(std::span(bytes.data(), bytes.size()))));
             const auto stats = unwrap(r.apply_kv_events(ti, ri, batch, now_ms(now)));
             py::dict d;
-            d["stored"] = stats.stored;
-            d["removed"] = stats.removed;
-            d["cleared"] = stats.cleared;
-            d["orphans"] = stats.orphans;
-            d["rejected"] = stats.rejected;
+            stats.visit_fields([&d](const char* name, std::uint64_t value) { d[name] = value; });
             d["skipped_unknown"] = batch.skipped_unknown;
-            d["skipped_groups"] = stats.skipped;
+            d["unusable_reason"] = batch.unusable_reason;
             return d;
           },
           py::arg("target"), py::arg("replica"), py::arg("payload"), py::kw_only(), py::arg("now") = py::none(),
@@ -639,13 +635,7 @@ void bind_router(py::module_& m) {
               py::list events;
               for (const auto& e : row.events) {
                 py::dict ev;
-                ev["batches"] = e.batches;
-                ev["stored"] = e.stored;
-                ev["removed"] = e.removed;
-                ev["cleared"] = e.cleared;
-                ev["orphans"] = e.orphans;
-                ev["rejected"] = e.rejected;
-                ev["skipped_groups"] = e.skipped;
+                e.visit_fields([&ev](const char* name, std::uint64_t value) { ev[name] = value; });
                 events.append(ev);
               }
               d["events"] = events;

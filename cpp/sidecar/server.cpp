@@ -418,6 +418,19 @@ Result<Ok> Handler::stats(Server& s, const Call& c) {
     reply.breakers.push_back({t.name, b.replica == kNone ? std::nullopt : std::optional(t.replicas[b.replica].endpoint),
                               b.phase, b.consecutive_failures, b.times_opened, b.inflight});
   }
+  for (const auto& row : router->directory_stats()) {  // the KV events each pool replica's engine sent
+    if (row.target == kNone) continue;
+    const Target& t = config.targets[row.target];
+    for (std::size_t ri = 0; ri < row.events.size(); ++ri) {
+      MapOut m;
+      m.str(protocol::field::target, t.name);
+      m.str(protocol::field::endpoint, t.replicas[ri].endpoint);
+      row.events[ri].visit_fields([&m](std::string_view name, std::uint64_t value) { m.key(name).pack(value); });
+      msgpack::sbuffer bytes;
+      m.emit(bytes);
+      reply.kv_events.emplace_back(bytes.data(), bytes.size());
+    }
+  }
   protocol::encode_stats_reply(c.body, reply);
   return Ok{};
 }

@@ -145,7 +145,7 @@ std::uint32_t CacheDirectory::find_block(std::uint64_t hash) const noexcept {
 }
 
 std::uint32_t CacheDirectory::find_ref(std::uint32_t block, std::uint32_t holder) const noexcept {
-  if ((blocks_[block].mask >> holder & 1U) == 0) return kNil;
+  if (!tiered_ && (blocks_[block].mask >> holder & 1U) == 0) return kNil;  // untiered: every ref is in the mask
   for (std::uint32_t r = block_refs_[block]; r != kNil; r = refs_[r].next_in_block) {
     if ((refs_[r].block_holder & kHolderMask) == holder) return r;
   }
@@ -248,11 +248,24 @@ std::uint32_t CacheDirectory::new_ref() {
     refs_.reserve(grown);
     if (engine_used_) ref_engine_.reserve(grown);
     if (timed_) ref_last_used_.reserve(grown);
+    if (tiered_) ref_tiers_.reserve(grown);
   }
   refs_.push_back({});
   if (engine_used_) ref_engine_.push_back(0);
   if (timed_) ref_last_used_.push_back(0);
+  if (tiered_) ref_tiers_.push_back(0);
   return static_cast<std::uint32_t>(n);
+}
+
+// The first store to a tier other than the GPU: from now on each ref keeps its tiers.
+void CacheDirectory::use_tiers() {
+  tiered_ = true;
+  ref_tiers_.reserve(refs_.capacity());
+  ref_tiers_.assign(refs_.size(), static_cast<std::uint8_t>(CacheTier::gpu));
+}
+
+std::uint8_t CacheDirectory::tiers_of(std::uint32_t ref) const noexcept {
+  return tiered_ ? ref_tiers_[ref] : static_cast<std::uint8_t>(CacheTier::gpu);
 }
 
 // The first store with engine hashes: from now on each ref keeps one.
@@ -334,8 +347,10 @@ void CacheDirectory::remove_ref(std::uint32_t ref) {
   std::uint32_t* link = &block_refs_[block];
   while (*link != ref) link = &refs_[*link].next_in_block;
   *link = refs_[ref].next_in_block;
-  blocks_[block].mask &= ~(1ULL << holder);
-  if (observer_ != nullptr) observer_->on_mask(blocks_[block].hash, blocks_[block].mask);
+  if ((blocks_[block].mask >> holder & 1U) != 0) {
+    blocks_[block].mask &= ~(1ULL << holder);
+    if (observer_ != nullptr) observer_->on_mask(blocks_[block].hash, blocks_[block].mask);
+  }
   if (block_refs_[block] == kNil) erase_block(block);
   refs_[ref].next_in_block = free_refs_;
   free_refs_ = ref;
@@ -401,12 +416,15 @@ void CacheDirectory::match(std::span<const std::uint64_t> chain, std::int64_t no
 }
 
 void CacheDirectory::store(std::uint32_t holder, std::span<const std::uint64_t> chain, std::int64_t now_ms,
-                           std::span<const std::uint64_t> engine_hashes) {
+                           std::span<const std::uint64_t> engine_hashes, CacheTier tier) {
   if (holder >= specs_.size() || chain.empty()) return;
   if (base_ms_ < 0) base_ms_ = now_ms;
   const std::uint32_t now_s = seconds(now_ms);
   const bool precise = engine_hashes.size() == chain.size();
   if (precise && !engine_used_) use_engine_hashes();
+  if (tier != CacheTier::gpu && !tiered_) use_tiers();
+  const bool gpu = tier == CacheTier::gpu;
+  const std::uint64_t bit = 1ULL << holder;
   // Leaf first, so the root ends up most recent: LRU evicts the tails of chains before their roots,
   // as the engines do.
   for (std::size_t k = chain.size(); k-- > 0;) {
@@ -423,9 +441,12 @@ void CacheDirectory::store(std::uint32_t holder, std::span<const std::uint64_t> 
       refs_[r].block_holder = (b << kHolderBits) | holder;
       refs_[r].next_in_block = block_refs_[b];
       block_refs_[b] = r;
-      blocks_[b].mask |= 1ULL << holder;
-      if (observer_ != nullptr) observer_->on_mask(blocks_[b].hash, blocks_[b].mask);
       ++held_[holder];
+    }
+    if (tiered_) ref_tiers_[r] |= static_cast<std::uint8_t>(tier);
+    if (gpu && (blocks_[b].mask & bit) == 0) {
+      blocks_[b].mask |= bit;
+      if (observer_ != nullptr) observer_->on_mask(blocks_[b].hash, blocks_[b].mask);
     }
     if (timed_) ref_last_used_[r] = now_s;
     link_front(holder, r);
@@ -443,12 +464,22 @@ void CacheDirectory::store(std::uint32_t holder, std::span<const std::uint64_t> 
   trim(holder, now_s);
 }
 
-bool CacheDirectory::remove_engine(std::uint32_t holder, std::uint64_t engine_hash) {
+bool CacheDirectory::remove_engine(std::uint32_t holder, std::uint64_t engine_hash, CacheTier tier) {
   if (holder >= specs_.size()) return false;
   const std::uint32_t r = find_engine(holder, engine_hash);
-  if (r == kNil) return false;
-  remove_ref(r);
+  const auto t = static_cast<std::uint8_t>(tier);
+  if (r == kNil || (tiers_of(r) & t) == 0) return false;
   ++removed_;
+  if (tiers_of(r) == t) {  // its last tier: the entry goes
+    remove_ref(r);
+    return true;
+  }
+  ref_tiers_[r] &= static_cast<std::uint8_t>(~t);
+  if (tier == CacheTier::gpu) {  // still held in another tier, no longer a hit
+    const std::uint32_t b = refs_[r].block_holder >> kHolderBits;
+    blocks_[b].mask &= ~(1ULL << holder);
+    if (observer_ != nullptr) observer_->on_mask(blocks_[b].hash, blocks_[b].mask);
+  }
   return true;
 }
 
@@ -481,7 +512,8 @@ CacheDirectory::Stats CacheDirectory::stats() const {
   s.bytes = blocks_.capacity() * sizeof(Block) + block_refs_.capacity() * sizeof(std::uint32_t) +
             index_.capacity() * sizeof(std::uint32_t) + refs_.capacity() * sizeof(Ref) +
             ref_engine_.capacity() * sizeof(std::uint64_t) + ref_last_used_.capacity() * sizeof(std::uint32_t) +
-            engine_table_.capacity() * sizeof(std::uint32_t) + specs_.capacity() * sizeof(HolderSpec) +
+            ref_tiers_.capacity() * sizeof(std::uint8_t) + engine_table_.capacity() * sizeof(std::uint32_t) +
+            specs_.capacity() * sizeof(HolderSpec) +
             (lru_head_.capacity() + lru_tail_.capacity()) * sizeof(std::uint32_t) +
             held_.capacity() * sizeof(std::size_t);
   return s;

@@ -3,7 +3,8 @@
 // Blocks and (block, holder) pairs in flat arrays, a Robin Hood hash index over the blocks, per-holder
 // LRU lists and TTL. Memory is bounded by the holders' capacities whatever the input; arrays grow as they
 // fill, towards sizes set by the total capacity. Full, with no block shared (the most per entry): 57
-// bytes per (block, holder) in precise mode, 48 in approximate mode (bench/directory_bench).
+// bytes per (block, holder) in precise mode, 48 in approximate mode (bench/directory_bench); one more
+// once a store names a tier other than the GPU (offloading engines).
 
 #include <cstdint>
 #include <optional>
@@ -11,6 +12,11 @@
 #include <vector>
 
 namespace turnout {
+
+/// Where a holder keeps a block: its GPU, its host memory (offloaded there), or another tier (disk,
+/// remote store). One (block, holder) entry carries a bit per tier, so a removal from one tier leaves the
+/// others. Only GPU residence is a hit in match() (docs/architecture.md, "KV events").
+enum class CacheTier : std::uint8_t { gpu = 1, host = 2, other = 4 };
 
 /// Read access to where a prefix is warm: the directory itself, or the sidecar's directory as a
 /// client maps it from shared memory. decide() sees only this.
@@ -63,13 +69,14 @@ class CacheDirectory final : public PrefixIndex {
   void match(std::span<const std::uint64_t> chain, std::int64_t now_ms,
              std::span<std::uint32_t> matched) const override;
 
-  /// Records that `holder` holds every block of `chain`, used at `now` (refreshing TTL and LRU). With
-  /// `engine_hashes` (one per block), the blocks can later be removed by the engine's hash.
+  /// Records that `holder` holds every block of `chain` in `tier`, used at `now` (refreshing TTL and
+  /// LRU). With `engine_hashes` (one per block), the blocks can later be removed by the engine's hash.
   void store(std::uint32_t holder, std::span<const std::uint64_t> chain, std::int64_t now_ms,
-             std::span<const std::uint64_t> engine_hashes = {});
+             std::span<const std::uint64_t> engine_hashes = {}, CacheTier tier = CacheTier::gpu);
 
-  /// Removes the block `holder` stored under an engine hash; false when unknown.
-  bool remove_engine(std::uint32_t holder, std::uint64_t engine_hash);
+  /// Removes `tier`'s copy of the block `holder` stored under an engine hash (the entry goes with its
+  /// last tier); false when that tier does not hold it.
+  bool remove_engine(std::uint32_t holder, std::uint64_t engine_hash, CacheTier tier = CacheTier::gpu);
   /// Our own hash of the block `holder` stored under an engine hash (to chain a child block to it).
   [[nodiscard]] std::optional<std::uint64_t> own_hash(std::uint32_t holder, std::uint64_t engine_hash) const;
   /// Forgets everything `holder` holds (AllBlocksCleared, a publisher reset).
@@ -111,6 +118,8 @@ class CacheDirectory final : public PrefixIndex {
   void erase_block(std::uint32_t block);
   [[nodiscard]] std::uint32_t new_ref();
   void use_engine_hashes();
+  void use_tiers();
+  [[nodiscard]] std::uint8_t tiers_of(std::uint32_t ref) const noexcept;
   [[nodiscard]] bool engine_indexed(std::uint32_t ref) const noexcept;  ///< by ref, not by key
   void insert_engine(std::uint32_t ref);
   void erase_engine(std::uint32_t ref);
@@ -124,8 +133,10 @@ class CacheDirectory final : public PrefixIndex {
   std::size_t capacity_ = 0;   // sum of the holders' capacities: what the arrays are sized towards
   bool timed_ = false;         // some holder has a TTL: ref_last_used_ is kept
   bool engine_used_ = false;   // some store had engine hashes: ref_engine_ is kept
+  bool tiered_ = false;        // some store was not to the GPU: ref_tiers_ is kept (else every ref is GPU)
 
-  // Blocks by id, each one's first Ref beside it, and the index from hash to id.
+  // Blocks by id, each one's first Ref beside it, and the index from hash to id. A block's mask has the
+  // holders that keep it on their GPU (what match() counts); a ref without the GPU tier is not in it.
   std::vector<Block> blocks_;
   std::vector<std::uint32_t> block_refs_;  // of a free id: the next free id
   std::uint32_t free_blocks_ = kNil;
@@ -138,6 +149,7 @@ class CacheDirectory final : public PrefixIndex {
   std::vector<Ref> refs_;
   std::vector<std::uint64_t> ref_engine_;     // engine hash per ref (engine_used_)
   std::vector<std::uint32_t> ref_last_used_;  // seconds since base_ms_ per ref (timed_)
+  std::vector<std::uint8_t> ref_tiers_;       // CacheTier bits per ref (tiered_)
   std::uint32_t free_refs_ = kNil;            // free list threaded through next_in_block
   std::vector<std::uint32_t> engine_table_;   // open addressing: ref or kNil, keyed by (holder, engine hash)
   std::size_t engine_entries_ = 0;

@@ -198,10 +198,11 @@ CacheKind classify(std::string_view kind) noexcept {
   return CacheKind::unknown;  // "", "unknown", kinds newer than this decoder
 }
 
-/// Walks the unpacked tree. Each read_* returns false after recording what was wrong in error_.
+/// Walks the unpacked tree. Each read_* returns false after recording what was wrong in error_: for the
+/// batch, the payload is rejected; for one event, that event is dropped and counted as unusable.
 class BatchReader {
  public:
-  BatchReader(const KvDecodeLimits& limits, KvCacheGroups& groups) : limits_(limits), groups_(groups) {}
+  explicit BatchReader(const KvDecodeLimits& limits) : limits_(limits) {}
 
   Result<KvEventBatch> read(const msgpack::object& root) {
     KvEventBatch batch;
@@ -278,7 +279,8 @@ class BatchReader {
     }
     batch.events.reserve(list.size);
     for (std::uint32_t i = 0; i < list.size; ++i) {
-      if (!read_event(list.ptr[i], i, batch)) return false;
+      if (read_event(list.ptr[i], i, batch)) continue;
+      if (batch.unusable++ == 0) batch.unusable_reason = std::move(error_);
     }
     return true;
   }
@@ -401,9 +403,9 @@ class BatchReader {
     return true;
   }
 
-  /// Reads group_idx and kv_cache_spec_kind; `admitted` says whether the event feeds the directory.
+  /// Reads group_idx and kv_cache_spec_kind (the Router decides with them whether the event is its own).
   bool read_group(const EventFields& f, std::size_t index, EventKind kind, std::optional<std::uint32_t>& group,
-                  bool& admitted) {
+                  std::string* cache_kind) {
     if (f.group_idx != nullptr && f.group_idx->type != mp::NIL) {
       if (f.group_idx->type != mp::POSITIVE_INTEGER ||
           f.group_idx->via.u64 > std::numeric_limits<std::uint32_t>::max()) {
@@ -412,15 +414,13 @@ class BatchReader {
       }
       group = static_cast<std::uint32_t>(f.group_idx->via.u64);
     }
-    std::string_view cache_kind;
     if (f.cache_kind != nullptr && f.cache_kind->type != mp::NIL) {
       if (f.cache_kind->type != mp::STR) {
         return fail_field(index, kind, "kv_cache_spec_kind",
                           "expected a string or nil, got " + describe(*f.cache_kind));
       }
-      cache_kind = str_of(*f.cache_kind);
+      if (cache_kind != nullptr) cache_kind->assign(str_of(*f.cache_kind));
     }
-    admitted = groups_.admit(group, cache_kind);
     return true;
   }
 
@@ -474,12 +474,7 @@ class BatchReader {
 
     if (!read_text(f.medium, index, kind, "medium", e.medium)) return false;
     if (!read_text(f.lora_name, index, kind, "lora_name", e.lora_name)) return false;
-    bool admitted = true;
-    if (!read_group(f, index, kind, e.group_idx, admitted)) return false;
-    if (!admitted) {
-      ++batch.skipped_groups;
-      return true;
-    }
+    if (!read_group(f, index, kind, e.group_idx, &e.cache_kind)) return false;
     batch.events.emplace_back(std::move(e));
     return true;
   }
@@ -489,18 +484,12 @@ class BatchReader {
     BlockRemoved e;
     if (!read_hashes(*f.block_hashes, index, kind, e.block_hashes)) return false;
     if (!read_text(f.medium, index, kind, "medium", e.medium)) return false;
-    bool admitted = true;
-    if (!read_group(f, index, kind, e.group_idx, admitted)) return false;
-    if (!admitted) {
-      ++batch.skipped_groups;
-      return true;
-    }
+    if (!read_group(f, index, kind, e.group_idx, nullptr)) return false;
     batch.events.emplace_back(std::move(e));
     return true;
   }
 
   const KvDecodeLimits& limits_;
-  KvCacheGroups& groups_;
   std::string error_;
 };
 
@@ -509,6 +498,18 @@ class BatchReader {
 bool reference_payload(mp::object_type /*type*/, std::size_t /*length*/, void* /*user_data*/) { return true; }
 
 }  // namespace
+
+CacheTier medium_tier(std::string_view medium) noexcept {
+  if (medium.empty() || medium == "GPU") return CacheTier::gpu;
+  if (medium == "CPU" || medium == "CPU_TIER1") return CacheTier::host;
+  return CacheTier::other;
+}
+
+bool KvCacheGroups::admit(const KvEvent& event) noexcept {
+  if (const auto* stored = std::get_if<BlockStored>(&event)) return admit(stored->group_idx, stored->cache_kind);
+  if (const auto* removed = std::get_if<BlockRemoved>(&event)) return admit(removed->group_idx, {});
+  return true;
+}
 
 bool KvCacheGroups::admit(std::optional<std::uint32_t> group, std::string_view kind) noexcept {
   const std::uint64_t bit = group && *group < 64 ? std::uint64_t{1} << *group : 0;
@@ -528,8 +529,7 @@ bool KvCacheGroups::admit(std::optional<std::uint32_t> group, std::string_view k
   return *group == 0;
 }
 
-Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const KvDecodeLimits& limits,
-                                      KvCacheGroups* groups) {
+Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const KvDecodeLimits& limits) {
   if (payload.empty()) return invalid("empty payload");
   if (payload.size() > limits.max_payload_bytes) {
     return invalid("payload of " + std::to_string(payload.size()) + " bytes, the limit is " +
@@ -551,11 +551,7 @@ Result<KvEventBatch> decode_kv_events(std::span<const std::byte> payload, const 
     const msgpack::object_handle handle = msgpack::unpack(reinterpret_cast<const char*>(bytes), payload.size(), offset,
                                                           reference_payload, nullptr, unpack_limit);
     if (offset != payload.size()) return invalid("malformed msgpack: not one complete value");
-    // Kinds are learned only from payloads that decode.
-    KvCacheGroups learned = groups != nullptr ? *groups : KvCacheGroups{};
-    Result<KvEventBatch> batch = BatchReader(limits, learned).read(handle.get());
-    if (batch && groups != nullptr) *groups = learned;
-    return batch;
+    return BatchReader(limits).read(handle.get());
   } catch (const std::exception& e) {  // msgpack::unpack_error and its kin, std::bad_alloc
     return invalid(std::string("malformed msgpack: ") + e.what());
   }

@@ -699,6 +699,8 @@ void encode_stats_reply(MapWriter& body, const StatsReply& s) {
     m.key(field::inflight).pack(b.inflight);
     m.emit(body.body());
   }
+  body.key(field::kv_events).pack_array(static_cast<std::uint32_t>(s.kv_events.size()));
+  for (const auto& row : s.kv_events) body.body().write(row.data(), row.size());
 }
 
 void encode_health_reply(MapWriter& body, const HealthReply& h) {
@@ -830,6 +832,13 @@ Result<StatsReply> decode_stats_reply(const Fields& f) {
       info.times_opened = static_cast<std::uint64_t>(b.count(field::times_opened).value_or(0));
       info.inflight = b.integer(field::inflight).value_or(0);
       s.breakers.push_back(std::move(info));
+    }
+    const auto& kv = in.array(field::kv_events);
+    for (std::uint32_t i = 0; i < kv.size; ++i) {
+      if (kv.ptr[i].type != msgpack::type::MAP) bad(ErrorCode::bad_message, "'kv_events' must be an array of maps");
+      msgpack::sbuffer row;
+      msgpack::pack(row, kv.ptr[i]);
+      s.kv_events.emplace_back(row.data(), row.size());
     }
     return s;
   });

@@ -116,7 +116,7 @@ static_assert(op_table_in_order(), "kOps must list every Op once, in enum order"
   X(cache_write_1h_tokens) X(output_tokens) X(reasoning_tokens)                                         \
   /* stats, health, reload */ X(pid) X(generation) X(config) X(shm) X(uptime_s) X(pending_decisions)    \
   X(fast_path) X(enabled) X(table) X(why_not) X(clients) X(records) X(rejected) X(view_dropped)         \
-  X(counters) X(breakers) X(phase) X(consecutive_failures) X(times_opened) X(inflight)
+  X(counters) X(breakers) X(phase) X(consecutive_failures) X(times_opened) X(inflight) X(kv_events)
 // clang-format on
 
 /// The wire name of each field: `field::decision_id == "decision_id"`.
@@ -303,6 +303,8 @@ struct StatsReply {
   FastPathInfo fast_path;
   std::vector<std::string> counters;  ///< one msgpack map per ledger row, packed by the ledger's listing
   std::vector<BreakerInfo> breakers;
+  /// One msgpack map per pool replica: `target`, `endpoint` and the KvIngestStats fields of its KV events.
+  std::vector<std::string> kv_events;
   friend bool operator==(const StatsReply&, const StatsReply&) = default;
 };
 void encode_stats_reply(MapWriter& body, const StatsReply& s);

@@ -414,11 +414,16 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
   const Target& t = config_->targets[target];
   std::lock_guard lock(mu_);
   CacheDirectory& dir = *state_.pools[target];
+  KvCacheGroups& groups = state_.pool_groups[target][replica];
   KvIngestStats delta;
   delta.batches = 1;
-  delta.skipped = batch.skipped_groups;
+  delta.unusable = batch.unusable;
   std::vector<std::uint64_t> chain;
   for (const KvEvent& event : batch.events) {
+    if (!groups.admit(event)) {
+      ++delta.skipped;  // a group that holds no whole prefixes (sliding window, Mamba...)
+      continue;
+    }
     if (const auto* stored = std::get_if<BlockStored>(&event)) {
       if (stored->block_size != t.kv.block_size) {
         ++delta.rejected;  // another block size: these hashes could never match our requests
@@ -439,10 +444,11 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
       }
       chain.clear();
       PrefixHasher::hash_tokens(stored->token_ids, static_cast<std::size_t>(t.kv.block_size), parent, chain);
-      dir.store(replica, chain, now, stored->block_hashes);
+      dir.store(replica, chain, now, stored->block_hashes, medium_tier(stored->medium));
       delta.stored += chain.size();
     } else if (const auto* removed = std::get_if<BlockRemoved>(&event)) {
-      for (EngineHash h : removed->block_hashes) delta.removed += dir.remove_engine(replica, h) ? 1 : 0;
+      const CacheTier tier = medium_tier(removed->medium);
+      for (EngineHash h : removed->block_hashes) delta.removed += dir.remove_engine(replica, h, tier) ? 1 : 0;
     } else {
       dir.clear(replica);
       ++delta.cleared;
@@ -456,6 +462,7 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
   total.orphans += delta.orphans;
   total.rejected += delta.rejected;
   total.skipped += delta.skipped;
+  total.unusable += delta.unusable;
   return delta;
 }
 
@@ -466,6 +473,7 @@ Result<Ok> Router::reset_kv(std::uint32_t target, std::uint32_t replica) {
   }
   std::lock_guard lock(mu_);
   state_.pools[target]->clear(replica);
+  state_.pool_groups[target][replica].reset();  // a restarted engine may number its groups anew
   ++state_.pool_events[target][replica].cleared;
   return Ok{};
 }

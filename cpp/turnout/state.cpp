@@ -153,6 +153,7 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
         t.replicas.size(), {.capacity_blocks = capacity, .ttl_ms = t.kv.precise ? 0 : t.kv.ttl_s * 1000});
     pools[ti] = std::make_unique<CacheDirectory>(std::move(specs));
     pool_events.emplace(ti, std::vector<KvIngestStats>(t.replicas.size()));
+    pool_groups.emplace(ti, std::vector<KvCacheGroups>(t.replicas.size()));
   }
   if (!maas_specs.empty()) maas = std::make_unique<CacheDirectory>(std::move(maas_specs));
   for (const auto& pool : pools) pool_index.push_back(pool.get());

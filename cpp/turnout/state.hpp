@@ -15,6 +15,7 @@
 #include "turnout/config.hpp"
 #include "turnout/decision.hpp"
 #include "turnout/directory.hpp"
+#include "turnout/kv_events.hpp"
 #include "turnout/ledger.hpp"
 #include "turnout/money.hpp"
 #include "turnout/usage.hpp"
@@ -102,6 +103,20 @@ struct KvIngestStats {
   std::uint64_t orphans = 0;   ///< blocks whose parent was unknown (published before we listened)
   std::uint64_t rejected = 0;  ///< events that did not fit the pool (block size)
   std::uint64_t skipped = 0;   ///< events of KV cache groups that hold no whole prefixes (sliding window...)
+  std::uint64_t unusable = 0;  ///< events the decoder dropped (KvEventBatch::unusable); the rest of their batch applied
+
+  /// Each field with its wire name: the one list the stats reply and the Python dicts are written from.
+  template <class F>
+  void visit_fields(F&& f) const {
+    f("batches", batches);
+    f("stored", stored);
+    f("removed", removed);
+    f("cleared", cleared);
+    f("orphans", orphans);
+    f("rejected", rejected);
+    f("skipped_groups", skipped);
+    f("unusable", unusable);
+  }
 };
 
 inline constexpr std::int64_t kDefaultReplicaBlocks = 1 << 18;  ///< when kv.capacity_blocks is unset
@@ -132,6 +147,7 @@ struct RouterState {
   std::vector<const PrefixIndex*> pool_index;  ///< per target
   const PrefixIndex* maas_index = nullptr;
   std::map<std::uint32_t, std::vector<KvIngestStats>> pool_events;  ///< per pool target, per replica
+  std::map<std::uint32_t, std::vector<KvCacheGroups>> pool_groups;  ///< per pool target, per replica: learned kinds
   std::vector<BudgetState> budgets;                                 ///< per scenario
   std::vector<Counters> ledger;                                     ///< scenario-major
   std::unordered_map<std::uint64_t, PendingDecision> pending;

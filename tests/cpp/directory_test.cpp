@@ -5,6 +5,7 @@
 #include <map>
 #include <optional>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "turnout/directory.hpp"
@@ -207,6 +208,69 @@ void agree_with_reference_model(const std::vector<CacheDirectory::HolderSpec>& s
       for (std::uint32_t k = 0; k < holders; ++k) ASSERT_EQ(st.held[k], model[k].size()) << "step " << step;
     }
   }
+}
+
+/// Records every mask change it is told of.
+struct MaskLog : MaskObserver {
+  std::map<std::uint64_t, std::uint64_t> masks;
+  int calls = 0;
+  void on_mask(std::uint64_t block_hash, std::uint64_t mask) noexcept override {
+    masks[block_hash] = mask;
+    ++calls;
+  }
+};
+
+TEST(CacheDirectory, TiersAreTrackedPerHolderAndOnlyTheGpuIsAHit) {
+  CacheDirectory d(std::vector<CacheDirectory::HolderSpec>(2));
+  MaskLog log;
+  d.set_observer(&log);
+  const auto c = chain_of(1, 3);
+  const std::vector<std::uint64_t> engine = {101, 102, 103};
+  d.store(0, c, 0, engine);                                       // on holder 0's GPU
+  d.store(0, c, 0, engine, CacheTier::host);                      // and offloaded to its host memory
+  d.store(1, c, 0, engine, CacheTier::host);                      // holder 1: only in host memory
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{3, 0}));  // host residence is not a hit
+  EXPECT_EQ(log.masks[c[2]], 0b01U);
+
+  // Removing the host copy (vLLM's offloading connector, SGLang HiCache) leaves the GPU entry.
+  EXPECT_TRUE(d.remove_engine(0, 103, CacheTier::host));
+  EXPECT_FALSE(d.remove_engine(0, 103, CacheTier::host));  // that tier no longer holds it
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{3, 0}));
+  EXPECT_EQ(d.stats().held, (std::vector<std::size_t>{3, 3}));
+
+  // Removing the GPU copy of a block still in host memory: no longer a hit, still a parent to chain to.
+  EXPECT_TRUE(d.remove_engine(0, 102, CacheTier::gpu));
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{1, 0}));
+  EXPECT_EQ(log.masks[c[1]], 0U);
+  EXPECT_EQ(d.own_hash(0, 102), c[1]);
+  EXPECT_EQ(d.stats().held, (std::vector<std::size_t>{3, 3}));
+  // Back on the GPU (loaded from host): a hit again.
+  d.store(0, std::span(c).first(2), 0, std::span(engine).first(2));
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{3, 0}));
+  EXPECT_EQ(log.masks[c[1]], 0b01U);
+
+  // The last tier's removal drops the entry; a GPU removal of a host-only entry changes nothing.
+  EXPECT_FALSE(d.remove_engine(1, 101, CacheTier::gpu));
+  EXPECT_TRUE(d.remove_engine(1, 101, CacheTier::host));
+  EXPECT_EQ(d.stats().held, (std::vector<std::size_t>{3, 2}));
+  EXPECT_FALSE(d.own_hash(1, 101).has_value());
+  EXPECT_TRUE(d.remove_engine(0, 103, CacheTier::gpu));
+  EXPECT_FALSE(d.own_hash(0, 103).has_value());
+  EXPECT_EQ(d.stats().held, (std::vector<std::size_t>{2, 2}));
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{2, 0}));
+}
+
+TEST(CacheDirectory, HostRemovalsOfAnUntieredDirectoryKeepTheGpuEntry) {
+  // No store ever named another tier: every entry is on the GPU, and a host removal finds none there.
+  CacheDirectory d(std::vector<CacheDirectory::HolderSpec>(1));
+  const auto c = chain_of(2, 2);
+  const std::vector<std::uint64_t> engine = {7, 8};
+  d.store(0, c, 0, engine);
+  EXPECT_FALSE(d.remove_engine(0, 8, CacheTier::host));
+  EXPECT_FALSE(d.remove_engine(0, 8, CacheTier::other));
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{2}));
+  EXPECT_TRUE(d.remove_engine(0, 8));
+  EXPECT_EQ(match(d, c, 0), (std::vector<std::uint32_t>{1}));
 }
 
 TEST(CacheDirectory, AgreesWithAReferenceModel) {

@@ -9,7 +9,9 @@
 //   SGLang          python/sglang/srt/disaggregation/kv_events.py: array_like=True; BlockStored(block_hashes,
 //                   parent_block_hash, token_ids, block_size, lora_id), BlockRemoved(block_hashes),
 //                   EventBatch(ts, events, attn_dp_rank=None).
-// The Python values are given above each literal; H1 = 2**63 + 12345, H2 = 0xFEDCBA9876543210.
+// The Python values are given above each literal; H1 = 2**63 + 12345, H2 = 0xFEDCBA9876543210. vLLM and SGLang
+// themselves are not installed here (they pull torch and CUDA): their struct declarations were re-declared
+// with msgspec as the engines' sources give them.
 
 #include <cstddef>
 #include <cstdint>
@@ -101,9 +103,32 @@ inline constexpr std::string_view kSglangBatch =
 inline constexpr std::string_view kSglangNoRank =
     "\x93\xcb\x40\x16\x00\x00\x00\x00\x00\x00\x91\x96\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64"
     "\x91\x2a\xc0\x91\x08\x01\xc0\xc0"sv;
+// vLLM with the CPU offloading connector, array_like=True (the shapes above; lora_name written as nil):
+// KVEventBatch(ts=1767225600.5, data_parallel_rank=0, events=[
+//   BlockStored(block_hashes=[O1, O2], parent_block_hash=None, token_ids=[1..32], block_size=16, lora_id=None,
+//               medium="GPU"),
+//   BlockStored(block_hashes=[O1, O2], parent_block_hash=None, token_ids=[], block_size=0, lora_id=None,
+//               medium="CPU"),            <- the connector's placeholder: unusable
+//   BlockStored(block_hashes=[O3], parent_block_hash=O2, token_ids=[33..48], block_size=16, lora_id=None,
+//               medium="GPU"),
+//   BlockRemoved(block_hashes=[O2], medium="CPU")])   <- the host copy goes; the GPU copy stays
+// with O1, O2, O3 = 2**63 + 101, 102, 103.
+inline constexpr std::uint64_t kO1 = (std::uint64_t{1} << 63U) + 101U;
+inline constexpr std::uint64_t kO2 = (std::uint64_t{1} << 63U) + 102U;
+inline constexpr std::uint64_t kO3 = (std::uint64_t{1} << 63U) + 103U;
+inline constexpr std::string_view kVllmOffloadBatch =
+    "\x93\xcb\x41\xda\x55\x6e\x40\x20\x00\x00\x94\x98\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64"
+    "\x92\xcf\x80\x00\x00\x00\x00\x00\x00\x65\xcf\x80\x00\x00\x00\x00\x00\x00\x66\xc0\xdc\x00\x20\x01"
+    "\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19"
+    "\x1a\x1b\x1c\x1d\x1e\x1f\x20\x10\xc0\xa3\x47\x50\x55\xc0\x98\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f"
+    "\x72\x65\x64\x92\xcf\x80\x00\x00\x00\x00\x00\x00\x65\xcf\x80\x00\x00\x00\x00\x00\x00\x66\xc0\x90"
+    "\x00\xc0\xa3\x43\x50\x55\xc0\x98\xab\x42\x6c\x6f\x63\x6b\x53\x74\x6f\x72\x65\x64\x91\xcf\x80\x00"
+    "\x00\x00\x00\x00\x00\x67\xcf\x80\x00\x00\x00\x00\x00\x00\x66\xdc\x00\x10\x21\x22\x23\x24\x25\x26"
+    "\x27\x28\x29\x2a\x2b\x2c\x2d\x2e\x2f\x30\x10\xc0\xa3\x47\x50\x55\xc0\x93\xac\x42\x6c\x6f\x63\x6b"
+    "\x52\x65\x6d\x6f\x76\x65\x64\x91\xcf\x80\x00\x00\x00\x00\x00\x00\x66\xa3\x43\x50\x55\x00"sv;
 /// Every literal above, for loops (the fuzz test's seeds).
-inline constexpr std::string_view kAllPayloads[] = {kVllmMapBatch,   kVllmBinHashes, kVllmArrayBatch,
-                                                    kVllmMixedBatch, kSglangBatch,   kSglangNoRank};
+inline constexpr std::string_view kAllPayloads[] = {kVllmMapBatch, kVllmBinHashes, kVllmArrayBatch,  kVllmMixedBatch,
+                                                    kSglangBatch,  kSglangNoRank,  kVllmOffloadBatch};
 
 /// The bytes whatever `write` packs.
 inline std::string packed(const std::function<void(Packer&)>& write) {

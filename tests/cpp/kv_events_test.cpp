@@ -44,8 +44,34 @@ std::string error_of(std::string_view bytes, const KvDecodeLimits& limits = {}) 
 #define EXPECT_DECODE_ERROR(bytes, fragment) \
   EXPECT_NE(error_of(bytes).find(fragment), std::string::npos) << error_of(bytes)
 
+/// Why the one event of `bytes` the decoder could not use was dropped (the batch itself decodes).
+std::string unusable_of(std::string_view bytes, const KvDecodeLimits& limits = {}) {
+  Result<KvEventBatch> r = decode(bytes, limits);
+  if (!r) {
+    ADD_FAILURE() << "the batch was rejected: " << r.error().message;
+    return {};
+  }
+  EXPECT_EQ(r->unusable, 1U);
+  return r->unusable_reason;
+}
+
+#define EXPECT_UNUSABLE(bytes, fragment) \
+  EXPECT_NE(unusable_of(bytes).find(fragment), std::string::npos) << unusable_of(bytes)
+
 const BlockStored& stored(const KvEventBatch& b, std::size_t i) { return std::get<BlockStored>(b.events.at(i)); }
 const BlockRemoved& removed(const KvEventBatch& b, std::size_t i) { return std::get<BlockRemoved>(b.events.at(i)); }
+
+/// What a Router applies of a decoded batch: the events `groups` admits, learning kinds in order as
+/// Router::apply_kv_events does with the replica's KvCacheGroups. `skipped` counts the others.
+KvEventBatch admitted(KvEventBatch b, KvCacheGroups& groups, std::uint32_t& skipped) {
+  skipped = 0;
+  std::erase_if(b.events, [&](const KvEvent& e) {
+    const bool keep = groups.admit(e);
+    skipped += keep ? 0 : 1;
+    return !keep;
+  });
+  return b;
+}
 
 std::uint64_t bits(std::int64_t v) { return static_cast<std::uint64_t>(v); }
 
@@ -83,7 +109,7 @@ TEST(KvEventsEngines, VllmTaggedMapsWithUint64HashesAboveTwoTo63) {
   EXPECT_EQ(child.token_ids, (std::vector<std::uint32_t>{9, 10, 11, 12}));
   EXPECT_EQ(child.lora_name, "adapter-a");
   EXPECT_EQ(child.group_idx, 0U);
-  EXPECT_EQ(b.skipped_groups, 0U);
+  EXPECT_EQ(child.cache_kind, "full_attention");
 
   EXPECT_EQ(removed(b, 2).block_hashes, (std::vector<EngineHash>{kH1}));
   EXPECT_EQ(removed(b, 2).medium, "GPU");
@@ -128,13 +154,15 @@ TEST(KvEventsEngines, VllmArrayBatchOfTaggedMapEvents) {
   Result<KvEventBatch> r = decode(test::kVllmMixedBatch);
   ASSERT_TRUE(r) << r.error().message;
   EXPECT_EQ(r->data_parallel_rank, 2);
-  EXPECT_TRUE(r->events.empty());
-  EXPECT_EQ(r->skipped_groups, 1U);
+  std::uint32_t skipped = 0;
+  KvCacheGroups fresh;
+  EXPECT_TRUE(admitted(*r, fresh, skipped).events.empty());
+  EXPECT_EQ(skipped, 1U);
 
   KvCacheGroups groups;
   EXPECT_TRUE(groups.admit(1, "full_attention"));
-  r = decode_kv_events(as_payload(test::kVllmMixedBatch), {}, &groups);
-  ASSERT_TRUE(r) << r.error().message;
+  r = admitted(*r, groups, skipped);
+  EXPECT_EQ(skipped, 0U);
   ASSERT_EQ(r->events.size(), 1U);
   EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH2}));
   EXPECT_EQ(stored(*r, 0).parent_block_hash, kH1);
@@ -333,9 +361,14 @@ TEST(KvEventsGroups, HybridModelFeedsOnlyTheFullAttentionGroup) {
   // Group 0 is the sliding window here: its store is dropped, and so is its removal of the same block
   // (which the full-attention group still holds). Group 1 was learned to be full attention from its
   // store, so its removal, which names no kind, is kept.
-  Result<KvEventBatch> r = decode(kHybridMapBatch);
-  ASSERT_TRUE(r) << r.error().message;
-  EXPECT_EQ(r->skipped_groups, 2U);
+  Result<KvEventBatch> decoded = decode(kHybridMapBatch);
+  ASSERT_TRUE(decoded) << decoded.error().message;
+  EXPECT_EQ(decoded->events.size(), 4U);
+  KvCacheGroups groups;
+  std::uint32_t skipped = 0;
+  const KvEventBatch b = admitted(*decoded, groups, skipped);
+  const KvEventBatch* r = &b;
+  EXPECT_EQ(skipped, 2U);
   ASSERT_EQ(r->events.size(), 2U);
   EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH1}));
   EXPECT_EQ(stored(*r, 0).group_idx, 1U);
@@ -345,10 +378,14 @@ TEST(KvEventsGroups, HybridModelFeedsOnlyTheFullAttentionGroup) {
 
 TEST(KvEventsGroups, PositionalGroupIdx) {
   // No kinds: group 0 feeds the directory, group 1 does not.
-  Result<KvEventBatch> r = decode(kGroupArrayBatch);
-  ASSERT_TRUE(r) << r.error().message;
-  EXPECT_EQ(r->data_parallel_rank, 1);
-  EXPECT_EQ(r->skipped_groups, 2U);
+  Result<KvEventBatch> decoded = decode(kGroupArrayBatch);
+  ASSERT_TRUE(decoded) << decoded.error().message;
+  EXPECT_EQ(decoded->data_parallel_rank, 1);
+  KvCacheGroups fresh;
+  std::uint32_t skipped = 0;
+  KvEventBatch b = admitted(*decoded, fresh, skipped);
+  const KvEventBatch* r = &b;
+  EXPECT_EQ(skipped, 2U);
   ASSERT_EQ(r->events.size(), 2U);
   EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH2}));
   EXPECT_EQ(stored(*r, 0).group_idx, 0U);
@@ -359,9 +396,8 @@ TEST(KvEventsGroups, PositionalGroupIdx) {
   KvCacheGroups groups;
   EXPECT_FALSE(groups.admit(0, "sliding_window"));
   EXPECT_TRUE(groups.admit(1, "full_attention"));
-  r = decode_kv_events(as_payload(kGroupArrayBatch), {}, &groups);
-  ASSERT_TRUE(r) << r.error().message;
-  EXPECT_EQ(r->skipped_groups, 2U);
+  b = admitted(*decoded, groups, skipped);
+  EXPECT_EQ(skipped, 2U);
   ASSERT_EQ(r->events.size(), 2U);
   EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{kH1}));
   EXPECT_EQ(stored(*r, 0).parent_block_hash, kH2);
@@ -370,7 +406,12 @@ TEST(KvEventsGroups, PositionalGroupIdx) {
 
 TEST(KvEventsGroups, KindsAreLearnedAcrossPayloadsAndForgottenOnReset) {
   KvCacheGroups groups;
-  auto decode_with = [&](std::string_view json) { return decode_kv_events(as_payload(json_bytes(json)), {}, &groups); };
+  std::uint32_t skipped = 0;
+  auto decode_with = [&](std::string_view json) -> Result<KvEventBatch> {
+    Result<KvEventBatch> d = decode_kv_events(as_payload(json_bytes(json)));
+    if (!d) return d;
+    return admitted(*d, groups, skipped);
+  };
   Result<KvEventBatch> r = decode_with(R"({"ts": 1.0, "events": [
       {"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null, "token_ids": [1], "block_size": 1,
        "lora_id": null, "medium": "GPU", "lora_name": null, "group_idx": 3, "kv_cache_spec_kind": "mla_attention"},
@@ -379,7 +420,7 @@ TEST(KvEventsGroups, KindsAreLearnedAcrossPayloadsAndForgottenOnReset) {
        "kv_cache_spec_sliding_window": 128}]})");
   ASSERT_TRUE(r) << r.error().message;
   EXPECT_EQ(r->events.size(), 1U);
-  EXPECT_EQ(r->skipped_groups, 1U);
+  EXPECT_EQ(skipped, 1U);
 
   const std::string removals = R"({"ts": 2.0, "events": [
       {"type": "BlockRemoved", "block_hashes": [1], "medium": "GPU", "group_idx": 0},
@@ -388,7 +429,7 @@ TEST(KvEventsGroups, KindsAreLearnedAcrossPayloadsAndForgottenOnReset) {
   ASSERT_TRUE(r) << r.error().message;
   ASSERT_EQ(r->events.size(), 1U);
   EXPECT_EQ(removed(*r, 0).group_idx, 3U);
-  EXPECT_EQ(r->skipped_groups, 1U);
+  EXPECT_EQ(skipped, 1U);
 
   // The engine restarted: its groups are unknown again, group 0 is assumed to hold prefixes.
   groups.reset();
@@ -397,12 +438,13 @@ TEST(KvEventsGroups, KindsAreLearnedAcrossPayloadsAndForgottenOnReset) {
   ASSERT_EQ(r->events.size(), 1U);
   EXPECT_EQ(removed(*r, 0).group_idx, 0U);
 
-  // A payload that does not decode teaches nothing.
-  EXPECT_FALSE(decode_with(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, 5, "full_attention"],
-                                     ["BlockRemoved", "not hashes"]]])"));
+  // An unusable event teaches nothing.
+  r = decode_with(R"([1.0, [["BlockStored", [1, 2], null, [1], 1, null, "GPU", null, null, 5, "full_attention"]]])");
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->unusable, 1U);
   r = decode_with(R"([1.0, [["BlockRemoved", [1], "GPU", 5]]])");
   ASSERT_TRUE(r) << r.error().message;
-  EXPECT_EQ(r->skipped_groups, 1U) << "group 5 is still unknown: not group 0";
+  EXPECT_EQ(skipped, 1U) << "group 5 is still unknown: not group 0";
 }
 
 TEST(KvEventsGroups, EveryTruncationIsAnError) {
@@ -427,24 +469,24 @@ TEST(KvEventsGroups, KindsThisDecoderDoesNotKnowFallBackToTheGroup) {
   EXPECT_FALSE(groups.admit(0, ""));  // group 0 learned as not holding prefixes
 }
 
-TEST(KvEventsGroups, WrongTypesAreErrorsEvenForSkippedGroups) {
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, -1]]])"),
-                      "events[0] (BlockStored).group_idx: expected an unsigned 32-bit integer or nil, got -1");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, "0"]]])"),
-                      "group_idx");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, null, null, null, 4294967296]]])"),
-                      "group_idx");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, null, null, null, 0, 7]]])"),
-                      "kv_cache_spec_kind: expected a string or nil, got 7");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockRemoved", [1], "GPU", 1.5]]])"), "(BlockRemoved).group_idx");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockRemoved", "block_hashes": [1], "group_idx": [0]}]])"),
-                      "(BlockRemoved).group_idx");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null,
+TEST(KvEventsGroups, WrongGroupTypesMakeTheEventUnusable) {
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, -1]]])"),
+                  "events[0] (BlockStored).group_idx: expected an unsigned 32-bit integer or nil, got -1");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, "0"]]])"),
+                  "group_idx");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, null, null, null, 4294967296]]])"),
+                  "group_idx");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, null, null, null, 0, 7]]])"),
+                  "kv_cache_spec_kind: expected a string or nil, got 7");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockRemoved", [1], "GPU", 1.5]]])"), "(BlockRemoved).group_idx");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": "BlockRemoved", "block_hashes": [1], "group_idx": [0]}]])"),
+                  "(BlockRemoved).group_idx");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null,
                                   "token_ids": [1], "block_size": 1, "kv_cache_spec_kind": {"a": 1}}]])"),
-                      "kv_cache_spec_kind");
-  // A group that is skipped is still checked whole: one bad event fails the batch.
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1], 1, null, "GPU", null, null, 1]]])"),
-                      "token_ids");
+                  "kv_cache_spec_kind");
+  // An event of a group the Router would skip is still checked whole.
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1], 1, null, "GPU", null, null, 1]]])"),
+                  "token_ids");
   // nil is "not sent".
   Result<KvEventBatch> r =
       decode(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", null, null, null, null, null],
@@ -453,6 +495,88 @@ TEST(KvEventsGroups, WrongTypesAreErrorsEvenForSkippedGroups) {
   ASSERT_EQ(r->events.size(), 2U);
   EXPECT_FALSE(stored(*r, 0).group_idx.has_value());
   EXPECT_FALSE(removed(*r, 1).group_idx.has_value());
+}
+
+// ---- events this decoder cannot use: dropped and counted, the rest of the batch stands ---------------
+
+TEST(KvEventsUnusable, VllmOffloadPlaceholderAmongValidEvents) {
+  // Real wire bytes (msgspec, vLLM's array_like structs): the CPU offloading connector's placeholder store
+  // (no token ids, block size 0) sits between two GPU stores and a CPU removal.
+  Result<KvEventBatch> r = decode(test::kVllmOffloadBatch);
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->unusable, 1U);
+  EXPECT_NE(r->unusable_reason.find("events[1] (BlockStored).block_size"), std::string::npos) << r->unusable_reason;
+  ASSERT_EQ(r->events.size(), 3U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{test::kO1, test::kO2}));
+  EXPECT_EQ(stored(*r, 0).token_ids.size(), 32U);
+  EXPECT_EQ(stored(*r, 1).block_hashes, (std::vector<EngineHash>{test::kO3}));
+  EXPECT_EQ(stored(*r, 1).parent_block_hash, test::kO2);
+  EXPECT_EQ(removed(*r, 2).block_hashes, (std::vector<EngineHash>{test::kO2}));
+  EXPECT_EQ(removed(*r, 2).medium, "CPU");
+}
+
+/// `[ts, [a valid store, <event>, a valid removal]]`: the event must be dropped, the other two kept.
+void expect_dropped_alone(const std::string& event, std::string_view fragment) {
+  msgpack::sbuffer buffer;
+  Packer p(buffer);
+  p.pack_array(2).pack_double(1.0).pack_array(3);
+  p.pack_array(5);
+  pack_text(p, "BlockStored");
+  p.pack_array(1).pack(std::uint64_t{9});
+  p.pack_nil();
+  p.pack_array(1).pack(std::uint32_t{4});
+  p.pack(1);
+  buffer.write(event.data(), event.size());
+  p.pack_array(2);
+  pack_text(p, "BlockRemoved");
+  p.pack_array(1).pack(std::uint64_t{8});
+  Result<KvEventBatch> r = decode(std::string_view(buffer.data(), buffer.size()));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->unusable, 1U);
+  EXPECT_NE(r->unusable_reason.find(fragment), std::string::npos) << r->unusable_reason;
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{9}));
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{8}));
+}
+
+TEST(KvEventsUnusable, EachShapeTheEnginesSendIsDroppedAlone) {
+  // A sliding-window group's store skips its null blocks: fewer hashes than 32 token ids of 16 imply.
+  expect_dropped_alone(json_bytes(R"(["BlockStored", [1], null, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+      17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32], 16, null, "GPU", null, null, 1,
+      "sliding_window"])"),
+                       "events[1] (BlockStored).token_ids: 32 ids, but block_size 16 x 1 block_hashes needs 16");
+  // A Mamba group's the same (map encoding).
+  expect_dropped_alone(json_bytes(R"({"type": "BlockStored", "block_hashes": [1, 2], "parent_block_hash": null,
+      "token_ids": [1, 2, 3, 4, 5, 6], "block_size": 2, "medium": "GPU", "group_idx": 2, "kv_cache_spec_kind": "mamba"})"),
+                       "token_ids: 6 ids");
+  // A Mooncake connector's placeholder.
+  expect_dropped_alone(json_bytes(R"({"type": "BlockStored", "block_hashes": [3], "parent_block_hash": null,
+      "token_ids": [], "block_size": 0, "medium": "CPU"})"),
+                       "block_size: expected an integer in [1, 4096], got 0");
+  // SGLang with EAGLE: bigram pages, a pair of ids for each token.
+  expect_dropped_alone(json_bytes(R"(["BlockStored", [5], null, [[1, 2], [2, 3]], 2, null])"),
+                       "token_ids[0]: expected an unsigned 32-bit token id, got an array of 2");
+  // More blocks than the limit (65,536).
+  const std::string huge = packed([](Packer& p) {
+    constexpr std::uint32_t kBlocks = (1U << 16) + 1;
+    p.pack_array(5);
+    pack_text(p, "BlockStored");
+    p.pack_array(kBlocks);
+    for (std::uint32_t i = 0; i < kBlocks; ++i) p.pack(i);
+    p.pack_nil();
+    p.pack_array(kBlocks);
+    for (std::uint32_t i = 0; i < kBlocks; ++i) p.pack(i);
+    p.pack(1);
+  });
+  expect_dropped_alone(huge, "65537 hashes, the limit is 65536");
+  // An event of a type this decoder knows but with a field of the wrong type.
+  expect_dropped_alone(json_bytes(R"(["BlockRemoved", "not hashes"])"), "(BlockRemoved).block_hashes");
+}
+
+TEST(KvEventsUnusable, ABatchThatIsNotABatchIsStillRejected) {
+  EXPECT_DECODE_ERROR(json_bytes(R"({"ts": 1.0, "events": {"0": ["AllBlocksCleared"]}})"), "events: expected an array");
+  EXPECT_DECODE_ERROR(json_bytes(R"([["BlockStored"], []])"), "ts: expected a number");
+  EXPECT_DECODE_ERROR("\x92\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00\x91\xc1"sv, "malformed msgpack");
 }
 
 // ---- wrong shapes and values ------------------------------------------------------------------------
@@ -471,50 +595,49 @@ TEST(KvEventsErrors, BatchShape) {
 }
 
 TEST(KvEventsErrors, EventShape) {
-  EXPECT_DECODE_ERROR(json_bytes("[1.0, [5]]"), "events[0]: an event is an array or a map");
-  EXPECT_DECODE_ERROR(json_bytes("[1.0, [[]]]"), "events[0]: an empty array");
-  EXPECT_DECODE_ERROR(json_bytes("[1.0, [[3, [1]]]]"), "events[0]: the event tag is 3");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"block_hashes": [1]}]])"), "has no \"type\"");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": null}]])"), "the event type is nil");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["AllBlocksCleared"], ["BlockStored", [1], null, [1]]]])"),
-                      "events[1]: BlockStored has 3 fields");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockRemoved"]]])"), "BlockRemoved has no block_hashes");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null,
+  EXPECT_UNUSABLE(json_bytes("[1.0, [5]]"), "events[0]: an event is an array or a map");
+  EXPECT_UNUSABLE(json_bytes("[1.0, [[]]]"), "events[0]: an empty array");
+  EXPECT_UNUSABLE(json_bytes("[1.0, [[3, [1]]]]"), "events[0]: the event tag is 3");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"block_hashes": [1]}]])"), "has no \"type\"");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": null}]])"), "the event type is nil");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["AllBlocksCleared"], ["BlockStored", [1], null, [1]]]])"),
+                  "events[1]: BlockStored has 3 fields");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockRemoved"]]])"), "BlockRemoved has no block_hashes");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "parent_block_hash": null,
                                   "block_size": 1}]])"),
-                      "BlockStored has no token_ids");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "token_ids": [1],
+                  "BlockStored has no token_ids");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": "BlockStored", "block_hashes": [1], "token_ids": [1],
                                   "block_size": 1}]])"),
-                      "BlockStored has no parent_block_hash");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockRemoved", "medium": "GPU"}]])"),
-                      "BlockRemoved has no block_hashes");
+                  "BlockStored has no parent_block_hash");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": "BlockRemoved", "medium": "GPU"}]])"),
+                  "BlockRemoved has no block_hashes");
 }
 
 TEST(KvEventsErrors, FieldTypes) {
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", 1, null, [1], 1]]])"),
-                      "events[0] (BlockStored).block_hashes: expected an array, got 1");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", ["abc"], null, [1], 1]]])"), "block_hashes[0]");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1.5], null, [1], 1]]])"), "block_hashes[0]");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], "root", [1], 1]]])"), "parent_block_hash");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], "1"]]])"), "block_size");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [], 0]]])"), "block_size");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], -1]]])"), "block_size");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 4097]]])"), "block_size");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, {"0": 1}, 1]]])"),
-                      "token_ids: expected an array");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [-1], 1]]])"), "token_ids[0]");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [4294967296], 1]]])"), "token_ids[0]");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, ["a"], 1]]])"), "token_ids[0]");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, 5]]])"), "medium");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", 5]]])"), "lora_name");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockRemoved", [1], [2]]]])"), "events[0] (BlockRemoved).medium");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [{"type": "BlockRemoved", "block_hashes": [true]}]])"), "block_hashes[0]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", 1, null, [1], 1]]])"),
+                  "events[0] (BlockStored).block_hashes: expected an array, got 1");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", ["abc"], null, [1], 1]]])"), "block_hashes[0]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1.5], null, [1], 1]]])"), "block_hashes[0]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], "root", [1], 1]]])"), "parent_block_hash");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], "1"]]])"), "block_size");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [], 0]]])"), "block_size");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], -1]]])"), "block_size");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 4097]]])"), "block_size");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, {"0": 1}, 1]]])"), "token_ids: expected an array");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [-1], 1]]])"), "token_ids[0]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [4294967296], 1]]])"), "token_ids[0]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, ["a"], 1]]])"), "token_ids[0]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, 5]]])"), "medium");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1, null, "GPU", 5]]])"), "lora_name");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockRemoved", [1], [2]]]])"), "events[0] (BlockRemoved).medium");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [{"type": "BlockRemoved", "block_hashes": [true]}]])"), "block_hashes[0]");
 
   const std::string empty_bin = packed([](Packer& p) {
     p.pack_array(2).pack_double(1.0).pack_array(1).pack_array(2);
     pack_text(p, "BlockRemoved");
     p.pack_array(1).pack_bin(0);
   });
-  EXPECT_DECODE_ERROR(empty_bin, "block_hashes[0]");
+  EXPECT_UNUSABLE(empty_bin, "block_hashes[0]");
   const std::string long_bin = packed([](Packer& p) {
     p.pack_array(2).pack_double(1.0).pack_array(1).pack_array(2);
     pack_text(p, "BlockRemoved");
@@ -522,17 +645,23 @@ TEST(KvEventsErrors, FieldTypes) {
     const std::string body(65, 'x');
     p.pack_bin_body(body.data(), 65);
   });
-  EXPECT_DECODE_ERROR(long_bin, "65-byte bin");
+  EXPECT_UNUSABLE(long_bin, "65-byte bin");
 }
 
 TEST(KvEventsErrors, TokenCountMustBeBlockSizeTimesBlocks) {
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3], 2]]])"),
-                      "token_ids: 3 ids, but block_size 2 x 2 block_hashes needs 4");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1, 2, 3], 2]]])"), "needs 2");
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [], null, [1], 1]]])"), "needs 0");
-  // One bad event fails the whole batch.
-  EXPECT_DECODE_ERROR(json_bytes(R"([1.0, [["BlockStored", [1], null, [1], 1], ["BlockStored", [1], null, [], 1]]])"),
-                      "events[1]");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3], 2]]])"),
+                  "token_ids: 3 ids, but block_size 2 x 2 block_hashes needs 4");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [1], null, [1, 2, 3], 2]]])"), "needs 2");
+  EXPECT_UNUSABLE(json_bytes(R"([1.0, [["BlockStored", [], null, [1], 1]]])"), "needs 0");
+  // One unusable event is dropped and counted; the others stand.
+  Result<KvEventBatch> r = decode(json_bytes(
+      R"([1.0, [["BlockStored", [1], null, [1], 1], ["BlockStored", [1], null, [], 1], ["BlockRemoved", [1]]]])"));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->unusable, 1U);
+  EXPECT_NE(r->unusable_reason.find("events[1] (BlockStored).token_ids"), std::string::npos) << r->unusable_reason;
+  ASSERT_EQ(r->events.size(), 2U);
+  EXPECT_EQ(stored(*r, 0).block_hashes, (std::vector<EngineHash>{1}));
+  EXPECT_EQ(removed(*r, 1).block_hashes, (std::vector<EngineHash>{1}));
 }
 
 TEST(KvEventsErrors, Limits) {
@@ -549,8 +678,12 @@ TEST(KvEventsErrors, Limits) {
   };
   fails_with(json_bytes(R"([1.0, [["AllBlocksCleared"], ["AllBlocksCleared"], ["AllBlocksCleared"]]])"),
              "events: 3 events, the limit is 2");
-  fails_with(json_bytes(R"([1.0, [["BlockRemoved", [1, 2, 3]]]])"), "3 hashes, the limit is 2");
-  fails_with(json_bytes(R"([1.0, [["BlockStored", [1], null, [1, 2, 3], 3]]])"), "block_size");
+  auto unusable_with = [&](std::string_view bytes, std::string_view fragment) {
+    const std::string message = unusable_of(bytes, small);
+    EXPECT_NE(message.find(fragment), std::string::npos) << message;
+  };
+  unusable_with(json_bytes(R"([1.0, [["BlockRemoved", [1, 2, 3]]]])"), "3 hashes, the limit is 2");
+  unusable_with(json_bytes(R"([1.0, [["BlockStored", [1], null, [1, 2, 3], 3]]])"), "block_size");
   fails_with(std::string(129, '\xc0'), "payload of 129 bytes, the limit is 128");
   fails_with(json_bytes(R"([1.0, [["BlockRemoved", [1], "a very long medium"]]])"), "str size overflow");
   // An array longer than every count limit (and 256) is refused by msgpack-c's unpack_limit, before
@@ -574,7 +707,7 @@ TEST(KvEventsErrors, Limits) {
   KvDecodeLimits few_tokens;
   few_tokens.max_tokens_per_event = 3;
   const std::string message =
-      error_of(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3, 4], 2]]])"), few_tokens);
+      unusable_of(json_bytes(R"([1.0, [["BlockStored", [1, 2], null, [1, 2, 3, 4], 2]]])"), few_tokens);
   EXPECT_NE(message.find("token_ids: 4 ids, the limit is 3"), std::string::npos) << message;
 }
 

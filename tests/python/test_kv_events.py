@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 import turnout
+from daemon import Sidecar
 
 BLOCK = 16
 T0 = 1_767_225_600.0
@@ -205,3 +206,119 @@ def test_apply_kv_events_from_bytes(tmp_path: Path, engine: Engine) -> None:
         router.apply_kv_events("pool", 7, batch_map([]), now=T0)
     router.reset_kv("pool", "http://127.0.0.1:9001")
     assert router.explain("chat", token_ids=prompt, now=T0).expected_cached_tokens == 0
+
+
+# ------------------------------------------ what the engines send: tiers, groups, unusable events
+
+
+def vllm_offload_batch(h: list[int], prompt: list[int]) -> bytes:
+    """vLLM with its CPU offloading connector, as msgspec encodes its array_like KVEventBatch:
+    a GPU store, the connector's placeholder store (no token ids, block size 0: unusable), a GPU
+    store chained to the first, and the removal of a block's CPU copy (the GPU copy stays)."""
+    return msgpack.packb(
+        [
+            time.time(),
+            [
+                ["BlockStored", h[:2], None, prompt[: 2 * BLOCK], BLOCK, None, "GPU", None],
+                ["BlockStored", h[:2], None, [], 0, None, "CPU", None],
+                [
+                    "BlockStored",
+                    h[2:3],
+                    h[1],
+                    prompt[2 * BLOCK : 3 * BLOCK],
+                    BLOCK,
+                    None,
+                    "GPU",
+                    None,
+                ],
+                ["BlockRemoved", [h[1]], "CPU"],
+            ],
+            0,
+        ]
+    )
+
+
+def test_apply_kv_events_keeps_the_batch_around_an_unusable_event(
+    tmp_path: Path, engine: Engine
+) -> None:
+    router = turnout.Router(config_for(tmp_path, engine))
+    prompt = list(range(300, 300 + 3 * BLOCK))
+    h = [2**63 + 101, 2**63 + 102, 2**63 + 103]
+    got = router.apply_kv_events("pool", 1, vllm_offload_batch(h, prompt), now=T0)
+    assert got["stored"] == 3
+    assert got["unusable"] == 1
+    assert "events[1] (BlockStored).block_size" in got["unusable_reason"]
+    assert got["removed"] == 0  # the CPU copy's removal leaves the GPU entry
+    d = router.explain("chat", token_ids=prompt, now=T0)
+    assert (d.endpoint, d.expected_cached_tokens) == ("http://127.0.0.1:9001", 3 * BLOCK)
+    events = next(r for r in router.directory_stats() if r["target"] == "pool")["events"]
+    assert events[1]["unusable"] == 1
+    # The GPU copy goes: only the first block is still a hit.
+    got = router.apply_kv_events("pool", 1, batch_array([["BlockRemoved", [h[1]], "GPU"]]), now=T0)
+    assert got["removed"] == 1
+    assert router.explain("chat", token_ids=prompt, now=T0).expected_cached_tokens == BLOCK
+
+
+def test_apply_kv_events_keeps_group_kinds_between_calls(tmp_path: Path, engine: Engine) -> None:
+    # A hybrid model: group 0 is a sliding window, group 1 full attention, under the same hashes.
+    router = turnout.Router(config_for(tmp_path, engine))
+    prompt = list(range(500, 500 + 2 * BLOCK))
+    h = [2**63 + 7, 2**63 + 8]
+
+    def store(group: int, kind: str) -> list:
+        return ["BlockStored", h, None, prompt, BLOCK, None, "GPU", None, None, group, kind]
+
+    got = router.apply_kv_events(
+        "pool", 0, batch_array([store(0, "sliding_window"), store(1, "full_attention")]), now=T0
+    )
+    assert (got["stored"], got["skipped_groups"]) == (2, 1)
+    # A later call: the sliding window drops the second block; BlockRemoved names only its group.
+    got = router.apply_kv_events(
+        "pool", 0, batch_array([["BlockRemoved", [h[1]], "GPU", 0]]), now=T0
+    )
+    assert (got["removed"], got["skipped_groups"]) == (0, 1)
+    assert router.explain("chat", token_ids=prompt, now=T0).expected_cached_tokens == 2 * BLOCK
+    # The full-attention group's removal is applied.
+    got = router.apply_kv_events(
+        "pool", 0, batch_array([["BlockRemoved", [h[1]], "GPU", 1]]), now=T0
+    )
+    assert got["removed"] == 1
+    assert router.explain("chat", token_ids=prompt, now=T0).expected_cached_tokens == BLOCK
+
+
+def test_daemon_applies_a_vllm_batch_around_an_unusable_event(
+    sidecars: list[Sidecar], workdir: Path, shm_name: str, engine: Engine
+) -> None:
+    # The real sidecar subscribes to the engine's PUB socket (replica 0's kv_events) over ZeroMQ.
+    config_for(workdir, engine)
+    s = Sidecar(workdir, workdir / "routing.yaml", shm_name)
+    sidecars.append(s)
+    s.start()
+    prompt = list(range(700, 700 + 3 * BLOCK))
+    h = [2**63 + 201, 2**63 + 202, 2**63 + 203]
+    with s.client() as c:
+
+        def row() -> dict:
+            rows = c.stats()["kv_events"]
+            return next(r for r in rows if r["endpoint"] == "http://127.0.0.1:9000")
+
+        def joined() -> bool:  # PUB/SUB joins late: empty batches until one is applied
+            engine.publish(batch_map([]))
+            time.sleep(0.02)
+            return row()["batches"] > 0
+
+        wait_for(joined)
+        before = row()
+        engine.publish(vllm_offload_batch(h, prompt))
+        wait_for(lambda: row()["stored"] > before["stored"])
+        after = row()
+        assert after["stored"] - before["stored"] == 3
+        assert after["unusable"] - before["unusable"] == 1
+        assert after["removed"] == before["removed"]
+        d = c.explain("chat", token_ids=prompt)
+        assert (d.endpoint, d.expected_cached_tokens) == ("http://127.0.0.1:9000", 3 * BLOCK)
+
+        engine.publish(batch_array([["BlockRemoved", [h[1]], "GPU"]]))
+        wait_for(lambda: row()["removed"] > before["removed"])
+        assert c.explain("chat", token_ids=prompt).expected_cached_tokens == BLOCK
+    assert "unusable event" in s.log()

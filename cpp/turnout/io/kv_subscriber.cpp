@@ -34,13 +34,14 @@ constexpr std::size_t kMaxFramesKept = 4;
 constexpr int kMaxMessagesPerTurn = 256;
 
 /// What went wrong, for logging once per publisher and kind.
-enum class Trouble : unsigned { frames, sequence_frame, payload, replay, restart, sink, socket };
+enum class Trouble : unsigned { frames, sequence_frame, payload, unusable, replay, restart, sink, socket };
 
 const char* to_string(Trouble t) noexcept {
   switch (t) {
     case Trouble::frames: return "frame-count";
     case Trouble::sequence_frame: return "sequence-frame";
     case Trouble::payload: return "payload";
+    case Trouble::unusable: return "unusable-event";
     case Trouble::replay: return "replay";
     case Trouble::restart: return "restart";
     case Trouble::sink: return "sink";
@@ -107,7 +108,6 @@ struct KvEventSubscriber::Impl {
     zmq::socket_t monitor;  ///< PAIR receiving the SUB's connect/disconnect events
     zmq::socket_t replay;   ///< DEALER; no handle when the publisher has no replay endpoint
     unsigned logged = 0;    ///< Trouble kinds already written to stderr
-    KvCacheGroups groups;   ///< which of this engine's KV cache groups hold whole prefixes (learned)
   };
 
   Impl(std::vector<KvPublisher> p, KvEventSink& s, KvSubscriberOptions o)
@@ -203,17 +203,23 @@ struct KvEventSubscriber::Impl {
 
   void reset(Link& link, Trouble kind, const std::string& reason) {
     update(link.index, [](KvPublisherStats& s) { ++s.resets; });
-    link.groups.reset();  // a restarted engine may lay its groups out anew
     log_once(link, kind, "state reset: " + reason);
     call_sink(link, [&] { sink.on_reset(link.index, reason); });
   }
 
   /// Decodes and hands over one batch; false (after on_rejected) when the payload does not decode.
   bool apply(Link& link, std::uint64_t seq, const zmq::message_t& payload, bool replayed) {
-    Result<KvEventBatch> batch = decode_kv_events(bytes_of(payload), options.limits, &link.groups);
+    Result<KvEventBatch> batch = decode_kv_events(bytes_of(payload), options.limits);
     if (!batch) {
       reject(link, Trouble::payload, "seq " + std::to_string(seq) + ": " + batch.error().message);
       return false;
+    }
+    if (batch->unusable > 0) {
+      log_once(link, Trouble::unusable,
+               "seq " + std::to_string(seq) + ": dropped " + std::to_string(batch->unusable) +
+                   " unusable event(s), applied the rest (counted as `unusable` in the Router's KV stats); the "
+                   "first: " +
+                   batch->unusable_reason);
     }
     update(link.index, [replayed](KvPublisherStats& s) {
       ++s.applied;
