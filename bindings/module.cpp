@@ -29,12 +29,7 @@ using namespace turnout::bindings;
 namespace {
 
 TimeMs now_ms(const std::optional<double>& now) {
-  if (now) {
-    if (!std::isfinite(*now) || *now < 0) {
-      raise({ErrorCode::invalid_argument, "now must be a finite, non-negative time in seconds"});
-    }
-    return static_cast<TimeMs>(std::llround(*now * 1000.0));
-  }
+  if (now) return unwrap(time_from_seconds(*now));
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
@@ -382,6 +377,9 @@ void bind_config(py::module_& m) {
                                for (const auto& t : c.ptr->targets) out.push_back(t.name);
                                return out;
                              })
+      .def_property_readonly(
+          "warnings", [](const ConfigHandle& c) { return c.ptr->warnings; },
+          "What the loader changed to accept the table ('path:line:col: what it did'), e.g. a rounded price.")
       .def(
           "target_info",
           [](const ConfigHandle& c, const std::string& name) {

@@ -436,6 +436,7 @@ class Daemon {
  private:
   bool serve_one();
   void reload(const char* why);
+  void log_config_warnings();
   void watch(std::int64_t now);
   void read_signals();
 
@@ -562,6 +563,7 @@ void Daemon::subscribe_kv_events() {
 /// Step 8: the log lines of a started sidecar, and "ok" to a parent waiting in the background mode.
 void Daemon::announce_ready() {
   log(LOG_INFO, "%s", start_note_.c_str());
+  log_config_warnings();
   if (curve_) {
     log(LOG_INFO, "CURVE on: server public key %s, %zu authorized client keys", curve_public_.c_str(),
         curve_->authorized.size());
@@ -662,10 +664,16 @@ void Daemon::reload(const char* why) {
   if (auto r = server_->reload(); r) {
     log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", why, opt_.config.c_str(),
         server_->config_version().c_str(), static_cast<unsigned long long>(server_->generation()));
+    log_config_warnings();
   } else {
     log(LOG_ERR, "%s: reload failed, still serving config %s: %s", why, server_->config_version().c_str(),
         r.error().message.c_str());
   }
+}
+
+// What the loader changed to accept the served table (a rounded price...), one line each.
+void Daemon::log_config_warnings() {
+  for (const auto& w : server_->router()->config()->warnings) log(LOG_WARNING, "config: %s", w.c_str());
 }
 
 // A new stamp is acted on once it held for a whole interval (an editor may be mid-write), and only

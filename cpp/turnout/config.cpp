@@ -200,8 +200,12 @@ class Loader {
     if (!scenarios.IsMap()) fail(scenarios, "scenarios must be a mapping of scenario name to scenario");
     for (const auto& kv : scenarios) load_scenario(*config, kv.first, kv.second);
     if (config->scenarios.empty()) fail(scenarios, "scenarios must declare at least one scenario");
+    config->warnings = warnings();
     return config;
   }
+
+  /// The warnings of the load so far, each "source:line:col: message".
+  [[nodiscard]] std::vector<std::string> warnings() const;
 
  private:
   static void load_data_classes(Config& config, const YAML::Node& node) {
@@ -340,13 +344,20 @@ class Loader {
       fail(node, what + ": model '" + model + "' is not in the LiteLLM price map '" + file + "'");
     }
     const std::string where = what + " (LiteLLM '" + model + "')";
+    // The map is written from doubles: a price with digits below a picodollar per token is float noise
+    // (3.6000000000000003e-06), rounded to the nearest picodollar with a warning.
     auto field = [&](const std::string& key) -> std::optional<TokenPrice> {
       const YAML::Node v = entry[key];
       if (!v || v.IsNull()) return std::nullopt;
       if (!v.IsScalar()) fail(node, where + "." + key + " must be a number");
-      auto p = parse_usd_per_token(v.Scalar());
+      auto p = parse_usd_per_token_nearest(v.Scalar());
       if (!p) fail(node, where + "." + key + " (USD per token) " + p.error().message);
-      return *p;
+      if (p->rounded) {
+        warn(node, where + "." + key + " " + v.Scalar() +
+                       " is not a whole number of picodollars per token: rounded to " +
+                       Money::from_picos(p->price.picos_per_token()).to_usd_string());
+      }
+      return p->price;
     };
     auto required = [&](const std::string& key) {
       auto p = field(key);
@@ -375,9 +386,41 @@ class Loader {
       r.cache_write_1h = field("cache_creation_input_token_cost_above_1hr" + suffix).value_or(fallback_1h);
       return r;
     };
+    // Batch prices per token kind (`<key><tier suffix>_batches`): a kind the map gives no batch price
+    // costs its online price scaled by the input's batch-to-online ratio (else the output's; else
+    // undiscounted), rounded to the nearest picodollar.
+    std::optional<TokenPrice> batch_input = field("input_cost_per_token_batches");
+    std::optional<TokenPrice> batch_output = field("output_cost_per_token_batches");
+    bool any_batch_price = batch_input || batch_output;
+    auto batch_rates = [&](const std::string& suffix, const PriceRates& online, const PriceRates& base) {
+      std::int64_t num = 1;
+      std::int64_t den = 1;
+      if (batch_input && base.input.picos_per_token() > 0) {
+        num = batch_input->picos_per_token();
+        den = base.input.picos_per_token();
+      } else if (batch_output && base.output.picos_per_token() > 0) {
+        num = batch_output->picos_per_token();
+        den = base.output.picos_per_token();
+      }
+      auto batch = [&](const std::string& key, TokenPrice online_price) {
+        if (auto p = field(key + suffix + "_batches")) {
+          any_batch_price = true;
+          return *p;
+        }
+        return scaled_price(online_price, num, den);
+      };
+      PriceRates r;
+      r.input = batch("input_cost_per_token", online.input);
+      r.output = batch("output_cost_per_token", online.output);
+      r.cache_read = batch("cache_read_input_token_cost", online.cache_read);
+      r.cache_write_5m = batch("cache_creation_input_token_cost", online.cache_write_5m);
+      r.cache_write_1h = batch("cache_creation_input_token_cost_above_1hr", online.cache_write_1h);
+      return r;
+    };
     auto& price = t.price;
     price.present = true;
     price.base = rates_with_suffix("", nullptr);
+    price.batch = batch_rates("", price.base, price.base);
     // Long-context tiers: "input_cost_per_token_above_200k_tokens" and friends.
     for (const auto& kv : entry) {
       const std::string key = kv.first.Scalar();
@@ -394,23 +437,31 @@ class Loader {
       PriceTier tier;
       tier.above_input_tokens = thousands * 1000;
       tier.rates = rates_with_suffix("_above_" + digits + "k_tokens", &price.base);
+      tier.batch = batch_rates("_above_" + digits + "k_tokens", tier.rates, price.base);
       price.tiers.push_back(tier);
     }
     std::sort(price.tiers.begin(), price.tiers.end(),
               [](const PriceTier& a, const PriceTier& b) { return a.above_input_tokens < b.above_input_tokens; });
+    // A batch_discount_pct in the routing table overrides the map's batch prices.
     if (node["batch_discount_pct"]) {
       price.batch_discount_pct = int_value(node["batch_discount_pct"], what + ".batch_discount_pct", 0, 100);
-    } else if (auto batch = field("input_cost_per_token_batches")) {
-      // LiteLLM states batch prices; Turnout models a uniform discount. Take it only when exact.
-      const std::int64_t in = price.base.input.picos_per_token();
-      const std::int64_t b = batch->picos_per_token();
-      if (in <= 0 || b > in || (100 * (in - b)) % in != 0) {
-        fail(node, where +
-                       ".input_cost_per_token_batches is not a whole-percent discount of the input price; "
-                       "set batch_discount_pct");
-      }
-      price.batch_discount_pct = 100 * (in - b) / in;
+    } else {
+      price.batch_rates = any_batch_price;
     }
+  }
+
+  /// `price` × num / den, to the nearest picodollar (halves up); num, den > 0.
+  static TokenPrice scaled_price(TokenPrice price, std::int64_t num, std::int64_t den) {
+    const Int128 scaled =
+        (static_cast<Int128>(price.picos_per_token()) * num * 2 + den) / (2 * static_cast<Int128>(den));
+    return TokenPrice::from_picos_per_token(static_cast<std::int64_t>(scaled));
+  }
+
+  /// Notes what the loader changed to accept the table (Config::warnings), located like a fault.
+  void warn(const YAML::Node& at, const std::string& message) {
+    const bool known =
+        std::any_of(warnings_.begin(), warnings_.end(), [&](const Fault& w) { return w.message == message; });
+    if (!known) warnings_.push_back({at.Mark(), message});  // a price read twice warns once
   }
 
   static void load_breaker(BreakerSpec& b, const YAML::Node& node, const std::string& what) {
@@ -675,11 +726,19 @@ class Loader {
   std::string source_;
   bool regions_declared_ = false;
   std::unordered_map<std::string, YAML::Node> litellm_maps_;  // per load, each file read once
+  std::vector<Fault> warnings_;                               // where and what, as a fault
 };
 
 std::string located(const std::string& source, const YAML::Mark& mark, const std::string& message) {
   if (mark.is_null()) return source + ":1:1: " + message;
   return source + ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1) + ": " + message;
+}
+
+std::vector<std::string> Loader::warnings() const {
+  std::vector<std::string> out;
+  out.reserve(warnings_.size());
+  for (const Fault& w : warnings_) out.push_back(located(source_, w.mark, w.message));
+  return out;
 }
 
 // The whole file, or why it cannot be read: "path: cannot open: <the OS reason>" (a file that cannot

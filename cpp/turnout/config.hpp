@@ -35,22 +35,32 @@ struct PriceRates {
   TokenPrice cache_write_1h;
 };
 
+/// Whether a request is served online or through a provider's batch API (priced at its batch prices).
+enum class ProcessingMode : std::uint8_t { online, batch };
+
 /// A higher-rate tier applied when the prompt (all input tokens, cached or not) exceeds a size.
 struct PriceTier {
   std::int64_t above_input_tokens = 0;
   PriceRates rates;
+  PriceRates batch;  ///< its batch prices, when the catalog has them (PriceCatalog::batch_rates)
 };
 
 /// Everything needed to price one MaaS request exactly. Units in config are always USD per Mtok.
 struct PriceCatalog {
   bool present = false;  ///< false: the target has no token price (self-hosted)
   PriceRates base;
+  PriceRates batch;  ///< batch prices per token kind (batch_rates): a price list that states them
+  /// true: batch mode prices at `batch` (and each tier's `batch`); false: at the online rates less
+  /// batch_discount_pct.
+  bool batch_rates = false;
   std::vector<PriceTier> tiers;         ///< ascending by above_input_tokens
   TokenPrice cache_storage_per_hour;    ///< explicit-cache storage, per token per hour (Gemini)
-  std::int64_t batch_discount_pct = 0;  ///< applied to batch-mode requests (0..100)
+  std::int64_t batch_discount_pct = 0;  ///< applied to batch-mode requests without batch_rates (0..100)
 
-  /// Rates in force for a prompt of `input_tokens` tokens (highest tier whose threshold is exceeded).
-  [[nodiscard]] const PriceRates& rates_for(std::int64_t input_tokens) const noexcept;
+  /// Rates in force for a prompt of `input_tokens` tokens (highest tier whose threshold is exceeded),
+  /// in `mode` (the batch prices when the catalog states them; else the online ones).
+  [[nodiscard]] const PriceRates& rates_for(std::int64_t input_tokens,
+                                            ProcessingMode mode = ProcessingMode::online) const noexcept;
 };
 
 /// Provider prompt-cache behaviour, used to model MaaS cache holders.
@@ -126,8 +136,6 @@ struct Spillover {
   double when_inflight_ratio = 0.9;
 };
 
-enum class ProcessingMode : std::uint8_t { online, batch };
-
 struct Scenario {
   std::string name;
   std::uint32_t data_class = kNone;  ///< index into Config::data_classes
@@ -156,6 +164,9 @@ struct Config {
   std::unordered_map<std::string, std::uint32_t> target_index;
   std::unordered_map<std::string, std::uint32_t> scenario_index;
   std::unordered_map<std::string, std::uint32_t> data_class_index;
+  /// What the loader accepted only after changing it ("path:line:col: what it did"), e.g. a LiteLLM
+  /// price with float noise rounded to the picodollar. The sidecar logs them; Python: Config.warnings.
+  std::vector<std::string> warnings;
 
   [[nodiscard]] std::uint32_t find_target(std::string_view name) const;    ///< kNone if absent
   [[nodiscard]] std::uint32_t find_scenario(std::string_view name) const;  ///< kNone if absent

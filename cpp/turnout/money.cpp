@@ -33,6 +33,12 @@ std::string Money::to_usd_string() const { return picos_to_usd_string(picos_); }
 std::string MoneyTotal::to_usd_string() const { return picos_to_usd_string(picos_); }
 
 Result<std::int64_t> parse_scaled_decimal(std::string_view text, int scale) {
+  auto v = parse_scaled_decimal(text, scale, Excess::refuse);
+  if (!v) return std::move(v).error();
+  return v->value;
+}
+
+Result<ScaledDecimal> parse_scaled_decimal(std::string_view text, int scale, Excess excess) {
   auto bad = [&](const char* why) {
     return make_error(ErrorCode::invalid_argument, "'" + std::string(text) + "' " + why);
   };
@@ -73,10 +79,19 @@ Result<std::int64_t> parse_scaled_decimal(std::string_view text, int scale) {
 
   // value = digits * 10^(exponent - frac_digits + scale)
   int power = exponent - frac_digits + scale;
+  bool rounded = false;
+  bool round_up = false;  // the digits dropped are at least half a unit
   while (power < 0) {
-    if (digits.empty() || digits.back() != '0') {
-      return bad("has more precision than this unit can hold exactly");
+    if (digits.empty()) {  // every digit dropped: below half a unit
+      round_up = false;
+      power = 0;
+      break;
     }
+    if (digits.back() != '0') {
+      if (excess == Excess::refuse) return bad("has more precision than this unit can hold exactly");
+      rounded = true;
+    }
+    round_up = digits.back() >= '5';  // the last digit dropped is the most significant one
     digits.pop_back();
     ++power;
   }
@@ -90,7 +105,8 @@ Result<std::int64_t> parse_scaled_decimal(std::string_view text, int scale) {
     value *= 10;
     if (value > kMax) return bad("is too large");
   }
-  return static_cast<std::int64_t>(value);
+  if (rounded && round_up && ++value > kMax) return bad("is too large");
+  return ScaledDecimal{static_cast<std::int64_t>(value), rounded};
 }
 
 Result<TokenPrice> parse_usd_per_mtok(std::string_view text) {
@@ -103,6 +119,12 @@ Result<TokenPrice> parse_usd_per_token(std::string_view text) {
   auto v = parse_scaled_decimal(text, 12);
   if (!v) return std::move(v).error();
   return TokenPrice::from_picos_per_token(*v);
+}
+
+Result<NearestPrice> parse_usd_per_token_nearest(std::string_view text) {
+  auto v = parse_scaled_decimal(text, 12, Excess::round);
+  if (!v) return std::move(v).error();
+  return NearestPrice{TokenPrice::from_picos_per_token(v->value), v->rounded};
 }
 
 Result<Money> parse_usd(std::string_view text) {

@@ -430,8 +430,9 @@ Result<Decision> decide(const Config& config, const RouterState& state, const Re
     return make_error(ErrorCode::unknown_scenario, "unknown scenario index");
   }
   // The bound normalize_usage and the pricing enforce: larger counts are not real requests.
-  if (request.input_tokens > (1LL << 31) || request.max_output_tokens > (1LL << 31)) {
-    return make_error(ErrorCode::invalid_argument, "input_tokens and max_output_tokens must be at most 2^31");
+  if (request.input_tokens > kMaxTokensPerCall || request.max_output_tokens > kMaxTokensPerCall) {
+    return make_error(ErrorCode::invalid_argument,
+                      "input_tokens and max_output_tokens must be at most " + std::string(kMaxTokensPerCallText));
   }
   RequestFacts facts(config, state, request);
   const std::uint64_t family = facts.prefix_family();

@@ -7,7 +7,7 @@
 namespace turnout {
 namespace {
 
-constexpr std::int64_t kMaxTokens = std::int64_t{1} << 31;  // the bound normalize_usage enforces
+constexpr std::int64_t kMaxTokens = kMaxTokensPerCall;  // the bound normalize_usage enforces
 constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
 constexpr std::int64_t kSecondsPerHour = 3600;
 
@@ -17,8 +17,8 @@ Result<Ok> check_usage(const Usage& usage) {
   for (const TokenKind& kind : kTokenKinds) {
     const std::int64_t tokens = usage.*kind.tokens;
     if (tokens < 0 || tokens > kMaxTokens) {
-      return make_error(ErrorCode::usage_invalid,
-                        "usage." + std::string(kind.column) + " (" + std::to_string(tokens) + ") is outside 0..2^31");
+      return make_error(ErrorCode::usage_invalid, "usage." + std::string(kind.column) + " (" + std::to_string(tokens) +
+                                                      ") is outside 0.." + std::string(kMaxTokensPerCallText));
     }
   }
   return Ok{};
@@ -36,15 +36,16 @@ std::int64_t mul_div_round(UInt128 a, UInt128 b, UInt128 c) {
 
 }  // namespace
 
-const PriceRates& PriceCatalog::rates_for(std::int64_t input_tokens) const noexcept {
+const PriceRates& PriceCatalog::rates_for(std::int64_t input_tokens, ProcessingMode mode) const noexcept {
   // Highest threshold strictly below the prompt size ("> 200k tokens" prices start at 200,001). Does
   // not rely on the tiers being sorted.
-  const PriceRates* rates = &base;
+  const bool batched = mode == ProcessingMode::batch && batch_rates;
+  const PriceRates* rates = batched ? &batch : &base;
   std::int64_t threshold = std::numeric_limits<std::int64_t>::min();
   for (const PriceTier& tier : tiers) {
     if (tier.above_input_tokens < input_tokens && tier.above_input_tokens >= threshold) {
       threshold = tier.above_input_tokens;
-      rates = &tier.rates;
+      rates = batched ? &tier.batch : &tier.rates;
     }
   }
   return *rates;
@@ -57,7 +58,9 @@ Result<Money> price_usage(const PriceCatalog& price, const Usage& usage, Process
     return make_error(ErrorCode::invalid_argument,
                       "batch_discount_pct (" + std::to_string(price.batch_discount_pct) + ") is outside 0..100");
   }
-  const PriceRates& rates = price.rates_for(usage.input_tokens());
+  // A provider that says it billed the call at its batch prices (Anthropic's service_tier) is believed.
+  if (usage.batch_tier) mode = ProcessingMode::batch;
+  const PriceRates& rates = price.rates_for(usage.input_tokens(), mode);
   Int128 total = 0;  // ≤ 6 × 2^31 × int64 max: far inside 128 bits
   for (const TokenKind& kind : kTokenKinds) {
     if (kind.rate == nullptr) continue;  // informative: its tokens are billed as another kind
@@ -67,7 +70,7 @@ Result<Money> price_usage(const PriceCatalog& price, const Usage& usage, Process
     }
     total += static_cast<Int128>(usage.*kind.tokens) * picos;
   }
-  if (mode == ProcessingMode::batch) {
+  if (mode == ProcessingMode::batch && !price.batch_rates) {
     total = total * (100 - price.batch_discount_pct) / 100;  // non-negative: truncation rounds down
   }
   if (total > kInt64Max) {
@@ -130,7 +133,7 @@ Money reserved_cost(const Target& target, std::int64_t input_tokens, std::int64_
   const std::int64_t input = std::clamp<std::int64_t>(input_tokens, 0, kMaxTokens);
   const std::int64_t cached = std::clamp<std::int64_t>(expected_cached_tokens, 0, input);
   const std::int64_t output = std::clamp<std::int64_t>(max_output_tokens, 0, kMaxTokens);
-  const PriceRates& rates = target.price.rates_for(input);
+  const PriceRates& rates = target.price.rates_for(input, mode);
   Usage usage;
   usage.cache_read_tokens = cached;
   usage.output_tokens = output;

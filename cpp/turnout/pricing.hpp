@@ -12,7 +12,9 @@
 namespace turnout {
 
 /// Cost of a normalized usage on a MaaS price catalog. The tier is chosen by the whole prompt size
-/// (usage.input_tokens()); batch mode applies the catalog's batch discount (rounded down to a picodollar).
+/// (usage.input_tokens()). Batch mode (or a usage the provider billed at batch prices, usage.batch_tier)
+/// prices at the catalog's batch prices per token kind when it states them, else applies its batch
+/// discount (rounded down to a picodollar).
 [[nodiscard]] Result<Money> price_usage(const PriceCatalog& price, const Usage& usage,
                                         ProcessingMode mode = ProcessingMode::online);
 

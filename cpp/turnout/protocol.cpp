@@ -110,10 +110,20 @@ class Reader {
   [[nodiscard]] std::optional<TimeMs> seconds(std::string_view k) const {
     const auto s = number(k);
     if (!s) return std::nullopt;
-    if (!std::isfinite(*s) || *s < 0) {
-      bad(ErrorCode::invalid_argument, std::string(k) + " must be a finite, non-negative time in seconds");
+    auto ms = time_from_seconds(*s);
+    if (!ms) bad(ErrorCode::invalid_argument, quoted(k) + ": " + ms.error().message);
+    return *ms;
+  }
+  /// When a request happened: the receiver's clock `now`, always. The sender's own time (`now`; an
+  /// adopt's `at`) is checked like any field, so a malformed one is refused, but has no say: a
+  /// client's clock must not expire decisions, reopen budgets or move breakers (docs/protocol.md).
+  [[nodiscard]] TimeMs received_at(std::string_view k, TimeMs now) const {
+    if (k == field::at) {
+      (void)count(k);  // a fast-path record's time: ms, as the ring encodes it
+    } else {
+      (void)seconds(k);
     }
-    return static_cast<TimeMs>(std::llround(*s * 1000.0));
+    return now;
   }
   /// A duration in ms (ttft_ms, latency_ms); -1 if not given.
   [[nodiscard]] std::int64_t millis(std::string_view k) const {
@@ -357,7 +367,7 @@ Result<RouteRequest> decode_route_request(const Fields& f, TimeMs now, std::vect
     r.input_tokens = in.count(field::input_tokens).value_or(estimate_input_tokens(ids, text));
     r.max_output_tokens = in.count(field::max_output_tokens).value_or(-1);
     r.expected_cached_tokens = in.count(field::expected_cached_tokens).value_or(0);
-    r.now = in.seconds(field::now).value_or(now);
+    r.now = in.received_at(field::now, now);
     return r;
   });
 }
@@ -378,7 +388,7 @@ Result<OutcomeReport> decode_report_request(const Fields& f, TimeMs now) {
     o.ttft_ms = in.millis(field::ttft_ms);
     o.latency_ms = in.millis(field::latency_ms);
     o.accepted = in.boolean(field::accepted);
-    o.now = in.seconds(field::now).value_or(now);
+    o.now = in.received_at(field::now, now);
     return o;
   });
 }
@@ -391,7 +401,7 @@ Result<VerdictRequest> decode_verdict_request(const Fields& f, TimeMs now) {
     const auto accepted = in.boolean(field::accepted);
     if (!accepted) bad(ErrorCode::bad_message, "'accepted' is required");
     v.accepted = *accepted;
-    v.now = in.seconds(field::now).value_or(now);
+    v.now = in.received_at(field::now, now);
     return v;
   });
 }
@@ -431,8 +441,7 @@ Result<Decision> decode_adopt_request(const Fields& f, TimeMs now) {
     if (d.reserved_cost.picos() > 1'000'000'000'000'000LL)
       bad(ErrorCode::invalid_argument, "reserved_cost above 1,000 USD");
     if (d.active_blocks > (1LL << 26)) bad(ErrorCode::invalid_argument, "active_blocks above 2^26");
-    // The client's clock, but never ahead of ours (a future time would expire every pending decision).
-    d.at = std::min<std::int64_t>(in.count(field::at).value_or(now), now);
+    d.at = in.received_at(field::at, now);  // committed at the sidecar's clock, as every request
     return d;
   });
 }

@@ -179,7 +179,10 @@ struct Envelope {
                                          Envelope& out);
 
 // ------------------------------------------------------------------------------- request decoders
-// `now` is the receiver's clock: a request without its own `now` (seconds) happened then.
+// `now` is the receiver's clock, and every request happened then: the sidecar runs on its own clock.
+// A `now` on the wire (an adopt's `at`) is checked (a non-finite or out-of-range one is refused with
+// invalid_argument) and otherwise ignored: a client's clock has no say over expiry, budget days or
+// breakers. The in-process Router takes injected time directly (replays), never through these.
 
 /// route / explain -> RouteRequest (views into the message; `token_ids` holds the decoded token ids).
 /// Without `input_tokens`, the count is estimate_input_tokens() of the prompt.
@@ -198,7 +201,7 @@ struct VerdictRequest {
 [[nodiscard]] Result<VerdictRequest> decode_verdict_request(const Fields& f, TimeMs now);
 
 /// adopt -> the Decision a fast-path client made, by indices into the table it names (checked by
-/// Router::adopt). Figures no real decision has are refused; `at` is never later than `now`.
+/// Router::adopt). Figures no real decision has are refused; it is committed at `now`.
 [[nodiscard]] Result<Decision> decode_adopt_request(const Fields& f, TimeMs now);
 
 /// stats, health and reload carry no fields (unknown fields of any request are ignored).

@@ -14,19 +14,17 @@
 namespace turnout {
 namespace {
 
-// kTokenKinds names every token member of Usage (all but reported_cost): a member added without its
+// kTokenKinds names every token member of Usage (all but reported_cost and batch_tier): a member added without its
 // line there stops this binding from compiling.
 [[maybe_unused]] void every_token_kind_is_listed(Usage& u) {
-  [[maybe_unused]] auto& [uncached_input, cache_read, cache_write_5m, cache_write_1h, output, reasoning,
-                          reported_cost] = u;
+  [[maybe_unused]] auto& [uncached_input, cache_read, cache_write_5m, cache_write_1h, output, reasoning, reported_cost,
+                          batch_tier] = u;
   static_assert(kTokenKinds.size() == 6, "a token member of Usage is missing from kTokenKinds");
 }
 
 namespace mp = msgpack::type;
 
-/// Token counts above this are not a real request (the largest context windows are ~2^21). Rejecting
-/// them also keeps every price multiplication inside 64 bits (see TokenPrice::times).
-constexpr std::int64_t kMaxTokens = std::int64_t{1} << 31;
+constexpr std::int64_t kMaxTokens = kMaxTokensPerCall;
 
 /// Where a field sits in the caller's object ("stream[3].usage.prompt_tokens"). A chain of stack
 /// values, rendered only when an error is reported, so the success path never allocates.
@@ -205,7 +203,8 @@ class Reader {
   }
 
   void too_large(const Path& at, const std::string& shown) {
-    fail(at, shown + " tokens is beyond any real request (limit 2^31)");
+    fail(at, shown + " tokens is beyond any real request (at most " + std::string(kMaxTokensPerCallText) +
+                 " tokens of one kind per call)");
   }
 
   bool failed_ = false;
@@ -365,20 +364,34 @@ Usage deepseek_usage(Reader& r, const msgpack::object& u, const Path& at) {
 /// earlier ones (message_delta counts are cumulative).
 struct AnthropicCounts {
   std::optional<std::int64_t> input, output, cache_read, cache_creation, write_5m, write_1h;
+  std::uint32_t creation_event = 0;  ///< the event the latest cache_creation_input_tokens came in
+  std::uint32_t split_event = 0;     ///< ... and the latest cache_creation split
+  bool batch_tier = false;           ///< service_tier: "batch"
 };
 
-void read_anthropic(Reader& r, const msgpack::object& u, const Path& at, AnthropicCounts& c) {
+/// Reads the usage `u` of event `event` (0 for a single usage object) into `c`.
+void read_anthropic(Reader& r, const msgpack::object& u, const Path& at, std::uint32_t event, AnthropicCounts& c) {
   auto take = [](std::optional<std::int64_t>& slot, std::optional<std::int64_t> v) {
     if (v) slot = v;
+    return v.has_value();
   };
   take(c.input, r.optional(u, at, "input_tokens"));
   take(c.output, r.optional(u, at, "output_tokens"));
   take(c.cache_read, r.optional(u, at, "cache_read_input_tokens"));
-  take(c.cache_creation, r.optional(u, at, "cache_creation_input_tokens"));
+  if (take(c.cache_creation, r.optional(u, at, "cache_creation_input_tokens"))) c.creation_event = event;
   const Path split_at = at.child("cache_creation");
   if (const msgpack::object* split = r.nested(u, at, "cache_creation")) {
     take(c.write_5m, r.optional(*split, split_at, "ephemeral_5m_input_tokens"));
     take(c.write_1h, r.optional(*split, split_at, "ephemeral_1h_input_tokens"));
+    c.split_event = event;
+  }
+  // "standard", "priority" or "batch": a batch call is billed at the batch prices.
+  if (const msgpack::object* tier = find(u, "service_tier"); !is_nil(tier)) {
+    if (tier->type != mp::STR) {
+      r.fail(at.child("service_tier"), "expected a string, got " + describe(*tier));
+    } else {
+      c.batch_tier = std::string_view(tier->via.str.ptr, tier->via.str.size) == "batch";
+    }
   }
 }
 
@@ -397,6 +410,12 @@ Usage finish_anthropic(Reader& r, const AnthropicCounts& c, const Path& at, bool
   if (c.write_5m || c.write_1h) {
     write_5m = c.write_5m.value_or(0);
     write_1h = c.write_1h.value_or(0);
+    // A later event's cumulative total wins over an earlier split (message_delta may report more
+    // cache writes than message_start did): the tokens the split does not cover were written at the
+    // default 5 min TTL. Counts never shrink, and one event's own split must add up.
+    if (c.cache_creation && c.creation_event > c.split_event && *c.cache_creation > write_5m + write_1h) {
+      write_5m = *c.cache_creation - write_1h;
+    }
     if (c.cache_creation && *c.cache_creation != write_5m + write_1h) {
       const Path split_at = at.child("cache_creation");
       r.fail(split_at.child("ephemeral_5m_input_tokens").str() + " (" + std::to_string(write_5m) + ") + " +
@@ -415,6 +434,7 @@ Usage finish_anthropic(Reader& r, const AnthropicCounts& c, const Path& at, bool
   out.cache_write_5m_tokens = write_5m;
   out.cache_write_1h_tokens = write_1h;
   out.output_tokens = *c.output;  // extended thinking is billed inside output_tokens
+  out.batch_tier = c.batch_tier;
   return out;
 }
 
@@ -516,7 +536,7 @@ Result<Usage> normalize_single(Shape shape, const msgpack::object& m) {
   switch (shape) {
     case Shape::anthropic: {
       AnthropicCounts counts;
-      read_anthropic(r, *u, at, counts);
+      read_anthropic(r, *u, at, 0, counts);
       if (r.failed()) return r.take_error();
       return finish(r, finish_anthropic(r, counts, at, false));
     }
@@ -552,7 +572,7 @@ Result<Usage> normalize_stream(Shape shape, const msgpack::object& events) {
     if (u->type != mp::MAP) return invalid(at.str() + ": expected a map or null, got " + describe(*u));
     any_usage = true;
     if (shape == Shape::anthropic) {
-      read_anthropic(r, *u, at, counts);
+      read_anthropic(r, *u, at, i, counts);
       if (r.failed()) return r.take_error();
     } else {
       last = i;

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string_view>
 
@@ -15,6 +16,13 @@
 
 namespace turnout {
 
+/// The most tokens of one kind one call may have (2^31; the largest context windows are ~2^23): a
+/// larger count is not a real request and is refused (usage_invalid, naming the field and this bound).
+/// It also keeps every price product of one request inside 64 bits.
+inline constexpr std::int64_t kMaxTokensPerCall = std::int64_t{1} << 31;
+/// kMaxTokensPerCall as messages and docs write it.
+inline constexpr std::string_view kMaxTokensPerCallText = "2^31";
+
 /// Billable tokens of one request, split by how each provider prices them. The parts never overlap:
 /// uncached + cache read + cache writes = every input token; reasoning is a part of output.
 struct Usage {
@@ -25,6 +33,8 @@ struct Usage {
   std::int64_t output_tokens = 0;      ///< includes reasoning tokens (billed as output)
   std::int64_t reasoning_tokens = 0;   ///< informative
   std::optional<Money> reported_cost;  ///< a cost the provider itself reported (OpenRouter `cost`)
+  /// The provider says it billed this call at its batch prices (Anthropic `service_tier: "batch"`).
+  bool batch_tier = false;
 
   /// Every input token, cached or not (the token kinds whose part is input).
   [[nodiscard]] constexpr std::int64_t input_tokens() const noexcept;
@@ -71,8 +81,14 @@ constexpr std::int64_t Usage::input_tokens() const noexcept {
 }
 
 /// Adds the token counts of `src` to `dst`, kind by kind (a ledger's sums; reported_cost untouched).
+/// Saturates at the int64 maximum, as Money does.
 constexpr void add_tokens(Usage& dst, const Usage& src) noexcept {
-  for (const TokenKind& k : kTokenKinds) dst.*k.tokens += src.*k.tokens;
+  for (const TokenKind& k : kTokenKinds) {
+    if (__builtin_add_overflow(dst.*k.tokens, src.*k.tokens, &(dst.*k.tokens))) {
+      dst.*k.tokens =
+          src.*k.tokens > 0 ? std::numeric_limits<std::int64_t>::max() : std::numeric_limits<std::int64_t>::min();
+    }
+  }
 }
 
 /// Reads a provider's usage: the bare usage object, a whole response that contains it (`usage`,

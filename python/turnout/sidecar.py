@@ -439,6 +439,10 @@ class Client:
     the sidecar does not answer and no ``config`` was given, the fallback Router is built from
     the last mapped table.
 
+    The ``now=`` keyword of ``route``/``explain``/``report``/``verdict`` dates only what the local
+    fallback Router decides or accounts; the sidecar runs on its own clock and ignores a client's
+    time (it checks it: a non-finite or out-of-range ``now`` is refused with ``ValueError``).
+
     A sidecar serving CURVE (``--curve-secret-key``) is reached with ``curve_server_key`` (the
     public key it logs at start) and this client's ``curve_secret_key`` (its public key, which
     the sidecar's authorized-keys file lists, is derived from it); all Z85. A client the sidecar

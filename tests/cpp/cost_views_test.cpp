@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "msgpack_builder.hpp"
@@ -57,8 +58,13 @@ TEST(LiteLlmImport, PricesTheSameAsTheEquivalentYaml) {
       "b.yaml");
   ASSERT_TRUE(imported.ok()) << imported.error().message;
   ASSERT_TRUE(written.ok()) << written.error().message;
-  // 2e-07 batch input vs 4e-07 input: a 50% batch discount.
-  EXPECT_EQ((*imported)->targets[0].price.batch_discount_pct, 50);
+  // The map's batch prices per kind: input 2e-07, output 8e-07; no cache-read batch price, so the
+  // online 1e-07 scaled by the input's ratio 2e-07 / 4e-07 = 5e-08 (50,000 picodollars).
+  const PriceCatalog& p = (*imported)->targets[0].price;
+  EXPECT_TRUE(p.batch_rates);
+  EXPECT_EQ(p.batch.input.picos_per_token(), 200'000);
+  EXPECT_EQ(p.batch.output.picos_per_token(), 800'000);
+  EXPECT_EQ(p.batch.cache_read.picos_per_token(), 50'000);
   Usage u;
   u.uncached_input_tokens = 12'345;
   u.cache_read_tokens = 4'096;
@@ -86,17 +92,94 @@ TEST(LiteLlmImport, BadReferencesAreConfigErrors) {
   ASSERT_FALSE(missing_file.ok());
   EXPECT_NE(missing_file.error().message.find("cannot read the LiteLLM price map"), std::string::npos);
 
-  // 1e-07 batch vs 3e-07 input is a 66.67% discount: not representable, so refused, not rounded.
-  auto odd = load_config_text(
-      litellm_yaml(maas_block("openai", "odd-batch-model", "{from_litellm: \"" + kPrices + "\"}")), "o.yaml");
-  ASSERT_FALSE(odd.ok());
-  EXPECT_NE(odd.error().message.find("not a whole-percent discount"), std::string::npos) << odd.error().message;
-
   auto extra = load_config_text(
       litellm_yaml(maas_block("openai", "gpt-4.1-mini", "{from_litellm: \"" + kPrices + "\", input_per_mtok: 1}")),
       "x.yaml");
   ASSERT_FALSE(extra.ok());
   EXPECT_NE(extra.error().message.find("unknown key 'input_per_mtok'"), std::string::npos);
+}
+
+// Batch prices are imported per token kind: a listed batch cache-read price is used as listed (the
+// old uniform discount priced it at half), tiers have their own batch prices.
+TEST(LiteLlmImport, BatchPricesPerTokenKind) {
+  auto c = load_config_text(
+      litellm_yaml(maas_block("openai", "listed-batch-model", "{from_litellm: \"" + kPrices + "\"}")), "l.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  const PriceCatalog& p = (*c)->targets[0].price;
+  EXPECT_TRUE((*c)->warnings.empty());
+  ASSERT_TRUE(p.batch_rates);
+  EXPECT_EQ(p.batch.input.picos_per_token(), 500'000);           // 5e-07, listed
+  EXPECT_EQ(p.batch.output.picos_per_token(), 2'500'000);        // 2.5e-06, listed
+  EXPECT_EQ(p.batch.cache_read.picos_per_token(), 100'000);      // 1e-07, listed: not half of 1e-07
+  EXPECT_EQ(p.batch.cache_write_5m.picos_per_token(), 625'000);  // 6.25e-07, listed
+  // No 1 h price (openai: the 5 min write, 1.25e-06), no batch one: scaled by 5e-07 / 1e-06.
+  EXPECT_EQ(p.batch.cache_write_1h.picos_per_token(), 625'000);
+  ASSERT_EQ(p.tiers.size(), 1U);
+  EXPECT_EQ(p.tiers[0].batch.input.picos_per_token(), 1'000'000);     // 1e-06, listed for the tier
+  EXPECT_EQ(p.tiers[0].batch.output.picos_per_token(), 3'000'000);    // the tier's 6e-06 x 1/2
+  EXPECT_EQ(p.tiers[0].batch.cache_read.picos_per_token(), 200'000);  // 2e-07, listed for the tier
+
+  Usage u;
+  u.uncached_input_tokens = 10'000;
+  u.cache_read_tokens = 100'000;
+  u.cache_write_5m_tokens = 2'000;
+  u.output_tokens = 1'000;
+  // Batch: 10,000 x 500,000 + 100,000 x 100,000 + 2,000 x 625,000 + 1,000 x 2,500,000
+  //      = 5,000,000,000 + 10,000,000,000 + 1,250,000,000 + 2,500,000,000 = 18,750,000,000 ($0.01875).
+  EXPECT_EQ(price_usage(p, u, ProcessingMode::batch).value(), Money::from_picos(18'750'000'000));
+  // Online: 10,000 x 1,000,000 + 100,000 x 100,000 + 2,000 x 1,250,000 + 1,000 x 5,000,000 = 27,500,000,000.
+  EXPECT_EQ(price_usage(p, u).value(), Money::from_picos(27'500'000'000));
+  // Above 200k tokens, batch: 250,000 x 1,000,000 + 1,000 x 3,000,000 = 253,000,000,000 ($0.253).
+  Usage big;
+  big.uncached_input_tokens = 250'000;
+  big.output_tokens = 1'000;
+  EXPECT_EQ(price_usage(p, big, ProcessingMode::batch).value(), Money::from_picos(253'000'000'000));
+  // A usage the provider says it billed at batch prices is priced so even in an online scenario.
+  u.batch_tier = true;
+  EXPECT_EQ(price_usage(p, u).value(), Money::from_picos(18'750'000'000));
+
+  // batch_discount_pct in the table wins over the map's batch prices: 27,500,000,000 x 80 / 100.
+  auto pct = load_config_text(litellm_yaml(maas_block("openai", "listed-batch-model",
+                                                      "{from_litellm: \"" + kPrices + "\", batch_discount_pct: 20}")),
+                              "p.yaml");
+  ASSERT_TRUE(pct.ok()) << pct.error().message;
+  u.batch_tier = false;
+  EXPECT_FALSE((*pct)->targets[0].price.batch_rates);
+  EXPECT_EQ(price_usage((*pct)->targets[0].price, u, ProcessingMode::batch).value(), Money::from_picos(22'000'000'000));
+}
+
+// A batch price that is no whole-percent discount loads (it used to fail the whole table).
+TEST(LiteLlmImport, ABatchPriceNeedNotBeAWholePercentDiscount) {
+  auto c = load_config_text(
+      litellm_yaml(maas_block("openai", "odd-batch-model", "{from_litellm: \"" + kPrices + "\"}")), "o.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  const PriceCatalog& p = (*c)->targets[0].price;
+  EXPECT_EQ(p.batch.input.picos_per_token(), 100'000);  // 1e-07, listed
+  // No output batch price: 1,000,000 x 100,000 / 300,000 = 333,333.3 -> 333,333 (nearest).
+  EXPECT_EQ(p.batch.output.picos_per_token(), 333'333);
+  // No cache-read price at all: the input's, 300,000, scaled: 100,000.
+  EXPECT_EQ(p.batch.cache_read.picos_per_token(), 100'000);
+}
+
+// Float noise in the map is rounded to the nearest picodollar, with one warning per price.
+TEST(LiteLlmImport, FloatNoiseIsRoundedWithAWarning) {
+  auto c = load_config_text(litellm_yaml(maas_block("openai", "noisy-model", "{from_litellm: \"" + kPrices + "\"}")),
+                            "n.yaml");
+  ASSERT_TRUE(c.ok()) << c.error().message;
+  const PriceCatalog& p = (*c)->targets[0].price;
+  EXPECT_EQ(p.base.input.picos_per_token(), 3'600'000);    // 3.6000000000000003e-06: 3,600,000.0000000003
+  EXPECT_EQ(p.base.output.picos_per_token(), 18'000'000);  // 1.8e-05, exact
+  EXPECT_EQ(p.batch.input.picos_per_token(), 1'800'000);   // 1.8000000000000001e-06
+  EXPECT_EQ(p.batch.output.picos_per_token(), 9'000'000);  // 9.0000000000000006e-06
+  const auto& w = (*c)->warnings;
+  ASSERT_EQ(w.size(), 3U) << "input, its batch price and the output's batch price, once each";
+  const auto input = std::find_if(w.begin(), w.end(), [](const std::string& m) {
+    return m.find(
+               ".input_cost_per_token 3.6000000000000003e-06 is not a whole number of picodollars per token: "
+               "rounded to 0.0000036") != std::string::npos;
+  });
+  ASSERT_NE(input, w.end()) << w[0];
+  EXPECT_EQ(input->rfind("n.yaml:3:", 0), 0U) << *input;
 }
 
 TEST(SelfHostedPeriodCost, GpusForThePeriodPlusProratedOverheads) {

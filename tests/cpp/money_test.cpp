@@ -170,6 +170,50 @@ TEST(MoneyArithmetic, AddsSubtractsAndOrders) {
   EXPECT_EQ(c, b);
 }
 
+// Budget figures saturate instead of wrapping (a wrap would turn an exhausted budget negative).
+TEST(MoneyArithmetic, SaturatesAtTheInt64Range) {
+  const Money top = Money::from_picos(Money::kMaxPicos);
+  const Money bottom = Money::from_picos(Money::kMinPicos);
+  EXPECT_EQ(top + Money::from_picos(1), top);
+  EXPECT_EQ(top + top, top);
+  EXPECT_EQ(bottom - Money::from_picos(1), bottom);
+  EXPECT_EQ(bottom + bottom, bottom);
+  EXPECT_EQ(Money::from_picos(5) - bottom, top);
+  EXPECT_EQ(bottom - top, bottom);
+  Money spent = Money::from_picos(9'000'000'000'000'000'000);
+  spent += Money::from_picos(9'000'000'000'000'000'000);
+  EXPECT_EQ(spent, top);
+  spent -= Money::from_picos(1);
+  EXPECT_EQ(spent, Money::from_picos(Money::kMaxPicos - 1)) << "ordinary arithmetic below the edge";
+  EXPECT_EQ(TokenPrice::from_picos_per_token(1'000'000'000'000).times(std::int64_t{1} << 31), top);
+  EXPECT_EQ(TokenPrice::from_picos_per_token(3).times(4), Money::from_picos(12));
+}
+
+// LiteLLM's float noise rounds to the nearest picodollar (halves up) and says it did.
+TEST(ParseUsdPerTokenNearest, RoundsFloatNoiseAndSaysSo) {
+  struct Case {
+    const char* text;
+    std::int64_t picos;
+    bool rounded;
+  } const cases[] = {
+      {"3.6000000000000003e-06", 3'600'000, true},  // 3,600,000.0000000003
+      {"9.9999999999999995e-07", 1'000'000, true},  // 999,999.99999999995
+      {"3e-06", 3'000'000, false},                  // exact
+      {"0.0000000000005", 1, true},                 // half a picodollar: up
+      {"0.0000000000004999", 0, true},              // below half
+      {"1e-13", 0, true},                           // a tenth
+      {"2.50e-06", 2'500'000, false},               // trailing zeros are exact
+  };
+  for (const Case& c : cases) {
+    auto p = parse_usd_per_token_nearest(c.text);
+    ASSERT_TRUE(p.ok()) << c.text << ": " << p.error().message;
+    EXPECT_EQ(p->price.picos_per_token(), c.picos) << c.text;
+    EXPECT_EQ(p->rounded, c.rounded) << c.text;
+  }
+  EXPECT_FALSE(parse_usd_per_token_nearest("-1e-06").ok());
+  EXPECT_FALSE(parse_usd_per_token_nearest("9223372.0368547758075").ok()) << "rounds up past int64";
+}
+
 TEST(MoneyTotal, GoesBeyondInt64) {
   // 3 × (2^63 - 1) = 3 × 9,223,372,036,854,775,807 = 27,670,116,110,564,327,421 picos: over int64.
   MoneyTotal total;

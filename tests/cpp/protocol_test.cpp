@@ -147,7 +147,9 @@ TEST(Protocol, RouteAndExplainRequestsRoundTrip) {
     std::vector<std::uint32_t> tokens;
     auto got = decode_route_request(e.fields, kNow, tokens);
     ASSERT_TRUE(got.ok()) << got.error().message;
-    expect_same(*got, r);
+    RouteRequest want = r;
+    want.now = kNow;  // the receiver's clock, not the sender's
+    expect_same(*got, want);
   }
   // Left out when not given: the receiver's defaults (its clock, the scenario's max output).
   RouteRequest bare;
@@ -203,7 +205,7 @@ TEST(Protocol, ReportRequestRoundTrips) {
   EXPECT_EQ(got->ttft_ms, r.ttft_ms);
   EXPECT_EQ(got->latency_ms, r.latency_ms);
   EXPECT_EQ(got->accepted, r.accepted);
-  EXPECT_EQ(got->now, r.now);
+  EXPECT_EQ(got->now, kNow) << "the receiver's clock, not the sender's";
 }
 
 TEST(Protocol, VerdictRequestRoundTrips) {
@@ -214,7 +216,7 @@ TEST(Protocol, VerdictRequestRoundTrips) {
   EXPECT_EQ(e.op, Op::verdict);
   auto got = decode_verdict_request(e.fields, kNow);
   ASSERT_TRUE(got.ok()) << got.error().message;
-  EXPECT_EQ(*got, v);
+  EXPECT_EQ(*got, (VerdictRequest{v.decision_id, v.accepted, kNow})) << "the receiver's clock, not the sender's";
 }
 
 TEST(Protocol, AdoptRecordRoundTripsAndCarriesAtMostItsPrefixLimit) {
@@ -249,11 +251,41 @@ TEST(Protocol, AdoptRecordRoundTripsAndCarriesAtMostItsPrefixLimit) {
   EXPECT_EQ(got->reserved_cost, d.reserved_cost);
   EXPECT_EQ(got->active_blocks, d.active_blocks);
   EXPECT_EQ(got->prefix, (std::vector<std::uint64_t>{0x1111, 0x2222})) << "the leading blocks only";
-  EXPECT_EQ(got->at, d.at);
-  // Never later than the receiver's clock.
+  EXPECT_EQ(got->at, kNow) << "committed at the receiver's clock, not the client's";
   auto early = decode_adopt_request(e.fields, kNow - 10);
   ASSERT_TRUE(early.ok());
   EXPECT_EQ(early->at, kNow - 10);
+}
+
+// The sidecar runs on its own clock: whatever time a request carries, it happened at the receiver's.
+TEST(Protocol, EveryRequestHappensAtTheReceiversClock) {
+  for (const char* now : {"0", "1", "4102444800", "253402300800"}) {  // 1970, 2100, the last second allowed
+    const std::string at = std::string(R"(,"now":)") + now + "}";
+    std::vector<std::uint32_t> tokens;
+    auto route =
+        decode_route_request(envelope(json(R"({"v":1,"op":"route","scenario":"s")" + at)).fields, kNow, tokens);
+    ASSERT_TRUE(route.ok()) << now;
+    EXPECT_EQ(route->now, kNow) << now;
+    auto report = decode_report_request(
+        envelope(json(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok")" + at)).fields, kNow);
+    ASSERT_TRUE(report.ok()) << now;
+    EXPECT_EQ(report->now, kNow) << now;
+    auto verdict = decode_verdict_request(
+        envelope(json(R"({"v":1,"op":"verdict","decision_id":1,"accepted":true)" + at)).fields, kNow);
+    ASSERT_TRUE(verdict.ok()) << now;
+    EXPECT_EQ(verdict->now, kNow) << now;
+  }
+  for (const char* at : {"0", "9223372036854775807"}) {
+    auto adopt = decode_adopt_request(
+        envelope(json(std::string(R"({"v":1,"op":"adopt","decision_id":1,"config_version":2,"scenario":0,)"
+                                  R"("target":1,"replica":0,"at":)") +
+                      at + "}"),
+                 Channel::ring)
+            .fields,
+        kNow);
+    ASSERT_TRUE(adopt.ok()) << at;
+    EXPECT_EQ(adopt->at, kNow) << at;
+  }
 }
 
 TEST(Protocol, StatsHealthAndReloadRequestsRoundTrip) {
@@ -469,6 +501,10 @@ TEST(Protocol, RouteDecoderRefusesBadFields) {
   EXPECT_EQ(route_error(R"({"v":1,"op":"route","scenario":"s","now":-1})"), "invalid_argument");
   EXPECT_EQ(route_error(R"({"v":1,"op":"route","scenario":"s","now":NaN})"), "invalid_argument");
   EXPECT_EQ(route_error(R"({"v":1,"op":"route","scenario":"s","now":"today"})"), "bad_message");
+  EXPECT_EQ(route_error(R"({"v":1,"op":"route","scenario":"s","now":1e300})"), "invalid_argument") << "no overflow";
+  EXPECT_EQ(route_error(R"({"v":1,"op":"route","scenario":"s","now":253402300801})"), "invalid_argument")
+      << "after the year 10000";
+  EXPECT_EQ(route_error(R"({"v":1,"op":"route","scenario":"s","now":18446744073709551615})"), "invalid_argument");
   const auto huge = test::pack_with([](test::Packer& pk) {
     pk.pack_map(4);
     pk.pack("v");
@@ -505,6 +541,8 @@ TEST(Protocol, ReportDecoderRefusesBadFields) {
             "bad_message");
   EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","now":Infinity})"),
             "invalid_argument");
+  EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","now":1e300})"),
+            "invalid_argument");
 }
 
 TEST(Protocol, VerdictDecoderRefusesBadFields) {
@@ -514,6 +552,7 @@ TEST(Protocol, VerdictDecoderRefusesBadFields) {
   EXPECT_EQ(verdict_error(R"({"v":1,"op":"verdict","accepted":true})"), "bad_message") << "no decision_id";
   EXPECT_EQ(verdict_error(R"({"v":1,"op":"verdict","decision_id":1.5,"accepted":true})"), "bad_message");
   EXPECT_EQ(verdict_error(R"({"v":1,"op":"verdict","decision_id":1,"accepted":true,"now":-2})"), "invalid_argument");
+  EXPECT_EQ(verdict_error(R"({"v":1,"op":"verdict","decision_id":1,"accepted":true,"now":1e300})"), "invalid_argument");
 }
 
 TEST(Protocol, AdoptDecoderRefusesBadFields) {
@@ -542,6 +581,8 @@ TEST(Protocol, AdoptDecoderRefusesBadFields) {
   EXPECT_EQ(adopt_error("{" + ok + R"(,"reserved_cost":1000000000000001})"), "invalid_argument") << "above 1,000 USD";
   EXPECT_EQ(adopt_error("{" + ok + R"(,"reserved_cost":-1})"), "invalid_argument");
   EXPECT_EQ(adopt_error("{" + ok + R"(,"active_blocks":67108865})"), "invalid_argument") << "above 2^26";
+  EXPECT_EQ(adopt_error("{" + ok + R"(,"at":-1})"), "invalid_argument");
+  EXPECT_EQ(adopt_error("{" + ok + R"(,"at":"now"})"), "bad_message");
   const auto odd = test::pack_with([](test::Packer& pk) {
     pk.pack_map(8);
     for (const auto& [k, v] : {std::pair<const char*, std::uint64_t>{"v", 1},

@@ -383,6 +383,75 @@ TEST_F(RouterTest, BudgetReservationsNeverOvershootUnderConcurrency) {
   }
 }
 
+// Budget arithmetic saturates: reports of the largest usage a call may have, at a dear price, push
+// spent past the 64-bit range; it stays at the top (exhausted) instead of wrapping to a negative
+// that would admit again. Usage beyond the per-call bound is refused, naming the field and the bound.
+TEST(RouterBudget, AbsurdCostsSaturateAndTheBudgetStaysExhausted) {
+  const auto config = load_or_die(R"(version: 1
+targets:
+  dear:
+    kind: maas
+    provider: openai
+    model: dear
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 1, output_per_mtok: 1000000}
+scenarios:
+  s:
+    data_class: public
+    max_output_tokens: 1
+    routes: [{target: dear}]
+    budget: {usd_per_day: 500}
+)");
+  ASSERT_TRUE(config);
+  Router router(config);
+  std::vector<Decision> decisions;
+  for (int i = 0; i < 6; ++i) {
+    // Worst case: 1 input token x 1,000,000 picos + 1 output token x 10^12 picos, about $1: fits.
+    auto d = router.route({.scenario = "s", .key = std::to_string(i), .input_tokens = 1, .now = kT0});
+    ASSERT_TRUE(d.ok()) << d.error().message;
+    decisions.push_back(*d);
+  }
+  // 2^31 output tokens x 10^12 picos = 2.147... x 10^21 picos: beyond the 64-bit Money range for one
+  // request, so the catalog refuses it (an error, not a wrap).
+  auto beyond = test::from_json(R"({"prompt_tokens": 1, "completion_tokens": 2147483648})");
+  OutcomeReport o{
+      .decision_id = decisions[0].id, .target = "dear", .status = Status::ok, .usage = &beyond.get(), .now = kT0};
+  auto refused = router.report(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::invalid_argument) << refused.error().message;
+  // 2 x 10^6 output tokens x 10^12 = 2 x 10^18 picos ($2,000,000) per report: five of them are
+  // 10^19 picos, past the int64 maximum (9.22 x 10^18).
+  auto dear = test::from_json(R"({"prompt_tokens": 0, "completion_tokens": 2000000})");
+  for (int i = 0; i < 6; ++i) {
+    o.decision_id = decisions[static_cast<std::size_t>(i)].id;
+    o.usage = &dear.get();
+    auto r = router.report(o);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(r->cost, Money::from_picos(2'000'000'000'000'000'000));
+  }
+  const auto budgets = router.budgets(kT0);
+  ASSERT_EQ(budgets.size(), 1U);
+  EXPECT_EQ(budgets[0].spent, Money::from_picos(Money::kMaxPicos)) << "saturated, not wrapped";
+  EXPECT_EQ(budgets[0].reserved, Money{});
+  auto again = router.route({.scenario = "s", .key = "after", .input_tokens = 1, .now = kT0});
+  ASSERT_FALSE(again.ok()) << "the budget admitted again";
+  EXPECT_EQ(again.error().code, ErrorCode::budget_exhausted) << again.error().message;
+
+  // 10^18 tokens: not a real call.
+  auto absurd = test::from_json(R"({"prompt_tokens": 1000000000000000000, "completion_tokens": 1})");
+  auto d = router.route({.scenario = "s", .key = "x", .input_tokens = 1, .now = kT0 + 86'400'000});
+  ASSERT_TRUE(d.ok()) << "a new day: " << d.error().message;
+  o.decision_id = d->id;
+  o.usage = &absurd.get();
+  o.now = kT0 + 86'400'000;
+  auto bad = router.report(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::usage_invalid);
+  EXPECT_NE(bad.error().message.find("usage.prompt_tokens"), std::string::npos) << bad.error().message;
+  EXPECT_NE(bad.error().message.find("2^31"), std::string::npos) << bad.error().message;
+}
+
 TEST_F(RouterTest, ExpiredDecisionsReleaseTheirSlots) {
   Router router(config, {.decision_ttl_ms = 1000});
   for (int i = 0; i < 4; ++i) (void)route(router, "secret", "k");

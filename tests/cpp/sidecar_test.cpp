@@ -120,6 +120,41 @@ TEST_F(SidecarTest, RouteIsMirroredIntoSharedMemory) {
   EXPECT_EQ(requests, 1U);
 }
 
+/// A route (or explain) of contract-extraction that says it happened at `now_s` (seconds).
+std::string dated_msg(const char* op, double now_s) {
+  return pack(
+      [&](auto& pk) {
+        pk.pack("op");
+        pk.pack(op);
+        pk.pack("scenario");
+        pk.pack("contract-extraction");
+        pk.pack("input_tokens");
+        pk.pack(100);
+        pk.pack("now");
+        pk.pack(now_s);
+      },
+      4);
+}
+
+// The server runs on its own clock: a client's `now` neither expires others' decisions nor keeps
+// them (or its own) from expiring; they expire when the server's clock says so.
+TEST_F(SidecarTest, DecisionsExpireOnTheServersClockWhateverTheClientsSay) {
+  constexpr std::int64_t kTtl = 3'600'000;  // RouterOptions::decision_ttl_ms
+  constexpr double kTenDaysS = 10 * 86'400.0;
+  auto server = start();
+  const double now_s = static_cast<double>(kNow) / 1000.0;
+  ASSERT_TRUE(outcome(server->handle(dated_msg("route", now_s + kTenDaysS), kNow)).first) << "dated in the future";
+  ASSERT_TRUE(outcome(server->handle(dated_msg("route", 1.0), kNow + 1000)).first) << "dated in 1970";
+  ASSERT_TRUE(outcome(server->handle(route_msg(), kNow + 2000)).first);
+  EXPECT_EQ(server->router()->pending_decisions(), 3U) << "a route dated 1970 expired nothing";
+  ASSERT_TRUE(outcome(server->handle(dated_msg("explain", now_s + kTenDaysS), kNow + 3000)).first);
+  EXPECT_EQ(server->router()->pending_decisions(), 3U) << "an explain dated in 10 days expired nothing";
+  EXPECT_EQ(outcome(server->handle(dated_msg("explain", 1e300), kNow + 3000)).second, "invalid_argument");
+  // An hour later by the server's clock, all three have expired (the future-dated one first in line).
+  ASSERT_TRUE(outcome(server->handle(dated_msg("explain", 1.0), kNow + 2000 + kTtl)).first);
+  EXPECT_EQ(server->router()->pending_decisions(), 0U);
+}
+
 TEST_F(SidecarTest, ErrorCodes) {
   auto server = start();
   EXPECT_EQ(outcome(server->handle("\xc1", kNow)).second, "bad_message");

@@ -277,6 +277,28 @@ const UsageCase kUsageCases[] = {
       {"type": "message_stop"}])",
      // the 1 h breakdown from message_start still holds; the delta repeats the same totals
      {.uncached = 40, .write_1h = 6000, .output = 77}},
+    {"anthropic_stream_cache_creation_grows_in_message_delta",
+     Provider::anthropic,
+     R"([
+      {"type": "message_start", "message": {"usage": {"input_tokens": 10, "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 100},
+        "output_tokens": 1}}},
+      {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+       "usage": {"input_tokens": 10, "cache_creation_input_tokens": 160, "cache_read_input_tokens": 0,
+                 "output_tokens": 50}},
+      {"type": "message_stop"}])",
+     // the delta's cumulative 160 wins; message_start's split covers 100 at 1 h, the 60 it does not
+     // cover were written at the default 5 min TTL
+     {.uncached = 10, .write_5m = 60, .write_1h = 100, .output = 50}},
+    {"anthropic_stream_cache_creation_grows_without_a_split",
+     Provider::anthropic,
+     R"([
+      {"type": "message_start", "message": {"usage": {"input_tokens": 3, "cache_creation_input_tokens": 1000,
+        "output_tokens": 1}}},
+      {"type": "message_delta", "usage": {"cache_creation_input_tokens": 1500, "output_tokens": 9}}])",
+     // no split at all: the last total, at 5 min
+     {.uncached = 3, .write_5m = 1500, .output = 9}},
 
     // ---- Gemini ---------------------------------------------------------------------------------------
     {"gemini_implicit_cache_hit_and_thoughts",
@@ -465,7 +487,8 @@ const BadCase kBadCases[] = {
     {"openai_nan", Provider::openai, R"({"prompt_tokens": 10, "completion_tokens": NaN})",
      "usage.completion_tokens: expected a non-negative integer, got NaN", true},
     {"openai_absurd_size", Provider::openai, R"({"prompt_tokens": 2147483649, "completion_tokens": 1})",
-     "usage.prompt_tokens: 2147483649 tokens is beyond any real request (limit 2^31)", true},
+     "usage.prompt_tokens: 2147483649 tokens is beyond any real request (at most 2^31 tokens of one kind per call)",
+     true},
     {"openai_absurd_uint64", Provider::openai, R"({"prompt_tokens": 18446744073709551615, "completion_tokens": 1})",
      "usage.prompt_tokens: 18446744073709551615"},
     {"openai_cached_plus_write_exceed_prompt", Provider::openai,
@@ -614,6 +637,58 @@ TEST(NormalizeUsageTypes, RejectsBinaryAndBooleanCounts) {
   const Result<Usage> b = normalize_usage(Provider::openai, boolean.get());
   ASSERT_FALSE(b.ok());
   EXPECT_EQ(b.error().message, "usage.completion_tokens: expected a non-negative integer, got boolean true");
+}
+
+// Anthropic's usage says which tier billed the call: "batch" is priced at the batch prices.
+TEST(NormalizeUsageAnthropic, ServiceTierBatchMarksTheUsage) {
+  const auto batch = from_json(R"({"input_tokens": 12, "output_tokens": 80, "service_tier": "batch"})");
+  auto got = normalize_usage(Provider::anthropic, batch.get());
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_TRUE(got->batch_tier);
+  EXPECT_EQ(got->output_tokens, 80);
+  for (const char* tier : {"standard", "priority"}) {
+    const auto other =
+        from_json(std::string(R"({"input_tokens": 12, "output_tokens": 80, "service_tier": ")") + tier + R"("})");
+    auto u = normalize_usage(Provider::anthropic, other.get());
+    ASSERT_TRUE(u.ok()) << u.error().message;
+    EXPECT_FALSE(u->batch_tier) << tier;
+  }
+  const auto stream = from_json(R"([
+      {"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1,
+                                                      "service_tier": "batch"}}},
+      {"type": "message_delta", "usage": {"output_tokens": 7}}])");
+  auto streamed = normalize_usage(Provider::anthropic, stream.get());
+  ASSERT_TRUE(streamed.ok()) << streamed.error().message;
+  EXPECT_TRUE(streamed->batch_tier) << "message_start's tier holds for the stream";
+  const auto bad = from_json(R"({"input_tokens": 12, "output_tokens": 80, "service_tier": 3})");
+  auto refused = normalize_usage(Provider::anthropic, bad.get());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::usage_invalid);
+  EXPECT_NE(refused.error().message.find("usage.service_tier: expected a string"), std::string::npos)
+      << refused.error().message;
+}
+
+// Cumulative counts never shrink: a later total below an earlier split is still an error.
+TEST(NormalizeUsageAnthropic, CacheCreationThatShrinksIsRefused) {
+  const auto stream = from_json(R"([
+      {"type": "message_start", "message": {"usage": {"input_tokens": 10, "cache_creation_input_tokens": 100,
+        "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60}, "output_tokens": 1}}},
+      {"type": "message_delta", "usage": {"cache_creation_input_tokens": 80, "output_tokens": 5}}])");
+  auto got = normalize_usage(Provider::anthropic, stream.get());
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.error().code, ErrorCode::usage_invalid);
+  EXPECT_NE(got.error().message.find("does not match usage.cache_creation_input_tokens (80)"), std::string::npos)
+      << got.error().message;
+}
+
+TEST(NormalizeUsageTypes, BeyondTheBoundIsRefusedNamingFieldAndBound) {
+  const auto absurd = from_json(R"({"prompt_tokens": 1000000000000000000, "completion_tokens": 1})");
+  auto got = normalize_usage(Provider::openai, absurd.get());
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.error().code, ErrorCode::usage_invalid);
+  EXPECT_EQ(got.error().message,
+            "usage.prompt_tokens: 1000000000000000000 tokens is beyond any real request (at most 2^31 tokens of one "
+            "kind per call)");
 }
 
 TEST(NormalizeUsageTypes, ExactlyTwoToThe31IsAccepted) {

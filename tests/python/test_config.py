@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import turnout
-from support import DELETE, Raw, base_config, dump, locate, merge
+from daemon import Sidecar
+from support import DELETE, T0, Raw, base_config, dump, locate, merge
 from turnout import ConfigError, TurnoutError
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -721,3 +722,49 @@ def test_empty_targets(tmp_path: Path) -> None:
     path.write_text(text, encoding="utf-8")
     line, col = locate(text, "{}")
     assert_located(load_error(path), path, line, col, "targets must declare at least one target")
+
+
+# ---- warnings: what the loader changed to accept a table ----------------------------------------
+
+NOISY_PRICES = """{"noisy": {"input_cost_per_token": 3.6000000000000003e-06,
+  "output_cost_per_token": 1.8e-05, "litellm_provider": "openai", "mode": "chat"}}"""
+
+
+def _noisy_table(tmp_path: Path) -> Path:
+    (tmp_path / "prices.json").write_text(NOISY_PRICES, encoding="utf-8")
+    table = base_config()
+    table["targets"]["mini"]["model"] = "noisy"
+    table["targets"]["mini"]["price"] = {"from_litellm": "prices.json"}
+    path = tmp_path / "routing.yaml"
+    path.write_text(dump(table), encoding="utf-8")
+    return path
+
+
+def test_a_price_with_float_noise_is_rounded_with_a_warning(tmp_path: Path) -> None:
+    path = _noisy_table(tmp_path)
+    config = turnout.load_config(path)
+    assert len(config.warnings) == 1, config.warnings
+    line, col = locate(path.read_text(), "from_litellm")
+    warning = config.warnings[0]
+    assert warning.startswith(f"{path}:{line}:{col}: "), warning
+    assert (
+        "input_cost_per_token 3.6000000000000003e-06 is not a whole number of picodollars per "
+        "token: rounded to 0.0000036" in warning
+    )
+    # 10,000 input tokens x 3,600,000 picodollars = $0.036 (and no output).
+    d = turnout.Router(config).route("chat", input_tokens=10_000, max_output_tokens=0, now=T0)
+    assert d.predicted_cost_usd == Decimal("0.036")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(dump(base_config()), encoding="utf-8")
+    assert turnout.load_config(plain).warnings == []
+
+
+def test_the_sidecar_logs_the_warnings_of_the_table_it_serves(
+    sidecars: list[Sidecar], workdir: Path, shm_name: str
+) -> None:
+    path = _noisy_table(workdir)
+    sidecar = Sidecar(workdir, path, shm_name)
+    sidecars.append(sidecar)
+    sidecar.start()
+    warning = turnout.load_config(path).warnings[0]
+    assert f"config: {warning}" in sidecar.log()

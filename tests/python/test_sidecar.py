@@ -473,7 +473,10 @@ def test_one_decision_type_whichever_path_answered(sidecar: Sidecar, config_path
         assert isinstance(d.predicted_cost_usd, Decimal)
         assert d.reserved_cost_usd > 0  # the budget's worst case, carried by every path
         assert d.cache_key is not None
-        assert d.at == T0
+        if path in ("explain", "socket"):
+            assert abs(d.at - time.time()) < 60  # the sidecar decides at its own clock
+        else:
+            assert d.at == T0  # this process's decide, at the time it was given
         assert repr(d) == f"<turnout.Decision {d.id} -> {d.target} (${d.predicted_cost_usd})>"
         if d.endpoint is None:
             assert d.reasons == expected.reasons, path
