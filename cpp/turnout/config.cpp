@@ -629,7 +629,7 @@ class Loader {
     const std::string what = "scenario '" + s.name + "'";
     expect_map(node, what,
                {"data_class", "regions", "slo", "quality_gate", "mode", "max_output_tokens", "routes", "fallback",
-                "spillover", "budget", "affinity", "owner", "description"},
+                "spillover", "budget", "affinity", "inflight_lease_ms", "owner", "description"},
                {"data_class", "routes"});
     s.data_class = data_class(config, node["data_class"], what + ".data_class");
     if (node["regions"]) {
@@ -665,6 +665,9 @@ class Loader {
         s.mode = ProcessingMode::batch;
       else
         fail(node["mode"], what + ".mode must be online or batch, got '" + mode + "'");
+    }
+    if (node["inflight_lease_ms"]) {
+      s.inflight_lease_ms = int_value(node["inflight_lease_ms"], what + ".inflight_lease_ms", 1'000, 86'400'000);
     }
     if (node["max_output_tokens"]) {
       s.max_output_tokens = int_value(node["max_output_tokens"], what + ".max_output_tokens", 1, 1 << 24);

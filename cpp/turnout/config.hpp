@@ -150,7 +150,25 @@ struct Scenario {
   std::optional<Spillover> spillover;
   std::optional<Money> budget_per_day;
   bool prefix_affinity = false;
+  /// How long a decision holds its in-flight slot (and probe, active blocks, budget reservation)
+  /// without an outcome; 0 = derived (inflight_lease_ms()). Its verdict window is decision_ttl.
+  std::int64_t inflight_lease_ms = 0;
 };
+
+/// Lease of an unreported decision when the table does not set one: a request still running past it
+/// would have outlived the 10-minute default timeout of the common provider SDKs.
+inline constexpr std::int64_t kDefaultInflightLeaseMs = 600'000;
+/// Shortest derived lease: a latency SLO of a few seconds must not free slots of requests still queued.
+inline constexpr std::int64_t kMinDerivedLeaseMs = 30'000;
+
+/// A scenario's in-flight lease: its `inflight_lease_ms`, else max(4 x latency_p95_ms, 30 s) when it
+/// has a latency SLO, else kDefaultInflightLeaseMs.
+[[nodiscard]] constexpr std::int64_t inflight_lease_ms(const Scenario& s) noexcept {
+  if (s.inflight_lease_ms > 0) return s.inflight_lease_ms;
+  if (s.latency_p95_ms > 0)
+    return s.latency_p95_ms * 4 > kMinDerivedLeaseMs ? s.latency_p95_ms * 4 : kMinDerivedLeaseMs;
+  return kDefaultInflightLeaseMs;
+}
 
 struct Config {
   int schema_version = 1;

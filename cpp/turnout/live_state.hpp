@@ -84,9 +84,10 @@ struct LiveState {
 
 /// What Router::import_state() could not place in its table, for the log.
 struct ImportReport {
-  std::size_t rows = 0;            ///< ledger rows taken (retired ones included)
-  std::size_t pending = 0;         ///< pending decisions taken
-  std::size_t leases_dropped = 0;  ///< leases whose unit is gone from this table (released)
+  std::size_t rows = 0;             ///< ledger rows taken (retired ones included)
+  std::size_t pending = 0;          ///< pending decisions taken
+  std::size_t leases_dropped = 0;   ///< leases whose unit is gone from this table (released)
+  std::size_t pending_dropped = 0;  ///< decisions of a scenario gone and no ok outcome: nothing left to count
   std::size_t breakers_dropped = 0;
   std::size_t budgets_dropped = 0;  ///< budgets of scenarios gone from this table
 };

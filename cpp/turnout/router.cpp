@@ -1,10 +1,12 @@
 #include "turnout/router.hpp"
 
 #include <algorithm>
+#include <functional>
 
 #include "turnout/detail/fast_path_access.hpp"
 #include "turnout/prefix.hpp"
 #include "turnout/pricing.hpp"
+#include "turnout/protocol.hpp"
 
 namespace turnout {
 namespace {
@@ -12,6 +14,33 @@ namespace {
 void roll_budget(BudgetState& b, TimeMs now) {
   const std::int64_t day = budget_day(now);
   if (b.day != day) b = BudgetState{day, Money{}, Money{}};
+}
+
+/// Stale ids (settled decisions, ended leases) a queue may hold before it is swept: amortized O(1).
+constexpr std::size_t kSweepSlack = 1024;
+constexpr auto kLeaseOrder = std::greater<>{};  // std::*_heap with it: a min-heap on lease_until
+
+/// Calls `f(scenario, target)` for each ledger row a table lists: the rows a scenario routes to (in
+/// its order: routes, spillover, fallbacks), then any other row with activity or carried over.
+template <class F>
+void for_each_listed_row(const Config& config, const RouterState& state, F&& f) {
+  std::vector<std::uint8_t> seen(config.targets.size(), 0);
+  for (std::uint32_t si = 0; si < config.scenarios.size(); ++si) {
+    const Scenario& s = config.scenarios[si];
+    std::fill(seen.begin(), seen.end(), 0);
+    const auto visit = [&](std::uint32_t ti) {
+      if (seen[ti] != 0) return;
+      seen[ti] = 1;
+      f(si, ti);
+    };
+    for (const auto& r : s.routes) visit(r.target);
+    if (s.spillover) visit(s.spillover->target);
+    for (std::uint32_t ti : s.fallback) visit(ti);
+    for (std::uint32_t ti = 0; ti < config.targets.size(); ++ti) {
+      const std::size_t row = static_cast<std::size_t>(si) * state.target_count + ti;
+      if (state.listed[row] != 0 || !(state.ledger[row] == Counters{})) visit(ti);
+    }
+  }
 }
 
 }  // namespace
@@ -145,10 +174,14 @@ void Router::commit(Decision& d, TimeMs now) {
       state_.maas->store(state_.maas_holder[d.placement.target], d.prefix, now);
     }
   }
-  std::vector<std::uint64_t> learned = std::move(d.prefix);  // the pending entry does not keep it
+  // The pending entry keeps neither the prefix nor the reasons.
+  std::vector<std::uint64_t> learned = std::move(d.prefix);
+  std::vector<Reason> reasons = std::move(d.reasons);
   PendingDecision p;
   p.decision = d;
   d.prefix = std::move(learned);
+  d.reasons = std::move(reasons);
+  p.lease_until = now + std::min(inflight_lease_ms(config_->scenarios[d.scenario]), options_.decision_ttl_ms);
   ++state_.inflight[unit];
   p.active_blocks = d.active_blocks;
   state_.active_blocks[unit] += d.active_blocks;
@@ -162,13 +195,15 @@ void Router::commit(Decision& d, TimeMs now) {
   Counters& c = state_.counters(d.scenario, d.placement.target);
   ++c.requests;
   if (d.spilled) ++c.spillovers;
+  state_.leases.emplace_back(p.lease_until, d.id);
+  std::push_heap(state_.leases.begin(), state_.leases.end(), kLeaseOrder);
   state_.pending.emplace(d.id, std::move(p));
   state_.pending_order.push_back(d.id);
 }
 
 void Router::release(PendingDecision& p) {
-  if (!p.reservation_open) return;
-  p.reservation_open = false;
+  if (!p.lease_open) return;
+  p.lease_open = false;
   const Placement& pl = p.decision.placement;
   const std::size_t unit = state_.unit(pl.target, pl.replica);
   --state_.inflight[unit];
@@ -184,7 +219,40 @@ void Router::release(PendingDecision& p) {
   }
 }
 
+void Router::settle_if_done(std::unordered_map<std::uint64_t, PendingDecision>::iterator it) {
+  const PendingDecision& p = it->second;
+  if (p.lease_open || p.served_target == kNone) return;
+  state_.settled.emplace(it->first, SettledDecision{.at = p.decision.at,
+                                                    .served_cost = p.served_cost,
+                                                    .scenario = p.decision.scenario,
+                                                    .served_target = p.served_target,
+                                                    .verdict_given = p.verdict_given});
+  state_.settled_order.push_back(it->first);
+  state_.pending.erase(it);  // its id stays in pending_order until swept or expired
+}
+
+void Router::expire_leases(TimeMs now) {
+  auto& heap = state_.leases;
+  while (!heap.empty() && heap.front().first <= now) {
+    const auto [until, id] = heap.front();
+    std::pop_heap(heap.begin(), heap.end(), kLeaseOrder);
+    heap.pop_back();
+    auto it = state_.pending.find(id);
+    if (it == state_.pending.end() || !it->second.lease_open || it->second.lease_until != until) continue;
+    release(it->second);  // the decision stays pending: a late report still counts, once
+    settle_if_done(it);
+  }
+  if (heap.size() > 2 * state_.pending.size() + kSweepSlack) {
+    std::erase_if(heap, [&](const auto& lease) {
+      auto it = state_.pending.find(lease.second);
+      return it == state_.pending.end() || !it->second.lease_open || it->second.lease_until != lease.first;
+    });
+    std::make_heap(heap.begin(), heap.end(), kLeaseOrder);
+  }
+}
+
 void Router::expire(TimeMs now, std::size_t room) {
+  expire_leases(now);
   while (!state_.pending_order.empty()) {
     const std::uint64_t id = state_.pending_order.front();
     auto it = state_.pending.find(id);
@@ -196,6 +264,45 @@ void Router::expire(TimeMs now, std::size_t room) {
     }
     state_.pending_order.pop_front();
   }
+  if (state_.pending_order.size() > 2 * state_.pending.size() + kSweepSlack) {
+    std::erase_if(state_.pending_order, [&](std::uint64_t id) { return !state_.pending.contains(id); });
+  }
+  while (!state_.settled_order.empty()) {
+    auto it = state_.settled.find(state_.settled_order.front());
+    if (it != state_.settled.end()) {
+      const bool old = now - it->second.at >= options_.decision_ttl_ms;
+      if (!old && state_.settled.size() <= options_.max_settled) break;
+      state_.settled.erase(it);
+    }
+    state_.settled_order.pop_front();
+  }
+}
+
+SettledDecision* Router::find_settled(std::uint64_t id, TimeMs now) {
+  auto it = state_.settled.find(id);
+  // Settled in settle order, so one decided earlier may wait behind a newer one: check its age here.
+  if (it == state_.settled.end() || now - it->second.at >= options_.decision_ttl_ms) return nullptr;
+  return &it->second;
+}
+
+Counters& Router::verdict_row(const SettledDecision& s) {
+  return s.scenario == kNone ? state_.retired[s.served_target].counters : state_.counters(s.scenario, s.served_target);
+}
+
+Result<ReportReceipt> Router::report_settled(SettledDecision& s, std::uint64_t id, std::uint32_t target,
+                                             const OutcomeReport& r) {
+  const std::string& served =
+      s.scenario == kNone ? state_.retired[s.served_target].target : config_->targets[s.served_target].name;
+  if (served != config_->targets[target].name) {
+    return make_error(ErrorCode::target_not_allowed, "decision " + std::to_string(id) + " was answered by '" + served +
+                                                         "' and its lease has ended: no other outcome is taken for it");
+  }
+  ReportReceipt receipt;
+  receipt.duplicate = true;
+  if (r.accepted && !s.verdict_given) {
+    if (auto v = apply_verdict(s, id, *r.accepted); !v) return std::move(v).error();
+  }
+  return receipt;
 }
 
 Result<ReportReceipt> Router::report(const OutcomeReport& r) {
@@ -212,6 +319,7 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   expire(r.now);
   auto it = state_.pending.find(r.decision_id);
   if (it == state_.pending.end()) {
+    if (SettledDecision* s = find_settled(r.decision_id, r.now)) return report_settled(*s, r.decision_id, target, r);
     return make_error(ErrorCode::unknown_decision,
                       "unknown decision id " + std::to_string(r.decision_id) + " (never issued, or expired)");
   }
@@ -290,6 +398,7 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   if (r.accepted && !p.verdict_given) {
     if (auto v = apply_verdict(p, *r.accepted); !v) return std::move(v).error();
   }
+  settle_if_done(it);
   return receipt;
 }
 
@@ -309,13 +418,34 @@ Result<Ok> Router::apply_verdict(PendingDecision& p, bool accepted) {
   return Ok{};
 }
 
+Result<Ok> Router::apply_verdict(SettledDecision& s, std::uint64_t id, bool accepted) {
+  if (s.served_target == kNone) {
+    return make_error(ErrorCode::invalid_argument,
+                      "decision " + std::to_string(id) + " has no ok outcome to give a verdict on");
+  }
+  s.verdict_given = true;
+  Counters& c = verdict_row(s);
+  if (accepted) {
+    ++c.accepted;
+    c.accepted_cost += s.served_cost;
+  } else {
+    ++c.rejected;
+  }
+  return Ok{};
+}
+
 Result<Ok> Router::verdict(std::uint64_t decision_id, bool accepted, TimeMs now) {
   std::lock_guard lock(mu_);
   expire(now);
   auto it = state_.pending.find(decision_id);
   if (it == state_.pending.end()) {
-    return make_error(ErrorCode::unknown_decision,
-                      "unknown decision id " + std::to_string(decision_id) + " (never issued, or expired)");
+    SettledDecision* s = find_settled(decision_id, now);
+    if (s == nullptr) {
+      return make_error(ErrorCode::unknown_decision,
+                        "unknown decision id " + std::to_string(decision_id) + " (never issued, or expired)");
+    }
+    if (s->verdict_given) return Ok{};  // idempotent
+    return apply_verdict(*s, decision_id, accepted);
   }
   if (it->second.verdict_given) return Ok{};  // idempotent
   return apply_verdict(it->second, accepted);
@@ -330,19 +460,16 @@ Counters Router::counter(std::uint32_t scenario, std::uint32_t target) const {
 std::vector<CounterRow> Router::counters() const {
   std::lock_guard lock(mu_);
   std::vector<CounterRow> rows;
-  for (std::uint32_t si = 0; si < config_->scenarios.size(); ++si) {
-    const Scenario& s = config_->scenarios[si];
-    std::vector<std::uint32_t> targets;
-    for (const auto& r : s.routes) targets.push_back(r.target);
-    if (s.spillover) targets.push_back(s.spillover->target);
-    targets.insert(targets.end(), s.fallback.begin(), s.fallback.end());
-    std::vector<std::uint8_t> seen(config_->targets.size(), 0);
-    for (std::uint32_t ti : targets) {
-      if (seen[ti] != 0) continue;
-      seen[ti] = 1;
-      rows.push_back({si, ti, state_.ledger[static_cast<std::size_t>(si) * state_.target_count + ti]});
-    }
-  }
+  for_each_listed_row(*config_, state_, [&](std::uint32_t si, std::uint32_t ti) {
+    rows.push_back({si, ti, state_.ledger[static_cast<std::size_t>(si) * state_.target_count + ti]});
+  });
+  return rows;
+}
+
+std::vector<LedgerEntry> Router::retired_counters() const {
+  std::lock_guard lock(mu_);
+  std::vector<LedgerEntry> rows;
+  for (const RetiredRow& r : state_.retired) rows.push_back({r.scenario, r.target, r.counters});
   return rows;
 }
 
@@ -353,7 +480,10 @@ Result<Ok> Router::restore_counters(const std::vector<CounterRow>& rows) {
     }
   }
   std::lock_guard lock(mu_);
-  for (const auto& row : rows) state_.counters(row.scenario, row.target) = row.counters;
+  for (const auto& row : rows) {
+    state_.counters(row.scenario, row.target) = row.counters;
+    state_.listed[static_cast<std::size_t>(row.scenario) * state_.target_count + row.target] = 1;
+  }
   return Ok{};
 }
 
@@ -490,7 +620,7 @@ std::vector<DirectoryRow> Router::directory_stats() const {
 
 std::size_t Router::pending_decisions() const {
   std::lock_guard lock(mu_);
-  return state_.pending.size();
+  return state_.pending.size() + state_.settled.size();
 }
 
 void Router::live_state(std::vector<detail::LiveUnit>& units, std::vector<detail::LiveBudget>& budgets) const {
@@ -547,12 +677,240 @@ void Router::expire_directories(TimeMs now) {
 
 bool Router::has_pending(std::uint64_t decision_id) const {
   std::lock_guard lock(mu_);
-  return state_.pending.contains(decision_id);
+  return state_.pending.contains(decision_id) || state_.settled.contains(decision_id);
+}
+
+std::size_t Router::release_ring(std::uint32_t ring) {
+  std::lock_guard lock(mu_);
+  std::vector<std::uint64_t> released;
+  for (auto& [id, p] : state_.pending) {
+    if (!protocol::is_fast_id(id) || protocol::ring_of(id) != ring || !p.lease_open) continue;
+    release(p);
+    released.push_back(id);
+  }
+  for (std::uint64_t id : released) settle_if_done(state_.pending.find(id));
+  return released.size();
 }
 
 std::uint64_t Router::next_decision_id() const {
   std::lock_guard lock(mu_);
   return next_id_;
+}
+
+PlacementName Router::placement_name(const Placement& p) const {
+  if (p.target == kNone) return {};
+  const Target& t = config_->targets[p.target];
+  return {t.name, p.replica == kNone ? std::string() : t.replicas[p.replica].endpoint};
+}
+
+std::optional<Placement> Router::find_placement(const PlacementName& name) const {
+  const std::uint32_t ti = config_->find_target(name.target);
+  if (ti == kNone) return std::nullopt;
+  const Target& t = config_->targets[ti];
+  if (t.kind == TargetKind::maas) {
+    if (!name.replica.empty()) return std::nullopt;
+    return Placement{ti, kNone};
+  }
+  for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
+    if (t.replicas[r].endpoint == name.replica) return Placement{ti, r};
+  }
+  return std::nullopt;
+}
+
+std::uint32_t Router::retired_row(const std::string& scenario, const std::string& target) {
+  for (std::uint32_t i = 0; i < state_.retired.size(); ++i) {
+    if (state_.retired[i].scenario == scenario && state_.retired[i].target == target) return i;
+  }
+  state_.retired.push_back({scenario, target, {}});
+  return static_cast<std::uint32_t>(state_.retired.size() - 1);
+}
+
+LiveState Router::export_state() const {
+  std::lock_guard lock(mu_);
+  const Config& c = *config_;
+  LiveState out;
+  for_each_listed_row(c, state_, [&](std::uint32_t si, std::uint32_t ti) {
+    out.ledger.push_back({c.scenarios[si].name, c.targets[ti].name,
+                          state_.ledger[static_cast<std::size_t>(si) * state_.target_count + ti]});
+  });
+  for (const RetiredRow& r : state_.retired) out.ledger.push_back({r.scenario, r.target, r.counters});
+
+  for (std::uint32_t si = 0; si < c.scenarios.size(); ++si) {
+    const BudgetState& b = state_.budgets[si];
+    if (b.day != INT64_MIN) out.budgets.push_back({c.scenarios[si].name, b.day, b.spent, b.reserved});
+  }
+
+  for (std::uint32_t ti = 0; ti < c.targets.size(); ++ti) {
+    const Target& t = c.targets[ti];
+    const std::uint32_t n = t.kind == TargetKind::maas ? 1 : static_cast<std::uint32_t>(t.replicas.size());
+    for (std::uint32_t r = 0; r < n; ++r) {
+      const Placement pl{ti, t.kind == TargetKind::maas ? kNone : r};
+      const Breaker& b = state_.breakers[state_.unit(pl.target, pl.replica)];
+      out.breakers.push_back({placement_name(pl), b.stored_phase(), b.probe_inflight(), b.opened_at(),
+                              b.consecutive_failures(), b.times_opened()});
+    }
+  }
+
+  const auto target_name = [&](std::uint32_t ti) { return ti == kNone ? std::string() : c.targets[ti].name; };
+  for (const auto& [id, p] : state_.pending) {
+    const Decision& d = p.decision;
+    PendingEntry e{.id = id,
+                   .at = d.at,
+                   .scenario = c.scenarios[d.scenario].name,
+                   .placement = placement_name(d.placement),
+                   .reserved_cost = d.reserved_cost,
+                   .budget_day = p.budget_day,
+                   .lease_open = p.lease_open,
+                   .lease_until = p.lease_until,
+                   .probe = p.probe,
+                   .active_blocks = p.active_blocks,
+                   .served_target = target_name(p.served_target),
+                   .served_cost = p.served_cost,
+                   .verdict_given = p.verdict_given};
+    for (const Placement& f : d.fallbacks) e.fallbacks.push_back(placement_name(f));
+    for (std::uint32_t ti : p.reported_targets) e.reported_targets.push_back(target_name(ti));
+    out.pending.push_back(std::move(e));
+  }
+  for (const auto& [id, s] : state_.settled) {
+    const bool retired = s.scenario == kNone;
+    std::string scenario = retired ? state_.retired[s.served_target].scenario : c.scenarios[s.scenario].name;
+    std::string served = retired ? state_.retired[s.served_target].target : c.targets[s.served_target].name;
+    out.pending.push_back({.id = id,
+                           .at = s.at,
+                           .scenario = std::move(scenario),
+                           .placement = {served, {}},
+                           .reported_targets = {served},
+                           .served_target = served,
+                           .served_cost = s.served_cost,
+                           .verdict_given = s.verdict_given});
+  }
+  std::sort(out.pending.begin(), out.pending.end(),
+            [](const PendingEntry& a, const PendingEntry& b) { return a.id < b.id; });
+  return out;
+}
+
+ImportReport Router::import_state(const LiveState& state) {
+  std::lock_guard lock(mu_);
+  const Config& c = *config_;
+  state_.ledger.assign(state_.ledger.size(), Counters{});
+  state_.listed.assign(state_.listed.size(), 0);
+  state_.retired.clear();
+  state_.budgets.assign(state_.budgets.size(), BudgetState{});
+  state_.breakers.assign(state_.breakers.size(), Breaker{});
+  state_.inflight.assign(state_.inflight.size(), 0);
+  state_.active_blocks.assign(state_.active_blocks.size(), 0);
+  state_.pending.clear();
+  state_.pending_order.clear();
+  state_.leases.clear();
+  state_.settled.clear();
+  state_.settled_order.clear();
+  ImportReport report;
+
+  for (const LedgerEntry& e : state.ledger) {
+    const std::uint32_t si = c.find_scenario(e.scenario);
+    const std::uint32_t ti = c.find_target(e.target);
+    if (si != kNone && ti != kNone) {
+      state_.counters(si, ti) = e.counters;
+      state_.listed[static_cast<std::size_t>(si) * state_.target_count + ti] = 1;
+    } else {
+      state_.retired[retired_row(e.scenario, e.target)].counters = e.counters;
+    }
+    ++report.rows;
+  }
+
+  // Reservations are not taken from the entries: the open leases below re-take them.
+  for (const BudgetEntry& e : state.budgets) {
+    const std::uint32_t si = c.find_scenario(e.scenario);
+    if (si == kNone) {
+      ++report.budgets_dropped;
+      continue;
+    }
+    state_.budgets[si] = BudgetState{e.day, e.spent, Money{}};
+  }
+
+  // So is the probe: a probe in flight is a lease's.
+  for (const BreakerEntry& e : state.breakers) {
+    const auto pl = find_placement(e.unit);
+    if (!pl) {
+      ++report.breakers_dropped;
+      continue;
+    }
+    state_.breakers[state_.unit(pl->target, pl->replica)].restore(e.phase, false, e.opened_at, e.consecutive_failures,
+                                                                  e.times_opened);
+  }
+
+  std::vector<const PendingEntry*> order;
+  for (const PendingEntry& e : state.pending) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const PendingEntry* a, const PendingEntry* b) {
+    return a->at != b->at ? a->at < b->at : a->id < b->id;
+  });
+  for (const PendingEntry* e : order) {
+    if (state_.pending.contains(e->id) || state_.settled.contains(e->id)) continue;  // a repeated id: the first wins
+    if (!protocol::is_fast_id(e->id)) next_id_ = std::max(next_id_, e->id + 1);
+    const std::uint32_t si = c.find_scenario(e->scenario);
+    const std::uint32_t served = e->served_target.empty() ? kNone : c.find_target(e->served_target);
+    const auto placement = find_placement(e->placement);
+    const bool lease = e->lease_open && si != kNone && placement.has_value() && e->served_target.empty();
+    if (e->lease_open && !lease) ++report.leases_dropped;
+    if (!e->served_target.empty()) {
+      // Answered: only its verdict can still count, into its row by names.
+      SettledDecision s{.at = e->at,
+                        .served_cost = e->served_cost,
+                        .scenario = si,
+                        .served_target = served,
+                        .verdict_given = e->verdict_given};
+      if (si == kNone || served == kNone) {
+        s.scenario = kNone;
+        s.served_target = retired_row(e->scenario, e->served_target);
+      }
+      state_.settled.emplace(e->id, s);
+      state_.settled_order.push_back(e->id);
+      ++report.pending;
+      continue;
+    }
+    if (si == kNone) {
+      ++report.pending_dropped;
+      continue;
+    }
+    PendingDecision p;
+    Decision& d = p.decision;
+    d.id = e->id;
+    d.scenario = si;
+    d.placement = placement.value_or(Placement{});  // gone: reports to its fallbacks still count
+    for (const PlacementName& f : e->fallbacks) {
+      if (auto fp = find_placement(f)) d.fallbacks.push_back(*fp);
+    }
+    d.reserved_cost = e->reserved_cost;
+    d.active_blocks = e->active_blocks;
+    d.config_version = c.content_hash;
+    d.at = e->at;
+    p.budget_day = e->budget_day;
+    p.lease_open = lease;
+    p.lease_until = e->lease_until;
+    p.probe = lease && e->probe;
+    p.active_blocks = e->active_blocks;
+    for (const std::string& name : e->reported_targets) {
+      if (const std::uint32_t ti = c.find_target(name); ti != kNone) p.reported_targets.push_back(ti);
+    }
+    p.verdict_given = e->verdict_given;
+    if (lease) {
+      const std::size_t unit = state_.unit(placement->target, placement->replica);
+      ++state_.inflight[unit];
+      state_.active_blocks[unit] += p.active_blocks;
+      if (p.probe) {
+        Breaker& b = state_.breakers[unit];
+        b.restore(b.stored_phase(), true, b.opened_at(), b.consecutive_failures(), b.times_opened());
+      }
+      BudgetState& budget = state_.budgets[si];
+      if (c.scenarios[si].budget_per_day && budget.day == p.budget_day) budget.reserved += d.reserved_cost;
+      state_.leases.emplace_back(p.lease_until, d.id);
+      std::push_heap(state_.leases.begin(), state_.leases.end(), kLeaseOrder);
+    }
+    state_.pending.emplace(d.id, std::move(p));
+    state_.pending_order.push_back(e->id);
+    ++report.pending;
+  }
+  return report;
 }
 
 }  // namespace turnout

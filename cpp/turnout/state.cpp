@@ -160,6 +160,7 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
   maas_index = maas.get();
   budgets.resize(config.scenarios.size());
   ledger.resize(config.scenarios.size() * target_count);
+  listed.resize(ledger.size(), 0);
 }
 
 }  // namespace turnout

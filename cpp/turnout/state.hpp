@@ -44,6 +44,16 @@ class Breaker {
   /// The stored phase (an open breaker past its cooldown still says open) and when it opened.
   [[nodiscard]] Phase stored_phase() const noexcept { return phase_; }
   [[nodiscard]] TimeMs opened_at() const noexcept { return opened_at_; }
+  /// Takes a carried-over state (a reload or restart); the error-rate window restarts empty.
+  void restore(Phase phase, bool probe_inflight, TimeMs opened_at, std::uint32_t consecutive_failures,
+               std::uint64_t times_opened) noexcept {
+    *this = Breaker{};
+    phase_ = phase;
+    probe_inflight_ = probe_inflight;
+    opened_at_ = opened_at;
+    consecutive_failures_ = consecutive_failures;
+    times_opened_ = times_opened;
+  }
   /// Takes the phase another router published (a client mirroring the sidecar's breakers).
   void mirror(Phase phase, bool probe_inflight, TimeMs opened_at) noexcept {
     phase_ = phase;
@@ -82,16 +92,36 @@ struct BudgetState {
 };
 
 /// A decision waiting for its outcome(s) and verdict. Reports are idempotent per (decision, target).
+/// Its lease (in-flight slot, active blocks, probe, budget reservation) ends at its first outcome or
+/// at `lease_until`, whichever comes first; the decision itself waits until decision_ttl.
 struct PendingDecision {
-  Decision decision;
+  Decision decision;  ///< without its reasons and prefix (not needed after commit)
   std::int64_t budget_day = -1;
-  bool reservation_open = true;    ///< budget reservation and in-flight slot still held
+  bool lease_open = true;  ///< budget reservation, in-flight slot (and probe) still held
+  TimeMs lease_until = 0;
   bool probe = false;              ///< holds the half-open probe of its placement
   std::int64_t active_blocks = 0;  ///< added to its replica's active blocks until released
   std::vector<std::uint32_t> reported_targets;
   std::uint32_t served_target = kNone;  ///< target whose ok report answered the request
   Money served_cost;
   bool verdict_given = false;
+};
+
+/// A decision whose outcome is in and whose lease has ended: all its verdict still needs (32 bytes,
+/// against several hundred for a PendingDecision), so the verdict window holds at high rates.
+struct SettledDecision {
+  TimeMs at = 0;
+  Money served_cost;
+  std::uint32_t scenario = kNone;  ///< kNone: the row is RouterState::retired[served_target]
+  std::uint32_t served_target = kNone;
+  bool verdict_given = false;
+};
+
+/// A ledger row of a scenario or target the current table no longer has, kept by names.
+struct RetiredRow {
+  std::string scenario;
+  std::string target;
+  Counters counters;
 };
 
 /// What a pool's KV-event ingestion did, per replica.
@@ -150,8 +180,16 @@ struct RouterState {
   std::map<std::uint32_t, std::vector<KvCacheGroups>> pool_groups;  ///< per pool target, per replica: learned kinds
   std::vector<BudgetState> budgets;                                 ///< per scenario
   std::vector<Counters> ledger;                                     ///< scenario-major
+  std::vector<std::uint8_t> listed;  ///< per ledger row: carried over, so listed even while zero
+  std::vector<RetiredRow> retired;   ///< rows of scenarios/targets this table does not have
   std::unordered_map<std::uint64_t, PendingDecision> pending;
-  std::deque<std::uint64_t> pending_order;  ///< decision ids, oldest first, for expiry
+  /// Decision ids, oldest first, for expiry; ids of decisions since settled are skipped (and swept
+  /// out when they outnumber the pending ones).
+  std::deque<std::uint64_t> pending_order;
+  /// Open leases as a min-heap on (lease_until, id); an entry whose lease ended earlier is skipped.
+  std::vector<std::pair<TimeMs, std::uint64_t>> leases;
+  std::unordered_map<std::uint64_t, SettledDecision> settled;
+  std::deque<std::uint64_t> settled_order;  ///< settled ids in the order they settled, for expiry
 };
 
 }  // namespace turnout

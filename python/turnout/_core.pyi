@@ -73,6 +73,7 @@ class Router:
         seed: int = 0,
         decision_ttl_s: float = 3600.0,
         max_pending: int = 262144,
+        max_settled: int = 8388608,
     ) -> None: ...
     def route(
         self,

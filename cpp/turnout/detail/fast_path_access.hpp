@@ -69,6 +69,10 @@ class FastPathAccess {
   static void observe_directory(Router& router, std::uint32_t target, MaskObserver* observer) {
     router.observe_directory(target, observer);
   }
+  /// Ends the leases of a reaped fast-path client's decisions (ids of ring `ring`): their in-flight
+  /// slots, probes and budget reservations are freed now; they stay pending for reports and verdicts.
+  /// Returns how many leases it ended.
+  static std::size_t release_ring(Router& router, std::uint32_t ring) { return router.release_ring(ring); }
   /// The id the router's next decision gets (a client's ring continues its sequence from it).
   [[nodiscard]] static std::uint64_t next_decision_id(const Router& router) { return router.next_decision_id(); }
 };
