@@ -103,7 +103,7 @@ struct Sidecar {
         if (apply.load()) {
           server->drain_rings(kNow);
         } else {
-          discard->drain([](std::uint32_t, std::string_view) {}, 1U << 20);
+          discard->drain([](std::uint32_t, std::string_view) { return shm::RecordFate{}; }, 1U << 20);
         }
         std::this_thread::sleep_for(std::chrono::microseconds(100));
       }

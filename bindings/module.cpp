@@ -475,16 +475,19 @@ void bind_decision(py::module_& m) {
 void bind_router(py::module_& m) {
   py::class_<Router>(m, "Router", "In-process router: the same decisions the sidecar makes.")
       .def(py::init([](const ConfigHandle& config, std::uint64_t seed, double decision_ttl_s, std::size_t max_pending,
-                       std::size_t max_settled) {
+                       std::size_t max_settled, std::uint64_t first_decision_id) {
              if (!(decision_ttl_s > 0)) raise({ErrorCode::invalid_argument, "decision_ttl_s must be positive"});
+             if (first_decision_id == 0) raise({ErrorCode::invalid_argument, "first_decision_id must be positive"});
              return std::make_unique<Router>(
                  config.ptr, RouterOptions{.seed = seed,
                                            .decision_ttl_ms = static_cast<TimeMs>(decision_ttl_s * 1000.0),
                                            .max_pending = max_pending,
-                                           .max_settled = max_settled});
+                                           .max_settled = max_settled,
+                                           .first_decision_id = first_decision_id});
            }),
            py::arg("config"), py::arg("seed") = 0, py::arg("decision_ttl_s") = 3600.0,
-           py::arg("max_pending") = RouterOptions{}.max_pending, py::arg("max_settled") = RouterOptions{}.max_settled)
+           py::arg("max_pending") = RouterOptions{}.max_pending, py::arg("max_settled") = RouterOptions{}.max_settled,
+           py::arg("first_decision_id") = RouterOptions{}.first_decision_id)
       .def("route", &decide_py<true>, ROUTE_ARGS,
            "Decides where a request of `scenario` goes and commits the decision.")
       .def("explain", &decide_py<false>, ROUTE_ARGS, "What route() would decide now, without committing anything.")

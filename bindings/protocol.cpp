@@ -36,6 +36,10 @@ void bind_protocol(py::module_& m) {
   py::module_ p = m.def_submodule("protocol", "The sidecar's wire protocol (docs/protocol.md): names and limits.");
   p.attr("VERSION") = protocol::kVersion;
   p.attr("MAX_MESSAGE_BYTES") = protocol::kMaxMessageBytes;
+  // A client's fallback Router numbers its decisions LOCAL_ID_BIT | tag << LOCAL_TAG_SHIFT | sequence.
+  p.attr("LOCAL_ID_BIT") = protocol::kLocalIdBit;
+  p.attr("LOCAL_TAG_SHIFT") = protocol::kLocalTagShift;
+  p.attr("LOCAL_TAG_MASK") = protocol::kLocalTagMask;
   py::list ops;
   py::list ring_ops;
   for (const auto& op : protocol::kOps) {

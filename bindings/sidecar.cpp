@@ -13,6 +13,7 @@
 #include "errors.hpp"
 #include "rows.hpp"
 #include "turnout/client/counters.hpp"
+#include "turnout/client/fastpath.hpp"
 
 namespace py = pybind11;
 using namespace turnout;
@@ -54,6 +55,32 @@ void bind_sidecar(py::module_& m) {
             return d;
           },
           "The segment header: owner pid, generation, last heartbeat (seconds), config version, ready.");
+
+  // FastPath is bound by module.cpp; what the sidecar tells its ring is added here.
+  py::reinterpret_borrow<py::class_<client::FastClient>>(m.attr("FastPath"))
+      .def(
+          "feedback",
+          [](client::FastClient& f) {
+            const client::RingFeedback fb = f.feedback();
+            py::list rejected;
+            for (const auto& r : fb.rejected) {
+              py::dict x;
+              x["record"] = r.record;
+              x["decision_id"] = r.decision_id;
+              x["op"] = r.op ? py::object(py::str(std::string(protocol::to_string(*r.op)))) : py::object(py::none());
+              x["code"] = std::string(to_string(r.code));
+              rejected.append(x);
+            }
+            py::dict d;
+            d["posted"] = fb.posted;
+            d["settled"] = fb.settled;
+            d["missed"] = fb.missed;
+            d["rejected"] = rejected;
+            return d;
+          },
+          "What the sidecar made of this ring's records: `posted` (the last record's number), `settled` "
+          "(records up to it are applied or refused), the records it refused since the last call "
+          "(record, decision_id, op, code) and `missed` (refusals overwritten before they were read).");
 
   m.def(
       "attach_segment", [](const std::string& name) { return unwrap(client::SegmentReader::attach(name)); },

@@ -278,6 +278,13 @@ Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm) {
     if (h.magic == kRingsMagic && h.layout_version == kFastLayoutVersion && h.header_size == sizeof(RingsHeader) &&
         h.rings == kRingCount && h.ring_bytes == kRingBytes && same_fingerprint(h.fingerprint)) {
       r->region_ = std::move(old).value();
+      // A record the dead sidecar took out but never settled: perhaps applied, perhaps not.
+      const shm::RecordFate unknown{false, 0, static_cast<std::uint32_t>(ErrorCode::unavailable),
+                                    static_cast<std::uint32_t>(protocol::kOps.size())};
+      char* rings = static_cast<char*>(r->region_->get_address()) + sizeof(RingsHeader);
+      for (std::uint32_t i = 0; i < kRingCount; ++i) {
+        shm::ring_recover(*reinterpret_cast<shm::RingHeader*>(rings + i * ring_stride()), unknown);
+      }
     }
   }
   if (!r->region_) {
@@ -308,7 +315,8 @@ std::uint32_t RingReader::clients() const noexcept {
   return n;
 }
 
-std::size_t RingReader::drain(const std::function<void(std::uint32_t, std::string_view)>& apply, std::size_t budget) {
+std::size_t RingReader::drain(const std::function<shm::RecordFate(std::uint32_t, std::string_view)>& apply,
+                              std::size_t budget) {
   std::size_t applied = 0;
   const auto now = std::chrono::steady_clock::now().time_since_epoch();
   const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
@@ -321,7 +329,7 @@ std::size_t RingReader::drain(const std::function<void(std::uint32_t, std::strin
     auto& rh = *reinterpret_cast<shm::RingHeader*>(base_ + sizeof(RingsHeader) + i * ring_stride());
     const char* data = base_ + sizeof(RingsHeader) + i * ring_stride() + sizeof(shm::RingHeader);
     const auto drained = shm::ring_drain<kRingBytes>(rh, data, record_, budget - applied,
-                                                     [&](std::string_view record) { apply(i, record); });
+                                                     [&](std::string_view record) { return apply(i, record); });
     applied += drained.applied;
     // A client that died leaves its ring to be drained, then free.
     const std::int64_t pid = rh.owner_pid.load(std::memory_order_relaxed);

@@ -14,6 +14,7 @@
 #include "turnout/directory.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
+#include "turnout/shm/ring.hpp"
 
 namespace boost::interprocess {
 class mapped_region;
@@ -56,7 +57,8 @@ class TablePublisher {
 };
 
 /// The sidecar's side of the rings: re-attaches a dead sidecar's rings (their records are still to
-/// be applied) or creates them.
+/// be applied; a record it died applying is reported to its client as refused, `unavailable`) or
+/// creates them. It tells each ring's client what became of its records (shm::RingHeader's feedback).
 class RingReader {
  public:
   [[nodiscard]] static Result<std::unique_ptr<RingReader>> open(const std::string& shm);
@@ -64,11 +66,13 @@ class RingReader {
   RingReader(const RingReader&) = delete;
   RingReader& operator=(const RingReader&) = delete;
 
-  /// Hands every waiting record to `apply` (at most `budget` of them); frees rings of dead clients
-  /// once empty. Returns how many records it applied.
+  /// Hands every waiting record to `apply` (at most `budget` of them), which answers what became of
+  /// it (a refused record is written to its ring's rejections for the client to read); frees rings of
+  /// dead clients once empty. Returns how many records it applied.
   /// Each record is copied out and consumed before `apply` sees it: a record that brings the sidecar
   /// down is not applied twice (nor forever).
-  std::size_t drain(const std::function<void(std::uint32_t ring, std::string_view)>& apply, std::size_t budget = 4096);
+  std::size_t drain(const std::function<shm::RecordFate(std::uint32_t ring, std::string_view)>& apply,
+                    std::size_t budget = 4096);
   [[nodiscard]] std::uint32_t clients() const noexcept;
 
  private:

@@ -263,6 +263,7 @@ struct Handler {
   static Result<Ok> stats(Server& s, const Call& c);
   static Result<Ok> health(Server& s, const Call& c);
   static Result<Ok> reload(Server& s, const Call& c);
+  static Result<Ok> settle_local(Server& s, const Call& c);
 
  private:
   static Result<Ok> decide(Server& s, const Call& c, bool commit);
@@ -280,10 +281,15 @@ struct HandlerEntry {
 
 /// Every op's handler, in the op table's order (checked below).
 constexpr std::array kHandlers{
-    HandlerEntry{protocol::Op::route, &Handler::route},   HandlerEntry{protocol::Op::explain, &Handler::explain},
-    HandlerEntry{protocol::Op::report, &Handler::report}, HandlerEntry{protocol::Op::verdict, &Handler::verdict},
-    HandlerEntry{protocol::Op::adopt, &Handler::adopt},   HandlerEntry{protocol::Op::stats, &Handler::stats},
-    HandlerEntry{protocol::Op::health, &Handler::health}, HandlerEntry{protocol::Op::reload, &Handler::reload},
+    HandlerEntry{protocol::Op::route, &Handler::route},
+    HandlerEntry{protocol::Op::explain, &Handler::explain},
+    HandlerEntry{protocol::Op::report, &Handler::report},
+    HandlerEntry{protocol::Op::verdict, &Handler::verdict},
+    HandlerEntry{protocol::Op::adopt, &Handler::adopt},
+    HandlerEntry{protocol::Op::stats, &Handler::stats},
+    HandlerEntry{protocol::Op::health, &Handler::health},
+    HandlerEntry{protocol::Op::reload, &Handler::reload},
+    HandlerEntry{protocol::Op::settle_local, &Handler::settle_local},
 };
 
 constexpr bool handlers_in_order() {
@@ -453,6 +459,67 @@ Result<Ok> Handler::reload(Server& s, const Call& c) {
   return Ok{};
 }
 
+/// Imports a decision a client made locally, by names into the current table at the sidecar's clock:
+/// the request, its outcomes (priced here) and its verdict are counted as if it had been routed here,
+/// and it stays pending under a sidecar id for the reports and verdict still to come. A spool id
+/// already imported is not applied again.
+Result<Ok> Handler::settle_local(Server& s, const Call& c) {
+  auto req = protocol::decode_settle_local_request(c.request.fields);
+  if (!req) return std::move(req).error();
+  if (!s.settlements_) {
+    auto opened = LocalSettlements::open(s.segment_->name());
+    if (!opened) return std::move(opened).error();
+    s.settlements_ = std::move(opened).value();
+  }
+  if (const auto known = s.settlements_->find(req->spool_id)) {
+    protocol::encode_settle_local_reply(c.body, {*known, true, 0});
+    return Ok{};
+  }
+  Router& router = *s.router_;
+  const Config& config = *router.config();
+  Decision d;
+  d.scenario = config.find_scenario(req->scenario);
+  if (d.scenario == kNone) {
+    return make_error(ErrorCode::unknown_scenario, "unknown scenario '" + std::string(req->scenario) + "'");
+  }
+  auto place = [&](std::string_view name, std::string_view endpoint) -> std::optional<Placement> {
+    const std::uint32_t t = config.find_target(name);
+    if (t == kNone) return std::nullopt;
+    const Target& target = config.targets[t];
+    if (target.kind == TargetKind::maas) return Placement{t, kNone};
+    for (std::uint32_t r = 0; r < target.replicas.size(); ++r) {
+      if (endpoint.empty() || target.replicas[r].endpoint == endpoint) return Placement{t, r};
+    }
+    return std::nullopt;
+  };
+  const auto placed = place(req->target, req->endpoint);
+  if (!placed) {
+    return make_error(ErrorCode::unknown_target, "no target '" + std::string(req->target) + "' with replica '" +
+                                                     std::string(req->endpoint) + "' in this table");
+  }
+  d.placement = *placed;
+  for (const auto name : req->fallbacks) {
+    if (const auto f = place(name, {})) d.fallbacks.push_back(*f);  // a fallback gone since: not offered
+  }
+  d.reserved_cost = req->reserved_cost;
+  d.config_version = config.content_hash;
+  d.at = c.now_ms;
+  d.id = (protocol::generation_of(s.first_id_) << kGenerationShift) | protocol::kImportedIdBit |
+         s.settlements_->next_sequence();
+  if (auto adopted = detail::FastPathAccess::adopt(router, d); !adopted) return adopted;
+  protocol::LocalDecisionReply reply{d.id, false, 0};
+  for (const auto& o : req->outcomes) {
+    const OutcomeReport outcome{d.id, o.target, o.status, o.usage, o.ttft_ms, o.latency_ms, std::nullopt, c.now_ms};
+    if (!router.report(outcome)) ++reply.rejected;
+  }
+  if (req->accepted && !router.verdict(d.id, *req->accepted, c.now_ms)) ++reply.rejected;
+  s.sync_rows();
+  s.publish_state();
+  s.settlements_->remember(req->spool_id, d.id);
+  protocol::encode_settle_local_reply(c.body, reply);
+  return Ok{};
+}
+
 std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexcept {
   return handle(payload, now_ms, kNone);
 }
@@ -472,14 +539,28 @@ std::size_t Server::drain_rings(std::int64_t now_ms) {
   if (!rings_) return 0;
   return rings_->drain([&](std::uint32_t ring, std::string_view record) {
     ++ring_applied_;
-    // Nobody waits for a ring record's reply: an error is counted (and shown by stats and /metrics).
+    // Nobody waits for a ring record's reply: an error is counted (and shown by stats and /metrics),
+    // and its client reads it in its ring's feedback.
+    shm::RecordFate fate;
     try {
       protocol::Envelope request;
       protocol::MapWriter body;
-      if (!Handler::serve(*this, request, record, now_ms, ring, body)) ++ring_rejected_;
+      if (auto served = Handler::serve(*this, request, record, now_ms, ring, body); !served) {
+        const auto* id = request.fields.get(protocol::field::decision_id);
+        const auto* op = request.fields.get(protocol::field::op);  // none: the record is not a request
+        const auto known = op != nullptr && op->type == msgpack::type::STR
+                               ? protocol::op_from_string({op->via.str.ptr, op->via.str.size})
+                               : std::nullopt;
+        fate = {false, id != nullptr && id->type == msgpack::type::POSITIVE_INTEGER ? id->via.u64 : 0,
+                static_cast<std::uint32_t>(served.error().code),
+                static_cast<std::uint32_t>(known ? static_cast<std::size_t>(*known) : protocol::kOps.size())};
+      }
     } catch (...) {
-      ++ring_rejected_;
+      fate = {false, 0, static_cast<std::uint32_t>(ErrorCode::internal),
+              static_cast<std::uint32_t>(protocol::kOps.size())};
     }
+    if (!fate.applied) ++ring_rejected_;
+    return fate;
   });
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "sidecar/fastpath.hpp"
+#include "sidecar/settlements.hpp"
 #include "sidecar/shm.hpp"
 #include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
@@ -89,6 +90,7 @@ class Server {
   std::uint64_t ring_applied_ = 0;   // ring records applied
   std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
   std::int64_t last_expiry_ms_ = 0;
+  std::unique_ptr<LocalSettlements> settlements_;  // imported local decisions (opened on the first)
 
   friend struct Handler;  // the op handlers (server.cpp)
 };

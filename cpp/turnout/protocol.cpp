@@ -446,6 +446,53 @@ Result<Decision> decode_adopt_request(const Fields& f, TimeMs now) {
   });
 }
 
+Result<LocalDecisionRequest> decode_settle_local_request(const Fields& f) {
+  return decoding([&] {
+    const Reader in(f);
+    LocalDecisionRequest r;
+    r.spool_id = in.required_id(field::spool_id);
+    r.scenario = in.required_str(field::scenario);
+    r.target = in.required_str(field::target);
+    r.endpoint = in.str(field::endpoint).value_or("");
+    if (const auto* fb = in.get(field::fallbacks)) {
+      if (fb->type != msgpack::type::ARRAY || fb->via.array.size > kMaxLocalOutcomes) {
+        bad(ErrorCode::bad_message, "'fallbacks' must be an array of at most 64 target names");
+      }
+      for (std::uint32_t i = 0; i < fb->via.array.size; ++i)
+        r.fallbacks.push_back(as_str(fb->via.array.ptr[i], "fallbacks"));
+    }
+    r.reserved_cost = in.get(field::reserved_cost_usd) != nullptr ? in.usd(field::reserved_cost_usd) : Money{};
+    if (r.reserved_cost.picos() < 0 || r.reserved_cost.picos() > 1'000'000'000'000'000LL) {
+      bad(ErrorCode::invalid_argument, "reserved_cost_usd must be between 0 and 1,000 USD");
+    }
+    if (const auto* os = in.get(field::outcomes)) {
+      if (os->type != msgpack::type::ARRAY || os->via.array.size > kMaxLocalOutcomes) {
+        bad(ErrorCode::bad_message, "'outcomes' must be an array of at most 64 outcome maps");
+      }
+      for (std::uint32_t i = 0; i < os->via.array.size; ++i) {
+        auto of = Fields::of(os->via.array.ptr[i]);
+        if (!of) bad(ErrorCode::bad_message, "'outcomes' must be an array of maps with string keys");
+        const Reader o(*of);
+        LocalOutcome x;
+        x.target = o.required_str(field::target);
+        const auto status = o.required_str(field::status);
+        const auto st = status_from_string(status);
+        if (!st) {
+          bad(ErrorCode::invalid_argument,
+              "unknown status '" + std::string(status) + "'; expected " + expected_statuses());
+        }
+        x.status = *st;
+        x.usage = o.get(field::usage);
+        x.ttft_ms = o.millis(field::ttft_ms);
+        x.latency_ms = o.millis(field::latency_ms);
+        r.outcomes.push_back(x);
+      }
+    }
+    r.accepted = in.boolean(field::accepted);
+    return r;
+  });
+}
+
 Result<StatsRequest> decode_stats_request(const Fields& /*f*/) { return StatsRequest{}; }
 Result<HealthRequest> decode_health_request(const Fields& /*f*/) { return HealthRequest{}; }
 Result<ReloadRequest> decode_reload_request(const Fields& /*f*/) { return ReloadRequest{}; }
@@ -574,6 +621,58 @@ void encode_adopt_request(msgpack::sbuffer& out, const Decision& d, std::size_t 
   pk.pack(d.at);
 }
 
+void encode_settle_local_request(msgpack::sbuffer& out, const LocalDecisionRequest& r, RequestId id) {
+  Packer pk(out);
+  const bool given[] = {!r.endpoint.empty(), !r.fallbacks.empty(), !r.outcomes.empty(), r.accepted.has_value()};
+  begin_request(pk, Op::settle_local, id,
+                4 + static_cast<std::uint32_t>(std::count(std::begin(given), std::end(given), true)));
+  pack_str(pk, field::spool_id);
+  pk.pack(r.spool_id);
+  pack_str(pk, field::scenario);
+  pack_str(pk, r.scenario);
+  pack_str(pk, field::target);
+  pack_str(pk, r.target);
+  pack_str(pk, field::reserved_cost_usd);
+  pack_str(pk, r.reserved_cost.to_usd_string());
+  if (given[0]) {
+    pack_str(pk, field::endpoint);
+    pack_str(pk, r.endpoint);
+  }
+  if (given[1]) {
+    pack_str(pk, field::fallbacks);
+    pk.pack_array(static_cast<std::uint32_t>(r.fallbacks.size()));
+    for (const auto name : r.fallbacks) pack_str(pk, name);
+  }
+  if (given[2]) {
+    pack_str(pk, field::outcomes);
+    pk.pack_array(static_cast<std::uint32_t>(r.outcomes.size()));
+    for (const LocalOutcome& o : r.outcomes) {
+      const bool has[] = {o.usage != nullptr, o.ttft_ms >= 0, o.latency_ms >= 0};
+      pk.pack_map(2 + static_cast<std::uint32_t>(std::count(std::begin(has), std::end(has), true)));
+      pack_str(pk, field::target);
+      pack_str(pk, o.target);
+      pack_str(pk, field::status);
+      pack_str(pk, to_string(o.status));
+      if (has[0]) {
+        pack_str(pk, field::usage);
+        pk.pack(*o.usage);
+      }
+      if (has[1]) {
+        pack_str(pk, field::ttft_ms);
+        pk.pack(o.ttft_ms);
+      }
+      if (has[2]) {
+        pack_str(pk, field::latency_ms);
+        pk.pack(o.latency_ms);
+      }
+    }
+  }
+  if (given[3]) {
+    pack_str(pk, field::accepted);
+    pk.pack(*r.accepted);
+  }
+}
+
 void encode_stats_request(msgpack::sbuffer& out, RequestId id) {
   Packer pk(out);
   begin_request(pk, Op::stats, id, 0);
@@ -662,10 +761,17 @@ void encode_receipt_reply(MapWriter& body, const ReportReceipt& r) {
   body.key(field::duplicate).pack(r.duplicate);
   body.key(field::fallback).pack(r.fallback);
   body.key(field::priced).pack(r.priced);
+  body.key(field::counted).pack(true);  // the sidecar's own receipt: applied
   body.str(field::cost_usd, r.cost.to_usd_string());
   MapWriter u;
   encode_usage(u, r.usage);
   body.sub(field::usage, u);
+}
+
+void encode_settle_local_reply(MapWriter& body, const LocalDecisionReply& r) {
+  body.key(field::decision_id).pack(r.decision_id);
+  body.key(field::duplicate).pack(r.duplicate);
+  body.key(field::rejected).pack(r.rejected);
 }
 
 void encode_stats_reply(MapWriter& body, const StatsReply& s) {
@@ -872,6 +978,17 @@ Result<ReloadReply> decode_reload_reply(const Fields& f) {
     ReloadReply r;
     r.config_version = in.hex(field::config_version);
     r.generation = static_cast<std::uint64_t>(in.count(field::generation).value_or(0));
+    return r;
+  });
+}
+
+Result<LocalDecisionReply> decode_settle_local_reply(const Fields& f) {
+  return decoding([&] {
+    const Reader in(f);
+    LocalDecisionReply r;
+    r.decision_id = in.required_id(field::decision_id);
+    r.duplicate = in.boolean(field::duplicate).value_or(false);
+    r.rejected = static_cast<std::uint64_t>(in.count(field::rejected).value_or(0));
     return r;
   });
 }

@@ -52,6 +52,16 @@ inline constexpr std::uint64_t kFastIdBit = 1ULL << 63;
 inline constexpr int kRingShift = 40;
 inline constexpr std::uint64_t kRingMask = 0x7FFFFF;  ///< the ring bits 40..62, shifted down
 
+/// A local decision the sidecar imports (settle_local) gets generation << 40 | 1 << 39 | sequence: the
+/// sidecar's own id space, apart from its routes' (which would need 2^39 decisions in a generation).
+inline constexpr std::uint64_t kImportedIdBit = 1ULL << 39;
+/// A client's fallback Router decides with 1 << 62 | tag << 32 | sequence, the tag a random 30 bits
+/// per client: apart from every sidecar id (a generation below 2^22) and every fast-path id. Local
+/// ids never leave their process (settle_local names an entry by its own spool id).
+inline constexpr std::uint64_t kLocalIdBit = 1ULL << 62;
+inline constexpr int kLocalTagShift = 32;
+inline constexpr std::uint64_t kLocalTagMask = 0x3FFFFFFF;
+
 /// Whether `id` was made by a fast-path client (else by the sidecar, or an in-process Router).
 [[nodiscard]] constexpr bool is_fast_id(std::uint64_t id) noexcept { return (id & kFastIdBit) != 0; }
 /// The ring of a fast-path id.
@@ -64,7 +74,7 @@ inline constexpr std::uint64_t kRingMask = 0x7FFFFF;  ///< the ring bits 40..62,
 // ---------------------------------------------------------------------------------------------- ops
 
 /// What a request asks for.
-enum class Op : std::uint8_t { route, explain, report, verdict, adopt, stats, health, reload };
+enum class Op : std::uint8_t { route, explain, report, verdict, adopt, stats, health, reload, settle_local };
 
 struct OpInfo {
   Op op;
@@ -75,17 +85,22 @@ struct OpInfo {
 
 /// The op table, in enum order (checked below).
 inline constexpr std::array kOps{
-    OpInfo{Op::route, "route", false, true},   OpInfo{Op::explain, "explain", false, true},
-    OpInfo{Op::report, "report", true, true},  OpInfo{Op::verdict, "verdict", true, true},
-    OpInfo{Op::adopt, "adopt", true, false},   OpInfo{Op::stats, "stats", false, true},
-    OpInfo{Op::health, "health", false, true}, OpInfo{Op::reload, "reload", false, true},
+    OpInfo{Op::route, "route", false, true},
+    OpInfo{Op::explain, "explain", false, true},
+    OpInfo{Op::report, "report", true, true},
+    OpInfo{Op::verdict, "verdict", true, true},
+    OpInfo{Op::adopt, "adopt", true, false},
+    OpInfo{Op::stats, "stats", false, true},
+    OpInfo{Op::health, "health", false, true},
+    OpInfo{Op::reload, "reload", false, true},
+    OpInfo{Op::settle_local, "settle_local", false, true},
 };
 
 [[nodiscard]] constexpr bool op_table_in_order() noexcept {
   for (std::size_t i = 0; i < kOps.size(); ++i) {
     if (static_cast<std::size_t>(kOps[i].op) != i) return false;
   }
-  return static_cast<std::size_t>(Op::reload) + 1 == kOps.size();
+  return static_cast<std::size_t>(Op::settle_local) + 1 == kOps.size();
 }
 static_assert(op_table_in_order(), "kOps must list every Op once, in enum order");
 
@@ -111,7 +126,8 @@ static_assert(op_table_in_order(), "kOps must list every Op once, in enum order"
   /* adopt */ X(config_version) X(replica) X(fallbacks) X(spilled) X(reserved_cost) X(active_blocks)    \
   X(prefix) X(at)                                                                                       \
   /* decision */ X(endpoint) X(reasons) X(predicted_cost_usd) X(reserved_cost_usd) X(cache_key)         \
-  /* receipt */ X(duplicate) X(fallback) X(priced) X(cost_usd)                                          \
+  /* receipt */ X(duplicate) X(fallback) X(priced) X(cost_usd) X(counted)                               \
+  /* settle_local */ X(spool_id) X(outcomes)                                                            \
   /* usage */ X(uncached_input_tokens) X(cache_read_tokens) X(cache_write_5m_tokens)                    \
   X(cache_write_1h_tokens) X(output_tokens) X(reasoning_tokens)                                         \
   /* stats, health, reload */ X(pid) X(generation) X(config) X(shm) X(uptime_s) X(pending_decisions)    \
@@ -204,6 +220,32 @@ struct VerdictRequest {
 /// Router::adopt). Figures no real decision has are refused; it is committed at `now`.
 [[nodiscard]] Result<Decision> decode_adopt_request(const Fields& f, TimeMs now);
 
+/// One outcome of a locally made decision (settle_local's `outcomes`), in names.
+struct LocalOutcome {
+  std::string_view target;
+  Status status = Status::ok;
+  const msgpack::object* usage = nullptr;  ///< the provider's native usage, or none
+  std::int64_t ttft_ms = -1;
+  std::int64_t latency_ms = -1;
+};
+
+/// settle_local: a decision a client's fallback Router made while the sidecar did not answer, with
+/// what became of it so far, for the sidecar to count by names in its own table at its own clock.
+struct LocalDecisionRequest {
+  std::uint64_t spool_id = 0;  ///< the client's unique id of this entry: a re-sent one is applied once
+  std::string_view scenario;
+  std::string_view target;
+  std::string_view endpoint;                ///< the replica's ("" for MaaS)
+  std::vector<std::string_view> fallbacks;  ///< target names
+  Money reserved_cost;
+  std::vector<LocalOutcome> outcomes;
+  std::optional<bool> accepted;  ///< its verdict, if given
+};
+/// At most this many outcomes and fallbacks per decision (a real one has a handful).
+inline constexpr std::size_t kMaxLocalOutcomes = 64;
+/// settle_local -> LocalDecisionRequest (views into the message). Figures no real decision has are refused.
+[[nodiscard]] Result<LocalDecisionRequest> decode_settle_local_request(const Fields& f);
+
 /// stats, health and reload carry no fields (unknown fields of any request are ignored).
 struct StatsRequest {};
 struct HealthRequest {};
@@ -226,6 +268,7 @@ void encode_verdict_request(msgpack::sbuffer& out, const VerdictRequest& r, Requ
 /// A fast-path client's ring record of `d`, with at most `max_prefix_blocks` leading prefix blocks
 /// (a leading run is still a correct thing to learn). Allocates nothing once `out` has room.
 void encode_adopt_request(msgpack::sbuffer& out, const Decision& d, std::size_t max_prefix_blocks);
+void encode_settle_local_request(msgpack::sbuffer& out, const LocalDecisionRequest& r, RequestId id);
 void encode_stats_request(msgpack::sbuffer& out, RequestId id);
 void encode_health_request(msgpack::sbuffer& out, RequestId id);
 void encode_reload_request(msgpack::sbuffer& out, RequestId id);
@@ -268,8 +311,19 @@ class MapWriter {
 void encode_decision_reply(MapWriter& body, const Config& config, const Decision& d);
 /// A Usage's six token counts (the receipt's `usage`; also a ledger row's token columns).
 void encode_usage(MapWriter& m, const Usage& u);
-/// report: the receipt.
+/// report: the receipt, `counted: true` (the sidecar applied it; a fast-path or local receipt a
+/// client prices itself says `counted: false` until the sidecar has applied it).
 void encode_receipt_reply(MapWriter& body, const ReportReceipt& r);
+
+/// settle_local: the sidecar's id of the imported decision (later reports and verdicts use it), whether
+/// the spool id was applied before (nothing changed), and how many of its outcomes and verdict were refused.
+struct LocalDecisionReply {
+  std::uint64_t decision_id = 0;
+  bool duplicate = false;
+  std::uint64_t rejected = 0;
+  friend bool operator==(const LocalDecisionReply&, const LocalDecisionReply&) = default;
+};
+void encode_settle_local_reply(MapWriter& body, const LocalDecisionReply& r);
 
 /// The fast path's state in a stats reply.
 struct FastPathInfo {
@@ -366,5 +420,6 @@ struct DecisionReply {
 [[nodiscard]] Result<StatsReply> decode_stats_reply(const Fields& f);
 [[nodiscard]] Result<HealthReply> decode_health_reply(const Fields& f);
 [[nodiscard]] Result<ReloadReply> decode_reload_reply(const Fields& f);
+[[nodiscard]] Result<LocalDecisionReply> decode_settle_local_reply(const Fields& f);
 
 }  // namespace turnout::protocol

@@ -74,6 +74,7 @@ class Router:
         decision_ttl_s: float = 3600.0,
         max_pending: int = 262144,
         max_settled: int = 8388608,
+        first_decision_id: int = 1,
     ) -> None: ...
     def route(
         self,
@@ -207,7 +208,8 @@ class FastPath:
         text: str | None = None,
         now: float | None = None,
     ) -> Decision: ...
-    def post(self, message: bytes) -> bool: ...
+    def post(self, message: bytes) -> int: ...
+    def feedback(self) -> dict[str, Any]: ...
     @property
     def config(self) -> Config | None: ...
     @property
@@ -305,6 +307,12 @@ class protocol:
         @property
         def cost_usd(self) -> str: ...
         @property
+        def counted(self) -> str: ...
+        @property
+        def spool_id(self) -> str: ...
+        @property
+        def outcomes(self) -> str: ...
+        @property
         def uncached_input_tokens(self) -> str: ...
         @property
         def cache_read_tokens(self) -> str: ...
@@ -362,6 +370,9 @@ class protocol:
 
     VERSION: int
     MAX_MESSAGE_BYTES: int
+    LOCAL_ID_BIT: int
+    LOCAL_TAG_SHIFT: int
+    LOCAL_TAG_MASK: int
     OPS: tuple[str, ...]
     RING_OPS: tuple[str, ...]
     FIELD: WireFields

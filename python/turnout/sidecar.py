@@ -46,8 +46,8 @@ def _ops(*names: str) -> tuple[str, ...]:
     return names
 
 
-_ROUTE, _EXPLAIN, _REPORT, _VERDICT, _STATS, _HEALTH, _RELOAD = _ops(
-    "route", "explain", "report", "verdict", "stats", "health", "reload"
+_ROUTE, _EXPLAIN, _REPORT, _VERDICT, _STATS, _HEALTH, _RELOAD, _SETTLE_LOCAL = _ops(
+    "route", "explain", "report", "verdict", "stats", "health", "reload", "settle_local"
 )
 # The route/explain reply's fields in the order Decision._detached takes them.
 _DECISION_FIELDS = (
@@ -74,6 +74,7 @@ _USAGE, _TTFT_MS, _LATENCY_MS, _ACCEPTED = (
     FIELD.latency_ms,
     FIELD.accepted,
 )
+_COUNTED, _SPOOL_ID, _OUTCOMES = FIELD.counted, FIELD.spool_id, FIELD.outcomes
 _VERSION = protocol.VERSION
 _ENVELOPE = frozenset((_V, _ID, _OK))
 # What a re-sent report gets when its decision died with a previous sidecar (expected, not logged).
@@ -314,9 +315,19 @@ class _FastTransport:
     memory, and this process's ring. ``route`` is the binding's own method (no Python layer on
     the hot path); it raises SidecarUnavailableError when the ring is full or no table is mapped."""
 
+    _RECONCILE_AT = 4096  # provisional receipts kept before their fate is looked up
+
     def __init__(self, mapped: _core.FastPath) -> None:
         self.mapped = mapped
         self.route = mapped.route
+        # Provisional receipts not yet settled: (record number, decision id, target), in order.
+        self._provisional: collections.deque[tuple[int, int, str]] = collections.deque()
+        self._refused: dict[int, dict[str, Any]] = {}  # rejections by record, until settled
+        self.rejections: collections.deque[dict[str, Any]] = collections.deque(maxlen=4096)
+        self.provisional = 0
+        self.confirmed = 0
+        self.rejected = 0
+        self.missed = 0
 
     @staticmethod
     def owns(decision_id: int) -> bool:
@@ -334,10 +345,11 @@ class _FastTransport:
         latency_ms: float | None,
         accepted: bool | None,
     ) -> dict[str, Any] | None:
-        """The receipt of a fast-path decision's report, priced here; None when this client no
-        longer remembers the decision (the sidecar still applies the report)."""
+        """The receipt of a fast-path decision's report, priced here and provisional
+        (``counted: False``) until the sidecar applied it; None when this client no longer
+        remembers the decision (the sidecar still applies the report)."""
         try:
-            return self.mapped.receipt(
+            receipt = self.mapped.receipt(
                 decision_id,
                 target=target,
                 status=status,
@@ -349,13 +361,50 @@ class _FastTransport:
             )
         except _errors.UnknownDecisionError:
             return None
+        receipt[_COUNTED] = False
+        return receipt
 
-    def post(self, msg: dict[str, Any]) -> bool:
-        """Posts a report or verdict to this process's ring (False: full, use the socket)."""
+    def post(self, msg: dict[str, Any]) -> int:
+        """Posts a report or verdict to this process's ring: its record number (0: full, use the
+        socket)."""
         import msgpack
 
         msg[_V] = _VERSION
         return self.mapped.post(msgpack.packb(msg, use_bin_type=True))
+
+    def track(self, record: int, decision_id: int, target: str) -> None:
+        """Remembers a provisional receipt until the sidecar says what became of its record."""
+        self.provisional += 1
+        self._provisional.append((record, decision_id, target))
+        if len(self._provisional) >= self._RECONCILE_AT:
+            self.reconcile()
+
+    def reconcile(self) -> bool:
+        """Reads the ring's feedback: counts settled receipts as confirmed or rejected and keeps
+        each refused record for :meth:`Client.settle`. True when every record posted is settled."""
+        feedback = self.mapped.feedback()
+        self.missed += feedback["missed"]
+        for refused in feedback["rejected"]:
+            op = refused["op"] or "record"
+            refused["error"] = _error_for(
+                refused["code"],
+                f"the sidecar refused ring record {refused['record']} "
+                f"({op} of decision {refused['decision_id']})",
+            )
+            self._refused[refused["record"]] = refused
+            self.rejections.append(refused)
+        settled = feedback["settled"]
+        while self._provisional and self._provisional[0][0] <= settled:
+            record, _, target = self._provisional.popleft()
+            refused = self._refused.get(record)
+            if refused is None:
+                self.confirmed += 1
+            else:
+                refused["target"] = target
+                self.rejected += 1
+        for record in [r for r in self._refused if r <= settled]:
+            del self._refused[record]
+        return settled >= feedback["posted"]
 
     @property
     def config(self) -> _core.Config | None:
@@ -366,11 +415,14 @@ class _FastTransport:
 class _LocalFallback:
     """The in-process Router that decides when the sidecar does not answer: built from the
     client's ``config``, else (lazily) from the last table the fast path mapped. Reports and
-    verdicts of its decisions stay here."""
+    verdicts of its decisions are counted here too, and spooled for the sidecar by the Client."""
 
     def __init__(self, config: _core.Config | None, seed: int) -> None:
         self._seed = seed
         self.router: Router | None = None
+        # Ids apart from the sidecar's, the fast path's and (a random tag) other clients'.
+        tag = random.SystemRandom().getrandbits(30) & protocol.LOCAL_TAG_MASK
+        self._first = protocol.LOCAL_ID_BIT | tag << protocol.LOCAL_TAG_SHIFT | 1
         self._last_id = 0
         if config is not None:
             self._build(config)
@@ -378,7 +430,7 @@ class _LocalFallback:
     def _build(self, config: _core.Config) -> None:
         from turnout.router import Router
 
-        self.router = Router(config, seed=self._seed)
+        self.router = Router(config, seed=self._seed, first_decision_id=self._first)
 
     def ready(self, mapped: _core.Config | None) -> bool:
         """Whether it can decide (building the Router from the mapped table if need be)."""
@@ -393,10 +445,26 @@ class _LocalFallback:
         return d
 
     def owns(self, decision_id: int) -> bool:
-        """Whether this Router made the decision. Its ids count up from 1; the sidecar's start at
-        its generation << 40 and the fast path's at 1 << 63, so they are all above the last local
-        one."""
-        return self.router is not None and 0 < decision_id <= self._last_id
+        """Whether this Router made the decision (its ids count up from its first)."""
+        return self.router is not None and self._first <= decision_id <= self._last_id
+
+    @staticmethod
+    def spool_entry(d: _core.Decision) -> dict[str, Any]:
+        """A local decision as settle_local gives it to the sidecar (by names); its outcomes and
+        verdict are added as they come. Its spool id is 63 random bits from the OS (unique across
+        clients and forks, so the sidecar can tell a re-sent entry from another client's)."""
+        entry: dict[str, Any] = {
+            _SPOOL_ID: int.from_bytes(os.urandom(8), "little") >> 1 or 1,
+            FIELD.scenario: d.scenario,
+            _TARGET: d.target,
+            FIELD.reserved_cost_usd: format(d.reserved_cost_usd, "f"),  # never "1E-7"
+            _OUTCOMES: [],
+        }
+        if d.endpoint is not None:
+            entry[FIELD.endpoint] = d.endpoint
+        if d.fallbacks:
+            entry[FIELD.fallbacks] = list(d.fallbacks)
+        return entry
 
 
 def _drop_fast_path(ref: weakref.ref[Client]) -> None:
@@ -415,7 +483,11 @@ class Client:
     ``config`` (a path or a :class:`turnout.Config`) is given, the client builds its own
     in-process :class:`turnout.Router` from it, and a route whose sidecar does not answer in time
     (or is down) is decided locally by that Router — the same decide code, with this process's own
-    state; such decisions have ids below 2**40 and their reports stay local. Without ``config`` a
+    state; such decisions have ids ``1 << 62 | tag << 32 | n`` (a random tag per client). Each is
+    spooled (in memory, at most ``spool_limit``; beyond, the oldest is dropped and counted) with
+    its outcomes and verdict, and given to the sidecar when it answers again (before the next
+    request, and by :meth:`flush` and :meth:`settle`), which counts it exactly once in its own
+    ledger and takes it over (its later reports and verdict go there). Without ``config`` a
     route that gets no answer raises :class:`turnout.SidecarUnavailableError`. After a failure
     the client goes local for ``retry_after_s`` before trying the sidecar again. The first local
     decision of an outage logs a warning on the ``turnout`` logger (one per outage, not one per
@@ -432,7 +504,9 @@ class Client:
     state and cache directory from shared memory and takes the **fast path**: ``route`` decides
     in this process with the same decide code and posts the decision to this process's ring in
     shared memory (no system call, no round trip); reports and verdicts of those decisions are
-    posted the same way, and their receipts are priced here from the same table. The sidecar
+    posted the same way, and their receipts are priced here from the same table: provisional
+    (``counted: False``) until the sidecar applied them; :meth:`settle` waits for that and returns
+    the records it refused, :meth:`counters` counts them. The sidecar
     drains the rings within a millisecond and stays the only writer of tables and counters; a
     ring that is full (a sidecar that stopped draining) sends the call through the socket
     instead. Records in a ring survive a sidecar crash: the restarted sidecar applies them. When
@@ -462,9 +536,12 @@ class Client:
         shm: str | None = None,
         curve_server_key: str | bytes | None = None,
         curve_secret_key: str | bytes | None = None,
+        spool_limit: int = 65536,
     ) -> None:
         if timeout_ms <= 0:
             raise _errors.InvalidArgumentError("timeout_ms must be positive")
+        if spool_limit <= 0:
+            raise _errors.InvalidArgumentError("spool_limit must be positive")
         if (curve_server_key is None) != (curve_secret_key is None):
             raise _errors.InvalidArgumentError(
                 "give both curve_server_key and curve_secret_key, or neither"
@@ -485,6 +562,14 @@ class Client:
             endpoint or default_endpoint(), timeout_ms, retry_after_s, curve
         )
         self._unacked: collections.deque[dict[str, Any]] = collections.deque()
+        # Local decisions not yet given to the sidecar, by local decision id, oldest first; and
+        # those it imported: local decision id -> the sidecar's (later reports go there).
+        self._spool: dict[int, dict[str, Any]] = {}
+        self._imported: dict[int, int] = {}
+        self._spool_limit = spool_limit
+        self._spool_dropped = 0
+        self._spool_imported = 0
+        self._spool_refused = 0
         self.dropped_reports = 0
         self._socket_decisions = 0
         self._fast_decisions = 0
@@ -559,7 +644,7 @@ class Client:
         now: float | None = None,
     ) -> _core.Decision:
         """Decides where a request goes (the fast path, the sidecar, or the local fallback)."""
-        if self._unacked and self._socket.available:
+        if (self._unacked or self._spool) and self._socket.available:
             self.flush()  # what the socket could not take before
         fast = self._fast
         fast_refused = None
@@ -610,6 +695,7 @@ class Client:
         if not self._local.ready(mapped):
             raise _errors.SidecarUnavailableError(f"{why}, and no fallback config")
         d = self._local.route(scenario, **kwargs)
+        self._spool_decision(d)
         if not self._in_outage:
             self._in_outage = True
             self._outages += 1
@@ -618,6 +704,14 @@ class Client:
             )
         self._local_decisions += 1
         return d
+
+    def _spool_decision(self, d: _core.Decision) -> None:
+        """Keeps a local decision for the sidecar (the oldest is dropped, and counted, at the
+        bound)."""
+        if len(self._spool) >= self._spool_limit:
+            del self._spool[next(iter(self._spool))]
+            self._spool_dropped += 1
+        self._spool[d.id] = _LocalFallback.spool_entry(d)
 
     def explain(
         self,
@@ -647,19 +741,15 @@ class Client:
         accepted: bool | None = None,
         now: float | None = None,
     ) -> dict[str, Any] | None:
-        """Accounts an outcome. Returns the receipt, or None if it was queued for re-sending."""
+        """Accounts an outcome. Returns the receipt (``counted`` says whether the sidecar has
+        applied it), or None if it was queued for re-sending."""
         if self._local.owns(decision_id):
-            assert self._local.router is not None
-            return self._local.router.report(
-                decision_id,
-                target=target,
-                status=status,
-                usage=usage,
-                ttft_ms=ttft_ms,
-                latency_ms=latency_ms,
-                accepted=accepted,
-                now=now,
-            )
+            imported = self._imported.get(decision_id)
+            if imported is None:
+                return self._report_locally(
+                    decision_id, target, status, usage, ttft_ms, latency_ms, accepted, now
+                )
+            decision_id = imported  # the sidecar has it now: report there
         if now is None:
             now = time.time()  # fixed here: a re-sent report is the same report
         outcome = (decision_id, target, status, now, usage, ttft_ms, latency_ms, accepted)
@@ -667,7 +757,10 @@ class Client:
         fast = self._fast
         if fast is not None and fast.owns(decision_id):
             receipt = fast.receipt(*outcome)
-            if fast.post(msg):
+            record = fast.post(msg)
+            if record:
+                if receipt is not None:
+                    fast.track(record, decision_id, target)
                 return receipt
         reply = self._send_or_queue(msg)
         if reply is None:
@@ -675,12 +768,54 @@ class Client:
         reply[FIELD.cost_usd] = Decimal(reply[FIELD.cost_usd])
         return _fields(reply)
 
+    def _report_locally(
+        self,
+        decision_id: int,
+        target: str,
+        status: str,
+        usage: dict[str, Any] | None,
+        ttft_ms: float | None,
+        latency_ms: float | None,
+        accepted: bool | None,
+        now: float | None,
+    ) -> dict[str, Any]:
+        """An outcome of a local decision: counted by the local Router and spooled with its
+        decision for the sidecar (the receipt says ``counted: False``)."""
+        assert self._local.router is not None
+        receipt = self._local.router.report(
+            decision_id,
+            target=target,
+            status=status,
+            usage=usage,
+            ttft_ms=ttft_ms,
+            latency_ms=latency_ms,
+            accepted=accepted,
+            now=now,
+        )
+        entry = self._spool.get(decision_id)
+        if entry is not None and not receipt["duplicate"]:
+            outcome: dict[str, Any] = {_TARGET: target, _STATUS: status}
+            for name, value in ((_USAGE, usage), (_TTFT_MS, ttft_ms), (_LATENCY_MS, latency_ms)):
+                if value is not None:
+                    outcome[name] = value
+            entry[_OUTCOMES].append(outcome)
+        if entry is not None and accepted is not None:
+            entry.setdefault(_ACCEPTED, accepted)
+        receipt[_COUNTED] = False
+        return receipt
+
     def verdict(self, decision_id: int, accepted: bool, *, now: float | None = None) -> None:
         """Records the quality verdict of a decision (queued like a report if unacknowledged)."""
         if self._local.owns(decision_id):
-            assert self._local.router is not None
-            self._local.router.verdict(decision_id, accepted, now=now)
-            return
+            imported = self._imported.get(decision_id)
+            if imported is None:
+                assert self._local.router is not None
+                self._local.router.verdict(decision_id, accepted, now=now)
+                entry = self._spool.get(decision_id)
+                if entry is not None:
+                    entry.setdefault(_ACCEPTED, accepted)
+                return
+            decision_id = imported
         msg = {
             _OP: _VERDICT,
             _DECISION_ID: decision_id,
@@ -694,7 +829,7 @@ class Client:
     def _send_or_queue(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """Sends a report or verdict; queues it for re-sending when the sidecar does not answer
         (None), raises on an error reply."""
-        if self._unacked and self._socket.available:
+        if (self._unacked or self._spool) and self._socket.available:
             self.flush()
         reply = self._call(dict(msg))
         if reply is None:
@@ -715,6 +850,11 @@ class Client:
         return len(self._unacked)
 
     @property
+    def spooled(self) -> int:
+        """Local decisions waiting to be given to the sidecar."""
+        return len(self._spool)
+
+    @property
     def local_decisions(self) -> int:
         """Routes decided by the local fallback Router (the sidecar did not answer)."""
         return self._local_decisions
@@ -727,16 +867,66 @@ class Client:
     def counters(self) -> dict[str, int]:
         """How this client's routes were decided: ``socket`` (by the sidecar), ``fast_path``,
         ``local`` (the fallback Router), and ``outages`` (runs of local decisions, one warning
-        each)."""
+        each). What became of its provisional receipts (fast-path reports): ``provisional``
+        (given), ``confirmed`` (applied by the sidecar), ``rejected`` (refused by it; see
+        :meth:`settle`), ``rejections_missed`` (refusals the ring overwrote before they were
+        read, more than 64 at once: their receipts count as confirmed). What became of its local
+        decisions: ``spooled`` (waiting for the sidecar), ``imported`` (applied by it),
+        ``spool_refused`` (refused by it, e.g. a scenario its table no longer has) and
+        ``spool_dropped`` (beyond ``spool_limit``, never sent)."""
+        fast = self._fast
+        if fast is not None:
+            fast.reconcile()
         return {
             "socket": self._socket_decisions,
             "fast_path": self._fast_decisions,
             "local": self._local_decisions,
             "outages": self._outages,
+            "provisional": fast.provisional if fast is not None else 0,
+            "confirmed": fast.confirmed if fast is not None else 0,
+            "rejected": fast.rejected if fast is not None else 0,
+            "rejections_missed": fast.missed if fast is not None else 0,
+            "spooled": len(self._spool),
+            "imported": self._spool_imported,
+            "spool_refused": self._spool_refused,
+            "spool_dropped": self._spool_dropped,
         }
 
+    def _send_spool(self, timeout_ms: int | None) -> bool:
+        """Gives the spooled local decisions to the sidecar (settle_local), oldest first; False
+        when it stopped answering. A reply lost on the way is harmless: the sidecar knows a spool
+        id it imported and answers with the same decision id."""
+        while self._spool:
+            local_id, entry = next(iter(self._spool.items()))
+            reply = self._call({_OP: _SETTLE_LOCAL, **entry}, timeout_ms, even_if_down=True)
+            if reply is None:
+                return False
+            del self._spool[local_id]
+            if not reply.get(_OK):
+                self._spool_refused += 1
+                _log.warning(
+                    "turnout: the sidecar refused local decision %d: %s",
+                    local_id,
+                    _reply_error(reply),
+                )
+                continue
+            self._spool_imported += 1
+            if len(self._imported) >= self._spool_limit:
+                del self._imported[next(iter(self._imported))]
+            self._imported[local_id] = reply[_DECISION_ID]
+            if reply.get(FIELD.rejected):
+                _log.warning(
+                    "turnout: the sidecar refused %d outcome(s) or verdict of local decision %d",
+                    reply[FIELD.rejected],
+                    local_id,
+                )
+        return True
+
     def flush(self, timeout_ms: int | None = None) -> int:
-        """Re-sends queued reports; returns how many are still queued."""
+        """Gives the sidecar the local decisions spooled while it did not answer, then re-sends
+        queued reports; returns how many of both are still waiting."""
+        if not self._send_spool(timeout_ms):
+            return len(self._spool) + len(self._unacked)
         while self._unacked:
             msg = self._unacked[0]
             reply = self._call(dict(msg), timeout_ms, even_if_down=True)
@@ -748,7 +938,37 @@ class Client:
                 error = _reply_error(reply)
                 if not isinstance(error, _DIED_WITH_THE_SIDECAR):
                     _log.warning("turnout: the sidecar refused a re-sent %s: %s", msg[_OP], error)
-        return len(self._unacked)
+        return len(self._spool) + len(self._unacked)
+
+    def settle(self, timeout_ms: int | None = None) -> list[dict[str, Any]]:
+        """Waits until the sidecar has applied everything this client gave it: the spooled local
+        decisions and queued reports (sent now), and every record of its fast-path ring. Returns
+        the ring records it refused since the last call, each a dict with ``record``,
+        ``decision_id``, ``op``, ``code``, ``error`` (the exception it stands for) and, for a
+        report, ``target``: those provisional receipts were never counted. Raises
+        SidecarUnavailableError when not everything was applied within ``timeout_ms`` (default:
+        the client's)."""
+        deadline = time.monotonic() + (timeout_ms or self.timeout_ms) / 1000.0
+        fast = self._fast
+        while True:
+            left_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            waiting = self.flush(left_ms) if (self._spool or self._unacked) else 0
+            ring_settled = fast is None or fast.reconcile()
+            if waiting == 0 and ring_settled:
+                break
+            if time.monotonic() >= deadline:
+                raise _errors.SidecarUnavailableError(
+                    f"not settled within {timeout_ms or self.timeout_ms} ms: "
+                    f"{len(self._spool)} local decision(s) and {len(self._unacked)} report(s) "
+                    f"not given to the sidecar, its ring "
+                    f"{'settled' if ring_settled else 'not yet applied'}"
+                )
+            time.sleep(0.001)
+        if fast is None:
+            return []
+        refused = list(fast.rejections)
+        fast.rejections.clear()
+        return refused
 
     # -- the sidecar's own ops ----------------------------------------------------------------
 

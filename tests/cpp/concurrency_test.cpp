@@ -433,6 +433,9 @@ TEST_F(SharedMemoryTest, EveryRecordAProducerPostsIsAppliedOnceByTheDrainingSide
   const auto stats = server->fast_path();
   EXPECT_EQ(stats.records, 2 * kRoutes) << "every adopt and report posted, each applied once";
   EXPECT_EQ(stats.rejected, 0U);
+  const auto feedback = client.feedback();
+  EXPECT_EQ(feedback.settled, feedback.posted) << "the client learns that every record was settled";
+  EXPECT_TRUE(feedback.rejected.empty());
   std::uint64_t requests = 0;
   std::uint64_t outcomes = 0;
   for (const auto& row : server->router()->counters()) {

@@ -225,6 +225,19 @@ TEST_F(FastPathTest, ReportsThroughTheRingSettleTheSidecarsLedgerAndOpenItsBreak
   EXPECT_EQ(server->fast_path().rejected, 2U);
   EXPECT_EQ(server->fast_path().records, 7U);
   EXPECT_TRUE(server->router()->has_pending(third->id));
+  // The client learns which of its records were refused, and that all were settled.
+  const auto feedback = fast->feedback();
+  EXPECT_EQ(feedback.posted, 7U);
+  EXPECT_EQ(feedback.settled, 7U);
+  ASSERT_EQ(feedback.rejected.size(), 2U);
+  EXPECT_EQ(feedback.rejected[0].record, 6U);
+  EXPECT_EQ(feedback.rejected[0].decision_id, third->id);
+  EXPECT_EQ(feedback.rejected[0].op, protocol::Op::report);
+  EXPECT_EQ(feedback.rejected[0].code, ErrorCode::unknown_target);
+  EXPECT_EQ(feedback.rejected[1].record, 7U);
+  EXPECT_FALSE(feedback.rejected[1].op.has_value()) << "not a request: no op";
+  EXPECT_EQ(feedback.rejected[1].code, ErrorCode::bad_message);
+  EXPECT_TRUE(fast->feedback().rejected.empty()) << "each refusal is read once";
 }
 
 TEST_F(FastPathTest, AReloadIsPickedUpWithoutARoundTripAndOldDecisionsStillReport) {

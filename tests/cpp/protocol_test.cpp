@@ -307,6 +307,77 @@ TEST(Protocol, StatsHealthAndReloadRequestsRoundTrip) {
   EXPECT_TRUE(decode_reload_request(extra.fields).ok());
 }
 
+TEST(Protocol, SettleLocalRequestAndReplyRoundTrip) {
+  const auto usage = test::from_json(R"({"prompt_tokens": 100, "completion_tokens": 10})");
+  LocalDecisionRequest r;
+  r.spool_id = kLocalIdBit | (std::uint64_t{7} << kLocalTagShift) | 3U;
+  r.scenario = "support-summarization";
+  r.target = "llama-70b";
+  r.endpoint = "http://127.0.0.1:8001";
+  r.fallbacks = {"gpt-4.1-mini", "claude-sonnet-4"};
+  r.reserved_cost = Money::from_picos(1'234'000);
+  r.outcomes = {{"llama-70b", Status::error, nullptr, -1, 30}, {"gpt-4.1-mini", Status::ok, &usage.get(), 5, 40}};
+  r.accepted = true;
+  msgpack::sbuffer out;
+  encode_settle_local_request(out, r, 9);
+  const Envelope e = envelope(bytes(out));
+  EXPECT_EQ(e.op, Op::settle_local);
+  auto got = decode_settle_local_request(e.fields);
+  ASSERT_TRUE(got.ok()) << got.error().message;
+  EXPECT_EQ(got->spool_id, r.spool_id);
+  EXPECT_EQ(got->scenario, r.scenario);
+  EXPECT_EQ(got->target, r.target);
+  EXPECT_EQ(got->endpoint, r.endpoint);
+  EXPECT_EQ(got->fallbacks, r.fallbacks);
+  EXPECT_EQ(got->reserved_cost, r.reserved_cost);
+  ASSERT_EQ(got->outcomes.size(), 2U);
+  EXPECT_EQ(got->outcomes[0].status, Status::error);
+  EXPECT_EQ(got->outcomes[0].usage, nullptr);
+  EXPECT_EQ(got->outcomes[0].latency_ms, 30);
+  EXPECT_EQ(got->outcomes[1].target, "gpt-4.1-mini");
+  ASSERT_NE(got->outcomes[1].usage, nullptr);
+  EXPECT_EQ(*got->outcomes[1].usage, usage.get());
+  EXPECT_EQ(got->outcomes[1].ttft_ms, 5);
+  EXPECT_EQ(got->accepted, true);
+  EXPECT_EQ(envelope_error(bytes(out), Channel::ring), "bad_message") << "socket only";
+
+  MapWriter body;
+  encode_settle_local_reply(body, {(std::uint64_t{2} << kGenerationShift) | kImportedIdBit | 1U, true, 1});
+  const Reply rep = reply(encode_reply(nullptr, body));
+  auto decoded = decode_settle_local_reply(rep.fields);
+  ASSERT_TRUE(decoded.ok()) << decoded.error().message;
+  EXPECT_EQ(*decoded, (LocalDecisionReply{(std::uint64_t{2} << kGenerationShift) | kImportedIdBit | 1U, true, 1}));
+}
+
+TEST(Protocol, SettleLocalDecoderRefusesBadFields) {
+  const auto error = [](std::string_view text) {
+    return field_error(text, [](const Fields& f) { return decode_settle_local_request(f); });
+  };
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t"})"), "");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","scenario":"s","target":"t"})"), "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":-1,"scenario":"s","target":"t"})"), "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"target":"t"})"), "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t","fallbacks":"x"})"),
+            "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t","fallbacks":[1]})"),
+            "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t","reserved_cost_usd":"-1"})"),
+            "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t","reserved_cost_usd":"1001"})"),
+            "invalid_argument");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t","outcomes":[1]})"),
+            "bad_message");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t",)"
+                  R"("outcomes":[{"target":"t","status":"fine"}]})"),
+            "invalid_argument");
+  EXPECT_EQ(error(R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t",)"
+                  R"("outcomes":[{"status":"ok"}]})"),
+            "bad_message");
+  std::string many = R"({"v":1,"op":"settle_local","spool_id":1,"scenario":"s","target":"t","outcomes":[)";
+  for (int i = 0; i < 65; ++i) many += std::string(i == 0 ? "" : ",") + R"({"target":"t","status":"ok"})";
+  EXPECT_EQ(error(many + "]}"), "bad_message") << "at most 64 outcomes";
+}
+
 // ---------------------------------------------------------------------------- replies round trip
 
 TEST(Protocol, DecisionReplyRoundTripsInNames) {
@@ -474,8 +545,9 @@ TEST(Protocol, AnErrorAfterTheMapKeepsTheRequestId) {
   const auto r = decode_envelope(json(R"({"v":1,"id":99,"op":"dance"})"), DecodeLimits{}, Channel::socket, e);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::unknown_op);
-  EXPECT_NE(r.error().message.find("expected route, explain, report, verdict, adopt, stats, health or reload"),
-            std::string::npos)
+  EXPECT_NE(
+      r.error().message.find("expected route, explain, report, verdict, adopt, stats, health, reload or settle_local"),
+      std::string::npos)
       << r.error().message;
   ASSERT_NE(e.id, nullptr);
   EXPECT_EQ(e.id->as<int>(), 99);

@@ -40,6 +40,7 @@ def test_the_module_has_the_interface_clients_use() -> None:
         "stats",
         "health",
         "reload",
+        "settle_local",
     )
     assert protocol.RING_OPS == ("report", "verdict", "adopt")
     assert set(protocol.RING_OPS) <= set(protocol.OPS)

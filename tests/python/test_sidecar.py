@@ -39,6 +39,12 @@ TARGET = "llama-70b"
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
+def _decided(c: turnout.Client) -> dict[str, int]:
+    """How a client's routes were decided (its counters' first four)."""
+    ways = ("socket", "fast_path", "local", "outages")
+    return {k: v for k, v in c.counters().items() if k in ways}
+
+
 def _usage(i: int) -> dict[str, int]:
     return {"prompt_tokens": 100 + i, "completion_tokens": 10 + i % 7}
 
@@ -422,9 +428,9 @@ def test_client_decides_locally_when_the_sidecar_is_down(workdir: Path, config_p
         assert time.monotonic() - t0 < 2.0  # the deadline (100 ms) plus slack, never a hang
         assert type(d) is turnout.Decision
         assert d.target == TARGET
-        assert d.id < 1 << 40  # a local decision
+        assert d.id >> 62 == 1  # a local decision (1 << 62 | tag << 32 | sequence)
         assert c.local_decisions == 1
-        assert c.counters() == {"socket": 0, "fast_path": 0, "local": 1, "outages": 1}
+        assert _decided(c) == {"socket": 0, "fast_path": 0, "local": 1, "outages": 1}
         receipt = c.report(d.id, target=d.target, status="ok", usage=_usage(0))
         assert receipt is not None
         assert not receipt["duplicate"]
@@ -457,11 +463,11 @@ def test_one_decision_type_whichever_path_answered(sidecar: Sidecar, config_path
         decisions["fast_path"] = fast.route(BUDGETED, **request("fast_path"))
         sidecar.kill9()
         decisions["local"] = slow.route(BUDGETED, **request("local"))
-        assert slow.counters() == {"socket": 1, "fast_path": 0, "local": 1, "outages": 1}
-        assert fast.counters() == {"socket": 0, "fast_path": 1, "local": 0, "outages": 0}
+        assert _decided(slow) == {"socket": 1, "fast_path": 0, "local": 1, "outages": 1}
+        assert _decided(fast) == {"socket": 0, "fast_path": 1, "local": 0, "outages": 0}
     assert decisions["socket"].id >> 40 == 1  # the sidecar's first generation
     assert decisions["fast_path"].id >> 63 == 1
-    assert decisions["local"].id < 1 << 40
+    assert decisions["local"].id >> 62 == 1
     for path, d in decisions.items():
         fresh = turnout.Router(config)
         decide = fresh.explain if path == "explain" else fresh.route
@@ -501,11 +507,11 @@ def test_local_decisions_warn_once_per_outage_and_are_counted(
     with turnout.Client(first.endpoint, config=config_path, timeout_ms=200, retry_after_s=0) as c:
         for i in range(3):
             c.route(SCENARIO, key=str(i), input_tokens=100)
-        assert c.counters() == {"socket": 3, "fast_path": 0, "local": 0, "outages": 0}
+        assert _decided(c) == {"socket": 3, "fast_path": 0, "local": 0, "outages": 0}
         assert caplog.records == []
         first.kill9()
         for i in range(4):
-            assert c.route(SCENARIO, key=str(i), input_tokens=100).id < 1 << 40
+            assert c.route(SCENARIO, key=str(i), input_tokens=100).id >> 62 == 1
         assert c.local_decisions == 4
         assert warnings() == [
             f"turnout: no answer from the sidecar at {first.endpoint} within 200 ms; "
@@ -521,7 +527,7 @@ def test_local_decisions_warn_once_per_outage_and_are_counted(
         for i in range(2):
             c.route(SCENARIO, key=str(i), input_tokens=100)
         assert len(warnings()) == 2
-        assert c.counters() == {"socket": 4, "fast_path": 0, "local": 6, "outages": 2}
+        assert _decided(c) == {"socket": 4, "fast_path": 0, "local": 6, "outages": 2}
     assert all(r.name == "turnout" for r in caplog.records)
 
 
@@ -538,10 +544,10 @@ def test_a_full_ring_of_a_stopped_sidecar_sends_routes_to_the_local_fallback(
                 fast += 1
                 assert fast < 100_000, "the ring never filled"
             for i in range(5):
-                assert c.route("agent-assist", key=str(i), input_tokens=100).id < 1 << 40
+                assert c.route("agent-assist", key=str(i), input_tokens=100).id >> 62 == 1
         finally:
             sidecar.proc.send_signal(signal.SIGCONT)
-        assert c.counters() == {"socket": 0, "fast_path": fast, "local": 6, "outages": 1}
+        assert _decided(c) == {"socket": 0, "fast_path": fast, "local": 6, "outages": 1}
     [warning] = [r.getMessage() for r in caplog.records]
     assert warning.startswith("turnout: the fast path refused (the fast-path ring is full")
     assert f"no answer from the sidecar at {sidecar.endpoint} within 100 ms" in warning

@@ -150,6 +150,8 @@ Result<std::unique_ptr<FastClient>> FastClient::attach(const std::string& shm, b
       f->my_ring_ = ring;
       f->my_data_ = base + i * ring_stride() + sizeof(shm::RingHeader);
       f->ring_ = i;
+      f->first_record_ = ring->posted.load(std::memory_order_relaxed) + 1;
+      f->seen_rejections_ = ring->rejections.load(std::memory_order_acquire);
     }
   }
   if (f->my_ring_ == nullptr) {
@@ -280,20 +282,48 @@ Result<Decision> FastClient::route(const RouteRequest& request, ConfigPtr* decid
   // allocation); a huge prompt posts its leading blocks only, so that its record fits a ring.
   scratch_.clear();
   protocol::encode_adopt_request(scratch_, *d, kMaxPostedBlocks);
-  if (!post_locked({scratch_.data(), scratch_.size()})) {
+  if (post_locked({scratch_.data(), scratch_.size()}) == 0) {
     // Not posted, so the sidecar never learns of it: the caller routes through the socket instead.
     return unavailable("the fast-path ring is full (the sidecar is not draining it)");
   }
   return d;
 }
 
-bool FastClient::post(std::string_view message) {
+std::uint64_t FastClient::post(std::string_view message) {
   std::lock_guard lock(mu_);
-  return my_ring_ != nullptr && post_locked(message);
+  return my_ring_ != nullptr ? post_locked(message) : 0;
 }
 
-bool FastClient::post_locked(std::string_view message) {
+std::uint64_t FastClient::post_locked(std::string_view message) {
   return shm::ring_push<kRingBytes>(*my_ring_, my_data_, message);
+}
+
+RingFeedback FastClient::feedback() {
+  std::lock_guard lock(mu_);
+  RingFeedback out;
+  if (my_ring_ == nullptr) return out;
+  const shm::RingHeader& ring = *my_ring_;
+  out.posted = ring.posted.load(std::memory_order_relaxed);
+  out.settled = ring.settled.load(std::memory_order_acquire);
+  const std::uint64_t written = ring.rejections.load(std::memory_order_acquire);
+  std::uint64_t from = seen_rejections_;
+  if (written - from > shm::kRingRejections) {
+    out.missed = written - from - shm::kRingRejections;
+    from = written - shm::kRingRejections;
+  }
+  for (std::uint64_t n = from; n < written; ++n) {
+    const shm::RingRejection& r = ring.rejected[n % shm::kRingRejections];
+    const std::uint64_t record = r.record.load(std::memory_order_acquire);
+    RecordRejection x{record, r.decision_id.load(std::memory_order_relaxed), std::nullopt, ErrorCode::internal};
+    const std::uint32_t op = r.op.load(std::memory_order_relaxed);
+    const std::uint32_t code = r.code.load(std::memory_order_relaxed);
+    if (op < protocol::kOps.size()) x.op = static_cast<protocol::Op>(op);
+    if (code < kErrorCodes.size()) x.code = static_cast<ErrorCode>(code);
+    // 0: being rewritten (the sidecar lapped this reader); an earlier holder's record is not ours.
+    if (record >= first_record_ && r.record.load(std::memory_order_acquire) == record) out.rejected.push_back(x);
+  }
+  seen_rejections_ = written;
+  return out;
 }
 
 Result<ReportReceipt> FastClient::receipt(const OutcomeReport& report) {

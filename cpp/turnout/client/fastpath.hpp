@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,8 +37,8 @@ using detail::LiveUnit;
 
 inline constexpr std::uint64_t kTableMagic = 0x3154424c'544e5254ULL;  // "TRNTLBT1" little-endian
 inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRNG1" little-endian
-inline constexpr std::uint32_t kFastLayoutVersion = 1;
-inline constexpr std::uint32_t kRingCount = 64;          ///< client processes on the fast path at once
+inline constexpr std::uint32_t kFastLayoutVersion = 2;                ///< 2: rings carry the sidecar's feedback
+inline constexpr std::uint32_t kRingCount = 64;                       ///< client processes on the fast path at once
 inline constexpr std::uint32_t kRingBytes = 256U << 10;  ///< per client: ~1,000 routes with 128-block prefixes
 using protocol::kFastIdBit;                              ///< fast-path decision ids: bit 63 | ring << 40 | seq
 using protocol::kRingShift;
@@ -118,6 +119,22 @@ struct alignas(64) RingsHeader {
 /// The name of the rings segment of the sidecar that was given `shm`.
 [[nodiscard]] std::string rings_segment_name(const std::string& shm);
 
+/// A ring record the sidecar refused (its rejection in the ring header, in the protocol's words).
+struct RecordRejection {
+  std::uint64_t record = 0;  ///< the number post() gave it
+  std::uint64_t decision_id = 0;
+  std::optional<protocol::Op> op;  ///< none: not known (a record the sidecar died applying)
+  ErrorCode code = ErrorCode::internal;
+};
+
+/// What the sidecar made of this client's records so far.
+struct RingFeedback {
+  std::uint64_t posted = 0;               ///< the number of this ring's last record
+  std::uint64_t settled = 0;              ///< records up to this number are applied or refused
+  std::uint64_t missed = 0;               ///< rejections overwritten before this client read them (since the last call)
+  std::vector<RecordRejection> rejected;  ///< this client's refused records since the last call
+};
+
 /// The worker's side: decides from the mapped table and posts to its own ring. Thread-safe.
 class FastClient {
  public:
@@ -135,8 +152,12 @@ class FastClient {
   [[nodiscard]] ConfigPtr config();
   /// What route() would decide now from the mapped table and state, committing and posting nothing.
   [[nodiscard]] Result<Decision> explain(const RouteRequest& request, ConfigPtr* decided_by = nullptr);
-  /// Posts one wire message (report, verdict) to the ring; false if the ring is full (or no ring).
-  [[nodiscard]] bool post(std::string_view message);
+  /// Posts one wire message (report, verdict) to the ring and returns its record number (what
+  /// feedback() speaks of); 0 if the ring is full (or there is no ring).
+  [[nodiscard]] std::uint64_t post(std::string_view message);
+  /// What the sidecar made of this client's records: how far it settled them, and the ones it refused
+  /// since the last call (records of the ring's earlier holders are not this client's).
+  [[nodiscard]] RingFeedback feedback();
   /// What report() would answer for an outcome of one of this client's recent decisions (priced by
   /// the same code, from the table that decided it), without a round trip. `duplicate` is never set
   /// here, and an unknown fallback target is only refused by the sidecar.
@@ -149,7 +170,7 @@ class FastClient {
   struct Table;
   FastClient() = default;
   [[nodiscard]] Result<Ok> refresh();  // re-maps the table when the sidecar published a new one
-  [[nodiscard]] bool post_locked(std::string_view message);
+  [[nodiscard]] std::uint64_t post_locked(std::string_view message);
   void mirror_state();  // copies the published live state into the local router if it changed
 
   std::string shm_;
@@ -159,6 +180,8 @@ class FastClient {
   shm::RingHeader* my_ring_ = nullptr;
   char* my_data_ = nullptr;
   std::uint32_t ring_ = 0;
+  std::uint64_t first_record_ = 0;     // records before this number were posted by the ring's earlier holders
+  std::uint64_t seen_rejections_ = 0;  // the ring's rejections read so far
   std::unique_ptr<Table> table_;
   std::shared_ptr<Router> previous_;  // the local router of the table before the last reload
   std::uint64_t previous_generation_ = 0;
