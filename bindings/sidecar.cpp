@@ -13,6 +13,7 @@
 #include "errors.hpp"
 #include "rows.hpp"
 #include "turnout/client/counters.hpp"
+#include "turnout/shm/private_file.hpp"
 
 namespace py = pybind11;
 using namespace turnout;
@@ -55,6 +56,13 @@ void bind_sidecar(py::module_& m) {
           },
           "The segment header: owner pid, generation, last heartbeat (seconds), config version, ready.");
 
+  m.def(
+      "default_endpoint", [] { return unwrap(shm::default_endpoint(false)); },
+      "The sidecar's default ipc endpoint, the daemon's own rule (never a shared directory such as /tmp).");
+  m.def(
+      "check_private_socket", [](const std::string& path) { unwrap(shm::check_private_socket(path)); }, py::arg("path"),
+      "Raises PermissionError unless the ipc socket `path` (if it exists) is ours, mode 0600, in a directory "
+      "no other user can write.");
   m.def(
       "attach_segment", [](const std::string& name) { return unwrap(client::SegmentReader::attach(name)); },
       py::arg("name"), "Maps the sidecar segment `name` read-only.");
