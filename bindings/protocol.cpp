@@ -42,12 +42,15 @@ void bind_protocol(py::module_& m) {
   p.attr("LOCAL_TAG_MASK") = protocol::kLocalTagMask;
   py::list ops;
   py::list ring_ops;
+  py::list read_only_ops;
   for (const auto& op : protocol::kOps) {
     ops.append(py::str(op.name.data(), op.name.size()));
     if (op.ring) ring_ops.append(py::str(op.name.data(), op.name.size()));
+    if (op.socket && !op.writes) read_only_ops.append(py::str(op.name.data(), op.name.size()));
   }
   p.attr("OPS") = py::tuple(ops);
   p.attr("RING_OPS") = py::tuple(ring_ops);
+  p.attr("READ_ONLY_OPS") = py::tuple(read_only_ops);
   p.attr("FIELD") = field_names(p);
   p.attr("ERROR_CODES") = m.attr("error_codes")();  // the one table, as bind_errors exports it
   // `import turnout._core.protocol` and `from turnout._core.protocol import FIELD` work too.

@@ -14,6 +14,7 @@
 #include "rows.hpp"
 #include "turnout/client/counters.hpp"
 #include "turnout/client/fastpath.hpp"
+#include "turnout/shm/private_file.hpp"
 
 namespace py = pybind11;
 using namespace turnout;
@@ -82,6 +83,13 @@ void bind_sidecar(py::module_& m) {
           "(records up to it are applied or refused), the records it refused since the last call "
           "(record, decision_id, op, code) and `missed` (refusals overwritten before they were read).");
 
+  m.def(
+      "default_endpoint", [] { return unwrap(shm::default_endpoint(false)); },
+      "The sidecar's default ipc endpoint, the daemon's own rule (never a shared directory such as /tmp).");
+  m.def(
+      "check_private_socket", [](const std::string& path) { unwrap(shm::check_private_socket(path)); }, py::arg("path"),
+      "Raises PermissionError unless the ipc socket `path` (if it exists) is ours, mode 0600, in a directory "
+      "no other user can write.");
   m.def(
       "attach_segment", [](const std::string& name) { return unwrap(client::SegmentReader::attach(name)); },
       py::arg("name"), "Maps the sidecar segment `name` read-only.");

@@ -197,10 +197,11 @@ Result<std::unique_ptr<TablePublisher>> TablePublisher::create(const std::string
     off = align64(off + p.slots * sizeof(ViewSlot));
   }
 
+  const std::string name = table_segment_name(shm, generation);
+  auto region = create_private_segment(name, off);
+  if (!region) return std::move(region).error();  // and nothing of that name is ours to remove
   std::unique_ptr<TablePublisher> pub(new TablePublisher());
-  pub->name_ = table_segment_name(shm, generation);
-  auto region = create_private_segment(pub->name_, off);
-  if (!region) return std::move(region).error();
+  pub->name_ = name;
   pub->region_ = std::move(region).value();
   char* base = static_cast<char*>(pub->region_->get_address());
   auto& h = *reinterpret_cast<TableHeader*>(base);

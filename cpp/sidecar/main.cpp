@@ -3,6 +3,7 @@
 // /healthz on a loopback HTTP port. See docs/operations.md.
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/file.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -31,7 +32,9 @@
 #include <zmq_addon.hpp>
 #include "turnout/io/router_sink.hpp"
 
+#include "sidecar/config_watch.hpp"
 #include "sidecar/server.hpp"
+#include "turnout/shm/private_file.hpp"
 
 namespace {
 
@@ -40,7 +43,15 @@ using turnout::make_error;
 using turnout::Result;
 using turnout::sidecar::Server;
 
-constexpr std::int64_t kWatchIntervalMs = 250;  // config file stat() period
+using turnout::sidecar::ConfigWatch;
+using turnout::sidecar::FileStamp;
+
+/// Messages queued per peer before ZeroMQ stops reading from it (backpressure, nothing is dropped):
+/// with kMaxMessageBytes each, a peer holds at most (kPeerQueuedMessages + 1) x 8 MiB of the
+/// daemon's memory (the +1: the message being received). See docs/operations.md.
+constexpr int kPeerQueuedMessages = 4;
+/// Replies queued per peer that does not read them.
+constexpr int kPeerQueuedReplies = 64;
 
 bool g_foreground = false;
 int g_ready_fd = -1;  // background mode: the parent waits on this pipe for "ok" or the error line
@@ -77,12 +88,14 @@ const char* kUsage =
     "usage: turnout-sidecar CONFIG [--endpoint ipc://PATH|tcp://HOST:PORT] [--shm NAME]\n"
     "                          [--metrics 127.0.0.1:PORT] [--foreground] [--no-watch]\n"
     "                          [--curve-secret-key FILE --curve-authorized-keys FILE]\n"
+    "                          [--insecure-tcp read-only|read-write]\n"
     "\n"
     "  CONFIG              the YAML routing table (reloaded on SIGHUP, by the reload op and when the\n"
     "                      file changes)\n"
     "  --endpoint E        ZeroMQ endpoint to bind (default ipc://$XDG_RUNTIME_DIR/turnout/sidecar.sock,\n"
-    "                      else ipc:///tmp/turnout-$UID/sidecar.sock; socket file mode 0600);\n"
-    "                      tcp:// on a non-loopback address needs the two --curve options\n"
+    "                      else ipc:///run/user/$UID/turnout/sidecar.sock, else\n"
+    "                      ipc://$HOME/.turnout/sidecar.sock; socket file mode 0600); tcp:// needs the\n"
+    "                      two --curve options (or, on loopback only, --insecure-tcp)\n"
     "  --shm NAME          shared-memory segment for the counters (default turnout-$UID)\n"
     "  --metrics HOST:PORT serve /metrics and /healthz over HTTP (loopback only; default off)\n"
     "  --foreground        stay in the foreground and log to stderr (default: daemonize, log to syslog)\n"
@@ -92,7 +105,9 @@ const char* kUsage =
     "                      peers must use ZeroMQ CURVE with the matching public key (logged at start)\n"
     "  --curve-authorized-keys FILE\n"
     "                      the client public keys allowed in, one Z85 key per line ('#' comments);\n"
-    "                      re-read on SIGHUP\n";
+    "                      re-read on SIGHUP\n"
+    "  --insecure-tcp MODE serve loopback tcp:// without CURVE: every local user can then connect.\n"
+    "                      read-only: explain, stats and health only; read-write: every op\n";
 
 struct Options {
   std::string config;
@@ -101,6 +116,7 @@ struct Options {
   std::string metrics;
   std::string curve_secret_key;
   std::string curve_authorized_keys;
+  std::string insecure_tcp;  ///< "", "read-only" or "read-write"
   bool foreground = false;
   bool watch = true;
   std::string metrics_host;  ///< --metrics, split (port 0: off)
@@ -132,6 +148,11 @@ Options parse(int argc, char** argv) {
       o.curve_secret_key = value("--curve-secret-key");
     } else if (a == "--curve-authorized-keys" || a.rfind("--curve-authorized-keys=", 0) == 0) {
       o.curve_authorized_keys = value("--curve-authorized-keys");
+    } else if (a == "--insecure-tcp" || a.rfind("--insecure-tcp=", 0) == 0) {
+      o.insecure_tcp = value("--insecure-tcp");
+      if (o.insecure_tcp != "read-only" && o.insecure_tcp != "read-write") {
+        die("--insecure-tcp must be read-only or read-write, got '" + o.insecure_tcp + "'");
+      }
     } else if (a == "--endpoint" || a.rfind("--endpoint=", 0) == 0) {
       o.endpoint = value("--endpoint");
     } else if (a == "--shm" || a.rfind("--shm=", 0) == 0) {
@@ -158,24 +179,13 @@ bool loopback_host(const std::string& host) {
 }
 
 std::string default_endpoint() {
-  std::string dir;
-  if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg != nullptr && *xdg != '\0') {
-    dir = std::string(xdg) + "/turnout";
-  } else {
-    dir = "/tmp/turnout-" + std::to_string(::getuid());
-  }
-  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
-    die("cannot create " + dir + ": " + std::strerror(errno));
-  }
-  struct stat st {};
-  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::getuid()) {
-    die(dir + " is not a directory owned by this user; pass --endpoint");
-  }
-  return "ipc://" + dir + "/sidecar.sock";
+  auto endpoint = turnout::shm::default_endpoint(true);
+  if (!endpoint) die(endpoint.error().message + "; pass --endpoint");
+  return std::move(endpoint).value();
 }
 
-/// Refuses what is not ipc:// or tcp://; a non-loopback tcp:// address only with CURVE.
-void check_endpoint(const std::string& e, bool curve) {
+/// Refuses what is not ipc:// or tcp://; tcp:// only with CURVE, or on loopback with --insecure-tcp.
+void check_endpoint(const std::string& e, bool curve, bool insecure_tcp) {
   if (e.rfind("ipc://", 0) == 0) {
     if (e.size() <= 6) die("--endpoint ipc:// needs a path");
     return;
@@ -188,7 +198,13 @@ void check_endpoint(const std::string& e, bool curve) {
     if (!loopback_host(host) && !curve) {
       die("refusing to bind non-loopback address " + e +
           " without ZeroMQ CURVE authentication: give --curve-secret-key and --curve-authorized-keys, "
-          "or bind ipc:// or tcp://127.0.0.1:PORT");
+          "or bind ipc://PATH");
+    }
+    if (!curve && !insecure_tcp) {
+      die("refusing to bind " + e +
+          " without ZeroMQ CURVE authentication: every local user could connect. Give "
+          "--curve-secret-key and --curve-authorized-keys, bind ipc://PATH, or opt in with "
+          "--insecure-tcp read-only (or read-write)");
     }
     return;
   }
@@ -309,24 +325,6 @@ void answer_zap(zmq::socket_t& zap, const KeySet& authorized, KeySet& denied_log
 
 // ----------------------------------------------------------------------------------- file watch
 
-/// What identifies one version of the config file without reading it: in-place writes change the
-/// size or mtime, editors and ConfigMap updates that replace the file change the inode.
-struct FileStamp {
-  bool exists = false;
-  dev_t dev = 0;
-  ino_t ino = 0;
-  off_t size = 0;
-  std::int64_t mtime_ns = 0;
-  bool operator==(const FileStamp&) const = default;
-};
-
-FileStamp stamp(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return {};
-  return {true, st.st_dev, st.st_ino, st.st_size,
-          static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
-}
-
 std::optional<std::string> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return std::nullopt;
@@ -381,7 +379,11 @@ Options parse_flags(int argc, char** argv) {
   g_foreground = opt.foreground;
   ::umask(0077);  // every file we create (socket, segment, lock) is 0600
   if (opt.endpoint.empty()) opt.endpoint = default_endpoint();
-  check_endpoint(opt.endpoint, !opt.curve_secret_key.empty());
+  const bool curve = !opt.curve_secret_key.empty();
+  check_endpoint(opt.endpoint, curve, !opt.insecure_tcp.empty());
+  if (!opt.insecure_tcp.empty() && (curve || opt.endpoint.rfind("tcp://", 0) != 0)) {
+    die("--insecure-tcp applies to a tcp:// endpoint without CURVE only");
+  }
   if (opt.shm.empty()) opt.shm = "turnout-" + std::to_string(::getuid());
   if (!opt.metrics.empty()) {
     const auto colon = opt.metrics.rfind(':');
@@ -443,9 +445,8 @@ class Daemon {
   Options opt_;
   std::optional<CurveKeys> curve_;
   int sigfd_ = -1;
-  FileStamp watched_;   // the config version being served
-  FileStamp settling_;  // the last stamp seen; equal to `watched_` when nothing is pending
-  std::int64_t last_watch_ = 0;
+  FileStamp watched_;                        // the config version being served
+  std::optional<ConfigWatch> config_watch_;  // off with --no-watch
   std::int64_t last_beat_ = 0;
   std::unique_ptr<Server> server_;
   std::string start_note_;
@@ -481,11 +482,18 @@ int block_signals() {
 /// Step 4: the table, the shared-memory segment and its counters (re-attached after a crash).
 void Daemon::open_state() {
   // Stamped before the load: a change that lands during start-up is still seen.
-  watched_ = settling_ = stamp(opt_.config);
-  last_watch_ = now_ms();
+  watched_ = FileStamp::of(opt_.config);
+  if (opt_.watch) {
+    if (auto w = ConfigWatch::open(opt_.config); w) {
+      config_watch_ = std::move(w).value();
+    } else {
+      log(LOG_WARNING, "config watch off (%s): SIGHUP and the reload op still reload", w.error().message.c_str());
+    }
+  }
   auto started = Server::start(opt_.config, opt_.shm);
   if (!started) die(started.error().message);
   server_ = std::move(started.value().server);
+  server_->set_read_only(opt_.insecure_tcp == "read-only");
   start_note_ = std::move(started.value().note);
 }
 
@@ -495,9 +503,12 @@ void Daemon::bind_socket() {
   std::string ipc_path;
   if (opt_.endpoint.rfind("ipc://", 0) == 0) {
     ipc_path = opt_.endpoint.substr(6);
-    const std::string lock = ipc_path + ".lock";
-    endpoint_lock_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (endpoint_lock_ < 0) die("cannot open " + lock + ": " + std::strerror(errno));
+    const auto slash = ipc_path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : ipc_path.substr(0, slash);
+    if (auto ok = turnout::shm::check_socket_dir(dir); !ok) die(ok.error().message);
+    auto lock = turnout::shm::open_private_lock(ipc_path + ".lock");  // another user's is refused
+    if (!lock) die(lock.error().message);
+    endpoint_lock_ = lock.value();
     if (::flock(endpoint_lock_, LOCK_EX | LOCK_NB) != 0) {
       die("endpoint " + opt_.endpoint + " is in use by another live sidecar");
     }
@@ -516,8 +527,8 @@ void Daemon::bind_socket() {
   try {
     sock_.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(turnout::protocol::kMaxMessageBytes));
     sock_.set(zmq::sockopt::linger, 1000);
-    sock_.set(zmq::sockopt::rcvhwm, 10000);
-    sock_.set(zmq::sockopt::sndhwm, 10000);
+    sock_.set(zmq::sockopt::rcvhwm, kPeerQueuedMessages);
+    sock_.set(zmq::sockopt::sndhwm, kPeerQueuedReplies);
     if (curve_) {
       sock_.set(zmq::sockopt::curve_server, true);
       sock_.set(zmq::sockopt::curve_secretkey, curve_->secret.c_str());
@@ -564,6 +575,13 @@ void Daemon::subscribe_kv_events() {
 void Daemon::announce_ready() {
   log(LOG_INFO, "%s", start_note_.c_str());
   log_config_warnings();
+  if (!opt_.insecure_tcp.empty()) {
+    log(LOG_WARNING,
+        "INSECURE: %s without CURVE (--insecure-tcp %s): every local user can connect and %s; use ipc:// or "
+        "CURVE",
+        opt_.endpoint.c_str(), opt_.insecure_tcp.c_str(),
+        opt_.insecure_tcp == "read-write" ? "route, report, verdict and reload" : "read explain, stats and health");
+  }
   if (curve_) {
     log(LOG_INFO, "CURVE on: server public key %s, %zu authorized client keys", curve_public_.c_str(),
         curve_->authorized.size());
@@ -584,15 +602,19 @@ void Daemon::announce_ready() {
 /// until SIGTERM or SIGINT.
 void Daemon::serve_loop() {
   while (!stopping_) {
-    zmq::pollitem_t items[] = {
-        {sock_.handle(), 0, ZMQ_POLLIN, 0}, {nullptr, sigfd_, ZMQ_POLLIN, 0}, {zap_.handle(), 0, ZMQ_POLLIN, 0}};
+    const int watch_fd = config_watch_ ? config_watch_->fd() : -1;  // poll() skips a negative fd
+    zmq::pollitem_t items[] = {{sock_.handle(), 0, ZMQ_POLLIN, 0},
+                               {nullptr, sigfd_, ZMQ_POLLIN, 0},
+                               {nullptr, watch_fd, ZMQ_POLLIN, 0},
+                               {zap_.handle(), 0, ZMQ_POLLIN, 0}};
     try {
       // Fast-path clients post to rings, not the socket: look at them every millisecond while any exist.
-      zmq::poll(items, curve_ ? 3 : 2, std::chrono::milliseconds(server_->fast_clients() > 0 ? 1 : 100));
+      zmq::poll(items, curve_ ? 4 : 3, std::chrono::milliseconds(server_->fast_clients() > 0 ? 1 : 100));
     } catch (const zmq::error_t& e) {
       if (e.num() != EINTR) log(LOG_ERR, "poll: %s", e.what());
     }
-    if (curve_ && (items[2].revents & ZMQ_POLLIN) != 0) {
+    if ((items[2].revents & ZMQ_POLLIN) != 0) config_watch_->on_events(now_ms());
+    if (curve_ && (items[3].revents & ZMQ_POLLIN) != 0) {
       try {
         answer_zap(zap_, curve_->authorized, denied_logged_);
       } catch (const zmq::error_t& e) {
@@ -676,19 +698,12 @@ void Daemon::log_config_warnings() {
   for (const auto& w : server_->router()->config()->warnings) log(LOG_WARNING, "config: %s", w.c_str());
 }
 
-// A new stamp is acted on once it held for a whole interval (an editor may be mid-write), and only
-// once (a broken file is reported when it changes, not every poll). Content already being served
-// (reloaded by SIGHUP or the op) is not reloaded again.
+// A new version is loaded once complete (its writer closed it, or it was renamed into place) and
+// settled (ConfigWatch), and only once. Content already being served (reloaded by SIGHUP or the op)
+// is not reloaded again.
 void Daemon::watch(std::int64_t now) {
-  if (!opt_.watch || now - last_watch_ < kWatchIntervalMs) return;
-  last_watch_ = now;
-  const FileStamp current = stamp(opt_.config);
-  if (current == watched_ || current != settling_) {
-    settling_ = current;
-    return;
-  }
-  watched_ = current;
-  if (!current.exists) {
+  if (!config_watch_ || !config_watch_->changed(now, watched_)) return;
+  if (!watched_.exists) {
     log(LOG_WARNING, "config %s is gone, still serving config %s", opt_.config.c_str(),
         server_->config_version().c_str());
   } else if (read_file(opt_.config) != server_->router()->config()->text) {
@@ -718,6 +733,9 @@ void Daemon::read_signals() {
 }
 
 int run(int argc, char** argv) {
+  // Messages above 1 MiB get their own mapping, returned to the OS when freed: a flood of large
+  // messages must not leave the heap grown (glibc would otherwise raise this threshold to 32 MiB).
+  ::mallopt(M_MMAP_THRESHOLD, 1 << 20);
   Options opt = parse_flags(argc, argv);
   auto curve = load_curve_keys(opt);
   if (!opt.foreground) daemonize();

@@ -135,8 +135,8 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   x.family("turnout_generation", "gauge", "Segment generation (bumped on start and reload).");
   x.sample("turnout_generation", "", std::to_string(sidecar.generation));
   x.family("turnout_config_info", "gauge", "The routing table being served.");
-  x.sample("turnout_config_info",
-           "version=\"" + label_value(sidecar.config_version) + "\",source=\"" + label_value(c.source) + "\"", "1");
+  // Every local user can read the loopback port: no file path and no endpoint (docs/operations.md).
+  x.sample("turnout_config_info", "version=\"" + label_value(sidecar.config_version) + "\"", "1");
   x.family("turnout_uptime_seconds", "gauge", "Seconds since the sidecar started.");
   x.sample("turnout_uptime_seconds", "", std::to_string(sidecar.uptime_s));
   x.family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
@@ -159,8 +159,8 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   const auto breakers = router.breakers(now_ms);
   const auto unit_labels = [&c](const BreakerRow& b) {
     const Target& t = c.targets[b.target];
-    return "target=\"" + label_value(t.name) + "\",endpoint=\"" +
-           (b.replica == kNone ? std::string() : label_value(t.replicas[b.replica].endpoint)) + "\"";
+    return "target=\"" + label_value(t.name) + "\",replica=\"" +
+           (b.replica == kNone ? std::string() : std::to_string(b.replica)) + "\"";
   };
   x.family("turnout_breaker_state", "gauge", "Circuit breaker phase: 0 closed, 1 open, 2 half-open.");
   for (const auto& b : breakers) {

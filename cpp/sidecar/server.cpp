@@ -304,7 +304,7 @@ static_assert(handlers_in_order(), "kHandlers must name one handler per op, in p
 
 Result<Ok> Handler::serve(Server& s, protocol::Envelope& request, std::string_view payload, std::int64_t now_ms,
                           std::uint32_t ring, protocol::MapWriter& body) {
-  const auto channel = ring == kNone ? protocol::Channel::socket : protocol::Channel::ring;
+  const auto channel = ring == kNone ? s.socket_channel_ : protocol::Channel::ring;
   try {
     if (auto ok = protocol::decode_envelope(payload, s.limits_, channel, request); !ok) return ok;
     return kHandlers[static_cast<std::size_t>(request.op)].fn(s, Call{request, now_ms, ring, body});

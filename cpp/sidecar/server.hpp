@@ -37,6 +37,10 @@ class Server {
   /// The same for a record of fast-path ring `ring` (only adopt, report and verdict; an adopt's id
   /// must be one of that ring's). drain_rings() calls it; public for the fuzz test.
   [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms, std::uint32_t ring) noexcept;
+  /// Refuses every op that writes (protocol::OpInfo::writes) on the socket: loopback TCP without CURVE.
+  void set_read_only(bool read_only) noexcept {
+    socket_channel_ = read_only ? protocol::Channel::read_only_socket : protocol::Channel::socket;
+  }
   /// Re-reads the config file: validated first; the old table keeps serving on error.
   [[nodiscard]] Result<Ok> reload();
   /// Every ~100 ms: the segment's heartbeat, and once a second the directories' TTL expiry.
@@ -91,6 +95,7 @@ class Server {
   std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
   std::int64_t last_expiry_ms_ = 0;
   std::unique_ptr<LocalSettlements> settlements_;  // imported local decisions (opened on the first)
+  protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only
 
   friend struct Handler;  // the op handlers (server.cpp)
 };

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "turnout/shm/private_file.hpp"
 #include "turnout/shm/segment.hpp"
 #include "turnout/shm/seqlock.hpp"
 
@@ -45,8 +46,9 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
   std::unique_ptr<Segment> seg(new Segment());
   seg->name_ = name;
   const std::string lock = lock_path(name);
-  seg->lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (seg->lock_fd_ < 0) return os_error(errno, "cannot open lock file " + lock);
+  auto lock_fd = shm::open_private_lock(lock);  // another user's lock file is refused, not adopted
+  if (!lock_fd) return std::move(lock_fd).error();
+  seg->lock_fd_ = lock_fd.value();
   if (::flock(seg->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     if (errno != EWOULDBLOCK) return os_error(errno, "cannot lock " + lock);
     std::string who;

@@ -333,8 +333,14 @@ Result<Ok> decode_envelope(std::string_view payload, const DecodeLimits& limits,
   if (channel == Channel::ring && !info.ring) {
     return make_error(ErrorCode::bad_message, "a fast-path ring carries adopt, report and verdict records only");
   }
-  if (channel == Channel::socket && !info.socket) {
+  if (channel != Channel::ring && !info.socket) {
     return make_error(ErrorCode::bad_message, std::string(info.name) + " comes only through a fast-path ring");
+  }
+  if (channel == Channel::read_only_socket && info.writes) {
+    return make_error(ErrorCode::permission_denied,
+                      std::string(info.name) +
+                          " changes the sidecar's state and this endpoint is read-only (loopback TCP without CURVE): "
+                          "use the ipc:// socket or CURVE");
   }
   return Ok{};
 }

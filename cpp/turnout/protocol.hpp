@@ -81,19 +81,20 @@ struct OpInfo {
   std::string_view name;  ///< the wire name (`op`)
   bool ring;              ///< a fast-path ring may carry it (what a client did: adopt, report, verdict)
   bool socket;            ///< the socket takes it (adopt comes only through a ring)
+  bool writes;            ///< changes the sidecar's state (a read-only socket refuses it)
 };
 
 /// The op table, in enum order (checked below).
 inline constexpr std::array kOps{
-    OpInfo{Op::route, "route", false, true},
-    OpInfo{Op::explain, "explain", false, true},
-    OpInfo{Op::report, "report", true, true},
-    OpInfo{Op::verdict, "verdict", true, true},
-    OpInfo{Op::adopt, "adopt", true, false},
-    OpInfo{Op::stats, "stats", false, true},
-    OpInfo{Op::health, "health", false, true},
-    OpInfo{Op::reload, "reload", false, true},
-    OpInfo{Op::settle_local, "settle_local", false, true},
+    OpInfo{Op::route, "route", false, true, true},
+    OpInfo{Op::explain, "explain", false, true, false},
+    OpInfo{Op::report, "report", true, true, true},
+    OpInfo{Op::verdict, "verdict", true, true, true},
+    OpInfo{Op::adopt, "adopt", true, false, true},
+    OpInfo{Op::stats, "stats", false, true, false},
+    OpInfo{Op::health, "health", false, true, false},
+    OpInfo{Op::reload, "reload", false, true, true},
+    OpInfo{Op::settle_local, "settle_local", false, true, true},
 };
 
 [[nodiscard]] constexpr bool op_table_in_order() noexcept {
@@ -177,8 +178,9 @@ class Fields {
   std::vector<std::pair<std::string_view, const msgpack::object*>> fields_;
 };
 
-/// Where a request came from: the socket (answered) or a fast-path client's ring (applied).
-enum class Channel : std::uint8_t { socket, ring };
+/// Where a request came from: the socket (answered) or a fast-path client's ring (applied). A read-only socket
+/// (loopback TCP without CURVE, --insecure-tcp read-only) takes only the ops that do not write (OpInfo::writes).
+enum class Channel : std::uint8_t { socket, ring, read_only_socket };
 
 /// A decoded request: the message (owned), the id its reply echoes, its op and its fields.
 struct Envelope {

@@ -69,7 +69,8 @@ inline constexpr std::array kErrorCodes{
     ErrorCodeInfo{ErrorCode::io_error, "io_error",
                   "an OS call failed: open, read, ftruncate, mmap, a socket or a thread (the OS reason follows)"},
     ErrorCodeInfo{ErrorCode::permission_denied, "permission_denied",
-                  "a file, segment or socket is not ours, or its mode lets others in"},
+                  "a file, segment or socket is not ours, or its mode lets others in; or an op that writes, on a "
+                  "read-only endpoint"},
     ErrorCodeInfo{ErrorCode::busy, "busy",
                   "it is held or running already (a live sidecar's lock, a started subscriber)"},
     ErrorCodeInfo{ErrorCode::incompatible_layout, "incompatible_layout",

@@ -265,8 +265,8 @@ def demo(config_path: str | None, as_json: bool) -> None:
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option(
     "--endpoint",
-    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// socket); a non-loopback address needs "
-    "the --curve-* options.",
+    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// socket in a private directory); tcp:// "
+    "needs the --curve-* options (or, on loopback, --insecure-tcp).",
 )
 @click.option("--shm", help="Shared-memory segment name (default turnout-$UID).")
 @click.option("--metrics", help="Serve /metrics and /healthz on this loopback HOST:PORT.")
@@ -282,6 +282,11 @@ def demo(config_path: str | None, as_json: bool) -> None:
     type=click.Path(dir_okay=False),
     help="File with the Z85 public keys of the clients let in, one per line ('#' comments).",
 )
+@click.option(
+    "--insecure-tcp",
+    type=click.Choice(["read-only", "read-write"]),
+    help="Serve a loopback tcp:// endpoint without CURVE (every local user can connect).",
+)
 def serve(
     config: str,
     endpoint: str | None,
@@ -291,6 +296,7 @@ def serve(
     no_watch: bool,
     curve_secret_key: str | None,
     curve_authorized_keys: str | None,
+    insecure_tcp: str | None,
 ) -> None:
     """Run the turnout-sidecar daemon on a routing table (execs the installed binary)."""
     import os
@@ -306,6 +312,7 @@ def serve(
         ("--metrics", metrics),
         ("--curve-secret-key", curve_secret_key),
         ("--curve-authorized-keys", curve_authorized_keys),
+        ("--insecure-tcp", insecure_tcp),
     ):
         if value:
             argv += [flag, value]

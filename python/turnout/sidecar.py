@@ -97,10 +97,9 @@ def _sidecar_path() -> str:
 
 
 def default_endpoint() -> str:
-    """The endpoint the sidecar binds by default (the same rule as the daemon)."""
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = Path(runtime) / "turnout" if runtime else Path(f"/tmp/turnout-{os.getuid()}")
-    return f"ipc://{base / 'sidecar.sock'}"
+    """The endpoint the sidecar binds by default: the daemon's own rule, from the core
+    ($XDG_RUNTIME_DIR/turnout, else /run/user/$UID/turnout, else $HOME/.turnout; never /tmp)."""
+    return str(_core.default_endpoint())
 
 
 def default_shm_name() -> str:
@@ -220,6 +219,9 @@ class _SocketTransport:
         self._sock: Any = None
         try:
             self._connect()
+        except _errors.TurnoutError:
+            self.close()
+            raise
         except zmq.ZMQError as e:
             self.close()
             raise _errors.InvalidArgumentError(
@@ -229,6 +231,8 @@ class _SocketTransport:
 
     def _connect(self) -> None:
         zmq = self._zmq
+        if self.endpoint.startswith("ipc://"):  # another user's socket would receive our prompts
+            _core.check_private_socket(self.endpoint.removeprefix("ipc://"))
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue requests for a peer that is not there

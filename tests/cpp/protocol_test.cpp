@@ -722,5 +722,22 @@ TEST(Protocol, ReplyDecodersRefuseMalformedReplies) {
   EXPECT_EQ(decode_reload_reply(reload.fields).error().code, ErrorCode::bad_message);
 }
 
+TEST(Protocol, AReadOnlySocketTakesOnlyTheOpsThatDoNotWrite) {
+  for (const OpInfo& info : kOps) {
+    const std::string request = json(R"({"v": 1, "op": ")" + std::string(info.name) + R"("})");
+    const std::string got = envelope_error(request, Channel::read_only_socket);
+    if (!info.socket) {
+      EXPECT_EQ(got, "bad_message") << info.name;
+    } else {
+      EXPECT_EQ(got, info.writes ? "permission_denied" : "") << info.name;
+    }
+  }
+  // Which ops write is decided once, in kOps: only explain, stats and health do not.
+  for (const auto op : {Op::explain, Op::stats, Op::health}) EXPECT_FALSE(kOps[static_cast<int>(op)].writes);
+  for (const auto op : {Op::route, Op::report, Op::verdict, Op::adopt, Op::reload}) {
+    EXPECT_TRUE(kOps[static_cast<int>(op)].writes);
+  }
+}
+
 }  // namespace
 }  // namespace turnout::protocol

@@ -105,16 +105,19 @@ TEST_F(ShmErrorsTest, AMissingTableIsNotFound) {
 
 TEST_F(ShmErrorsTest, ASegmentOthersCanWriteIsRefused) {
   plant(name_, 0666);
-  EXPECT_TRUE(fails_with(SegmentReader::attach(name_), ErrorCode::permission_denied, "has mode 0666"));
-  EXPECT_TRUE(fails_with(FastClient::attach(name_), ErrorCode::permission_denied, "other users could have written it"));
+  EXPECT_TRUE(
+      fails_with(SegmentReader::attach(name_), ErrorCode::permission_denied, "mode 0666) is open to other users"));
+  EXPECT_TRUE(fails_with(FastClient::attach(name_), ErrorCode::permission_denied, "is open to other users"));
 }
 
 TEST_F(ShmErrorsTest, ASegmentOfAnotherUserIsRefused) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a segment to uid 65534";
   plant(name_, 0600);
   ASSERT_EQ(::chown(("/dev/shm/" + name_).c_str(), kNobody, kNobody), 0);
-  EXPECT_TRUE(fails_with(SegmentReader::attach(name_), ErrorCode::permission_denied, "is owned by uid 65534"));
-  EXPECT_TRUE(fails_with(FastClient::attach(name_), ErrorCode::permission_denied, "is owned by uid 65534"));
+  EXPECT_TRUE(fails_with(SegmentReader::attach(name_), ErrorCode::permission_denied,
+                         "(owner uid 65534, mode 0600) belongs to another user"));
+  EXPECT_TRUE(fails_with(FastClient::attach(name_), ErrorCode::permission_denied,
+                         "(owner uid 65534, mode 0600) belongs to another user"));
 }
 
 TEST_F(ShmErrorsTest, ASegmentOfAnotherLayoutIsIncompatible) {

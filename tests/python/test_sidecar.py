@@ -405,6 +405,8 @@ def test_invalid_config_and_busy_port_fail_with_one_line(
                 shm_name,
                 "--endpoint",
                 f"tcp://127.0.0.1:{port}",
+                "--insecure-tcp",
+                "read-write",
                 "--foreground",
             ],
             capture_output=True,

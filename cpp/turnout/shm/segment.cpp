@@ -8,8 +8,9 @@
 #include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
+
+#include "turnout/shm/private_file.hpp"
 
 namespace turnout::shm {
 
@@ -23,21 +24,13 @@ Error boost_error(const bip::interprocess_exception& e, std::string what) {
   return make_error(ErrorCode::io_error, std::move(what) + ": " + e.what());
 }
 
-// Checks an open segment is private to us: our uid, no group or other mode bits.
+std::string segment_path(const std::string& name) { return "/dev/shm/" + name; }
+
+// Checks an open segment is private to us: our uid, no group or other mode bits; and not empty.
 Result<Ok> check_private(int fd, const std::string& name) {
+  if (auto ok = check_private_fd(fd, "shared-memory segment", segment_path(name)); !ok) return ok;
   struct stat st {};
   if (::fstat(fd, &st) != 0) return os_error(errno, "shared-memory segment '" + name + "': cannot stat");
-  if (st.st_uid != ::geteuid()) {
-    return make_error(ErrorCode::permission_denied, "shared-memory segment '" + name + "' is owned by uid " +
-                                                        std::to_string(st.st_uid) + ", not by this user (uid " +
-                                                        std::to_string(::geteuid()) + ")");
-  }
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    return make_error(ErrorCode::permission_denied, "shared-memory segment '" + name + "' has mode " + mode +
-                                                        ": other users could have written it (a sidecar makes 0600)");
-  }
   if (st.st_size == 0) {
     return make_error(ErrorCode::incompatible_layout,
                       "shared-memory segment '" + name + "' is empty: not a Turnout segment");
@@ -47,7 +40,7 @@ Result<Ok> check_private(int fd, const std::string& name) {
 
 }  // namespace
 
-std::string lock_path(const std::string& name) { return "/dev/shm/" + name + ".lock"; }
+std::string lock_path(const std::string& name) { return segment_path(name) + ".lock"; }
 
 Result<Ok> check_segment_name(const std::string& name) {
   const bool ok =
@@ -64,6 +57,8 @@ Result<Ok> check_segment_name(const std::string& name) {
 
 Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::string& name, std::size_t size) {
   const std::string what = "shared-memory segment '" + name + "'";
+  // Only one of ours is replaced; another user's is theirs to remove (root too refuses it).
+  if (auto ok = check_replaceable("shared-memory segment", segment_path(name)); !ok) return std::move(ok).error();
   if (!bip::shared_memory_object::remove(name.c_str()) && errno != ENOENT) {
     return os_error(errno, what + ": cannot remove the old one");
   }
@@ -73,15 +68,13 @@ Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::st
     bip::shared_memory_object shm(bip::create_only, name.c_str(), bip::read_write, perms);
     step = "size";
     shm.truncate(static_cast<bip::offset_t>(size));
-    ::chmod(("/dev/shm/" + name).c_str(), 0600);  // whatever the umask was
-    const int fd = ::open(("/dev/shm/" + name).c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
-      const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
-      ::close(fd);
-      if (rc != 0) {
-        bip::shared_memory_object::remove(name.c_str());
-        return os_error(rc, what + ": cannot reserve " + std::to_string(size >> 20) + " MiB in /dev/shm");
-      }
+    // On the created descriptor itself (created exclusively: no one else's file).
+    const int fd = shm.get_mapping_handle().handle;
+    ::fchmod(fd, 0600);  // whatever the umask was
+    const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+    if (rc != 0) {
+      bip::shared_memory_object::remove(name.c_str());
+      return os_error(rc, what + ": cannot reserve " + std::to_string(size >> 20) + " MiB in /dev/shm");
     }
     step = "map";
     auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);

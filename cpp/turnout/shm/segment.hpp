@@ -19,8 +19,9 @@ namespace turnout::shm {
 /// Checks a segment name: 1-200 of [A-Za-z0-9._-].
 [[nodiscard]] Result<Ok> check_segment_name(const std::string& name);
 
-/// Creates (replacing any old one) a segment of `size` bytes, mode 0600 whatever the umask, backed
-/// for real (a full /dev/shm fails here, not with SIGBUS on first touch) and zeroed.
+/// Creates (replacing an old one of ours; another user's is refused, permission_denied) a segment of
+/// `size` bytes, exclusively, mode 0600 whatever the umask, backed for real (a full /dev/shm fails
+/// here, not with SIGBUS on first touch) and zeroed.
 [[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> create_private_segment(
     const std::string& name, std::size_t size);
 /// Maps an existing segment, read-only or read-write, if it is private to this user: owned by our
