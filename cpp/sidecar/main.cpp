@@ -486,6 +486,17 @@ void Daemon::open_state() {
   if (!started) die(started.error().message);
   server_ = std::move(started.value().server);
   start_note_ = std::move(started.value().note);
+  // Every reload is logged, the reload op's too, in one place.
+  server_->on_reload([this](std::string_view why, const Result<turnout::Ok>& r) {
+    const std::string by(why);
+    if (r) {
+      log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", by.c_str(), opt_.config.c_str(),
+          server_->config_version().c_str(), static_cast<unsigned long long>(server_->generation()));
+    } else {
+      log(LOG_ERR, "%s: reload failed, still serving config %s: %s", by.c_str(), server_->config_version().c_str(),
+          r.error().message.c_str());
+    }
+  });
 }
 
 /// Step 5: the ROUTER socket (0600 ipc, loopback TCP, or a CURVE server with its ZAP handler).
@@ -657,16 +668,9 @@ bool Daemon::serve_one() {
   return true;
 }
 
-// SIGHUP and file changes reload the same way: validated first, the old table serves on error.
-void Daemon::reload(const char* why) {
-  if (auto r = server_->reload(); r) {
-    log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", why, opt_.config.c_str(),
-        server_->config_version().c_str(), static_cast<unsigned long long>(server_->generation()));
-  } else {
-    log(LOG_ERR, "%s: reload failed, still serving config %s: %s", why, server_->config_version().c_str(),
-        r.error().message.c_str());
-  }
-}
+// SIGHUP and file changes reload the same way as the op: validated first, the old table serves on
+// error, and the outcome is logged (the hook set in open_state).
+void Daemon::reload(const char* why) { (void)server_->reload(why, now_ms()); }
 
 // A new stamp is acted on once it held for a whole interval (an editor may be mid-write), and only
 // once (a broken file is reported when it changes, not every poll). Content already being served
