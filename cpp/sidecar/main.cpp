@@ -495,6 +495,18 @@ void Daemon::open_state() {
   server_ = std::move(started.value().server);
   server_->set_read_only(opt_.insecure_tcp == "read-only");
   start_note_ = std::move(started.value().note);
+  // Every reload is logged, the reload op's too, in one place.
+  server_->on_reload([this](std::string_view why, const Result<turnout::Ok>& r) {
+    const std::string by(why);
+    if (r) {
+      log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", by.c_str(), opt_.config.c_str(),
+          server_->config_version().c_str(), static_cast<unsigned long long>(server_->generation()));
+      log_config_warnings();
+    } else {
+      log(LOG_ERR, "%s: reload failed, still serving config %s: %s", by.c_str(), server_->config_version().c_str(),
+          r.error().message.c_str());
+    }
+  });
 }
 
 /// Step 5: the ROUTER socket (0600 ipc, loopback TCP, or a CURVE server with its ZAP handler).
@@ -681,17 +693,9 @@ bool Daemon::serve_one() {
   return true;
 }
 
-// SIGHUP and file changes reload the same way: validated first, the old table serves on error.
-void Daemon::reload(const char* why) {
-  if (auto r = server_->reload(); r) {
-    log(LOG_INFO, "%s: reloaded %s, config %s, generation %llu", why, opt_.config.c_str(),
-        server_->config_version().c_str(), static_cast<unsigned long long>(server_->generation()));
-    log_config_warnings();
-  } else {
-    log(LOG_ERR, "%s: reload failed, still serving config %s: %s", why, server_->config_version().c_str(),
-        r.error().message.c_str());
-  }
-}
+// SIGHUP and file changes reload the same way as the op: validated first, the old table serves on
+// error, and the outcome is logged (the hook set in open_state).
+void Daemon::reload(const char* why) { (void)server_->reload(why, now_ms()); }
 
 // What the loader changed to accept the served table (a rounded price...), one line each.
 void Daemon::log_config_warnings() {

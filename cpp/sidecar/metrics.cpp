@@ -139,6 +139,12 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   x.sample("turnout_config_info", "version=\"" + label_value(sidecar.config_version) + "\"", "1");
   x.family("turnout_uptime_seconds", "gauge", "Seconds since the sidecar started.");
   x.sample("turnout_uptime_seconds", "", std::to_string(sidecar.uptime_s));
+  x.family("turnout_reload_failures_total", "counter", "Reloads that failed (the old table kept serving).");
+  x.sample("turnout_reload_failures_total", "", std::to_string(sidecar.last_reload.failures));
+  x.family("turnout_last_reload_ok", "gauge", "1 if the last reload took (or none was tried), 0 if it failed.");
+  x.sample("turnout_last_reload_ok", "", sidecar.last_reload.ok ? "1" : "0");
+  x.family("turnout_last_reload_timestamp_seconds", "gauge", "When the last reload was tried (0: none yet).");
+  x.sample("turnout_last_reload_timestamp_seconds", "", std::to_string(sidecar.last_reload.at / 1000));
   x.family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
   x.sample("turnout_pending_decisions", "", std::to_string(router.pending_decisions()));
 

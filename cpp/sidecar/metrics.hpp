@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "turnout/ledger.hpp"
+#include "turnout/protocol.hpp"
 #include "turnout/router.hpp"
 
 namespace turnout::sidecar {
@@ -16,6 +17,7 @@ struct SidecarGauges {
   std::uint64_t generation = 0;
   double uptime_s = 0;
   std::string config_version;  ///< hex, as the stats reply gives it
+  protocol::ReloadStatus last_reload;
 };
 
 /// The whole /metrics page for `router`'s table: sidecar gauges, every exported ledger family per

@@ -71,7 +71,8 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
   auto opened = Segment::open(shm_name, rows.size());
   if (!opened) return std::move(opened).error();
   s->segment_ = std::move(opened.value().segment);
-  s->first_id_ = s->segment_->generation() << kGenerationShift;
+  s->generation_ = s->segment_->generation();
+  s->first_id_ = s->generation_ << kGenerationShift;
   auto router = std::make_shared<Router>(config.value(), RouterOptions{.first_decision_id = s->first_id_ | 1U});
   // Carry the dead owner's counters over by (scenario, target) names.
   std::vector<CounterRow> restored;
@@ -131,7 +132,16 @@ std::shared_ptr<Router> Server::router() const {
   return router_;
 }
 
-std::uint64_t Server::generation() const { return segment_->generation(); }
+std::uint64_t Server::generation() const {
+  std::lock_guard lock(router_mu_);
+  return generation_;
+}
+
+protocol::ReloadStatus Server::last_reload() const {
+  std::lock_guard lock(router_mu_);
+  return last_reload_;
+}
+
 std::string Server::config_version() const { return hex16(router()->config()->content_hash); }
 
 void Server::heartbeat(std::int64_t now_ms) noexcept {
@@ -197,13 +207,32 @@ void Server::carry_delta(const Router& old, const std::vector<CounterRow>& befor
   (void)router_->restore_counters(changed);  // rows come from router_ itself: always in range
 }
 
-Result<Ok> Server::reload() {
+Result<Ok> Server::reload(std::string_view why, std::int64_t now_ms) {
+  auto result = swap_table();
+  {
+    std::lock_guard lock(router_mu_);
+    last_reload_.ok = result.ok();
+    last_reload_.at = now_ms;
+    last_reload_.code.reset();
+    last_reload_.message.clear();
+    if (!result) {
+      ++last_reload_.failures;
+      last_reload_.code = result.error().code;
+      last_reload_.message = result.error().message;
+    }
+  }
+  if (reload_log_) reload_log_(why, result);
+  return result;
+}
+
+Result<Ok> Server::swap_table() {
   auto config = load_config_file(config_path_);
   if (!config) return std::move(config).error();
   // The same bytes again (a file watch and a reload op racing): keep the table, and with it the
   // table before it, whose decisions still report.
   if (config.value()->content_hash == router_->config()->content_hash) return Ok{};
-  const auto generation = segment_->advance_generation();
+  // First every step that can fail, changing nothing the old table serves from.
+  const std::uint64_t generation = generation_ + 1;
   const std::uint64_t first = generation << kGenerationShift;
   auto fresh = std::make_shared<Router>(config.value(), RouterOptions{.first_decision_id = first | 1U});
   const auto old_rows = router_->counters();
@@ -220,23 +249,28 @@ Result<Ok> Server::reload() {
   }
   if (auto ok = fresh->restore_counters(rows); !ok) return std::move(ok).error();
   if (rows.size() > segment_->capacity()) {
-    if (auto ok = segment_->rebuild(rows.size()); !ok) return std::move(ok).error();
+    // The last step that can fail: all or nothing (Segment::rebuild).
+    if (auto ok = segment_->rebuild(rows.size(), generation); !ok) return std::move(ok).error();
+  } else {
+    segment_->begin_generation(generation);
   }
-  // Published (and observing the new directories) before the swap: no block the KV thread stores
-  // into them is missed. A rebuild above started yet another generation: name the table after it.
-  publish_table(segment_->generation(), *fresh, router_.get());
+  // Then the swap. Published (and observing the new directories) before it: no block the KV thread
+  // stores into them is missed.
+  publish_table(generation, *fresh, router_.get());
   {
     std::lock_guard lock(router_mu_);
     previous_ = std::move(router_);
     previous_first_id_ = first_id_;
     router_ = std::move(fresh);
     first_id_ = first;
+    generation_ = generation;
   }
   published_ = rows;
-  auto ok = segment_->publish_all(nc, published_);
+  auto ok = segment_->publish_all(nc, published_);  // fits: the segment was grown above
   publish_state();
   return ok;
 }
+
 // ------------------------------------------------------------------------------------------ handle
 
 /// The op handlers, one per op: each decodes its request (protocol.hpp), applies it and encodes its
@@ -401,7 +435,7 @@ Result<Ok> Handler::stats(Server& s, const Call& c) {
   const Config& config = *router->config();
   protocol::StatsReply reply;
   reply.pid = ::getpid();
-  reply.generation = s.segment_->generation();
+  reply.generation = s.generation_;
   reply.config_version = config.content_hash;
   reply.config = config.source;
   reply.shm = s.segment_->name();
@@ -412,6 +446,7 @@ Result<Ok> Handler::stats(Server& s, const Call& c) {
                      s.fast_note_,     s.fast_clients(),
                      fast.records,     fast.rejected,
                      fast.view_dropped};
+  reply.last_reload = s.last_reload_;  // the serving thread writes it: no lock to read it here
   for (const auto& row : router->counters()) {
     MapOut m;
     pack_counters(m, config.scenarios[row.scenario].name, config.targets[row.target], row.counters);
@@ -445,7 +480,7 @@ Result<Ok> Handler::health(Server& s, const Call& c) {
   if (auto r = protocol::decode_health_request(c.request.fields); !r) return std::move(r).error();
   protocol::HealthReply reply;
   reply.pid = ::getpid();
-  reply.generation = s.segment_->generation();
+  reply.generation = s.generation_;
   reply.config_version = s.router_->config()->content_hash;
   reply.uptime_s = static_cast<double>(c.now_ms - s.started_ms_) / 1000.0;
   protocol::encode_health_reply(c.body, reply);
@@ -454,8 +489,8 @@ Result<Ok> Handler::health(Server& s, const Call& c) {
 
 Result<Ok> Handler::reload(Server& s, const Call& c) {
   if (auto r = protocol::decode_reload_request(c.request.fields); !r) return std::move(r).error();
-  if (auto r = s.reload(); !r) return r;
-  protocol::encode_reload_reply(c.body, {s.router_->config()->content_hash, s.segment_->generation()});
+  if (auto r = s.reload("reload op", c.now_ms); !r) return r;
+  protocol::encode_reload_reply(c.body, {s.router_->config()->content_hash, s.generation_});
   return Ok{};
 }
 
@@ -567,12 +602,18 @@ std::size_t Server::drain_rings(std::int64_t now_ms) {
 // ------------------------------------------------------------------------------------------ metrics
 
 std::string Server::metrics(std::int64_t now_ms) const {
-  const auto r = router();
-  return metrics_text(*r,
-                      {.generation = segment_->generation(),
-                       .uptime_s = static_cast<double>(now_ms - started_ms_) / 1000.0,
-                       .config_version = hex16(r->config()->content_hash)},
-                      now_ms);
+  // One snapshot under the lock; the segment is not read (a reload may be replacing it).
+  std::shared_ptr<Router> r;
+  SidecarGauges gauges;
+  {
+    std::lock_guard lock(router_mu_);
+    r = router_;
+    gauges.generation = generation_;
+    gauges.last_reload = last_reload_;
+  }
+  gauges.uptime_s = static_cast<double>(now_ms - started_ms_) / 1000.0;
+  gauges.config_version = hex16(r->config()->content_hash);
+  return metrics_text(*r, gauges, now_ms);
 }
 
 }  // namespace turnout::sidecar

@@ -3,6 +3,7 @@
 // Owns the Router (swapped on reload) and mirrors the ledger into the shared-memory segment.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -41,8 +42,16 @@ class Server {
   void set_read_only(bool read_only) noexcept {
     socket_channel_ = read_only ? protocol::Channel::read_only_socket : protocol::Channel::socket;
   }
-  /// Re-reads the config file: validated first; the old table keeps serving on error.
-  [[nodiscard]] Result<Ok> reload();
+  /// Says how a reload went (`why`: what asked for it, e.g. "SIGHUP"), for the log.
+  using ReloadLog = std::function<void(std::string_view why, const Result<Ok>& result)>;
+  /// Re-reads the config file: validated, and every step that can fail (a bigger counter segment)
+  /// done, before anything changes; on error the old table, segment and ledger serve as they were.
+  /// Either way the outcome is recorded (last_reload(), stats, /metrics) and passed to the log.
+  [[nodiscard]] Result<Ok> reload(std::string_view why, std::int64_t now_ms);
+  /// Where reload() reports (the daemon's log); none by default.
+  void on_reload(ReloadLog log) { reload_log_ = std::move(log); }
+  /// How the last reload went (any thread).
+  [[nodiscard]] protocol::ReloadStatus last_reload() const;
   /// Every ~100 ms: the segment's heartbeat, and once a second the directories' TTL expiry.
   void heartbeat(std::int64_t now_ms) noexcept;
   /// Applies what fast-path clients posted to their rings (the serving thread, every loop turn).
@@ -56,8 +65,10 @@ class Server {
     std::uint64_t view_dropped = 0;
   };
   [[nodiscard]] FastPathStats fast_path() const noexcept;
-  /// Prometheus text exposition (any thread).
+  /// Prometheus text exposition (any thread: it reads only what router_mu_ guards, never the
+  /// segment, which a reload may replace meanwhile).
   [[nodiscard]] std::string metrics(std::int64_t now_ms) const;
+  /// The generation being served (any thread).
   [[nodiscard]] std::uint64_t generation() const;
   [[nodiscard]] std::string config_version() const;
   /// Mirrors every row into the segment (shutdown).
@@ -67,6 +78,8 @@ class Server {
 
  private:
   Server() = default;
+  /// reload() but the recording: the new table in, or an error and nothing changed.
+  [[nodiscard]] Result<Ok> swap_table();
   void sync_rows();
   /// Mirrors the one row a route changed (the hot path: no full snapshot).
   void sync_row(std::uint32_t scenario, std::uint32_t target);
@@ -82,8 +95,13 @@ class Server {
   std::int64_t started_ms_ = 0;
   protocol::DecodeLimits limits_;
   std::unique_ptr<Segment> segment_;
-  mutable std::mutex router_mu_;      // guards the pointers (readers: the metrics thread)
-  std::shared_ptr<Router> router_;    // the current table
+  // Guards what other threads read (the metrics thread, the KV thread): the pointers, the
+  // generation and the reload status. The serving thread is the only writer.
+  mutable std::mutex router_mu_;
+  std::shared_ptr<Router> router_;  // the current table
+  std::uint64_t generation_ = 0;    // router_'s (the segment's, read without mapping it)
+  protocol::ReloadStatus last_reload_;
+  ReloadLog reload_log_;
   std::shared_ptr<Router> previous_;  // the table before the last reload: its decisions still report
   std::uint64_t first_id_ = 0;        // router_'s first decision id
   std::uint64_t previous_first_id_ = 0;

@@ -20,6 +20,7 @@ using shm::check_segment_name;
 using shm::create_private_segment;
 using shm::lock_path;
 using shm::map_private_segment;
+using shm::replace_segment;
 
 namespace {
 
@@ -123,15 +124,17 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
   return out;
 }
 
-Result<Ok> Segment::create(std::size_t min_slots, std::uint64_t generation) {
-  unmap();
+namespace {
+
+/// A new counter segment `name` of at least `min_slots` slots (twice that: room to grow), its header
+/// written, not yet ready.
+Result<std::unique_ptr<boost::interprocess::mapped_region>> new_counter_segment(const std::string& name,
+                                                                                std::size_t min_slots,
+                                                                                std::uint64_t generation) {
   const std::size_t slots = std::max<std::size_t>(64, min_slots * 2);
-  auto region = create_private_segment(name_, counters_segment_size(slots));
-  if (!region) return std::move(region).error();
-  region_ = std::move(region).value();
-  base_ = region_->get_address();
-  size_ = region_->get_size();
-  ShmHeader& h = head();
+  auto region = create_private_segment(name, counters_segment_size(slots));
+  if (!region) return region;
+  auto& h = *static_cast<ShmHeader*>(region.value()->get_address());
   h.magic = kShmMagic;
   h.layout_version = kShmLayoutVersion;
   h.header_size = sizeof(ShmHeader);
@@ -143,7 +146,24 @@ Result<Ok> Segment::create(std::size_t min_slots, std::uint64_t generation) {
   std::memcpy(h.fingerprint, fp.data(), fp.size());
   h.creator_pid.store(static_cast<std::int64_t>(::getpid()));
   h.generation.store(generation);
+  return region;
+}
+
+}  // namespace
+
+Result<Ok> Segment::create(std::size_t min_slots, std::uint64_t generation) {
+  unmap();
+  auto region = new_counter_segment(name_, min_slots, generation);
+  if (!region) return std::move(region).error();
+  adopt(std::move(region).value());
   return Ok{};
+}
+
+void Segment::adopt(std::unique_ptr<boost::interprocess::mapped_region> region) noexcept {
+  region_ = std::move(region);
+  base_ = region_->get_address();
+  size_ = region_->get_size();
+  slot_of_.clear();
 }
 
 void Segment::unmap() noexcept {
@@ -161,12 +181,23 @@ Segment::~Segment() {
 std::uint64_t Segment::generation() const noexcept { return head().generation.load(); }
 std::size_t Segment::capacity() const noexcept { return head().slot_capacity; }
 
-std::uint64_t Segment::advance_generation() noexcept { return head().generation.fetch_add(1) + 1; }
+void Segment::begin_generation(std::uint64_t generation) noexcept {
+  head().generation.store(generation, std::memory_order_release);
+}
 
-Result<Ok> Segment::rebuild(std::size_t min_slots) {
-  const auto generation = head().generation.load() + 1;
-  head().retired.store(1, std::memory_order_release);
-  return create(min_slots, generation);
+Result<Ok> Segment::rebuild(std::size_t min_slots, std::uint64_t generation) {
+  const std::string next = name_ + ".next";
+  auto region = new_counter_segment(next, min_slots, generation);
+  if (!region) {
+    return Error{region.error().code, "cannot grow the counter segment '" + name_ + "' to " +
+                                          std::to_string(min_slots) + " rows: " + region.error().message};
+  }
+  if (auto swapped = replace_segment(next, name_); !swapped) {
+    return Error{swapped.error().code, "cannot grow the counter segment '" + name_ + "': " + swapped.error().message};
+  }
+  head().retired.store(1, std::memory_order_release);  // readers of this mapping re-open by name: the new one
+  adopt(std::move(region).value());
+  return Ok{};
 }
 
 Result<Ok> Segment::publish_all(const Config& config, const std::vector<CounterRow>& rows) {

@@ -44,14 +44,19 @@ class Segment {
   /// Seqlock-writes one row (after a route or report).
   void publish(const Config& config, const CounterRow& row);
   void heartbeat(std::int64_t now_ms) noexcept;
-  /// Starts a new generation (a reload); returns it.
-  std::uint64_t advance_generation() noexcept;
-  /// Grows the segment: retires this one (readers re-open by name) and creates a bigger one.
-  [[nodiscard]] Result<Ok> rebuild(std::size_t min_slots);
+  /// Starts `generation` (a reload that keeps this segment).
+  void begin_generation(std::uint64_t generation) noexcept;
+  /// Grows the segment under `generation`, all or nothing: the bigger one is created beside this one
+  /// (`<name>.next`, reserved in full), renamed over its name (clients open by name: they find one
+  /// or the other, never none), and only then is this one retired (readers re-open by name) and
+  /// unmapped. On error (a full /dev/shm) nothing changed: this segment and its rows still serve.
+  [[nodiscard]] Result<Ok> rebuild(std::size_t min_slots, std::uint64_t generation);
 
  private:
   Segment() = default;
   [[nodiscard]] Result<Ok> create(std::size_t slots, std::uint64_t generation);
+  /// Maps `region` as this segment (its rows are published again by publish_all).
+  void adopt(std::unique_ptr<boost::interprocess::mapped_region> region) noexcept;
   void unmap() noexcept;
 
   [[nodiscard]] client::ShmHeader& head() const noexcept { return *static_cast<client::ShmHeader*>(base_); }

@@ -803,6 +803,26 @@ void encode_stats_reply(MapWriter& body, const StatsReply& s) {
     fp.key(field::view_dropped).pack(f.view_dropped);
     body.sub(field::fast_path, fp);
   }
+  {
+    const ReloadStatus& r = s.last_reload;
+    MapWriter lr;
+    lr.key(field::ok).pack(r.ok);
+    if (r.at != 0) {
+      pack_seconds(lr.key(field::at), r.at);
+    } else {
+      lr.key(field::at).pack_nil();
+    }
+    lr.key(field::failures).pack(r.failures);
+    if (r.code) {
+      MapWriter e;  // the shape of an error reply's `error`
+      e.str(field::code, to_string(*r.code));
+      e.str(field::message, r.message);
+      lr.sub(field::error, e);
+    } else {
+      lr.key(field::error).pack_nil();
+    }
+    body.sub(field::last_reload, lr);
+  }
   body.key(field::counters).pack_array(static_cast<std::uint32_t>(s.counters.size()));
   for (const auto& row : s.counters) body.body().write(row.data(), row.size());
   body.key(field::breakers).pack_array(static_cast<std::uint32_t>(s.breakers.size()));
@@ -924,6 +944,19 @@ Result<StatsReply> decode_stats_reply(const Fields& f) {
       s.fast_path.records = static_cast<std::uint64_t>(p.count(field::records).value_or(0));
       s.fast_path.rejected = static_cast<std::uint64_t>(p.count(field::rejected).value_or(0));
       s.fast_path.view_dropped = static_cast<std::uint64_t>(p.count(field::view_dropped).value_or(0));
+    }
+    if (in.get(field::last_reload) != nullptr) {  // absent from older sidecars
+      const Fields lr = in.map(field::last_reload);
+      const Reader r(lr);
+      s.last_reload.ok = r.boolean(field::ok).value_or(true);
+      s.last_reload.at = r.seconds(field::at).value_or(0);
+      s.last_reload.failures = static_cast<std::uint64_t>(r.count(field::failures).value_or(0));
+      if (r.get(field::error) != nullptr) {
+        const Fields e = r.map(field::error);
+        const Reader err(e);
+        s.last_reload.code = error_code_from_string(err.required_str(field::code)).value_or(ErrorCode::internal);
+        s.last_reload.message = err.string(field::message);
+      }
     }
     const auto& rows = in.array(field::counters);
     for (std::uint32_t i = 0; i < rows.size; ++i) {

@@ -133,7 +133,8 @@ static_assert(op_table_in_order(), "kOps must list every Op once, in enum order"
   X(cache_write_1h_tokens) X(output_tokens) X(reasoning_tokens)                                         \
   /* stats, health, reload */ X(pid) X(generation) X(config) X(shm) X(uptime_s) X(pending_decisions)    \
   X(fast_path) X(enabled) X(table) X(why_not) X(clients) X(records) X(rejected) X(view_dropped)         \
-  X(counters) X(breakers) X(phase) X(consecutive_failures) X(times_opened) X(inflight) X(kv_events)
+  X(counters) X(breakers) X(phase) X(consecutive_failures) X(times_opened) X(inflight) X(kv_events)       \
+  X(last_reload) X(failures)
 // clang-format on
 
 /// The wire name of each field: `field::decision_id == "decision_id"`.
@@ -350,6 +351,17 @@ struct BreakerInfo {
   friend bool operator==(const BreakerInfo&, const BreakerInfo&) = default;
 };
 
+/// The last reload in a stats reply (and on /metrics): whether it took, when, and why not. A failed
+/// reload changes nothing else, so this is where it shows.
+struct ReloadStatus {
+  bool ok = true;                 ///< the last reload took (true before the first)
+  TimeMs at = 0;                  ///< when it was tried (0: not since the start)
+  std::uint64_t failures = 0;     ///< reloads that failed since the start
+  std::optional<ErrorCode> code;  ///< why the last one failed (not ok)
+  std::string message;
+  friend bool operator==(const ReloadStatus&, const ReloadStatus&) = default;
+};
+
 /// stats: the sidecar, its fast path, its ledger and its breakers.
 struct StatsReply {
   std::int64_t pid = 0;
@@ -360,6 +372,7 @@ struct StatsReply {
   double uptime_s = 0;
   std::uint64_t pending_decisions = 0;
   FastPathInfo fast_path;
+  ReloadStatus last_reload;
   std::vector<std::string> counters;  ///< one msgpack map per ledger row, packed by the ledger's listing
   std::vector<BreakerInfo> breakers;
   /// One msgpack map per pool replica: `target`, `endpoint` and the KvIngestStats fields of its KV events.

@@ -16,6 +16,7 @@
 
 #include "sidecar/fastpath.hpp"
 #include "sidecar/server.hpp"
+#include "turnout/client/counters.hpp"
 #include "turnout/client/fastpath.hpp"
 #include "turnout/shm/segment.hpp"
 
@@ -252,7 +253,7 @@ TEST_F(FastPathTest, AReloadIsPickedUpWithoutARoundTripAndOldDecisionsStillRepor
   text.replace(text.find("weight: 80"), 10, "weight: 0");
   text.replace(text.find("weight: 20"), 10, "weight: 100");
   write(text);
-  ASSERT_TRUE(server->reload().ok());
+  ASSERT_TRUE(server->reload("test", kNow).ok());
   const auto after = server->router()->config()->content_hash;
   ASSERT_NE(before, after);
   auto e = fast->route(request(prompt(2, 2, 1), kNow + 1));
@@ -275,8 +276,8 @@ TEST_F(FastPathTest, AReloadOfTheSameBytesKeepsTheTable) {
   auto d = fast->route(request(prompt(4, 4, 1), kNow));
   ASSERT_TRUE(d.ok());
   const auto generation = server->generation();
-  ASSERT_TRUE(server->reload().ok());  // e.g. a file watch and a reload op racing on one save
-  ASSERT_TRUE(server->reload().ok());
+  ASSERT_TRUE(server->reload("test", kNow).ok());  // e.g. a file watch and a reload op racing on one save
+  ASSERT_TRUE(server->reload("test", kNow).ok());
   EXPECT_EQ(server->generation(), generation);
   ASSERT_TRUE(fast->post(report_msg(d->id, server->router()->config()->targets[d->placement.target].name, "ok")));
   EXPECT_EQ(server->drain_rings(kNow + 1), 2U);
@@ -293,13 +294,72 @@ TEST_F(FastPathTest, AReloadThatGrowsTheCounterSegmentIsFollowed) {
     text += "  extra-" + std::to_string(i) + ":\n    data_class: public\n    routes: [{target: api}]\n";
   }
   write(text);
-  ASSERT_TRUE(server->reload().ok());
+  ASSERT_TRUE(server->reload("test", kNow).ok());
   auto d = fast->route(request(prompt(5, 5, 1), kNow + 1));
   ASSERT_TRUE(d.ok()) << d.error().message;
   EXPECT_EQ(d->config_version, server->router()->config()->content_hash);
   EXPECT_EQ(fast->generation(), server->generation());
   EXPECT_EQ(server->drain_rings(kNow + 2), 2U);
   EXPECT_EQ(server->fast_path().rejected, 0U);
+}
+
+// A reload whose bigger counter segment cannot be made (here a directory squats on the name it is
+// created under) changes nothing: the old table, segment, rows and generation serve on, the failure
+// is recorded, and the next reload that can grow the segment does.
+TEST_F(FastPathTest, AReloadThatCannotGrowTheCounterSegmentChangesNothing) {
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  auto d = fast->route(request(prompt(5, 5, 1), kNow));
+  ASSERT_TRUE(d.ok());
+  ASSERT_EQ(server->drain_rings(kNow), 1U);
+  const auto generation = server->generation();
+  const auto version = server->router()->config()->content_hash;
+  auto reader = client::SegmentReader::attach(name_);
+  ASSERT_TRUE(reader.ok());
+  const auto before = reader.value()->counters();
+  ASSERT_TRUE(before.ok());
+  const std::string squat = "/dev/shm/" + name_ + ".next";
+  ASSERT_EQ(::mkdir(squat.c_str(), 0700), 0);
+  std::string text = kTable;
+  for (int i = 0; i < 80; ++i) {
+    text += "  extra-" + std::to_string(i) + ":\n    data_class: public\n    routes: [{target: api}]\n";
+  }
+  write(text);
+  const auto failed = server->reload("test", kNow + 1);
+  ::rmdir(squat.c_str());
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.error().message.find("cannot grow the counter segment"), std::string::npos)
+      << failed.error().message;
+  EXPECT_EQ(server->generation(), generation);
+  EXPECT_EQ(server->router()->config()->content_hash, version);
+  const auto status = server->last_reload();
+  EXPECT_FALSE(status.ok);
+  EXPECT_EQ(status.at, kNow + 1);
+  EXPECT_EQ(status.failures, 1U);
+  EXPECT_EQ(status.message, failed.error().message);
+  // The segment is the old one, whole: the same rows, its generation, not retired.
+  const auto after = reader.value()->counters();
+  ASSERT_TRUE(after.ok()) << after.error().message;
+  ASSERT_EQ(after->size(), before->size());
+  for (std::size_t i = 0; i < after->size(); ++i) EXPECT_TRUE((*after)[i].counters == (*before)[i].counters);
+  EXPECT_EQ(reader.value()->header().generation, generation);
+  // The old table still decides, for the socket and the fast path, and its decisions report.
+  auto e = fast->route(request(prompt(5, 5, 1), kNow + 2));
+  ASSERT_TRUE(e.ok()) << e.error().message;
+  EXPECT_EQ(e->config_version, version);
+  ASSERT_TRUE(fast->post(report_msg(d->id, server->router()->config()->targets[d->placement.target].name, "ok")));
+  EXPECT_EQ(server->drain_rings(kNow + 3), 2U);
+  EXPECT_EQ(server->fast_path().rejected, 0U);
+  // With room again the same table loads, and the segment grows.
+  ASSERT_TRUE(server->reload("test", kNow + 4).ok());
+  EXPECT_TRUE(server->last_reload().ok);
+  EXPECT_EQ(server->last_reload().failures, 1U);
+  EXPECT_EQ(server->generation(), generation + 1);
+  const auto grown = reader.value()->counters();
+  ASSERT_TRUE(grown.ok()) << grown.error().message;
+  EXPECT_EQ(grown->size(), server->router()->counters().size());
+  EXPECT_EQ(reader.value()->header().generation, generation + 1);
 }
 
 TEST_F(FastPathTest, RingRecordsAreCheckedAgainstTheirRing) {

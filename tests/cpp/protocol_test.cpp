@@ -457,6 +457,7 @@ TEST(Protocol, StatsReplyRoundTrips) {
   s.uptime_s = 12.5;
   s.pending_decisions = 17;
   s.fast_path = {true, "turnout-1000.t3", "", 2, 900, 1, 0};
+  s.last_reload = {false, 1'767'225'600'250, 3, ErrorCode::io_error, "cannot grow the counter segment"};
   for (const char* row : {R"({"scenario":"a","target":"b","requests":5})", R"({"scenario":"c","target":"d"})"}) {
     s.counters.push_back(json(row));
   }
@@ -469,6 +470,7 @@ TEST(Protocol, StatsReplyRoundTrips) {
   EXPECT_EQ(*decoded, s);
 
   s.fast_path = {false, "", "no rings: permission denied", 0, 0, 0, 0};
+  s.last_reload = {};  // none yet: `at` and `error` are nil
   s.counters.clear();
   s.breakers.clear();
   MapWriter off;

@@ -34,10 +34,9 @@ class Sidecar:
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
 
-    def start(self, *extra: str, wait: bool = True) -> Sidecar:
-        log = self.workdir / f"sidecar-{len(self.logs)}.log"
-        self.logs.append(log)
-        argv = [
+    def command(self, *extra: str) -> list[str]:
+        """The daemon's argv (a subclass may wrap it, e.g. in another mount namespace)."""
+        return [
             turnout._sidecar_path(),
             str(self.config),
             "--endpoint",
@@ -49,8 +48,12 @@ class Sidecar:
             "--foreground",
             *extra,
         ]
+
+    def start(self, *extra: str, wait: bool = True) -> Sidecar:
+        log = self.workdir / f"sidecar-{len(self.logs)}.log"
+        self.logs.append(log)
         with log.open("wb") as f:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f)
+            self.proc = subprocess.Popen(self.command(*extra), stdout=subprocess.DEVNULL, stderr=f)
         if wait:
             self.wait_ready()
         return self

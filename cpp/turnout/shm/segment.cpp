@@ -74,7 +74,7 @@ Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::st
     const int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
     if (rc != 0) {
       bip::shared_memory_object::remove(name.c_str());
-      return os_error(rc, what + ": cannot reserve " + std::to_string(size >> 20) + " MiB in /dev/shm");
+      return os_error(rc, what + ": cannot reserve " + std::to_string((size + 1023) >> 10) + " KiB in /dev/shm");
     }
     step = "map";
     auto region = std::make_unique<bip::mapped_region>(shm, bip::read_write);
@@ -83,6 +83,17 @@ Result<std::unique_ptr<bip::mapped_region>> create_private_segment(const std::st
   } catch (const bip::interprocess_exception& e) {
     return boost_error(e, what + ": cannot " + step);
   }
+}
+
+Result<Ok> replace_segment(const std::string& from, const std::string& to) {
+  // shm_open names are files of /dev/shm (as create_private_segment's chmod assumes): rename(2) there
+  // is atomic.
+  if (::rename(("/dev/shm/" + from).c_str(), ("/dev/shm/" + to).c_str()) != 0) {
+    const int err = errno;
+    bip::shared_memory_object::remove(from.c_str());
+    return os_error(err, "cannot rename shared-memory segment '" + from + "' to '" + to + "'");
+  }
+  return Ok{};
 }
 
 Result<std::unique_ptr<bip::mapped_region>> map_private_segment(const std::string& name, bool writable) {

@@ -24,6 +24,10 @@ namespace turnout::shm {
 /// here, not with SIGBUS on first touch) and zeroed.
 [[nodiscard]] Result<std::unique_ptr<boost::interprocess::mapped_region>> create_private_segment(
     const std::string& name, std::size_t size);
+/// Renames segment `from` over `to` in one step: whoever opens `to` by name finds the old segment
+/// or the new one, never none (mappings of the old one stay valid). On error `from` is removed and
+/// `to` is untouched.
+[[nodiscard]] Result<Ok> replace_segment(const std::string& from, const std::string& to);
 /// Maps an existing segment, read-only or read-write, if it is private to this user: owned by our
 /// uid, no group or other mode bits (anyone else could have written it). not_found,
 /// permission_denied, incompatible_layout (empty) or io_error (the OS reason) otherwise.
