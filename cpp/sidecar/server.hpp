@@ -1,6 +1,7 @@
 #pragma once
 // The sidecar's request handling, independent of sockets: one msgpack request in, one msgpack reply out.
-// Owns the Router (swapped on reload) and mirrors the ledger into the shared-memory segment.
+// Owns the Router (swapped on reload), journals every mutation to the state directory before its
+// reply (sidecar/state_store.hpp) and mirrors the ledger into the shared-memory segment (a view).
 
 #include <cstdint>
 #include <memory>
@@ -12,6 +13,7 @@
 #include "sidecar/fastpath.hpp"
 #include "sidecar/settlements.hpp"
 #include "sidecar/shm.hpp"
+#include "sidecar/state_store.hpp"
 #include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
@@ -26,8 +28,12 @@ class Server {
     std::unique_ptr<Server> server;
     std::string note;  ///< what happened to the segment, for the log
   };
-  /// Loads the config, opens (or re-attaches) the segment, restores its counters. Errors are one line.
-  [[nodiscard]] static Result<Started> start(const std::string& config_path, const std::string& shm_name);
+  /// Loads the config and the state directory's snapshot and journal (replayed), carries that state
+  /// over to the config by names, then opens the segment and publishes the state into it. Without
+  /// saved state, a dead owner's segment counters are taken over. An empty `state_dir` keeps no
+  /// state on disk (in-process tests and benches; the daemon always has one). Errors are one line.
+  [[nodiscard]] static Result<Started> start(const std::string& config_path, const std::string& shm_name,
+                                             const std::string& state_dir = {});
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   ~Server();
@@ -37,9 +43,11 @@ class Server {
   /// The same for a record of fast-path ring `ring` (only adopt, report and verdict; an adopt's id
   /// must be one of that ring's). drain_rings() calls it; public for the fuzz test.
   [[nodiscard]] std::string handle(std::string_view payload, std::int64_t now_ms, std::uint32_t ring) noexcept;
-  /// Re-reads the config file: validated first; the old table keeps serving on error.
+  /// Re-reads the config file: validated first; the old table keeps serving on error. The new table
+  /// takes the whole live state over by names (ledger, budgets, breakers, pending decisions).
   [[nodiscard]] Result<Ok> reload();
-  /// Every ~100 ms: the segment's heartbeat, and once a second the directories' TTL expiry.
+  /// Every ~100 ms: the segment's heartbeat, once a second the directories' TTL expiry, and a
+  /// snapshot when the journal is half full.
   void heartbeat(std::int64_t now_ms) noexcept;
   /// Applies what fast-path clients posted to their rings (the serving thread, every loop turn).
   std::size_t drain_rings(std::int64_t now_ms);
@@ -56,8 +64,10 @@ class Server {
   [[nodiscard]] std::string metrics(std::int64_t now_ms) const;
   [[nodiscard]] std::uint64_t generation() const;
   [[nodiscard]] std::string config_version() const;
-  /// Mirrors every row into the segment (shutdown).
+  /// Mirrors every row into the segment and snapshots the state (an orderly stop).
   void flush();
+  /// Writes a snapshot of the live state and restarts the journal.
+  [[nodiscard]] Result<Ok> snapshot();
   /// The current table's Router (any thread; a reload swaps it).
   [[nodiscard]] std::shared_ptr<Router> router() const;
 
@@ -71,24 +81,27 @@ class Server {
   /// on failure the socket still serves.
   void publish_table(std::uint64_t generation, Router& router, Router* replaced);
   void sync_rows_locked(const Router& r);
-  /// Adds what `old` gained between two snapshots to the current router's rows of the same names.
-  void carry_delta(const Router& old, const std::vector<CounterRow>& before);
+  /// Journals one mutation before its reply; an error when the journal is full and no snapshot
+  /// could make room (the mutation is then refused or, for a ring record, counted as not durable).
+  [[nodiscard]] Result<Ok> journal(RecordKind kind, std::uint32_t ring, std::int64_t now_ms, std::string_view bytes);
 
   std::string config_path_;
   std::int64_t started_ms_ = 0;
   protocol::DecodeLimits limits_;
   std::unique_ptr<Segment> segment_;
-  mutable std::mutex router_mu_;      // guards the pointers (readers: the metrics thread)
-  std::shared_ptr<Router> router_;    // the current table
-  std::shared_ptr<Router> previous_;  // the table before the last reload: its decisions still report
-  std::uint64_t first_id_ = 0;        // router_'s first decision id
-  std::uint64_t previous_first_id_ = 0;
+  mutable std::mutex router_mu_;           // guards the pointers (readers: the metrics thread)
+  std::shared_ptr<Router> router_;         // the current table, holding every table's live state
+  ConfigPtr previous_config_;              // the table before the last reload (fast-path adopts made from it)
+  std::unique_ptr<StateStore> store_;      // the snapshot and journal (none: nothing kept on disk)
+  std::uint64_t first_id_ = 0;             // router_'s first decision id
   std::vector<CounterRow> published_;      // what the segment holds, to write only changed rows
   std::unique_ptr<TablePublisher> table_;  // router_'s table, live state and directories, for the fast path
   std::unique_ptr<RingReader> rings_;
   std::string fast_note_;            // why the fast path is off, if it is
   std::uint64_t ring_applied_ = 0;   // ring records applied
   std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
+  std::uint64_t not_journaled_ = 0;  // ring records applied while the journal was full
+  std::string snapshot_error_;       // why the last snapshot failed ("" when it did not)
   std::int64_t last_expiry_ms_ = 0;
   std::unique_ptr<LocalSettlements> settlements_;  // imported local decisions (opened on the first)
 
