@@ -270,7 +270,7 @@ TablePublisher::~TablePublisher() {
 
 // ---------------------------------------------------------------------------------------- ring reader
 
-Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm) {
+Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm, bool journaled) {
   std::unique_ptr<RingReader> r(new RingReader());
   r->name_ = rings_segment_name(shm);
   // A dead sidecar's rings hold records not yet applied: keep them when the layout matches.
@@ -284,7 +284,12 @@ Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm) {
                                     static_cast<std::uint32_t>(protocol::kOps.size())};
       char* rings = static_cast<char*>(r->region_->get_address()) + sizeof(RingsHeader);
       for (std::uint32_t i = 0; i < kRingCount; ++i) {
-        shm::ring_recover(*reinterpret_cast<shm::RingHeader*>(rings + i * ring_stride()), unknown);
+        auto& ring = *reinterpret_cast<shm::RingHeader*>(rings + i * ring_stride());
+        if (journaled) {  // journaled before it was taken out, and replayed: applied
+          ring.settled.store(ring.consumed.load(std::memory_order_relaxed), std::memory_order_release);
+        } else {
+          shm::ring_recover(ring, unknown);
+        }
       }
     }
   }
@@ -318,6 +323,10 @@ std::uint32_t RingReader::clients() const noexcept {
 
 std::size_t RingReader::drain(const std::function<shm::RecordFate(std::uint32_t, std::string_view)>& apply,
                               std::size_t budget) {
+  return drain(Visitor{.keep = {}, .apply = apply, .reaped = {}}, budget);
+}
+
+std::size_t RingReader::drain(const Visitor& visit, std::size_t budget) {
   std::size_t applied = 0;
   const auto now = std::chrono::steady_clock::now().time_since_epoch();
   const std::int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(now).count();
@@ -329,14 +338,17 @@ std::size_t RingReader::drain(const std::function<shm::RecordFate(std::uint32_t,
     const std::uint32_t i = (first_ring_ + n) % kRingCount;
     auto& rh = *reinterpret_cast<shm::RingHeader*>(base_ + sizeof(RingsHeader) + i * ring_stride());
     const char* data = base_ + sizeof(RingsHeader) + i * ring_stride() + sizeof(shm::RingHeader);
-    const auto drained = shm::ring_drain<kRingBytes>(rh, data, record_, budget - applied,
-                                                     [&](std::string_view record) { return apply(i, record); });
+    const auto drained = shm::ring_drain<kRingBytes>(
+        rh, data, record_, budget - applied, [&](std::string_view record) { return visit.apply(i, record); },
+        [&](std::string_view record) {
+          if (visit.keep) visit.keep(i, record);
+        });
     applied += drained.applied;
     // A client that died leaves its ring to be drained, then free.
     const std::int64_t pid = rh.owner_pid.load(std::memory_order_relaxed);
     if (reap && pid != 0 && drained.empty && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
       std::int64_t expected = pid;
-      rh.owner_pid.compare_exchange_strong(expected, 0);
+      if (rh.owner_pid.compare_exchange_strong(expected, 0) && visit.reaped) visit.reaped(i);
     }
   }
   return applied;

@@ -61,11 +61,19 @@ class TablePublisher {
 /// creates them. It tells each ring's client what became of its records (shm::RingHeader's feedback).
 class RingReader {
  public:
-  [[nodiscard]] static Result<std::unique_ptr<RingReader>> open(const std::string& shm);
+  /// `journaled`: the sidecar journals each record before taking it out (sidecar/state_store.hpp) and
+  /// has replayed the journal, so a record the dead sidecar took out was applied: settled, not refused.
+  [[nodiscard]] static Result<std::unique_ptr<RingReader>> open(const std::string& shm, bool journaled = false);
   ~RingReader();
   RingReader(const RingReader&) = delete;
   RingReader& operator=(const RingReader&) = delete;
 
+  /// What drain() does with each record and each reaped ring.
+  struct Visitor {
+    std::function<void(std::uint32_t ring, std::string_view)> keep;  ///< before the ring lets go of it (journal)
+    std::function<shm::RecordFate(std::uint32_t ring, std::string_view)> apply;  ///< after: what became of it
+    std::function<void(std::uint32_t ring)> reaped;                              ///< a dead client's ring was freed
+  };
   /// Hands every waiting record to `apply` (at most `budget` of them), which answers what became of
   /// it (a refused record is written to its ring's rejections for the client to read); frees rings of
   /// dead clients once empty. Returns how many records it applied.
@@ -73,6 +81,8 @@ class RingReader {
   /// down is not applied twice (nor forever).
   std::size_t drain(const std::function<shm::RecordFate(std::uint32_t ring, std::string_view)>& apply,
                     std::size_t budget = 4096);
+  /// The same, with `keep` seeing each record before it is consumed and `reaped` each freed ring.
+  std::size_t drain(const Visitor& visit, std::size_t budget = 4096);
   [[nodiscard]] std::uint32_t clients() const noexcept;
 
  private:

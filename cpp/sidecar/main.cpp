@@ -85,7 +85,7 @@ void log(int priority, const char* fmt, ...) {
 }
 
 const char* kUsage =
-    "usage: turnout-sidecar CONFIG [--endpoint ipc://PATH|tcp://HOST:PORT] [--shm NAME]\n"
+    "usage: turnout-sidecar CONFIG [--endpoint ipc://PATH|tcp://HOST:PORT] [--shm NAME] [--state-dir DIR]\n"
     "                          [--metrics 127.0.0.1:PORT] [--foreground] [--no-watch]\n"
     "                          [--curve-secret-key FILE --curve-authorized-keys FILE]\n"
     "                          [--insecure-tcp read-only|read-write]\n"
@@ -97,6 +97,9 @@ const char* kUsage =
     "                      ipc://$HOME/.turnout/sidecar.sock; socket file mode 0600); tcp:// needs the\n"
     "                      two --curve options (or, on loopback only, --insecure-tcp)\n"
     "  --shm NAME          shared-memory segment for the counters (default turnout-$UID)\n"
+    "  --state-dir DIR     where the ledger, budgets, breakers and pending decisions are kept across\n"
+    "                      restarts and reboots, in DIR/NAME (default $STATE_DIRECTORY, else\n"
+    "                      $XDG_STATE_HOME/turnout, else ~/.local/state/turnout; created mode 0700)\n"
     "  --metrics HOST:PORT serve /metrics and /healthz over HTTP (loopback only; default off)\n"
     "  --foreground        stay in the foreground and log to stderr (default: daemonize, log to syslog)\n"
     "  --no-watch          do not reload when the CONFIG file changes (SIGHUP and the reload op still do)\n"
@@ -113,6 +116,7 @@ struct Options {
   std::string config;
   std::string endpoint;
   std::string shm;
+  std::string state_dir;
   std::string metrics;
   std::string curve_secret_key;
   std::string curve_authorized_keys;
@@ -157,6 +161,8 @@ Options parse(int argc, char** argv) {
       o.endpoint = value("--endpoint");
     } else if (a == "--shm" || a.rfind("--shm=", 0) == 0) {
       o.shm = value("--shm");
+    } else if (a == "--state-dir" || a.rfind("--state-dir=", 0) == 0) {
+      o.state_dir = value("--state-dir");
     } else if (a == "--metrics" || a.rfind("--metrics=", 0) == 0) {
       o.metrics = value("--metrics");
     } else if (!a.empty() && a[0] == '-') {
@@ -385,6 +391,7 @@ Options parse_flags(int argc, char** argv) {
     die("--insecure-tcp applies to a tcp:// endpoint without CURVE only");
   }
   if (opt.shm.empty()) opt.shm = "turnout-" + std::to_string(::getuid());
+  if (opt.state_dir.empty()) opt.state_dir = turnout::sidecar::default_state_dir();
   if (!opt.metrics.empty()) {
     const auto colon = opt.metrics.rfind(':');
     if (colon == std::string::npos) die("--metrics must be HOST:PORT, e.g. 127.0.0.1:9464");
@@ -490,7 +497,7 @@ void Daemon::open_state() {
       log(LOG_WARNING, "config watch off (%s): SIGHUP and the reload op still reload", w.error().message.c_str());
     }
   }
-  auto started = Server::start(opt_.config, opt_.shm);
+  auto started = Server::start(opt_.config, opt_.shm, opt_.state_dir);
   if (!started) die(started.error().message);
   server_ = std::move(started.value().server);
   server_->set_read_only(opt_.insecure_tcp == "read-only");

@@ -55,7 +55,138 @@ static void remove_stale_tables(const std::string& shm, std::uint64_t keep) {
 
 // ------------------------------------------------------------------------------------------ Server
 
-Result<Server::Started> Server::start(const std::string& config_path, const std::string& shm_name) {
+namespace {
+
+/// Where a fast-path client's decision made from the table before a reload lands in the current one:
+/// the same scenario, target and replica names. An error when one of them is gone.
+Result<Ok> translate_by_names(const Config& from, const Config& to, Decision& d) {
+  const auto find_scenario = [&](std::uint32_t i) -> std::optional<std::uint32_t> {
+    if (i >= from.scenarios.size()) return std::nullopt;
+    for (std::uint32_t j = 0; j < to.scenarios.size(); ++j) {
+      if (to.scenarios[j].name == from.scenarios[i].name) return j;
+    }
+    return std::nullopt;
+  };
+  const auto find_place = [&](const Placement& p) -> std::optional<Placement> {
+    if (p.target >= from.targets.size()) return std::nullopt;
+    const Target& t = from.targets[p.target];
+    for (std::uint32_t j = 0; j < to.targets.size(); ++j) {
+      const Target& n = to.targets[j];
+      if (n.name != t.name || n.kind != t.kind) continue;
+      if (p.replica == kNone) return Placement{j, kNone};
+      if (p.replica >= t.replicas.size()) return std::nullopt;
+      for (std::uint32_t r = 0; r < n.replicas.size(); ++r) {
+        if (n.replicas[r].endpoint == t.replicas[p.replica].endpoint) return Placement{j, r};
+      }
+    }
+    return std::nullopt;
+  };
+  const auto scenario = find_scenario(d.scenario);
+  const auto placement = find_place(d.placement);
+  if (!scenario || !placement) {
+    return make_error(ErrorCode::invalid_argument,
+                      "decision " + std::to_string(d.id) + " was made from the previous table and its place is gone");
+  }
+  std::vector<Placement> fallbacks;
+  for (const auto& f : d.fallbacks) {
+    if (auto p = find_place(f)) fallbacks.push_back(*p);
+  }
+  d.scenario = *scenario;
+  d.placement = *placement;
+  d.fallbacks = std::move(fallbacks);
+  d.config_version = to.content_hash;
+  return Ok{};
+}
+
+/// A fast-path ring may adopt, report on and give verdicts for its own decisions only (kNone: the
+/// socket, or a replayed route).
+Result<Ok> check_ring_scope(std::uint64_t decision_id, std::uint32_t ring) {
+  if (ring == kNone || (protocol::is_fast_id(decision_id) && protocol::ring_of(decision_id) == ring)) return Ok{};
+  return make_error(ErrorCode::invalid_argument, "decision id " + std::to_string(decision_id) + " is not one of ring " +
+                                                     std::to_string(ring) + "'s ids");
+}
+
+}  // namespace
+
+/// The Router calls each mutation makes. The serving thread's handlers and a restart's replay of the
+/// journal both make them through here, with the same bytes and times, so a replay is the run it
+/// records (the Router reads no clock).
+struct Mutation {
+  static Result<ReportReceipt> report(Router& r, const protocol::Fields& f, TimeMs now, std::uint32_t ring) {
+    auto report = protocol::decode_report_request(f, now);
+    if (!report) return std::move(report).error();
+    if (auto ok = check_ring_scope(report->decision_id, ring); !ok) return std::move(ok).error();
+    return r.report(*report);
+  }
+  static Result<Ok> verdict(Router& r, const protocol::Fields& f, TimeMs now, std::uint32_t ring) {
+    auto v = protocol::decode_verdict_request(f, now);
+    if (!v) return std::move(v).error();
+    if (auto ok = check_ring_scope(v->decision_id, ring); !ok) return ok;
+    return r.verdict(v->decision_id, v->accepted, v->now);
+  }
+  /// A fast-path client's decision (ring), or the socket's own route being replayed (kNone).
+  static Result<Decision> adopt(Router& r, const Config* previous, const protocol::Fields& f, TimeMs now,
+                                std::uint32_t ring) {
+    auto d = protocol::decode_adopt_request(f, now);
+    if (!d) return std::move(d).error();
+    // Ids are partitioned by ring: a client cannot take the sidecar's ids or another ring's.
+    if (auto ok = check_ring_scope(d->id, ring); !ok) return std::move(ok).error();
+    // A ring record read again after a crash (journaled and applied, then the crash before the ring
+    // let go of it): already committed, so it is not committed twice, and not refused either.
+    if (r.has_pending(d->id)) return std::move(d).value();
+    const Config& current = *r.config();
+    if (previous != nullptr && d->config_version != current.content_hash &&
+        d->config_version == previous->content_hash) {
+      if (auto ok = translate_by_names(*previous, current, *d); !ok) return std::move(ok).error();
+    }
+    Decision kept = *d;
+    kept.prefix.clear();
+    if (auto ok = detail::FastPathAccess::adopt(r, std::move(d).value()); !ok) return std::move(ok).error();
+    return kept;
+  }
+  /// Applies one journal record (a restart): `router` and `previous` follow the reloads it records.
+  static void replay(std::shared_ptr<Router>& router, ConfigPtr& previous, const JournalRecord& rec,
+                     const protocol::DecodeLimits& limits) {
+    if (rec.kind == RecordKind::reap) {
+      detail::FastPathAccess::release_ring(*router, rec.ring);
+      return;
+    }
+    if (rec.kind == RecordKind::reload) {
+      std::string source;
+      std::string text;
+      try {
+        const auto h = msgpack::unpack(rec.bytes.data(), rec.bytes.size());
+        const auto& o = h.get();
+        if (o.type != msgpack::type::ARRAY || o.via.array.size != 2) return;
+        o.via.array.ptr[0].convert(source);
+        o.via.array.ptr[1].convert(text);
+      } catch (const std::exception&) {
+        return;  // never written so: a checksummed record is ours
+      }
+      auto config = load_config_text(text, source);
+      if (!config) return;  // it loaded when it was journaled
+      auto fresh = std::make_shared<Router>(config.value());
+      fresh->import_state(router->export_state());
+      previous = router->config();
+      router = std::move(fresh);
+      return;
+    }
+    const auto channel =
+        rec.kind == RecordKind::route || rec.ring != kNone ? protocol::Channel::ring : protocol::Channel::socket;
+    protocol::Envelope e;
+    if (!protocol::decode_envelope(rec.bytes, limits, channel, e)) return;
+    // What failed when it was applied fails the same way now: results are not needed.
+    switch (e.op) {
+      case protocol::Op::report: (void)report(*router, e.fields, rec.now, rec.ring); break;
+      case protocol::Op::verdict: (void)verdict(*router, e.fields, rec.now, rec.ring); break;
+      case protocol::Op::adopt: (void)adopt(*router, previous.get(), e.fields, rec.now, rec.ring); break;
+      default: break;
+    }
+  }
+};
+
+Result<Server::Started> Server::start(const std::string& config_path, const std::string& shm_name,
+                                      const std::string& state_dir) {
   auto config = load_config_file(config_path);
   if (!config) {
     const bool malformed = config.error().code == ErrorCode::config_invalid;
@@ -66,36 +197,83 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
   s->started_ms_ =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count();
+  StateStore::Recovered recovered;
+  std::string state_note = "no state directory";
+  if (!state_dir.empty()) {
+    auto store = StateStore::open(state_dir, shm_name);
+    if (!store) return std::move(store).error();
+    s->store_ = std::move(store).value();
+    auto r = s->store_->recover();
+    if (!r) return std::move(r).error();
+    recovered = std::move(r).value();
+  }
+  // The saved state: the snapshot's table and state, then every journaled mutation after it.
+  std::shared_ptr<Router> saved;
+  if (recovered.snapshot) {
+    auto table = load_config_text(recovered.snapshot->config_text, recovered.snapshot->config_source);
+    if (!table) {
+      return make_error(ErrorCode::invalid_argument,
+                        s->store_->dir() + ": the snapshot's table no longer loads: " + table.error().message);
+    }
+    saved = std::make_shared<Router>(table.value());
+    saved->import_state(recovered.snapshot->state);
+  } else if (!recovered.records.empty()) {
+    saved = std::make_shared<Router>(config.value());
+  }
+  for (const auto& rec : recovered.records) Mutation::replay(saved, s->previous_config_, rec, s->limits_);
+  if (s->store_) {
+    state_note = s->store_->dir() + ": " + (recovered.snapshot ? "snapshot" : "new") + ", " +
+                 std::to_string(recovered.records.size()) + " journal records replayed";
+  }
+
   auto probe = std::make_shared<Router>(config.value());
+  if (saved) probe->import_state(saved->export_state());
   const auto rows = probe->counters();
   auto opened = Segment::open(shm_name, rows.size());
   if (!opened) return std::move(opened).error();
   s->segment_ = std::move(opened.value().segment);
+  // Ids never repeat: past every generation the saved state issued (a reboot loses the segment's).
+  if (s->segment_->generation() <= recovered.generation) s->segment_->begin_generation(recovered.generation + 1);
   s->generation_ = s->segment_->generation();
+  if (s->store_) s->store_->set_generation(s->generation_);
   s->first_id_ = s->generation_ << kGenerationShift;
   auto router = std::make_shared<Router>(config.value(), RouterOptions{.first_decision_id = s->first_id_ | 1U});
-  // Carry the dead owner's counters over by (scenario, target) names.
-  std::vector<CounterRow> restored;
-  for (const auto& rec : opened.value().recovered) {
-    const auto& c = *router->config();
-    for (const auto& row : rows) {
-      if (c.scenarios[row.scenario].name == rec.scenario && c.targets[row.target].name == rec.target) {
-        restored.push_back({row.scenario, row.target, rec.counters});
+  if (saved) {
+    const auto report = router->import_state(saved->export_state());
+    if (saved->config()->content_hash != router->config()->content_hash) {
+      s->previous_config_ = saved->config();
+      state_note += "; carried over to the changed config (" + std::to_string(report.leases_dropped) + " leases and " +
+                    std::to_string(report.pending_dropped) + " decisions of removed places dropped)";
+    }
+  } else {
+    // No saved state (the first start with a state directory): take a dead owner's segment counters
+    // over by (scenario, target) names.
+    std::vector<CounterRow> restored;
+    for (const auto& rec : opened.value().recovered) {
+      const auto& c = *router->config();
+      for (const auto& row : rows) {
+        if (c.scenarios[row.scenario].name == rec.scenario && c.targets[row.target].name == rec.target) {
+          restored.push_back({row.scenario, row.target, rec.counters});
+        }
       }
     }
+    if (auto ok = router->restore_counters(restored); !ok) return std::move(ok).error();
   }
-  if (auto ok = router->restore_counters(restored); !ok) return std::move(ok).error();
   s->router_ = std::move(router);
+  // The journal restarts from a snapshot of what was just rebuilt.
+  if (s->store_) {
+    if (auto ok = s->snapshot(); !ok) return std::move(ok).error();
+  }
   s->published_ = s->router_->counters();
   if (auto ok = s->segment_->publish_all(*s->router_->config(), s->published_); !ok) return std::move(ok).error();
-  if (auto rings = RingReader::open(shm_name); rings) {
+  if (auto rings = RingReader::open(shm_name, s->store_ != nullptr); rings) {
     s->rings_ = std::move(rings).value();
     remove_stale_tables(shm_name, s->segment_->generation());
     s->publish_table(s->segment_->generation(), *s->router_, nullptr);
   } else {
     s->fast_note_ = rings.error().message;
   }
-  std::string note = std::move(opened.value().note);
+  std::string note = std::move(opened.value().note) + "; state " + state_note;
   if (!s->fast_note_.empty()) note += "; fast path off: " + s->fast_note_;
   return Started{std::move(s), std::move(note)};
 }
@@ -153,6 +331,7 @@ void Server::heartbeat(std::int64_t now_ms) noexcept {
     } catch (...) {  // a lock that failed: the next beat tries again
     }
   }
+  if (store_ && store_->snapshot_due()) (void)snapshot();  // a failure is kept in snapshot_error_
 }
 
 void Server::sync_rows_locked(const Router& r) {
@@ -185,26 +364,32 @@ void Server::flush() {
   segment_->heartbeat(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
           .count());
+  (void)snapshot();
 }
 
-void Server::carry_delta(const Router& old, const std::vector<CounterRow>& before) {
-  const auto after = old.counters();
-  const Config& oc = *old.config();
-  const Config& nc = *router_->config();
-  auto current = router_->counters();
-  std::vector<CounterRow> changed;
-  for (std::size_t i = 0; i < after.size() && i < before.size(); ++i) {
-    if (after[i].counters == before[i].counters) continue;
-    const Counters gained = delta(after[i].counters, before[i].counters);
-    for (auto& row : current) {
-      if (nc.scenarios[row.scenario].name == oc.scenarios[after[i].scenario].name &&
-          nc.targets[row.target].name == oc.targets[after[i].target].name) {
-        add(row.counters, gained);
-        changed.push_back(row);
-      }
-    }
+Result<Ok> Server::snapshot() {
+  if (!store_) return Ok{};
+  Snapshot snap;
+  snap.generation = generation_;
+  snap.config_source = router_->config()->source;
+  snap.config_text = router_->config()->text;
+  snap.state = router_->export_state();
+  auto ok = store_->snapshot(std::move(snap));
+  snapshot_error_ = ok ? std::string() : ok.error().message;
+  return ok;
+}
+
+Result<Ok> Server::journal(RecordKind kind, std::uint32_t ring, std::int64_t now_ms, std::string_view bytes) {
+  if (!store_) return Ok{};
+  if (store_->journal(kind, ring, now_ms, bytes)) return Ok{};
+  // Full: a snapshot holds everything so far and empties it.
+  if (auto ok = snapshot(); !ok) {
+    return make_error(ErrorCode::internal,
+                      "the state journal is full and no snapshot could be written: " + ok.error().message);
   }
-  (void)router_->restore_counters(changed);  // rows come from router_ itself: always in range
+  if (store_->journal(kind, ring, now_ms, bytes)) return Ok{};
+  return make_error(ErrorCode::internal,
+                    "a mutation of " + std::to_string(bytes.size()) + " bytes does not fit the state journal");
 }
 
 Result<Ok> Server::reload(std::string_view why, std::int64_t now_ms) {
@@ -228,46 +413,49 @@ Result<Ok> Server::reload(std::string_view why, std::int64_t now_ms) {
 Result<Ok> Server::swap_table() {
   auto config = load_config_file(config_path_);
   if (!config) return std::move(config).error();
-  // The same bytes again (a file watch and a reload op racing): keep the table, and with it the
-  // table before it, whose decisions still report.
+  // The same bytes again (a file watch and a reload op racing): keep the table.
   if (config.value()->content_hash == router_->config()->content_hash) return Ok{};
   // First every step that can fail, changing nothing the old table serves from.
   const std::uint64_t generation = generation_ + 1;
   const std::uint64_t first = generation << kGenerationShift;
   auto fresh = std::make_shared<Router>(config.value(), RouterOptions{.first_decision_id = first | 1U});
-  const auto old_rows = router_->counters();
-  const Config& oc = *router_->config();
-  const Config& nc = *fresh->config();
+  // Everything by names: rows (those of removed targets kept retired), budgets, breakers, and the
+  // pending decisions with their leases, which report to the new table.
+  fresh->import_state(router_->export_state());
   auto rows = fresh->counters();
-  for (auto& row : rows) {
-    for (const auto& o : old_rows) {
-      if (oc.scenarios[o.scenario].name == nc.scenarios[row.scenario].name &&
-          oc.targets[o.target].name == nc.targets[row.target].name) {
-        row.counters = o.counters;
-      }
+  if (rows.size() > segment_->capacity()) {
+    // All or nothing (Segment::rebuild): on error the old segment serves as it was.
+    if (auto ok = segment_->rebuild(rows.size(), generation); !ok) return std::move(ok).error();
+  }
+  {
+    // The last step that can fail. A grown segment then holds the old rows again (nothing else
+    // changed); the old table keeps serving.
+    msgpack::sbuffer record;
+    msgpack::packer<msgpack::sbuffer> p(record);
+    p.pack_array(2);
+    p.pack(config.value()->source);
+    p.pack(config.value()->text);
+    if (auto ok = journal(RecordKind::reload, kNone, 0, std::string_view(record.data(), record.size())); !ok) {
+      if (segment_->generation() == generation) (void)segment_->publish_all(*router_->config(), published_);
+      return ok;
     }
   }
-  if (auto ok = fresh->restore_counters(rows); !ok) return std::move(ok).error();
-  if (rows.size() > segment_->capacity()) {
-    // The last step that can fail: all or nothing (Segment::rebuild).
-    if (auto ok = segment_->rebuild(rows.size(), generation); !ok) return std::move(ok).error();
-  } else {
-    segment_->begin_generation(generation);
-  }
+  if (segment_->generation() != generation) segment_->begin_generation(generation);
+  if (store_) store_->set_generation(generation);
   // Then the swap. Published (and observing the new directories) before it: no block the KV thread
   // stores into them is missed.
   publish_table(generation, *fresh, router_.get());
   {
     std::lock_guard lock(router_mu_);
-    previous_ = std::move(router_);
-    previous_first_id_ = first_id_;
+    previous_config_ = router_->config();
     router_ = std::move(fresh);
     first_id_ = first;
     generation_ = generation;
   }
   published_ = rows;
-  auto ok = segment_->publish_all(nc, published_);  // fits: the segment was grown above
+  auto ok = segment_->publish_all(*router_->config(), published_);  // fits: the segment was grown above
   publish_state();
+  (void)snapshot();  // the journal keeps the reload if this fails: the heartbeat tries again
   return ok;
 }
 
@@ -278,6 +466,7 @@ Result<Ok> Server::swap_table() {
 struct Handler {
   struct Call {
     const protocol::Envelope& request;
+    std::string_view payload;  // the request's bytes, as the journal records them
     std::int64_t now_ms;
     std::uint32_t ring;  // kNone: the socket
     protocol::MapWriter& body;
@@ -301,9 +490,8 @@ struct Handler {
 
  private:
   static Result<Ok> decide(Server& s, const Call& c, bool commit);
-  static bool in_previous_table(const Server& s, std::uint64_t decision_id);
-  template <class Apply>
-  static auto on_table_of(Server& s, std::uint64_t decision_id, Apply&& apply);
+  /// After a report or verdict: the segment's rows and the fast path's live state.
+  static void publish(Server& s);
 };
 
 namespace {
@@ -341,7 +529,7 @@ Result<Ok> Handler::serve(Server& s, protocol::Envelope& request, std::string_vi
   const auto channel = ring == kNone ? s.socket_channel_ : protocol::Channel::ring;
   try {
     if (auto ok = protocol::decode_envelope(payload, s.limits_, channel, request); !ok) return ok;
-    return kHandlers[static_cast<std::size_t>(request.op)].fn(s, Call{request, now_ms, ring, body});
+    return kHandlers[static_cast<std::size_t>(request.op)].fn(s, Call{request, payload, now_ms, ring, body});
   } catch (const std::exception& e) {
     return make_error(ErrorCode::internal, e.what());
   }
@@ -355,6 +543,13 @@ Result<Ok> Handler::decide(Server& s, const Call& c, bool commit) {
   auto d = commit ? router->route(*request) : router->explain(*request);
   if (!d) return std::move(d).error();
   if (commit) {
+    // Journaled as the adopt of its decision: a replay commits it exactly, with its id and time.
+    thread_local msgpack::sbuffer record;
+    record.clear();
+    protocol::encode_adopt_request(record, *d, 0);
+    if (auto ok = s.journal(RecordKind::route, kNone, c.now_ms, std::string_view(record.data(), record.size())); !ok) {
+      return ok;
+    }
     s.sync_row(d->scenario, d->placement.target);
     s.publish_state();
   }
@@ -362,69 +557,37 @@ Result<Ok> Handler::decide(Server& s, const Call& c, bool commit) {
   return Ok{};
 }
 
-bool Handler::in_previous_table(const Server& s, std::uint64_t decision_id) {
-  if (!s.previous_) return false;
-  // Fast-path ids carry no generation: ask which table holds them.
-  if (protocol::is_fast_id(decision_id)) {
-    return !s.router_->has_pending(decision_id) && s.previous_->has_pending(decision_id);
-  }
-  return decision_id < s.first_id_ &&
-         protocol::generation_of(decision_id) == protocol::generation_of(s.previous_first_id_);
-}
-
-/// Applies `apply` to the table that holds the decision: the current one, or the one before the last
-/// reload, whose gains then move to the current table's rows of the same names.
-template <class Apply>
-auto Handler::on_table_of(Server& s, std::uint64_t decision_id, Apply&& apply) {
-  const bool old = in_previous_table(s, decision_id);
-  std::vector<CounterRow> before;
-  if (old) before = s.previous_->counters();
-  auto result = apply(old ? *s.previous_ : *s.router_);
-  if (!result) return result;
-  if (old) s.carry_delta(*s.previous_, before);
+void Handler::publish(Server& s) {
   s.sync_rows();
   s.publish_state();
-  return result;
 }
 
+// A ring's record was journaled before it was taken off the ring (drain_rings); the socket's
+// requests are journaled once applied, before their reply.
 Result<Ok> Handler::report(Server& s, const Call& c) {
-  auto report = protocol::decode_report_request(c.request.fields, c.now_ms);
-  if (!report) return std::move(report).error();
-  auto receipt = on_table_of(s, report->decision_id, [&](Router& r) { return r.report(*report); });
+  auto receipt = Mutation::report(*s.router_, c.request.fields, c.now_ms, c.ring);
   if (!receipt) return std::move(receipt).error();
+  if (c.ring == kNone && !receipt->duplicate) {
+    if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, c.payload); !ok) return ok;
+  }
+  publish(s);
   protocol::encode_receipt_reply(c.body, *receipt);
   return Ok{};
 }
 
 Result<Ok> Handler::verdict(Server& s, const Call& c) {
-  auto v = protocol::decode_verdict_request(c.request.fields, c.now_ms);
-  if (!v) return std::move(v).error();
-  return on_table_of(s, v->decision_id, [&](Router& r) { return r.verdict(v->decision_id, v->accepted, v->now); });
+  if (auto ok = Mutation::verdict(*s.router_, c.request.fields, c.now_ms, c.ring); !ok) return ok;
+  if (c.ring == kNone) {
+    if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, c.payload); !ok) return ok;
+  }
+  publish(s);
+  return Ok{};
 }
 
 Result<Ok> Handler::adopt(Server& s, const Call& c) {
-  auto d = protocol::decode_adopt_request(c.request.fields, c.now_ms);
+  auto d = Mutation::adopt(*s.router_, s.previous_config_.get(), c.request.fields, c.now_ms, c.ring);
   if (!d) return std::move(d).error();
-  // Ids are partitioned by ring: a client cannot take the sidecar's ids or another ring's.
-  if (!protocol::is_fast_id(d->id) || protocol::ring_of(d->id) != c.ring) {
-    return make_error(ErrorCode::invalid_argument, "decision id " + std::to_string(d->id) + " is not one of ring " +
-                                                       std::to_string(c.ring) + "'s ids");
-  }
-  // Decided from the table it names: this one, or the one before.
-  const bool old = s.previous_ && d->config_version != s.router_->config()->content_hash &&
-                   d->config_version == s.previous_->config()->content_hash;
-  Router& table = old ? *s.previous_ : *s.router_;
-  std::vector<CounterRow> before;
-  if (old) before = s.previous_->counters();
-  const Placement placed = d->placement;
-  const std::uint32_t scenario = d->scenario;
-  if (auto r = detail::FastPathAccess::adopt(table, std::move(d).value()); !r) return r;
-  if (old) {
-    s.carry_delta(*s.previous_, before);
-    s.sync_rows();
-  } else {
-    s.sync_row(scenario, placed.target);  // the one row an adopt changes
-  }
+  s.sync_row(d->scenario, d->placement.target);  // the one row an adopt changes
   s.publish_state();
   return Ok{};
 }
@@ -548,6 +711,24 @@ Result<Ok> Handler::settle_local(Server& s, const Call& c) {
     if (!router.report(outcome)) ++reply.rejected;
   }
   if (req->accepted && !router.verdict(d.id, *req->accepted, c.now_ms)) ++reply.rejected;
+  // Journaled as what it applied (the adopt of its decision, its outcomes, its verdict): a restart
+  // replays those exactly. Before the spool id is remembered, so an acknowledged one is durable.
+  {
+    msgpack::sbuffer rec;
+    protocol::encode_adopt_request(rec, d, 0);
+    if (auto ok = s.journal(RecordKind::route, kNone, c.now_ms, {rec.data(), rec.size()}); !ok) return ok;
+    for (const auto& o : req->outcomes) {
+      rec.clear();
+      protocol::encode_report_request(
+          rec, {d.id, o.target, o.status, o.usage, o.ttft_ms, o.latency_ms, std::nullopt, c.now_ms}, std::nullopt);
+      if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, {rec.data(), rec.size()}); !ok) return ok;
+    }
+    if (req->accepted) {
+      rec.clear();
+      protocol::encode_verdict_request(rec, {d.id, *req->accepted, c.now_ms}, std::nullopt);
+      if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, {rec.data(), rec.size()}); !ok) return ok;
+    }
+  }
   s.sync_rows();
   s.publish_state();
   s.settlements_->remember(req->spool_id, d.id);
@@ -572,7 +753,13 @@ std::string Server::handle(std::string_view payload, std::int64_t now_ms, std::u
 
 std::size_t Server::drain_rings(std::int64_t now_ms) {
   if (!rings_) return 0;
-  return rings_->drain([&](std::uint32_t ring, std::string_view record) {
+  RingReader::Visitor visit;
+  // Journaled before the ring lets go of it: a crash in between replays it, and the ring's copy is
+  // then refused (an adopt of a pending id) or a duplicate (a report): it counts once.
+  visit.keep = [&](std::uint32_t ring, std::string_view record) {
+    if (!journal(RecordKind::request, ring, now_ms, record)) ++not_journaled_;
+  };
+  visit.apply = [&](std::uint32_t ring, std::string_view record) -> shm::RecordFate {
     ++ring_applied_;
     // Nobody waits for a ring record's reply: an error is counted (and shown by stats and /metrics),
     // and its client reads it in its ring's feedback.
@@ -596,7 +783,13 @@ std::size_t Server::drain_rings(std::int64_t now_ms) {
     }
     if (!fate.applied) ++ring_rejected_;
     return fate;
-  });
+  };
+  // A dead client's decisions stop holding in-flight slots; they still take reports (its spool).
+  visit.reaped = [&](std::uint32_t ring) {
+    if (!journal(RecordKind::reap, ring, now_ms, {})) ++not_journaled_;
+    if (detail::FastPathAccess::release_ring(*router_, ring) > 0) publish_state();
+  };
+  return rings_->drain(visit);
 }
 
 // ------------------------------------------------------------------------------------------ metrics

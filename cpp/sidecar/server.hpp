@@ -1,6 +1,7 @@
 #pragma once
 // The sidecar's request handling, independent of sockets: one msgpack request in, one msgpack reply out.
-// Owns the Router (swapped on reload) and mirrors the ledger into the shared-memory segment.
+// Owns the Router (swapped on reload), journals every mutation to the state directory before its
+// reply (sidecar/state_store.hpp) and mirrors the ledger into the shared-memory segment (a view).
 
 #include <cstdint>
 #include <functional>
@@ -13,6 +14,7 @@
 #include "sidecar/fastpath.hpp"
 #include "sidecar/settlements.hpp"
 #include "sidecar/shm.hpp"
+#include "sidecar/state_store.hpp"
 #include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
@@ -27,8 +29,12 @@ class Server {
     std::unique_ptr<Server> server;
     std::string note;  ///< what happened to the segment, for the log
   };
-  /// Loads the config, opens (or re-attaches) the segment, restores its counters. Errors are one line.
-  [[nodiscard]] static Result<Started> start(const std::string& config_path, const std::string& shm_name);
+  /// Loads the config and the state directory's snapshot and journal (replayed), carries that state
+  /// over to the config by names, then opens the segment and publishes the state into it. Without
+  /// saved state, a dead owner's segment counters are taken over. An empty `state_dir` keeps no
+  /// state on disk (in-process tests and benches; the daemon always has one). Errors are one line.
+  [[nodiscard]] static Result<Started> start(const std::string& config_path, const std::string& shm_name,
+                                             const std::string& state_dir = {});
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
   ~Server();
@@ -44,15 +50,18 @@ class Server {
   }
   /// Says how a reload went (`why`: what asked for it, e.g. "SIGHUP"), for the log.
   using ReloadLog = std::function<void(std::string_view why, const Result<Ok>& result)>;
-  /// Re-reads the config file: validated, and every step that can fail (a bigger counter segment)
-  /// done, before anything changes; on error the old table, segment and ledger serve as they were.
-  /// Either way the outcome is recorded (last_reload(), stats, /metrics) and passed to the log.
+  /// Re-reads the config file: validated, and every step that can fail (a bigger counter segment,
+  /// the journal record) done, before anything changes; on error the old table, segment and ledger
+  /// serve as they were. The new table takes the whole live state over by names (ledger, budgets,
+  /// breakers, pending decisions). Either way the outcome is recorded (last_reload(), stats,
+  /// /metrics) and passed to the log.
   [[nodiscard]] Result<Ok> reload(std::string_view why, std::int64_t now_ms);
   /// Where reload() reports (the daemon's log); none by default.
   void on_reload(ReloadLog log) { reload_log_ = std::move(log); }
   /// How the last reload went (any thread).
   [[nodiscard]] protocol::ReloadStatus last_reload() const;
-  /// Every ~100 ms: the segment's heartbeat, and once a second the directories' TTL expiry.
+  /// Every ~100 ms: the segment's heartbeat, once a second the directories' TTL expiry, and a
+  /// snapshot when the journal is half full.
   void heartbeat(std::int64_t now_ms) noexcept;
   /// Applies what fast-path clients posted to their rings (the serving thread, every loop turn).
   std::size_t drain_rings(std::int64_t now_ms);
@@ -71,8 +80,10 @@ class Server {
   /// The generation being served (any thread).
   [[nodiscard]] std::uint64_t generation() const;
   [[nodiscard]] std::string config_version() const;
-  /// Mirrors every row into the segment (shutdown).
+  /// Mirrors every row into the segment and snapshots the state (an orderly stop).
   void flush();
+  /// Writes a snapshot of the live state and restarts the journal.
+  [[nodiscard]] Result<Ok> snapshot();
   /// The current table's Router (any thread; a reload swaps it).
   [[nodiscard]] std::shared_ptr<Router> router() const;
 
@@ -88,8 +99,9 @@ class Server {
   /// on failure the socket still serves.
   void publish_table(std::uint64_t generation, Router& router, Router* replaced);
   void sync_rows_locked(const Router& r);
-  /// Adds what `old` gained between two snapshots to the current router's rows of the same names.
-  void carry_delta(const Router& old, const std::vector<CounterRow>& before);
+  /// Journals one mutation before its reply; an error when the journal is full and no snapshot
+  /// could make room (the mutation is then refused or, for a ring record, counted as not durable).
+  [[nodiscard]] Result<Ok> journal(RecordKind kind, std::uint32_t ring, std::int64_t now_ms, std::string_view bytes);
 
   std::string config_path_;
   std::int64_t started_ms_ = 0;
@@ -98,19 +110,21 @@ class Server {
   // Guards what other threads read (the metrics thread, the KV thread): the pointers, the
   // generation and the reload status. The serving thread is the only writer.
   mutable std::mutex router_mu_;
-  std::shared_ptr<Router> router_;  // the current table
-  std::uint64_t generation_ = 0;    // router_'s (the segment's, read without mapping it)
+  std::shared_ptr<Router> router_;     // the current table, holding every table's live state
+  std::uint64_t generation_ = 0;       // router_'s (the segment's, read without mapping it)
   protocol::ReloadStatus last_reload_;
   ReloadLog reload_log_;
-  std::shared_ptr<Router> previous_;  // the table before the last reload: its decisions still report
-  std::uint64_t first_id_ = 0;        // router_'s first decision id
-  std::uint64_t previous_first_id_ = 0;
+  ConfigPtr previous_config_;          // the table before the last reload (fast-path adopts made from it)
+  std::unique_ptr<StateStore> store_;  // the snapshot and journal (none: nothing kept on disk)
+  std::uint64_t first_id_ = 0;         // router_'s first decision id
   std::vector<CounterRow> published_;      // what the segment holds, to write only changed rows
   std::unique_ptr<TablePublisher> table_;  // router_'s table, live state and directories, for the fast path
   std::unique_ptr<RingReader> rings_;
   std::string fast_note_;            // why the fast path is off, if it is
   std::uint64_t ring_applied_ = 0;   // ring records applied
   std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
+  std::uint64_t not_journaled_ = 0;  // ring records applied while the journal was full
+  std::string snapshot_error_;       // why the last snapshot failed ("" when it did not)
   std::int64_t last_expiry_ms_ = 0;
   std::unique_ptr<LocalSettlements> settlements_;  // imported local decisions (opened on the first)
   protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only

@@ -269,6 +269,12 @@ def demo(config_path: str | None, as_json: bool) -> None:
     "needs the --curve-* options (or, on loopback, --insecure-tcp).",
 )
 @click.option("--shm", help="Shared-memory segment name (default turnout-$UID).")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Where the ledger, budgets and pending decisions are kept across restarts (default "
+    "$STATE_DIRECTORY, else $XDG_STATE_HOME/turnout, else ~/.local/state/turnout).",
+)
 @click.option("--metrics", help="Serve /metrics and /healthz on this loopback HOST:PORT.")
 @click.option("--foreground", is_flag=True, help="Stay in the foreground and log to stderr.")
 @click.option("--no-watch", is_flag=True, help="Do not reload when the CONFIG file changes.")
@@ -291,6 +297,7 @@ def serve(
     config: str,
     endpoint: str | None,
     shm: str | None,
+    state_dir: str | None,
     metrics: str | None,
     foreground: bool,
     no_watch: bool,
@@ -309,6 +316,7 @@ def serve(
     for flag, value in (
         ("--endpoint", endpoint),
         ("--shm", shm),
+        ("--state-dir", state_dir),
         ("--metrics", metrics),
         ("--curve-secret-key", curve_secret_key),
         ("--curve-authorized-keys", curve_authorized_keys),

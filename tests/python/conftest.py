@@ -91,6 +91,22 @@ def make_router(make_config: Callable[..., Path]) -> Callable[..., turnout.Route
 # -- the real daemon (tests/python/daemon.py) ----------------------------------------------------
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_home() -> Iterator[None]:
+    """A daemon a test starts without --state-dir keeps its state here, never in ~/.local/state."""
+    d = tempfile.mkdtemp(prefix="turnout-state-")
+    keep = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "STATE_DIRECTORY")}
+    os.environ["XDG_STATE_HOME"] = d
+    os.environ.pop("STATE_DIRECTORY", None)
+    yield
+    for k, v in keep.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     # Short paths: an ipc:// socket path must fit in sun_path (108 bytes).

@@ -31,6 +31,7 @@ class Sidecar:
         self.shm = shm
         self.endpoint = f"ipc://{workdir / 's.sock'}"
         self.metrics_port = free_port()
+        self.state_dir = workdir / "state"  # never the user's ~/.local/state
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
 
@@ -43,6 +44,8 @@ class Sidecar:
             self.endpoint,
             "--shm",
             self.shm,
+            "--state-dir",
+            str(self.state_dir),
             "--metrics",
             f"127.0.0.1:{self.metrics_port}",
             "--foreground",

@@ -113,13 +113,20 @@ struct RingDrained {
   bool empty = false;  ///< nothing is left to read (as of the head it started from)
 };
 
+/// Nothing to do with a record before it is consumed.
+struct KeepNothing {
+  void operator()(std::string_view /*record*/) const noexcept {}
+};
+
 /// Hands at most `budget` waiting records of the ring at `data` to `apply(record)`, which answers its
 /// RecordFate: a refused record is written to the ring's rejections, and each record is settled. Each
-/// record is copied into `record` and consumed before `apply` sees it: a record that brings the
+/// record is copied into `record`, handed to `keep` (the sidecar journals it: a crash after this finds
+/// it journaled or still in the ring) and consumed before `apply` sees it: a record that brings the
 /// consumer down is not applied twice (nor forever; ring_recover settles it). A corrupt or torn ring
 /// drops what it cannot read, and its numbering starts again from what the producer posted.
-template <std::uint64_t Bytes, class Apply>
-RingDrained ring_drain(RingHeader& ring, const char* data, std::string& record, std::size_t budget, Apply&& apply) {
+template <std::uint64_t Bytes, class Apply, class Keep = KeepNothing>
+RingDrained ring_drain(RingHeader& ring, const char* data, std::string& record, std::size_t budget, Apply&& apply,
+                       Keep&& keep = {}) {
   RingDrained out;
   const std::uint64_t head = ring.head.load(std::memory_order_acquire);
   std::uint64_t tail = ring.tail.load(std::memory_order_relaxed);
@@ -147,6 +154,7 @@ RingDrained ring_drain(RingHeader& ring, const char* data, std::string& record, 
       break;
     }
     record.assign(data + pos + 4, len);
+    keep(std::string_view(record));
     tail += (4 + std::uint64_t{len} + 7) & ~std::uint64_t{7};
     ring.consumed.store(++consumed, std::memory_order_relaxed);
     ring.tail.store(tail, std::memory_order_release);

@@ -1,0 +1,368 @@
+// The sidecar's durable state (sidecar/state_store.hpp): the journal's torn-record and epoch rules,
+// the snapshot's encoding, and the state directory's owner and mode checks.
+
+#include "sidecar/state_store.hpp"
+
+#include "sidecar/server.hpp"
+#include "turnout/protocol.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <span>
+#include <string>
+
+namespace turnout::sidecar {
+namespace {
+
+namespace fs = std::filesystem;
+
+class StateStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() / ("turnout-state-" + std::to_string(::getpid()) + "-" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  std::unique_ptr<StateStore> open() {
+    auto s = StateStore::open(root_.string(), "shm", 1U << 20);
+    EXPECT_TRUE(s) << (s ? "" : s.error().message);
+    return s ? std::move(s).value() : nullptr;
+  }
+  fs::path root_;
+};
+
+LiveState sample_state() {
+  LiveState s;
+  Counters c;
+  c.requests = 7;
+  c.outcomes = 5;
+  c.by_status[1] = 2;
+  c.tokens.output_tokens = 1234;
+  c.cost += Money::from_picos(987'654'321);
+  c.latency.observe(250);
+  s.ledger.push_back({"chat", "gpt", c});
+  s.ledger.push_back({"chat", "retired-canary", Counters{}});
+  s.budgets.push_back({"chat", 20'000, Money::from_picos(5), Money::from_picos(6)});
+  s.breakers.push_back({{"pool", "http://a:8000"}, Breaker::Phase::open, false, 1'700'000'000'000, 4, 2});
+  PendingEntry p;
+  p.id = (3ULL << 40) | 9;
+  p.at = 1'700'000'000'123;
+  p.scenario = "chat";
+  p.placement = {"pool", "http://a:8000"};
+  p.fallbacks = {{"gpt", ""}};
+  p.reserved_cost = Money::from_picos(42);
+  p.budget_day = 20'000;
+  p.lease_open = true;
+  p.lease_until = 1'700'000'060'000;
+  p.active_blocks = 12;
+  p.reported_targets = {"gpt"};
+  s.pending.push_back(p);
+  return s;
+}
+
+TEST_F(StateStoreTest, SnapshotRoundTripsEveryField) {
+  Snapshot s{.epoch = 3, .generation = 17, .config_source = "/etc/r.yaml", .config_text = "a: 1\n", .state = {}};
+  s.state = sample_state();
+  msgpack::sbuffer bytes;
+  encode_snapshot(bytes, s);
+  auto back = decode_snapshot(std::string_view(bytes.data(), bytes.size()));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back.value(), s);
+}
+
+TEST_F(StateStoreTest, CorruptOrTruncatedSnapshotIsAClearError) {
+  Snapshot s;
+  s.state = sample_state();
+  msgpack::sbuffer bytes;
+  encode_snapshot(bytes, s);
+  std::string text(bytes.data(), bytes.size());
+  text[text.size() / 2] ^= 0x5A;
+  auto bad = decode_snapshot(text);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("checksum"), std::string::npos) << bad.error().message;
+  auto short_one = decode_snapshot("abc");
+  ASSERT_FALSE(short_one);
+  EXPECT_NE(short_one.error().message.find("truncated"), std::string::npos);
+}
+
+TEST_F(StateStoreTest, JournalReplaysInOrderAndStopsAtATornRecord) {
+  {
+    auto store = open();
+    ASSERT_TRUE(store);
+    auto r = store->recover();
+    ASSERT_TRUE(r);
+    EXPECT_FALSE(r->snapshot);
+    EXPECT_TRUE(r->records.empty());
+    ASSERT_TRUE(store->journal(RecordKind::route, kNone, 100, "first"));
+    ASSERT_TRUE(store->journal(RecordKind::request, 3, 200, "second"));
+    ASSERT_TRUE(store->journal(RecordKind::reap, 3, 300, ""));
+    ASSERT_TRUE(store->journal(RecordKind::request, kNone, 400, "fourth"));
+  }
+  {
+    auto store = open();
+    auto r = store->recover();
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->records.size(), 4U);
+    EXPECT_EQ(r->records[0].bytes, "first");
+    EXPECT_EQ(r->records[0].kind, RecordKind::route);
+    EXPECT_EQ(r->records[1].ring, 3U);
+    EXPECT_EQ(r->records[1].now, 200);
+    EXPECT_EQ(r->records[2].kind, RecordKind::reap);
+    EXPECT_EQ(r->records[3].bytes, "fourth");
+  }
+  // Tear the third record's bytes (a power cut mid-write): the first two replay, nothing after.
+  {
+    std::fstream f(root_ / "shm" / "journal", std::ios::in | std::ios::out | std::ios::binary);
+    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const auto at = all.find("fourth");
+    ASSERT_NE(at, std::string::npos);
+    f.seekp(static_cast<std::streamoff>(at));
+    f.write("FOURTH", 6);
+  }
+  auto store = open();
+  auto r = store->recover();
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->records.size(), 3U);
+  // The next record goes where the torn one was, and a restart reads it, not the torn one.
+  ASSERT_TRUE(store->journal(RecordKind::request, kNone, 500, "fifth"));
+  store.reset();
+  store = open();
+  r = store->recover();
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->records.size(), 4U);
+  EXPECT_EQ(r->records[3].bytes, "fifth");
+}
+
+TEST_F(StateStoreTest, ASnapshotEndsTheEpochItHolds) {
+  auto store = open();
+  ASSERT_TRUE(store->recover());
+  ASSERT_TRUE(store->journal(RecordKind::route, kNone, 1, "before"));
+  store->set_generation(5);
+  Snapshot s;
+  s.config_text = "t";
+  s.state = sample_state();
+  ASSERT_TRUE(store->snapshot(s));
+  ASSERT_TRUE(store->journal(RecordKind::route, kNone, 2, "after"));
+  store.reset();
+  store = open();
+  auto r = store->recover();
+  ASSERT_TRUE(r);
+  ASSERT_TRUE(r->snapshot);
+  EXPECT_EQ(r->snapshot->state, sample_state());
+  EXPECT_EQ(r->snapshot->epoch, 1U);
+  EXPECT_EQ(r->generation, 5U);
+  ASSERT_EQ(r->records.size(), 1U);  // "before" is in the snapshot: never applied twice
+  EXPECT_EQ(r->records[0].bytes, "after");
+}
+
+TEST_F(StateStoreTest, ACrashBetweenRenameAndJournalResetAppliesNothingTwice) {
+  // The snapshot of epoch 1 is on disk, the journal still holds epoch 0's records.
+  auto store = open();
+  ASSERT_TRUE(store->recover());
+  ASSERT_TRUE(store->journal(RecordKind::route, kNone, 1, "in the snapshot"));
+  Snapshot s;
+  s.epoch = 1;
+  msgpack::sbuffer bytes;
+  encode_snapshot(bytes, s);
+  store.reset();
+  {
+    std::ofstream f(root_ / "shm" / "snapshot", std::ios::binary);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  fs::permissions(root_ / "shm" / "snapshot", fs::perms::owner_read | fs::perms::owner_write);
+  store = open();
+  auto r = store->recover();
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->records.empty());
+}
+
+TEST_F(StateStoreTest, JournalFullRefusesTheAppend) {
+  auto store = open();
+  ASSERT_TRUE(store->recover());
+  const std::string big(64 << 10, 'x');
+  int appended = 0;
+  while (store->journal(RecordKind::request, kNone, 1, big)) ++appended;
+  EXPECT_GT(appended, 4);
+  EXPECT_TRUE(store->snapshot_due());
+  ASSERT_TRUE(store->snapshot(Snapshot{}));
+  EXPECT_FALSE(store->snapshot_due());
+  EXPECT_TRUE(store->journal(RecordKind::request, kNone, 1, big));
+}
+
+TEST_F(StateStoreTest, RefusesADirectoryOthersCanWrite) {
+  fs::create_directories(root_ / "shm");
+  ::chmod((root_ / "shm").c_str(), 0777);
+  auto s = StateStore::open(root_.string(), "shm", 1U << 20);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("others could write"), std::string::npos) << s.error().message;
+}
+
+TEST_F(StateStoreTest, RefusesAFileOthersCanRead) {
+  { ASSERT_TRUE(open()); }
+  ::chmod((root_ / "shm" / "journal").c_str(), 0644);
+  auto s = StateStore::open(root_.string(), "shm", 1U << 20);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("others could read"), std::string::npos) << s.error().message;
+}
+
+TEST_F(StateStoreTest, RefusesASymlinkedJournal) {
+  fs::create_directories(root_ / "shm");
+  ::chmod((root_ / "shm").c_str(), 0700);
+  fs::create_symlink("/etc/passwd", root_ / "shm" / "journal");
+  auto s = StateStore::open(root_.string(), "shm", 1U << 20);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("journal"), std::string::npos) << s.error().message;
+}
+
+TEST_F(StateStoreTest, RefusesAShmNameThatIsAPath) {
+  auto s = StateStore::open(root_.string(), "../x", 1U << 20);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("cannot name a state directory"), std::string::npos);
+}
+
+TEST(DefaultStateDir, FollowsSystemdThenXdgThenHome) {
+  const auto keep = [](const char* n) { return std::getenv(n) ? std::string(std::getenv(n)) : std::string(); };
+  const std::string sd = keep("STATE_DIRECTORY"), xdg = keep("XDG_STATE_HOME"), home = keep("HOME");
+  ::setenv("STATE_DIRECTORY", "/var/lib/turnout:/var/lib/other", 1);
+  EXPECT_EQ(default_state_dir(), "/var/lib/turnout");
+  ::unsetenv("STATE_DIRECTORY");
+  ::setenv("XDG_STATE_HOME", "/x/state", 1);
+  EXPECT_EQ(default_state_dir(), "/x/state/turnout");
+  ::unsetenv("XDG_STATE_HOME");
+  ::setenv("HOME", "/home/u", 1);
+  EXPECT_EQ(default_state_dir(), "/home/u/.local/state/turnout");
+  const auto restore = [](const char* n, const std::string& v) {
+    v.empty() ? ::unsetenv(n) : ::setenv(n, v.c_str(), 1);
+  };
+  restore("STATE_DIRECTORY", sd);
+  restore("XDG_STATE_HOME", xdg);
+  restore("HOME", home);
+}
+
+}  // namespace
+}  // namespace turnout::sidecar
+
+// ------------------------------------------------------------------------ the Server over a state dir
+
+namespace turnout::sidecar {
+namespace {
+
+const std::string kExample = std::string(TURNOUT_EXAMPLES_DIR) + "/routing.yaml";
+
+class DurableServerTest : public StateStoreTest {
+ protected:
+  void SetUp() override {
+    StateStoreTest::SetUp();
+    shm_ = "sy-durable-" + std::to_string(::getpid()) + "-" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+  }
+  void TearDown() override {
+    for (const auto& e : fs::directory_iterator("/dev/shm")) {
+      if (e.path().filename().string().rfind(shm_, 0) == 0) fs::remove(e.path());
+    }
+    StateStoreTest::TearDown();
+  }
+  std::unique_ptr<Server> start() {
+    auto s = Server::start(kExample, shm_, root_.string());
+    EXPECT_TRUE(s) << (s ? "" : s.error().message);
+    return s ? std::move(s.value().server) : nullptr;
+  }
+  std::string shm_;
+};
+
+/// A request map {v: 1, id: 7, op, ...fields}.
+template <class... KV>
+std::string request(const char* op, const KV&... kv) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  pk.pack_map(3 + sizeof...(KV) / 2);
+  pk.pack("v");
+  pk.pack(1);
+  pk.pack("id");
+  pk.pack(7);
+  pk.pack("op");
+  pk.pack(op);
+  (pk.pack(kv), ...);
+  return {buf.data(), buf.size()};
+}
+
+/// The reply's map, and its error code ("" when ok).
+std::pair<msgpack::object_handle, std::string> reply_of(const std::string& reply) {
+  auto oh = msgpack::unpack(reply.data(), reply.size());
+  std::string code;
+  for (const auto& kv : std::span(oh.get().via.map.ptr, oh.get().via.map.size)) {
+    if (kv.key.as<std::string>() != "error") continue;
+    for (const auto& e : std::span(kv.val.via.map.ptr, kv.val.via.map.size)) {
+      if (e.key.as<std::string>() == "code") code = e.val.as<std::string>();
+    }
+  }
+  return {std::move(oh), code};
+}
+
+template <class T>
+T field(const msgpack::object_handle& oh, const std::string& name) {
+  for (const msgpack::object_kv& kv : std::span(oh.get().via.map.ptr, oh.get().via.map.size)) {
+    if (kv.key.as<std::string>() == name) return kv.val.as<T>();
+  }
+  ADD_FAILURE() << "no field " << name;
+  return T{};
+}
+
+constexpr std::int64_t kNow = 1'767'225'600'000;
+
+TEST_F(DurableServerTest, APendingDecisionTakesItsReportAfterACrash) {
+  std::uint64_t id = 0;
+  std::string target;
+  {
+    auto s = start();
+    ASSERT_TRUE(s);
+    auto [route, code] =
+        reply_of(s->handle(request("route", "scenario", "contract-extraction", "input_tokens", 100), kNow));
+    ASSERT_EQ(code, "");
+    id = field<std::uint64_t>(route, "decision_id");
+    target = field<std::string>(route, "target");
+    // Destroyed without flush(): no snapshot at stop, as after kill -9 (the journal is in the page cache).
+  }
+  auto s = start();
+  ASSERT_TRUE(s);
+  auto [receipt, code] =
+      reply_of(s->handle(request("report", "decision_id", id, "target", target, "status", "error"), kNow + 1000));
+  EXPECT_EQ(code, "");
+  EXPECT_FALSE(field<bool>(receipt, "duplicate"));
+  // Ids never repeat: the restarted sidecar's next decision is of a later generation.
+  auto [next, c2] =
+      reply_of(s->handle(request("route", "scenario", "contract-extraction", "input_tokens", 100), kNow + 2000));
+  ASSERT_EQ(c2, "");
+  EXPECT_GT(protocol::generation_of(field<std::uint64_t>(next, "decision_id")), protocol::generation_of(id));
+}
+
+TEST_F(DurableServerTest, ARingReportsOnlyItsOwnDecisions) {
+  auto s = start();
+  ASSERT_TRUE(s);
+  auto [route, code] =
+      reply_of(s->handle(request("route", "scenario", "contract-extraction", "input_tokens", 100), kNow));
+  ASSERT_EQ(code, "");
+  const auto id = field<std::uint64_t>(route, "decision_id");
+  const auto target = field<std::string>(route, "target");
+  const std::string report = request("report", "decision_id", id, "target", target, "status", "ok");
+  // The socket's decision, reported through ring 3: refused.
+  auto [refused, why] = reply_of(s->handle(report, kNow + 1, 3));
+  EXPECT_EQ(why, "invalid_argument");
+  const std::string verdict = request("verdict", "decision_id", id, "accepted", true);
+  auto [refused_verdict, why_verdict] = reply_of(s->handle(verdict, kNow + 1, 3));
+  EXPECT_EQ(why_verdict, "invalid_argument");
+  // Through the socket: counted.
+  auto [ok, none] = reply_of(s->handle(report, kNow + 2));
+  EXPECT_EQ(none, "");
+  EXPECT_FALSE(field<bool>(ok, "duplicate"));
+}
+
+}  // namespace
+}  // namespace turnout::sidecar
