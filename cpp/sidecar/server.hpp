@@ -110,13 +110,13 @@ class Server {
   // Guards what other threads read (the metrics thread, the KV thread): the pointers, the
   // generation and the reload status. The serving thread is the only writer.
   mutable std::mutex router_mu_;
-  std::shared_ptr<Router> router_;     // the current table, holding every table's live state
-  std::uint64_t generation_ = 0;       // router_'s (the segment's, read without mapping it)
+  std::shared_ptr<Router> router_;  // the current table, holding every table's live state
+  std::uint64_t generation_ = 0;    // router_'s (the segment's, read without mapping it)
   protocol::ReloadStatus last_reload_;
   ReloadLog reload_log_;
-  ConfigPtr previous_config_;          // the table before the last reload (fast-path adopts made from it)
-  std::unique_ptr<StateStore> store_;  // the snapshot and journal (none: nothing kept on disk)
-  std::uint64_t first_id_ = 0;         // router_'s first decision id
+  ConfigPtr previous_config_;              // the table before the last reload (fast-path adopts made from it)
+  std::unique_ptr<StateStore> store_;      // the snapshot and journal (none: nothing kept on disk)
+  std::uint64_t first_id_ = 0;             // router_'s first decision id
   std::vector<CounterRow> published_;      // what the segment holds, to write only changed rows
   std::unique_ptr<TablePublisher> table_;  // router_'s table, live state and directories, for the fast path
   std::unique_ptr<RingReader> rings_;
@@ -126,7 +126,7 @@ class Server {
   std::uint64_t not_journaled_ = 0;  // ring records applied while the journal was full
   std::string snapshot_error_;       // why the last snapshot failed ("" when it did not)
   std::int64_t last_expiry_ms_ = 0;
-  std::unique_ptr<LocalSettlements> settlements_;  // imported local decisions (opened on the first)
+  std::unique_ptr<LocalSettlements> settlements_;                 // imported local decisions (opened on the first)
   protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only
 
   friend struct Handler;  // the op handlers (server.cpp)
