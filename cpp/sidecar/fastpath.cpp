@@ -312,6 +312,14 @@ Result<std::unique_ptr<RingReader>> RingReader::open(const std::string& shm, boo
 
 RingReader::~RingReader() = default;
 
+void RingReader::raise_sequence(std::uint32_t ring, std::uint64_t seq) noexcept {
+  if (ring >= kRingCount) return;
+  auto& rh = *reinterpret_cast<shm::RingHeader*>(base_ + sizeof(RingsHeader) + ring * ring_stride());
+  std::uint64_t now = rh.next_seq.load(std::memory_order_relaxed);
+  while (now < seq && !rh.next_seq.compare_exchange_weak(now, seq, std::memory_order_relaxed)) {
+  }
+}
+
 std::uint32_t RingReader::clients() const noexcept {
   std::uint32_t n = 0;
   for (std::uint32_t i = 0; i < kRingCount; ++i) {

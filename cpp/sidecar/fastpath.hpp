@@ -84,6 +84,9 @@ class RingReader {
   /// The same, with `keep` seeing each record before it is consumed and `reaped` each freed ring.
   std::size_t drain(const Visitor& visit, std::size_t budget = 4096);
   [[nodiscard]] std::uint32_t clients() const noexcept;
+  /// Makes ring `ring`'s next decision sequence at least `seq`: a rings segment made anew (a
+  /// reboot) must not hand out the ids of decisions the recovered state still holds.
+  void raise_sequence(std::uint32_t ring, std::uint64_t seq) noexcept;
 
  private:
   RingReader() = default;

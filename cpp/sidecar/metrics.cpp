@@ -145,6 +145,11 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   x.sample("turnout_last_reload_ok", "", sidecar.last_reload.ok ? "1" : "0");
   x.family("turnout_last_reload_timestamp_seconds", "gauge", "When the last reload was tried (0: none yet).");
   x.sample("turnout_last_reload_timestamp_seconds", "", std::to_string(sidecar.last_reload.at / 1000));
+  x.family("turnout_state_snapshot_ok", "gauge", "1 if the last state snapshot was written, 0 if it failed.");
+  x.sample("turnout_state_snapshot_ok", "", sidecar.snapshot_ok ? "1" : "0");
+  x.family("turnout_unjournaled_records_total", "counter",
+           "Ring records applied while the journal was full (a crash before the next snapshot loses them).");
+  x.sample("turnout_unjournaled_records_total", "", std::to_string(sidecar.unjournaled));
   x.family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
   x.sample("turnout_pending_decisions", "", std::to_string(router.pending_decisions()));
 

@@ -217,6 +217,12 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
     }
     saved = std::make_shared<Router>(table.value());
     saved->import_state(recovered.snapshot->state);
+    if (!recovered.snapshot->previous_config_text.empty()) {
+      // Ring records decided from it may follow in the journal (a reload snapshots at once).
+      auto previous =
+          load_config_text(recovered.snapshot->previous_config_text, recovered.snapshot->previous_config_source);
+      if (previous) s->previous_config_ = previous.value();
+    }
   } else if (!recovered.records.empty()) {
     saved = std::make_shared<Router>(config.value());
   }
@@ -268,6 +274,11 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
   if (auto ok = s->segment_->publish_all(*s->router_->config(), s->published_); !ok) return std::move(ok).error();
   if (auto rings = RingReader::open(shm_name, s->store_ != nullptr); rings) {
     s->rings_ = std::move(rings).value();
+    // Fast ids carry no generation: each ring's sequence continues past the recovered decisions'.
+    for (const auto& p : s->router_->export_state().pending) {
+      if (!protocol::is_fast_id(p.id)) continue;
+      s->rings_->raise_sequence(protocol::ring_of(p.id), (p.id & ((1ULL << protocol::kRingShift) - 1)) + 1);
+    }
     remove_stale_tables(shm_name, s->segment_->generation());
     s->publish_table(s->segment_->generation(), *s->router_, nullptr);
   } else {
@@ -331,7 +342,11 @@ void Server::heartbeat(std::int64_t now_ms) noexcept {
     } catch (...) {  // a lock that failed: the next beat tries again
     }
   }
-  if (store_ && store_->snapshot_due()) (void)snapshot();  // a failure is kept in snapshot_error_
+  // A failed snapshot (disk full) is tried again every 10 s, not on every beat; /metrics shows it.
+  if (store_ && store_->snapshot_due() && (snapshot_error_.empty() || now_ms - last_snapshot_try_ms_ >= 10'000)) {
+    last_snapshot_try_ms_ = now_ms;
+    (void)snapshot();
+  }
 }
 
 void Server::sync_rows_locked(const Router& r) {
@@ -373,9 +388,14 @@ Result<Ok> Server::snapshot() {
   snap.generation = generation_;
   snap.config_source = router_->config()->source;
   snap.config_text = router_->config()->text;
+  if (previous_config_) {
+    snap.previous_config_source = previous_config_->source;
+    snap.previous_config_text = previous_config_->text;
+  }
   snap.state = router_->export_state();
   auto ok = store_->snapshot(std::move(snap));
   snapshot_error_ = ok ? std::string() : ok.error().message;
+  snapshot_ok_.store(ok.ok(), std::memory_order_relaxed);
   return ok;
 }
 
@@ -436,7 +456,10 @@ Result<Ok> Server::swap_table() {
     p.pack(config.value()->source);
     p.pack(config.value()->text);
     if (auto ok = journal(RecordKind::reload, kNone, 0, std::string_view(record.data(), record.size())); !ok) {
-      if (segment_->generation() == generation) (void)segment_->publish_all(*router_->config(), published_);
+      if (segment_->generation() == generation) {
+        segment_->begin_generation(generation_);  // clients look for the table of the one served
+        (void)segment_->publish_all(*router_->config(), published_);
+      }
       return ok;
     }
   }
@@ -567,7 +590,8 @@ void Handler::publish(Server& s) {
 Result<Ok> Handler::report(Server& s, const Call& c) {
   auto receipt = Mutation::report(*s.router_, c.request.fields, c.now_ms, c.ring);
   if (!receipt) return std::move(receipt).error();
-  if (c.ring == kNone && !receipt->duplicate) {
+  // A duplicate is journaled too: it may carry the verdict (replaying it is idempotent).
+  if (c.ring == kNone) {
     if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, c.payload); !ok) return ok;
   }
   publish(s);
@@ -804,6 +828,8 @@ std::string Server::metrics(std::int64_t now_ms) const {
     gauges.generation = generation_;
     gauges.last_reload = last_reload_;
   }
+  gauges.snapshot_ok = snapshot_ok_.load(std::memory_order_relaxed);
+  gauges.unjournaled = not_journaled_.load(std::memory_order_relaxed);
   gauges.uptime_s = static_cast<double>(now_ms - started_ms_) / 1000.0;
   gauges.config_version = hex16(r->config()->content_hash);
   return metrics_text(*r, gauges, now_ms);

@@ -3,6 +3,7 @@
 // Owns the Router (swapped on reload), journals every mutation to the state directory before its
 // reply (sidecar/state_store.hpp) and mirrors the ledger into the shared-memory segment (a view).
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -120,11 +121,13 @@ class Server {
   std::vector<CounterRow> published_;      // what the segment holds, to write only changed rows
   std::unique_ptr<TablePublisher> table_;  // router_'s table, live state and directories, for the fast path
   std::unique_ptr<RingReader> rings_;
-  std::string fast_note_;            // why the fast path is off, if it is
-  std::uint64_t ring_applied_ = 0;   // ring records applied
-  std::uint64_t ring_rejected_ = 0;  // ... and answered with an error (logged once per code)
-  std::uint64_t not_journaled_ = 0;  // ring records applied while the journal was full
-  std::string snapshot_error_;       // why the last snapshot failed ("" when it did not)
+  std::string fast_note_;                        // why the fast path is off, if it is
+  std::uint64_t ring_applied_ = 0;               // ring records applied
+  std::uint64_t ring_rejected_ = 0;              // ... and answered with an error (logged once per code)
+  std::atomic<std::uint64_t> not_journaled_{0};  // ring records applied while the journal was full (/metrics)
+  std::atomic<bool> snapshot_ok_{true};          // the last snapshot was written (/metrics)
+  std::string snapshot_error_;                   // why the last snapshot failed ("" when it did not)
+  std::int64_t last_snapshot_try_ms_ = 0;
   std::int64_t last_expiry_ms_ = 0;
   std::unique_ptr<LocalSettlements> settlements_;                 // imported local decisions (opened on the first)
   protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only

@@ -1,6 +1,7 @@
 #include "sidecar/state_store.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -376,7 +377,7 @@ std::string default_state_dir() {
 
 void encode_snapshot(msgpack::sbuffer& out, const Snapshot& s) {
   Packer p(out);
-  p.pack_map(6);
+  p.pack_map(8);
   pack_str(p, "v");
   p.pack(kSnapshotVersion);
   pack_str(p, "epoch");
@@ -387,6 +388,10 @@ void encode_snapshot(msgpack::sbuffer& out, const Snapshot& s) {
   pack_str(p, s.config_source);
   pack_str(p, "config_text");
   pack_str(p, s.config_text);
+  pack_str(p, "previous_config_source");
+  pack_str(p, s.previous_config_source);
+  pack_str(p, "previous_config_text");
+  pack_str(p, s.previous_config_text);
   pack_str(p, "state");
   pack_state(p, s.state);
   const std::uint64_t sum = XXH3_64bits(out.data(), out.size());
@@ -412,6 +417,8 @@ Result<Snapshot> decode_snapshot(std::string_view bytes) {
     s.generation = need(o, "generation").as<std::uint64_t>();
     s.config_source = need(o, "config_source").as<std::string>();
     s.config_text = need(o, "config_text").as<std::string>();
+    s.previous_config_source = need(o, "previous_config_source").as<std::string>();
+    s.previous_config_text = need(o, "previous_config_text").as<std::string>();
     s.state = unpack_state(need(o, "state"));
     return s;
   } catch (const std::exception& e) {
@@ -531,6 +538,15 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::string& root, co
   s->dir_fd_ = dir_fd.value();
   auto fd = open_file(s->dir_fd_, s->dir_, kJournalFile, O_RDWR | O_CREAT);
   if (!fd) return std::move(fd).error();
+  // One sidecar per state: a second must not even read (recover) a journal the first writes to.
+  if (::flock(fd.value(), LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd.value());
+    if (err == EWOULDBLOCK) {
+      return make_error(ErrorCode::busy, s->dir_ + " is in use by another live sidecar");
+    }
+    return os_error(err, s->dir_ + "/" + kJournalFile + ": cannot lock");
+  }
   auto journal = Journal::map(fd.value(), s->dir_ + "/" + kJournalFile, journal_bytes);
   if (!journal) {
     ::close(fd.value());

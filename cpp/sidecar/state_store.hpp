@@ -38,6 +38,10 @@ struct Snapshot {
   std::uint64_t generation = 0;  ///< the last decision-id generation issued (ids never repeat)
   std::string config_source;     ///< the config file's path, for messages
   std::string config_text;       ///< the table's YAML text
+  /// The table before the last reload ("" if none): ring records decided from it that the journal
+  /// holds after this snapshot are translated by its names on replay, as they were live.
+  std::string previous_config_source;
+  std::string previous_config_text;
   LiveState state;
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };

@@ -68,7 +68,13 @@ LiveState sample_state() {
 }
 
 TEST_F(StateStoreTest, SnapshotRoundTripsEveryField) {
-  Snapshot s{.epoch = 3, .generation = 17, .config_source = "/etc/r.yaml", .config_text = "a: 1\n", .state = {}};
+  Snapshot s{.epoch = 3,
+             .generation = 17,
+             .config_source = "/etc/r.yaml",
+             .config_text = "a: 1\n",
+             .previous_config_source = "/etc/old.yaml",
+             .previous_config_text = "b: 2\n",
+             .state = {}};
   s.state = sample_state();
   msgpack::sbuffer bytes;
   encode_snapshot(bytes, s);

@@ -150,6 +150,50 @@ def test_a_reboot_losing_dev_shm_keeps_the_ledger(daemon: Sidecar, shm_name: str
         check_live_state(c, chat)
 
 
+def test_after_a_reboot_fast_path_ids_do_not_repeat_recovered_ones(
+    daemon: Sidecar, shm_name: str
+) -> None:
+    """The rings segment is made anew after a reboot, but the recovered decisions keep their fast
+    ids: a new client's decisions must get other ids, each counting its own request and outcome."""
+    with daemon.client(shm=shm_name) as c:
+        assert c.fast_path, c.fast_path_error
+        before = [c.route("pooled") for _ in range(3)]
+        assert c.settle(5000) == []
+    daemon.kill9()
+    for p in Path("/dev/shm").glob(f"{shm_name}*"):  # what a reboot does to a tmpfs
+        p.unlink()
+    daemon.start()
+    with daemon.client(shm=shm_name) as c:
+        assert c.fast_path, c.fast_path_error
+        after = [c.route("pooled") for _ in range(3)]
+        assert not {d.id for d in before} & {d.id for d in after}
+        for d in after:
+            receipt = c.report(d.id, target="pool", status="ok", usage=USAGE)
+            assert receipt is not None
+        assert c.settle(5000) == []
+        r = row(c, "pooled", "pool")
+        assert (r["requests"], r["outcomes"]) == (6, 3)
+
+
+def test_a_second_sidecar_does_not_touch_a_live_ones_state(
+    daemon: Sidecar, sidecars: list[Sidecar], workdir: Path, table: Path, shm_name: str
+) -> None:
+    """Its state directory is locked before anything reads the journal the live sidecar writes."""
+    with daemon.client() as c:
+        chat = build_live_state(c)
+        other = Sidecar(workdir / "other", table, shm_name)
+        other.workdir.mkdir()
+        sidecars.append(other)
+        other.start("--state-dir", str(workdir / "state"), wait=False)
+        assert other.proc is not None
+        assert other.proc.wait(timeout=10) != 0
+        assert "in use by another live sidecar" in other.log()
+    daemon.kill9()
+    daemon.start()
+    with daemon.client() as c:
+        check_live_state(c, chat)
+
+
 def test_reload_keeps_budgets_breakers_inflight_and_pending(daemon: Sidecar, table: Path) -> None:
     with daemon.client() as c:
         chat = build_live_state(c)
