@@ -148,15 +148,7 @@ MoneyTotal unpack_total(const msgpack::object& o) {
   const auto a = o.as<std::vector<std::uint64_t>>();
   if (a.size() != 2) throw msgpack::type_error();
   const UInt128 u = (static_cast<UInt128>(a[0]) << 64) | a[1];
-  // MoneyTotal is built by sums only: add the powers of two of the two's-complement value.
-  MoneyTotal out;
-  MoneyTotal power;
-  power += Money::from_picos(1);
-  for (int bit = 0; bit < 128; ++bit) {
-    if (((u >> bit) & 1U) != 0) out += power;
-    power += power;  // wraps at 2^128 like the value itself
-  }
-  return out;
+  return MoneyTotal::from_picos(static_cast<Int128>(u));  // two's complement, as pack_total wrote it
 }
 
 void pack_counters(Packer& p, const Counters& c) {

@@ -78,6 +78,12 @@ class TokenPrice {
 /// A sum of many Money values: 128-bit, so totals far above 1e9 USD never overflow.
 class MoneyTotal {
  public:
+  /// A total from its exact picodollars (what a snapshot stored).
+  [[nodiscard]] static constexpr MoneyTotal from_picos(Int128 picos) {
+    MoneyTotal t;
+    t.picos_ = picos;
+    return t;
+  }
   constexpr MoneyTotal& operator+=(Money m) {
     picos_ += m.picos();
     return *this;

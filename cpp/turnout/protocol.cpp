@@ -441,7 +441,7 @@ Result<Decision> decode_adopt_request(const Fields& f, TimeMs now) {
         bad(ErrorCode::bad_message, "'prefix' must be bin of little-endian 64-bit block hashes");
       }
       d.prefix.resize(p->via.bin.size / 8);
-      std::memcpy(d.prefix.data(), p->via.bin.ptr, p->via.bin.size);
+      if (!d.prefix.empty()) std::memcpy(d.prefix.data(), p->via.bin.ptr, p->via.bin.size);  // ptr may be null
     }
     // Figures a real decision cannot have are refused: they would overflow the budget sums.
     if (d.reserved_cost.picos() > 1'000'000'000'000'000LL)
