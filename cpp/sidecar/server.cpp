@@ -144,9 +144,68 @@ struct Mutation {
     if (auto ok = detail::FastPathAccess::adopt(r, std::move(d).value()); !ok) return std::move(ok).error();
     return kept;
   }
+  /// An imported local decision (settle_local) by the names of `config`, under sidecar id `id`.
+  static Result<Decision> local_decision(const Config& config, const protocol::LocalDecisionRequest& req,
+                                         std::uint64_t id, TimeMs now) {
+    Decision d;
+    d.scenario = config.find_scenario(req.scenario);
+    if (d.scenario == kNone) {
+      return make_error(ErrorCode::unknown_scenario, "unknown scenario '" + std::string(req.scenario) + "'");
+    }
+    auto place = [&](std::string_view name, std::string_view endpoint) -> std::optional<Placement> {
+      const std::uint32_t t = config.find_target(name);
+      if (t == kNone) return std::nullopt;
+      const Target& target = config.targets[t];
+      if (target.kind == TargetKind::maas) return Placement{t, kNone};
+      for (std::uint32_t r = 0; r < target.replicas.size(); ++r) {
+        if (endpoint.empty() || target.replicas[r].endpoint == endpoint) return Placement{t, r};
+      }
+      return std::nullopt;
+    };
+    const auto placed = place(req.target, req.endpoint);
+    if (!placed) {
+      return make_error(ErrorCode::unknown_target, "no target '" + std::string(req.target) + "' with replica '" +
+                                                       std::string(req.endpoint) + "' in this table");
+    }
+    d.placement = *placed;
+    for (const auto name : req.fallbacks) {
+      if (const auto f = place(name, {})) d.fallbacks.push_back(*f);  // a fallback gone since: not offered
+    }
+    d.reserved_cost = req.reserved_cost;
+    d.config_version = config.content_hash;
+    d.at = now;
+    d.id = id;
+    return d;
+  }
+  /// Commits it with its outcomes (priced by this table) and verdict.
+  static Result<protocol::LocalDecisionReply> settle(Router& r, Decision d, const protocol::LocalDecisionRequest& req,
+                                                     TimeMs now) {
+    const std::uint64_t id = d.id;
+    if (auto adopted = detail::FastPathAccess::adopt(r, std::move(d)); !adopted) return std::move(adopted).error();
+    protocol::LocalDecisionReply reply{id, false, 0};
+    for (const auto& o : req.outcomes) {
+      const OutcomeReport outcome{id, o.target, o.status, o.usage, o.ttft_ms, o.latency_ms, std::nullopt, now};
+      if (!r.report(outcome)) ++reply.rejected;
+    }
+    if (req.accepted && !r.verdict(id, *req.accepted, now)) ++reply.rejected;
+    return reply;
+  }
   /// Applies one journal record (a restart): `router` and `previous` follow the reloads it records.
   static void replay(std::shared_ptr<Router>& router, ConfigPtr& previous, const JournalRecord& rec,
-                     const protocol::DecodeLimits& limits) {
+                     const protocol::DecodeLimits& limits,
+                     std::vector<std::pair<std::uint64_t, std::uint64_t>>& settled) {
+    if (rec.kind == RecordKind::settle) {
+      std::uint64_t id = 0;
+      if (rec.bytes.size() < sizeof id) return;
+      std::memcpy(&id, rec.bytes.data(), sizeof id);
+      protocol::Envelope e;
+      if (!protocol::decode_envelope(rec.bytes.substr(sizeof id), limits, protocol::Channel::socket, e)) return;
+      auto req = protocol::decode_settle_local_request(e.fields);
+      if (!req) return;
+      auto d = local_decision(*router->config(), *req, id, rec.now);
+      if (d && settle(*router, std::move(d).value(), *req, rec.now)) settled.emplace_back(req->spool_id, id);
+      return;
+    }
     if (rec.kind == RecordKind::reap) {
       detail::FastPathAccess::release_ring(*router, rec.ring);
       return;
@@ -226,7 +285,10 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
   } else if (!recovered.records.empty()) {
     saved = std::make_shared<Router>(config.value());
   }
-  for (const auto& rec : recovered.records) Mutation::replay(saved, s->previous_config_, rec, s->limits_);
+  // Imported local decisions' spool ids: the snapshot's, then the journal's.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> settled;
+  if (recovered.snapshot) settled = recovered.snapshot->settlements;
+  for (const auto& rec : recovered.records) Mutation::replay(saved, s->previous_config_, rec, s->limits_, settled);
   if (s->store_) {
     state_note = s->store_->dir() + ": " + (recovered.snapshot ? "snapshot" : "new") + ", " +
                  std::to_string(recovered.records.size()) + " journal records replayed";
@@ -266,6 +328,12 @@ Result<Server::Started> Server::start(const std::string& config_path, const std:
     if (auto ok = router->restore_counters(restored); !ok) return std::move(ok).error();
   }
   s->router_ = std::move(router);
+  if (!settled.empty()) {
+    if (auto ok = s->open_settlements(); !ok) return std::move(ok).error();
+    for (const auto& [spool, id] : settled) {
+      if (!s->settlements_->find(spool)) s->settlements_->remember(spool, id);
+    }
+  }
   // The journal restarts from a snapshot of what was just rebuilt.
   if (s->store_) {
     if (auto ok = s->snapshot(); !ok) return std::move(ok).error();
@@ -388,6 +456,7 @@ Result<Ok> Server::snapshot() {
   snap.generation = generation_;
   snap.config_source = router_->config()->source;
   snap.config_text = router_->config()->text;
+  if (settlements_) snap.settlements = settlements_->entries();
   if (previous_config_) {
     snap.previous_config_source = previous_config_->source;
     snap.previous_config_text = previous_config_->text;
@@ -397,6 +466,14 @@ Result<Ok> Server::snapshot() {
   snapshot_error_ = ok ? std::string() : ok.error().message;
   snapshot_ok_.store(ok.ok(), std::memory_order_relaxed);
   return ok;
+}
+
+Result<Ok> Server::open_settlements() {
+  if (settlements_) return Ok{};
+  auto opened = LocalSettlements::open(segment_->name());
+  if (!opened) return std::move(opened).error();
+  settlements_ = std::move(opened).value();
+  return Ok{};
 }
 
 Result<Ok> Server::journal(RecordKind kind, std::uint32_t ring, std::int64_t now_ms, std::string_view bytes) {
@@ -688,75 +765,27 @@ Result<Ok> Handler::reload(Server& s, const Call& c) {
 Result<Ok> Handler::settle_local(Server& s, const Call& c) {
   auto req = protocol::decode_settle_local_request(c.request.fields);
   if (!req) return std::move(req).error();
-  if (!s.settlements_) {
-    auto opened = LocalSettlements::open(s.segment_->name());
-    if (!opened) return std::move(opened).error();
-    s.settlements_ = std::move(opened).value();
-  }
+  if (auto ok = s.open_settlements(); !ok) return ok;
   if (const auto known = s.settlements_->find(req->spool_id)) {
     protocol::encode_settle_local_reply(c.body, {*known, true, 0});
     return Ok{};
   }
-  Router& router = *s.router_;
-  const Config& config = *router.config();
-  Decision d;
-  d.scenario = config.find_scenario(req->scenario);
-  if (d.scenario == kNone) {
-    return make_error(ErrorCode::unknown_scenario, "unknown scenario '" + std::string(req->scenario) + "'");
-  }
-  auto place = [&](std::string_view name, std::string_view endpoint) -> std::optional<Placement> {
-    const std::uint32_t t = config.find_target(name);
-    if (t == kNone) return std::nullopt;
-    const Target& target = config.targets[t];
-    if (target.kind == TargetKind::maas) return Placement{t, kNone};
-    for (std::uint32_t r = 0; r < target.replicas.size(); ++r) {
-      if (endpoint.empty() || target.replicas[r].endpoint == endpoint) return Placement{t, r};
-    }
-    return std::nullopt;
-  };
-  const auto placed = place(req->target, req->endpoint);
-  if (!placed) {
-    return make_error(ErrorCode::unknown_target, "no target '" + std::string(req->target) + "' with replica '" +
-                                                     std::string(req->endpoint) + "' in this table");
-  }
-  d.placement = *placed;
-  for (const auto name : req->fallbacks) {
-    if (const auto f = place(name, {})) d.fallbacks.push_back(*f);  // a fallback gone since: not offered
-  }
-  d.reserved_cost = req->reserved_cost;
-  d.config_version = config.content_hash;
-  d.at = c.now_ms;
-  d.id = (protocol::generation_of(s.first_id_) << kGenerationShift) | protocol::kImportedIdBit |
-         s.settlements_->next_sequence();
-  if (auto adopted = detail::FastPathAccess::adopt(router, d); !adopted) return adopted;
-  protocol::LocalDecisionReply reply{d.id, false, 0};
-  for (const auto& o : req->outcomes) {
-    const OutcomeReport outcome{d.id, o.target, o.status, o.usage, o.ttft_ms, o.latency_ms, std::nullopt, c.now_ms};
-    if (!router.report(outcome)) ++reply.rejected;
-  }
-  if (req->accepted && !router.verdict(d.id, *req->accepted, c.now_ms)) ++reply.rejected;
-  // Journaled as what it applied (the adopt of its decision, its outcomes, its verdict): a restart
-  // replays those exactly. Before the spool id is remembered, so an acknowledged one is durable.
-  {
-    msgpack::sbuffer rec;
-    protocol::encode_adopt_request(rec, d, 0);
-    if (auto ok = s.journal(RecordKind::route, kNone, c.now_ms, {rec.data(), rec.size()}); !ok) return ok;
-    for (const auto& o : req->outcomes) {
-      rec.clear();
-      protocol::encode_report_request(
-          rec, {d.id, o.target, o.status, o.usage, o.ttft_ms, o.latency_ms, std::nullopt, c.now_ms}, std::nullopt);
-      if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, {rec.data(), rec.size()}); !ok) return ok;
-    }
-    if (req->accepted) {
-      rec.clear();
-      protocol::encode_verdict_request(rec, {d.id, *req->accepted, c.now_ms}, std::nullopt);
-      if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, {rec.data(), rec.size()}); !ok) return ok;
-    }
-  }
+  const std::uint64_t id = (protocol::generation_of(s.first_id_) << kGenerationShift) | protocol::kImportedIdBit |
+                           s.settlements_->next_sequence();
+  auto d = Mutation::local_decision(*s.router_->config(), *req, id, c.now_ms);
+  if (!d) return std::move(d).error();
+  // One journal record, before anything changes: a restart applies the decision, its outcomes and
+  // verdict and remembers its spool id together, so a re-sent entry never counts twice.
+  std::string record(sizeof id, '\0');
+  std::memcpy(record.data(), &id, sizeof id);
+  record.append(c.payload);
+  if (auto ok = s.journal(RecordKind::settle, kNone, c.now_ms, record); !ok) return ok;
+  auto reply = Mutation::settle(*s.router_, std::move(d).value(), *req, c.now_ms);
+  if (!reply) return std::move(reply).error();
+  s.settlements_->remember(req->spool_id, id);
   s.sync_rows();
   s.publish_state();
-  s.settlements_->remember(req->spool_id, d.id);
-  protocol::encode_settle_local_reply(c.body, reply);
+  protocol::encode_settle_local_reply(c.body, *reply);
   return Ok{};
 }
 

@@ -129,6 +129,8 @@ class Server {
   std::string snapshot_error_;                   // why the last snapshot failed ("" when it did not)
   std::int64_t last_snapshot_try_ms_ = 0;
   std::int64_t last_expiry_ms_ = 0;
+  /// Maps the imported local decisions' spool ids (settlements_) if not yet.
+  [[nodiscard]] Result<Ok> open_settlements();
   std::unique_ptr<LocalSettlements> settlements_;                 // imported local decisions (opened on the first)
   protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only
 

@@ -53,6 +53,16 @@ std::optional<std::uint64_t> LocalSettlements::find(std::uint64_t spool_id) cons
   return it->second;
 }
 
+std::vector<std::pair<std::uint64_t, std::uint64_t>> LocalSettlements::entries() const {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> out;
+  const std::uint64_t n = head_->count.load(std::memory_order_relaxed);
+  for (std::uint64_t i = n > kCapacity ? n - kCapacity : 0; i < n; ++i) {
+    const Entry& e = entries_[i % kCapacity];
+    if (e.spool_id != 0) out.emplace_back(e.spool_id, e.decision_id);
+  }
+  return out;
+}
+
 void LocalSettlements::remember(std::uint64_t spool_id, std::uint64_t decision_id) {
   const std::uint64_t n = head_->count.load(std::memory_order_relaxed);
   Entry& e = entries_[n % kCapacity];

@@ -9,6 +9,8 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "turnout/result.hpp"
 
@@ -32,6 +34,8 @@ class LocalSettlements {
   [[nodiscard]] std::optional<std::uint64_t> find(std::uint64_t spool_id) const;
   /// Remembers an import (the oldest is forgotten once kCapacity are held).
   void remember(std::uint64_t spool_id, std::uint64_t decision_id);
+  /// What is remembered, oldest first (a snapshot keeps it: the segment does not survive a reboot).
+  [[nodiscard]] std::vector<std::pair<std::uint64_t, std::uint64_t>> entries() const;
   /// The next sequence number of an imported decision's id (protocol::kImportedIdBit).
   [[nodiscard]] std::uint64_t next_sequence() noexcept { return ++sequence_; }
 

@@ -369,7 +369,7 @@ std::string default_state_dir() {
 
 void encode_snapshot(msgpack::sbuffer& out, const Snapshot& s) {
   Packer p(out);
-  p.pack_map(8);
+  p.pack_map(9);
   pack_str(p, "v");
   p.pack(kSnapshotVersion);
   pack_str(p, "epoch");
@@ -384,6 +384,13 @@ void encode_snapshot(msgpack::sbuffer& out, const Snapshot& s) {
   pack_str(p, s.previous_config_source);
   pack_str(p, "previous_config_text");
   pack_str(p, s.previous_config_text);
+  pack_str(p, "settlements");
+  p.pack_array(static_cast<std::uint32_t>(s.settlements.size()));
+  for (const auto& [spool, id] : s.settlements) {
+    p.pack_array(2);
+    p.pack(spool);
+    p.pack(id);
+  }
   pack_str(p, "state");
   pack_state(p, s.state);
   const std::uint64_t sum = XXH3_64bits(out.data(), out.size());
@@ -411,6 +418,10 @@ Result<Snapshot> decode_snapshot(std::string_view bytes) {
     s.config_text = need(o, "config_text").as<std::string>();
     s.previous_config_source = need(o, "previous_config_source").as<std::string>();
     s.previous_config_text = need(o, "previous_config_text").as<std::string>();
+    for (const auto& e : items(need(o, "settlements"))) {
+      const auto t = tuple(e, 2);
+      s.settlements.emplace_back(t[0].as<std::uint64_t>(), t[1].as<std::uint64_t>());
+    }
     s.state = unpack_state(need(o, "state"));
     return s;
   } catch (const std::exception& e) {

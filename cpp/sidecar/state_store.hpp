@@ -42,6 +42,9 @@ struct Snapshot {
   /// holds after this snapshot are translated by its names on replay, as they were live.
   std::string previous_config_source;
   std::string previous_config_text;
+  /// The local decisions imported lately (settle_local): {spool id, sidecar decision id}, oldest
+  /// first, so that an entry re-sent after a reboot is still applied once.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> settlements;
   LiveState state;
   friend bool operator==(const Snapshot&, const Snapshot&) = default;
 };
@@ -58,6 +61,8 @@ enum class RecordKind : std::uint8_t {
   request = 2,  ///< a report or verdict from the socket, or any ring record: the request bytes
   reload = 3,   ///< a new table: msgpack [source, text]
   reap = 4,     ///< a dead fast-path client's ring (`ring`) was reaped: its leases end
+  settle = 5,   ///< an imported local decision: its sidecar id (8 bytes, little-endian), then the
+                ///< settle_local request bytes (one record: applied and remembered together)
 };
 
 /// One journal record (views into the journal's mapping, valid until it is reset).

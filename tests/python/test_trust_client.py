@@ -6,6 +6,7 @@ reply of the import is lost and the sidecar is killed)."""
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -217,3 +218,35 @@ def test_socket_receipts_say_they_were_counted(sidecar: Sidecar) -> None:
         receipt = c.report(d.id, target=d.target, status="ok", usage=_usage(0))
         assert receipt is not None
         assert receipt["counted"] is True
+
+
+@pytest.mark.parametrize("lose_dev_shm", [False, True])
+def test_a_settled_entry_re_sent_after_a_crash_or_reboot_counts_once(
+    sidecar: Sidecar, shm_name: str, lose_dev_shm: bool
+) -> None:
+    """The import and its spool id are one journal record: after kill -9 (and after a reboot that
+    wipes /dev/shm, where the spool ids were kept) a re-sent entry is still a duplicate."""
+    entry: dict[str, Any] = {
+        "spool_id": 0x1234_5678_9ABC,
+        "scenario": SCENARIO,
+        "target": TARGET,
+        "outcomes": [{"target": TARGET, "status": "ok", "usage": _usage(1), "latency_ms": 20}],
+        "accepted": True,
+    }
+    with sidecar.client() as c:
+        first = c.request("settle_local", **entry)
+        assert not first["duplicate"]
+        before = _row(c.stats())
+    sidecar.kill9()
+    if lose_dev_shm:
+        for p in Path("/dev/shm").glob(f"{shm_name}*"):  # what a reboot does to a tmpfs
+            p.unlink()
+    sidecar.start()
+    with sidecar.client() as c:
+        again = c.request("settle_local", **entry)  # its reply was lost: the client sends it again
+        assert again["duplicate"]
+        assert again["decision_id"] == first["decision_id"]
+        after = _row(c.stats())
+    for name in ("requests", "outcomes", "accepted", "cost_usd"):
+        assert after[name] == before[name], name
+    assert (after["requests"], after["outcomes"], after["accepted"]) == (1, 1, 1)
