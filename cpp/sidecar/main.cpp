@@ -50,8 +50,9 @@ using turnout::sidecar::FileStamp;
 /// with kMaxMessageBytes each, a peer holds at most (kPeerQueuedMessages + 1) x 8 MiB of the
 /// daemon's memory (the +1: the message being received). See docs/operations.md.
 constexpr int kPeerQueuedMessages = 4;
-/// Replies queued per peer that does not read them.
-constexpr int kPeerQueuedReplies = 64;
+/// Replies queued per peer that does not read them; beyond that a reply is dropped and counted (the
+/// request itself was applied). Replies are small, so this bounds a non-reading peer to a few MiB.
+constexpr int kPeerQueuedReplies = 4096;
 
 bool g_foreground = false;
 int g_ready_fd = -1;  // background mode: the parent waits on this pipe for "ok" or the error line
@@ -548,6 +549,7 @@ void Daemon::bind_socket() {
     sock_.set(zmq::sockopt::linger, 1000);
     sock_.set(zmq::sockopt::rcvhwm, kPeerQueuedMessages);
     sock_.set(zmq::sockopt::sndhwm, kPeerQueuedReplies);
+    sock_.set(zmq::sockopt::router_mandatory, true);  // a full or gone peer is told to us, not silently dropped
     if (curve_) {
       sock_.set(zmq::sockopt::curve_server, true);
       sock_.set(zmq::sockopt::curve_secretkey, curve_->secret.c_str());
@@ -690,12 +692,18 @@ bool Daemon::serve_one() {
     const auto& payload = frames_.back();
     std::string reply = server_->handle(std::string_view(payload.data<char>(), payload.size()), now_ms());
     if (reply.empty()) return true;
+    // With router_mandatory the first frame fails as a whole (nothing of the reply is queued) when the
+    // peer's queue is full or the peer is gone.
     for (std::size_t i = 0; i + 1 < frames_.size(); ++i) {
-      sock_.send(std::move(frames_[i]), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+      if (!sock_.send(std::move(frames_[i]), zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        server_->count_unsent_reply();
+        return true;
+      }
     }
     sock_.send(zmq::buffer(reply), zmq::send_flags::dontwait);
   } catch (const zmq::error_t& e) {
-    log(LOG_WARNING, "request dropped: %s", e.what());
+    server_->count_unsent_reply();
+    if (e.num() != EHOSTUNREACH) log(LOG_WARNING, "reply dropped: %s", e.what());
   }
   return true;
 }

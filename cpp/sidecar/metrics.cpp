@@ -150,6 +150,9 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   x.family("turnout_unjournaled_records_total", "counter",
            "Ring records applied while the journal was full (a crash before the next snapshot loses them).");
   x.sample("turnout_unjournaled_records_total", "", std::to_string(sidecar.unjournaled));
+  x.family("turnout_unsent_replies_total", "counter",
+           "Replies dropped because the peer did not read them (its queue was full) or was gone.");
+  x.sample("turnout_unsent_replies_total", "", std::to_string(sidecar.unsent_replies));
   x.family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
   x.sample("turnout_pending_decisions", "", std::to_string(router.pending_decisions()));
 

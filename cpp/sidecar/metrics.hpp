@@ -18,8 +18,9 @@ struct SidecarGauges {
   double uptime_s = 0;
   std::string config_version;  ///< hex, as the stats reply gives it
   protocol::ReloadStatus last_reload;
-  bool snapshot_ok = true;        ///< the last state snapshot was written (or none was due)
-  std::uint64_t unjournaled = 0;  ///< ring records applied that the journal could not take
+  bool snapshot_ok = true;           ///< the last state snapshot was written (or none was due)
+  std::uint64_t unjournaled = 0;     ///< ring records applied that the journal could not take
+  std::uint64_t unsent_replies = 0;  ///< replies dropped: the peer's queue was full or the peer gone
 };
 
 /// The whole /metrics page for `router`'s table: sidecar gauges, every exported ledger family per

@@ -859,6 +859,7 @@ std::string Server::metrics(std::int64_t now_ms) const {
   }
   gauges.snapshot_ok = snapshot_ok_.load(std::memory_order_relaxed);
   gauges.unjournaled = not_journaled_.load(std::memory_order_relaxed);
+  gauges.unsent_replies = unsent_replies_.load(std::memory_order_relaxed);
   gauges.uptime_s = static_cast<double>(now_ms - started_ms_) / 1000.0;
   gauges.config_version = hex16(r->config()->content_hash);
   return metrics_text(*r, gauges, now_ms);

@@ -78,6 +78,8 @@ class Server {
   /// Prometheus text exposition (any thread: it reads only what router_mu_ guards, never the
   /// segment, which a reload may replace meanwhile).
   [[nodiscard]] std::string metrics(std::int64_t now_ms) const;
+  /// A reply the socket could not queue (the peer does not read, or is gone); shown on /metrics.
+  void count_unsent_reply() { unsent_replies_.fetch_add(1, std::memory_order_relaxed); }
   /// The generation being served (any thread).
   [[nodiscard]] std::uint64_t generation() const;
   [[nodiscard]] std::string config_version() const;
@@ -121,12 +123,13 @@ class Server {
   std::vector<CounterRow> published_;      // what the segment holds, to write only changed rows
   std::unique_ptr<TablePublisher> table_;  // router_'s table, live state and directories, for the fast path
   std::unique_ptr<RingReader> rings_;
-  std::string fast_note_;                        // why the fast path is off, if it is
-  std::uint64_t ring_applied_ = 0;               // ring records applied
-  std::uint64_t ring_rejected_ = 0;              // ... and answered with an error (logged once per code)
-  std::atomic<std::uint64_t> not_journaled_{0};  // ring records applied while the journal was full (/metrics)
-  std::atomic<bool> snapshot_ok_{true};          // the last snapshot was written (/metrics)
-  std::string snapshot_error_;                   // why the last snapshot failed ("" when it did not)
+  std::string fast_note_;                         // why the fast path is off, if it is
+  std::uint64_t ring_applied_ = 0;                // ring records applied
+  std::uint64_t ring_rejected_ = 0;               // ... and answered with an error (logged once per code)
+  std::atomic<std::uint64_t> not_journaled_{0};   // ring records applied while the journal was full (/metrics)
+  std::atomic<bool> snapshot_ok_{true};           // the last snapshot was written (/metrics)
+  std::atomic<std::uint64_t> unsent_replies_{0};  // replies the socket could not queue (/metrics)
+  std::string snapshot_error_;                    // why the last snapshot failed ("" when it did not)
   std::int64_t last_snapshot_try_ms_ = 0;
   std::int64_t last_expiry_ms_ = 0;
   /// Maps the imported local decisions' spool ids (settlements_) if not yet.
