@@ -20,6 +20,7 @@
 #include "turnout/prefix.hpp"
 #include "turnout/pricing.hpp"
 #include "turnout/router.hpp"
+#include "turnout/sim/prompt.hpp"
 #include "turnout/usage.hpp"
 
 namespace py = pybind11;
@@ -710,6 +711,22 @@ void bind_pricing(py::module_& m) {
       py::kw_only(), py::arg("token_ids") = py::none(), py::arg("text") = py::none(), py::arg("block_size") = 16,
       py::arg("model") = "", py::arg("lora") = "", py::arg("salt") = "",
       "The chained XXH3-64 block hashes of a prompt, as the router and the cache directory compute them.");
+  m.def(
+      "trace_blocks",
+      [](const py::object& token_ids, const std::optional<std::string>& text) {
+        std::vector<std::uint64_t> out;
+        if (!token_ids.is_none()) {
+          sim::chain_of(token_vector(token_ids), out);
+        } else if (text) {
+          PrefixHasher::hash_text(*text, static_cast<std::size_t>(sim::kChainTokens), 0, out);
+        } else {
+          raise({ErrorCode::invalid_argument, "give token_ids or text"});
+        }
+        return out;
+      },
+      py::kw_only(), py::arg("token_ids") = py::none(), py::arg("text") = py::none(),
+      "A Turnout trace's `blocks` for a prompt (block_tokens 16): the simulator's chain (sim::chain_of), or "
+      "for text its 64-byte links (hash_text, 16 tokens of 4 characters, root 0).");
 }
 
 /// FastPath: a sidecar's table mapped from shared memory, and the route baseline for the bench.

@@ -90,6 +90,8 @@ const char* kUsage =
     "                          [--metrics 127.0.0.1:PORT] [--foreground] [--no-watch]\n"
     "                          [--curve-secret-key FILE --curve-authorized-keys FILE]\n"
     "                          [--insecure-tcp read-only|read-write]\n"
+    "                          [--record PATH [--record-keys] [--record-text] [--record-buffer BYTES]\n"
+    "                          [--record-wait SECONDS]]\n"
     "\n"
     "  CONFIG              the YAML routing table (reloaded on SIGHUP, by the reload op and when the\n"
     "                      file changes)\n"
@@ -111,7 +113,17 @@ const char* kUsage =
     "                      the client public keys allowed in, one Z85 key per line ('#' comments);\n"
     "                      re-read on SIGHUP\n"
     "  --insecure-tcp MODE serve loopback tcp:// without CURVE: every local user can then connect.\n"
-    "                      read-only: explain, stats and health only; read-write: every op\n";
+    "                      read-only: explain, stats and health only; read-write: every op\n"
+    "  --record PATH       append every decision to PATH in the Turnout trace format (JSON Lines, mode\n"
+    "                      0600; keys and prompts hashed); reopened on SIGHUP\n"
+    "  --record-keys       record request keys as given (default: a keyed hash)\n"
+    "  --record-text       record the prompt as sent: text or token ids (default: its block hashes)\n"
+    "  --record-buffer BYTES\n"
+    "                      recording events waiting for the writer (default 8388608); beyond, dropped\n"
+    "                      and counted\n"
+    "  --record-wait SECONDS\n"
+    "                      how long a decision waits for its ok outcome before it is written without\n"
+    "                      one (default 3600)\n";
 
 struct Options {
   std::string config;
@@ -121,7 +133,8 @@ struct Options {
   std::string metrics;
   std::string curve_secret_key;
   std::string curve_authorized_keys;
-  std::string insecure_tcp;  ///< "", "read-only" or "read-write"
+  std::string insecure_tcp;               ///< "", "read-only" or "read-write"
+  turnout::sidecar::TraceOptions record;  ///< --record and its companions
   bool foreground = false;
   bool watch = true;
   std::string metrics_host;  ///< --metrics, split (port 0: off)
@@ -166,6 +179,25 @@ Options parse(int argc, char** argv) {
       o.state_dir = value("--state-dir");
     } else if (a == "--metrics" || a.rfind("--metrics=", 0) == 0) {
       o.metrics = value("--metrics");
+    } else if (a == "--record" || a.rfind("--record=", 0) == 0) {
+      o.record.path = value("--record");
+      if (o.record.path.empty()) die("--record needs a file path");
+    } else if (a == "--record-keys") {
+      o.record.raw_keys = true;
+    } else if (a == "--record-text") {
+      o.record.prompt_text = true;
+    } else if (a == "--record-buffer" || a.rfind("--record-buffer=", 0) == 0) {
+      const std::string v = value("--record-buffer");
+      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 12) {
+        die("--record-buffer must be a number of bytes, got '" + v + "'");
+      }
+      o.record.buffer_bytes = std::stoull(v);
+    } else if (a == "--record-wait" || a.rfind("--record-wait=", 0) == 0) {
+      const std::string v = value("--record-wait");
+      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 9) {
+        die("--record-wait must be a whole number of seconds, got '" + v + "'");
+      }
+      o.record.wait_ms = std::stoll(v) * 1000;
     } else if (!a.empty() && a[0] == '-') {
       die("unknown option " + a + " (see --help)");
     } else if (o.config.empty()) {
@@ -175,6 +207,11 @@ Options parse(int argc, char** argv) {
     }
   }
   if (o.config.empty()) die("missing CONFIG (see --help)");
+  if (o.record.path.empty() && (o.record.raw_keys || o.record.prompt_text ||
+                                o.record.buffer_bytes != turnout::sidecar::TraceOptions{}.buffer_bytes ||
+                                o.record.wait_ms != turnout::sidecar::TraceOptions{}.wait_ms)) {
+    die("the --record-* options need --record PATH");
+  }
   if (o.curve_secret_key.empty() != o.curve_authorized_keys.empty()) {
     die("CURVE needs both --curve-secret-key and --curve-authorized-keys");
   }
@@ -502,6 +539,12 @@ void Daemon::open_state() {
   if (!started) die(started.error().message);
   server_ = std::move(started.value().server);
   server_->set_read_only(opt_.insecure_tcp == "read-only");
+  if (!opt_.record.path.empty()) {
+    auto recorder = turnout::sidecar::TraceRecorder::open(
+        opt_.record, [](std::string_view m) { log(LOG_ERR, "%.*s", static_cast<int>(m.size()), m.data()); });
+    if (!recorder) die(recorder.error().message);
+    server_->record(std::move(recorder).value());
+  }
   start_note_ = std::move(started.value().note);
   // Every reload is logged, the reload op's too, in one place.
   server_->on_reload([this](std::string_view why, const Result<turnout::Ok>& r) {
@@ -740,6 +783,7 @@ void Daemon::read_signals() {
       continue;
     }
     reload("SIGHUP");
+    server_->reopen_trace();
     if (!curve_) continue;
     if (auto keys = load_authorized_keys(opt_.curve_authorized_keys); keys) {
       curve_->authorized = std::move(keys).value();

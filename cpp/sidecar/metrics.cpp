@@ -153,6 +153,14 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   x.family("turnout_unsent_replies_total", "counter",
            "Replies dropped because the peer did not read them (its queue was full) or was gone.");
   x.sample("turnout_unsent_replies_total", "", std::to_string(sidecar.unsent_replies));
+  x.family("turnout_trace_records_total", "counter", "Lines written to the --record trace file.");
+  x.sample("turnout_trace_records_total", "", std::to_string(sidecar.trace.records));
+  x.family("turnout_trace_records_dropped_total", "counter",
+           "Recording events dropped because the --record buffer was full (the serving thread never waits).");
+  x.sample("turnout_trace_records_dropped_total", "", std::to_string(sidecar.trace.dropped));
+  x.family("turnout_trace_write_errors_total", "counter",
+           "Trace lines lost because writing the --record file failed (disk full...).");
+  x.sample("turnout_trace_write_errors_total", "", std::to_string(sidecar.trace.write_errors));
   x.family("turnout_pending_decisions", "gauge", "Decisions waiting for their outcome or verdict.");
   x.sample("turnout_pending_decisions", "", std::to_string(router.pending_decisions()));
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "sidecar/trace_recorder.hpp"
 #include "turnout/ledger.hpp"
 #include "turnout/protocol.hpp"
 #include "turnout/router.hpp"
@@ -21,6 +22,7 @@ struct SidecarGauges {
   bool snapshot_ok = true;           ///< the last state snapshot was written (or none was due)
   std::uint64_t unjournaled = 0;     ///< ring records applied that the journal could not take
   std::uint64_t unsent_replies = 0;  ///< replies dropped: the peer's queue was full or the peer gone
+  TraceRecorder::Stats trace;        ///< --record's lines, dropped events and write errors (0 when off)
 };
 
 /// The whole /metrics page for `router`'s table: sidecar gauges, every exported ledger family per

@@ -112,16 +112,21 @@ Result<Ok> check_ring_scope(std::uint64_t decision_id, std::uint32_t ring) {
 /// journal both make them through here, with the same bytes and times, so a replay is the run it
 /// records (the Router reads no clock).
 struct Mutation {
-  static Result<ReportReceipt> report(Router& r, const protocol::Fields& f, TimeMs now, std::uint32_t ring) {
+  /// `decoded`, if given, gets the report as decoded (the trace records it).
+  static Result<ReportReceipt> report(Router& r, const protocol::Fields& f, TimeMs now, std::uint32_t ring,
+                                      OutcomeReport* decoded = nullptr) {
     auto report = protocol::decode_report_request(f, now);
     if (!report) return std::move(report).error();
     if (auto ok = check_ring_scope(report->decision_id, ring); !ok) return std::move(ok).error();
+    if (decoded != nullptr) *decoded = *report;
     return r.report(*report);
   }
-  static Result<Ok> verdict(Router& r, const protocol::Fields& f, TimeMs now, std::uint32_t ring) {
+  static Result<Ok> verdict(Router& r, const protocol::Fields& f, TimeMs now, std::uint32_t ring,
+                            protocol::VerdictRequest* decoded = nullptr) {
     auto v = protocol::decode_verdict_request(f, now);
     if (!v) return std::move(v).error();
     if (auto ok = check_ring_scope(v->decision_id, ring); !ok) return ok;
+    if (decoded != nullptr) *decoded = *v;
     return r.verdict(v->decision_id, v->accepted, v->now);
   }
   /// A fast-path client's decision (ring), or the socket's own route being replayed (kNone).
@@ -177,15 +182,24 @@ struct Mutation {
     d.id = id;
     return d;
   }
-  /// Commits it with its outcomes (priced by this table) and verdict.
+  /// Commits it with its outcomes (priced by this table) and verdict; recorded into `trace` if given.
   static Result<protocol::LocalDecisionReply> settle(Router& r, Decision d, const protocol::LocalDecisionRequest& req,
-                                                     TimeMs now) {
+                                                     TimeMs now, TraceRecorder* trace = nullptr) {
     const std::uint64_t id = d.id;
+    const std::uint32_t scenario = d.scenario;
     if (auto adopted = detail::FastPathAccess::adopt(r, std::move(d)); !adopted) return std::move(adopted).error();
+    if (trace != nullptr) {
+      trace->decided(id, now, r.config()->scenarios[scenario].name, nullptr);
+      if (req.accepted) trace->verdict(id, *req.accepted);  // before its line is written at the ok outcome
+    }
     protocol::LocalDecisionReply reply{id, false, 0};
     for (const auto& o : req.outcomes) {
       const OutcomeReport outcome{id, o.target, o.status, o.usage, o.ttft_ms, o.latency_ms, std::nullopt, now};
-      if (!r.report(outcome)) ++reply.rejected;
+      const auto receipt = r.report(outcome);
+      if (!receipt) ++reply.rejected;
+      if (receipt && trace != nullptr && !receipt->duplicate) {
+        trace->outcome(id, o.status, receipt->priced ? &receipt->usage : nullptr, std::nullopt);
+      }
     }
     if (req.accepted && !r.verdict(id, *req.accepted, now)) ++reply.rejected;
     return reply;
@@ -652,6 +666,7 @@ Result<Ok> Handler::decide(Server& s, const Call& c, bool commit) {
     }
     s.sync_row(d->scenario, d->placement.target);
     s.publish_state();
+    if (s.trace_) s.trace_->decided(d->id, d->at, request->scenario, &*request);
   }
   protocol::encode_decision_reply(c.body, *router->config(), *d);
   return Ok{};
@@ -665,11 +680,18 @@ void Handler::publish(Server& s) {
 // A ring's record was journaled before it was taken off the ring (drain_rings); the socket's
 // requests are journaled once applied, before their reply.
 Result<Ok> Handler::report(Server& s, const Call& c) {
-  auto receipt = Mutation::report(*s.router_, c.request.fields, c.now_ms, c.ring);
+  OutcomeReport decoded;
+  auto receipt = Mutation::report(*s.router_, c.request.fields, c.now_ms, c.ring, &decoded);
   if (!receipt) return std::move(receipt).error();
   // A duplicate is journaled too: it may carry the verdict (replaying it is idempotent).
   if (c.ring == kNone) {
     if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, c.payload); !ok) return ok;
+  }
+  if (s.trace_ && !receipt->duplicate) {
+    s.trace_->outcome(decoded.decision_id, decoded.status, receipt->priced ? &receipt->usage : nullptr,
+                      decoded.accepted);
+  } else if (s.trace_ && decoded.accepted) {
+    s.trace_->verdict(decoded.decision_id, *decoded.accepted);
   }
   publish(s);
   protocol::encode_receipt_reply(c.body, *receipt);
@@ -677,10 +699,12 @@ Result<Ok> Handler::report(Server& s, const Call& c) {
 }
 
 Result<Ok> Handler::verdict(Server& s, const Call& c) {
-  if (auto ok = Mutation::verdict(*s.router_, c.request.fields, c.now_ms, c.ring); !ok) return ok;
+  protocol::VerdictRequest decoded;
+  if (auto ok = Mutation::verdict(*s.router_, c.request.fields, c.now_ms, c.ring, &decoded); !ok) return ok;
   if (c.ring == kNone) {
     if (auto ok = s.journal(RecordKind::request, kNone, c.now_ms, c.payload); !ok) return ok;
   }
+  if (s.trace_) s.trace_->verdict(decoded.decision_id, decoded.accepted);
   publish(s);
   return Ok{};
 }
@@ -690,6 +714,8 @@ Result<Ok> Handler::adopt(Server& s, const Call& c) {
   if (!d) return std::move(d).error();
   s.sync_row(d->scenario, d->placement.target);  // the one row an adopt changes
   s.publish_state();
+  // A fast-path decision carries no key, data class or prompt (docs/operations.md, "Recording traffic").
+  if (s.trace_) s.trace_->decided(d->id, d->at, s.router_->config()->scenarios[d->scenario].name, nullptr);
   return Ok{};
 }
 
@@ -780,7 +806,7 @@ Result<Ok> Handler::settle_local(Server& s, const Call& c) {
   std::memcpy(record.data(), &id, sizeof id);
   record.append(c.payload);
   if (auto ok = s.journal(RecordKind::settle, kNone, c.now_ms, record); !ok) return ok;
-  auto reply = Mutation::settle(*s.router_, std::move(d).value(), *req, c.now_ms);
+  auto reply = Mutation::settle(*s.router_, std::move(d).value(), *req, c.now_ms, s.trace_.get());
   if (!reply) return std::move(reply).error();
   s.settlements_->remember(req->spool_id, id);
   s.sync_rows();
@@ -860,6 +886,7 @@ std::string Server::metrics(std::int64_t now_ms) const {
   gauges.snapshot_ok = snapshot_ok_.load(std::memory_order_relaxed);
   gauges.unjournaled = not_journaled_.load(std::memory_order_relaxed);
   gauges.unsent_replies = unsent_replies_.load(std::memory_order_relaxed);
+  if (trace_) gauges.trace = trace_->stats();
   gauges.uptime_s = static_cast<double>(now_ms - started_ms_) / 1000.0;
   gauges.config_version = hex16(r->config()->content_hash);
   return metrics_text(*r, gauges, now_ms);

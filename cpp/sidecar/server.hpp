@@ -16,6 +16,7 @@
 #include "sidecar/settlements.hpp"
 #include "sidecar/shm.hpp"
 #include "sidecar/state_store.hpp"
+#include "sidecar/trace_recorder.hpp"
 #include "turnout/protocol.hpp"
 #include "turnout/result.hpp"
 #include "turnout/router.hpp"
@@ -87,6 +88,12 @@ class Server {
   void flush();
   /// Writes a snapshot of the live state and restarts the journal.
   [[nodiscard]] Result<Ok> snapshot();
+  /// Records every decision served from now on into `recorder` (--record; before serving starts).
+  void record(std::unique_ptr<TraceRecorder> recorder) { trace_ = std::move(recorder); }
+  /// Reopens the trace file, if recording (SIGHUP: log rotation).
+  void reopen_trace() {
+    if (trace_) trace_->reopen();
+  }
   /// The current table's Router (any thread; a reload swaps it).
   [[nodiscard]] std::shared_ptr<Router> router() const;
 
@@ -136,6 +143,7 @@ class Server {
   [[nodiscard]] Result<Ok> open_settlements();
   std::unique_ptr<LocalSettlements> settlements_;                 // imported local decisions (opened on the first)
   protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only
+  std::unique_ptr<TraceRecorder> trace_;                          // --record (none: not recording)
 
   friend struct Handler;  // the op handlers (server.cpp)
 };

@@ -146,6 +146,9 @@ def prefix_hashes(
     lora: str = "",
     salt: str = "",
 ) -> list[int]: ...
+def trace_blocks(
+    *, token_ids: Sequence[int] | None = None, text: str | None = None
+) -> list[int]: ...
 def _price_usage(
     config: Config, target: str, usage: Any, provider: str | None = None, batch: bool = False
 ) -> dict[str, Any]: ...

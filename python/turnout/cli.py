@@ -293,6 +293,28 @@ def demo(config_path: str | None, as_json: bool) -> None:
     type=click.Choice(["read-only", "read-write"]),
     help="Serve a loopback tcp:// endpoint without CURVE (every local user can connect).",
 )
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False),
+    help="Append every decision to this file in the Turnout trace format (mode 0600; keys and "
+    "prompts hashed), for `turnout replay`. Reopened on SIGHUP.",
+)
+@click.option("--record-keys", is_flag=True, help="Record request keys as given, not hashed.")
+@click.option(
+    "--record-text", is_flag=True, help="Record prompts as sent (text or token ids), not hashed."
+)
+@click.option(
+    "--record-buffer",
+    type=click.IntRange(min=1),
+    help="Bytes of recording events waiting for the writer (default 8 MiB); beyond, dropped and "
+    "counted.",
+)
+@click.option(
+    "--record-wait",
+    type=click.IntRange(min=0),
+    help="Seconds a decision waits for its ok outcome before it is recorded without one "
+    "(default 3600).",
+)
 def serve(
     config: str,
     endpoint: str | None,
@@ -304,6 +326,11 @@ def serve(
     curve_secret_key: str | None,
     curve_authorized_keys: str | None,
     insecure_tcp: str | None,
+    record: str | None,
+    record_keys: bool,
+    record_text: bool,
+    record_buffer: int | None,
+    record_wait: int | None,
 ) -> None:
     """Run the turnout-sidecar daemon on a routing table (execs the installed binary)."""
     import os
@@ -321,13 +348,20 @@ def serve(
         ("--curve-secret-key", curve_secret_key),
         ("--curve-authorized-keys", curve_authorized_keys),
         ("--insecure-tcp", insecure_tcp),
+        ("--record", record),
+        ("--record-buffer", None if record_buffer is None else str(record_buffer)),
+        ("--record-wait", None if record_wait is None else str(record_wait)),
     ):
         if value:
             argv += [flag, value]
-    if foreground:
-        argv.append("--foreground")
-    if no_watch:
-        argv.append("--no-watch")
+    for flag, given in (
+        ("--foreground", foreground),
+        ("--no-watch", no_watch),
+        ("--record-keys", record_keys),
+        ("--record-text", record_text),
+    ):
+        if given:
+            argv.append(flag)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(binary, argv)
