@@ -48,6 +48,8 @@ void write_state(TableHeader& h, std::span<UnitWords> units, std::span<BudgetWor
     units[i].opened_at.store(lu[i].opened_at, std::memory_order_relaxed);
     units[i].inflight.store(lu[i].inflight, std::memory_order_relaxed);
     units[i].active_blocks.store(lu[i].active_blocks, std::memory_order_relaxed);
+    units[i].recent_load.store(lu[i].recent_load, std::memory_order_relaxed);
+    units[i].cache_held.store(lu[i].cache_held, std::memory_order_relaxed);
   }
   for (std::size_t i = 0; i < budgets.size() && i < lb.size(); ++i) {
     budgets[i].day.store(lb[i].day, std::memory_order_relaxed);
@@ -59,7 +61,8 @@ void write_state(TableHeader& h, std::span<UnitWords> units, std::span<BudgetWor
 bool same_units(const std::vector<LiveUnit>& a, const std::vector<LiveUnit>& b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](const LiveUnit& x, const LiveUnit& y) {
            return x.phase == y.phase && x.probe_inflight == y.probe_inflight && x.opened_at == y.opened_at &&
-                  x.inflight == y.inflight && x.active_blocks == y.active_blocks;
+                  x.inflight == y.inflight && x.active_blocks == y.active_blocks && x.recent_load == y.recent_load &&
+                  x.cache_held == y.cache_held;
          });
 }
 bool same_budgets(const std::vector<LiveBudget>& a, const std::vector<LiveBudget>& b) {

@@ -565,9 +565,13 @@ class Loader {
     } else {
       load_cost(t.cost, node["cost"], what + ".cost");
       if (const auto& kv = node["kv"]) {
-        expect_map(kv, what + ".kv", {"block_size", "capacity_blocks", "ttl_s", "overlap_weight", "balance_slack"});
+        expect_map(kv, what + ".kv",
+                   {"block_size", "capacity_blocks", "ttl_s", "overlap_weight", "balance_slack", "recent_slack"});
         if (kv["balance_slack"]) {
           t.kv.balance_slack = int_value(kv["balance_slack"], what + ".kv.balance_slack", -1, 1'000'000);
+        }
+        if (kv["recent_slack"]) {
+          t.kv.recent_slack = int_value(kv["recent_slack"], what + ".kv.recent_slack", -1, 1'000'000);
         }
         if (kv["ttl_s"]) t.kv.ttl_s = int_value(kv["ttl_s"], what + ".kv.ttl_s", 1, 7LL * 86'400);
         if (kv["overlap_weight"]) {

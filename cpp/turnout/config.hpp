@@ -98,6 +98,10 @@ struct KvSpec {
   double overlap_weight = 8.0;
   /// Only replicas within this many in-flight requests of the least busy compete on cost (-1: off).
   std::int64_t balance_slack = 3;
+  /// ... and only those within this many placements of the pool's mean recent load (placements over
+  /// the last kRecentWindowPerReplica x replicas, decayed; RouterState::recent_load) (-1: off). What
+  /// spreads sequential traffic, which leaves every in-flight count at 0.
+  std::int64_t recent_slack = 6;
   bool precise = false;  ///< every replica names a kv_events publisher
 };
 

@@ -85,6 +85,8 @@ class CacheDirectory final : public PrefixIndex {
   void expire(std::int64_t now_ms);
 
   [[nodiscard]] Stats stats() const;
+  /// The blocks `holder` holds (entries past their TTL count until expire() drops them).
+  [[nodiscard]] std::size_t held(std::uint32_t holder) const noexcept { return held_[holder]; }
   /// Calls `observer` on every mask change from now on (nullptr: none). Not owned.
   void set_observer(MaskObserver* observer) noexcept { observer_ = observer; }
 

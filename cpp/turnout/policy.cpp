@@ -32,9 +32,17 @@ struct PoolOverlap {
   std::int64_t slack = 0;                  // kv.balance_slack (< 0: off)
 };
 
+// A prompt of which no replica holds at least 1 / kColdShare of the blocks is cold: a small overlap
+// (a chat template's first block) does not pull it onto the replica that happens to hold it.
+constexpr std::int64_t kColdShare = 8;
+
 // Filters that depend on the state: breakers and, for pools, a replica with a free slot.
-// On success fills `replica` (kNone for MaaS): with prefix overlap, the replica of least
-// weight x blocks-to-prefill + active blocks (Dynamo's cost); without, the least loaded.
+// On success fills `replica` (kNone for MaaS). With prefix overlap, the replicas within
+// kv.balance_slack in-flight requests of the least busy one and within kv.recent_slack placements
+// of the mean recent load compete; the one of least weight x blocks-to-prefill + active blocks
+// (Dynamo's cost) wins. Without overlap, the least loaded. Ties (every cold prompt while nothing is
+// in flight) go to the warmer replica, then to the one of least recent load + cache pressure, so
+// sequential traffic spreads, and cold prefixes land where they evict least.
 std::optional<ReasonCode> state_filter(const Config& config, const RouterState& state, std::uint32_t target, TimeMs now,
                                        std::uint32_t& replica, const PoolOverlap* overlap = nullptr) noexcept {
   const Target& t = config.targets[target];
@@ -44,46 +52,69 @@ std::optional<ReasonCode> state_filter(const Config& config, const RouterState& 
                ? std::nullopt
                : std::optional<ReasonCode>(ReasonCode::breaker_open);
   }
-  // Balance guard: only replicas within `slack` in-flight requests of the least busy one compete on
-  // cost, so a hot prefix cannot pile its family onto one replica (SGLang's balance threshold).
-  std::int64_t least_inflight = INT64_MAX;
-  if (overlap != nullptr && overlap->slack >= 0) {
-    for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
-      const std::size_t u = state.unit(target, r);
-      if (state.breakers[u].allows(t.breaker, now) && state.inflight[u] < t.replicas[r].max_inflight) {
-        least_inflight = std::min(least_inflight, state.inflight[u]);
-      }
-    }
-  }
+  // The replicas that may take the request (breaker, free slot): the least in-flight among them,
+  // their mean recent load and the longest prefix any of them holds.
   bool any_allowed = false;
-  double best_cost = 0;
-  double best_load = 2.0;
-  std::uint32_t best_matched = 0;
+  std::int64_t admitted = 0;
+  std::int64_t least_inflight = INT64_MAX;
+  std::int64_t recent_sum = 0;
+  std::uint32_t warmest = 0;
   for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
     const std::size_t u = state.unit(target, r);
     if (!state.breakers[u].allows(t.breaker, now)) continue;
     any_allowed = true;
-    const auto max = t.replicas[r].max_inflight;
-    if (state.inflight[u] >= max) continue;
-    if (least_inflight != INT64_MAX && state.inflight[u] > least_inflight + overlap->slack) continue;
-    const double load = static_cast<double>(state.inflight[u]) / static_cast<double>(max);
-    double cost = load;
-    const std::uint32_t matched = overlap != nullptr ? overlap->matched[r] : 0;
-    if (overlap != nullptr) {
-      cost = overlap->weight * static_cast<double>(overlap->blocks - matched) +
-             static_cast<double>(state.active_blocks[u]);
-    }
-    // Ties go to the warmer replica, then to the less loaded one.
-    if (replica == kNone || cost < best_cost ||
-        (cost == best_cost && (matched > best_matched || (matched == best_matched && load < best_load)))) {
-      best_cost = cost;
-      best_load = load;
-      best_matched = matched;
-      replica = r;
-    }
+    if (state.inflight[u] >= t.replicas[r].max_inflight) continue;
+    ++admitted;
+    least_inflight = std::min(least_inflight, state.inflight[u]);
+    recent_sum += state.recent_load[u];
+    if (overlap != nullptr) warmest = std::max(warmest, overlap->matched[r]);
   }
-  if (replica != kNone) return std::nullopt;
-  return any_allowed ? ReasonCode::saturated : ReasonCode::breaker_open;
+  if (admitted == 0) return any_allowed ? ReasonCode::saturated : ReasonCode::breaker_open;
+  // Balance guards: a hot prefix cannot pile its family onto one replica (SGLang's balance
+  // threshold), neither while its requests run (in-flight) nor one after the other (recent load).
+  const bool guarded = overlap != nullptr;
+  const std::int64_t inflight_limit = guarded && overlap->slack >= 0 ? least_inflight + overlap->slack : INT64_MAX;
+  const std::int64_t recent_limit =
+      guarded && t.kv.recent_slack >= 0 ? recent_sum / admitted + t.kv.recent_slack * kPlacementWeight : INT64_MAX;
+  const bool cold = overlap == nullptr || static_cast<std::int64_t>(warmest) * kColdShare < overlap->blocks;
+  // Recent load in windows (1.0: a full window's even share) plus the share of KV capacity held.
+  const double per_window = 1.0 / static_cast<double>(kRecentWindowPerReplica * kPlacementWeight);
+  const double per_capacity =
+      1.0 / static_cast<double>(t.kv.capacity_blocks > 0 ? t.kv.capacity_blocks : kDefaultReplicaBlocks);
+  auto pick = [&](std::int64_t recent_cap) {
+    double best_cost = 0;
+    double best_spread = 0;
+    double best_load = 2.0;
+    std::uint32_t best_matched = 0;
+    for (std::uint32_t r = 0; r < t.replicas.size(); ++r) {
+      const std::size_t u = state.unit(target, r);
+      const auto max = t.replicas[r].max_inflight;
+      if (!state.breakers[u].allows(t.breaker, now) || state.inflight[u] >= max) continue;
+      if (state.inflight[u] > inflight_limit || state.recent_load[u] > recent_cap) continue;
+      const double load = static_cast<double>(state.inflight[u]) / static_cast<double>(max);
+      const std::uint32_t matched = cold ? 0 : overlap->matched[r];
+      const double cost = overlap != nullptr ? overlap->weight * static_cast<double>(overlap->blocks - matched) +
+                                                   static_cast<double>(state.active_blocks[u])
+                                             : load;
+      const double spread = static_cast<double>(state.recent_load[u]) * per_window +
+                            static_cast<double>(state.cache_held[u]) * per_capacity;
+      if (replica == kNone || cost < best_cost ||
+          (cost == best_cost &&
+           (matched > best_matched ||
+            (matched == best_matched && (spread < best_spread || (spread == best_spread && load < best_load)))))) {
+        best_cost = cost;
+        best_spread = spread;
+        best_load = load;
+        best_matched = matched;
+        replica = r;
+      }
+    }
+  };
+  pick(recent_limit);
+  // The in-flight guard comes first: when the replicas it admits are all above the recent limit
+  // (a busy replica that was quiet before), they compete without it.
+  if (replica == kNone) pick(INT64_MAX);
+  return std::nullopt;
 }
 
 // The prompt's block chains, hashed on first use: one per pool (its block size and model) and one

@@ -108,6 +108,7 @@ Result<Decision> Router::dispatch(const RouteRequest& request) {
   const std::size_t unit = state_.unit(d->placement.target, d->placement.replica);
   ++state_.inflight[unit];
   state_.active_blocks[unit] += d->active_blocks;
+  state_.note_placement(t, d->placement.target, d->placement.replica);
   state_.breakers[unit].on_dispatch(t.breaker, req->now);
   if (config_->scenarios[d->scenario].budget_per_day) {
     BudgetState& budget = state_.budgets[d->scenario];
@@ -170,6 +171,7 @@ void Router::commit(Decision& d, TimeMs now) {
   if (!d.prefix.empty() && learn_) {
     if (t.kind == TargetKind::self_hosted) {
       state_.pools[d.placement.target]->store(d.placement.replica, d.prefix, now);
+      state_.note_held(d.placement.target);
     } else {
       state_.maas->store(state_.maas_holder[d.placement.target], d.prefix, now);
     }
@@ -185,6 +187,7 @@ void Router::commit(Decision& d, TimeMs now) {
   ++state_.inflight[unit];
   p.active_blocks = d.active_blocks;
   state_.active_blocks[unit] += d.active_blocks;
+  state_.note_placement(t, d.placement.target, d.placement.replica);
   p.probe = state_.breakers[unit].on_dispatch(t.breaker, now);
   BudgetState& budget = state_.budgets[d.scenario];
   roll_budget(budget, now);
@@ -593,6 +596,7 @@ Result<KvIngestStats> Router::apply_kv_events(std::uint32_t target, std::uint32_
   total.rejected += delta.rejected;
   total.skipped += delta.skipped;
   total.unusable += delta.unusable;
+  state_.note_held(target);
   return delta;
 }
 
@@ -603,6 +607,7 @@ Result<Ok> Router::reset_kv(std::uint32_t target, std::uint32_t replica) {
   }
   std::lock_guard lock(mu_);
   state_.pools[target]->clear(replica);
+  state_.note_held(target);
   state_.pool_groups[target][replica].reset();  // a restarted engine may number its groups anew
   ++state_.pool_events[target][replica].cleared;
   return Ok{};
@@ -628,7 +633,8 @@ void Router::live_state(std::vector<detail::LiveUnit>& units, std::vector<detail
   units.resize(state_.breakers.size());
   for (std::size_t u = 0; u < units.size(); ++u) {
     const Breaker& b = state_.breakers[u];
-    units[u] = {b.stored_phase(), b.probe_inflight(), b.opened_at(), state_.inflight[u], state_.active_blocks[u]};
+    units[u] = {b.stored_phase(),        b.probe_inflight(),    b.opened_at(),       state_.inflight[u],
+                state_.active_blocks[u], state_.recent_load[u], state_.cache_held[u]};
   }
   budgets.resize(state_.budgets.size());
   for (std::size_t s = 0; s < budgets.size(); ++s) {
@@ -643,6 +649,8 @@ void Router::set_live_state(std::span<const detail::LiveUnit> units, std::span<c
     state_.breakers[u].mirror(units[u].phase, units[u].probe_inflight, units[u].opened_at);
     state_.inflight[u] = units[u].inflight;
     state_.active_blocks[u] = units[u].active_blocks;
+    state_.recent_load[u] = units[u].recent_load;
+    state_.cache_held[u] = units[u].cache_held;
   }
   for (std::size_t s = 0; s < budgets.size() && s < state_.budgets.size(); ++s) {
     state_.budgets[s].day = budgets[s].day;
@@ -669,8 +677,10 @@ void Router::observe_directory(std::uint32_t target, MaskObserver* observer) {
 
 void Router::expire_directories(TimeMs now) {
   std::lock_guard lock(mu_);
-  for (auto& pool : state_.pools) {
-    if (pool) pool->expire(now);
+  for (std::uint32_t target = 0; target < state_.pools.size(); ++target) {
+    if (!state_.pools[target]) continue;
+    state_.pools[target]->expire(now);
+    state_.note_held(target);
   }
   if (state_.maas) state_.maas->expire(now);
 }

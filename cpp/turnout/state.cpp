@@ -138,6 +138,8 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
   breakers.resize(units);
   inflight.resize(units, 0);
   active_blocks.resize(units, 0);
+  recent_load.resize(units, 0);
+  cache_held.resize(units, 0);
   pools.resize(config.targets.size());
   maas_holder.assign(config.targets.size(), kNone);
   std::vector<CacheDirectory::HolderSpec> maas_specs;
@@ -161,6 +163,23 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
   budgets.resize(config.scenarios.size());
   ledger.resize(config.scenarios.size() * target_count);
   listed.resize(ledger.size(), 0);
+}
+
+void RouterState::note_placement(const Target& t, std::uint32_t target, std::uint32_t replica) noexcept {
+  if (t.kind != TargetKind::self_hosted || replica >= t.replicas.size()) return;
+  const auto window = kRecentWindowPerReplica * static_cast<std::int64_t>(t.replicas.size());
+  const std::size_t first = first_unit[target];
+  for (std::size_t u = first; u < first + t.replicas.size(); ++u) recent_load[u] -= recent_load[u] / window;
+  recent_load[first + replica] += kPlacementWeight;
+}
+
+void RouterState::note_held(std::uint32_t target) noexcept {
+  const CacheDirectory* dir = target < pools.size() ? pools[target].get() : nullptr;
+  // A client deciding from the sidecar's mapped view keeps the figures the sidecar published.
+  if (dir == nullptr || pool_index[target] != dir) return;
+  for (std::uint32_t r = 0; r < dir->holders(); ++r) {
+    cache_held[first_unit[target] + r] = static_cast<std::int64_t>(dir->held(r));
+  }
 }
 
 }  // namespace turnout

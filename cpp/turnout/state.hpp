@@ -152,6 +152,14 @@ struct KvIngestStats {
 inline constexpr std::int64_t kDefaultReplicaBlocks = 1 << 18;  ///< when kv.capacity_blocks is unset
 inline constexpr std::int64_t kMaasHolderBlocks = 1 << 16;      ///< 8 M tokens of prefixes per MaaS target
 
+/// Recent load: one placement on a replica adds kPlacementWeight to its unit's `recent_load`, and
+/// every placement in its pool first takes 1 / (kRecentWindowPerReplica x replicas) off each of the
+/// pool's units: a count of the pool's last ~32 placements per replica that decays by placements,
+/// not by time, so it reads the same at any rate and a replay of the same traffic gets the same
+/// figures. Integers (fixed point), so every process computes them bit for bit alike.
+inline constexpr std::int64_t kPlacementWeight = 1 << 16;
+inline constexpr std::int64_t kRecentWindowPerReplica = 32;
+
 /// Everything the Router mutates, sized from one Config.
 struct RouterState {
   explicit RouterState(const Config& config);
@@ -163,12 +171,19 @@ struct RouterState {
   [[nodiscard]] Counters& counters(std::uint32_t scenario, std::uint32_t target) noexcept {
     return ledger[static_cast<std::size_t>(scenario) * target_count + target];
   }
+  /// Counts a placement on `replica` of the pool `target` in the pool's recent load.
+  void note_placement(const Target& t, std::uint32_t target, std::uint32_t replica) noexcept;
+  /// Copies the blocks each replica of the pool `target` holds from its directory into `cache_held`
+  /// (unless decide() reads another directory: a fast-path client's, set from the published state).
+  void note_held(std::uint32_t target) noexcept;
 
   std::size_t target_count = 0;
   std::vector<std::size_t> first_unit;
-  std::vector<Breaker> breakers;                       ///< per unit
-  std::vector<std::int64_t> inflight;                  ///< per unit
-  std::vector<std::int64_t> active_blocks;             ///< per unit: blocks of its in-flight requests
+  std::vector<Breaker> breakers;            ///< per unit
+  std::vector<std::int64_t> inflight;       ///< per unit
+  std::vector<std::int64_t> active_blocks;  ///< per unit: blocks of its in-flight requests
+  std::vector<std::int64_t> recent_load;    ///< per unit: its pool's recent placements on it (kPlacementWeight each)
+  std::vector<std::int64_t> cache_held;     ///< per unit: blocks its pool's directory holds for it (cache pressure)
   std::vector<std::unique_ptr<CacheDirectory>> pools;  ///< per target: a self-hosted pool's directory
   std::unique_ptr<CacheDirectory> maas;                ///< holders: the MaaS targets
   std::vector<std::uint32_t> maas_holder;              ///< per target: its holder in `maas`, or kNone

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
@@ -114,13 +115,93 @@ TEST(PrefixRouting, LoadOutweighsASmallOverlap) {
   auto config = testing::load_or_die(pool_yaml(false));
   Router router(config);
   const auto a = prompt(1, 64);  // 4 blocks
-  const std::uint32_t warm = route(router, "chat", a).placement.replica;
-  EXPECT_EQ(route(router, "chat", a).placement.replica, warm);
-  // A long request running on the warm replica: its 50 active blocks outweigh the 4 it would save.
   auto held = a;
   for (std::uint32_t i = 0; i < 736; ++i) held.push_back(8'000'000 + i);
+  // A long conversation (50 blocks) leaves its blocks on one replica; a's 4 are its first ones.
+  const std::uint32_t warm = route(router, "chat", held).placement.replica;
+  EXPECT_EQ(route(router, "chat", a).placement.replica, warm);
+  // Its next turn running on the warm replica: its 50 active blocks outweigh the 4 a would save.
   ASSERT_EQ(route(router, "chat", held, /*keep=*/true).placement.replica, warm);
   EXPECT_NE(route(router, "chat", a).placement.replica, warm);
+}
+
+// The pool of pool_yaml() with `kv` set to `kv` (a flow mapping).
+std::string with_kv(bool precise, const std::string& kv) {
+  std::string y = pool_yaml(precise);
+  const std::string from = "kv: {block_size: 16, capacity_blocks: 1000}";
+  y.replace(y.find(from), from.size(), "kv: " + kv);
+  return y;
+}
+
+// Placements per replica of `n` cold conversations routed one after the other, each done before the next.
+std::vector<int> spread_of_cold(Router& router, std::uint32_t n, std::uint32_t first_family) {
+  std::vector<int> per_replica(4, 0);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const Decision d = route(router, "chat", prompt(first_family + i, 640));
+    EXPECT_EQ(d.expected_cached_tokens, 0);
+    ++per_replica.at(d.placement.replica);
+  }
+  return per_replica;
+}
+
+TEST(PrefixRouting, SequentialColdRequestsSpreadWhileWarmOnesStayOnTheirHolder) {
+  auto config = testing::load_or_die(pool_yaml(false));
+  Router router(config);
+  // Nothing is ever in flight when a decision is made: in-flight counts and active blocks are all 0.
+  // The recent load and cache pressure still tell the replicas apart: 8 cold conversations, 2 each.
+  EXPECT_EQ(spread_of_cold(router, 8, 10), (std::vector<int>{2, 2, 2, 2}));
+  // A warm prefix still goes where it is cached: each conversation's next turn to its holder.
+  for (std::uint32_t family = 10; family < 18; ++family) {
+    const Decision first = route(router, "chat", prompt(family, 640));  // warm already: where it went
+    EXPECT_EQ(first.expected_cached_tokens, 640);
+    auto next = prompt(family, 640);
+    for (std::uint32_t i = 0; i < 160; ++i) next.push_back(6'000'000 + family * 1000 + i);
+    const Decision d = route(router, "chat", next);
+    EXPECT_EQ(d.placement.replica, first.placement.replica);
+    EXPECT_EQ(d.expected_cached_tokens, 640);
+  }
+  // A prompt sharing only one block with what a replica holds is cold: the overlap does not pull it.
+  auto tiny = prompt(10, 16);
+  for (std::uint32_t i = 0; i < 624; ++i) tiny.push_back(5'000'000 + i);
+  std::set<std::uint32_t> replicas;
+  for (std::uint32_t k = 0; k < 4; ++k) {
+    auto p = tiny;
+    p[16] += k + 1;  // four prompts with the same first block, each new from its second on
+    replicas.insert(route(router, "chat", p).placement.replica);
+  }
+  EXPECT_GT(replicas.size(), 1U);
+}
+
+TEST(PrefixRouting, RecentSlackSpreadsAHotPrefixRoutedOneAfterTheOther) {
+  // One hot prompt, 40 times in a row, each done before the next. Without the recent-load guard
+  // every one stays on the replica that first cached it.
+  {
+    Router router(testing::load_or_die(with_kv(false, "{block_size: 16, capacity_blocks: 1000, recent_slack: -1}")));
+    std::set<std::uint32_t> replicas;
+    for (int i = 0; i < 40; ++i) replicas.insert(route(router, "chat", prompt(1, 640)).placement.replica);
+    EXPECT_EQ(replicas.size(), 1U);
+  }
+  // With it (2 placements above the pool's mean recent load at most) the prompt is cached on more
+  // replicas, and none takes more than its share plus the slack.
+  Router router(testing::load_or_die(with_kv(false, "{block_size: 16, capacity_blocks: 1000, recent_slack: 2}")));
+  std::vector<int> per_replica(4, 0);
+  for (int i = 0; i < 40; ++i) ++per_replica.at(route(router, "chat", prompt(1, 640)).placement.replica);
+  EXPECT_EQ(std::count(per_replica.begin(), per_replica.end(), 0), 0);
+  for (int n : per_replica) EXPECT_LE(n, 40 / 4 + 2 + 1);
+  // The default (6) admits more before it spreads: the holder keeps the first 7 at least.
+  Router by_default(testing::load_or_die(pool_yaml(false)));
+  const std::uint32_t holder = route(by_default, "chat", prompt(1, 640)).placement.replica;
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(route(by_default, "chat", prompt(1, 640)).placement.replica, holder);
+}
+
+TEST(PrefixRouting, RecentSlackMustBeAnIntegerFromMinusOne) {
+  for (const char* bad : {"recent_slack: -2", "recent_slack: 1.5", "recent_slack: many"}) {
+    auto c = load_config_text(with_kv(false, std::string("{block_size: 16, ") + bad + "}"), "bad.yaml");
+    ASSERT_FALSE(c.ok()) << bad;
+    EXPECT_EQ(c.error().code, ErrorCode::config_invalid);
+    EXPECT_NE(c.error().message.find("kv.recent_slack"), std::string::npos) << c.error().message;
+  }
+  EXPECT_EQ(testing::load_or_die(with_kv(false, "{recent_slack: 0}"))->targets[0].kv.recent_slack, 0);
 }
 
 TEST(PrefixRouting, MaasAffinityKeepsAFamilyOnOneTargetAndPricesTheWarmCache) {

@@ -40,9 +40,13 @@ bool read_state(const TableHeader& h, std::span<const UnitWords> units, std::spa
   const auto read = shm::seqlock_read(h.state_seq, 64, [&] {
     for (std::size_t i = 0; i < units.size(); ++i) {
       const std::int64_t pp = units[i].phase_probe.load(std::memory_order_relaxed);
-      lu[i] = {static_cast<Breaker::Phase>(pp & 0xFF), ((pp >> 8) & 1) != 0,
-               units[i].opened_at.load(std::memory_order_relaxed), units[i].inflight.load(std::memory_order_relaxed),
-               units[i].active_blocks.load(std::memory_order_relaxed)};
+      lu[i] = {static_cast<Breaker::Phase>(pp & 0xFF),
+               ((pp >> 8) & 1) != 0,
+               units[i].opened_at.load(std::memory_order_relaxed),
+               units[i].inflight.load(std::memory_order_relaxed),
+               units[i].active_blocks.load(std::memory_order_relaxed),
+               units[i].recent_load.load(std::memory_order_relaxed),
+               units[i].cache_held.load(std::memory_order_relaxed)};
     }
     for (std::size_t i = 0; i < budgets.size(); ++i) {
       lb[i] = {budgets[i].day.load(std::memory_order_relaxed),

@@ -37,7 +37,7 @@ using detail::LiveUnit;
 
 inline constexpr std::uint64_t kTableMagic = 0x3154424c'544e5254ULL;  // "TRNTLBT1" little-endian
 inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRNG1" little-endian
-inline constexpr std::uint32_t kFastLayoutVersion = 2;                ///< 2: rings carry the sidecar's feedback
+inline constexpr std::uint32_t kFastLayoutVersion = 3;                ///< 3: units carry recent load, cache held
 inline constexpr std::uint32_t kRingCount = 64;                       ///< client processes on the fast path at once
 inline constexpr std::uint32_t kRingBytes = 256U << 10;  ///< per client: ~1,000 routes with 128-block prefixes
 using protocol::kFastIdBit;                              ///< fast-path decision ids: bit 63 | ring << 40 | seq
@@ -69,6 +69,8 @@ struct UnitWords {
   std::atomic<std::int64_t> opened_at;
   std::atomic<std::int64_t> inflight;
   std::atomic<std::int64_t> active_blocks;
+  std::atomic<std::int64_t> recent_load;
+  std::atomic<std::int64_t> cache_held;
 };
 struct BudgetWords {
   std::atomic<std::int64_t> day;

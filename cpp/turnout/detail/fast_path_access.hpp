@@ -25,6 +25,8 @@ struct LiveUnit {
   TimeMs opened_at = 0;
   std::int64_t inflight = 0;
   std::int64_t active_blocks = 0;
+  std::int64_t recent_load = 0;  ///< RouterState::recent_load
+  std::int64_t cache_held = 0;   ///< RouterState::cache_held
 };
 /// The same per scenario: its budget's day and figures.
 struct LiveBudget {
