@@ -11,8 +11,10 @@
 # # MaaS, self-hosted or hybrid? Replay one day of support traffic through three policies
 #
 # The decisions below are the production ones: the same C++ core routes every request, with the
-# log's timestamps and a fixed seed. Only the providers are simulated (their usage shapes, cache
-# behaviour, latency and quality). The headline is **cost per accepted outcome**, shown two ways for
+# log's timestamps and a fixed seed, in the what-if engine (docs/replay.md): requests queue, run
+# concurrently and wait for one another; the MaaS providers keep their own prompt caches and the
+# self-hosted replicas their own KV caches, so the cache hit rate is measured, not assumed.
+# The headline is **cost per accepted outcome**, shown two ways for
 # the self-hosted pool: the *marginal* GPU time the requests used, and the *fully loaded* cost of
 # the pool for the day (every GPU-hour, plus staging, canary, engineering, evals...). They are never
 # mixed: a token-price spreadsheet only sees the first.
@@ -35,7 +37,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import turnout
-from turnout.replay import Request, TargetModel, replay
+from turnout.replay import replay
+from turnout.traces import TraceRow
 
 HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 parser = argparse.ArgumentParser()
@@ -66,7 +69,7 @@ for i in range(args.requests):
         ]
     )
     requests.append(
-        Request(
+        TraceRow(
             at=at,
             scenario="support-summarization",
             key=None,
@@ -82,31 +85,45 @@ print(f"{len(requests)} requests, {sum(r.input_tokens for r in requests):,} prom
 # ## Replay through each policy
 
 # %%
+# Simulated behaviour per target (docs/replay.md, "Simulated providers"): MaaS latency
+# distributions, error rates and quality; the self-hosted pool keeps its table's replicas and the
+# default step model.
 models = {
-    "gpt-4.1-mini": TargetModel(
-        ttft_ms=450, ms_per_output_token=9, accept_rate=0.96, error_rate=0.01
-    ),
-    "claude-sonnet-4": TargetModel(ttft_ms=700, ms_per_output_token=14, accept_rate=0.98),
-    "llama-70b": TargetModel(
-        ttft_ms=250, ms_per_output_token=20, accept_rate=0.95, error_rate=0.005
-    ),
+    "gpt-4.1-mini": {
+        "ttft_ms": {"p50": 450, "p95": 1200},
+        "output_tokens_per_s": {"p50": 110, "p95": 60},
+        "accept_rate": 0.96,
+        "error_rate": 0.01,
+    },
+    "claude-sonnet-4": {
+        "ttft_ms": {"p50": 700, "p95": 1800},
+        "output_tokens_per_s": {"p50": 70, "p95": 40},
+        "accept_rate": 0.98,
+    },
+    "llama-70b": {"accept_rate": 0.95},
 }
 results = {}
 for name in ("maas_only", "self_hosted_only", "hybrid"):
     config = turnout.load_config(HERE / "policies" / f"{name}.yaml")
-    results[name] = replay(config, requests, models=models, seed=1)
+    results[name] = (config, replay(config, requests, models=models, seed=1))
+
+
+def usd(picos: int) -> Decimal:
+    return Decimal(int(picos)).scaleb(-12)
+
 
 rows = []
-for name, res in results.items():
-    s = res.summary(period_s=86_400)[0]
-    accepted = s["accepted"]
-    tokens = sum(r["cost_usd"] for r in res.rows if r["target"] != "llama-70b")
-    marginal = s["self_hosted_marginal_usd"]
-    loaded = (
-        s["self_hosted_fully_loaded_usd"]
-        if any(r["target"] == "llama-70b" for r in res.rows)
-        else Decimal(0)
-    )
+for name, (config, res) in results.items():
+    frame = res.requests
+    accepted = res.summary["accepted"]
+    on_pool = frame["target"] == "llama-70b"
+    tokens = usd(sum(int(c) for c in frame.loc[~on_pool, "cost_picos"]))
+    marginal = usd(sum(int(c) for c in frame.loc[on_pool, "cost_picos"]))
+    # The pool's provisioned day (every GPU-hour plus the monthly overheads) comes from its table.
+    pools = turnout.Router(config).self_hosted_costs(86_400)
+    loaded = sum((p["fully_loaded_usd"] for p in pools), Decimal(0))
+    if not on_pool.any():
+        loaded = Decimal(0)
     rows.append(
         {
             "policy": name,
@@ -116,9 +133,8 @@ for name, res in results.items():
             "self_hosted_fully_loaded_usd": loaded,
             "per_accepted_marginal_usd": (tokens + marginal) / accepted,
             "per_accepted_fully_loaded_usd": (tokens + loaded) / accepted,
-            "cache_hit_rate": sum(r["cached_tokens"] for r in res.rows)
-            / sum(q.input_tokens for q in requests),
-            "p95_latency_ms": pd.Series([r["latency_ms"] for r in res.rows]).quantile(0.95),
+            "cache_hit_rate": res.summary["cache_hit_rate"]["realized"],
+            "p95_latency_ms": res.summary["latency_ms"]["p95"],
         }
     )
 summary = pd.DataFrame(rows).set_index("policy")
@@ -158,9 +174,9 @@ fig.tight_layout()
 fig.savefig(args.out / "cost_per_accepted.png", dpi=110)
 
 # %%
-ledger = results["hybrid"].router.counters_frame()
-print(
-    ledger[
-        ["scenario", "target", "requests", "ok", "accepted", "cache_read_tokens", "cost_usd"]
-    ].to_string(index=False)
+per_target = (
+    results["hybrid"][1]
+    .requests.groupby(["target", "outcome"])
+    .agg(requests=("arrival_s", "size"), cached_realized=("cached_realized", "sum"))
 )
+print(per_target.to_string())

@@ -1,7 +1,7 @@
 """Turnout: route each LLM scenario between managed APIs and self-hosted pools, with exact cost.
 
 The C++ core makes every decision; this package is its Python face, used the same way in notebooks
-(replay) and in production workers.
+(what-if replays: turnout.replay, turnout.traces, turnout.workload) and in production workers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from turnout._errors import (
     IncompatibleLayoutError,
     InternalError,
     InvalidArgumentError,
+    ModelsError,
     NoEligibleTargetError,
     NotFoundError,
     PermissionDeniedError,
@@ -23,6 +24,7 @@ from turnout._errors import (
     SidecarError,
     SidecarUnavailableError,
     TargetNotAllowedError,
+    TraceError,
     TurnoutError,
     TurnoutIOError,
     UnknownDecisionError,
@@ -34,6 +36,7 @@ from turnout.prefix import canonical_prompt, prefix_hashes
 from turnout.pricing import Cost, price_usage
 from turnout.router import Router
 from turnout.sidecar import Client, SharedCounters, _sidecar_path, attach
+from turnout.traces import TraceReader, TraceRow, TraceWriter, read_trace
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -47,6 +50,7 @@ __all__ = [
     "IncompatibleLayoutError",
     "InternalError",
     "InvalidArgumentError",
+    "ModelsError",
     "NoEligibleTargetError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -57,6 +61,10 @@ __all__ = [
     "SidecarError",
     "SidecarUnavailableError",
     "TargetNotAllowedError",
+    "TraceError",
+    "TraceReader",
+    "TraceRow",
+    "TraceWriter",
     "TurnoutError",
     "TurnoutIOError",
     "UnknownDecisionError",
@@ -71,6 +79,7 @@ __all__ = [
     "load_config_text",
     "prefix_hashes",
     "price_usage",
+    "read_trace",
 ]
 
 

@@ -12,7 +12,6 @@ from rich.table import Table
 
 import turnout
 from turnout import TurnoutError
-from turnout.replay import usage_for
 
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z: a fixed clock makes the demo reproducible
 
@@ -41,6 +40,39 @@ REQUESTS: list[tuple[str, str, str | None, int, int]] = [
 def _short(value: Decimal | None) -> str:
     # A per-outcome average is a quotient: shown to a tenth of a micro-dollar (--json has it all).
     return "-" if value is None else str(value.quantize(Decimal("1e-7")))
+
+
+def usage_for(provider: str, prompt: int, cached: int, output: int) -> dict[str, Any]:
+    """The usage object `provider` would return for this request (cache read = `cached` tokens)."""
+    cached = max(0, min(cached, prompt))
+    if provider == "anthropic":
+        write = prompt - cached if prompt >= 1024 else 0
+        return {
+            "input_tokens": prompt - cached - write,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": write,
+            "output_tokens": output,
+        }
+    if provider == "gemini":
+        return {
+            "usageMetadata": {
+                "promptTokenCount": prompt,
+                "cachedContentTokenCount": cached,
+                "candidatesTokenCount": output,
+            }
+        }
+    if provider == "deepseek":
+        return {
+            "prompt_tokens": prompt,
+            "prompt_cache_hit_tokens": cached,
+            "prompt_cache_miss_tokens": prompt - cached,
+            "completion_tokens": output,
+        }
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def provider_usage(provider: str, prompt: int, output: int) -> dict[str, Any]:

@@ -115,6 +115,17 @@ class IncompatibleLayoutError(SidecarError):
     name."""
 
 
+class TraceError(ValueError, TurnoutError):
+    """A traffic trace cannot be replayed: the message starts with ``path:line:`` (``path: row N:``
+    in Parquet) and says what is wrong. Raised by the Python readers (turnout.traces): no core
+    code."""
+
+
+class ModelsError(ValueError, TurnoutError):
+    """A what-if models file cannot be read or has the wrong shape (its path and what is wrong);
+    the simulator itself refuses unknown keys. Raised in Python only: no core code."""
+
+
 ERRORS: dict[str, type[TurnoutError]] = {
     "config_invalid": ConfigError,
     "unknown_scenario": UnknownScenarioError,

@@ -465,5 +465,277 @@ def explain(
         console.print(_decisions_table([row]))
 
 
+_FORMAT_CHOICE = click.Choice(["auto", "turnout", "mooncake", "azure", "burstgpt"])
+
+
+def _policies(config: str, extra: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, table path) of every policy: CONFIG under its file name, then each NAME=CONFIG."""
+    from pathlib import Path
+
+    out = [(Path(config).stem, config)]
+    for spec in extra:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{spec!r}: give NAME=CONFIG", param_hint="--policy")
+        out.append((name, path))
+    names = [n for n, _ in out]
+    for n in names:
+        if names.count(n) > 1:
+            raise click.BadParameter(
+                f"two policies are named {n!r} (CONFIG is named after its file)",
+                param_hint="--policy",
+            )
+    return out
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "trace_format",
+    type=_FORMAT_CHOICE,
+    default="auto",
+    show_default=True,
+    help="The trace's format (auto: by extension and first line).",
+)
+@click.option("--scenario", help="Scenario of the requests the trace gives none.")
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    metavar="NAME=CONFIG",
+    help="Also replay this routing table, as NAME (repeatable; CONFIG is named after its file).",
+)
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(dir_okay=False),
+    help="JSON file: simulated behaviour per target (docs/replay.md).",
+)
+@click.option(
+    "--seed",
+    "seeds",
+    type=int,
+    multiple=True,
+    default=(0,),
+    show_default=True,
+    help="Seed (repeatable: each policy is replayed with each seed, named NAME-seedN).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Write OUT/NAME/requests.parquet, OUT/NAME/series.parquet (CSV without pyarrow) and "
+    "OUT/summary.json.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object per policy, a line each, in the order CONFIG, then each --policy "
+    "(each policy's seeds in the order given).",
+)
+@click.option("--skip-bad", is_flag=True, help="Skip malformed trace lines (they are counted).")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Policies replayed at once, in parallel processes (default: the CPU count).",
+)
+@click.option(
+    "--imprecise-kv",
+    is_flag=True,
+    help="Replicas send no KV events: the router learns their caches from its own decisions.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+def replay(
+    config: str,
+    trace: str,
+    trace_format: str,
+    scenario: str | None,
+    policies: tuple[str, ...],
+    models_file: str | None,
+    seeds: tuple[int, ...],
+    out: str | None,
+    as_json: bool,
+    skip_bad: bool,
+    jobs: int | None,
+    imprecise_kv: bool,
+    no_progress: bool,
+) -> None:
+    """Replay TRACE through the routing table CONFIG (and more with --policy) in the simulator."""
+    from turnout import replay as replay_module
+    from turnout.traces import TraceReader
+
+    tables = _policies(config, policies)
+    for _, path in tables:
+        cfg = _load(path)  # a bad table is reported before any work starts
+        if scenario is not None and scenario not in cfg.scenarios:
+            _fail(
+                turnout.UnknownScenarioError(
+                    f"unknown scenario {scenario!r}: {path} has {', '.join(cfg.scenarios)}"
+                ),
+                2,
+            )
+    try:
+        reader = TraceReader(trace, trace_format)
+        models = replay_module.load_models(models_file) if models_file else None
+    except TurnoutError as e:
+        _fail(e, 2)
+    work = [
+        replay_module.Job(
+            policy=name,
+            name=f"{name}-seed{seed}" if len(seeds) > 1 else name,
+            config=path,
+            trace=trace,
+            seed=seed,
+            format=reader.format,
+            scenario=scenario,
+            models=models,
+            precise_kv=not imprecise_kv,
+            skip_bad=skip_bad,
+            out=out,
+        )
+        for name, path in tables
+        for seed in seeds
+    ]
+    try:
+        results = replay_module.sweep(work, processes=jobs, progress=not no_progress)
+    except KeyboardInterrupt:
+        err_console.print(Text("interrupted", style="bold red"), highlight=False)
+        sys.exit(130)
+    except (TurnoutError, OSError) as e:
+        _fail(e, 2 if isinstance(e, (ValueError, KeyError, OSError)) else 1)
+    read = results[0].read
+    if read.skipped:
+        err_console.print(
+            Text(f"skipped {read.skipped} bad trace lines; first: {read.skipped_examples[0]}"),
+            highlight=False,
+        )
+    if read.failed_in_source:
+        err_console.print(
+            f"left out {read.failed_in_source} requests that failed in the source "
+            "(0 response tokens)",
+            highlight=False,
+        )
+    if out is not None:
+        replay_module.write_sweep_summary(out, results)
+    if as_json:
+        for r in results:
+            click.echo(replay_module.summary_json(r))
+        return
+    console.print(_replay_table(results))
+
+
+def _replay_table(results: list[Any]) -> Table:
+    table = Table(title="Replay")
+    columns = (
+        "policy", "requests", "served", "fallbacks", "failed", "cost $", "accepted",
+        "$ / accepted", "TTFT p95 ms", "latency p95 ms", "cache hit (pred / real)", "GPU-hours",
+    )
+    for col in columns:
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in results:
+        s = r.summary
+        hit = s["cache_hit_rate"]
+        table.add_row(
+            r.job.label,
+            str(s["requests"]),
+            str(s["served"]),
+            str(s["fallbacks"]),
+            str(s["failed"]),
+            str(s["cost_usd"]),
+            str(s["accepted"]),
+            _short_money(s["cost_per_accepted_usd"]),
+            _num(s["ttft_ms"]["p95"]),
+            _num(s["latency_ms"]["p95"]),
+            f"{_num(hit['predicted'])} / {_num(hit['realized'])}",
+            _num(s["gpu_hours"]),
+        )
+    return table
+
+
+def _short_money(value: Decimal | None) -> str:
+    return "-" if value is None else str(value.quantize(Decimal("1e-7")))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--requests", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Mean requests/s.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Spread the requests over this many seconds (instead of --rate; default rate 10/s).",
+)
+@click.option(
+    "--scenarios",
+    multiple=True,
+    metavar="NAME[:DATA_CLASS],...",
+    help="Scenarios (with their data class), most popular first; default: the bundled example's.",
+)
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["turnout", "parquet"]),
+    help="Output format (default: parquet for *.parquet, else Turnout JSON Lines).",
+)
+@click.option(
+    "--block-tokens",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Tokens per block id in the trace.",
+)
+def generate(
+    out: str,
+    requests: int,
+    seed: int,
+    rate: float | None,
+    duration: float | None,
+    scenarios: tuple[str, ...],
+    out_format: str | None,
+    block_tokens: int,
+) -> None:
+    """Generate a seeded trace of multi-turn, diurnal and bursty traffic into OUT."""
+    import time
+
+    from turnout.traces import TraceWriter
+    from turnout.workload import DEFAULT_SCENARIOS, WorkloadShape, parse_scenarios
+    from turnout.workload import generate as generate_trace
+
+    if rate is not None and duration is not None:
+        raise click.UsageError("give --rate or --duration, not both")
+    try:
+        mix = parse_scenarios(scenarios) if scenarios else list(DEFAULT_SCENARIOS)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--scenarios") from None
+    fmt = out_format or ("parquet" if out.endswith(".parquet") else "turnout")
+    started = time.perf_counter()
+    try:
+        with TraceWriter(out, fmt) as writer:  # type: ignore[arg-type]
+            for chunk in generate_trace(
+                requests,
+                seed=seed,
+                rate=rate,
+                duration_s=duration,
+                scenarios=mix,
+                shape=WorkloadShape(block_tokens=block_tokens),
+            ):
+                writer.write_columns(chunk)
+    except (TurnoutError, OSError) as e:
+        _fail(e, 2)
+    elapsed = time.perf_counter() - started
+    err_console.print(
+        f"wrote {writer.requests} requests to {out} ({fmt}) in {elapsed:.2f} s "
+        f"({writer.requests / max(elapsed, 1e-9):,.0f} requests/s)",
+        highlight=False,
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

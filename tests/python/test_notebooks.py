@@ -10,7 +10,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import turnout
-from turnout.replay import Request, TargetModel, replay
+from turnout.replay import replay
+from turnout.traces import TraceRow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ def test_replay_is_exact_and_reproducible() -> None:
         [{"role": "system", "content": "Summarize. " * 600}, {"role": "user", "content": "ticket"}]
     )
     reqs = [
-        Request(
+        TraceRow(
             at=1_767_225_600.0 + i,
             scenario="support-summarization",
             key=f"t{i}",
@@ -70,13 +71,14 @@ def test_replay_is_exact_and_reproducible() -> None:
         )
         for i in range(300)
     ]
-    models = {"llama-70b": TargetModel(error_rate=0.05)}
+    models = {"llama-70b": {"accept_rate": 0.9}, "gpt-4.1-mini": {"error_rate": 0.05}}
     a = replay(config, reqs, models=models, seed=3)
     b = replay(config, reqs, models=models, seed=3)
-    assert a.rows == b.rows
-    # Every report's cost lands in the ledger: the per-request sum equals the counters exactly.
-    assert sum(r["cost_usd"] for r in a.rows) == sum(r["cost_usd"] for r in a.router.counters())
-    # Failed primaries were retried on the fallback, as a worker would.
-    assert any(r["fallback"] for r in a.rows)
+    assert a.summary == b.summary
+    assert a.requests.equals(b.requests)
+    # The summary's money is the per-request integer picodollars, summed exactly.
+    total = sum(int(c) for c in a.requests["cost_picos"])
+    assert a.summary["cost_usd"] == Decimal(total).scaleb(-12)
+    assert a.summary["requests"] == 300
     # The shared system prompt is warm after the first request on each target.
-    assert sum(r["cached_tokens"] for r in a.rows) > 0
+    assert a.requests["cached_realized"].sum() > 0
