@@ -205,8 +205,8 @@ def test_bad_messages_get_error_replies_and_the_sidecar_keeps_serving(sidecar: S
         assert not big.poll(300)
         big.close()
         # A flood from one client that reads nothing does not stop another from being served. Its
-        # replies queue up to about the socket's limit (4096, more while the kernel's buffer takes them);
-        # each one beyond is dropped and counted, never silently.
+        # replies queue up to about the socket's limit (4096, more while the kernel's buffer takes
+        # them); each one beyond is dropped and counted, never silently.
         def unsent() -> int:
             url = f"http://127.0.0.1:{sidecar.metrics_port}/metrics"
             with urllib.request.urlopen(url, timeout=10) as r:
