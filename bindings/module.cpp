@@ -235,10 +235,6 @@ std::pair<std::uint32_t, std::uint32_t> replica_of(const Config& config, const s
   raise({ErrorCode::invalid_argument, "'" + target + "' has no replica '" + endpoint + "'"});
 }
 
-struct ConfigHandle {
-  ConfigPtr ptr;
-};
-
 // `tokens` keeps the converted token ids alive while the request (a view) is used.
 RouteRequest make_request(const std::string& scenario, const std::optional<std::string>& key,
                           const std::optional<std::string>& data_class, std::optional<std::int64_t> input_tokens,
@@ -356,6 +352,7 @@ void bind_sidecar(py::module_& m);   // bindings/sidecar.cpp
 void bind_kv(py::module_& m);        // bindings/kv.cpp
 void bind_ledger(py::module_& m);    // bindings/ledger.cpp
 void bind_protocol(py::module_& m);  // bindings/protocol.cpp
+void bind_sim(py::module_& m);       // bindings/sim.cpp
 
 namespace {
 
@@ -790,4 +787,5 @@ PYBIND11_MODULE(_core, m) {
   bind_kv(m);
   bind_ledger(m);
   bind_protocol(m);
+  bind_sim(m);
 }

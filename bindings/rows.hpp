@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "turnout/config.hpp"
 #include "turnout/ledger.hpp"
 #include "turnout/money.hpp"
 #include "turnout/usage.hpp"
@@ -17,6 +18,11 @@
 namespace turnout::bindings {
 
 namespace py = pybind11;
+
+/// What turnout._core.Config wraps (module.cpp binds it; sim.cpp takes one).
+struct ConfigHandle {
+  ConfigPtr ptr;
+};
 
 inline py::object decimal_usd(const std::string& text) {
   static py::object decimal = py::module_::import("decimal").attr("Decimal");

@@ -1,6 +1,6 @@
 """Type stubs for turnout._core (the pybind11 module over the C++ core)."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -65,6 +65,67 @@ class Decision:
         config_version: str,
         at: float,
     ) -> Decision: ...
+
+class AttemptPolicy:
+    """The one retry/fallback policy (the simulator's and the worker SDK's)."""
+
+    def __init__(
+        self,
+        *,
+        max_retries: int = 2,
+        base_backoff_ms: int = 250,
+        backoff_multiplier: float = 2.0,
+        max_backoff_ms: int = 10000,
+        jitter: float = 0.5,
+        max_retry_after_ms: int = 60000,
+        max_route_retries: int = 3,
+        max_attempts: int = 16,
+        seed: int = 0,
+    ) -> None: ...
+    def start(self, candidates: int) -> None: ...
+    def after_attempt(
+        self, status: str, now: float, retry_after_ms: int | None = None
+    ) -> tuple[str, int, float]: ...
+    def after_refusal(self, code: str, now: float) -> tuple[str, int, float]: ...
+    @property
+    def candidate(self) -> int: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def on_fallback(self) -> bool: ...
+    def backoff_ms(self, retry: int) -> int: ...
+
+class Simulation:
+    """The what-if engine: a trace through the real Router against simulated providers and GPUs."""
+
+    def __init__(
+        self,
+        config: Config,
+        models: dict[str, dict[str, Any]] = ...,
+        *,
+        seed: int = 0,
+        precise_kv: bool = True,
+        series_interval_s: float = 60.0,
+        admission_queue: bool = False,
+        retry: dict[str, Any] | None = None,
+    ) -> None: ...
+    def add(
+        self,
+        *,
+        arrival_s: Any,
+        scenario: Sequence[str],
+        key: Sequence[str | None] | None = None,
+        data_class: Sequence[str | None] | None = None,
+        input_tokens: Any,
+        output_tokens: Any,
+        accepted: Any = None,
+        token_offsets: Any = None,
+        token_ids: Any = None,
+        block_offsets: Any = None,
+        blocks: Any = None,
+        block_tokens: int = 16,
+    ) -> None: ...
+    def run(self, progress: Callable[[int, int], object] | None = None) -> dict[str, Any]: ...
 
 class Router:
     def __init__(
