@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -276,6 +277,22 @@ TEST_F(ProviderTest, AnthropicOneHourAndFiveMinuteBreakpointsArePricedApart) {
   EXPECT_EQ(r.cost.picos(), cost(1024, 300'000) + cost(1040, 3'750'000) + cost(100, 15'000'000));
 }
 
+TEST_F(ProviderTest, AnthropicReadsTheLongestCachedPrefixEvenPastAnExpiredShorterEntry) {
+  Provider p = provider("claude");
+  const TestPrompt prompt(tokens(2048, 13));
+  const std::vector<Breakpoint> bps = {{1024}, {2048}};
+  Attempt a = p.call(prompt.prompt(), 2048, 10, kT0, ProcessingMode::online, bps);
+  EXPECT_EQ(a.cache_write_tokens, 2048);
+  // A call with only the end breakpoint reads (and refreshes) the 2048-token entry, not the 1024 one.
+  a = p.call(prompt.prompt(), 2048, 10, kT0 + 240 * kS);
+  EXPECT_EQ(a.cached_tokens, 2048);
+  // At +6 min the 1024-token entry has expired, the 2048-token one has not: the whole prefix is read,
+  // nothing is billed as a write (the breakpoint at 1024 lies inside what was read).
+  a = p.call(prompt.prompt(), 2048, 10, kT0 + 360 * kS, ProcessingMode::online, bps);
+  EXPECT_EQ(a.cached_tokens, 2048);
+  EXPECT_EQ(a.cache_write_tokens, 0);
+}
+
 TEST_F(ProviderTest, AnthropicBelowTheMinimumNeitherReadsNorWritesAndBatchIsBilledAtBatchPrices) {
   Provider p = provider("claude");
   const TestPrompt small(tokens(1000, 11));
@@ -517,6 +534,33 @@ TEST_F(ProviderTest, ACacheHitShortensTtftByItsShareOfThePrompt) {
   EXPECT_NEAR(warm_ttft, cold_ttft * 0.5, 1.0);  // fully cached: half the TTFT (the default saving)
 }
 
+TEST_F(ProviderTest, ExtremeLatencyDrawsStayOnTheClock) {
+  // A decode-rate tail this wide draws rates near zero: the call still ends at a valid time (never
+  // before its first token, never past kNever), also when called near the end of the clock.
+  ProviderSpec s;
+  s.latency.tokens_per_s_p95 = 1e-12;
+  s.latency.ttft_p95_ms = 1e300;
+  Provider p = provider("oai", s);
+  const TestPrompt prompt(tokens(64, 3));
+  for (int i = 0; i < 200; ++i) {
+    const SimTime now = i % 2 == 0 ? kT0 : kNever - kS;
+    const Attempt a = p.call(prompt.prompt(), 64, std::int64_t{1} << 31, now);
+    ASSERT_EQ(a.status, Status::ok);
+    EXPECT_GE(a.first_token_at, now) << i;
+    EXPECT_GE(a.done_at, a.first_token_at) << i;
+  }
+}
+
+TEST_F(ProviderTest, BadCallsAreRefusedNotClamped) {
+  Provider p = provider("oai");
+  const TestPrompt prompt(tokens(64, 3));
+  EXPECT_THROW((void)p.call(prompt.prompt(), -1, 10, kT0), std::invalid_argument);
+  EXPECT_THROW((void)p.call(prompt.prompt(), 64, -5, kT0), std::invalid_argument);
+  EXPECT_THROW((void)p.call(prompt.prompt(), std::numeric_limits<std::int64_t>::max(), 10, kT0), std::invalid_argument);
+  EXPECT_THROW((void)p.call(prompt.prompt(), 64, std::numeric_limits<std::int64_t>::max(), kT0), std::invalid_argument);
+  EXPECT_EQ(p.call(prompt.prompt(), 64, 10, kT0).status, Status::ok);
+}
+
 // ---- Bad input ------------------------------------------------------------------------------------
 
 TEST_F(ProviderTest, BadSpecsAreRefusedNamingTheField) {
@@ -547,6 +591,13 @@ TEST_F(ProviderTest, BadSpecsAreRefusedNamingTheField) {
   s = {};
   s.cache_hit_ttft_saving = 1.0;
   EXPECT_NE(message("oai", s).find("cache_hit_ttft_saving"), std::string::npos);
+  s = {};
+  s.timeout_ms = std::numeric_limits<std::int64_t>::max();  // overflows the clock in microseconds
+  EXPECT_NE(message("oai", s).find("timeout_ms"), std::string::npos);
+  s = {};
+  s.latency.tokens_per_s_p50 = std::numeric_limits<double>::infinity();
+  s.latency.tokens_per_s_p95 = std::numeric_limits<double>::infinity();
+  EXPECT_NE(message("oai", s).find("output_tokens_per_s"), std::string::npos);
   EXPECT_TRUE(check_provider(target("oai"), {}).ok());
   EXPECT_THROW((void)provider("pool"), std::invalid_argument);
 }

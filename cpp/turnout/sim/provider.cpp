@@ -24,6 +24,18 @@ constexpr double kZ95 = 1.6448536269514722;
 constexpr std::int64_t kMaxPerMinute = std::int64_t{1} << 36;
 constexpr std::int64_t kMaxCacheTtlS = std::int64_t{7} * 86'400;  // as the table's cache.ttl_s
 constexpr std::int64_t kMaxCacheEntries = std::int64_t{1} << 32;
+constexpr std::int64_t kMaxTimeoutMs = std::int64_t{86'400'000};  // a day
+/// The most tokens a call may have each way: their sum and the TPM bucket's arithmetic stay in 64 bits.
+constexpr std::int64_t kMaxCallTokens = std::int64_t{1} << 40;
+
+/// `now` plus `us` microseconds drawn from a distribution: rounded, and held on the clock (a draw from
+/// a wide tail can be astronomically long, or even infinite; the sum saturates at kNever).
+SimTime after(SimTime now, double us) {
+  constexpr double kLongest = 0x1p62;                                                           // about 146,000 years
+  const SimTime d = us < kLongest ? std::max<SimTime>(0, std::llround(us)) : SimTime{1} << 62;  // also inf
+  SimTime end = 0;
+  return __builtin_add_overflow(now, d, &end) ? kNever : end;
+}
 
 bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
 
@@ -136,7 +148,9 @@ Result<Ok> check_provider(const Target& target, const ProviderSpec& spec) {
   if (!(spec.error_rate >= 0.0 && spec.error_rate <= 1.0)) {
     return bad(at + "error_rate: expected 0 to 1, got " + std::to_string(spec.error_rate));
   }
-  if (spec.timeout_ms <= 0) return bad(at + "timeout_ms: expected > 0, got " + std::to_string(spec.timeout_ms));
+  if (spec.timeout_ms <= 0 || spec.timeout_ms > kMaxTimeoutMs) {
+    return bad(at + "timeout_ms: expected 1 to 86400000 (a day), got " + std::to_string(spec.timeout_ms));
+  }
   if (!(spec.cache_hit_ttft_saving >= 0.0 && spec.cache_hit_ttft_saving < 1.0)) {
     return bad(at + "cache_hit_ttft_saving: expected 0 <= saving < 1, got " +
                std::to_string(spec.cache_hit_ttft_saving));
@@ -258,27 +272,41 @@ Provider::Written Provider::breakpoint_cache(const Prompt& prompt, std::int64_t 
   if (breakpoints.empty()) breakpoints = std::span<const Breakpoint>(&at_end, 1);
   const std::int64_t chained = static_cast<std::int64_t>(prompt.chain.size()) * kChainTokens;
   const std::int64_t lowest = round_up(std::max(rules_.min_prefix_tokens, kChainTokens), kChainTokens);
-  Written w;
-  std::int64_t covered = 0;  // tokens already read or written by an earlier breakpoint
+  auto reach = [&](const Breakpoint& b) {
+    return std::min({b.tokens, input_tokens, chained}) / kChainTokens * kChainTokens;
+  };
+  auto entry = [&](std::int64_t tokens) {
+    return find(prompt.chain[static_cast<std::size_t>(tokens / kChainTokens - 1)], now);
+  };
+  // The read is the longest cached prefix at or before the furthest breakpoint, whichever call wrote it:
+  // Anthropic reads the longest match, looking back past the earlier breakpoints. Its TTL is refreshed.
+  std::int64_t furthest = 0;
   for (const Breakpoint& b : breakpoints) {
-    const std::int64_t t = std::min({b.tokens, input_tokens, chained}) / kChainTokens * kChainTokens;
-    if (t <= covered || t < rules_.min_prefix_tokens) continue;  // too short: neither read nor written
-    // A hit is the longest entry at or before the breakpoint (Anthropic looks back over earlier block
-    // boundaries), never shorter than what earlier breakpoints covered.
-    for (std::int64_t p = t; p >= std::max(covered + kChainTokens, lowest); p -= kChainTokens) {
-      if (Entry* e = find(prompt.chain[static_cast<std::size_t>(p / kChainTokens - 1)], now)) {
-        e->expires = now + e->ttl;
-        w.read += p - covered;
-        covered = p;
-        break;
-      }
+    if (const std::int64_t t = reach(b); t >= lowest) furthest = std::max(furthest, t);
+  }
+  Written w;
+  for (std::int64_t p = furthest; p >= lowest; p -= kChainTokens) {
+    if (Entry* e = entry(p)) {
+      e->expires = now + e->ttl;
+      w.read = p;
+      break;
     }
-    if (t > covered) {
-      const bool hour = b.ttl == CacheTtl::one_hour;
-      store(prompt.chain[static_cast<std::size_t>(t / kChainTokens - 1)], now, hour ? rules_.ttl_1h : rules_.ttl);
-      (hour ? w.write_1h : w.write_5m) += t - covered;
-      covered = t;
+  }
+  // A breakpoint inside the read refreshes its own entry (it was used); one past it writes from the last
+  // position covered, with its TTL. Too short a prefix is neither read nor written.
+  std::int64_t covered = w.read;
+  for (const Breakpoint& b : breakpoints) {
+    const std::int64_t t = reach(b);
+    if (t < lowest) continue;
+    if (t < w.read) {
+      if (Entry* e = entry(t)) e->expires = now + e->ttl;
+      continue;
     }
+    if (t <= covered) continue;
+    const bool hour = b.ttl == CacheTtl::one_hour;
+    store(prompt.chain[static_cast<std::size_t>(t / kChainTokens - 1)], now, hour ? rules_.ttl_1h : rules_.ttl);
+    (hour ? w.write_1h : w.write_5m) += t - covered;
+    covered = t;
   }
   return w;
 }
@@ -385,10 +413,12 @@ void Provider::encode_usage(Attempt& a, std::int64_t input, std::int64_t output,
 
 Attempt Provider::call(const Prompt& prompt, std::int64_t input_tokens, std::int64_t output_tokens, SimTime now,
                        ProcessingMode mode, std::span<const Breakpoint> breakpoints) {
+  if (input_tokens < 0 || output_tokens < 0 || input_tokens > kMaxCallTokens || output_tokens > kMaxCallTokens) {
+    throw std::invalid_argument("Provider::call: expected 0 to 2^40 tokens each way, got " +
+                                std::to_string(input_tokens) + " in and " + std::to_string(output_tokens) + " out");
+  }
   Attempt a;
   a.done_at = now;
-  input_tokens = std::max<std::int64_t>(input_tokens, 0);
-  output_tokens = std::max<std::int64_t>(output_tokens, 0);
 
   // 429 first: a rejected call reaches neither the model nor its cache, and costs nothing.
   if (const std::int64_t wait = retry_after_ms(input_tokens + output_tokens, now); wait != 0) {
@@ -412,11 +442,11 @@ Attempt Provider::call(const Prompt& prompt, std::int64_t input_tokens, std::int
   auto fail = [&](Status status, SimTime window_end) {
     a.status = status;
     if (status == Status::timeout) {
-      a.done_at = now + (spec_.timeout_ms * kMicrosPerMs);
+      a.done_at = after(now, static_cast<double>(spec_.timeout_ms * kMicrosPerMs));
     } else if (status == Status::rate_limited) {  // a provider shedding load: come back after the window
       a.retry_after_ms = std::max<std::int64_t>(1, (window_end - now + kMicrosPerMs - 1) / kMicrosPerMs);
     } else {  // an error arrives about when a first token would have
-      a.done_at = now + std::llround(std::exp(ttft_mu_ + (ttft_sigma_ * ttft_z)) * kMicrosPerMs);
+      a.done_at = after(now, std::exp(ttft_mu_ + (ttft_sigma_ * ttft_z)) * kMicrosPerMs);
     }
   };
   for (const Outage& o : spec_.outages) {
@@ -444,8 +474,8 @@ Attempt Provider::call(const Prompt& prompt, std::int64_t input_tokens, std::int
   const double cached_share = input_tokens > 0 ? static_cast<double>(w.read) / static_cast<double>(input_tokens) : 0;
   const double ttft_ms = std::exp(ttft_mu_ + ttft_sigma_ * ttft_z) * (1.0 - spec_.cache_hit_ttft_saving * cached_share);
   const double rate = std::exp(rate_mu_ + rate_sigma_ * rate_z);
-  a.first_token_at = now + std::llround(ttft_ms * kMicrosPerMs);
-  a.done_at = a.first_token_at + std::llround(static_cast<double>(output_tokens) / rate * kMicrosPerS);
+  a.first_token_at = after(now, ttft_ms * kMicrosPerMs);
+  a.done_at = after(a.first_token_at, static_cast<double>(output_tokens) / rate * kMicrosPerS);
   encode_usage(a, input_tokens, output_tokens, w, mode);
   return a;
 }

@@ -53,7 +53,7 @@ struct ProviderSpec {
   std::int64_t tpm = 0;  ///< input + output tokens per minute (token bucket); 0 = no limit
   double error_rate = 0.0;
   std::vector<Outage> outages;
-  std::int64_t timeout_ms = 600'000;  ///< how long a call that times out takes (the SDKs' 10-minute default)
+  std::int64_t timeout_ms = 600'000;  ///< how long a call that times out takes (the SDKs' 10-minute default); <= a day
   /// The cache TTL in seconds; -1: the target's cache.ttl_s when the table sets it, else the provider's
   /// documented default.
   std::int64_t cache_ttl_s = -1;
@@ -111,7 +111,8 @@ class Provider {
   /// tokens past it are never cached) that answers `output_tokens` tokens. `breakpoints` (Anthropic
   /// only, in prompt order: one at or before an earlier one adds nothing) say where cache_control sits;
   /// none: one 5-minute breakpoint at the end of the prompt. More than kMaxBreakpoints, or a 1-hour one after a
-  /// 5-minute one, fails as the API does (Status::error).
+  /// 5-minute one, fails as the API does (Status::error). Throws std::invalid_argument for a token count
+  /// outside 0 to 2^40. Times saturate at kNever (a draw from a very wide latency tail).
   [[nodiscard]] Attempt call(const Prompt& prompt, std::int64_t input_tokens, std::int64_t output_tokens, SimTime now,
                              ProcessingMode mode = ProcessingMode::online,
                              std::span<const Breakpoint> breakpoints = {});

@@ -34,6 +34,12 @@ namespace {
 
 constexpr std::int64_t kUnbounded = std::int64_t{1} << 60;
 constexpr std::size_t kNone = ~std::size_t{0};
+/// The longest a step may take (10 minutes), and the most tokens a sequence may have each way (2^32):
+/// together they keep every run's end, 2^33 steps at most, inside the 64-bit clock.
+constexpr double kMaxStepMs = 600'000.0;
+constexpr std::int64_t kMaxSequenceTokens = std::int64_t{1} << 32;
+/// The largest concurrency calibration simulates (8 x this many requests).
+constexpr std::int64_t kMaxCalibrationConcurrency = std::int64_t{1} << 16;
 
 bool finite_non_negative(double v) { return std::isfinite(v) && v >= 0; }
 
@@ -72,6 +78,15 @@ Result<Ok> check_spec(const EngineSpec& spec) {
   }
   if (spec.capacity_blocks < 0) return invalid("engine spec: capacity_blocks must be >= 0 (0 = unbounded)");
   if (spec.gpus < 1) return invalid("engine spec: gpus must be >= 1");
+  // The longest step: a full budget of prefill beside max_seqs decoders (in double: no overflow).
+  const double longest = m.overhead_ms + m.ms_per_prefill_token * static_cast<double>(spec.max_batched_tokens) +
+                         m.ms_per_decode_seq * static_cast<double>(spec.max_seqs);
+  if (!(longest <= kMaxStepMs)) {
+    return invalid(
+        "engine spec: a full step (overhead + max_batched_tokens prefill tokens + max_seqs decoders) "
+        "must take at most 10 minutes, got " +
+        std::to_string(longest) + " ms");
+  }
   return Ok{};
 }
 
@@ -117,6 +132,9 @@ Result<Ok> check_row(const EngineSpec& spec, const ThroughputRow& row) {
   if (row.input_tokens < 1 || row.output_tokens < 1 || row.concurrency < 1) {
     return invalid("throughput row: input_tokens, output_tokens and concurrency must be >= 1");
   }
+  if (row.concurrency > kMaxCalibrationConcurrency) {
+    return invalid("throughput row: concurrency must be at most " + std::to_string(kMaxCalibrationConcurrency));
+  }
   if (!Replica(spec, false).fits(row.input_tokens, row.output_tokens)) {
     return invalid("throughput row: a request of this shape needs more KV blocks than capacity_blocks");
   }
@@ -150,7 +168,8 @@ Replica::Replica(EngineSpec spec, bool emit_kv_events)
 
 bool Replica::fits(std::int64_t input_tokens, std::int64_t output_tokens) const noexcept {
   // The most a sequence ever holds: its prompt and every generated token but the last (never computed).
-  return input_tokens >= 1 && output_tokens >= 1 && blocks_for(input_tokens + output_tokens - 1) <= capacity_;
+  return input_tokens >= 1 && output_tokens >= 1 && input_tokens <= kMaxSequenceTokens &&
+         output_tokens <= kMaxSequenceTokens && blocks_for(input_tokens + output_tokens - 1) <= capacity_;
 }
 
 void Replica::submit(const SeqSpec& seq, SimTime now) {

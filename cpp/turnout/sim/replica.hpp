@@ -36,7 +36,8 @@ struct EngineSpec {
   std::int64_t gpus = 1;                   ///< GPUs per replica (for GPU-hours; not in the step model)
 };
 
-/// Whether `spec` is usable; the error says which field is wrong (ErrorCode::invalid_argument).
+/// Whether `spec` is usable (a full step takes at most 10 minutes); the error says which field is wrong
+/// (ErrorCode::invalid_argument).
 [[nodiscard]] Result<Ok> check_spec(const EngineSpec& spec);
 
 /// A published throughput measurement: output tokens per second of one replica at saturation, for
@@ -71,8 +72,8 @@ inline constexpr std::array<PublishedRow, 2> kPublishedRows{{
      {4'205.0, 1000, 1000, 256}},
 }};
 
-/// Whether `row` can calibrate a replica of `spec` (positive figures; a request of its shape fits the KV
-/// capacity); the error says what is wrong (ErrorCode::invalid_argument).
+/// Whether `row` can calibrate a replica of `spec` (positive figures, concurrency at most 2^16; a request
+/// of its shape fits the KV capacity); the error says what is wrong (ErrorCode::invalid_argument).
 [[nodiscard]] Result<Ok> check_row(const EngineSpec& spec, const ThroughputRow& row);
 
 /// The StepModel whose saturated throughput on `row`'s shape is `row.output_tokens_per_s`: `spec.step`
@@ -146,7 +147,8 @@ class Replica {
   /// for a sequence that could never run (no tokens, or more KV blocks than the capacity; see fits()),
   /// and std::logic_error when the replica was not advanced to `now`.
   void submit(const SeqSpec& seq, SimTime now);
-  /// Whether a sequence of this shape can run at all (its KV blocks fit the capacity).
+  /// Whether a sequence of this shape can run at all: 1 to 2^32 tokens each way, its KV blocks within
+  /// the capacity.
   [[nodiscard]] bool fits(std::int64_t input_tokens, std::int64_t output_tokens) const noexcept;
 
   /// When the batch next changes (the end of the current run of identical steps, or a step due now);
