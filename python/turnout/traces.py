@@ -22,8 +22,9 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
+from turnout import _core
 from turnout._errors import TraceError, UnknownScenarioError
-from turnout.prefix import canonical_prompt, prefix_hashes
+from turnout.prefix import canonical_prompt
 
 TRACE_VERSION = 1
 """The version in a Turnout trace's header line ``{"turnout_trace": 1}``."""
@@ -405,7 +406,7 @@ def _turnout_row(row: Any) -> dict[str, Any]:
             raise _Bad("'text' must be a string")
         args.update(
             prompt="blocks",
-            values=prefix_hashes(text=text, block_size=TEXT_BLOCK_TOKENS),
+            values=_core.trace_blocks(text=text),  # the chain the sidecar's --record writes
             block_tokens=TEXT_BLOCK_TOKENS,
         )
     return args
@@ -492,9 +493,7 @@ def _column_index(
     names = [h.strip() for h in header]
     missing = [w for w in wanted if w not in names]
     if missing:
-        raise _Bad(
-            f"not a {fmt} header: missing column {missing[0]!r} (has: {', '.join(names)})"
-        )
+        raise _Bad(f"not a {fmt} header: missing column {missing[0]!r} (has: {', '.join(names)})")
     return {w: names.index(w) for w in (*wanted, *optional) if w in names}
 
 
@@ -688,11 +687,14 @@ class TraceReader:
     def _azure_records(self, f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         for n, cells, ix in self._csv_rows(f, AZURE_COLUMNS, "Azure LLM inference trace"):
             try:
-                yield n, {
-                    "at": parse_azure_timestamp(cells[ix["TIMESTAMP"]]),
-                    "input_tokens": _csv_int(cells[ix["ContextTokens"]], "ContextTokens"),
-                    "output_tokens": _csv_int(cells[ix["GeneratedTokens"]], "GeneratedTokens"),
-                }
+                yield (
+                    n,
+                    {
+                        "at": parse_azure_timestamp(cells[ix["TIMESTAMP"]]),
+                        "input_tokens": _csv_int(cells[ix["ContextTokens"]], "ContextTokens"),
+                        "output_tokens": _csv_int(cells[ix["GeneratedTokens"]], "GeneratedTokens"),
+                    },
+                )
             except _Bad as e:
                 self._bad(n, str(e))
 
@@ -713,12 +715,15 @@ class TraceReader:
                 if output == 0:  # failed at the source: no answer to replay
                     self.stats.failed_in_source += 1
                     continue
-                yield n, {
-                    "at": self.start_s + t,
-                    "input_tokens": _csv_int(cells[ix["Request tokens"]], "Request tokens"),
-                    "output_tokens": output,
-                    "key": None if session is None else cells[session] or None,
-                }
+                yield (
+                    n,
+                    {
+                        "at": self.start_s + t,
+                        "input_tokens": _csv_int(cells[ix["Request tokens"]], "Request tokens"),
+                        "output_tokens": output,
+                        "key": None if session is None else cells[session] or None,
+                    },
+                )
             except _Bad as e:
                 self._bad(n, str(e))
 
@@ -898,9 +903,7 @@ def scenario_resolver(
     known = set(scenarios)
     listing = ", ".join(scenarios)
     if default is not None and default not in known:
-        raise UnknownScenarioError(
-            f"unknown scenario {default!r}: the routing table has {listing}"
-        )
+        raise UnknownScenarioError(f"unknown scenario {default!r}: the routing table has {listing}")
     fallback = default if default is not None else (scenarios[0] if len(scenarios) == 1 else None)
 
     def resolve(chunk: TraceColumns, where: str) -> None:
@@ -1048,7 +1051,8 @@ class TraceWriter:
         is_blocks = chunk.prompt == "blocks"
         kind = schema.field("blocks" if is_blocks else "token_ids").type
         prompt = pa.LargeListArray.from_arrays(
-            pa.array(chunk.offsets), pa.array(chunk.values, type=kind.value_type),
+            pa.array(chunk.offsets),
+            pa.array(chunk.values, type=kind.value_type),
             mask=pa.array(empty),
         )
         no_prompt = pa.nulls(n, type=schema.field("token_ids" if is_blocks else "blocks").type)

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import turnout
+from turnout import _core
 from turnout.cli import main as cli_main
 from turnout.traces import (
     DEFAULT_START_S,
@@ -149,12 +150,12 @@ def test_turnout_prompts_text_and_messages_hash_through_the_core() -> None:
     assert len(rows) == 5
     lines = json.loads((DATA / "turnout_sample.jsonl").read_text().splitlines()[1])
     text = turnout.canonical_prompt(lines["messages"])
-    assert rows[0].blocks == turnout.prefix_hashes(text=text, block_size=16)
+    assert rows[0].blocks == _core.trace_blocks(text=text)  # what --record writes
     assert rows[0].block_tokens == 16
     assert rows[0].accepted is True
     assert rows[0].key == "user-42"
     raw = json.loads((DATA / "turnout_sample.jsonl").read_text().splitlines()[2])
-    assert rows[1].blocks == turnout.prefix_hashes(text=raw["text"], block_size=16)
+    assert rows[1].blocks == _core.trace_blocks(text=raw["text"])
     assert rows[1].data_class == "public"
     assert rows[1].accepted is None
     assert rows[2].token_ids is not None
@@ -264,7 +265,7 @@ GOOD = '{"at": 1.0, "input_tokens": 10, "output_tokens": 5}'
             '{"at": 1.0, "input_tokens": 1, "output_tokens": 5, "blocks": [1], "block_tokens": 0}',
             "'block_tokens' must be a positive integer",
         ),
-        ('[1, 2, 3]', "must be a JSON object"),
+        ("[1, 2, 3]", "must be a JSON object"),
     ],
 )
 def test_corrupt_turnout_lines_name_file_and_line(tmp_path: Path, line: str, what: str) -> None:
@@ -276,9 +277,7 @@ def test_corrupt_turnout_lines_name_file_and_line(tmp_path: Path, line: str, wha
 
 
 def test_skip_bad_counts_and_continues(tmp_path: Path) -> None:
-    path = write_lines(
-        tmp_path / "bad.jsonl", [GOOD, "{oops", GOOD, '{"at": 2}', "", GOOD]
-    )
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD, "{oops", GOOD, '{"at": 2}', "", GOOD])
     reader = read_trace(path, "turnout", skip_bad=True)
     chunks = list(reader.chunks())
     assert sum(len(c) for c in chunks) == 3

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "turnout/router.hpp"
+#include "turnout/state.hpp"
 
 namespace turnout::sim {
 
@@ -155,7 +156,10 @@ struct Simulator::Impl {
         continue;
       }
       m.engine.block_size = t.kv.block_size;  // the router's directory only takes blocks of its own size
-      if (m.engine.capacity_blocks == 0) m.engine.capacity_blocks = t.kv.capacity_blocks;
+      // Unset everywhere: the capacity the router's directory assumes, so memory stays bounded.
+      if (m.engine.capacity_blocks == 0) {
+        m.engine.capacity_blocks = t.kv.capacity_blocks > 0 ? t.kv.capacity_blocks : kDefaultReplicaBlocks;
+      }
       m.engine.gpus = t.cost.gpus_per_replica;
       if (auto v = check_model(t, m); !v) return std::move(v).error();
       feed_kv[i] = options.precise_kv && t.kv.precise;
