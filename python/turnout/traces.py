@@ -180,8 +180,8 @@ class TraceColumns:
 @dataclass
 class ReadStats:
     """What reading (and adding) a trace found: requests read, bad lines skipped (``skip_bad``)
-    with the first few reasons, and the source's failed requests left out (BurstGPT's, with 0
-    response tokens: nothing to replay)."""
+    with the first few reasons, and the source's failed requests left out (0 output tokens:
+    BurstGPT's failures, and decisions a sidecar recorded without an answer: nothing to replay)."""
 
     requests: int = 0
     skipped: int = 0
@@ -652,9 +652,14 @@ class TraceReader:
                 continue
             first = False
             try:
-                yield n, _turnout_row(obj)
+                args = _turnout_row(obj)
             except _Bad as e:
                 self._bad(n, str(e))
+                continue
+            if args["output_tokens"] == 0:  # no answer in the source (the sidecar records those)
+                self.stats.failed_in_source += 1
+                continue
+            yield n, args
 
     def _mooncake_records(self, f: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
         for n, obj in self._json_lines(f):
@@ -761,6 +766,9 @@ class TraceReader:
                 except _Bad as e:
                     self._bad_row(row, str(e))
                     continue
+                if args["output_tokens"] == 0:  # no answer in the source
+                    self.stats.failed_in_source += 1
+                    continue
                 self.stats.requests += 1
                 chunk = builder.append(line=row, **args)
                 if chunk is not None:
@@ -801,7 +809,7 @@ def _parquet_batch_columns(batch: Any, first_row: int) -> TraceColumns | None:
     at = numbers["at"].astype(np.float64)
     if not np.all(np.isfinite(at) & (at >= 0)):
         return None
-    if (numbers["input_tokens"] < 0).any() or (numbers["output_tokens"] < 0).any():
+    if (numbers["input_tokens"] < 0).any() or (numbers["output_tokens"] < 1).any():
         return None
     text_columns = {}
     for name in ("scenario", "key", "data_class"):

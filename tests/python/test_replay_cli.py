@@ -257,9 +257,9 @@ def test_requests_the_simulator_refuses_are_named_by_line(tmp_path: Path) -> Non
         '{"at": 1767225600.0, "scenario": "agent-assist", "input_tokens": 900, '
         '"output_tokens": 50}'
     )
-    empty = (
-        '{"at": 1767225601.0, "scenario": "agent-assist", "input_tokens": 900, '
-        '"output_tokens": 0}'
+    empty = (  # no prompt at all: the reader takes it, the simulator refuses it
+        '{"at": 1767225601.0, "scenario": "agent-assist", "input_tokens": 0, '
+        '"output_tokens": 50}'
     )
     trace = tmp_path / "t.jsonl"
     trace.write_text("\n".join(['{"turnout_trace": 1}', good, empty, good]) + "\n")

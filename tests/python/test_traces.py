@@ -483,3 +483,20 @@ def test_generate_command_refuses_rate_with_duration(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "has no name" in result.output
+
+
+def test_requests_without_an_answer_are_left_out_and_counted(tmp_path: Path) -> None:
+    # A sidecar's --record writes decisions that never got an ok outcome with 0 output tokens:
+    # nothing to replay, so they are left out and counted, in JSON Lines and Parquet alike.
+    unanswered = '{"at": 1.5, "input_tokens": 10, "output_tokens": 0}'
+    path = write_lines(tmp_path / "t.jsonl", [GOOD, unanswered, GOOD])
+    reader = read_trace(path)
+    assert sum(len(list(c.rows())) for c in reader.chunks()) == 2
+    assert reader.stats.failed_in_source == 1
+    table = pa.table(
+        {"at": [1.0, 1.5, 2.0], "input_tokens": [10, 10, 10], "output_tokens": [5, 0, 5]}
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    reader = read_trace(tmp_path / "t.parquet")
+    assert sum(len(list(c.rows())) for c in reader.chunks()) == 2
+    assert reader.stats.failed_in_source == 1
