@@ -356,6 +356,69 @@ void bind_sim(py::module_& m);       // bindings/sim.cpp
 
 namespace {
 
+// A catalog's rates as USD per million tokens (exact Decimal).
+py::dict price_rates_dict(const PriceRates& r) {
+  constexpr std::int64_t kTokensPerMtok = 1'000'000;
+  auto per_mtok = [](TokenPrice p) { return money(p.times(kTokensPerMtok)); };
+  return py::dict(py::arg("input_per_mtok") = per_mtok(r.input), py::arg("output_per_mtok") = per_mtok(r.output),
+                  py::arg("cache_read_per_mtok") = per_mtok(r.cache_read),
+                  py::arg("cache_write_5m_per_mtok") = per_mtok(r.cache_write_5m),
+                  py::arg("cache_write_1h_per_mtok") = per_mtok(r.cache_write_1h));
+}
+
+py::object optional_int(std::int64_t v) { return v > 0 ? py::object(py::int_(v)) : py::object(py::none()); }
+
+py::dict scenario_info(const ConfigHandle& c, const std::string& name) {
+  const auto idx = c.ptr->find_scenario(name);
+  if (idx == kNone) raise({ErrorCode::unknown_scenario, "unknown scenario '" + name + "'"});
+  const Config& config = *c.ptr;
+  const Scenario& s = config.scenarios[idx];
+  auto optional_str = [](const std::string& v) { return v.empty() ? py::object(py::none()) : py::object(py::str(v)); };
+  py::dict d;
+  d["name"] = s.name;
+  d["description"] = optional_str(s.description);
+  d["owner"] = optional_str(s.owner);
+  d["data_class"] =
+      s.data_class == kNone ? py::object(py::none()) : py::object(py::str(config.data_classes[s.data_class]));
+  std::vector<std::string> regions;
+  for (std::size_t i = 0; i < config.regions.size(); ++i) {
+    if ((s.region_mask >> i) & 1U) regions.push_back(config.regions[i]);
+  }
+  d["regions"] = regions;
+  d["ttft_p95_ms"] = optional_int(s.ttft_p95_ms);
+  d["latency_p95_ms"] = optional_int(s.latency_p95_ms);
+  d["min_accept_rate"] = s.min_accept_rate > 0 ? py::object(py::float_(s.min_accept_rate)) : py::object(py::none());
+  d["mode"] = s.mode == ProcessingMode::batch ? "batch" : "online";
+  d["max_output_tokens"] = s.max_output_tokens;
+  py::list routes;
+  for (const Route& r : s.routes) {
+    routes.append(py::dict(py::arg("target") = config.targets[r.target].name, py::arg("weight") = r.weight));
+  }
+  d["routes"] = routes;
+  std::vector<std::string> fallback;
+  for (const std::uint32_t t : s.fallback) fallback.push_back(config.targets[t].name);
+  d["fallback"] = fallback;
+  d["spillover"] = s.spillover ? py::object(py::dict(py::arg("target") = config.targets[s.spillover->target].name,
+                                                     py::arg("when_inflight_ratio") = s.spillover->when_inflight_ratio))
+                               : py::object(py::none());
+  d["budget_usd_per_day"] = s.budget_per_day ? money(*s.budget_per_day) : py::object(py::none());
+  d["prefix_affinity"] = s.prefix_affinity;
+  return d;
+}
+
+// Parts per million of a share given as Decimal, str, int or float (floats through their repr, so 0.24
+// is exactly 240000), rounded half to even.
+std::int64_t share_ppm(const py::object& share) {
+  static py::object decimal = py::module_::import("decimal").attr("Decimal");
+  const py::object d = py::isinstance<py::float_>(share) ? decimal(py::repr(share)) : decimal(py::str(share));
+  const py::object ppm = (d * decimal("1000000")).attr("to_integral_value")();
+  if (!py::bool_(ppm.attr("is_finite")())) {
+    raise({ErrorCode::invalid_argument,
+           "utilization must be a finite number, got " + py::str(share).cast<std::string>()});
+  }
+  return ppm.cast<py::int_>().cast<std::int64_t>();
+}
+
 /// Config, load_config, load_config_text.
 void bind_config(py::module_& m) {
   py::class_<ConfigHandle>(m, "Config", "A validated, immutable routing table.")
@@ -397,11 +460,39 @@ void bind_config(py::module_& m) {
             d["data_classes"] = classes;
             d["context_window"] = t.context_window;
             std::vector<std::string> endpoints;
-            for (const auto& r : t.replicas) endpoints.push_back(r.endpoint);
+            std::vector<std::int64_t> max_inflight;
+            for (const auto& r : t.replicas) {
+              endpoints.push_back(r.endpoint);
+              max_inflight.push_back(r.max_inflight);
+            }
             d["endpoints"] = endpoints;
+            d["max_inflight"] = max_inflight;
+            d["price"] = t.price.present ? py::object(price_rates_dict(t.price.base)) : py::object(py::none());
+            d["cache"] =
+                py::dict(py::arg("ttl_s") = t.cache.ttl_s, py::arg("min_prefix_tokens") = t.cache.min_prefix_tokens);
+            if (t.kind == TargetKind::self_hosted) {
+              py::dict monthly;
+              for (const auto& [item, usd] : t.cost.monthly_overheads) monthly[py::str(item)] = money(usd);
+              d["cost"] =
+                  py::dict(py::arg("gpus_per_replica") = t.cost.gpus_per_replica,
+                           py::arg("usd_per_gpu_hour") = money(t.cost.usd_per_gpu_hour),
+                           py::arg("prefill_tokens_per_s") = t.cost.prefill_tokens_per_s,
+                           py::arg("decode_tokens_per_s") = t.cost.decode_tokens_per_s, py::arg("monthly") = monthly);
+              d["kv"] =
+                  py::dict(py::arg("block_size") = t.kv.block_size, py::arg("capacity_blocks") = t.kv.capacity_blocks);
+            } else {
+              d["cost"] = py::none();
+              d["kv"] = py::none();
+            }
             return d;
           },
-          py::arg("name"))
+          py::arg("name"),
+          "What the table says of a target: kind, provider, model, region, data classes, context window, "
+          "endpoints and max_inflight per replica, base price (USD per million tokens), cache, and for a "
+          "self-hosted pool its cost (GPUs, $/GPU-hour, throughputs, monthly overheads) and kv.")
+      .def("scenario_info", &scenario_info, py::arg("name"),
+           "What the table says of a scenario: owner, description, data class, regions, SLO, quality gate, "
+           "mode, max output, routes, fallback, spillover, budget and prefix affinity.")
       .def("__repr__", [](const ConfigHandle& c) {
         return "<turnout.Config " + c.ptr->source + " (" + std::to_string(c.ptr->targets.size()) + " targets, " +
                std::to_string(c.ptr->scenarios.size()) + " scenarios)>";
@@ -676,6 +767,21 @@ void bind_pricing(py::module_& m) {
       },
       py::arg("config"), py::arg("target"), py::arg("usage"), py::arg("provider") = py::none(),
       py::arg("batch") = false);
+
+  m.def(
+      "self_hosted_cost_per_mtok",
+      [](std::int64_t gpus_per_replica, const py::object& usd_per_gpu_hour, std::int64_t output_tokens_per_s,
+         const py::object& utilization) {
+        SelfHostedCost cost;
+        cost.gpus_per_replica = gpus_per_replica;
+        cost.usd_per_gpu_hour = usd_from_text(py::str(usd_per_gpu_hour).cast<std::string>(), "usd_per_gpu_hour");
+        return money(unwrap(self_hosted_cost_per_mtok(cost, output_tokens_per_s, share_ppm(utilization))));
+      },
+      py::arg("gpus_per_replica"), py::arg("usd_per_gpu_hour"), py::arg("output_tokens_per_s"),
+      py::arg("utilization") = 1,
+      "Exact GPU cost (Decimal USD, to the picodollar) of one million output tokens on replicas of "
+      "`gpus_per_replica` GPUs at `usd_per_gpu_hour` each, sustaining `output_tokens_per_s` per replica at "
+      "full load and busy `utilization` (a share in (0, 1], to the millionth) of the time.");
 
   m.def(
       "canonical_prompt",

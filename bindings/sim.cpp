@@ -511,6 +511,21 @@ void bind_attempt_policy(py::module_& m) {
 
 void bind_sim(py::module_& m) {
   bind_attempt_policy(m);
+  m.def(
+      "published_rows",
+      [] {
+        py::list out;
+        for (const sim::PublishedRow& p : sim::kPublishedRows) {
+          out.append(py::dict(py::arg("name") = std::string(p.name), py::arg("source") = std::string(p.source),
+                              py::arg("gpus") = p.gpus, py::arg("output_tokens_per_s") = p.row.output_tokens_per_s,
+                              py::arg("input_tokens") = p.row.input_tokens,
+                              py::arg("output_tokens") = p.row.output_tokens,
+                              py::arg("concurrency") = p.row.concurrency));
+        }
+        return out;
+      },
+      "Published replica throughputs (sim::kPublishedRows): each row's output_tokens_per_s, input_tokens, "
+      "output_tokens and concurrency are a self-hosted model's `throughput` for a replay.");
   py::class_<Simulation>(m, "Simulation",
                          "The what-if engine: a discrete-event simulation of a trace through the real Router "
                          "against simulated providers and GPUs. add() the requests, then run() once.")

@@ -722,8 +722,8 @@ class Loader {
       expect_map(a, what + ".affinity", {"prefix"});
       if (a["prefix"]) s.prefix_affinity = bool_value(a["prefix"], what + ".affinity.prefix");
     }
-    if (node["owner"]) (void)string_value(node["owner"], what + ".owner");
-    if (node["description"]) (void)scalar(node["description"], what + ".description");
+    if (node["owner"]) s.owner = string_value(node["owner"], what + ".owner");
+    if (node["description"]) s.description = scalar(node["description"], what + ".description");
 
     if (config.scenario_index.contains(s.name)) fail(key, "scenario '" + s.name + "' is declared twice");
     config.scenario_index.emplace(s.name, static_cast<std::uint32_t>(config.scenarios.size()));

@@ -142,6 +142,8 @@ struct Spillover {
 
 struct Scenario {
   std::string name;
+  std::string owner;                 ///< the team that owns it ("" = unset): decision records and ledgers name it
+  std::string description;           ///< free text ("" = unset)
   std::uint32_t data_class = kNone;  ///< index into Config::data_classes
   std::uint64_t region_mask = 0;     ///< 0 = any region; else the target's region bit must be set
   std::int64_t ttft_p95_ms = 0;

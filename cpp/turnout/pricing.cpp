@@ -179,25 +179,28 @@ Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMo
                     "target '" + target.name + "' has no price catalog and the provider reported no cost");
 }
 
-Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost, std::int64_t output_tokens_per_s_per_gpu,
-                                        std::int64_t utilisation_pct) {
-  if (output_tokens_per_s_per_gpu <= 0) {
-    return make_error(ErrorCode::invalid_argument,
-                      "output tokens/s per GPU (" + std::to_string(output_tokens_per_s_per_gpu) + ") must be positive");
+Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost, std::int64_t replica_output_tokens_per_s,
+                                        std::int64_t utilisation_ppm) {
+  constexpr std::int64_t kPpm = 1'000'000;
+  if (replica_output_tokens_per_s <= 0) {
+    return make_error(
+        ErrorCode::invalid_argument,
+        "output tokens/s per replica (" + std::to_string(replica_output_tokens_per_s) + ") must be positive");
   }
-  if (utilisation_pct < 1 || utilisation_pct > 100) {
-    return make_error(ErrorCode::invalid_argument,
-                      "utilisation (" + std::to_string(utilisation_pct) + "%) must be within 1..100");
+  if (utilisation_ppm < 1 || utilisation_ppm > kPpm) {
+    return make_error(ErrorCode::invalid_argument, "utilisation (" + std::to_string(utilisation_ppm) +
+                                                       " ppm) must be within 1..1000000 ppm (0..100 %)");
   }
-  if (cost.usd_per_gpu_hour.picos() < 0) {
-    return make_error(ErrorCode::invalid_argument, "usd_per_gpu_hour is negative");
+  if (cost.usd_per_gpu_hour.picos() < 0 || cost.gpus_per_replica < 1) {
+    return make_error(ErrorCode::invalid_argument, "usd_per_gpu_hour is negative or gpus_per_replica below 1");
   }
-  // picos/Mtok = picos per GPU-hour × 10^6 tokens × 100 / (3600 s × tokens/s × utilisation %)
+  // picos/Mtok = gpus × picos per GPU-hour × 10^6 tokens × 10^6 / (3600 s × tokens/s × utilisation ppm)
   constexpr std::int64_t kTokensPerMtok = 1'000'000;
-  const auto per_hour = static_cast<UInt128>(cost.usd_per_gpu_hour.picos());
-  const UInt128 scale = static_cast<UInt128>(kTokensPerMtok) * 100;
-  const UInt128 divisor = static_cast<UInt128>(kSecondsPerHour) * static_cast<UInt128>(output_tokens_per_s_per_gpu) *
-                          static_cast<UInt128>(utilisation_pct);
+  const auto per_hour =
+      static_cast<UInt128>(cost.usd_per_gpu_hour.picos()) * static_cast<UInt128>(cost.gpus_per_replica);
+  const UInt128 scale = static_cast<UInt128>(kTokensPerMtok) * kPpm;
+  const UInt128 divisor = static_cast<UInt128>(kSecondsPerHour) * static_cast<UInt128>(replica_output_tokens_per_s) *
+                          static_cast<UInt128>(utilisation_ppm);
   const std::int64_t picos = mul_div_round(per_hour, scale, divisor);
   if (picos == kInt64Max) {
     return make_error(ErrorCode::invalid_argument, "cost per Mtok exceeds the Money range");

@@ -38,13 +38,14 @@ namespace turnout {
 /// Cost of what actually happened on `target`: price_usage for MaaS, marginal GPU cost for self-hosted.
 [[nodiscard]] Result<Money> actual_cost(const Target& target, const Usage& usage, ProcessingMode mode);
 
-/// Capacity-planning figure: GPU cost of one million output tokens on a pool whose GPUs each sustain
-/// `output_tokens_per_s_per_gpu` at full load and are busy `utilisation_pct` percent of the time:
-/// usd_per_gpu_hour × 10^6 / (3600 × tokens/s × utilisation). Rounded to the nearest picodollar (halves
-/// up). Errors (invalid_argument) when the throughput is not positive or utilisation is not in 1..100.
+/// Capacity-planning figure: GPU cost of one million output tokens on a pool whose replicas (each of
+/// cost.gpus_per_replica GPUs) sustain `replica_output_tokens_per_s` at full load and are busy
+/// `utilisation_ppm` millionths of the time: gpus × usd_per_gpu_hour × 10^6 / (3600 × tokens/s ×
+/// utilisation). Rounded to the nearest picodollar (halves up). Errors (invalid_argument) when the
+/// throughput is not positive or utilisation is not in 1..10^6 ppm.
 [[nodiscard]] Result<Money> self_hosted_cost_per_mtok(const SelfHostedCost& cost,
-                                                      std::int64_t output_tokens_per_s_per_gpu,
-                                                      std::int64_t utilisation_pct);
+                                                      std::int64_t replica_output_tokens_per_s,
+                                                      std::int64_t utilisation_ppm);
 
 /// Provisioned cost of a self-hosted pool over a period, the fully loaded view: every replica's GPUs
 /// for the whole period (busy or not), plus the monthly overheads (staging, canary, engineering, ...)

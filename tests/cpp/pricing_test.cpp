@@ -374,23 +374,29 @@ TEST(SelfHostedMarginalCost, CachedAboveThePromptIsClamped) {
 
 TEST(SelfHostedCostPerMtok, ReproducesTheDesignReference) {
   // Llama-3.1-8B FP8, one H100, 15,220 output tok/s, $2.99/GPU-hour, 100% utilisation:
-  // 2.99e12 picos × 10^6 tok × 100 / (3600 s × 15,220 tok/s × 100) = 2.99e18 / 54,792,000
+  // 2.99e12 picos × 10^6 tok × 10^6 / (3600 s × 15,220 tok/s × 10^6 ppm) = 2.99e30 / 5.4792e16
   // = 54,570,010,220.47 -> 54,570,010,220 picos ≈ $0.0546 per million tokens
   const SelfHostedCost pool = h100_pool(1, 0, 0);
-  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 100).value().picos(), 54'570'010'220);
-  // 24% utilisation: 2.99e20 / (3600 × 15,220 × 24 = 1,315,008,000) = 227,375,042,585.29
+  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 1'000'000).value().picos(), 54'570'010'220);
+  // 24% utilisation: 2.99e30 / (3600 × 15,220 × 240,000 = 1.315008e16) = 227,375,042,585.29
   // -> 227,375,042,585 picos ≈ $0.2274 (= $0.05457 / 0.24)
-  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 24).value().picos(), 227'375'042'585);
-  // MLPerf v5.1 server scenario with vLLM, 5,100 tok/s: 2.99e18 / (3600 × 5,100 = 18,360,000)
+  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 240'000).value().picos(), 227'375'042'585);
+  // MLPerf v5.1 server scenario with vLLM, 5,100 tok/s: 2.99e30 / (3600 × 5,100 × 10^6 = 1.836e16)
   // = 162,854,030,501.09 -> 162,854,030,501 picos ≈ $0.163
-  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 5'100, 100).value().picos(), 162'854'030'501);
+  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 5'100, 1'000'000).value().picos(), 162'854'030'501);
+  // Llama-3.3-70B FP8 on two H100s at 4,205 tok/s per replica: 2 × 2.99e12 × 10^12 / (3600 × 4,205 × 10^6
+  // = 1.5138e16) = 395,032,368,873.03 -> 395,032,368,873 picos ≈ $0.395 per million tokens
+  const SelfHostedCost pair = h100_pool(2, 0, 0);
+  EXPECT_EQ(self_hosted_cost_per_mtok(pair, 4'205, 1'000'000).value().picos(), 395'032'368'873);
 }
 
 TEST(SelfHostedCostPerMtok, RejectsImpossibleInputs) {
   const SelfHostedCost pool = h100_pool(1, 0, 0);
-  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 0, 100).error().code, ErrorCode::invalid_argument);
+  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 0, 1'000'000).error().code, ErrorCode::invalid_argument);
+  EXPECT_EQ(self_hosted_cost_per_mtok(pool, -5, 1'000'000).error().code, ErrorCode::invalid_argument);
   EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 0).error().code, ErrorCode::invalid_argument);
-  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 101).error().code, ErrorCode::invalid_argument);
+  EXPECT_EQ(self_hosted_cost_per_mtok(pool, 15'220, 1'000'001).error().code, ErrorCode::invalid_argument);
+  EXPECT_EQ(self_hosted_cost_per_mtok(h100_pool(0, 0, 0), 15'220, 1'000'000).error().code, ErrorCode::invalid_argument);
 }
 
 // ---- Targets: predicted and actual cost ---------------------------------------------------------------

@@ -68,13 +68,71 @@ def test_example_target_info(example_config: turnout.Config) -> None:
         "data_classes": ["public", "internal", "deidentified", "confidential", "restricted"],
         "context_window": 131072,
         "endpoints": ["http://127.0.0.1:8001", "http://127.0.0.1:8002"],
+        "max_inflight": [64, 64],
+        "price": None,
+        "cache": {"ttl_s": 300, "min_prefix_tokens": 1024},
+        "cost": {
+            "gpus_per_replica": 2,
+            "usd_per_gpu_hour": Decimal("2.99"),
+            "prefill_tokens_per_s": 12000,
+            "decode_tokens_per_s": 2400,
+            "monthly": {
+                "staging": Decimal(2200),
+                "canary": Decimal(1100),
+                "engineering": Decimal(16000),
+                "observability": Decimal(900),
+                "evals": Decimal(1500),
+            },
+        },
+        "kv": {"block_size": 16, "capacity_blocks": 200000},
     }
     claude = example_config.target_info("claude-sonnet-4")
     assert claude["kind"] == "maas"
     assert claude["provider"] == "anthropic"
     assert claude["data_classes"] == ["public", "deidentified"]
     assert claude["endpoints"] == []
+    assert claude["cost"] is None
+    assert claude["price"] == {
+        "input_per_mtok": Decimal("3"),
+        "output_per_mtok": Decimal("15"),
+        "cache_read_per_mtok": Decimal("0.3"),
+        "cache_write_5m_per_mtok": Decimal("3.75"),
+        "cache_write_1h_per_mtok": Decimal("6"),
+    }
     assert example_config.target_info("deepseek-chat")["region"] is None  # no region declared
+
+
+def test_example_scenario_info(example_config: turnout.Config) -> None:
+    info = example_config.scenario_info("support-summarization")
+    assert info == {
+        "name": "support-summarization",
+        "description": "Summarize de-identified support tickets for agents.",
+        "owner": "support-ml",
+        "data_class": "deidentified",
+        "regions": [],
+        "ttft_p95_ms": 800,
+        "latency_p95_ms": 4000,
+        "min_accept_rate": 0.95,
+        "mode": "online",
+        "max_output_tokens": 512,
+        "routes": [{"target": "llama-70b", "weight": 90}, {"target": "gpt-4.1-mini", "weight": 10}],
+        "fallback": ["gpt-4.1-mini", "claude-sonnet-4"],
+        "spillover": {"target": "gpt-4.1-mini", "when_inflight_ratio": 0.9},
+        "budget_usd_per_day": Decimal(500),
+        "prefix_affinity": False,
+    }
+    contract = example_config.scenario_info("contract-extraction")
+    assert contract["regions"] == ["eu"]
+    assert contract["mode"] == "batch"
+    # Bounds a table does not set are None, never a guessed default.
+    assert contract["ttft_p95_ms"] is None
+    assert contract["latency_p95_ms"] is None
+    assert contract["min_accept_rate"] is None
+    assert contract["spillover"] is None
+    assert contract["budget_usd_per_day"] is None
+    assert example_config.scenario_info("agent-assist")["prefix_affinity"] is True
+    with pytest.raises(turnout.UnknownScenarioError, match="nope"):
+        example_config.scenario_info("nope")
 
 
 def test_target_info_unknown_target(example_config: turnout.Config) -> None:
