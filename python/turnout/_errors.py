@@ -126,6 +126,26 @@ class ModelsError(ValueError, TurnoutError):
     the simulator itself refuses unknown keys. Raised in Python only: no core code."""
 
 
+class ScenarioError(ValueError, TurnoutError):
+    """A scenario decision file (``turnout decide``) cannot be read or disagrees with its routing
+    table: each line of the message starts with ``path:line:col:`` and says what is wrong (every
+    missing field is named). Raised in Python only (turnout.decide): code ``scenario_invalid``."""
+
+    code = "scenario_invalid"
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.missing = missing
+        """The dotted names of the required fields the file lacks (empty for other errors)."""
+
+
+PYTHON_ERRORS: dict[str, type[TurnoutError]] = {
+    "scenario_invalid": ScenarioError,
+}
+"""Codes of errors raised by the Python package alone (not in the core's table, never on the wire)
+-> their class; each class carries its code."""
+
+
 ERRORS: dict[str, type[TurnoutError]] = {
     "config_invalid": ConfigError,
     "unknown_scenario": UnknownScenarioError,

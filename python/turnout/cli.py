@@ -737,5 +737,43 @@ def generate(
     )
 
 
+@main.command()
+@click.argument("scenario_file", metavar="SCENARIO.yaml", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON, not Markdown.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Also write OUT/record.md and OUT/record.json.",
+)
+@click.option("--no-plan", is_flag=True, help="Skip the planner's cost comparison (fast).")
+@click.option("--seed", type=int, default=0, show_default=True, help="The planner's seed.")
+def decide(scenario_file: str, as_json: bool, out: str | None, no_plan: bool, seed: int) -> None:
+    """Write the decision record of a scenario decision file (docs/decide.md).
+
+    Exit status: 0 with a recommendation, 3 when it cannot recommend (the record says why),
+    2 when the file cannot be read (file:line:col).
+    """
+    from pathlib import Path
+
+    from turnout.decide import decide as decide_scenario
+
+    try:
+        record = decide_scenario(scenario_file, plan=not no_plan, seed=seed)
+    except (TurnoutError, OSError) as e:
+        _fail(e, 2)
+    markdown, text = record.to_markdown(), record.to_json_text()
+    if out is not None:
+        folder = Path(out)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "record.md").write_text(markdown, encoding="utf-8")
+            (folder / "record.json").write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            _fail(e, 2)
+    click.echo(text if as_json else markdown, nl=as_json)
+    if record.recommendation == "cannot_recommend":
+        sys.exit(3)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

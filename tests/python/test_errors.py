@@ -118,3 +118,15 @@ def test_kv_events_without_publishers_is_an_invalid_argument(
 ) -> None:
     with pytest.raises(turnout.InvalidArgumentError, match="names a kv_events publisher"):
         make_router().subscribe_kv_events()
+
+
+def test_python_only_codes_are_not_core_codes_and_each_class_carries_its_own() -> None:
+    from turnout import _errors
+
+    core = _core.error_codes()
+    for code, cls in _errors.PYTHON_ERRORS.items():
+        assert code not in core
+        assert code not in _errors.ERRORS
+        assert cls.code == code
+        assert cls(f"x {code}").code == code
+        assert cls.__name__ in turnout.__all__
