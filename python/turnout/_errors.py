@@ -126,6 +126,16 @@ class ModelsError(ValueError, TurnoutError):
     the simulator itself refuses unknown keys. Raised in Python only: no core code."""
 
 
+class PlanError(ValueError, TurnoutError):
+    """A capacity plan cannot be made (turnout.capacity): no pool size meets the scenario's SLO, a
+    single request alone exceeds it, the performance model serves nothing, the scenario has no SLO
+    to size to, the target is not a self-hosted pool, a table cannot be derived from the routing
+    table's file. The message is ``cannot plan: <reason>``.
+    Raised in Python only: its code, ``cannot_plan``, is not one of the core's (:data:`ERRORS`)."""
+
+    code = "cannot_plan"
+
+
 ERRORS: dict[str, type[TurnoutError]] = {
     "config_invalid": ConfigError,
     "unknown_scenario": UnknownScenarioError,
