@@ -139,8 +139,19 @@ class ScenarioError(ValueError, TurnoutError):
         """The dotted names of the required fields the file lacks (empty for other errors)."""
 
 
+class PlanError(ValueError, TurnoutError):
+    """A capacity plan cannot be made (turnout.capacity): no pool size meets the scenario's SLO, a
+    single request alone exceeds it, the performance model serves nothing, the scenario has no SLO
+    to size to, the target is not a self-hosted pool, a table cannot be derived from the routing
+    table's file. The message is ``cannot plan: <reason>``.
+    Raised in Python only: its code, ``cannot_plan``, is not one of the core's (:data:`ERRORS`)."""
+
+    code = "cannot_plan"
+
+
 PYTHON_ERRORS: dict[str, type[TurnoutError]] = {
     "scenario_invalid": ScenarioError,
+    "cannot_plan": PlanError,
 }
 """Codes of errors raised by the Python package alone (not in the core's table, never on the wire)
 -> their class; each class carries its code."""

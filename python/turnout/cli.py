@@ -631,6 +631,7 @@ def _replay_table(results: list[Any]) -> Table:
     columns = (
         "policy", "requests", "served", "fallbacks", "failed", "cost $", "accepted",
         "$ / accepted", "TTFT p95 ms", "latency p95 ms", "cache hit (pred / real)", "GPU-hours",
+        "SLO met", "gate",
     )
     for col in columns:
         table.add_column(col, justify="left" if col == "policy" else "right")
@@ -650,8 +651,16 @@ def _replay_table(results: list[Any]) -> Table:
             _num(s["latency_ms"]["p95"]),
             f"{_num(hit['predicted'])} / {_num(hit['realized'])}",
             _num(s["gpu_hours"]),
+            _tally([e["slo_met"] for e in s["scenarios"].values()], True),
+            _tally([e["quality_gate"] for e in s["scenarios"].values()], "pass"),
         )
     return table
+
+
+def _tally(verdicts: list[Any], good: Any) -> str:
+    """``k/n``: of the scenarios with a verdict (not None), how many are `good`."""
+    given = [v for v in verdicts if v is not None]
+    return f"{sum(v == good for v in given)}/{len(given)}" if given else "-"
 
 
 def _short_money(value: Decimal | None) -> str:

@@ -53,8 +53,32 @@ SUMMARY_KEYS = (
     "cache_hit_rate",
     "gpu_hours",
     "utilization",
+    "scenarios",
 )
 """The keys of a policy's summary (``turnout replay --json`` prints one object per policy)."""
+
+SCENARIO_KEYS = (
+    "requests",
+    "ttft_slo_attainment",
+    "latency_slo_attainment",
+    "slo_met",
+    "accept_rate",
+    "quality_gate",
+)
+"""The keys of each scenario's entry in a summary's ``scenarios``."""
+
+Bounds = Mapping[str, float | None]
+"""A scenario's ``ttft_p95_ms``, ``latency_p95_ms`` and ``min_accept_rate`` (None: not set)."""
+
+
+def scenario_bounds(config: _core.Config) -> dict[str, dict[str, float | None]]:
+    """Each scenario's SLO and quality gate, as the routing table sets them (:data:`Bounds`)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name in config.scenarios:
+        info = config.scenario_info(name)
+        out[name] = {k: info.get(k) for k in ("ttft_p95_ms", "latency_p95_ms", "min_accept_rate")}
+    return out
+
 
 Progress = Callable[[int, int], None]
 Trace = str | os.PathLike[str] | TraceReader | Iterable[TraceColumns] | Iterable[TraceRow]
@@ -90,11 +114,16 @@ def _percentiles(values: np.ndarray) -> dict[str, float | None]:
 
 
 def summarize(
-    requests: Mapping[str, Any], series: Mapping[str, Any], summary: Mapping[str, Any]
+    requests: Mapping[str, Any],
+    series: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    scenarios: Mapping[str, Bounds] | None = None,
 ) -> dict[str, Any]:
     """A policy's summary (:data:`SUMMARY_KEYS`) from a simulation's result columns. Money is summed
     as integer picodollars and given as exact ``Decimal`` USD; latencies and cache hit rates are
-    over the requests that completed (served or fallen back)."""
+    over the requests that completed (served or fallen back). ``scenarios`` holds an entry per
+    scenario of the requests (:func:`scenario_summary`) against `scenarios`' bounds
+    (:func:`scenario_bounds`; a scenario without an entry is unbounded)."""
     outcome = np.asarray(requests["outcome"], dtype=object)
     n = len(outcome)
     done = outcome != "failed"
@@ -132,7 +161,61 @@ def summarize(
         },
         "gpu_hours": float(summary.get("gpu_hours", 0.0)),
         "utilization": None if utilization is None else round(float(utilization), 6),
+        "scenarios": scenario_summary(requests, scenarios or {}),
     }
+
+
+def scenario_summary(
+    requests: Mapping[str, Any], scenarios: Mapping[str, Bounds]
+) -> dict[str, dict[str, Any]]:
+    """Per scenario of the requests (:data:`SCENARIO_KEYS`), over its completed requests: the share
+    within the TTFT and the latency bound, whether both p95s are within them (``slo_met``; null
+    when the scenario sets neither), the share accepted, and the quality gate (``"pass"`` when
+    that share reaches ``min_accept_rate``, else ``"fail"``; null without a gate or without a
+    completed request)."""
+    names = np.asarray(requests["scenario"], dtype=object)
+    done_all = np.asarray(requests["outcome"], dtype=object) != "failed"
+    ttft_all = np.asarray(requests["ttft_ms"], dtype=np.float64)
+    latency_all = np.asarray(requests["latency_ms"], dtype=np.float64)
+    accepted_all = np.asarray(requests["accepted"], dtype=np.int8) == 1
+    out: dict[str, dict[str, Any]] = {}
+    for name in sorted({str(n) for n in names.tolist()}):
+        mine = names == name
+        done = mine & done_all
+        bounds = scenarios.get(name) or {}
+        ttft_bound, latency_bound = bounds.get("ttft_p95_ms"), bounds.get("latency_p95_ms")
+        ttft, latency = ttft_all[done], latency_all[done]
+        slo_met = None
+        if ttft_bound is not None or latency_bound is not None:
+            slo_met = _p95_within(ttft, ttft_bound) and _p95_within(latency, latency_bound)
+        accept_rate = _share(accepted_all[done]) if ttft.size else None
+        gate = bounds.get("min_accept_rate")
+        out[name] = {
+            "requests": int(np.count_nonzero(mine)),
+            "ttft_slo_attainment": None if ttft_bound is None else _share(ttft <= ttft_bound),
+            "latency_slo_attainment": (
+                None if latency_bound is None else _share(latency <= latency_bound)
+            ),
+            "slo_met": slo_met,
+            "accept_rate": accept_rate,
+            "quality_gate": (
+                None
+                if gate is None or accept_rate is None
+                else ("pass" if accept_rate >= gate else "fail")
+            ),
+        }
+    return out
+
+
+def _share(flags: np.ndarray) -> float | None:
+    """The share of true flags (None when there are none at all)."""
+    return round(float(np.count_nonzero(flags)) / flags.size, 6) if flags.size else None
+
+
+def _p95_within(values: np.ndarray, bound: float | None) -> bool:
+    """Whether the p95 of `values` is within `bound` (no bound: yes; no value: no)."""
+    p95 = _percentiles(values)["p95"]
+    return bound is None or (p95 is not None and p95 <= bound)
 
 
 def _frame(columns: Mapping[str, Any]) -> Any:
@@ -153,6 +236,7 @@ class ReplayResult:
     series_columns: dict[str, Any]
     sim_summary: dict[str, Any]
     read: ReadStats = field(default_factory=ReadStats)
+    scenarios: dict[str, dict[str, float | None]] = field(default_factory=dict)  # their bounds
 
     @property
     def requests(self) -> Any:
@@ -169,7 +253,9 @@ class ReplayResult:
     @property
     def summary(self) -> dict[str, Any]:
         """The policy's summary (:data:`SUMMARY_KEYS`; money as exact ``Decimal`` USD)."""
-        return summarize(self.request_columns, self.series_columns, self.sim_summary)
+        return summarize(
+            self.request_columns, self.series_columns, self.sim_summary, self.scenarios
+        )
 
     @property
     def cost_usd(self) -> Decimal:
@@ -286,6 +372,7 @@ def replay(
         series_columns=dict(res["series"]),
         sim_summary=dict(res["summary"]),
         read=stats,
+        scenarios=scenario_bounds(config),
     )
 
 

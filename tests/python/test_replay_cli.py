@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import turnout
 from turnout import _core
 from turnout.cli import main as cli_main
-from turnout.replay import SUMMARY_KEYS, Job, replay, sweep
+from turnout.replay import SCENARIO_KEYS, SUMMARY_KEYS, Job, replay, scenario_summary, sweep
 from turnout.traces import TraceError, TraceRow, TraceWriter
 from turnout.workload import generate
 
@@ -169,6 +169,9 @@ def test_json_summary_has_exactly_the_contract_keys_and_exact_money(tmp_path: Pa
     for k in ("ttft_ms", "latency_ms"):
         assert set(s[k]) == {"p50", "p95", "p99"}
     assert set(s["cache_hit_rate"]) == {"predicted", "realized"}
+    assert set(s["scenarios"]) <= {"agent-assist", "support-summarization", "contract-extraction"}
+    assert all(tuple(entry) == SCENARIO_KEYS for entry in s["scenarios"].values())
+    assert sum(entry["requests"] for entry in s["scenarios"].values()) == 600
     # Money: the per-request integer picodollars, summed as integers, are the summary's USD.
     requests = pq.read_table(out / "routing" / "requests.parquet").to_pydict()
     assert len(requests["cost_picos"]) == 600
@@ -338,6 +341,104 @@ def test_python_api_returns_frames_and_is_deterministic(tmp_path: Path) -> None:
     assert a.cost_usd == Decimal(int(a.requests["cost_picos"].sum())).scaleb(-12)
     with pytest.raises(TraceError, match="holds no request"):
         replay(config, [], seed=0)
+
+
+@needs_sim
+@pytest.mark.parametrize(("rejected", "gate"), [(1, "pass"), (2, "fail")])
+def test_summary_has_slo_attainment_and_the_quality_gate_per_scenario(
+    rejected: int, gate: str
+) -> None:
+    # support-summarization: slo {ttft_p95_ms: 800, latency_p95_ms: 4000}, min_accept_rate 0.95;
+    # agent-assist: ttft_p95_ms 1500 only, no gate; contract-extraction: neither.
+    config = turnout.load_config(EXAMPLE)
+    rows = [
+        TraceRow(at=1_767_225_600.0 + i, scenario="support-summarization", key=f"t{i}",
+                 input_tokens=1500, output_tokens=150, accepted=i >= rejected)
+        for i in range(20)
+    ] + [
+        TraceRow(at=1_767_225_600.5 + i, scenario=name, key=f"{name}{i}", input_tokens=1200,
+                 output_tokens=100)
+        for i in range(6) for name in ("agent-assist", "contract-extraction")
+    ]  # fmt: skip
+    res = replay(config, rows, seed=2)
+    scenarios = res.summary["scenarios"]
+    assert list(scenarios) == ["agent-assist", "contract-extraction", "support-summarization"]
+    assert all(tuple(entry) == SCENARIO_KEYS for entry in scenarios.values())
+    r = res.requests
+    done = r[r["outcome"] != "failed"]
+    support = done[done["scenario"] == "support-summarization"]
+    s = scenarios["support-summarization"]
+    assert s["requests"] == 20
+    assert s["accept_rate"] == (len(support) - rejected) / len(support)  # 0.95 passes, 0.9 not
+    assert s["quality_gate"] == gate
+    assert s["ttft_slo_attainment"] == round(float((support["ttft_ms"] <= 800).mean()), 6)
+    assert s["latency_slo_attainment"] == round(float((support["latency_ms"] <= 4000).mean()), 6)
+    p95 = {k: float(np.percentile(support[k], 95)) for k in ("ttft_ms", "latency_ms")}
+    assert s["slo_met"] == (p95["ttft_ms"] <= 800 and p95["latency_ms"] <= 4000)
+    a = scenarios["agent-assist"]
+    assert a["requests"] == 6
+    assert a["latency_slo_attainment"] is None
+    assert a["ttft_slo_attainment"] is not None
+    assert a["quality_gate"] is None  # no gate
+    c = scenarios["contract-extraction"]
+    assert c["slo_met"] is None  # no SLO
+    assert c["ttft_slo_attainment"] is None
+    assert c["accept_rate"] == 1.0  # no labels: the target's accept_rate (1 by default)
+
+
+@needs_sim
+def test_a_tight_slo_is_not_met(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        "slo: {ttft_p95_ms: 800, latency_p95_ms: 4000}", "slo: {ttft_p95_ms: 1, latency_p95_ms: 2}"
+    )
+    table = tmp_path / "tight.yaml"
+    table.write_text(text, encoding="utf-8")
+    rows = [
+        TraceRow(at=1_767_225_600.0 + i, scenario="support-summarization", input_tokens=1500,
+                 output_tokens=150)
+        for i in range(10)
+    ]  # fmt: skip
+    s = replay(turnout.load_config(table), rows).summary["scenarios"]["support-summarization"]
+    assert s["slo_met"] is False
+    assert s["ttft_slo_attainment"] == 0.0
+    assert s["latency_slo_attainment"] == 0.0
+
+
+def test_a_scenario_whose_requests_all_failed_meets_nothing() -> None:
+    columns = {
+        "scenario": np.array(["a", "a", "b"], dtype=object),
+        "outcome": np.array(["failed", "failed", "served"], dtype=object),
+        "ttft_ms": np.array([np.nan, np.nan, 100.0]),
+        "latency_ms": np.array([np.nan, np.nan, 900.0]),
+        "accepted": np.array([-1, -1, 1], dtype=np.int8),
+    }
+    bounds = {"a": {"ttft_p95_ms": 800, "latency_p95_ms": None, "min_accept_rate": 0.9},
+              "b": {"ttft_p95_ms": 50, "latency_p95_ms": 1000, "min_accept_rate": 0.9}}  # fmt: skip
+    out = scenario_summary(columns, bounds)
+    assert out["a"] == {
+        "requests": 2, "ttft_slo_attainment": None, "latency_slo_attainment": None,
+        "slo_met": False, "accept_rate": None, "quality_gate": None,
+    }  # fmt: skip
+    assert out["b"] == {
+        "requests": 1, "ttft_slo_attainment": 0.0, "latency_slo_attainment": 1.0,
+        "slo_met": False, "accept_rate": 1.0, "quality_gate": "pass",
+    }  # fmt: skip
+
+
+@needs_sim
+def test_the_table_counts_scenarios_meeting_their_slo_and_gate() -> None:
+    # The sample: agent-assist and support-summarization have an SLO (both met: few requests, a
+    # fast simulated API); only support-summarization has a gate, and its one request is rejected.
+    result = run(
+        "replay", EXAMPLE, DATA / "turnout_sample.jsonl", "--scenario", "agent-assist",
+        "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if "policy" in line)
+    assert header.rstrip(" ┃").endswith("┃ SLO met ┃ gate")  # scenarios: met or passed / all
+    row = next(line for line in result.stdout.splitlines() if "routing" in line)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[-2:] == ["2/2", "0/1"]
 
 
 @needs_sim
