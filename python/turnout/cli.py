@@ -784,5 +784,185 @@ def decide(scenario_file: str, as_json: bool, out: str | None, no_plan: bool, se
         sys.exit(3)
 
 
+@main.command("plan")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--scenario", "-s", required=True, help="Scenario name, as in the routing table.")
+@click.option("--self-hosted", "self_hosted", required=True, help="The self-hosted target to size.")
+@click.option("--maas", required=True, help="The MaaS target to compare with.")
+@click.option(
+    "--trace",
+    type=click.Path(dir_okay=False),
+    help="Measure the demand from this trace (instead of --rate and the sizes).",
+)
+@click.option(
+    "--format",
+    "trace_format",
+    type=_FORMAT_CHOICE,
+    default="auto",
+    show_default=True,
+    help="The trace's format.",
+)
+@click.option("--rate", type=float, help="Mean requests/s (instead of --trace).")
+@click.option("--peak-to-mean", type=float, default=1.0, show_default=True)
+@click.option("--input-tokens", type=int, default=1000, show_default=True)
+@click.option("--output-tokens", type=int, default=200, show_default=True)
+@click.option(
+    "--shared-prefix-tokens",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Leading prompt tokens every request shares (a system prompt): cacheable.",
+)
+@click.option(
+    "--models",
+    "models_file",
+    type=click.Path(dir_okay=False),
+    help="JSON file: simulated behaviour per target (docs/replay.md).",
+)
+@click.option(
+    "--reserve",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Spare production replicas, as a share of the SLO pool (rounded up).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--duration",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Simulated seconds of each measurement.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Write OUT/plan.json, OUT/plan.md and the frames as CSV (lines, options, curve, "
+    "sensitivity).",
+)
+def plan_command(
+    config: str,
+    scenario: str,
+    self_hosted: str,
+    maas: str,
+    trace: str | None,
+    trace_format: str,
+    rate: float | None,
+    peak_to_mean: float,
+    input_tokens: int,
+    output_tokens: int,
+    shared_prefix_tokens: int,
+    models_file: str | None,
+    reserve: float,
+    seed: int,
+    duration: float,
+    as_json: bool,
+    out: str | None,
+) -> None:
+    """Plan SCENARIO's capacity: size the self-hosted pool for its SLO by simulation, price its
+    fully loaded month, compare MaaS-only, self-hosted-only and hybrid, find the break-even."""
+    from turnout import capacity
+    from turnout import plan as plan_module
+    from turnout.replay import load_models
+
+    if (trace is None) == (rate is None):
+        raise click.UsageError("give --trace FILE or --rate RPS (one of them)")
+    cfg = _load(config)
+    try:
+        if trace is not None:
+            demand = capacity.Demand.from_trace(trace, scenario=scenario, format=trace_format)
+        else:
+            demand = capacity.Demand(
+                mean_rps=rate,
+                peak_to_mean=peak_to_mean,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                shared_prefix_tokens=shared_prefix_tokens,
+            )
+        models = load_models(models_file) if models_file else None
+        if not (duration > 0):
+            raise turnout.PlanError(f"cannot plan: --duration must be > 0 s (got {duration})")
+        overheads = plan_module.Overheads.from_target(cfg, self_hosted, reserve=reserve)
+        result = plan_module.plan(
+            cfg,
+            scenario,
+            self_hosted=self_hosted,
+            maas=maas,
+            demand=demand,
+            models=models,
+            overheads=overheads,
+            seed=seed,
+            duration_s=duration,
+        )
+    except (TurnoutError, OSError) as e:
+        _fail(e, 2 if isinstance(e, (ValueError, KeyError, OSError)) else 1)
+    if out is not None:
+        _write_plan(result, out)
+    if as_json:
+        _dump(result.to_json())
+        return
+    _print_plan(result)
+
+
+def _write_plan(result: Any, out: str) -> None:
+    """OUT/plan.json, OUT/plan.md and OUT/{lines,options,curve,sensitivity}.csv."""
+    from pathlib import Path
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plan.json").write_text(
+        json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8"
+    )
+    (folder / "plan.md").write_text(result.to_markdown(), encoding="utf-8")
+    for name in ("lines", "options", "curve", "sensitivity"):
+        getattr(result, name).to_csv(folder / f"{name}.csv", index=False)
+
+
+def _print_plan(p: Any) -> None:
+    d = p.demand
+    console.print(
+        f"[bold]{p.scenario}[/]: {d.mean_rps:g} requests/s (peak {d.peak_rps:g}), "
+        f"{d.requests_per_month():,.0f} requests/month; {p.self_hosted}: "
+        f"{p.sizing.replicas} replica(s) meet the SLO at peak",
+        highlight=False,
+    )
+    console.print(_frame_table(p.lines, f"The fully loaded month of {p.self_hosted}"))
+    console.print(f"total: ${p.self_hosted_usd_per_month} per month", highlight=False)
+    console.print(_frame_table(p.options, f"Options ({p.maas} for MaaS)"))
+    be = p.breakeven_requests_per_month
+    console.print(
+        "break-even: "
+        + (f"{be:,.0f} requests/month" if be is not None else "never (self-hosted costs more)"),
+        highlight=False,
+    )
+    console.print(_frame_table(p.sensitivity, "Sensitivity"))
+    console.print(f"[bold]recommendation: {p.recommendation}[/]", highlight=False)
+    for reason in p.reasons:
+        console.print(Text(f"- {reason}"), highlight=False)
+
+
+def _frame_table(frame: Any, title: str) -> Table:
+    """A DataFrame as a Rich table: money exact, other numbers to 4 significant digits."""
+    import pandas as pd
+
+    table = Table(title=title)
+    for i, col in enumerate(frame.columns):
+        table.add_column(str(col), justify="left" if i == 0 else "right")
+    for row in frame.astype(object).itertuples(index=False):
+        table.add_row(*(_cell(v, pd.NA) for v in row))
+    return table
+
+
+def _cell(value: Any, na: Any) -> str:
+    if value is None or value is na:
+        return "-"
+    if isinstance(value, float):
+        return "-" if value != value else _num(value)  # NaN: no figure
+    if isinstance(value, Decimal):
+        return f"{value:.6g}" if abs(value) < 1000 else f"{value:.2f}"  # --json: exact
+    return str(value)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
