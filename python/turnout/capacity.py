@@ -8,7 +8,7 @@ throughput-based lower bound, steps and bisects up to the smallest pool that mee
 keeps the run of one replica fewer as the proof that it is the smallest. The tables it runs are
 derived from the routing table's own file (:func:`pool_table`, :func:`hybrid_table`,
 :func:`maas_table`). Reserve and the other fully loaded pools are the plan's (turnout.plan).
-The model: docs/capacity.md.
+The model: docs/plan.md, "Sizing a pool by simulation".
 """
 
 from __future__ import annotations
