@@ -22,6 +22,7 @@
 # %%
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,9 +37,15 @@ from turnout import _core
 from turnout.capacity import Demand
 from turnout.plan import plan
 
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+HERE = (
+    Path(__file__).resolve().parent
+    if "__file__" in globals()
+    else Path(os.environ.get("TURNOUT_NOTEBOOK_DIR", Path.cwd()))
+)
 parser = argparse.ArgumentParser()
-parser.add_argument("--out", type=Path, default=HERE / "out")
+parser.add_argument(
+    "--out", type=Path, default=os.environ.get("TURNOUT_NOTEBOOK_OUT", HERE / "out")
+)
 parser.add_argument(
     "--duration", type=float, default=60.0, help="simulated seconds of each measurement"
 )

@@ -1,4 +1,4 @@
-"""The ``turnout`` command: validate a routing table, route, price usage, run the demo."""
+"""The ``turnout`` command: validate a routing table, route, price usage, run the demo, replay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import sys
 from collections import Counter
 from decimal import Decimal
-from importlib import resources
 from typing import Any, NoReturn
 
 import click
@@ -16,15 +15,12 @@ from rich.text import Text
 
 import turnout
 from turnout import TurnoutError
+from turnout._demo import DEFAULT_OUT, DEFAULT_REQUESTS, DEFAULT_SEED, RATE_RPS, run_demo
 from turnout.ledger import COUNTER_FIELDS
 
 # Piped output (CI logs, `| less`) gets room for the tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True, soft_wrap=True)  # file:line:col stays on one line
-
-
-def _example_config() -> str:
-    return str(resources.files("turnout") / "examples" / "routing.yaml")
 
 
 # What loading a table can raise: a malformed table, a missing or unreadable file.
@@ -241,24 +237,49 @@ def _decimals_to_float(value: Any) -> Any:
 
 @main.command()
 @click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Routing table (default: the bundled example).",
+    "--out",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Folder for the plots, the records, the workload and the replays (files in it are "
+    "replaced).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def demo(config_path: str | None, as_json: bool) -> None:
-    """Route example traffic through the bundled routing table; show decisions and ledger."""
-    from turnout._demo import run_demo
+@click.option(
+    "--requests",
+    type=click.IntRange(min=100),
+    default=DEFAULT_REQUESTS,
+    show_default=True,
+    help=f"Requests in the generated workload ({RATE_RPS:g} per second on average).",
+)
+@click.option(
+    "--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Workload and replay seed."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document (the folder's summary.json) instead of tables.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+def demo(out: str, requests: int, seed: int, as_json: bool, no_progress: bool) -> None:
+    """MaaS vs self-hosted vs hybrid on generated traffic: replay, compare, decide, plot."""
+    from pathlib import Path
 
-    run_demo(
-        _load(config_path or _example_config()),
-        console=console,
-        as_json=as_json,
-        decisions_table=_decisions_table,
-        dump=_dump,
-    )
+    try:
+        run_demo(
+            Path(out),
+            requests=requests,
+            seed=seed,
+            progress=not no_progress,
+            console=console,
+            as_json=as_json,
+            dump=_dump,
+        )
+    except KeyboardInterrupt:
+        err_console.print(Text("interrupted", style="bold red"), highlight=False)
+        sys.exit(130)
+    except (TurnoutError, OSError) as e:
+        _fail(e, 2)
 
 
 @main.command()

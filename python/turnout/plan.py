@@ -20,10 +20,9 @@ from typing import Any
 import pandas as pd
 
 from turnout import _core, capacity
-from turnout._demo import usage_for
 from turnout._errors import PlanError
 from turnout.capacity import Demand, Measure, Sizing, Slo
-from turnout.pricing import price_usage
+from turnout.pricing import price_usage, usage_for
 
 HOURS_PER_MONTH = int(capacity.HOURS_PER_MONTH)
 """The month every monthly figure uses, 730 h (the routing table prorates ``cost.monthly`` with it

@@ -37,3 +37,38 @@ def price_usage(
     Raises :class:`turnout.UsageError` naming the offending field.
     """
     return Cost(**_core._price_usage(config, target, usage, provider, batch))
+
+
+def usage_for(provider: str, prompt: int, cached: int, output: int) -> dict[str, Any]:
+    """The usage object `provider` returns for a call of `prompt` input tokens, `cached` of them
+    read from its prompt cache (Anthropic writes the rest to its cache from 1,024 tokens), and
+    `output` output tokens: what :func:`price_usage` reads, for what-if pricing."""
+    cached = max(0, min(cached, prompt))
+    if provider == "anthropic":
+        write = prompt - cached if prompt >= 1024 else 0
+        return {
+            "input_tokens": prompt - cached - write,
+            "cache_read_input_tokens": cached,
+            "cache_creation_input_tokens": write,
+            "output_tokens": output,
+        }
+    if provider == "gemini":
+        return {
+            "usageMetadata": {
+                "promptTokenCount": prompt,
+                "cachedContentTokenCount": cached,
+                "candidatesTokenCount": output,
+            }
+        }
+    if provider == "deepseek":
+        return {
+            "prompt_tokens": prompt,
+            "prompt_cache_hit_tokens": cached,
+            "prompt_cache_miss_tokens": prompt - cached,
+            "completion_tokens": output,
+        }
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": output,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }

@@ -72,6 +72,17 @@ def test_bundled_example_matches_the_repository() -> None:
     assert bundled == (REPO / "examples" / "routing.yaml").read_text(encoding="utf-8")
 
 
+def test_bundled_demo_tables_match_the_repository() -> None:
+    # `turnout demo` replays the notebooks' policy tables and decides the bundled scenario files.
+    examples = resources.files("turnout") / "examples"
+    for name in ("maas_only", "self_hosted_only", "hybrid"):
+        bundled = (examples / "policies" / f"{name}.yaml").read_text(encoding="utf-8")
+        assert bundled == (REPO / "notebooks" / "policies" / f"{name}.yaml").read_text("utf-8")
+    for path in sorted((REPO / "examples" / "scenarios").glob("*.yaml")):
+        bundled = (examples / "scenarios" / path.name).read_text(encoding="utf-8")
+        assert bundled == path.read_text(encoding="utf-8")
+
+
 def test_version_is_written_once() -> None:
     # (tomllib is 3.11+, the package supports 3.10: read the one [project] version line directly)
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
