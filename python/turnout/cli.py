@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from decimal import Decimal
@@ -805,6 +806,29 @@ def decide(scenario_file: str, as_json: bool, out: str | None, no_plan: bool, se
         sys.exit(3)
 
 
+def _diurnal_shape(spec: str) -> tuple[float, ...] | None:
+    """--diurnal's value as capacity.Demand.diurnal (None = flat)."""
+    from turnout.workload import hourly_shape
+
+    if spec == "flat":
+        return None
+    if spec == "generator":
+        return hourly_shape()
+    try:
+        values = [float(v) for v in spec.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            f"{spec!r}: give flat, generator or 24 comma-separated numbers", param_hint="--diurnal"
+        ) from None
+    if len(values) != 24 or not all(math.isfinite(v) and v >= 0 for v in values) or not any(values):
+        raise click.BadParameter(
+            f"give 24 finite hourly multipliers >= 0, not all 0 (got {len(values)} values)",
+            param_hint="--diurnal",
+        )
+    mean = sum(values) / 24
+    return tuple(v / mean for v in values)
+
+
 @main.command("plan")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--scenario", "-s", required=True, help="Scenario name, as in the routing table.")
@@ -825,6 +849,13 @@ def decide(scenario_file: str, as_json: bool, out: str | None, no_plan: bool, se
 )
 @click.option("--rate", type=float, help="Mean requests/s (instead of --trace).")
 @click.option("--peak-to-mean", type=float, default=1.0, show_default=True)
+@click.option(
+    "--diurnal",
+    default="flat",
+    show_default=True,
+    help="The daily shape: flat, generator (turnout generate's curve: 0.4x at 03:00 UTC, 1.6x "
+    "at 15:00), or 24 comma-separated hourly multipliers (UTC hours 0-23, scaled to mean 1).",
+)
 @click.option("--input-tokens", type=int, default=1000, show_default=True)
 @click.option("--output-tokens", type=int, default=200, show_default=True)
 @click.option(
@@ -871,6 +902,7 @@ def plan_command(
     trace_format: str,
     rate: float | None,
     peak_to_mean: float,
+    diurnal: str,
     input_tokens: int,
     output_tokens: int,
     shared_prefix_tokens: int,
@@ -897,6 +929,7 @@ def plan_command(
             demand = capacity.Demand(
                 mean_rps=rate,
                 peak_to_mean=peak_to_mean,
+                diurnal=_diurnal_shape(diurnal),
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
                 shared_prefix_tokens=shared_prefix_tokens,

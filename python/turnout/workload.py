@@ -102,6 +102,26 @@ def _run_heads(tag: int, owner: np.ndarray, seed: int) -> np.ndarray:
     return _mix(np.uint64(seed & 0xFFFF_FFFF_FFFF_FFFF) ^ (np.uint64(tag) << np.uint64(56)) ^ owner)
 
 
+_PEAK_OFFSET_S = 9 * 3600.0  # the sine rises through 1 at 09:00 UTC: peak 15:00, trough 03:00
+
+
+def _day_phase(second_of_day: np.ndarray | float) -> np.ndarray | float:
+    """The daily curve's phase (radians) at a UTC second of the day: 1 + a sin(phase)."""
+    return 2 * np.pi * (second_of_day - _PEAK_OFFSET_S) / 86_400.0
+
+
+def hourly_shape(amplitude: float = WorkloadShape.diurnal_amplitude) -> tuple[float, ...]:
+    """The generator's daily curve as 24 hourly multipliers (UTC hours 0..23): each hour's exact
+    mean of 1 + `amplitude` sin(phase), so they average exactly 1 (``capacity.Demand.diurnal``)."""
+    if not 0 <= amplitude <= 1:
+        raise ValueError("the diurnal amplitude must be within 0..1")
+    out = []
+    for hour in range(24):
+        a, b = _day_phase(hour * 3600.0), _day_phase((hour + 1) * 3600.0)
+        out.append(1.0 + amplitude * (math.cos(a) - math.cos(b)) / (b - a))
+    return tuple(out)
+
+
 def _arrival_times(
     n: int, rate: float, rng: np.random.Generator, start_s: float, shape: WorkloadShape
 ) -> np.ndarray:
@@ -117,8 +137,7 @@ def _arrival_times(
     while True:
         dt = min(10.0, max(horizon / 400_000, 1e-3))
         t = np.arange(0.0, horizon + dt, dt)
-        day = 2 * np.pi * (((start_s + t) % 86_400.0) - 9 * 3600.0) / 86_400.0
-        diurnal = 1.0 + shape.diurnal_amplitude * np.sin(day)
+        diurnal = 1.0 + shape.diurnal_amplitude * np.sin(_day_phase((start_s + t) % 86_400.0))
         # Two-state Markov chain: calm and burst periods of exponential lengths, alternating.
         k = int(horizon / (calm + burst) * 2) + 8
         periods = rng.exponential(np.tile([calm, burst], k))
