@@ -476,22 +476,38 @@ def pool_table(config: Config, scenario: str, target: str, replicas: int) -> Con
     return _derive(config, f"pool:{scenario}:{target}x{replicas}", edit)
 
 
-def hybrid_table(config: Config, scenario: str, target: str, replicas: int, maas: str) -> Config:
+def hybrid_table(
+    config: Config,
+    scenario: str,
+    target: str,
+    replicas: int,
+    maas: str,
+    *,
+    spill_at: int | None = None,
+) -> Config:
     """`config` with `scenario` on the self-hosted `target` (`replicas` replicas, for the base
-    load), spilling over to `maas` when the pool is busy (at the scenario's own
-    ``when_inflight_ratio``, else 0.9) and falling back to it (then to the scenario's other MaaS
-    fallbacks)."""
+    load), spilling over to `maas` when the pool is busy and falling back to it (then to the
+    scenario's other MaaS fallbacks). The pool is busy at the scenario's own
+    ``when_inflight_ratio`` (else 0.9) of its replicas' ``max_inflight``; with `spill_at`, each
+    replica takes at most `spill_at` requests (its ``max_inflight``) and the rest spill over."""
     _scenario(config, scenario)
     _self_hosted(config, target)
     _maas(config, maas)
+    if spill_at is not None and spill_at < 1:
+        raise _cannot(f"a replica spills over from at least 1 request in flight (got {spill_at})")
 
     def edit(doc: dict[str, Any]) -> None:
         _set_replicas(doc, target, replicas)
         ratio = (doc["scenarios"][scenario].get("spillover") or {}).get("when_inflight_ratio", 0.9)
+        if spill_at is not None:
+            for replica in doc["targets"][target]["replicas"]:
+                replica["max_inflight"] = spill_at
+            ratio = 1.0
         spill = {"target": maas, "when_inflight_ratio": ratio}
         _route(doc, scenario, target, _maas_fallbacks(config, doc, scenario, maas), spill)
 
-    return _derive(config, f"hybrid:{scenario}:{target}x{replicas}+{maas}", edit)
+    label = f"hybrid:{scenario}:{target}x{replicas}+{maas}"
+    return _derive(config, label if spill_at is None else f"{label}@{spill_at}", edit)
 
 
 def maas_table(config: Config, scenario: str, maas: str) -> Config:

@@ -347,6 +347,9 @@ class Plan:
     """MaaS's measured cost per request at its measured cache hit rate (the break-even slope)."""
     hybrid_replicas: int = 0
     """The hybrid's production pool (sized for the mean load)."""
+    hybrid_spill_at: int | None = None
+    """Requests in flight per replica from which the hybrid spills over to MaaS (None: at the
+    table's own max_inflight)."""
     min_accept_rate: float | None = None
     """The scenario's quality gate (accepted share), if it has one."""
     replica_rps: float = 0.0
@@ -389,6 +392,7 @@ class Plan:
                 "fixed_usd_per_month": self.fixed_usd_per_month,
                 "maas_usd_per_request": self.maas_usd_per_request,
                 "hybrid_replicas": self.hybrid_replicas,
+                "hybrid_spill_at": self.hybrid_spill_at,
                 "options": self.options.to_dict("records"),
                 "breakeven_requests_per_month": self.breakeven_requests_per_month,
                 "curve": self.curve.to_dict("records"),
@@ -602,6 +606,7 @@ class _Measured:
     base: Sizing  # the hybrid's pool, sized for the mean load
     maas_usd: Decimal  # MaaS only, per month
     hybrid_spill: Decimal  # the hybrid's MaaS spend, per month
+    spill_at: int | None  # in flight per replica from which the hybrid spills (None: the table's)
 
 
 def _measure_options(
@@ -642,7 +647,12 @@ def _measure_options(
         slo=slo,
         **run,
     )
-    hybrid = capacity.hybrid_table(config, scenario, self_hosted, base.replicas, maas)
+    spill_at = _spill_threshold(
+        config, scenario, self_hosted, maas, base.replicas, demand, slo=slo, **run
+    )
+    hybrid = capacity.hybrid_table(
+        config, scenario, self_hosted, base.replicas, maas, spill_at=spill_at
+    )
     hybrid_day = _measure_day(hybrid, scenario, demand, table="hybrid", slo=slo, **run)
     spill_per_request = maas_usd / Decimal(repr(demand.requests_per_month()))
 
@@ -661,7 +671,53 @@ def _measure_options(
             _option_row("hybrid", hybrid_usd, hybrid_day, demand, hybrid_day.peak.slo_met),
         ]
     )
-    return _Measured(options, maas_day, hybrid_day, base, maas_usd, hybrid_spill)
+    return _Measured(options, maas_day, hybrid_day, base, maas_usd, hybrid_spill, spill_at)
+
+
+def _spill_threshold(
+    config: _core.Config,
+    scenario: str,
+    self_hosted: str,
+    maas: str,
+    replicas: int,
+    demand: Demand,
+    *,
+    slo: Slo,
+    models: Mapping[str, Any] | None,
+    seed: int,
+    duration_s: float,
+) -> int | None:
+    """Requests in flight per replica from which the hybrid's pool spills over to MaaS: the largest
+    that still meets the SLO at peak, found by bisection on simulated peak runs (more in flight per
+    replica means less spillover and slower replicas). The table's own ``max_inflight`` (None)
+    when that already meets it, or when no threshold does (MaaS itself misses the SLO)."""
+
+    def meets(spill_at: int | None) -> bool:
+        table = capacity.hybrid_table(
+            config, scenario, self_hosted, replicas, maas, spill_at=spill_at
+        )
+        run = capacity.measure(
+            table,
+            scenario,
+            demand,
+            rate_rps=demand.peak_rps,
+            duration_s=duration_s,
+            models=models,
+            seed=seed,
+            slo=slo,
+            table="hybrid",
+        )
+        return run.slo_met
+
+    if meets(None):
+        return None
+    lo, hi = 1, max(config.target_info(self_hosted)["max_inflight"])
+    if not meets(lo):
+        return None
+    while hi - lo > 1:  # meets(lo), and every threshold from hi up misses
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
+    return lo
 
 
 def plan(
@@ -739,6 +795,12 @@ def plan(
         f"load ({demand.mean_rps:g} requests/s), {spill:.1%} of requests "
         f"spill over to {maas}"
         + (
+            f" (each replica takes at most {measured.spill_at} in flight: the most that still "
+            "meets the SLO at peak, by simulation)"
+            if measured.spill_at is not None
+            else " (at the table's own max_inflight)"
+        )
+        + (
             "; the mean load needs as many replicas as the peak, so it saves nothing here"
             if base.replicas >= sizing.replicas
             else ""
@@ -763,6 +825,7 @@ def plan(
         fixed_usd_per_month=fixed,
         maas_usd_per_request=maas_per_request,
         hybrid_replicas=base.replicas,
+        hybrid_spill_at=measured.spill_at,
         min_accept_rate=min_accept,
         replica_rps=replica_rps,
         capacity_trials=capacity_trials,
