@@ -47,6 +47,17 @@ OUTPUT_SIGMA = 0.6
 PREFIX_BLOCK_TOKENS = 16
 """Tokens per block id of the synthetic load's shared prefix (the caches' chain resolution)."""
 
+MAX_LOAD_REQUESTS = 1_000_000
+"""The most requests one synthetic run simulates (rate x duration): the simulator holds every
+request (600,000 take about 1.5 GB), so a larger run is refused, not attempted."""
+
+MAX_TOKENS = 2**31 - 1
+"""The largest prompt or answer a demand describes (token counts are 64-bit in the simulator;
+anything near this is beyond every context window, which the planner then names)."""
+
+DIURNAL_MEAN_TOLERANCE = 1e-6
+"""How far from 1 the mean of a diurnal shape's 24 multipliers may be (rounding)."""
+
 FIRST_PORT = 9000
 """Derived tables give replica i the endpoint ``http://127.0.0.1:(FIRST_PORT + i)``."""
 
@@ -80,11 +91,17 @@ class Demand:
             d = tuple(float(x) for x in self.diurnal)
             if len(d) != 24 or not all(math.isfinite(x) and x >= 0 for x in d):
                 raise _cannot("the demand's diurnal shape must be 24 hourly multipliers >= 0")
-            if abs(sum(d) / 24 - 1) > 1e-6:
+            if abs(sum(d) / 24 - 1) > DIURNAL_MEAN_TOLERANCE:
                 raise _cannot(
                     f"the demand's diurnal multipliers must average 1 (got {sum(d) / 24})"
                 )
             object.__setattr__(self, "diurnal", d)
+        for name in ("input_tokens", "output_tokens", "shared_prefix_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise _cannot(f"the demand's {name} must be an integer (got {value!r})")
+            if value > MAX_TOKENS:
+                raise _cannot(f"the demand's {name} must be <= {MAX_TOKENS} (got {value})")
         if self.input_tokens < 1 or self.output_tokens < 1:
             raise _cannot("the demand's input_tokens and output_tokens must be >= 1")
         if not 0 <= self.shared_prefix_tokens < self.input_tokens:
@@ -215,6 +232,14 @@ def synthetic_load(
     rng = np.random.default_rng(seed)
     # A Poisson process given its count: exactly rate x duration arrivals, uniformly spread, so a
     # short run is at the rate asked for rather than at one draw of it.
+    count = rate_rps * duration_s
+    if count > MAX_LOAD_REQUESTS:
+        shown = f"{count:,.0f}" if count < 1e15 else f"{count:.4g}"
+        raise _cannot(
+            f"{rate_rps:.4g} requests/s for {duration_s:g} s is {shown} requests, more than one "
+            f"simulated run holds ({MAX_LOAD_REQUESTS:,}): shorten the duration (duration_s, "
+            "--duration)"
+        )
     n = max(1, round(rate_rps * duration_s))
     offsets = np.sort(rng.uniform(0.0, duration_s, n))
     shared_blocks = demand.shared_prefix_tokens // PREFIX_BLOCK_TOKENS

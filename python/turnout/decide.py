@@ -27,6 +27,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 import turnout
 from turnout import _core
 from turnout._errors import ScenarioError, TurnoutError
+from turnout.capacity import DIURNAL_MEAN_TOLERANCE
 
 PATTERNS = ("steady", "diurnal", "spiky")
 URGENCIES = ("online", "batch")
@@ -50,6 +51,8 @@ latency SLO at its peak runs far below it on average."""
 CANARY_MAX_PCT = 20
 """A migration's first step moves at most this share of the traffic (a canary); more is a
 big-bang switch."""
+MIN_UTILIZATION = 1e-6
+"""The smallest utilization: the core prices a replica's busy share to the millionth."""
 SCHEMA_VERSION = 1
 SECONDS_PER_MONTH = 730 * 3600
 """A month of demand: 730 hours (the planner's month)."""
@@ -267,6 +270,16 @@ def _scalar(reader: _Reader, node: Node, name: str) -> Any:
         return yaml.constructor.SafeConstructor().construct_object(node)
     except yaml.YAMLError as e:  # a tag the safe loader refuses (!!python/...), a bad !!int
         reader.fail(node, f"'{name}': {getattr(e, 'problem', None) or e}")
+    except ValueError as e:  # an integer past Python's digit limit for text
+        reader.fail(node, f"'{name}': {e}")
+
+
+def _shown(node: Node, value: Any) -> str:
+    """A bad value for a message: as written when it is an integer (it may be too long for
+    ``repr``), else its repr."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(node.value)
+    return repr(value)
 
 
 def _string(reader: _Reader, node: Node, name: str) -> str:
@@ -296,28 +309,41 @@ def _choice(*options: str) -> _Convert:
 def _number(low: float, high: float = math.inf, *, low_open: bool = False) -> _Convert:
     def convert(reader: _Reader, node: Node, name: str) -> float:
         value = _scalar(reader, node, name)
-        bad = isinstance(value, bool) or not isinstance(value, (int, float))
+        try:  # an integer too large for a float is out of every range here
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
         if (
-            bad
-            or not math.isfinite(value)
-            or value > high
-            or value < low
-            or (low_open and value == low)
+            number is None
+            or not isinstance(value, (int, float))
+            or not math.isfinite(number)
+            or number > high
+            or number < low
+            or (low_open and number == low)
         ):
             bounds = f"{'>' if low_open else '>='} {low:g}" + (
                 f" and <= {high:g}" if high != math.inf else ""
             )
-            reader.fail(node, f"'{name}' must be a number {bounds} (got {value!r})")
-        return float(value)
+            reader.fail(node, f"'{name}' must be a number {bounds} (got {_shown(node, value)})")
+        return number
 
     return convert
+
+
+MAX_INTEGER = 2**31 - 1
+"""The largest integer a decision file holds (token counts, tokens/s, seconds, replicas): the
+planner and the core take them as 64-bit integers, and larger ones mean a typo."""
 
 
 def _integer(low: int) -> _Convert:
     def convert(reader: _Reader, node: Node, name: str) -> int:
         value = _scalar(reader, node, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            reader.fail(node, f"'{name}' must be an integer >= {low} (got {value!r})")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_INTEGER:
+            reader.fail(
+                node,
+                f"'{name}' must be an integer >= {low} and <= {MAX_INTEGER} "
+                f"(got {_shown(node, value)})",
+            )
         return value
 
     return convert
@@ -585,6 +611,25 @@ def _item_node(root: Node, index: int, *keys: str) -> Node:
     return node
 
 
+def _check_demand(reader: _Reader, root: Node, dem: Mapping[str, Any]) -> None:
+    """What the planner's Demand requires beyond each field's own range (turnout.capacity), at
+    the field: the diurnal multipliers average 1, the shared prefix is shorter than the prompt."""
+    diurnal = dem.get("diurnal")
+    if diurnal is not None and abs(sum(diurnal) / 24 - 1) > DIURNAL_MEAN_TOLERANCE:
+        reader.fail(
+            _node_of(root, "demand", "diurnal"),
+            f"'demand.diurnal' must average 1 (multipliers of the mean rate; got "
+            f"{sum(diurnal) / 24:g})",
+        )
+    shared, prompt = dem.get("shared_prefix_tokens", 0), dem.get("input_tokens")
+    if prompt is not None and shared >= prompt:
+        reader.fail(
+            _node_of(root, "demand", "shared_prefix_tokens"),
+            f"'demand.shared_prefix_tokens' ({shared}) must be below demand.input_tokens "
+            f"({prompt}): the shared prefix is part of the prompt",
+        )
+
+
 def _build(reader: _Reader, root: Node, raw: dict[str, Any]) -> ScenarioFile:
     """The checked file: its values, cross-checked with the routing table it names."""
     if raw["version"] != SCHEMA_VERSION:
@@ -638,12 +683,20 @@ def _build(reader: _Reader, root: Node, raw: dict[str, Any]) -> ScenarioFile:
         )
     slo = raw.get("slo", {})
     for key, value in slo.items():
-        if info.get(key) is not None and info[key] != value:
+        if info.get(key) is None:  # the planner sizes to the table's SLO: never to this one
+            reader.fail(
+                _node_of(root, "slo", key),
+                f"slo.{key} {value}: the table sets no slo.{key} for {scenario} (the table's SLO "
+                "is the one routed and planned: set it there)",
+            )
+        if info[key] != value:
             reader.fail(
                 _node_of(root, "slo", key),
                 f"slo.{key} {value} disagrees with the table's {info[key]} for {scenario}",
             )
     cache = raw["cache"]
+    if "hit_rate_of" in cache:
+        known_target(cache["hit_rate_of"], _node_of(root, "cache", "hit_rate_of"), "hit_rate_of")
     if cache["prefix_aware_routing"] != bool(info.get("prefix_affinity")):
         reader.fail(
             _node_of(root, "cache", "prefix_aware_routing"),
@@ -651,6 +704,12 @@ def _build(reader: _Reader, root: Node, raw: dict[str, Any]) -> ScenarioFile:
             f"the table's affinity.prefix for {scenario}",
         )
     c = raw.get("cost", {})
+    if c.get("utilization") is not None and c["utilization"] < MIN_UTILIZATION:
+        reader.fail(
+            _node_of(root, "cost", "utilization"),
+            f"'cost.utilization' must be at least {MIN_UTILIZATION:f} (costs are computed to "
+            f"the millionth of the time; got {c['utilization']:g})",
+        )
     cap = raw.get("capacity", {})
     if "performance" in cap and cap["performance"] not in _published_rows():
         reader.fail(
@@ -687,6 +746,11 @@ def _build(reader: _Reader, root: Node, raw: dict[str, Any]) -> ScenarioFile:
     if mig is not None:
         known_target(mig["from"], _node_of(root, "migration", "from"), "migration.from")
         known_target(mig["to"], _node_of(root, "migration", "to"), "migration.to")
+        if mig["to"] == mig["from"]:
+            reader.fail(
+                _node_of(root, "migration", "to"),
+                f"migration.to {mig['to']!r} is its own migration.from: nothing moves",
+            )
         if mig["to"] not in m["candidates"]:
             reader.fail(
                 _node_of(root, "migration", "to"),
@@ -694,6 +758,7 @@ def _build(reader: _Reader, root: Node, raw: dict[str, Any]) -> ScenarioFile:
             )
         migration = Migration(mig["from"], mig["to"], mig["steps"])
     dem = raw["demand"]
+    _check_demand(reader, root, dem)
     return ScenarioFile(
         path=reader.path,
         scenario=scenario,
@@ -1040,6 +1105,8 @@ def _recommend(
             ]
         where, chosen_by = need, "requirement"
         reasons.append(fired[rule])
+        if need == "maas" and "deidentifiable" in fired:
+            reasons.append(fired["deidentifiable"])
         if need == "self_hosted" and "no_evals_or_mlops" in fired:
             reasons.append(
                 fired["no_evals_or_mlops"] + "; customization leaves no other "
@@ -1063,12 +1130,18 @@ def _recommend(
             reasons.append("no rule calls for self-hosting: MaaS, with no pool to run")
             if "deidentifiable" in fired:
                 reasons.append(fired["deidentifiable"])
-        if where != "maas" and "no_evals_or_mlops" in fired and "maas" in usable:
-            reasons.append(
-                fired["no_evals_or_mlops"] + f": stay on MaaS until they exist "
-                f"({_label(where)} when they do)"
-            )
-            where = "maas"
+        if where != "maas" and "no_evals_or_mlops" in fired:
+            if "maas" in usable:
+                reasons.append(
+                    fired["no_evals_or_mlops"] + f": stay on MaaS until they exist "
+                    f"({_label(where)} when they do)"
+                )
+                where = "maas"
+            else:
+                reasons.append(
+                    fired["no_evals_or_mlops"] + "; no usable MaaS candidate to wait on: "
+                    "build them before the cut-over"
+                )
         wanted = {
             "self_hosted": {"self_hosted"},
             "maas": {"maas"},
@@ -1131,9 +1204,19 @@ def _monthly_counted(sf: ScenarioFile, target: str) -> dict[str, Decimal]:
     return {k: v for k, v in items.items() if v > 0}
 
 
+def _pool_of(item: str) -> str | None:
+    """The pool a ``cost.monthly`` item prices (``test_debug`` prices the test pool), as the
+    planner reads it (turnout.plan.POOL_ITEMS); None for any other item."""
+    try:
+        from turnout.plan import POOL_ITEMS
+    except ImportError:  # the planner is another part of this release
+        return item if item in POOLS else None
+    return POOL_ITEMS.get(item)
+
+
 def _pools_counted(sf: ScenarioFile, target: str) -> list[str]:
-    monthly = _monthly_counted(sf, target)
-    return [p for p in POOLS if sf.capacity.pools.get(p, 0) > 0 or p in monthly]
+    priced = {_pool_of(item) for item in _monthly_counted(sf, target)}
+    return [p for p in POOLS if sf.capacity.pools.get(p, 0) > 0 or p in priced]
 
 
 def _route_targets(info: Mapping[str, Any]) -> list[str]:
@@ -1366,6 +1449,8 @@ class DecisionRecord:
     facts: dict[str, Any]
     plan: Any = None  # turnout.plan.Plan | None
     plan_note: str | None = None  # why there is no plan
+    description: str | None = None  # the file's, for people
+    cache: dict[str, Any] = field(default_factory=dict)  # the file's cache assumptions, as stated
 
     @property
     def fired(self) -> list[RuleResult]:
@@ -1376,6 +1461,7 @@ class DecisionRecord:
         """The record as a JSON-ready dict (money as Decimal: dump with ``default=str``)."""
         return {
             "scenario": self.scenario,
+            "description": self.description,
             "source": self.source,
             "table": self.table,
             "owner": self.owner,
@@ -1390,6 +1476,7 @@ class DecisionRecord:
             "anti_patterns": [a.to_json() for a in self.anti_patterns],
             "missing_fields": list(self.missing_fields),
             "facts": dict(self.facts),
+            "cache": dict(self.cache),
             "plan": None if self.plan is None else self.plan.to_json(),
             "plan_note": self.plan_note,
         }
@@ -1407,6 +1494,7 @@ class DecisionRecord:
             f"- Decision file: `{self.source}`",
             f"- Routing table: `{self.table}`",
             f"- Owner: {self.owner}",
+            *([f"- Description: {self.description}"] if self.description else []),
             "",
             f"## Recommendation: **{label}**",
             "",
@@ -1444,6 +1532,9 @@ class DecisionRecord:
         if self.facts:
             out += ["", "## Facts", ""]
             out += [f"- {k}: {_fact(v)}" for k, v in self.facts.items()]
+        if self.cache:
+            out += ["", "## Cache assumptions", ""]
+            out += [f"- {k}: {_fact(v)}" for k, v in self.cache.items()]
         out += ["", "## Cost comparison", ""]
         if self.plan is None:
             out.append(f"Not run: {self.plan_note}")
@@ -1460,6 +1551,10 @@ def _cell(text: str) -> str:
 
 
 def _fact(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
     return f"{value:,.4g}" if isinstance(value, float) else str(value)
 
 
@@ -1513,8 +1608,22 @@ def decide(
         facts=facts,
         plan=priced,
         plan_note=plan_note,
+        description=sf.description,
+        cache=_cache_assumptions(sf.cache),
     )
     return record
+
+
+def _cache_assumptions(cache: CacheAssumptions) -> dict[str, Any]:
+    """The file's cache section as the record shows it (every field, stated or not)."""
+    return {
+        "expected_hit_rate": cache.expected_hit_rate,
+        "hit_rate_of": cache.hit_rate_of,
+        "ttl_s": cache.ttl_s,
+        "affinity": cache.affinity,
+        "prefix_aware_routing": cache.prefix_aware_routing,
+        "observed_fields": list(cache.observed_fields),
+    }
 
 
 def _cost_per_mtok(sf: ScenarioFile) -> dict[str, Any]:
@@ -1547,10 +1656,13 @@ def _overheads(sf: ScenarioFile, target: str, table: Any) -> Any:
     for name, usd in sf.cost.monthly.items():
         if name in PEOPLE:
             override[f"{name}_usd"] = usd
+        elif usd == 0:  # a file's 0 removes the table's item (the pool is then in replicas)
+            given.pop(name, None)
         else:
             given[name] = usd
+    priced = {_pool_of(name) for name in given}
     for pool in POOLS:
-        override[f"{pool}_replicas"] = 0 if pool in given else sf.capacity.pools[pool]
+        override[f"{pool}_replicas"] = 0 if pool in priced else sf.capacity.pools[pool]
     override["given_usd"] = tuple(given.items())
     return dataclasses.replace(table, **override)
 
@@ -1577,17 +1689,17 @@ def _plan(
     except ImportError as e:  # the planner is another part of this release
         return None, f"the planner is not in this build ({e})"
     d = sf.demand
-    demand = Demand(
-        mean_rps=d.mean_rps,
-        peak_to_mean=d.peak_to_mean,
-        diurnal=d.diurnal,
-        input_tokens=d.input_tokens,
-        output_tokens=d.output_tokens,
-        shared_prefix_tokens=d.shared_prefix_tokens,
-    )
     target = hosted[0]
-    overheads = _overheads(sf, target, planner.Overheads.from_target(sf.config, target))
-    try:
+    try:  # the loader checked what these need: a refusal here is the planner's, in the note
+        demand = Demand(
+            mean_rps=d.mean_rps,
+            peak_to_mean=d.peak_to_mean,
+            diurnal=d.diurnal,
+            input_tokens=d.input_tokens,
+            output_tokens=d.output_tokens,
+            shared_prefix_tokens=d.shared_prefix_tokens,
+        )
+        overheads = _overheads(sf, target, planner.Overheads.from_target(sf.config, target))
         result = planner.plan(
             sf.config,
             sf.scenario,

@@ -37,13 +37,16 @@ OPTIONS = ("maas_only", "self_hosted_only", "hybrid")
 """The options a plan compares, in the order of :attr:`Plan.options`."""
 _PICO = Decimal(1).scaleb(-12)
 _POOLS = ("staging", "test", "canary")
-_POOL_NAMES = {
+POOL_ITEMS = {
     "staging": "staging",
     "test": "test",
     "test_debug": "test",
     "debug": "test",
     "canary": "canary",
 }
+"""The ``cost.monthly`` items that price a pool beside production, and the pool each prices."""
+_SIZED = ("production", "reserve")
+"""The lines priced from the sized pool, never given in USD."""
 _USD_ITEMS = ("engineering", "observability", "evals", "incidents")
 
 
@@ -52,7 +55,8 @@ def _usd(value: Decimal | int | str) -> Decimal:
 
 
 def _pico(value: Decimal) -> Decimal:
-    return value.quantize(_PICO, rounding=ROUND_HALF_EVEN)
+    rounded = value.quantize(_PICO, rounding=ROUND_HALF_EVEN)
+    return rounded if rounded else Decimal(0)  # "0", not "0E-12"
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,13 @@ class Overheads:
             if not usd.is_finite() or usd < 0:
                 raise PlanError(f"cannot plan: {name} must be USD >= 0 per month, got {usd}")
         for name, _ in given:
-            pool = _POOL_NAMES.get(name)
+            if name in _SIZED:  # their lines are computed: a given figure would count them twice
+                raise PlanError(
+                    f"cannot plan: the monthly item '{name}' would count the {name} pool twice: "
+                    f"the plan prices it in replicas (production sized by simulation, the reserve "
+                    "as a share of it: Overheads.reserve, --reserve); rename or remove the item"
+                )
+            pool = POOL_ITEMS.get(name)
             if pool is not None and getattr(self, f"{pool}_replicas"):
                 raise PlanError(
                     f"cannot plan: the {pool} pool is given both in USD ({name}) and in replicas"
@@ -107,7 +117,7 @@ class Overheads:
             if name in _USD_ITEMS:
                 values[f"{name}_usd"] = _usd(usd)
                 continue
-            pool = _POOL_NAMES.get(name)
+            pool = POOL_ITEMS.get(name)
             if pool is not None:
                 values[f"{pool}_replicas"] = 0
             given.append((name, _usd(usd)))
@@ -183,13 +193,13 @@ def fully_loaded_lines(
     pool("reserve", reserve_replicas(overheads.reserve, replicas))
     given = dict(overheads.given_usd)
     for name in _POOLS:
-        if not any(_POOL_NAMES.get(g) == name for g in given):
+        if not any(POOL_ITEMS.get(g) == name for g in given):
             pool(name, getattr(overheads, f"{name}_replicas"))
     for name, usd in overheads.given_usd:
         rows.append(
             {
                 "item": name,
-                "pool": _POOL_NAMES.get(name),
+                "pool": POOL_ITEMS.get(name),
                 "replicas": None,
                 "gpus": None,
                 "usd_per_month": usd,
@@ -1032,7 +1042,13 @@ def _recommend(
             "no option meets the SLO and the quality gate; see each option's reason",
             *reasons,
         ]
-    best = min(eligible, key=lambda r: r["usd_per_accepted"] or Decimal("Infinity"))
+    # None (nothing accepted) sorts last; a $0 option is the cheapest, not "no figure".
+    best = min(
+        eligible,
+        key=lambda r: (
+            Decimal("Infinity") if r["usd_per_accepted"] is None else r["usd_per_accepted"]
+        ),
+    )
     others = ", ".join(f"{r['option']} ${r['usd_per_accepted']}" for r in eligible if r is not best)
     head = [
         f"{best['option']} has the lowest fully loaded cost per accepted outcome among the "
@@ -1079,6 +1095,7 @@ def _recommend(
 
 __all__ = [
     "HOURS_PER_MONTH",
+    "POOL_ITEMS",
     "DayMeasure",
     "Overheads",
     "Plan",

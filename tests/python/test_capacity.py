@@ -119,6 +119,9 @@ def test_peak_is_at_least_the_busiest_hour() -> None:
         ({"mean_rps": 1.0, "diurnal": (2.0,) * 24}, "must average 1"),
         ({"mean_rps": 1.0, "output_tokens": 0}, "must be >= 1"),
         ({"mean_rps": 1.0, "shared_prefix_tokens": 1000}, "below its input_tokens"),
+        # Token counts past 64 bits were an OverflowError deep in the simulation's arrays.
+        ({"mean_rps": 1.0, "input_tokens": 10**23}, "input_tokens must be <= 2147483647"),
+        ({"mean_rps": 1.0, "output_tokens": 1.5}, "output_tokens must be an integer"),
     ],
 )
 def test_a_bad_demand_is_refused(kwargs: dict[str, object], message: str) -> None:
@@ -130,6 +133,17 @@ def test_a_trace_of_one_instant_has_no_rate(tmp_path: Path) -> None:
     one = synthetic_load(Demand(mean_rps=1.0), scenario=SCENARIO, rate_rps=0.01, duration_s=1)
     with pytest.raises(turnout.PlanError, match="a rate needs two arrival times"):
         Demand.from_trace([one])
+
+
+@pytest.mark.parametrize("rate", [1e7, 1e300])
+def test_a_load_too_large_to_simulate_is_refused(config: turnout.Config, rate: float) -> None:
+    # 1e7 requests/s for 600 s is 6e9 requests: the run allocated gigabytes and never ended;
+    # 1e300 was numpy's "Maximum allowed dimension exceeded". A demand no pool can serve must be
+    # a clear error, not a hang.
+    with pytest.raises(turnout.PlanError, match=r"more than one simulated run holds \(1,000,000\)"):
+        synthetic_load(BUSY, scenario=SCENARIO, rate_rps=rate, duration_s=600.0)
+    with pytest.raises(turnout.PlanError, match="shorten the duration"):
+        size_pool(config, SCENARIO, POOL, replace(BUSY, mean_rps=rate), models=MODELS)
 
 
 def test_synthetic_load_shares_its_prefix() -> None:

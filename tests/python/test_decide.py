@@ -9,7 +9,9 @@ import os
 import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -739,3 +741,185 @@ def test_docs_document_every_field_rule_item_and_anti_pattern() -> None:
     assert first_cells("## The rules") == {r.id for r in RULES}
     assert first_cells("## The readiness checklist") == set(READINESS)
     assert first_cells("## The anti-patterns") == set(ANTI_PATTERNS)
+
+
+# --- what the planner would refuse is refused at the field ---------------------------------------
+
+FLAT_24 = "[" + ", ".join(["2"] * 24) + "]"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "message"),
+    [
+        # The planner's Demand needs multipliers of the mean (average 1) and a shared prefix
+        # inside the prompt: the file said so only at plan time, with no path:line:col.
+        (
+            "  output_tokens: 200\n",
+            f"  output_tokens: 200\n  diurnal: {FLAT_24}\n",
+            "21:12",
+            "'demand.diurnal' must average 1 (multipliers of the mean rate; got 2)",
+        ),
+        (
+            "  output_tokens: 200\n",
+            "  output_tokens: 200\n  shared_prefix_tokens: 1000\n",
+            "21:25",
+            "'demand.shared_prefix_tokens' (1000) must be below demand.input_tokens (1000): the "
+            "shared prefix is part of the prompt",
+        ),
+        # Integers too large for a float or for the core: no OverflowError or TypeError.
+        (
+            "mean_rps: 2",
+            "mean_rps: 1" + "0" * 400,
+            "15:13",
+            "'demand.mean_rps' must be a number > 0 (got 1" + "0" * 400 + ")",
+        ),
+        (
+            "output_tokens_per_s: 4000",
+            "output_tokens_per_s: 99999999999999999999999",
+            "31:37",
+            "'capacity.throughput.output_tokens_per_s' must be an integer >= 1 and <= 2147483647 "
+            "(got 99999999999999999999999)",
+        ),
+        # The core prices the busy share to the millionth: 1e-7 was its error, with no location.
+        (
+            "utilization: 0.5",
+            "utilization: 0.0000001",
+            "28:16",
+            "'cost.utilization' must be at least 0.000001 (costs are computed to the millionth "
+            "of the time; got 1e-07)",
+        ),
+        (
+            "hit_rate_of: pool",
+            "hit_rate_of: poool",
+            "37:16",
+            "hit_rate_of 'poool' is not a target of",
+        ),
+        (
+            "mlops: true\n",
+            "mlops: true\nmigration: {from: pool, to: pool, steps: [10, 100]}\n",
+            "49:29",
+            "migration.to 'pool' is its own migration.from: nothing moves",
+        ),
+    ],
+)
+def test_values_the_planner_or_the_table_refuse_name_file_line_col(
+    tmp_path: Path, old: str, new: str, where: str, message: str
+) -> None:
+    text = neutral_text()
+    assert old in text
+    path = write(tmp_path, text.replace(old, new, 1))
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)
+    assert str(e.value).startswith(f"{path}:{where}: {message}")
+    result = cli(path, "--no-plan")
+    assert result.returncode == 2, result.stderr
+    assert f"error: {path}:{where}: " in result.stderr
+
+
+def test_an_slo_the_table_does_not_set_is_refused_not_ignored(tmp_path: Path) -> None:
+    # The table's tickets scenario has no SLO: the planner would size to none, so a file's SLO
+    # there was read and never used (docs: it "must equal the table's").
+    text = (DATA / "hybrid.yaml").read_text()
+    text = text.replace("mlops: true\n", "mlops: true\nslo: {ttft_p95_ms: 800}\n")
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)
+    assert str(e.value).startswith(
+        f"{path}:49:20: slo.ttft_p95_ms 800: the table sets no slo.ttft_p95_ms for tickets"
+    )
+
+
+def test_the_cache_assumptions_and_description_are_in_the_record(tmp_path: Path) -> None:
+    # cache.affinity was read and then neither used nor shown; the description was not shown.
+    rec = record("neutral")
+    data = rec.to_json()
+    assert data["cache"] == {
+        "expected_hit_rate": 0.3,
+        "hit_rate_of": "pool",
+        "ttl_s": 120,
+        "affinity": "session",
+        "prefix_aware_routing": False,
+        "observed_fields": ["input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens"],
+    }
+    assert "- affinity: session" in rec.to_markdown()
+    assert data["description"] is None
+    text = neutral_text().replace("owner: platform\n", "owner: platform\ndescription: Docs Q&A\n")
+    described = decide(write(tmp_path, text), plan=False)
+    assert described.to_json()["description"] == "Docs Q&A"
+    assert "- Description: Docs Q&A\n" in described.to_markdown()
+
+
+def _table_with_pool_items(tmp_path: Path, items: str) -> Path:
+    """The test table, its pool's cost.monthly extended with `items` (YAML flow entries)."""
+    text = (DATA / "routing.yaml").read_text()
+    old = "monthly: {engineering: 16000, observability: 900, evals: 1500, incidents: 2000}"
+    assert old in text
+    table = tmp_path / "routing.yaml"
+    table.write_text(text.replace(old, old[:-1] + ", " + items + "}"))
+    return table
+
+
+def _lines(rec: DecisionRecord) -> dict[str, tuple[Any, Any]]:
+    assert rec.plan is not None, rec.plan_note
+    return {
+        r["item"]: (r["replicas"], r["usd_per_month"]) for r in rec.plan.lines.to_dict("records")
+    }
+
+
+def test_a_pool_the_table_prices_as_test_debug_is_the_test_pool(tmp_path: Path) -> None:
+    # The planner reads test_debug as the test pool; decide asked it for a test pool in replicas
+    # too (capacity.pools.test is required) and the planner refused: "given both in USD and in
+    # replicas", exit 2 with no location. Readiness did not count it either.
+    table = _table_with_pool_items(tmp_path, "test_debug: 300")
+    path = tmp_path / "scenario.yaml"
+    path.write_text(neutral_text().replace("table: routing.yaml", f"table: {table}"))
+    assert not_ready(decide(path, plan=False)) == {}
+    text = neutral_text().replace("pools: {staging: 1, test: 1", "pools: {staging: 1, test: 0")
+    path.write_text(text.replace("table: routing.yaml", f"table: {table}"))
+    assert not_ready(decide(path, plan=False)) == {}  # test_debug prices the test pool
+    path.write_text(neutral_text().replace("table: routing.yaml", f"table: {table}"))
+    lines = _lines(decide(path, duration_s=30.0))
+    assert lines["test_debug"][1] == Decimal(300)
+    assert "test" not in lines  # priced once, as the table gives it
+    assert lines["staging"][0] == lines["canary"][0] == 1
+
+
+def test_a_files_zero_monthly_item_removes_the_tables(tmp_path: Path) -> None:
+    # docs/decide.md: a file's cost.monthly item replaces the table's, and 0 removes it. A 0 for
+    # staging kept a $0 staging line and dropped the staging replica of capacity.pools: the
+    # month lost a pool while readiness said every pool was counted.
+    table = _table_with_pool_items(tmp_path, "staging: 700")
+    text = neutral_text().replace("utilization: 0.5", "utilization: 0.5\n  monthly: {staging: 0}")
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text.replace("table: routing.yaml", f"table: {table}"))
+    rec = decide(path, duration_s=30.0)
+    assert not_ready(rec) == {}
+    assert rec.plan is not None
+    replica = rec.plan.replica_usd_per_month
+    assert _lines(rec)["staging"] == (1, replica)
+    # Without the file's 0, the table's $700 prices staging (and no staging replica).
+    path.write_text(neutral_text().replace("table: routing.yaml", f"table: {table}"))
+    assert _lines(decide(path, duration_s=30.0))["staging"] == (None, Decimal(700))
+
+
+def test_maas_for_a_frontier_model_says_the_data_goes_de_identified(tmp_path: Path) -> None:
+    # The requirement chose MaaS for data that may not leave as it is: the record recommended
+    # MaaS without the de-identification that makes it allowed.
+    text = (DATA / "rule-frontier.yaml").read_text().replace("may_leave: true", "may_leave: false")
+    rec = decide(write(tmp_path, text), plan=False)
+    assert fired(rec) == {"frontier_required", "deidentifiable"}
+    assert rec.recommendation == "maas"
+    assert any("de-identified" in r for r in rec.reasons), rec.reasons
+
+
+def test_self_hosting_without_mlops_says_so_when_no_maas_candidate_is_usable(
+    tmp_path: Path,
+) -> None:
+    # Stable high volume, no MLOps, only the pool as a candidate: the answer stays self-hosted
+    # (nothing else may serve), and the reasons must not drop the missing MLOps.
+    text = (DATA / "volume-no-mlops.yaml").read_text()
+    text = text.replace("candidates: [pool, mini]", "candidates: [pool]")
+    rec = decide(write(tmp_path, text), plan=False)
+    assert fired(rec) == {"stable_high_volume", "no_evals_or_mlops"}
+    assert rec.recommendation == "self_hosted"
+    assert any("no MLOps yet" in r for r in rec.reasons), rec.reasons

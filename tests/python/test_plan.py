@@ -172,11 +172,44 @@ def test_reserve_rounds_up_in_decimal() -> None:
     assert reserve_replicas(0.25, 9) == 3  # 2.25
 
 
+def test_a_free_maas_is_the_cheapest_option(tmp_path: Path) -> None:
+    # A MaaS priced at $0 (a free tier, an internal endpoint) has $0 per accepted outcome: the
+    # cheapest. The choice read `usd_per_accepted or Infinity`, so $0 counted as no figure and the
+    # $18,970 pool won; the $0 printed as "0E-12".
+    path = tmp_path / "free.yaml"
+    path.write_text(
+        SMALL_TABLE.replace(
+            "price: {input_per_mtok: 0.40, cache_read_per_mtok: 0.10, output_per_mtok: 1.60}",
+            "price: {input_per_mtok: 0, cache_read_per_mtok: 0, output_per_mtok: 0}",
+        ),
+        encoding="utf-8",
+    )
+    p = plan(
+        turnout.load_config(path),
+        "faq",
+        self_hosted="pool",
+        maas="api",
+        demand=Demand(mean_rps=0.5, input_tokens=500, output_tokens=50),
+        duration_s=30.0,
+    )
+    options = p.options.set_index("option")
+    assert options.loc["maas_only", "slo_met"]
+    assert options.loc["maas_only", "usd_per_accepted"] == 0
+    assert p.recommendation == "maas_only"
+    assert str(options.loc["maas_only", "usd_per_month"]) == "0"
+    assert p.to_json()["options"][0]["usd_per_accepted"] == "0"
+
+
 def test_overheads_refuse_contradictions(small_table: turnout.Config) -> None:
     with pytest.raises(turnout.PlanError, match="reserve must be a share >= 0"):
         Overheads(reserve=-0.1)
     with pytest.raises(turnout.PlanError, match="staging pool is given both"):
         Overheads.from_target(small_table, "pool", staging_replicas=2)
+    # A table's monthly `reserve` (or `production`) was a second line beside the computed one:
+    # the reserve counted twice.
+    for item in ("reserve", "production"):
+        with pytest.raises(turnout.PlanError, match=f"'{item}' would count the {item} pool twice"):
+            Overheads(given_usd=((item, Decimal(1825)),))
     with pytest.raises(turnout.PlanError, match="engineering must be USD >= 0"):
         Overheads(engineering_usd=Decimal(-1))
     with pytest.raises(turnout.PlanError, match="'api' is maas, not a self-hosted pool"):

@@ -425,6 +425,27 @@ def test_a_scenario_whose_requests_all_failed_meets_nothing() -> None:
     }  # fmt: skip
 
 
+def test_the_quality_gate_compares_the_share_not_its_rounding() -> None:
+    # 3,799,999 accepted of 4,000,000 is 0.94999975: below a 0.95 gate, though the reported
+    # share rounds to 0.95 (6 digits). The gate read the rounded figure and passed.
+    n = 4_000_000
+    accepted = np.ones(n, dtype=np.int8)
+    accepted[: n - 3_799_999] = 0
+    columns = {
+        "scenario": np.full(n, "a", dtype=object),
+        "outcome": np.full(n, "served", dtype=object),
+        "ttft_ms": np.full(n, 100.0),
+        "latency_ms": np.full(n, 900.0),
+        "accepted": accepted,
+    }
+    bounds = {"a": {"ttft_p95_ms": None, "latency_p95_ms": None, "min_accept_rate": 0.95}}
+    out = scenario_summary(columns, bounds)["a"]
+    assert out["accept_rate"] == 0.95  # as reported, to 6 digits
+    assert out["quality_gate"] == "fail"
+    accepted[n - 3_800_000 - 1] = 1  # 3,800,000 accepted: exactly 0.95 passes
+    assert scenario_summary(columns, bounds)["a"]["quality_gate"] == "pass"
+
+
 @needs_sim
 def test_the_table_counts_scenarios_meeting_their_slo_and_gate() -> None:
     # The sample: agent-assist and support-summarization have an SLO (both met: few requests, a
