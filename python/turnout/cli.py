@@ -921,6 +921,16 @@ def plan_command(
 
     if (trace is None) == (rate is None):
         raise click.UsageError("give --trace FILE or --rate RPS (one of them)")
+    if trace is not None:
+        ctx = click.get_current_context()
+        shape = ("peak_to_mean", "diurnal", "input_tokens", "output_tokens", "shared_prefix_tokens")
+        given = [
+            "--" + name.replace("_", "-")
+            for name in shape
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:  # the trace measures them: a value given too would be silently ignored
+            raise click.UsageError(f"{', '.join(given)} describe a --rate demand, not a --trace")
     cfg = _load(config)
     try:
         if trace is not None:
@@ -950,9 +960,12 @@ def plan_command(
             duration_s=duration,
         )
     except (TurnoutError, OSError) as e:
-        _fail(e, 2 if isinstance(e, (ValueError, KeyError, OSError)) else 1)
+        _fail(e, 2)  # every refusal is about the inputs (docs/plan.md, "Bad input")
     if out is not None:
-        _write_plan(result, out)
+        try:
+            _write_plan(result, out)
+        except OSError as e:
+            _fail(e, 2)
     if as_json:
         _dump(result.to_json())
         return

@@ -446,7 +446,7 @@ class Plan:
             "",
             _md_table(self.lines),
             "",
-            f"Total: **${self.self_hosted_usd_per_month}** per month.",
+            f"Total: **${money_text(self.self_hosted_usd_per_month)}** per month.",
             "",
             f"## Options ({self.maas} for MaaS)",
             "",
@@ -483,11 +483,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def money_text(value: Decimal) -> str:
+    """An exact amount for reading: every significant digit, at least cents ("2200.00",
+    "0.000693565"); JSON keeps the amounts as they are."""
+    text = format(value.normalize(), "f")
+    whole, _, cents = text.partition(".")
+    return f"{whole}.{cents.ljust(2, '0')}"
+
+
 def _md_cell(value: Any) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, Decimal):
+        return money_text(value)
     return str(value)
 
 
@@ -584,7 +594,7 @@ def _option_row(
         "usd_per_month": usd,
         "usd_per_request": _pico(usd / requests),
         "usd_per_accepted": _pico(usd / accepted) if accepted else None,
-        "accepted_share": round(day.accepted_share, 6),
+        "accepted_share": day.accepted_share,  # unrounded: the quality gate compares it
         "ttft_p95_ms": day.peak.ttft_p95_ms,
         "latency_p95_ms": day.peak.latency_p95_ms,
         "availability": round(day.availability, 6),
@@ -667,8 +677,10 @@ def _measure_options(
     spill_per_request = maas_usd / Decimal(repr(demand.requests_per_month()))
 
     def spilled(m: Measure) -> Decimal:
-        # The MaaS part of a hybrid window: its requests on MaaS at MaaS's measured price.
-        return m.by_target.get(maas, 0) * spill_per_request
+        # The MaaS part of a hybrid window: its requests served off the pool (spilled to `maas`
+        # or fallen back to the scenario's other MaaS targets) at MaaS's measured price.
+        off_pool = sum(n for target, n in m.by_target.items() if target != self_hosted)
+        return off_pool * spill_per_request
 
     hybrid_lines = fully_loaded_lines(config, self_hosted, base.replicas, overheads)
     hybrid_spill = hybrid_day.usd_per_month(spilled)
@@ -996,9 +1008,10 @@ def _sensitivity(
             full = cost_per_mtok(cost["gpus_per_replica"], cost["usd_per_gpu_hour"], tokens, 1)
             note = (
                 f"a token-price spreadsheet would use {tokens} output tokens/s per replica "
-                f"({source}): ${full} per million at 100 % utilization; within the SLO a "
-                f"replica carries {economics['replica_rps']:.3g} requests/s = {slo_tokens} "
-                f"output tokens/s: ${at_slo} per million, before the reserve and the other pools"
+                f"({source}): ${money_text(full)} per million at 100 % utilization; within the "
+                f"SLO a replica carries {economics['replica_rps']:.3g} requests/s = {slo_tokens} "
+                f"output tokens/s: ${money_text(at_slo)} per million, before the reserve and the "
+                "other pools"
             )
     return frame.reset_index(drop=True), note
 
@@ -1049,17 +1062,19 @@ def _recommend(
             Decimal("Infinity") if r["usd_per_accepted"] is None else r["usd_per_accepted"]
         ),
     )
-    others = ", ".join(f"{r['option']} ${r['usd_per_accepted']}" for r in eligible if r is not best)
+    others = ", ".join(
+        f"{r['option']} ${money_text(r['usd_per_accepted'])}" for r in eligible if r is not best
+    )
     head = [
         f"{best['option']} has the lowest fully loaded cost per accepted outcome among the "
-        f"options that meet the SLO and the quality gate: ${best['usd_per_accepted']}"
+        f"options that meet the SLO and the quality gate: ${money_text(best['usd_per_accepted'])}"
         + (f" (vs {others})" if others else ""),
         f"{_replicas(sizing.replicas)} of {self_hosted}: the smallest pool that meets the SLO at "
         f"peak ({demand.peak_rps:g} requests/s) in simulation"
         + (f"; {_replicas(sizing.replicas - 1)} do not" if sizing.below is not None else ""),
         "the self-hosted month counts every pool, not only production: "
         + ", ".join(
-            f"{r['item']} ${r['usd_per_month']}"
+            f"{r['item']} ${money_text(r['usd_per_month'])}"
             for r in lines.to_dict("records")
             if r["usd_per_month"]
         )
