@@ -488,6 +488,12 @@ def explain(
 
 
 _FORMAT_CHOICE = click.Choice(["auto", "turnout", "mooncake", "azure", "burstgpt"])
+_models_option = click.option(
+    "--models",
+    "models_file",
+    type=click.Path(dir_okay=False),
+    help="JSON file: simulated behaviour per target (docs/replay.md).",
+)
 
 
 def _policies(config: str, extra: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -529,12 +535,7 @@ def _policies(config: str, extra: tuple[str, ...]) -> list[tuple[str, str]]:
     metavar="NAME=CONFIG",
     help="Also replay this routing table, as NAME (repeatable; CONFIG is named after its file).",
 )
-@click.option(
-    "--models",
-    "models_file",
-    type=click.Path(dir_okay=False),
-    help="JSON file: simulated behaviour per target (docs/replay.md).",
-)
+@_models_option
 @click.option(
     "--seed",
     "seeds",
@@ -865,12 +866,7 @@ def _diurnal_shape(spec: str) -> tuple[float, ...] | None:
     show_default=True,
     help="Leading prompt tokens every request shares (a system prompt): cacheable.",
 )
-@click.option(
-    "--models",
-    "models_file",
-    type=click.Path(dir_okay=False),
-    help="JSON file: simulated behaviour per target (docs/replay.md).",
-)
+@_models_option
 @click.option(
     "--reserve",
     type=float,
