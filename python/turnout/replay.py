@@ -101,8 +101,9 @@ def load_models(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 
 def usd(picos: int) -> Decimal:
-    """Exact USD of an integer amount of picodollars."""
-    return Decimal(int(picos)).scaleb(-12)
+    """Exact USD of an integer amount of picodollars (zero reads "0", not "0E-12")."""
+    picos = int(picos)
+    return Decimal(picos).scaleb(-12) if picos else Decimal(0)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float | None]:

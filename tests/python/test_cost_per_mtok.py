@@ -52,3 +52,13 @@ def test_utilization_is_exact(utilization: object, expected: Decimal) -> None:
 def test_meaningless_inputs_are_refused(args: tuple[object, ...], message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
         _core.self_hosted_cost_per_mtok(*args)
+
+
+@pytest.mark.parametrize(
+    ("picos", "text"), [(0, "0"), (1, "1E-12"), (1_500_000_000_000, "1.500000000000")]
+)
+def test_replay_usd_is_exact_and_zero_reads_zero(picos: int, text: str) -> None:
+    from turnout.replay import usd
+
+    assert str(usd(picos)) == text
+    assert usd(picos) == Decimal(picos) / Decimal(10**12)
