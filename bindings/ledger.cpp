@@ -50,12 +50,13 @@ void bind_ledger(py::module_& m) {
       "counter_columns",
       [] {
         py::list out;
-        row_columns("", "", "", "", Counters{},
+        row_columns("", "", "", "", Counters{}, Objectives{},
                     [&out](std::string_view column, std::string_view kind, const py::object&) {
                       out.append(py::make_tuple(text(column), text(kind)));
                     });
         return out;
       },
-      "(column, kind) for every key of a ledger row dict, in order; kind is 'label', a field kind, or "
-      "'money' for the derived cost_per_accepted_usd.");
+      "(column, kind) for every key of a ledger row dict, in order; kind is 'label', a field kind, "
+      "'money' for the derived cost_per_accepted_usd, or 'share' / 'gate' for the columns derived against "
+      "the scenario's slo and quality_gate.");
 }

@@ -266,8 +266,8 @@ RouteRequest make_request(const std::string& scenario, const std::optional<std::
 
 py::dict counter_row(const Config& config, const CounterRow& row) {
   const Target& t = config.targets[row.target];
-  return counter_row_dict(config.scenarios[row.scenario].name, t.name, to_string(t.kind), to_string(t.provider),
-                          row.counters);
+  const Scenario& s = config.scenarios[row.scenario];
+  return counter_row_dict(s.name, t.name, to_string(t.kind), to_string(t.provider), row.counters, objectives(s));
 }
 
 }  // namespace

@@ -38,12 +38,13 @@ inline py::dict usage_dict(const Usage& u) {
 }
 
 /// The columns of a ledger row dict, in order: `f(column, kind, value)` with kind "label" for the
-/// names, a FieldKind's name for the ledger's own columns (ledger.hpp), and "money" for the one
-/// derived here. Router.counters(), turnout.attach(...).counters() and the DataFrames are built
+/// names, a FieldKind's name for the ledger's own columns (ledger.hpp), "money" for the one derived
+/// here, and a DerivedKind's name ("share", "gate") for those the core derives against the scenario's
+/// objectives `o`. Router.counters(), turnout.attach(...).counters() and the DataFrames are built
 /// from it, and counter_columns() lists it for Python.
 template <class F>
 void row_columns(std::string_view scenario, std::string_view target, std::string_view kind, std::string_view provider,
-                 const Counters& c, F&& f) {
+                 const Counters& c, const Objectives& o, F&& f) {
   f("scenario", "label", py::str(scenario.data(), scenario.size()));
   f("target", "label", py::str(target.data(), target.size()));
   f("kind", "label", py::str(kind.data(), kind.size()));
@@ -64,13 +65,18 @@ void row_columns(std::string_view scenario, std::string_view target, std::string
   });
   f("cost_per_accepted_usd", "money",
     c.accepted == 0 ? py::object(py::none()) : money(c.cost).attr("__truediv__")(py::int_(c.accepted)));
+  visit_derived(c, o, [&f](const DerivedColumn& column, const auto& value) {
+    py::object v = py::none();
+    if (value) v = py::cast(*value);  // a float, or "pass" / "fail"
+    f(column.name, to_string(column.kind), std::move(v));
+  });
 }
 
 /// One ledger row as Router.counters() and turnout.attach(...).counters() return it.
 inline py::dict counter_row_dict(std::string_view scenario, std::string_view target, std::string_view kind,
-                                 std::string_view provider, const Counters& c) {
+                                 std::string_view provider, const Counters& c, const Objectives& o) {
   py::dict d;
-  row_columns(scenario, target, kind, provider, c, [&d](std::string_view column, std::string_view, py::object v) {
+  row_columns(scenario, target, kind, provider, c, o, [&d](std::string_view column, std::string_view, py::object v) {
     d[py::str(column.data(), column.size())] = std::move(v);
   });
   return d;

@@ -34,7 +34,8 @@ void bind_sidecar(py::module_& m) {
             if (!rows) raise(rows.error());
             py::list out;
             for (const auto& row : rows.value()) {
-              out.append(counter_row_dict(row.scenario, row.target, row.kind, row.provider, row.counters));
+              out.append(
+                  counter_row_dict(row.scenario, row.target, row.kind, row.provider, row.counters, row.objectives));
             }
             return out;
           },

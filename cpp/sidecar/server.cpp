@@ -22,8 +22,8 @@ namespace {
 using MapOut = protocol::MapWriter;
 using protocol::hex16;
 
-void pack_counters(MapOut& m, const std::string& scenario, const Target& t, const Counters& c) {
-  m.str("scenario", scenario);
+void pack_counters(MapOut& m, const Scenario& scenario, const Target& t, const Counters& c) {
+  m.str("scenario", scenario.name);
   m.str("target", t.name);
   m.str("kind", to_string(t.kind));
   m.str("provider", to_string(t.provider));
@@ -33,6 +33,16 @@ void pack_counters(MapOut& m, const std::string& scenario, const Target& t, cons
       m.str(column, value.to_usd_string());  // exact decimal text, as every money field on the wire
     } else {
       m.key(column).pack(value);  // counts, and bucket arrays as msgpack arrays
+    }
+  });
+  visit_derived(c, objectives(scenario), [&m](const DerivedColumn& column, const auto& value) {
+    using T = std::remove_cvref_t<decltype(*value)>;
+    if (!value) {
+      m.key(column.name).pack_nil();
+    } else if constexpr (std::is_same_v<T, std::string_view>) {
+      m.str(column.name, *value);  // a gate: "pass" or "fail"
+    } else {
+      m.key(column.name).pack(*value);  // a share, as a float
     }
   });
 }
@@ -739,7 +749,7 @@ Result<Ok> Handler::stats(Server& s, const Call& c) {
   reply.last_reload = s.last_reload_;  // the serving thread writes it: no lock to read it here
   for (const auto& row : router->counters()) {
     MapOut m;
-    pack_counters(m, config.scenarios[row.scenario].name, config.targets[row.target], row.counters);
+    pack_counters(m, config.scenarios[row.scenario], config.targets[row.target], row.counters);
     msgpack::sbuffer bytes;
     m.emit(bytes);
     reply.counters.emplace_back(bytes.data(), bytes.size());

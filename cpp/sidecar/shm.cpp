@@ -96,8 +96,8 @@ Result<Segment::Opened> Segment::open(const std::string& name, std::size_t min_s
         } else if (!read_slot(s, p)) {
           continue;
         }
-        out.recovered.push_back(
-            {read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider), p.counters});
+        out.recovered.push_back({read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider),
+                                 p.counters, p.objectives});
       }
       out.note = "re-attached segment '" + name + "' of dead sidecar pid " + std::to_string(h.creator_pid.load()) +
                  ": " + std::to_string(out.recovered.size()) + " counter rows recovered" +
@@ -232,6 +232,7 @@ void Segment::publish(const Config& config, const CounterRow& row) {
   copy_name(p.target, t.name);
   copy_short(p.kind, to_string(t.kind));
   copy_short(p.provider, to_string(t.provider));
+  p.objectives = objectives(config.scenarios[row.scenario]);
   p.counters = row.counters;
   write_slot(slot(it->second), p);
 }

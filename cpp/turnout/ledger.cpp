@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "turnout/config.hpp"
+
 namespace turnout {
 
 namespace {
@@ -10,8 +12,9 @@ namespace {
 // this binding from compiling (and the count below tells the list's length apart from the struct's).
 [[maybe_unused]] void every_member_is_listed(Counters& c) {
   [[maybe_unused]] auto& [requests, spillovers, outcomes, fallbacks, by_status, unpriced, accepted, rejected, tokens,
-                          cost, accepted_cost, ttft, latency] = c;
-  static_assert(kCounterFields.size() == 13, "a member of Counters is missing from visit_fields()");
+                          cost, accepted_cost, ttft, latency, ttft_slo_checked, ttft_within_slo, latency_slo_checked,
+                          latency_within_slo] = c;
+  static_assert(kCounterFields.size() == 17, "a member of Counters is missing from visit_fields()");
 }
 // The same for the parts a field's operations walk through.
 [[maybe_unused]] void every_histogram_part_is_walked(Histogram& h) {
@@ -51,6 +54,53 @@ const char* to_string(FieldKind kind) noexcept {
     case FieldKind::histogram: return "histogram";
   }
   return "unknown";
+}
+
+const char* to_string(DerivedKind kind) noexcept {
+  switch (kind) {
+    case DerivedKind::share: return "share";
+    case DerivedKind::gate: return "gate";
+  }
+  return "unknown";
+}
+
+Objectives objectives(const Scenario& s) noexcept {
+  return {.ttft_p95_ms = s.ttft_p95_ms, .latency_p95_ms = s.latency_p95_ms, .min_accept_rate = s.min_accept_rate};
+}
+
+void observe_times(Counters& row, const Objectives& o, std::int64_t ttft_ms, std::int64_t latency_ms) noexcept {
+  if (ttft_ms >= 0) {
+    row.ttft.observe(ttft_ms);
+    if (o.ttft_p95_ms > 0) {
+      ++row.ttft_slo_checked;
+      if (ttft_ms <= o.ttft_p95_ms) ++row.ttft_within_slo;
+    }
+  }
+  if (latency_ms >= 0) {
+    row.latency.observe(latency_ms);
+    if (o.latency_p95_ms > 0) {
+      ++row.latency_slo_checked;
+      if (latency_ms <= o.latency_p95_ms) ++row.latency_within_slo;
+    }
+  }
+}
+
+namespace {
+
+std::optional<double> share(std::uint64_t part, std::uint64_t whole) noexcept {
+  if (whole == 0) return std::nullopt;
+  return static_cast<double>(part) / static_cast<double>(whole);
+}
+
+}  // namespace
+
+Derived derive(const Counters& row, const Objectives& o) noexcept {
+  Derived d;
+  if (o.ttft_p95_ms > 0) d.ttft_slo_attainment = share(row.ttft_within_slo, row.ttft_slo_checked);
+  if (o.latency_p95_ms > 0) d.latency_slo_attainment = share(row.latency_within_slo, row.latency_slo_checked);
+  d.accept_rate = share(row.accepted, row.accepted + row.rejected);
+  if (o.min_accept_rate > 0 && d.accept_rate) d.quality_gate_passed = *d.accept_rate >= o.min_accept_rate;
+  return d;
 }
 
 void Histogram::observe(std::int64_t ms) noexcept {

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -47,10 +48,35 @@ struct Counters {
   MoneyTotal accepted_cost;
   Histogram ttft;
   Histogram latency;
+  std::uint64_t ttft_slo_checked = 0;
+  std::uint64_t ttft_within_slo = 0;
+  std::uint64_t latency_slo_checked = 0;
+  std::uint64_t latency_within_slo = 0;
 
   /// Every field equal (through visit_fields(), like every other operation on a row).
   friend bool operator==(const Counters& a, const Counters& b) noexcept;
 };
+
+struct Scenario;
+
+/// What a scenario asks of its outcomes: its `slo` bounds and its `quality_gate` (0: not set). A row's
+/// SLO counts are checked against it and its derived columns judge by it. Plain numbers, because a
+/// shared-memory slot carries it beside the row (a reader needs no routing table).
+struct Objectives {
+  std::int64_t ttft_p95_ms = 0;
+  std::int64_t latency_p95_ms = 0;
+  double min_accept_rate = 0.0;  ///< 0 is no gate (an accept rate is never below 0)
+  friend bool operator==(const Objectives&, const Objectives&) = default;
+};
+
+/// The objectives of `s`, as its table states them.
+[[nodiscard]] Objectives objectives(const Scenario& s) noexcept;
+
+/// Counts an outcome's reported times (-1: not reported) in its row, once per outcome: each reported
+/// time in its histogram and, when the scenario sets that bound, checked against it (within: at most
+/// the bound). So `<x>_within_slo / <x>_slo_checked` is the share of the outcomes the histogram saw
+/// under the bound that met it.
+void observe_times(Counters& row, const Objectives& o, std::int64_t ttft_ms, std::int64_t latency_ms) noexcept;
 
 /// What a field holds, and so how each edge shows it:
 /// count      std::uint64_t  column `name`; metric turnout_<metric>_total
@@ -138,6 +164,21 @@ constexpr void visit_fields(V&& v, Rows&... rows) {
   field<money>(v, {.name = "accepted_cost", .help = "Cost of the outcomes later accepted"}, rows.accepted_cost...);
   field<histogram>(v, {.name = "ttft", .help = "Time to first token"}, rows.ttft...);
   field<histogram>(v, {.name = "latency", .help = "Outcome latency"}, rows.latency...);
+  field<count>(v,
+               {.name = "ttft_slo_checked",
+                .help = "Outcomes whose reported TTFT was checked against the scenario's slo.ttft_p95_ms"},
+               rows.ttft_slo_checked...);
+  field<count>(
+      v, {.name = "ttft_within_slo", .help = "Outcomes whose reported TTFT was within the scenario's slo.ttft_p95_ms"},
+      rows.ttft_within_slo...);
+  field<count>(v,
+               {.name = "latency_slo_checked",
+                .help = "Outcomes whose reported latency was checked against the scenario's slo.latency_p95_ms"},
+               rows.latency_slo_checked...);
+  field<count>(v,
+               {.name = "latency_within_slo",
+                .help = "Outcomes whose reported latency was within the scenario's slo.latency_p95_ms"},
+               rows.latency_within_slo...);
 }
 
 /// The fields in list order (their names, kinds and help; no values).
@@ -194,6 +235,54 @@ void visit_columns(const Counters& row, F&& f) {
         }
       },
       row);
+}
+
+/// How a derived column's value reads: `share` a fraction in [0, 1], `gate` "pass" or "fail".
+enum class DerivedKind : std::uint8_t { share, gate };
+
+[[nodiscard]] const char* to_string(DerivedKind kind) noexcept;
+
+/// A column a ledger row derives from its counts and its scenario's Objectives (none: the value is
+/// undefined, as a share of nothing or a gate that is not set).
+struct DerivedColumn {
+  std::string_view name;
+  DerivedKind kind = DerivedKind::share;
+  std::string_view help;
+};
+
+/// THE derived columns, in row order (after the counters' own columns).
+inline constexpr std::array<DerivedColumn, 4> kDerivedColumns = {{
+    {"ttft_slo_attainment", DerivedKind::share,
+     "ttft_within_slo / ttft_slo_checked; none without slo.ttft_p95_ms or before an outcome reports its TTFT"},
+    {"latency_slo_attainment", DerivedKind::share,
+     "latency_within_slo / latency_slo_checked; none without slo.latency_p95_ms or before an outcome reports its "
+     "latency"},
+    {"accept_rate", DerivedKind::share, "accepted / (accepted + rejected); none before the first verdict"},
+    {"quality_gate", DerivedKind::gate,
+     "pass when accept_rate >= quality_gate.min_accept_rate, else fail; none without a gate or a verdict"},
+}};
+
+/// The derived values of one row, in kDerivedColumns' order.
+struct Derived {
+  std::optional<double> ttft_slo_attainment;
+  std::optional<double> latency_slo_attainment;
+  std::optional<double> accept_rate;
+  std::optional<bool> quality_gate_passed;
+};
+
+/// What `row` says against the objectives `o` of its scenario.
+[[nodiscard]] Derived derive(const Counters& row, const Objectives& o) noexcept;
+
+/// Calls `f(column, value)` for each derived column of a row, in order: `value` is a
+/// std::optional<double> (share) or a std::optional<std::string_view> (gate: "pass" or "fail").
+template <class F>
+void visit_derived(const Counters& row, const Objectives& o, F&& f) {
+  const Derived d = derive(row, o);
+  f(kDerivedColumns[0], d.ttft_slo_attainment);
+  f(kDerivedColumns[1], d.latency_slo_attainment);
+  f(kDerivedColumns[2], d.accept_rate);
+  f(kDerivedColumns[3],
+    d.quality_gate_passed ? std::optional<std::string_view>(*d.quality_gate_passed ? "pass" : "fail") : std::nullopt);
 }
 
 /// A hash of the field list (names, kinds, columns, histogram bounds): the shared-memory layout

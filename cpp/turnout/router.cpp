@@ -378,8 +378,7 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   } else if (r.status == Status::ok) {
     ++c.unpriced;
   }
-  if (r.ttft_ms >= 0) c.ttft.observe(r.ttft_ms);
-  if (r.latency_ms >= 0) c.latency.observe(r.latency_ms);
+  observe_times(c, objectives(s), r.ttft_ms, r.latency_ms);  // once: a duplicate returned above
 
   // The probe's outcome decides a half-open breaker. A fallback never claims the probe when it is
   // handed out, so an outcome on a half-open unit with no probe in flight serves as its probe:

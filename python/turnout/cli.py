@@ -17,7 +17,7 @@ from rich.text import Text
 import turnout
 from turnout import TurnoutError
 from turnout._demo import DEFAULT_OUT, DEFAULT_REQUESTS, DEFAULT_SEED, RATE_RPS, run_demo
-from turnout.ledger import COUNTER_FIELDS
+from turnout.ledger import COUNTER_FIELDS, GATE_COLUMNS, SHARE_COLUMNS
 
 # Piped output (CI logs, `| less`) gets room for the tables; a terminal keeps its own width.
 console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -434,6 +434,14 @@ def stats(endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
     for r in reply["counters"]:
         table.add_row(r["scenario"], r["target"], *(str(r[c]) for c in shown))
     console.print(table)
+    # What each row says against its scenario's slo and quality_gate ("-": undefined).
+    judged = [*SHARE_COLUMNS, *GATE_COLUMNS]
+    objectives = Table(title="Objectives (slo, quality_gate)")
+    for col in ("scenario", "target", *judged):
+        objectives.add_column(col, justify="right" if col not in ("scenario", "target") else "left")
+    for r in reply["counters"]:
+        objectives.add_row(r["scenario"], r["target"], *(_judged(r[c]) for c in judged))
+    console.print(objectives)
     breakers = Table(title="Breakers")
     for col in ("target", "endpoint", "phase", "consecutive failures", "opened", "in flight"):
         breakers.add_column(col)
@@ -684,6 +692,14 @@ def _tally(verdicts: list[Any], good: Any) -> str:
     """``k/n``: of the scenarios with a verdict (not None), how many are `good`."""
     given = [v for v in verdicts if v is not None]
     return f"{sum(v == good for v in given)}/{len(given)}" if given else "-"
+
+
+def _judged(value: float | str | None) -> str:
+    """A derived ledger column in the stats table: a share to 4 digits, a gate as is, "-" if
+    undefined."""
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else f"{value:.4g}"
 
 
 def _short_money(value: Decimal | None) -> str:

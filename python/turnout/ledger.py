@@ -17,7 +17,15 @@ from turnout import _core
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "COUNTER_FIELDS", "MONEY_COLUMNS", "CounterField", "counters_frame"]
+__all__ = [
+    "COLUMNS",
+    "COUNTER_FIELDS",
+    "GATE_COLUMNS",
+    "MONEY_COLUMNS",
+    "SHARE_COLUMNS",
+    "CounterField",
+    "counters_frame",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,15 @@ COLUMNS: tuple[str, ...] = tuple(column for column, _ in _ROW_COLUMNS)
 MONEY_COLUMNS: tuple[str, ...] = tuple(column for column, kind in _ROW_COLUMNS if kind == "money")
 """The columns that hold USD amounts (exact ``Decimal`` in a row dict)."""
 
+SHARE_COLUMNS: tuple[str, ...] = tuple(column for column, kind in _ROW_COLUMNS if kind == "share")
+"""The columns derived as a share in [0, 1] against the scenario's ``slo`` and ``quality_gate``
+(``ttft_slo_attainment``, ``latency_slo_attainment``, ``accept_rate``): a float, ``None`` when
+undefined."""
+
+GATE_COLUMNS: tuple[str, ...] = tuple(column for column, kind in _ROW_COLUMNS if kind == "gate")
+"""The columns judged against the scenario's ``quality_gate`` (``quality_gate``): ``"pass"``,
+``"fail"`` or ``None``."""
+
 MoneyType = Literal["decimal", "float"]
 
 
@@ -61,12 +78,15 @@ def counters_frame(rows: Iterable[dict[str, Any]], money: MoneyType = "decimal")
     ``money="decimal"`` keeps the amounts exact (``Decimal``); ``money="float"`` turns the money
     columns into float64 for plotting (NaN where an amount is undefined, as
     ``cost_per_accepted_usd`` before the first accepted outcome). Sum the exact columns, not these.
+    The share columns (:data:`SHARE_COLUMNS`) are float64 either way, NaN where undefined.
     """
     if money not in ("decimal", "float"):
         raise ValueError(f"money must be 'decimal' or 'float', got {money!r}")
     import pandas as pd
 
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    for column in SHARE_COLUMNS:
+        frame[column] = frame[column].astype("float64")  # None (undefined) is NaN
     if money == "float":
         for column in MONEY_COLUMNS:
             frame[column] = frame[column].map(float, na_action="ignore").astype("float64")

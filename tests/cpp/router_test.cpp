@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <thread>
@@ -531,6 +532,149 @@ TEST_F(RouterTest, AVerdictWithoutAnAnswerChangesNothing) {
   auto again = router.report(o);
   ASSERT_TRUE(again.ok());
   EXPECT_FALSE(again->duplicate);
+}
+
+// ------------------------------------------------------------------- SLO attainment and quality gate
+
+/// One MaaS target and its fallback; `timed` states an SLO and a quality gate, `untimed` neither.
+constexpr const char* kSloYaml = R"(version: 1
+targets:
+  mini:
+    kind: maas
+    provider: openai
+    model: gpt-4.1-mini
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 0.40, output_per_mtok: 1.60}
+  cheap:
+    kind: maas
+    provider: deepseek
+    model: deepseek-chat
+    data_classes: [public]
+    context_window: 64000
+    price: {input_per_mtok: 0.28, output_per_mtok: 0.42}
+scenarios:
+  timed:
+    data_class: public
+    slo: {ttft_p95_ms: 500, latency_p95_ms: 2000}
+    quality_gate: {min_accept_rate: 0.75}
+    routes: [{target: mini}]
+    fallback: [cheap]
+    inflight_lease_ms: 1000
+  untimed:
+    data_class: public
+    routes: [{target: mini}]
+)";
+
+class SloLedgerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config = load_or_die(kSloYaml);
+    ASSERT_TRUE(config);
+    router = std::make_unique<Router>(config);
+  }
+  Decision route(std::string_view scenario, TimeMs now = kT0) {
+    auto d = router->route({.scenario = scenario, .key = "k", .input_tokens = 100, .now = now});
+    EXPECT_TRUE(d.ok()) << (d ? "" : d.error().message);
+    return d ? *d : Decision{};
+  }
+  /// Reports `d`'s outcome on `target` with its times (-1: not reported); whether it was counted.
+  bool report(const Decision& d, std::string_view target, Status status, std::int64_t ttft_ms, std::int64_t latency_ms,
+              TimeMs now = kT0) {
+    auto r = router->report({.decision_id = d.id,
+                             .target = target,
+                             .status = status,
+                             .ttft_ms = ttft_ms,
+                             .latency_ms = latency_ms,
+                             .now = now});
+    EXPECT_TRUE(r.ok()) << (r ? "" : r.error().message);
+    return r && !r->duplicate;
+  }
+  Counters row(std::string_view scenario, std::string_view target) const {
+    return router->counter(config->find_scenario(scenario), config->find_target(target));
+  }
+  Objectives goals(std::string_view scenario) const {
+    return objectives(config->scenarios[config->find_scenario(scenario)]);
+  }
+  ConfigPtr config;
+  std::unique_ptr<Router> router;
+};
+
+TEST_F(SloLedgerTest, EachOutcomeIsCheckedOnceAgainstItsScenariosBounds) {
+  // timed: ttft <= 500 ms and latency <= 2000 ms are within (the bound itself is within).
+  EXPECT_TRUE(report(route("timed"), "mini", Status::ok, 100, 1000));  // within, within
+  EXPECT_TRUE(report(route("timed"), "mini", Status::ok, 500, 2000));  // within, within (at the bound)
+  EXPECT_TRUE(report(route("timed"), "mini", Status::ok, 501, 2001));  // past, past
+  EXPECT_TRUE(report(route("timed"), "mini", Status::ok, -1, 1500));   // no TTFT reported; latency within
+  EXPECT_TRUE(report(route("timed"), "mini", Status::ok, -1, -1));     // neither reported: nothing checked
+  // A failed outcome with times is observed by the histograms, so it is checked too (and is past here).
+  const Decision failed = route("timed");
+  EXPECT_TRUE(report(failed, "mini", Status::error, 800, 3000));
+  EXPECT_FALSE(report(failed, "mini", Status::error, 10, 10));  // a duplicate: counted once
+  // Its fallback's outcome counts on the fallback's row.
+  EXPECT_TRUE(report(failed, "cheap", Status::ok, 300, 2500));
+  // An answered decision's repeat (now settled) is a duplicate too.
+  const Decision answered = route("timed");
+  EXPECT_TRUE(report(answered, "mini", Status::ok, 200, 900));
+  EXPECT_FALSE(report(answered, "mini", Status::ok, 200, 900));
+  // A report after the decision's 1 s lease has ended still counts, once.
+  const Decision late = route("timed");
+  EXPECT_TRUE(report(late, "mini", Status::ok, 450, 5000, kT0 + 5000));
+  EXPECT_FALSE(report(late, "mini", Status::ok, 450, 5000, kT0 + 5001));
+
+  const Counters mini = row("timed", "mini");
+  // TTFT reported: 100, 500, 501, 800, 200, 450 -> 6 checked, within 100, 500, 200, 450 -> 4.
+  EXPECT_EQ(mini.ttft.count, 6U);
+  EXPECT_EQ(mini.ttft_slo_checked, 6U);
+  EXPECT_EQ(mini.ttft_within_slo, 4U);
+  // Latency reported: 1000, 2000, 2001, 1500, 3000, 900, 5000 -> 7 checked, within 1000, 2000, 1500, 900 -> 4.
+  EXPECT_EQ(mini.latency.count, 7U);
+  EXPECT_EQ(mini.latency_slo_checked, 7U);
+  EXPECT_EQ(mini.latency_within_slo, 4U);
+  const Derived d = derive(mini, goals("timed"));
+  ASSERT_TRUE(d.ttft_slo_attainment && d.latency_slo_attainment);
+  EXPECT_DOUBLE_EQ(*d.ttft_slo_attainment, 4.0 / 6.0);
+  EXPECT_DOUBLE_EQ(*d.latency_slo_attainment, 4.0 / 7.0);
+
+  const Counters cheap = row("timed", "cheap");
+  EXPECT_EQ(cheap.ttft_slo_checked, 1U);
+  EXPECT_EQ(cheap.ttft_within_slo, 1U);
+  EXPECT_EQ(cheap.latency_slo_checked, 1U);
+  EXPECT_EQ(cheap.latency_within_slo, 0U);  // 2500 > 2000
+}
+
+TEST_F(SloLedgerTest, AScenarioWithoutAnSloChecksNothing) {
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(report(route("untimed"), "mini", Status::ok, 100 * i, 1000 * i));
+  const Counters c = row("untimed", "mini");
+  EXPECT_EQ(c.ttft.count, 3U);  // the histograms still observe every reported time
+  EXPECT_EQ(c.latency.count, 3U);
+  EXPECT_EQ(c.ttft_slo_checked + c.ttft_within_slo + c.latency_slo_checked + c.latency_within_slo, 0U);
+  const Derived d = derive(c, goals("untimed"));
+  EXPECT_FALSE(d.ttft_slo_attainment);
+  EXPECT_FALSE(d.latency_slo_attainment);
+  EXPECT_FALSE(d.quality_gate_passed);  // no gate
+}
+
+TEST_F(SloLedgerTest, TheQualityGateFlipsAsRejectionsComeIn) {
+  const auto gate = [&] { return derive(row("timed", "mini"), goals("timed")); };
+  EXPECT_FALSE(gate().accept_rate);  // no verdict yet: neither pass nor fail
+  EXPECT_FALSE(gate().quality_gate_passed);
+  std::vector<Decision> answered;
+  for (int i = 0; i < 5; ++i) {
+    answered.push_back(route("timed"));
+    ASSERT_TRUE(report(answered.back(), "mini", Status::ok, 100, 1000));
+  }
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(router->verdict(answered[i].id, true, kT0 + 1).ok());
+  EXPECT_EQ(gate().accept_rate, 1.0);
+  EXPECT_EQ(gate().quality_gate_passed, true);
+  ASSERT_TRUE(router->verdict(answered[3].id, false, kT0 + 2).ok());
+  EXPECT_EQ(gate().accept_rate, 0.75);  // 3 / 4: at min_accept_rate passes
+  EXPECT_EQ(gate().quality_gate_passed, true);
+  ASSERT_TRUE(router->verdict(answered[3].id, true, kT0 + 3).ok());  // a second verdict changes nothing
+  EXPECT_EQ(gate().accept_rate, 0.75);
+  ASSERT_TRUE(router->verdict(answered[4].id, false, kT0 + 4).ok());
+  EXPECT_EQ(gate().accept_rate, 0.6);  // 3 / 5
+  EXPECT_EQ(gate().quality_gate_passed, false);
 }
 
 }  // namespace

@@ -11,11 +11,15 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <xxhash.h>
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <map>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace turnout::sidecar {
 namespace {
@@ -81,6 +85,70 @@ TEST_F(StateStoreTest, SnapshotRoundTripsEveryField) {
   auto back = decode_snapshot(std::string_view(bytes.data(), bytes.size()));
   ASSERT_TRUE(back) << back.error().message;
   EXPECT_EQ(back.value(), s);
+}
+
+/// A snapshot as the build before the SLO counters wrote it (version 1): one ledger row,
+/// support-summarization x llama-70b, with the 13 fields that build had (2 ok outcomes, their TTFTs
+/// 300 and 400 ms and latencies 2000 and 3000 ms, 1 accepted) and nothing else.
+std::string snapshot_before_slo_counters(const std::string& config_source, const std::string& config_text) {
+  msgpack::sbuffer out;
+  msgpack::packer<msgpack::sbuffer> p(out);
+  const auto histogram = [&p](std::uint64_t count, std::int64_t sum, std::size_t bucket_a, std::size_t bucket_b) {
+    std::vector<std::uint64_t> buckets(kLatencyBoundsMs.size() + 1, 0);
+    ++buckets[bucket_a];
+    ++buckets[bucket_b];
+    p.pack_array(3);
+    p.pack(count);
+    p.pack(sum);
+    p.pack(buckets);
+  };
+  const auto zero_money = [&p] { p.pack(std::vector<std::uint64_t>{0, 0}); };
+  p.pack_map(9);
+  p.pack("v"), p.pack(1);
+  p.pack("epoch"), p.pack(1);
+  p.pack("generation"), p.pack(1);
+  p.pack("config_source"), p.pack(config_source);
+  p.pack("config_text"), p.pack(config_text);
+  p.pack("previous_config_source"), p.pack("");
+  p.pack("previous_config_text"), p.pack("");
+  p.pack("settlements"), p.pack_array(0);
+  p.pack("state"), p.pack_map(4);
+  p.pack("ledger"), p.pack_array(1);
+  p.pack_array(3), p.pack("support-summarization"), p.pack("llama-70b");
+  p.pack_map(13);
+  p.pack("requests"), p.pack(3);
+  p.pack("spillovers"), p.pack(0);
+  p.pack("outcomes"), p.pack(2);
+  p.pack("fallbacks"), p.pack(0);
+  p.pack("by_status"), p.pack(std::vector<std::uint64_t>{2, 0, 0, 0, 0, 0});
+  p.pack("unpriced"), p.pack(2);
+  p.pack("accepted"), p.pack(1);
+  p.pack("rejected"), p.pack(0);
+  p.pack("tokens"), p.pack(std::vector<std::int64_t>(6, 0));
+  p.pack("cost"), zero_money();
+  p.pack("accepted_cost"), zero_money();
+  p.pack("ttft"), histogram(2, 700, 5, 5);      // 300 and 400 ms: both in the 500 ms bucket
+  p.pack("latency"), histogram(2, 5000, 7, 8);  // 2000 (<= 2500) and 3000 (<= 5000) ms
+  p.pack("budgets"), p.pack_array(0);
+  p.pack("breakers"), p.pack_array(0);
+  p.pack("pending"), p.pack_array(0);
+  const std::uint64_t sum = XXH3_64bits(out.data(), out.size());
+  out.write(reinterpret_cast<const char*>(&sum), sizeof sum);
+  return {out.data(), out.size()};
+}
+
+TEST_F(StateStoreTest, ASnapshotWrittenBeforeTheSloCountersKeepsItsCountsAndStartsTheNewOnesAtZero) {
+  auto back = decode_snapshot(snapshot_before_slo_counters("/etc/r.yaml", "a: 1\n"));
+  ASSERT_TRUE(back) << back.error().message;
+  ASSERT_EQ(back.value().state.ledger.size(), 1U);
+  const Counters& c = back.value().state.ledger[0].counters;
+  EXPECT_EQ(c.requests, 3U);
+  EXPECT_EQ(c.outcomes, 2U);
+  EXPECT_EQ(c.accepted, 1U);
+  EXPECT_EQ(c.ttft.count, 2U);
+  EXPECT_EQ(c.latency.sum_ms, 5000);
+  // Its outcomes were never checked against an SLO: not counted as checked, nor as within.
+  EXPECT_EQ(c.ttft_slo_checked + c.ttft_within_slo + c.latency_slo_checked + c.latency_within_slo, 0U);
 }
 
 TEST_F(StateStoreTest, CorruptOrTruncatedSnapshotIsAClearError) {
@@ -322,6 +390,70 @@ T field(const msgpack::object_handle& oh, const std::string& name) {
 }
 
 constexpr std::int64_t kNow = 1'767'225'600'000;
+
+/// The value of `column` in the stats reply's row of `scenario` x `target` (nil if there is none).
+msgpack::object stats_cell(const msgpack::object_handle& stats, const std::string& scenario, const std::string& target,
+                           const std::string& column) {
+  for (const msgpack::object_kv& kv : std::span(stats.get().via.map.ptr, stats.get().via.map.size)) {
+    if (kv.key.as<std::string>() != "counters") continue;
+    for (const auto& row : std::span(kv.val.via.array.ptr, kv.val.via.array.size)) {
+      const auto cells = row.as<std::map<std::string, msgpack::object>>();
+      if (cells.at("scenario").as<std::string>() == scenario && cells.at("target").as<std::string>() == target) {
+        return cells.at(column);
+      }
+    }
+  }
+  ADD_FAILURE() << "no row " << scenario << " x " << target;
+  return {};
+}
+
+TEST_F(DurableServerTest, AStateWrittenBeforeTheSloCountersIsMigrated) {
+  std::ifstream in(kExample);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(text.empty());
+  fs::create_directories(root_ / shm_);
+  fs::permissions(root_, fs::perms::owner_all, fs::perm_options::replace);
+  fs::permissions(root_ / shm_, fs::perms::owner_all, fs::perm_options::replace);
+  {
+    std::ofstream out(root_ / shm_ / "snapshot", std::ios::binary);
+    out << snapshot_before_slo_counters(kExample, text);
+  }
+  fs::permissions(root_ / shm_ / "snapshot", fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
+  auto s = start();
+  ASSERT_TRUE(s);
+  const std::string scenario = "support-summarization", target = "llama-70b";
+  {
+    auto [stats, code] = reply_of(s->handle(request("stats"), kNow));
+    ASSERT_EQ(code, "");
+    EXPECT_EQ(stats_cell(stats, scenario, target, "requests").as<std::uint64_t>(), 3U);  // the old counts stay
+    EXPECT_EQ(stats_cell(stats, scenario, target, "ttft_count").as<std::uint64_t>(), 2U);
+    EXPECT_EQ(stats_cell(stats, scenario, target, "ttft_slo_checked").as<std::uint64_t>(), 0U);
+    // Nothing was checked against the SLO yet: no attainment (not 0 % of the two old outcomes).
+    EXPECT_TRUE(stats_cell(stats, scenario, target, "ttft_slo_attainment").is_nil());
+    EXPECT_TRUE(stats_cell(stats, scenario, target, "latency_slo_attainment").is_nil());
+    EXPECT_EQ(stats_cell(stats, scenario, target, "accept_rate").as<double>(), 1.0);  // 1 accepted, 0 rejected
+    EXPECT_EQ(stats_cell(stats, scenario, target, "quality_gate").as<std::string>(), "pass");
+  }
+  // From here on each outcome is checked against support-summarization's 800 ms / 4000 ms.
+  for (int i = 0; i < 40; ++i) {
+    auto [route, code] = reply_of(s->handle(
+        request("route", "scenario", scenario, "key", "k" + std::to_string(i), "input_tokens", 100), kNow + i));
+    ASSERT_EQ(code, "");
+    if (field<std::string>(route, "target") != target) continue;
+    auto [receipt, c2] =
+        reply_of(s->handle(request("report", "decision_id", field<std::uint64_t>(route, "decision_id"), "target",
+                                   target, "status", "ok", "ttft_ms", 900, "latency_ms", 1000),
+                           kNow + i));
+    ASSERT_EQ(c2, "");
+  }
+  auto [stats, code] = reply_of(s->handle(request("stats"), kNow + 100));
+  ASSERT_EQ(code, "");
+  const auto checked = stats_cell(stats, scenario, target, "ttft_slo_checked").as<std::uint64_t>();
+  ASSERT_GT(checked, 0U);
+  EXPECT_EQ(stats_cell(stats, scenario, target, "ttft_count").as<std::uint64_t>(), 2 + checked);
+  EXPECT_EQ(stats_cell(stats, scenario, target, "ttft_slo_attainment").as<double>(), 0.0);  // 900 > 800
+  EXPECT_EQ(stats_cell(stats, scenario, target, "latency_slo_attainment").as<double>(), 1.0);
+}
 
 TEST_F(DurableServerTest, APendingDecisionTakesItsReportAfterACrash) {
   std::uint64_t id = 0;

@@ -1117,6 +1117,62 @@ def test_counters_frame_money_as_float(example_router: Router) -> None:
         example_router.counters_frame(money="cents")  # type: ignore[arg-type]
 
 
+def test_slo_attainment_and_quality_gate_per_scenario_and_target(make_router: MakeRouter) -> None:
+    router = make_router(
+        scenarios={
+            "chat": {
+                "slo": {"ttft_p95_ms": 500, "latency_p95_ms": 2000},
+                "quality_gate": {"min_accept_rate": 0.75},
+            },
+            "plain": {"data_class": "public", "routes": [{"target": "mini", "weight": 100}]},
+        }
+    )
+    columns = ("ttft_slo_attainment", "latency_slo_attainment", "accept_rate", "quality_gate")
+    assert all(r[c] is None for r in router.counters() for c in columns)  # nothing observed yet
+    times = [(100, 1000), (500, 2000), (501, 2001), (None, 1500)]  # at the bound is within
+    decisions = []
+    for ttft, latency in times:
+        d = router.route("chat", now=T0)
+        router.report(d.id, target="mini", status="ok", ttft_ms=ttft, latency_ms=latency, now=T0)
+        # A repeat of the same report is a duplicate: not counted again.
+        router.report(d.id, target="mini", status="ok", ttft_ms=9999, latency_ms=9999, now=T0)
+        decisions.append(d)
+        p = router.route("plain", now=T0)
+        router.report(p.id, target="mini", status="ok", ttft_ms=ttft, latency_ms=latency, now=T0)
+    r = row(router, "chat", "mini")
+    # TTFT: 100, 500 of 100, 500, 501 within; latency: 1000, 2000, 1500 of the four.
+    assert (r["ttft_count"], r["ttft_slo_checked"], r["ttft_within_slo"]) == (3, 3, 2)
+    assert (r["latency_count"], r["latency_slo_checked"], r["latency_within_slo"]) == (4, 4, 3)
+    assert r["ttft_slo_attainment"] == pytest.approx(2 / 3)
+    assert r["latency_slo_attainment"] == 0.75
+    assert r["accept_rate"] is None  # no verdict yet
+    assert r["quality_gate"] is None
+    plain = row(router, "plain", "mini")  # no slo, no gate: observed, never judged
+    assert plain["ttft_count"] == 3
+    assert plain["ttft_slo_checked"] == 0
+    assert all(plain[c] is None for c in columns)
+
+    gates = []
+    for d, accepted in zip(decisions, (True, True, True, False), strict=True):
+        router.verdict(d.id, accepted, now=T0 + 1)
+        r = row(router, "chat", "mini")
+        gates.append((r["accept_rate"], r["quality_gate"]))
+    # 3 of 4 accepted is at the gate: it passes.
+    assert gates == [(1.0, "pass"), (1.0, "pass"), (1.0, "pass"), (0.75, "pass")]
+    d = router.route("chat", now=T0 + 2)
+    router.report(d.id, target="mini", status="ok", accepted=False, now=T0 + 2)
+    r = row(router, "chat", "mini")
+    assert (r["accept_rate"], r["quality_gate"]) == (0.6, "fail")  # 3 / 5 < 0.75
+
+    frame = router.counters_frame()
+    chat = frame[(frame.scenario == "chat") & (frame.target == "mini")].iloc[0]
+    assert chat["quality_gate"] == "fail"
+    assert chat["latency_slo_attainment"] == 0.75
+    for column in ledger.SHARE_COLUMNS:
+        assert frame[column].dtype == "float64", column
+    assert math.isnan(frame[frame.scenario == "plain"]["ttft_slo_attainment"].iloc[0])
+
+
 def test_row_columns_come_from_the_field_list(example_router: Router) -> None:
     rows = example_router.counters()
     assert rows
@@ -1124,6 +1180,10 @@ def test_row_columns_come_from_the_field_list(example_router: Router) -> None:
     field_columns = [c for f in ledger.COUNTER_FIELDS for c in f.columns]
     assert len(field_columns) == len(set(field_columns))
     assert set(field_columns) <= set(ledger.COLUMNS)
+    assert ledger.SHARE_COLUMNS == ("ttft_slo_attainment", "latency_slo_attainment", "accept_rate")
+    assert ledger.GATE_COLUMNS == ("quality_gate",)
+    derived = ["cost_per_accepted_usd", *ledger.SHARE_COLUMNS, "quality_gate"]
+    assert list(ledger.COLUMNS[-5:]) == derived
     assert {f.kind for f in ledger.COUNTER_FIELDS} == {
         "count",
         "by_status",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -734,6 +735,8 @@ scenarios:
     routes: [{target: pool}]
     spillover: {target: claude, when_inflight_ratio: 0.5}
     fallback: [mini]
+    slo: {ttft_p95_ms: 500, latency_p95_ms: 1000}
+    quality_gate: {min_accept_rate: 0.9}
 """
 
 
@@ -817,6 +820,12 @@ def test_every_counter_field_reaches_stats_metrics_and_frames(
         def metric(name: str, *extra: tuple[str, str], labels: set = labels) -> float:
             return samples[(name, frozenset(labels | set(extra)))]
 
+        for column in (*ledger.SHARE_COLUMNS, *ledger.GATE_COLUMNS):  # judged alike on every edge
+            if wire[column] is None:
+                assert row[column] is None or math.isnan(row[column]), column
+            else:
+                assert wire[column] == row[column], column
+
         for field in ledger.COUNTER_FIELDS:
             for column in field.columns:
                 value = row[column]
@@ -848,6 +857,12 @@ def test_every_counter_field_reaches_stats_metrics_and_frames(
                 bounds = [*map(str, turnout.LATENCY_BUCKETS_MS), "+Inf"]
                 for k, le in enumerate(bounds):
                     assert metric(f"{family}_bucket", ("le", le)) == sum(buckets[: k + 1]), le
+    # claude: TTFT 120 and latency 900 within 500 / 1000 ms, accepted; mini: the rejected fallback.
+    claude, mini = _row(stats, "chat", "claude"), _row(stats, "chat", "mini")
+    assert (claude["ttft_slo_attainment"], claude["latency_slo_attainment"]) == (1.0, 1.0)
+    assert (claude["accept_rate"], claude["quality_gate"]) == (1.0, "pass")
+    assert (mini["accept_rate"], mini["quality_gate"]) == (0.0, "fail")
+    assert mini["ttft_slo_attainment"] is None  # no outcome reported a TTFT there
 
 
 def test_socket_and_segment_files_are_private(sidecar: Sidecar) -> None:
@@ -893,6 +908,73 @@ def test_cli_stats(sidecar: Sidecar) -> None:
     assert json.loads(r.output)["target"] == TARGET
     r = runner.invoke(cli_main, ["explain", "--endpoint", sidecar.endpoint, "-s", "nope"])
     assert r.exit_code == 1
+
+
+def test_slo_attainment_and_quality_gate_in_stats_shared_memory_and_cli(
+    sidecars: list[Sidecar], workdir: Path, config_path: Path, shm_name: str
+) -> None:
+    table = config_path.read_text()
+    timed = table.replace(
+        "    mode: batch\n",
+        "    mode: batch\n"
+        "    slo: {ttft_p95_ms: 500, latency_p95_ms: 3000}\n"
+        "    quality_gate: {min_accept_rate: 0.5}\n",
+    )
+    assert timed != table
+    config_path.write_text(timed)
+    sidecar = Sidecar(workdir, config_path, shm_name)
+    sidecars.append(sidecar)
+    sidecar.start()
+    judged = ("ttft_slo_attainment", "latency_slo_attainment", "accept_rate", "quality_gate")
+    with sidecar.client() as c:
+        c.route(SCENARIO, input_tokens=100)  # a row with nothing reported: nothing judged
+        assert all(_row(c.stats()["counters"])[k] is None for k in judged)
+        for ttft, latency, accepted in ((400, 2000, True), (600, 2500, False), (450, 4000, False)):
+            d = c.route(SCENARIO, input_tokens=100)
+            c.report(
+                d.id,
+                target=d.target,
+                status="ok",
+                usage=_usage(0),
+                ttft_ms=ttft,
+                latency_ms=latency,
+                accepted=accepted,
+            )
+        # TTFT 400 and 450 of three within 500 ms, latency 2000 and 2500 within 3000 ms;
+        # 1 of 3 accepted.
+        expected = {
+            "ttft_slo_checked": 3,
+            "ttft_within_slo": 2,
+            "latency_slo_checked": 3,
+            "latency_within_slo": 2,
+            "ttft_slo_attainment": pytest.approx(2 / 3),
+            "latency_slo_attainment": pytest.approx(2 / 3),
+            "accept_rate": pytest.approx(1 / 3),
+            "quality_gate": "fail",
+        }
+        stats_row = _row(c.stats()["counters"])
+        assert {k: stats_row[k] for k in expected} == expected
+        shm_row = _row(turnout.attach(sidecar.shm).counters())
+        assert {k: shm_row[k] for k in expected} == expected
+        frame = turnout.attach(sidecar.shm).counters_frame()
+        assert frame.loc[frame["scenario"] == SCENARIO, "quality_gate"].tolist() == ["fail"]
+
+        runner = CliRunner()
+        r = runner.invoke(cli_main, ["stats", "--endpoint", sidecar.endpoint, "--json"])
+        assert r.exit_code == 0, r.output
+        assert _row(json.loads(r.output)["counters"])["quality_gate"] == "fail"
+        r = runner.invoke(cli_main, ["stats", "--endpoint", sidecar.endpoint])
+        assert r.exit_code == 0, r.output
+        judged = r.output.split("Objectives (slo, quality_gate)")[1].split("Breakers")[0]
+        line = next(t for t in judged.splitlines() if SCENARIO[:4] in t)
+        cells = [cell.strip() for cell in line.split("│")[3:7]]
+        assert cells == ["0.6667", "0.6667", "0.3333", "fail"], line
+
+        # A reload judges the same counts by the new table's gate, on every edge.
+        config_path.write_text(timed.replace("min_accept_rate: 0.5", "min_accept_rate: 0.3"))
+        c.reload()
+        assert _row(c.stats()["counters"])["quality_gate"] == "pass"
+        assert _row(turnout.attach(sidecar.shm).counters())["quality_gate"] == "pass"
 
 
 def _alive(pid: int) -> bool:

@@ -145,8 +145,8 @@ Result<std::vector<NamedCounters>> SegmentReader::counters(int timeout_ms) {
           torn = true;
           break;
         }
-        out.push_back(
-            {read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider), p.counters});
+        out.push_back({read_name(p.scenario), read_name(p.target), read_name(p.kind), read_name(p.provider), p.counters,
+                       p.objectives});
       }
       std::atomic_thread_fence(std::memory_order_acquire);
       if (!torn && h.ready.load(std::memory_order_relaxed) != 0 &&

@@ -26,12 +26,14 @@ inline constexpr std::uint64_t kShmMagic = 0x314d4853'544e5254ULL;  // "TRNTSHM1
 inline constexpr std::uint32_t kShmLayoutVersion = 1;
 inline constexpr std::size_t kShmNameBytes = 64;
 
-/// What one slot holds: names (so a reader needs no config) and the ledger counters.
+/// What one slot holds: names and the scenario's objectives (so a reader needs no config) and the
+/// ledger counters.
 struct SlotPayload {
   char scenario[kShmNameBytes];
   char target[kShmNameBytes];
   char kind[16];
   char provider[16];
+  Objectives objectives;
   Counters counters;
 };
 static_assert(std::is_trivially_copyable_v<SlotPayload>);
@@ -73,6 +75,7 @@ struct NamedCounters {
   std::string kind;
   std::string provider;
   Counters counters;
+  Objectives objectives;  ///< of the scenario, as the table the row was published with states them
 };
 
 /// The header's live fields, as a reader sees them.
