@@ -695,11 +695,14 @@ def _tally(verdicts: list[Any], good: Any) -> str:
 
 
 def _judged(value: float | str | None) -> str:
-    """A derived ledger column in the stats table: a share to 4 digits, a gate as is, "-" if
-    undefined."""
+    """A derived ledger column in the stats table: a share as a percentage rounded down to 0.01
+    (0.94996 reads 94.99 %, never a 95 % it missed), a gate as is, "-" if undefined."""
     if value is None:
         return "-"
-    return value if isinstance(value, str) else f"{value:.4g}"
+    if isinstance(value, str):
+        return value
+    # round(…, 6) first: 0.95 * 10000 is 9499.999999999998 in binary floating point.
+    return f"{math.floor(round(value * 10_000, 6)) / 100:.2f} %"
 
 
 def _short_money(value: Decimal | None) -> str:

@@ -968,7 +968,8 @@ def test_slo_attainment_and_quality_gate_in_stats_shared_memory_and_cli(
         judged = r.output.split("Objectives (slo, quality_gate)")[1].split("Breakers")[0]
         line = next(t for t in judged.splitlines() if SCENARIO[:4] in t)
         cells = [cell.strip() for cell in line.split("│")[3:7]]
-        assert cells == ["0.6667", "0.6667", "0.3333", "fail"], line
+        # Shares as percentages rounded down: 2/3 reads 66.66 %, never more than it is.
+        assert cells == ["66.66 %", "66.66 %", "33.33 %", "fail"], line
 
         # A reload judges the same counts by the new table's gate, on every edge.
         config_path.write_text(timed.replace("min_accept_rate: 0.5", "min_accept_rate: 0.3"))
