@@ -26,7 +26,7 @@ from rich.text import Text
 
 import turnout
 from turnout import TurnoutError
-from turnout.replay import Job, sweep, usd
+from turnout.replay import Job, sweep, to_picodollar, usd
 
 POLICIES = ("maas_only", "self_hosted_only", "hybrid")
 """The three tables compared, by their file names in the bundled ``policies/``."""
@@ -175,7 +175,7 @@ def policy_row(name: str, config: turnout.Config, summary: Mapping[str, Any], fr
     accepted = summary["accepted"]
 
     def per_accepted(total: Decimal) -> Decimal | None:
-        return (total / accepted).quantize(Decimal("1e-12")) if accepted else None
+        return to_picodollar(total / accepted) if accepted else None
 
     hit = summary["cache_hit_rate"]
     return {
@@ -416,7 +416,7 @@ def _verdict(rows: list[dict[str, Any]]) -> str:
     )
     return (
         f"Cheapest per accepted outcome, fully loaded, on this traffic: {best} "
-        f"(${_money(unit)}); the others cost {others} as much."
+        f"(${short_money(unit)}); the others cost {others} as much."
     )
 
 
@@ -424,7 +424,7 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
-def _money(value: Decimal | None) -> str:
+def short_money(value: Decimal | None) -> str:
     # A per-outcome average is a quotient: shown to a tenth of a micro-dollar (--json has it all).
     return "-" if value is None else str(value.quantize(Decimal("1e-7")))
 
@@ -450,8 +450,8 @@ def comparison_table(rows: list[dict[str, Any]]) -> Table:
             f"{r['requests']:,}",
             _pct(r["availability"]),
             f"{r['accepted']:,}",
-            _money(r["per_accepted_marginal_usd"]),
-            _money(r["per_accepted_fully_loaded_usd"]),
+            short_money(r["per_accepted_marginal_usd"]),
+            short_money(r["per_accepted_fully_loaded_usd"]),
             f"{_ms(r['ttft_p95_ms'])} / {_ms(r['latency_p95_ms'])}",
             f"{_pct(r['ttft_slo_attainment'])} / {_pct(r['latency_slo_attainment'])}",
             f"{_pct(r['cache_hit_predicted'])} / {_pct(r['cache_hit_realized'])}",

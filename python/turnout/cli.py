@@ -16,7 +16,14 @@ from rich.text import Text
 
 import turnout
 from turnout import TurnoutError
-from turnout._demo import DEFAULT_OUT, DEFAULT_REQUESTS, DEFAULT_SEED, RATE_RPS, run_demo
+from turnout._demo import (
+    DEFAULT_OUT,
+    DEFAULT_REQUESTS,
+    DEFAULT_SEED,
+    RATE_RPS,
+    run_demo,
+    short_money,
+)
 from turnout.ledger import COUNTER_FIELDS, GATE_COLUMNS, SHARE_COLUMNS
 
 # Piped output (CI logs, `| less`) gets room for the tables; a terminal keeps its own width.
@@ -677,7 +684,7 @@ def _replay_table(results: list[Any]) -> Table:
             str(s["failed"]),
             str(s["cost_usd"]),
             str(s["accepted"]),
-            _short_money(s["cost_per_accepted_usd"]),
+            short_money(s["cost_per_accepted_usd"]),
             _num(s["ttft_ms"]["p95"]),
             _num(s["latency_ms"]["p95"]),
             f"{_num(hit['predicted'])} / {_num(hit['realized'])}",
@@ -705,8 +712,6 @@ def _judged(value: float | str | None) -> str:
     return f"{math.floor(round(value * 10_000, 6)) / 100:.2f} %"
 
 
-def _short_money(value: Decimal | None) -> str:
-    return "-" if value is None else str(value.quantize(Decimal("1e-7")))
 
 
 def _num(value: float | None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import pandas as pd
@@ -23,6 +23,7 @@ from turnout import _core, capacity
 from turnout._errors import PlanError
 from turnout.capacity import Demand, Measure, Sizing, Slo
 from turnout.pricing import price_usage, usage_for
+from turnout.replay import to_picodollar
 
 HOURS_PER_MONTH = int(capacity.HOURS_PER_MONTH)
 """The month every monthly figure uses, 730 h (the routing table prorates ``cost.monthly`` with it
@@ -35,7 +36,6 @@ UTILIZATIONS = tuple(Decimal(p) / 100 for p in range(10, 101, 10))
 CACHE_HIT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 OPTIONS = ("maas_only", "self_hosted_only", "hybrid")
 """The options a plan compares, in the order of :attr:`Plan.options`."""
-_PICO = Decimal(1).scaleb(-12)
 _POOLS = ("staging", "test", "canary")
 POOL_ITEMS = {
     "staging": "staging",
@@ -52,11 +52,6 @@ _USD_ITEMS = ("engineering", "observability", "evals", "incidents")
 
 def _usd(value: Decimal | int | str) -> Decimal:
     return value if isinstance(value, Decimal) else Decimal(str(value))
-
-
-def _pico(value: Decimal) -> Decimal:
-    rounded = value.quantize(_PICO, rounding=ROUND_HALF_EVEN)
-    return rounded if rounded else Decimal(0)  # "0", not "0E-12"
 
 
 @dataclass(frozen=True)
@@ -290,7 +285,7 @@ class DayMeasure:
             cost = m.cost_usd if share is None else share(m)
             month_requests = Decimal(repr(m.rate_rps * hours * 3600)) * HOURS_PER_MONTH / 24
             total += cost / m.requests * month_requests
-        return _pico(total)
+        return to_picodollar(total)
 
 
 def _measure_day(
@@ -592,8 +587,8 @@ def _option_row(
     return {
         "option": name,
         "usd_per_month": usd,
-        "usd_per_request": _pico(usd / requests),
-        "usd_per_accepted": _pico(usd / accepted) if accepted else None,
+        "usd_per_request": to_picodollar(usd / requests),
+        "usd_per_accepted": to_picodollar(usd / accepted) if accepted else None,
         "accepted_share": day.accepted_share,  # unrounded: the quality gate compares it
         "ttft_p95_ms": day.peak.ttft_p95_ms,
         "latency_p95_ms": day.peak.latency_p95_ms,
@@ -785,7 +780,7 @@ def plan(
     )
     options, maas_day, base = measured.frame, measured.maas_day, measured.base
     maas_usd, hybrid_spill = measured.maas_usd, measured.hybrid_spill
-    maas_per_request = _pico(maas_usd / Decimal(repr(demand.requests_per_month())))
+    maas_per_request = to_picodollar(maas_usd / Decimal(repr(demand.requests_per_month())))
     replica_rps, capacity_trials = _replica_capacity(
         config, scenario, self_hosted, demand, sizing, slo, run
     )
@@ -934,9 +929,11 @@ def _curve(
         rows.append(
             {
                 "requests_per_month": v,
-                "maas_usd": _pico(maas_per_request * Decimal(repr(v))),
+                "maas_usd": to_picodollar(maas_per_request * Decimal(repr(v))),
                 "self_hosted_usd": self_hosted_usd(v, **economics),
-                "hybrid_usd": _pico(pool + economics["fixed_usd"] + spill_share * Decimal(repr(v))),
+                "hybrid_usd": to_picodollar(
+                    pool + economics["fixed_usd"] + spill_share * Decimal(repr(v))
+                ),
             }
         )
     return pd.DataFrame(rows)

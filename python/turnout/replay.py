@@ -100,6 +100,12 @@ def load_models(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return data
 
 
+def to_picodollar(value: Decimal) -> Decimal:
+    """`value` (USD) rounded half to even to the picodollar, the ledger's unit (zero reads "0")."""
+    rounded = value.quantize(_PICO, rounding=ROUND_HALF_EVEN)
+    return rounded if rounded else Decimal(0)
+
+
 def usd(picos: int) -> Decimal:
     """Exact USD of an integer amount of picodollars (zero reads "0", not "0E-12")."""
     picos = int(picos)
@@ -152,7 +158,7 @@ def summarize(
         "cost_usd": cost,
         "accepted": accepted,
         "cost_per_accepted_usd": (
-            (cost / accepted).quantize(_PICO, rounding=ROUND_HALF_EVEN) if accepted else None
+            to_picodollar(cost / accepted) if accepted else None
         ),
         "ttft_ms": _percentiles(np.asarray(requests["ttft_ms"], dtype=np.float64)[done]),
         "latency_ms": _percentiles(np.asarray(requests["latency_ms"], dtype=np.float64)[done]),
