@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "turnout/migration.hpp"
 #include "turnout/money.hpp"
 #include "turnout/result.hpp"
 
@@ -159,6 +160,9 @@ struct Scenario {
   /// How long a decision holds its in-flight slot (and probe, active blocks, budget reservation)
   /// without an outcome; 0 = derived (inflight_lease_ms()). Its verdict window is decision_ttl.
   std::int64_t inflight_lease_ms = 0;
+  /// Its migration from a baseline to a candidate target (routes are then [baseline, candidate],
+  /// weighted by the run's phase and step, not by the table).
+  std::optional<MigrationSpec> migration;
 };
 
 /// Lease of an unreported decision when the table does not set one: a request still running past it

@@ -12,26 +12,9 @@
 
 #include "turnout/config.hpp"
 #include "turnout/money.hpp"
+#include "turnout/time.hpp"
 
 namespace turnout {
-
-/// Milliseconds since the Unix epoch. Time is always passed in, never read inside the core.
-using TimeMs = std::int64_t;
-
-/// The latest time a caller may give (the start of the year 10000): a time plus any window, TTL or
-/// lease stays far inside 64 bits.
-inline constexpr TimeMs kMaxTimeMs = 253'402'300'800'000;
-
-/// A caller's time in seconds since the epoch (the wire's `now`, the Python API's `now=`) as TimeMs;
-/// invalid_argument unless it is finite and within 0..kMaxTimeMs. Every edge that reads one uses this.
-[[nodiscard]] inline Result<TimeMs> time_from_seconds(double seconds) {
-  constexpr double kMaxSeconds = static_cast<double>(kMaxTimeMs) / 1000.0;
-  if (!std::isfinite(seconds) || seconds < 0 || seconds > kMaxSeconds) {
-    return make_error(ErrorCode::invalid_argument,
-                      "now must be a finite time in seconds since the epoch, within 0..253402300800 (year 10000)");
-  }
-  return static_cast<TimeMs>(std::llround(seconds * 1000.0));
-}
 
 struct Request {
   std::uint32_t scenario = kNone;

@@ -10,6 +10,7 @@
 
 #include "turnout/decision.hpp"
 #include "turnout/ledger.hpp"
+#include "turnout/migration.hpp"
 #include "turnout/money.hpp"
 #include "turnout/state.hpp"
 
@@ -73,12 +74,20 @@ struct PendingEntry {
   friend bool operator==(const PendingEntry&, const PendingEntry&) = default;
 };
 
+/// A scenario's migration run.
+struct MigrationEntry {
+  std::string scenario;
+  MigrationRun run;
+  friend bool operator==(const MigrationEntry&, const MigrationEntry&) = default;
+};
+
 /// Everything a Router carries over, by names.
 struct LiveState {
   std::vector<LedgerEntry> ledger;
   std::vector<BudgetEntry> budgets;
   std::vector<BreakerEntry> breakers;
   std::vector<PendingEntry> pending;
+  std::vector<MigrationEntry> migrations;
   friend bool operator==(const LiveState&, const LiveState&) = default;
 };
 

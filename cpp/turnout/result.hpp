@@ -37,6 +37,8 @@ enum class ErrorCode : std::uint8_t {
   unknown_op,
   too_large,
   too_deep,
+  no_migration,
+  migration_conflict,
   internal,
 };
 
@@ -79,6 +81,11 @@ inline constexpr std::array kErrorCodes{
     ErrorCodeInfo{ErrorCode::unknown_op, "unknown_op", "a wire request names an op the protocol does not have"},
     ErrorCodeInfo{ErrorCode::too_large, "too_large", "a wire message or one of its fields is over its limit"},
     ErrorCodeInfo{ErrorCode::too_deep, "too_deep", "a wire message nests deeper than the limit"},
+    ErrorCodeInfo{ErrorCode::no_migration, "no_migration",
+                  "a migration command for a scenario with no migration block"},
+    ErrorCodeInfo{ErrorCode::migration_conflict, "migration_conflict",
+                  "the migration's phase does not allow the command (resume of a canary that is not paused; "
+                  "anything but status once it was promoted or aborted)"},
     ErrorCodeInfo{ErrorCode::internal, "internal", "a bug: the message says where"},
 };
 

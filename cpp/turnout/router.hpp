@@ -15,6 +15,7 @@
 #include "turnout/decision.hpp"
 #include "turnout/kv_events.hpp"
 #include "turnout/live_state.hpp"
+#include "turnout/migration.hpp"
 #include "turnout/policy.hpp"
 #include "turnout/pricing.hpp"
 #include "turnout/result.hpp"
@@ -106,6 +107,15 @@ struct BudgetRow {
   Money reserved;
 };
 
+/// One scenario's migration as `status` shows it.
+struct MigrationStatus {
+  std::uint32_t scenario = kNone;
+  MigrationRun run;
+  std::uint32_t candidate_percent = 0;
+  TimeMs deadline_at = 0;  ///< the step's (ramp) or the pause's (paused) deadline; 0 otherwise
+  std::vector<CriterionResult> criteria;
+};
+
 namespace detail {
 struct LiveUnit;
 struct LiveBudget;
@@ -160,6 +170,16 @@ class Router {
   [[nodiscard]] Result<Ok> reset_kv(std::uint32_t target, std::uint32_t replica);
   [[nodiscard]] std::vector<DirectoryRow> directory_stats() const;
   [[nodiscard]] const ConfigPtr& config() const noexcept { return config_; }
+
+  /// Whether a migration's analysis is due (cheap; the sidecar journals a tick when it is).
+  [[nodiscard]] bool migration_due(TimeMs now) const;
+  /// Runs every due analysis: the moves made, with their scenario index.
+  std::vector<std::pair<std::uint32_t, MigrationTransition>> migration_tick(TimeMs now);
+  /// An operator's command: unknown_scenario, no_migration or migration_conflict.
+  [[nodiscard]] Result<MigrationTransition> migration_command(std::string_view scenario, MigrationCommand cmd,
+                                                              TimeMs now);
+  /// Every scenario's migration, in table order.
+  [[nodiscard]] std::vector<MigrationStatus> migrations() const;
 
   /// Drops directory entries past their TTL.
   void expire_directories(TimeMs now);

@@ -95,6 +95,19 @@ class ProtocolError(ValueError, TurnoutError):
     ``too_deep`` (``.code`` says which)."""
 
 
+class NoMigrationError(KeyError, TurnoutError):
+    """A migration command (``turnout migration promote``...) for a scenario whose table entry
+    has no ``migration`` block."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class MigrationConflictError(RuntimeError, TurnoutError):
+    """The migration's phase does not allow the command: resuming a canary that is not paused, or
+    anything but status once it was promoted or aborted (change its ``attempt`` to run it again)."""
+
+
 class InternalError(RuntimeError, TurnoutError):
     """A bug in Turnout: the message says where. Please report it."""
 
@@ -178,6 +191,8 @@ ERRORS: dict[str, type[TurnoutError]] = {
     "unknown_op": ProtocolError,
     "too_large": ProtocolError,
     "too_deep": ProtocolError,
+    "no_migration": NoMigrationError,
+    "migration_conflict": MigrationConflictError,
     "internal": InternalError,
 }
 """Every code of the core's table -> the one class raised for it (tests/python/test_package.py

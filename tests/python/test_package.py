@@ -117,6 +117,8 @@ BUILTIN_OF_CODE: dict[str, type[Exception]] = {
     "unknown_op": ValueError,
     "too_large": ValueError,
     "too_deep": ValueError,
+    "no_migration": KeyError,
+    "migration_conflict": RuntimeError,
     "internal": RuntimeError,
 }
 
