@@ -55,6 +55,7 @@ void write_state(TableHeader& h, std::span<UnitWords> units, std::span<BudgetWor
     budgets[i].day.store(lb[i].day, std::memory_order_relaxed);
     budgets[i].spent.store(lb[i].spent.picos(), std::memory_order_relaxed);
     budgets[i].reserved.store(lb[i].reserved.picos(), std::memory_order_relaxed);
+    budgets[i].candidate_percent.store(lb[i].candidate_percent, std::memory_order_relaxed);
   }
 }
 
@@ -68,7 +69,8 @@ bool same_units(const std::vector<LiveUnit>& a, const std::vector<LiveUnit>& b) 
 bool same_budgets(const std::vector<LiveBudget>& a, const std::vector<LiveBudget>& b) {
   return a.size() == b.size() &&
          std::equal(a.begin(), a.end(), b.begin(), [](const LiveBudget& x, const LiveBudget& y) {
-           return x.day == y.day && x.spent == y.spent && x.reserved == y.reserved;
+           return x.day == y.day && x.spent == y.spent && x.reserved == y.reserved &&
+                  x.candidate_percent == y.candidate_percent;
          });
 }
 

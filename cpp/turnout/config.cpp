@@ -7,6 +7,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -627,14 +628,201 @@ class Loader {
     return idx;
   }
 
+  // The scenario's weighted routes: percentages that sum to 100.
+  static void load_routes(const Config& config, Scenario& s, const YAML::Node& routes, const std::string& what) {
+    std::int64_t weight_sum = 0;
+    each_in_sequence(routes, what + ".routes", [&](const YAML::Node& n, const std::string& w) {
+      expect_map(n, w, {"target", "weight"}, {"target"});
+      Route r;
+      r.target = scenario_target(config, s, n["target"], w + ".target");
+      for (const auto& other : s.routes) {
+        if (other.target == r.target) fail(n["target"], w + " repeats target '" + config.targets[r.target].name + "'");
+      }
+      r.weight = n["weight"] ? static_cast<std::uint32_t>(int_value(n["weight"], w + ".weight", 0, 100)) : 100U;
+      weight_sum += r.weight;
+      s.routes.push_back(r);
+    });
+    if (s.routes.empty()) fail(routes, what + ".routes must list at least one target");
+    if (weight_sum != 100) {
+      fail(routes, what + ".routes weights are percentages and must sum to 100, got " + std::to_string(weight_sum));
+    }
+  }
+
+  // The key node of `name` in the mapping `node` (where a message about the whole entry points).
+  static YAML::Node key_node(const YAML::Node& node, const char* name) {
+    for (const auto& kv : node) {
+      if (kv.first.Scalar() == name) return kv.first;
+    }
+    return node;
+  }
+
+  // A number in an interval open at `lo` and open or closed at `hi`.
+  static double open_value(const YAML::Node& node, const std::string& what, double lo, double hi, bool hi_closed) {
+    const double v = double_value(node, what, -1e300, 1e300);
+    if (v <= lo || (hi_closed ? v > hi : v >= hi)) {
+      std::ostringstream os;
+      os << what << " must be above " << lo << " and " << (hi_closed ? "at most " : "below ") << hi << ", got "
+         << node.Scalar();
+      fail(node, os.str());
+    }
+    return v;
+  }
+
+  // XXH3 of what makes a run the same run: baseline and candidate names, steps and attempt.
+  static std::uint64_t migration_identity(const Config& config, const MigrationSpec& m) {
+    std::string key;
+    for (std::uint32_t target : {m.baseline, m.candidate}) {
+      key += config.targets[target].name;
+      key += '\0';  // names cannot run together
+    }
+    const auto add = [&](std::uint32_t v) { key.append(reinterpret_cast<const char*>(&v), sizeof v); };
+    for (std::uint32_t step : m.steps) add(step);
+    add(m.attempt);
+    return XXH3_64bits(key.data(), key.size());
+  }
+
+  // The scenario's `migration` block; its routes become [{baseline, 100}, {candidate, 0}] (the Router
+  // weighs them by the run's phase and step).
+  static void load_migration(const Config& config, Scenario& s, const YAML::Node& scenario, const std::string& what) {
+    const YAML::Node node = scenario["migration"];
+    expect_map(node, what,
+               {"baseline", "candidate", "stage", "steps", "min_samples", "max_step_s", "interval_s", "incident_owner",
+                "delta", "attempt", "stop", "guardrails"},
+               {"baseline", "candidate", "stage", "incident_owner"});
+    MigrationSpec m;
+    m.line = key_node(scenario, "migration").Mark().line + 1;
+    m.baseline = scenario_target(config, s, node["baseline"], what + ".baseline");
+    m.candidate = scenario_target(config, s, node["candidate"], what + ".candidate");
+    if (m.candidate == m.baseline) {
+      fail(node["candidate"], what + ".candidate: the candidate must differ from the baseline ('" +
+                                  config.targets[m.baseline].name + "')");
+    }
+    const auto stage = string_value(node["stage"], what + ".stage");
+    const auto* found = std::find(kMigrationStages.begin(), kMigrationStages.end(), stage);
+    if (found == kMigrationStages.end()) {
+      fail(node["stage"], what + ".stage must be one of: " +
+                              join(std::vector<std::string>(kMigrationStages.begin(), kMigrationStages.end())) +
+                              "; got '" + stage + "'");
+    }
+    m.stage = static_cast<MigrationStage>(found - kMigrationStages.begin());
+    if (const auto& steps = node["steps"]) {
+      each_in_sequence(steps, what + ".steps", [&](const YAML::Node& n, const std::string& w) {
+        const auto step = static_cast<std::uint32_t>(int_value(n, w + " (candidate traffic %)", 1, 100));
+        if (!m.steps.empty() && step <= m.steps.back()) {
+          fail(n, w + " must be larger than the step before it (" + std::to_string(m.steps.back()) +
+                      "): steps increase strictly");
+        }
+        m.steps.push_back(step);
+      });
+      if (m.steps.empty()) fail(steps, what + ".steps must list at least one step");
+    } else {
+      m.steps = {1, 5, 25, 50, 100};
+    }
+    if (node["min_samples"]) {
+      m.min_samples =
+          static_cast<std::uint32_t>(int_value(node["min_samples"], what + ".min_samples", 1, 1'000'000'000));
+    }
+    constexpr std::int64_t kMaxStepS = 30LL * 86'400;
+    if (node["max_step_s"]) m.max_step_ms = int_value(node["max_step_s"], what + ".max_step_s", 1, kMaxStepS) * 1000;
+    if (node["interval_s"]) {
+      m.interval_ms = int_value(node["interval_s"], what + ".interval_s", 1, kMaxStepS) * 1000;
+      if (m.interval_ms > m.max_step_ms) {
+        fail(node["interval_s"], what + ".interval_s must be at most max_step_s (" +
+                                     std::to_string(m.max_step_ms / 1000) + "), got " + node["interval_s"].Scalar());
+      }
+    } else {
+      m.interval_ms = std::min(m.interval_ms, m.max_step_ms);
+    }
+    m.incident_owner = string_value(node["incident_owner"], what + ".incident_owner");
+    if (node["delta"]) m.delta = open_value(node["delta"], what + ".delta", 0.0, 0.5, false);
+    if (node["attempt"]) {
+      m.attempt = static_cast<std::uint32_t>(int_value(node["attempt"], what + ".attempt", 1, 1'000'000));
+    }
+    if (node["stop"]) {
+      load_stop(s, m, node["stop"], what + ".stop");
+    } else {
+      m.stop.push_back({StopMetric::errors, kDefaultMinEffect[0]});
+      if (s.ttft_p95_ms > 0) m.stop.push_back({StopMetric::ttft, kDefaultMinEffect[1]});
+      if (s.latency_p95_ms > 0) m.stop.push_back({StopMetric::latency, kDefaultMinEffect[2]});
+      if (s.min_accept_rate > 0) m.stop.push_back({StopMetric::acceptance, kDefaultMinEffect[3]});
+    }
+    if (const auto& g = node["guardrails"]) load_guardrails(m.guardrails, g, what + ".guardrails");
+    m.identity = migration_identity(config, m);
+    s.routes = {Route{m.baseline, 100}, Route{m.candidate, 0}};
+    s.migration = std::move(m);
+  }
+
+  // Each stop criterion's minimum effect when the table does not set one, in kStopMetrics order.
+  static constexpr std::array<double, 5> kDefaultMinEffect{0.02, 0.05, 0.05, 0.03, 0.10};
+
+  // `stop`: the criteria, each on a metric something reports, kept in kStopMetrics order.
+  static void load_stop(const Scenario& s, MigrationSpec& m, const YAML::Node& node, const std::string& what) {
+    expect_map(node, what, {"errors", "ttft", "latency", "acceptance", "cost_per_accepted"});
+    for (std::size_t i = 0; i < kStopMetrics.size(); ++i) {
+      const auto metric = static_cast<StopMetric>(i);
+      const std::string name(kStopMetrics[i]);
+      const YAML::Node n = node[name];
+      if (!n) continue;
+      const std::string w = what + "." + name;
+      const char* missing = metric == StopMetric::ttft && s.ttft_p95_ms == 0         ? "slo.ttft_p95_ms"
+                            : metric == StopMetric::latency && s.latency_p95_ms == 0 ? "slo.latency_p95_ms"
+                            : metric == StopMetric::acceptance && s.min_accept_rate <= 0
+                                ? "quality_gate.min_accept_rate"
+                                : nullptr;
+      if (missing != nullptr) {
+        fail(key_node(node, name.c_str()), w + ": nothing reports this metric: scenario '" + s.name + "' has no " +
+                                               missing + " (set it, or remove the criterion)");
+      }
+      StopCriterion c{metric, kDefaultMinEffect[i]};
+      if (metric == StopMetric::cost) {
+        expect_map(n, w, {"max_ratio", "max_usd", "min_effect"});
+        if (static_cast<bool>(n["max_ratio"]) == static_cast<bool>(n["max_usd"])) {
+          fail(n, w + " needs exactly one of max_ratio (to the baseline's cost per accepted outcome) or max_usd "
+                      "(a ceiling)");
+        }
+        if (n["max_ratio"]) m.cost_max_ratio = open_value(n["max_ratio"], w + ".max_ratio", 0.0, 100.0, true);
+        if (n["max_usd"]) {
+          const Money ceiling = usd_value(n["max_usd"], w + ".max_usd");
+          if (ceiling.picos() <= 0) fail(n["max_usd"], w + ".max_usd must be above 0, got " + n["max_usd"].Scalar());
+          m.cost_ceiling = ceiling;
+        }
+        if (n["min_effect"]) c.min_effect = open_value(n["min_effect"], w + ".min_effect", 0.0, 10.0, true);
+      } else {
+        expect_map(n, w, {"min_effect"});
+        if (n["min_effect"]) c.min_effect = open_value(n["min_effect"], w + ".min_effect", 0.0, 1.0, true);
+      }
+      m.stop.push_back(c);
+    }
+  }
+
+  // `guardrails`: each optional; what is unset is off.
+  static void load_guardrails(Guardrails& g, const YAML::Node& node, const std::string& what) {
+    expect_map(node, what, {"error_rate", "latency_p99_ms", "budget_usd", "min_samples"});
+    if (node["error_rate"]) g.error_rate = open_value(node["error_rate"], what + ".error_rate", 0.0, 1.0, true);
+    if (node["latency_p99_ms"]) {
+      g.latency_p99_ms = int_value(node["latency_p99_ms"], what + ".latency_p99_ms", 1, 3'600'000);
+    }
+    if (node["budget_usd"]) {
+      const Money budget = usd_value(node["budget_usd"], what + ".budget_usd");
+      if (budget.picos() <= 0) {
+        fail(node["budget_usd"], what + ".budget_usd must be above 0, got " + node["budget_usd"].Scalar());
+      }
+      g.budget = budget;
+    }
+    if (node["min_samples"]) {
+      g.min_samples =
+          static_cast<std::uint32_t>(int_value(node["min_samples"], what + ".min_samples", 1, 1'000'000'000));
+    }
+  }
+
   void load_scenario(Config& config, const YAML::Node& key, const YAML::Node& node) {
     Scenario s;
     s.name = string_value(key, "scenario name");
     const std::string what = "scenario '" + s.name + "'";
     expect_map(node, what,
                {"data_class", "regions", "slo", "quality_gate", "mode", "max_output_tokens", "routes", "fallback",
-                "spillover", "budget", "affinity", "inflight_lease_ms", "owner", "description"},
-               {"data_class", "routes"});
+                "spillover", "budget", "affinity", "inflight_lease_ms", "owner", "description", "migration"},
+               {"data_class"});
     s.data_class = data_class(config, node["data_class"], what + ".data_class");
     if (node["regions"]) {
       each_in_sequence(node["regions"], what + ".regions", [&](const YAML::Node& n, const std::string& w) {
@@ -677,22 +865,15 @@ class Loader {
       s.max_output_tokens = int_value(node["max_output_tokens"], what + ".max_output_tokens", 1, 1 << 24);
     }
 
-    std::int64_t weight_sum = 0;
-    const auto& routes = node["routes"];
-    each_in_sequence(routes, what + ".routes", [&](const YAML::Node& n, const std::string& w) {
-      expect_map(n, w, {"target", "weight"}, {"target"});
-      Route r;
-      r.target = scenario_target(config, s, n["target"], w + ".target");
-      for (const auto& other : s.routes) {
-        if (other.target == r.target) fail(n["target"], w + " repeats target '" + config.targets[r.target].name + "'");
+    if (node["migration"]) {
+      if (node["routes"]) {
+        fail(key_node(node, "routes"),
+             what + ".routes: a scenario with a migration routes through its baseline and candidate; remove routes");
       }
-      r.weight = n["weight"] ? static_cast<std::uint32_t>(int_value(n["weight"], w + ".weight", 0, 100)) : 100U;
-      weight_sum += r.weight;
-      s.routes.push_back(r);
-    });
-    if (s.routes.empty()) fail(routes, what + ".routes must list at least one target");
-    if (weight_sum != 100) {
-      fail(routes, what + ".routes weights are percentages and must sum to 100, got " + std::to_string(weight_sum));
+      load_migration(config, s, node, what + ".migration");
+    } else {
+      if (!node["routes"]) fail(node, what + " is missing required key 'routes' (or a 'migration' block)");
+      load_routes(config, s, node["routes"], what);
     }
 
     if (node["fallback"]) {

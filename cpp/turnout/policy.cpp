@@ -348,7 +348,7 @@ class Ranking {
         }
       }
       if (take(route.target)) {
-        d_.reasons.insert(d_.reasons.begin(), {ReasonCode::weight, route.target, route.weight});
+        d_.reasons.insert(d_.reasons.begin(), {ReasonCode::weight, route.target, weight(route_index)});
         return true;
       }
     }
@@ -364,14 +364,22 @@ class Ranking {
   [[nodiscard]] bool budget_blocked() const { return budget_blocked_; }
 
  private:
+  // A route's weight now: the table's, or in a migration the run's split (baseline 100 - p, candidate p).
+  [[nodiscard]] std::uint32_t weight(std::uint32_t route_index) const {
+    const Scenario& s = f_.scenario;
+    if (!s.migration) return s.routes[route_index].weight;
+    const std::uint32_t p = f_.state.candidate_percent[f_.request.scenario];
+    return route_index == 0 ? 100 - p : p;
+  }
+
   // (score, route index), best first.
   [[nodiscard]] std::vector<std::pair<double, std::uint32_t>> routes_by_rank(std::uint64_t key_hash) const {
     const Scenario& s = f_.scenario;
     std::vector<std::pair<double, std::uint32_t>> ranked;
     ranked.reserve(s.routes.size());
     for (std::uint32_t i = 0; i < s.routes.size(); ++i) {
-      const auto& r = s.routes[i];
-      if (r.weight > 0) ranked.emplace_back(rendezvous_score(key_hash, f_.config.targets[r.target], r.weight), i);
+      const std::uint32_t w = weight(i);
+      if (w > 0) ranked.emplace_back(rendezvous_score(key_hash, f_.config.targets[s.routes[i].target], w), i);
     }
     std::sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     return ranked;

@@ -43,6 +43,32 @@ void for_each_listed_row(const Config& config, const RouterState& state, F&& f) 
   }
 }
 
+/// The error of a scenario name this table does not have, listing those it has.
+Error unknown_scenario(const Config& config, std::string_view name) {
+  std::string known;
+  for (const auto& s : config.scenarios) known += (known.empty() ? "" : ", ") + s.name;
+  return make_error(ErrorCode::unknown_scenario,
+                    "unknown scenario '" + std::string(name) + "'; known scenarios: " + known);
+}
+
+/// The arm of a migration `target` belongs to: none if the scenario has no migration, or the target
+/// is neither its baseline nor its candidate.
+std::optional<Arm> migration_arm(const Scenario& s, std::uint32_t target) {
+  if (!s.migration) return std::nullopt;
+  if (target == s.migration->baseline) return Arm::baseline;
+  if (target == s.migration->candidate) return Arm::candidate;
+  return std::nullopt;
+}
+
+/// When the run's current step (ramp) or pause (paused) runs out; 0 in the other phases.
+TimeMs migration_deadline(const MigrationSpec& spec, const MigrationRun& run) {
+  switch (run.phase) {
+    case MigrationPhase::ramp: return run.step_started_at + spec.max_step_ms;
+    case MigrationPhase::paused: return run.paused_at + spec.max_step_ms;
+    default: return 0;
+  }
+}
+
 }  // namespace
 
 Router::Router(ConfigPtr config, RouterOptions options)
@@ -51,12 +77,7 @@ Router::Router(ConfigPtr config, RouterOptions options)
 Result<Request> Router::resolve(const RouteRequest& r) const {
   Request req;
   req.scenario = config_->find_scenario(r.scenario);
-  if (req.scenario == kNone) {
-    std::string known;
-    for (const auto& s : config_->scenarios) known += (known.empty() ? "" : ", ") + s.name;
-    return make_error(ErrorCode::unknown_scenario,
-                      "unknown scenario '" + std::string(r.scenario) + "'; known scenarios: " + known);
-  }
+  if (req.scenario == kNone) return unknown_scenario(*config_, r.scenario);
   if (!r.data_class.empty()) {
     req.data_class = config_->find_data_class(r.data_class);
     // An unknown data class cannot be proven allowed anywhere: fail closed.
@@ -229,7 +250,8 @@ void Router::settle_if_done(std::unordered_map<std::uint64_t, PendingDecision>::
                                                     .served_cost = p.served_cost,
                                                     .scenario = p.decision.scenario,
                                                     .served_target = p.served_target,
-                                                    .verdict_given = p.verdict_given});
+                                                    .verdict_given = p.verdict_given,
+                                                    .placed = p.served_target == p.decision.placement.target});
   state_.settled_order.push_back(it->first);
   state_.pending.erase(it);  // its id stays in pending_order until swept or expired
 }
@@ -379,6 +401,11 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
     ++c.unpriced;
   }
   observe_times(c, objectives(s), r.ttft_ms, r.latency_ms);  // once: a duplicate returned above
+  // A migration compares the decisions placed on its arms: a fallback's outcome is not its arm's.
+  if (const auto arm = migration_arm(s, target); arm && !fallback) {
+    observe_outcome(state_.migration_runs[d.scenario], *s.migration, s, *arm, r.status == Status::ok, r.ttft_ms,
+                    r.latency_ms, receipt.priced ? std::optional<Money>(receipt.cost) : std::nullopt);
+  }
 
   // The probe's outcome decides a half-open breaker. A fallback never claims the probe when it is
   // handed out, so an outcome on a half-open unit with no probe in flight serves as its probe:
@@ -417,6 +444,8 @@ Result<Ok> Router::apply_verdict(PendingDecision& p, bool accepted) {
   } else {
     ++c.rejected;
   }
+  observe_migration_verdict(p.decision.scenario, p.served_target, p.served_target == p.decision.placement.target,
+                            accepted);
   return Ok{};
 }
 
@@ -433,7 +462,14 @@ Result<Ok> Router::apply_verdict(SettledDecision& s, std::uint64_t id, bool acce
   } else {
     ++c.rejected;
   }
+  if (s.scenario != kNone) observe_migration_verdict(s.scenario, s.served_target, s.placed, accepted);
   return Ok{};
+}
+
+void Router::observe_migration_verdict(std::uint32_t scenario, std::uint32_t served_target, bool placed,
+                                       bool accepted) {
+  const auto arm = migration_arm(config_->scenarios[scenario], served_target);
+  if (arm && placed) observe_verdict(state_.migration_runs[scenario], *arm, accepted);
 }
 
 Result<Ok> Router::verdict(std::uint64_t decision_id, bool accepted, TimeMs now) {
@@ -638,7 +674,7 @@ void Router::live_state(std::vector<detail::LiveUnit>& units, std::vector<detail
   budgets.resize(state_.budgets.size());
   for (std::size_t s = 0; s < budgets.size(); ++s) {
     const BudgetState& b = state_.budgets[s];
-    budgets[s] = {b.day, b.spent, b.reserved};
+    budgets[s] = {b.day, b.spent, b.reserved, state_.candidate_percent[s]};
   }
 }
 
@@ -655,6 +691,7 @@ void Router::set_live_state(std::span<const detail::LiveUnit> units, std::span<c
     state_.budgets[s].day = budgets[s].day;
     state_.budgets[s].spent = budgets[s].spent;
     state_.budgets[s].reserved = budgets[s].reserved;
+    state_.candidate_percent[s] = std::min<std::uint32_t>(budgets[s].candidate_percent, 100);
   }
 }
 
@@ -784,10 +821,12 @@ LiveState Router::export_state() const {
     const bool retired = s.scenario == kNone;
     std::string scenario = retired ? state_.retired[s.served_target].scenario : c.scenarios[s.scenario].name;
     std::string served = retired ? state_.retired[s.served_target].target : c.targets[s.served_target].name;
+    // The placement says only whether the served target was it (a migration's verdict counts then).
+    PlacementName placement{s.placed ? served : std::string(), {}};
     out.pending.push_back({.id = id,
                            .at = s.at,
                            .scenario = std::move(scenario),
-                           .placement = {served, {}},
+                           .placement = std::move(placement),
                            .reported_targets = {served},
                            .served_target = served,
                            .served_cost = s.served_cost,
@@ -795,6 +834,7 @@ LiveState Router::export_state() const {
   }
   std::sort(out.pending.begin(), out.pending.end(),
             [](const PendingEntry& a, const PendingEntry& b) { return a.id < b.id; });
+  for (std::uint32_t si : state_.migrating) out.migrations.push_back({c.scenarios[si].name, state_.migration_runs[si]});
   return out;
 }
 
@@ -867,7 +907,8 @@ ImportReport Router::import_state(const LiveState& state) {
                         .served_cost = e->served_cost,
                         .scenario = si,
                         .served_target = served,
-                        .verdict_given = e->verdict_given};
+                        .verdict_given = e->verdict_given,
+                        .placed = !e->served_target.empty() && e->placement.target == e->served_target};
       if (si == kNone || served == kNone) {
         s.scenario = kNone;
         s.served_target = retired_row(e->scenario, e->served_target);
@@ -919,7 +960,67 @@ ImportReport Router::import_state(const LiveState& state) {
     state_.pending_order.push_back(e->id);
     ++report.pending;
   }
+
+  // A run carried over continues under the same identity; another identity starts a new run.
+  for (std::uint32_t si : state_.migrating) {
+    const Scenario& s = c.scenarios[si];
+    auto carried = std::find_if(state.migrations.begin(), state.migrations.end(),
+                                [&](const MigrationEntry& e) { return e.scenario == s.name; });
+    state_.migration_runs[si] =
+        carried == state.migrations.end() ? start_run(*s.migration) : adopt_run(*s.migration, carried->run);
+    state_.candidate_percent[si] = candidate_percent(*s.migration, state_.migration_runs[si]);
+  }
   return report;
+}
+
+// ---------------------------------------------------------------------------------------- migrations
+
+bool Router::migration_due(TimeMs now) const {
+  std::lock_guard lock(mu_);
+  return std::any_of(state_.migrating.begin(), state_.migrating.end(), [&](std::uint32_t si) {
+    return analysis_due(state_.migration_runs[si], *config_->scenarios[si].migration, now);
+  });
+}
+
+std::vector<std::pair<std::uint32_t, MigrationTransition>> Router::migration_tick(TimeMs now) {
+  std::lock_guard lock(mu_);
+  std::vector<std::pair<std::uint32_t, MigrationTransition>> moves;
+  for (std::uint32_t si : state_.migrating) {
+    const Scenario& s = config_->scenarios[si];
+    MigrationRun& run = state_.migration_runs[si];
+    if (!analysis_due(run, *s.migration, now)) continue;
+    if (auto moved = analyze(run, *s.migration, s, now)) moves.emplace_back(si, std::move(*moved));
+    state_.candidate_percent[si] = candidate_percent(*s.migration, run);
+  }
+  return moves;
+}
+
+Result<MigrationTransition> Router::migration_command(std::string_view scenario, MigrationCommand cmd, TimeMs now) {
+  const std::uint32_t si = config_->find_scenario(scenario);
+  if (si == kNone) return unknown_scenario(*config_, scenario);
+  const Scenario& s = config_->scenarios[si];
+  if (!s.migration) return make_error(ErrorCode::no_migration, "scenario '" + s.name + "' has no migration block");
+  std::lock_guard lock(mu_);
+  MigrationRun& run = state_.migration_runs[si];
+  auto moved = command(run, *s.migration, cmd, now);
+  state_.candidate_percent[si] = candidate_percent(*s.migration, run);
+  return moved;
+}
+
+std::vector<MigrationStatus> Router::migrations() const {
+  std::lock_guard lock(mu_);
+  std::vector<MigrationStatus> out;
+  out.reserve(state_.migrating.size());
+  for (std::uint32_t si : state_.migrating) {
+    const Scenario& s = config_->scenarios[si];
+    const MigrationRun& run = state_.migration_runs[si];
+    out.push_back({.scenario = si,
+                   .run = run,
+                   .candidate_percent = state_.candidate_percent[si],
+                   .deadline_at = migration_deadline(*s.migration, run),
+                   .criteria = criteria(run, *s.migration, s)});
+  }
+  return out;
 }
 
 }  // namespace turnout

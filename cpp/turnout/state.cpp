@@ -161,6 +161,15 @@ RouterState::RouterState(const Config& config) : target_count(config.targets.siz
   for (const auto& pool : pools) pool_index.push_back(pool.get());
   maas_index = maas.get();
   budgets.resize(config.scenarios.size());
+  candidate_percent.resize(config.scenarios.size(), 0);
+  migration_runs.resize(config.scenarios.size());
+  for (std::uint32_t si = 0; si < config.scenarios.size(); ++si) {
+    const auto& spec = config.scenarios[si].migration;
+    if (!spec) continue;
+    migration_runs[si] = start_run(*spec);
+    candidate_percent[si] = turnout::candidate_percent(*spec, migration_runs[si]);
+    migrating.push_back(si);
+  }
   ledger.resize(config.scenarios.size() * target_count);
   listed.resize(ledger.size(), 0);
 }

@@ -115,6 +115,7 @@ struct SettledDecision {
   std::uint32_t scenario = kNone;  ///< kNone: the row is RouterState::retired[served_target]
   std::uint32_t served_target = kNone;
   bool verdict_given = false;
+  bool placed = false;  ///< the served target was the decision's placement: its verdict counts in a migration's arm
 };
 
 /// A ledger row of a scenario or target the current table no longer has, kept by names.
@@ -205,6 +206,11 @@ struct RouterState {
   std::vector<std::pair<TimeMs, std::uint64_t>> leases;
   std::unordered_map<std::uint64_t, SettledDecision> settled;
   std::deque<std::uint64_t> settled_order;  ///< settled ids in the order they settled, for expiry
+  /// Per scenario: the candidate's traffic percent of its migration, which decide() weighs the two
+  /// routes by (baseline 100 - p, candidate p); 0 and unread for a scenario without a migration.
+  std::vector<std::uint32_t> candidate_percent;
+  std::vector<MigrationRun> migration_runs;  ///< per scenario: its migration's run (empty without one)
+  std::vector<std::uint32_t> migrating;      ///< the scenarios with a migration, in table order
 };
 
 }  // namespace turnout

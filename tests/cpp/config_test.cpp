@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 
@@ -141,6 +142,284 @@ TEST(Config, RejectsWrongShapes) {
   EXPECT_NE(msg.find("between 0.01 and 1"), std::string::npos) << msg;
   msg = load_error(replace(kBasicYaml, "kind: self_hosted", "kind: on_prem"));
   EXPECT_NE(msg.find("must be maas or self_hosted"), std::string::npos) << msg;
+}
+
+// ---- the migration block -------------------------------------------------------------------------
+
+// kBasicYaml plus a scenario migrating from mini to cheap; `block` replaces the migration's keys.
+std::string with_migration(const std::string& block = "      stage: canary\n      incident_owner: oncall\n",
+                           const std::string& scenario_keys = "") {
+  return std::string(kBasicYaml) +
+         "  canary:\n"
+         "    data_class: public\n"
+         "    slo: {ttft_p95_ms: 800, latency_p95_ms: 4000}\n"
+         "    quality_gate: {min_accept_rate: 0.95}\n" +
+         scenario_keys +
+         "    fallback: [pool]\n"
+         "    migration:\n"
+         "      baseline: mini\n"
+         "      candidate: cheap\n" +
+         block;
+}
+
+// "bad.yaml:line:col: " of the first occurrence of `needle` in `text` (plus `offset` columns).
+std::string at(const std::string& text, const std::string& needle, std::size_t offset = 0) {
+  const auto pos = text.find(needle);
+  EXPECT_NE(pos, std::string::npos) << needle;
+  const auto line_start = text.rfind('\n', pos);
+  const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(pos), '\n');
+  const auto col = pos - (line_start == std::string::npos ? 0 : line_start + 1) + 1 + offset;
+  return "bad.yaml:" + std::to_string(line) + ":" + std::to_string(col) + ": ";
+}
+
+// The error of loading `text`, which must start at `needle` (+ offset) and contain `what`.
+void expect_error_at(const std::string& text, const std::string& needle, std::size_t offset, const std::string& what) {
+  const auto msg = load_error(text);
+  EXPECT_EQ(msg.rfind(at(text, needle, offset), 0), 0U) << msg << "\nexpected at " << at(text, needle, offset);
+  EXPECT_NE(msg.find(what), std::string::npos) << msg << "\nexpected: " << what;
+}
+
+TEST(ConfigMigration, DefaultsAndRoutes) {
+  const auto text = with_migration();
+  auto c = load_or_die(text);
+  ASSERT_TRUE(c);
+  const Scenario& s = c->scenarios[c->find_scenario("canary")];
+  ASSERT_TRUE(s.migration.has_value());
+  const MigrationSpec& m = *s.migration;
+  EXPECT_EQ(m.baseline, c->find_target("mini"));
+  EXPECT_EQ(m.candidate, c->find_target("cheap"));
+  EXPECT_EQ(m.stage, MigrationStage::canary);
+  EXPECT_EQ(m.steps, (std::vector<std::uint32_t>{1, 5, 25, 50, 100}));
+  EXPECT_EQ(m.min_samples, 200U);
+  EXPECT_EQ(m.max_step_ms, 3'600'000);
+  EXPECT_EQ(m.interval_ms, 60'000);
+  EXPECT_EQ(m.incident_owner, "oncall");
+  EXPECT_DOUBLE_EQ(m.delta, 0.05);
+  EXPECT_EQ(m.attempt, 1U);
+  // Default criteria: errors, plus what the slo and the quality gate make measurable.
+  ASSERT_EQ(m.stop.size(), 4U);
+  EXPECT_EQ(m.stop[0].metric, StopMetric::errors);
+  EXPECT_DOUBLE_EQ(m.stop[0].min_effect, 0.02);
+  EXPECT_EQ(m.stop[1].metric, StopMetric::ttft);
+  EXPECT_DOUBLE_EQ(m.stop[1].min_effect, 0.05);
+  EXPECT_EQ(m.stop[2].metric, StopMetric::latency);
+  EXPECT_DOUBLE_EQ(m.stop[2].min_effect, 0.05);
+  EXPECT_EQ(m.stop[3].metric, StopMetric::acceptance);
+  EXPECT_DOUBLE_EQ(m.stop[3].min_effect, 0.03);
+  EXPECT_FALSE(m.cost_ceiling.has_value());
+  EXPECT_EQ(m.cost_max_ratio, 0.0);
+  EXPECT_EQ(m.guardrails.error_rate, 0.0);
+  EXPECT_EQ(m.guardrails.latency_p99_ms, 0);
+  EXPECT_FALSE(m.guardrails.budget.has_value());
+  EXPECT_EQ(m.guardrails.min_samples, 20U);
+  EXPECT_NE(m.identity, 0U);
+  EXPECT_EQ(m.line, std::stoi(at(text, "    migration:").substr(9)));
+  // The routes are the baseline's and the candidate's; the Router weighs them by the run.
+  ASSERT_EQ(s.routes.size(), 2U);
+  EXPECT_EQ(s.routes[0].target, m.baseline);
+  EXPECT_EQ(s.routes[0].weight, 100U);
+  EXPECT_EQ(s.routes[1].target, m.candidate);
+  EXPECT_EQ(s.routes[1].weight, 0U);
+  // A scenario without the block has none.
+  EXPECT_FALSE(c->scenarios[c->find_scenario("summarize")].migration.has_value());
+  // Without an slo or a quality gate, only errors is judged by default.
+  auto bare = load_or_die(replace(replace(text, "    slo: {ttft_p95_ms: 800, latency_p95_ms: 4000}\n", ""),
+                                  "    quality_gate: {min_accept_rate: 0.95}\n", ""));
+  ASSERT_TRUE(bare);
+  const auto& stop = bare->scenarios[bare->find_scenario("canary")].migration->stop;
+  ASSERT_EQ(stop.size(), 1U);
+  EXPECT_EQ(stop[0].metric, StopMetric::errors);
+}
+
+TEST(ConfigMigration, EveryKeyIsRead) {
+  auto c = load_or_die(
+      with_migration("      stage: evals\n"
+                     "      steps: [2, 10, 100]\n"
+                     "      min_samples: 50\n"
+                     "      max_step_s: 600\n"
+                     "      interval_s: 30\n"
+                     "      incident_owner: team-a\n"
+                     "      delta: 0.01\n"
+                     "      attempt: 3\n"
+                     "      stop:\n"
+                     "        cost_per_accepted: {max_usd: 0.004, min_effect: 0.2}\n"
+                     "        errors: {min_effect: 0.01}\n"
+                     "        latency: {}\n"
+                     "      guardrails: {error_rate: 0.25, latency_p99_ms: 20000, budget_usd: 50, min_samples: 10}\n"));
+  ASSERT_TRUE(c);
+  const MigrationSpec& m = *c->scenarios[c->find_scenario("canary")].migration;
+  EXPECT_EQ(m.stage, MigrationStage::evals);
+  EXPECT_EQ(m.steps, (std::vector<std::uint32_t>{2, 10, 100}));
+  EXPECT_EQ(m.min_samples, 50U);
+  EXPECT_EQ(m.max_step_ms, 600'000);
+  EXPECT_EQ(m.interval_ms, 30'000);
+  EXPECT_EQ(m.incident_owner, "team-a");
+  EXPECT_DOUBLE_EQ(m.delta, 0.01);
+  EXPECT_EQ(m.attempt, 3U);
+  // In kStopMetrics order whatever the table's order; an empty criterion takes its default.
+  ASSERT_EQ(m.stop.size(), 3U);
+  EXPECT_EQ(m.stop[0].metric, StopMetric::errors);
+  EXPECT_DOUBLE_EQ(m.stop[0].min_effect, 0.01);
+  EXPECT_EQ(m.stop[1].metric, StopMetric::latency);
+  EXPECT_DOUBLE_EQ(m.stop[1].min_effect, 0.05);
+  EXPECT_EQ(m.stop[2].metric, StopMetric::cost);
+  EXPECT_DOUBLE_EQ(m.stop[2].min_effect, 0.2);
+  ASSERT_TRUE(m.cost_ceiling.has_value());
+  EXPECT_EQ(*m.cost_ceiling, Money::from_picos(4'000'000'000));
+  EXPECT_EQ(m.cost_max_ratio, 0.0);
+  EXPECT_DOUBLE_EQ(m.guardrails.error_rate, 0.25);
+  EXPECT_EQ(m.guardrails.latency_p99_ms, 20'000);
+  ASSERT_TRUE(m.guardrails.budget.has_value());
+  EXPECT_EQ(*m.guardrails.budget, Money::from_picos(50 * Money::kPerUsd));
+  EXPECT_EQ(m.guardrails.min_samples, 10U);
+
+  auto ratio = load_or_die(with_migration(
+      "      stage: canary\n      incident_owner: x\n      stop: {cost_per_accepted: {max_ratio: 1.2}}\n"));
+  ASSERT_TRUE(ratio);
+  const MigrationSpec& r = *ratio->scenarios[ratio->find_scenario("canary")].migration;
+  ASSERT_EQ(r.stop.size(), 1U);
+  EXPECT_EQ(r.stop[0].metric, StopMetric::cost);
+  EXPECT_DOUBLE_EQ(r.stop[0].min_effect, 0.10);
+  EXPECT_DOUBLE_EQ(r.cost_max_ratio, 1.2);
+  EXPECT_FALSE(r.cost_ceiling.has_value());
+}
+
+TEST(ConfigMigration, IdentityIsTheRunsNamesStepsAndAttempt) {
+  const auto identity = [](const std::string& block) {
+    auto c = load_or_die(with_migration(block));
+    return c ? c->scenarios[c->find_scenario("canary")].migration->identity : 0;
+  };
+  const std::string base = "      stage: canary\n      incident_owner: a\n";
+  const auto id = identity(base);
+  // The stage, the owner and the thresholds may change under a running migration.
+  EXPECT_EQ(identity("      stage: evals\n      incident_owner: b\n      min_samples: 7\n      delta: 0.1\n"), id);
+  EXPECT_EQ(identity(base + "      steps: [1, 5, 25, 50, 100]\n      attempt: 1\n"), id);
+  // Other steps, another attempt, another candidate: another run.
+  EXPECT_NE(identity(base + "      steps: [1, 5, 25, 100]\n"), id);
+  EXPECT_NE(identity(base + "      attempt: 2\n"), id);
+  auto other = load_or_die(replace(with_migration(base), "candidate: cheap", "candidate: pool"));
+  ASSERT_TRUE(other);
+  EXPECT_NE(other->scenarios[other->find_scenario("canary")].migration->identity, id);
+}
+
+TEST(ConfigMigration, RoutesAndAMigrationTogetherAreRefused) {
+  const auto text = with_migration("      stage: canary\n      incident_owner: x\n", "    routes: [{target: mini}]\n");
+  expect_error_at(text, "    routes: [{target: mini}]", 4,
+                  "scenario 'canary'.routes: a scenario with a migration routes through its baseline and candidate; "
+                  "remove routes");
+}
+
+TEST(ConfigMigration, AScenarioNeedsRoutesOrAMigration) {
+  auto text = replace(kBasicYaml, "    routes: [{target: pool}]\n", "    fallback: [pool]\n");
+  expect_error_at(text, "    data_class: restricted", 4, "scenario 'secret' is missing required key 'routes'");
+}
+
+TEST(ConfigMigration, UnknownKeysAndMissingOnesAreRefused) {
+  auto text = with_migration("      stage: canary\n      incident_owner: x\n      stpes: [1]\n");
+  expect_error_at(text, "stpes", 0, "unknown key 'stpes' in scenario 'canary'.migration; expected one of: baseline");
+  text = with_migration("      stage: canary\n");
+  expect_error_at(text, "      baseline: mini", 6,
+                  "scenario 'canary'.migration is missing required key 'incident_owner'");
+  text = with_migration("      stage: canary\n      incident_owner: \"\"\n");
+  expect_error_at(text, "\"\"", 0, "scenario 'canary'.migration.incident_owner must not be empty");
+  text = with_migration("      stage: rollout\n      incident_owner: x\n");
+  expect_error_at(text, "rollout", 0,
+                  "scenario 'canary'.migration.stage must be one of: discovery, draft, baseline, evals, canary; got "
+                  "'rollout'");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      guardrails: {error_rat: 0.2}\n");
+  expect_error_at(text, "error_rat:", 0, "unknown key 'error_rat' in scenario 'canary'.migration.guardrails");
+}
+
+TEST(ConfigMigration, TargetsMustBeKnownDistinctAndAllowed) {
+  auto text = replace(with_migration(), "baseline: mini", "baseline: mnii");
+  expect_error_at(text, "mnii", 0, "scenario 'canary'.migration.baseline names unknown target 'mnii'");
+  text = replace(with_migration(), "candidate: cheap", "candidate: mini");
+  expect_error_at(text, "candidate: mini", 11,
+                  "scenario 'canary'.migration.candidate: the candidate must differ from the baseline ('mini')");
+  // cheap takes public data only: a deidentified scenario may never send data there (fail closed).
+  text = replace(with_migration(), "    data_class: public\n    slo", "    data_class: deidentified\n    slo");
+  expect_error_at(text, "candidate: cheap", 11,
+                  "scenario 'canary'.migration.candidate: target 'cheap' does not accept data class 'deidentified'");
+}
+
+TEST(ConfigMigration, StepsMustIncreaseWithinOneToAHundred) {
+  auto text = with_migration("      stage: canary\n      incident_owner: x\n      steps: []\n");
+  expect_error_at(text, "[]", 0, "scenario 'canary'.migration.steps must list at least one step");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      steps: [1, 25, 5]\n");
+  expect_error_at(text, "5]", 0,
+                  "scenario 'canary'.migration.steps[2] must be larger than the step before it (25): steps increase "
+                  "strictly");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      steps: [5, 5]\n");
+  expect_error_at(text, "5]", 0, "must be larger than the step before it (5)");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      steps: [0, 50]\n");
+  expect_error_at(text, "0, 50", 0,
+                  "scenario 'canary'.migration.steps[0] (candidate traffic %) must be between 1 and 100");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      steps: [50, 101]\n");
+  expect_error_at(text, "101", 0, "must be between 1 and 100, got 101");
+}
+
+TEST(ConfigMigration, ACriterionNeedsAMetricSomethingReports) {
+  const auto without = [](const std::string& line, const std::string& stop) {
+    return replace(with_migration("      stage: canary\n      incident_owner: x\n      stop:\n        " + stop + "\n"),
+                   line, "");
+  };
+  auto text = without("    slo: {ttft_p95_ms: 800, latency_p95_ms: 4000}\n", "ttft: {min_effect: 0.1}");
+  expect_error_at(text, "ttft: {min", 0,
+                  "scenario 'canary'.migration.stop.ttft: nothing reports this metric: scenario 'canary' has no "
+                  "slo.ttft_p95_ms");
+  text = replace(with_migration("      stage: canary\n      incident_owner: x\n      stop: {latency: {}}\n"),
+                 "slo: {ttft_p95_ms: 800, latency_p95_ms: 4000}", "slo: {ttft_p95_ms: 800}");
+  expect_error_at(text, "latency: {}", 0,
+                  "stop.latency: nothing reports this metric: scenario 'canary' has no "
+                  "slo.latency_p95_ms");
+  text = without("    quality_gate: {min_accept_rate: 0.95}\n", "acceptance: {}");
+  expect_error_at(text, "acceptance: {}", 0,
+                  "stop.acceptance: nothing reports this metric: scenario 'canary' has no "
+                  "quality_gate.min_accept_rate");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      stop: {throughput: {}}\n");
+  expect_error_at(text, "throughput", 0,
+                  "unknown key 'throughput' in scenario 'canary'.migration.stop; expected one of: errors, ttft, "
+                  "latency, acceptance, cost_per_accepted");
+}
+
+TEST(ConfigMigration, TheCostCriterionNeedsExactlyOneBound) {
+  auto text = with_migration("      stage: canary\n      incident_owner: x\n      stop: {cost_per_accepted: {}}\n");
+  expect_error_at(text, "{}}", 0,
+                  "scenario 'canary'.migration.stop.cost_per_accepted needs exactly one of max_ratio (to the "
+                  "baseline's cost per accepted outcome) or max_usd (a ceiling)");
+  text = with_migration(
+      "      stage: canary\n      incident_owner: x\n      stop: {cost_per_accepted: {max_ratio: 1.2, max_usd: "
+      "0.01}}\n");
+  expect_error_at(text, "{max_ratio", 0, "needs exactly one of max_ratio");
+  text =
+      with_migration("      stage: canary\n      incident_owner: x\n      stop: {cost_per_accepted: {max_ratio: 0}}\n");
+  expect_error_at(text, "0}}", 0, "stop.cost_per_accepted.max_ratio must be above 0 and at most 100, got 0");
+}
+
+TEST(ConfigMigration, DeltaAndMinimumEffectsAreBounded) {
+  auto text = with_migration("      stage: canary\n      incident_owner: x\n      delta: 0.5\n");
+  expect_error_at(text, "0.5\n", 0, "scenario 'canary'.migration.delta must be above 0 and below 0.5, got 0.5");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      delta: 0\n");
+  expect_error_at(text, "delta: 0", 7, "delta must be above 0 and below 0.5, got 0");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      stop: {errors: {min_effect: 1.5}}\n");
+  expect_error_at(text, "1.5", 0,
+                  "scenario 'canary'.migration.stop.errors.min_effect must be above 0 and at most 1, got 1.5");
+  text = with_migration("      stage: canary\n      incident_owner: x\n      stop: {errors: {min_effect: 0}}\n");
+  expect_error_at(text, "0}}", 0, "stop.errors.min_effect must be above 0 and at most 1, got 0");
+  text = with_migration(
+      "      stage: canary\n      incident_owner: x\n      stop: {cost_per_accepted: {max_usd: 0.01, min_effect: "
+      "11}}\n");
+  expect_error_at(text, "11}", 0, "stop.cost_per_accepted.min_effect must be above 0 and at most 10, got 11");
+}
+
+TEST(ConfigMigration, TheIntervalFitsInAStep) {
+  auto text =
+      with_migration("      stage: canary\n      incident_owner: x\n      max_step_s: 120\n      interval_s: 300\n");
+  expect_error_at(text, "300", 0, "scenario 'canary'.migration.interval_s must be at most max_step_s (120), got 300");
+  // Unset, the interval is the default minute, or the whole step if that is shorter.
+  auto c = load_or_die(with_migration("      stage: canary\n      incident_owner: x\n      max_step_s: 20\n"));
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->scenarios[c->find_scenario("canary")].migration->interval_ms, 20'000);
 }
 
 TEST(Config, LoadsTheBundledExample) {

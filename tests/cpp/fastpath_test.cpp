@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/interprocess/mapped_region.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cstdio>
 #include <fstream>
@@ -468,6 +469,84 @@ TEST_F(FastPathTest, AHugePromptIsPostedAndLearnedUpToCapacity) {
     ASSERT_TRUE(again.ok());
     // Learned as far as a replica holds: its capacity, 4,000 blocks (below the 4,096 a record carries).
     EXPECT_EQ(again->expected_cached_tokens, 4000 * 16);
+  }
+}
+
+constexpr const char* kMigrationTable = R"(version: 1
+targets:
+  old:
+    kind: maas
+    provider: openai
+    model: gpt-4.1-mini
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 0.40, output_per_mtok: 1.60}
+  new:
+    kind: maas
+    provider: deepseek
+    model: deepseek-chat
+    data_classes: [public]
+    context_window: 64000
+    price: {input_per_mtok: 0.28, output_per_mtok: 0.42}
+scenarios:
+  move:
+    data_class: public
+    migration: {baseline: old, candidate: new, stage: canary, steps: [10, 50, 100], incident_owner: oncall}
+)";
+
+TEST_F(FastPathTest, AClientsSplitFollowsTheSidecarsMigrationWithoutARoundTrip) {
+  write(kMigrationTable);
+  auto server = start();
+  auto fast = attach(name_);
+  ASSERT_TRUE(fast);
+  // Of 2,000 keys, how many the client sends to the candidate, deciding from shared memory alone.
+  const auto on_candidate = [&] {
+    int n = 0;
+    for (int i = 0; i < 2'000; ++i) {
+      auto d = fast->explain({.scenario = "move", .key = "k" + std::to_string(i), .input_tokens = 10, .now = kNow});
+      EXPECT_TRUE(d.ok()) << (d.ok() ? "" : d.error().message);
+      if (d && fast->config()->targets[d->placement.target].name == "new") ++n;
+    }
+    return n;
+  };
+  // The sidecar publishes its live state after each thing it applies, e.g. a drained route.
+  const auto sidecar_applies_something = [&](std::int64_t now) {
+    ASSERT_TRUE(fast->route({.scenario = "move", .key = "x", .input_tokens = 10, .now = now}).ok());
+    EXPECT_EQ(server->drain_rings(now), 1U);
+  };
+  EXPECT_EQ(on_candidate(), 0) << "pending: all on the baseline";
+  // The sidecar's tick starts the canary at 10 %.
+  ASSERT_EQ(server->router()->migration_tick(kNow).size(), 1U);
+  sidecar_applies_something(kNow);
+  const int ten = on_candidate();
+  EXPECT_GT(ten, 140);  // 200 expected, sd ~13
+  EXPECT_LT(ten, 260);
+  // A command promotes it: the client follows at once.
+  ASSERT_TRUE(server->router()->migration_command("move", MigrationCommand::promote, kNow + 1).ok());
+  sidecar_applies_something(kNow + 1);
+  EXPECT_EQ(on_candidate(), 2'000);
+  // ... and an abort sends everything back.
+  auto again = server->router()->migration_command("move", MigrationCommand::abort, kNow + 2);
+  EXPECT_FALSE(again.ok()) << "a promoted run has ended";
+  EXPECT_EQ(again.error().code, ErrorCode::migration_conflict);
+}
+
+TEST_F(FastPathTest, ASegmentOfAnotherLayoutVersionIsRefused) {
+  auto server = start();
+  // What a sidecar of the previous layout (no migration percent) would have published.
+  const auto name = table_segment_name(name_, server->generation());
+  auto region = shm::map_private_segment(name, true);
+  ASSERT_TRUE(region.ok()) << region.error().message;
+  auto* head = static_cast<client::TableHeader*>(region.value()->get_address());
+  EXPECT_EQ(head->layout_version, client::kFastLayoutVersion);
+  head->layout_version = 3;
+  auto fast = FastClient::attach(name_);
+  if (fast.ok()) {
+    auto d = fast.value()->route(request(prompt(1, 1, 1), kNow));
+    ASSERT_FALSE(d.ok()) << "a table of layout 3 must not be read";
+    EXPECT_EQ(d.error().code, ErrorCode::incompatible_layout) << d.error().message;
+  } else {
+    EXPECT_EQ(fast.error().code, ErrorCode::incompatible_layout) << fast.error().message;
   }
 }
 

@@ -677,5 +677,355 @@ TEST_F(SloLedgerTest, TheQualityGateFlipsAsRejectionsComeIn) {
   EXPECT_EQ(gate().quality_gate_passed, false);
 }
 
+// ---- a migration's traffic split and its arms ------------------------------------------------------
+
+constexpr const char* kMigrationYaml = R"(version: 1
+targets:
+  base:
+    kind: maas
+    provider: openai
+    model: gpt-4.1-mini
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 0.40, output_per_mtok: 1.60}
+  cand:
+    kind: maas
+    provider: openai
+    model: gpt-4.1
+    data_classes: [public]
+    context_window: 64000
+    price: {input_per_mtok: 0.28, output_per_mtok: 0.42}
+  spare:
+    kind: maas
+    provider: openai
+    model: gpt-4.1-nano
+    data_classes: [public]
+    context_window: 64000
+    price: {input_per_mtok: 0.10, output_per_mtok: 0.40}
+scenarios:
+  move:
+    data_class: public
+    slo: {ttft_p95_ms: 500, latency_p95_ms: 2000}
+    quality_gate: {min_accept_rate: 0.75}
+    fallback: [cand, spare]
+    migration:
+      baseline: base
+      candidate: cand
+      stage: canary
+      steps: [5, 25, 100]
+      min_samples: 1000
+      interval_s: 60
+      max_step_s: 3600
+      incident_owner: oncall
+  plain:
+    data_class: public
+    routes: [{target: base}]
+)";
+
+std::string replace_text(std::string text, const std::string& from, const std::string& to) {
+  const auto pos = text.find(from);
+  EXPECT_NE(pos, std::string::npos) << from;
+  if (pos != std::string::npos) text.replace(pos, from.size(), to);
+  return text;
+}
+
+// A verdict waits in the compact store: the bit saying whether its answer was the placement's fits.
+static_assert(sizeof(SettledDecision) <= 32, "SettledDecision must stay small (the verdict window holds millions)");
+
+class MigrationRouterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config = load_or_die(kMigrationYaml);
+    ASSERT_TRUE(config);
+    router = std::make_unique<Router>(config);
+    base = config->find_target("base");
+    cand = config->find_target("cand");
+    spare = config->find_target("spare");
+  }
+  /// Where `key` would go now (explain: nothing is committed).
+  std::uint32_t target_of(Router& r, const std::string& key, TimeMs now = kT0) {
+    auto d = r.explain({.scenario = "move", .key = key, .input_tokens = 100, .now = now});
+    EXPECT_TRUE(d.ok()) << (d ? "" : d.error().message);
+    return d ? d->placement.target : kNone;
+  }
+  /// How many of `n` keys go to the candidate; every key goes to the baseline or the candidate.
+  std::size_t on_candidate(Router& r, std::size_t n = 20'000) {
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto t = target_of(r, "key-" + std::to_string(i));
+      EXPECT_TRUE(t == base || t == cand) << t;
+      count += t == cand ? 1 : 0;
+    }
+    return count;
+  }
+  /// Moves the run to `phase` at `step` the way a restart carries it (export, edit, import).
+  void set_run(MigrationPhase phase, std::uint32_t step) {
+    LiveState s = router->export_state();
+    ASSERT_EQ(s.migrations.size(), 1U);
+    s.migrations[0].run.phase = phase;
+    s.migrations[0].run.step = step;
+    s.migrations[0].run.step_started_at = kT0;
+    s.migrations[0].run.next_analysis_at = kT0 + 60'000;
+    (void)router->import_state(s);
+  }
+  /// Starts the canary: pending -> ramp(step 0) at kT0.
+  void start() {
+    ASSERT_TRUE(router->migration_due(kT0));
+    const auto moves = router->migration_tick(kT0);
+    ASSERT_EQ(moves.size(), 1U);
+    EXPECT_EQ(moves[0].first, config->find_scenario("move"));
+    EXPECT_EQ(moves[0].second.to, MigrationPhase::ramp);
+    EXPECT_EQ(moves[0].second.cause, TransitionCause::started);
+  }
+  Decision route_to(std::uint32_t target, TimeMs now = kT0) {
+    for (int i = 0; i < 10'000; ++i) {
+      auto d = router->route(
+          {.scenario = "move", .key = "r-" + std::to_string(next_key_++), .input_tokens = 100, .now = now});
+      EXPECT_TRUE(d.ok());
+      if (d && d->placement.target == target) return *d;  // the others stay pending, unreported
+    }
+    ADD_FAILURE() << "no decision on " << config->targets[target].name;
+    return {};
+  }
+  Result<ReportReceipt> report(const Decision& d, std::uint32_t target, Status status, std::int64_t ttft_ms = -1,
+                               std::int64_t latency_ms = -1, const msgpack::object* usage = nullptr,
+                               std::optional<bool> accepted = std::nullopt) {
+    return router->report({.decision_id = d.id,
+                           .target = config->targets[target].name,
+                           .status = status,
+                           .usage = usage,
+                           .ttft_ms = ttft_ms,
+                           .latency_ms = latency_ms,
+                           .accepted = accepted,
+                           .now = kT0});
+  }
+  MigrationRun run() const {
+    const auto all = router->migrations();
+    EXPECT_EQ(all.size(), 1U);
+    return all.empty() ? MigrationRun{} : all[0].run;
+  }
+
+  ConfigPtr config;
+  std::unique_ptr<Router> router;
+  std::uint32_t base = kNone, cand = kNone, spare = kNone;
+  int next_key_ = 0;
+};
+
+TEST_F(MigrationRouterTest, TheSplitFollowsTheRunsPercent) {
+  // Pending: everything on the baseline.
+  EXPECT_EQ(on_candidate(*router), 0U);
+  start();
+  // Ramp, step 0 = 5 % of 20,000 keys (binomial sd ~31).
+  const auto five = on_candidate(*router);
+  EXPECT_GT(five, 880U);
+  EXPECT_LT(five, 1120U);
+  EXPECT_EQ(router->migrations()[0].candidate_percent, 5U);
+  // The decision's reason carries the live weight, not the table's.
+  auto d = router->explain({.scenario = "move", .key = "key-1", .input_tokens = 100, .now = kT0});
+  ASSERT_TRUE(d.ok());
+  ASSERT_FALSE(d->reasons.empty());
+  EXPECT_EQ(d->reasons[0].code, ReasonCode::weight);
+  EXPECT_EQ(d->reasons[0].value, d->placement.target == cand ? 5 : 95);
+  // Aborted: back to the baseline, all of it.
+  ASSERT_TRUE(router->migration_command("move", MigrationCommand::abort, kT0 + 1).ok());
+  EXPECT_EQ(router->migrations()[0].candidate_percent, 0U);
+  EXPECT_EQ(on_candidate(*router), 0U);
+  // Promoted: all on the candidate.
+  set_run(MigrationPhase::promoted, 2);
+  EXPECT_EQ(on_candidate(*router, 2'000), 2'000U);
+  // A scenario without a migration keeps its table's routes.
+  auto plain = router->explain({.scenario = "plain", .key = "k", .now = kT0});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->placement.target, base);
+  EXPECT_EQ(plain->reasons[0].value, 100);
+}
+
+TEST_F(MigrationRouterTest, KeysOnTheCandidateStayThereAsThePercentGrows) {
+  start();
+  std::vector<std::string> moved;
+  for (int i = 0; i < 4'000; ++i) {
+    const std::string key = "key-" + std::to_string(i);
+    if (target_of(*router, key) == cand) moved.push_back(key);
+  }
+  ASSERT_GT(moved.size(), 100U);
+  set_run(MigrationPhase::ramp, 1);  // 25 %
+  EXPECT_EQ(router->migrations()[0].candidate_percent, 25U);
+  for (const auto& key : moved) EXPECT_EQ(target_of(*router, key), cand) << key;
+  const auto quarter = on_candidate(*router);
+  EXPECT_GT(quarter, 4'700U);  // 5,000 expected, sd ~61
+  EXPECT_LT(quarter, 5'300U);
+  // Paused at a step: the step's weight stays.
+  ASSERT_TRUE(router->migration_command("move", MigrationCommand::pause, kT0 + 1).ok());
+  EXPECT_EQ(router->migrations()[0].candidate_percent, 25U);
+  for (const auto& key : moved) EXPECT_EQ(target_of(*router, key), cand) << key;
+}
+
+TEST_F(MigrationRouterTest, OutcomesCountInTheirArmOnceAndFallbacksNot) {
+  // Before the canary starts nothing is counted.
+  Decision early = route_to(base);
+  ASSERT_TRUE(report(early, base, Status::ok).ok());
+  EXPECT_EQ(run().baseline.outcomes, 0U);
+
+  start();
+  set_run(MigrationPhase::ramp, 1);
+  auto usage = test::from_json(R"({"prompt_tokens": 1000, "completion_tokens": 100})");
+  Decision on_cand = route_to(cand);
+  auto receipt = report(on_cand, cand, Status::ok, 600, 1500, &usage.get());
+  ASSERT_TRUE(receipt.ok()) << receipt.error().message;
+  ASSERT_TRUE(receipt->priced);
+  // A duplicate changes nothing.
+  ASSERT_TRUE(report(on_cand, cand, Status::ok, 600, 1500, &usage.get())->duplicate);
+
+  Decision on_base = route_to(base);
+  ASSERT_TRUE(report(on_base, base, Status::error).ok());
+  // The baseline failed; the candidate, as the fallback, answered: not the candidate arm's outcome.
+  auto fallback = report(on_base, cand, Status::ok, 100, 200, &usage.get());
+  ASSERT_TRUE(fallback.ok());
+  ASSERT_TRUE(fallback->fallback);
+
+  const MigrationRun r = run();
+  EXPECT_EQ(r.candidate.outcomes, 1U);
+  EXPECT_EQ(r.candidate.errors, 0U);
+  EXPECT_EQ(r.candidate.ttft_checked, 1U);
+  EXPECT_EQ(r.candidate.ttft_over, 1U);  // 600 ms > the slo's 500
+  EXPECT_EQ(r.candidate.latency_checked, 1U);
+  EXPECT_EQ(r.candidate.latency_over, 0U);
+  EXPECT_EQ(r.candidate.priced, 1U);
+  EXPECT_EQ(r.candidate.cost, receipt->cost);
+  EXPECT_EQ(r.step_outcomes, 1U);
+  EXPECT_EQ(r.baseline.outcomes, 1U);
+  EXPECT_EQ(r.baseline.errors, 1U);
+  EXPECT_EQ(r.baseline.priced, 0U);
+  // The ledger still counts every outcome, the fallback's too.
+  EXPECT_EQ(router->counter(config->find_scenario("move"), cand).outcomes, 2U);
+}
+
+TEST_F(MigrationRouterTest, VerdictsCountInTheArmThatServedAsThePlacement) {
+  start();
+  set_run(MigrationPhase::ramp, 1);
+  // A verdict with the outcome (the pending decision's path) and one after it (the settled one).
+  Decision a = route_to(cand);
+  ASSERT_TRUE(report(a, cand, Status::ok, -1, -1, nullptr, false).ok());
+  Decision b = route_to(cand);
+  ASSERT_TRUE(report(b, cand, Status::ok).ok());
+  ASSERT_TRUE(router->verdict(b.id, true, kT0).ok());
+  ASSERT_TRUE(router->verdict(b.id, false, kT0).ok());  // idempotent: the first verdict stands
+  Decision c = route_to(base);
+  ASSERT_TRUE(report(c, base, Status::ok).ok());
+  ASSERT_TRUE(router->verdict(c.id, false, kT0).ok());
+  // Answered by the candidate as a fallback: its verdict is not the candidate arm's.
+  Decision d = route_to(base);
+  ASSERT_TRUE(report(d, base, Status::timeout).ok());
+  ASSERT_TRUE(report(d, cand, Status::ok).ok());
+  ASSERT_TRUE(router->verdict(d.id, false, kT0).ok());
+
+  const MigrationRun r = run();
+  EXPECT_EQ(r.candidate.verdicts, 2U);
+  EXPECT_EQ(r.candidate.rejected, 1U);
+  EXPECT_EQ(r.baseline.verdicts, 1U);
+  EXPECT_EQ(r.baseline.rejected, 1U);
+}
+
+TEST_F(MigrationRouterTest, CommandsNameWhatIsWrong) {
+  auto none = router->migration_command("plain", MigrationCommand::promote, kT0);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.error().code, ErrorCode::no_migration);
+  EXPECT_EQ(none.error().message, "scenario 'plain' has no migration block");
+  auto unknown = router->migration_command("nope", MigrationCommand::abort, kT0);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::unknown_scenario);
+  EXPECT_EQ(unknown.error().message, "unknown scenario 'nope'; known scenarios: move, plain");
+  start();
+  auto conflict = router->migration_command("move", MigrationCommand::resume, kT0);
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().code, ErrorCode::migration_conflict);
+  EXPECT_EQ(run().phase, MigrationPhase::ramp);
+  // A command that applies moves the split at once.
+  auto promoted = router->migration_command("move", MigrationCommand::promote, kT0 + 5);
+  ASSERT_TRUE(promoted.ok());
+  EXPECT_EQ(promoted->to, MigrationPhase::promoted);
+  EXPECT_EQ(promoted->cause, TransitionCause::command);
+  EXPECT_EQ(router->migrations()[0].candidate_percent, 100U);
+  EXPECT_EQ(target_of(*router, "any"), cand);
+}
+
+TEST_F(MigrationRouterTest, StatusDueAndDeadlines) {
+  MigrationStatus pending = router->migrations().at(0);
+  EXPECT_EQ(pending.scenario, config->find_scenario("move"));
+  EXPECT_EQ(pending.run.phase, MigrationPhase::pending);
+  EXPECT_EQ(pending.deadline_at, 0);
+  start();
+  EXPECT_FALSE(router->migration_due(kT0 + 59'999));
+  EXPECT_TRUE(router->migration_due(kT0 + 60'000));
+  MigrationStatus ramp = router->migrations().at(0);
+  EXPECT_EQ(ramp.run.started_at, kT0);
+  EXPECT_EQ(ramp.deadline_at, kT0 + 3'600'000);
+  ASSERT_EQ(ramp.criteria.size(), 4U) << "errors, ttft, latency and acceptance: the defaults of this scenario";
+  EXPECT_EQ(ramp.criteria[0].metric, StopMetric::errors);
+  EXPECT_EQ(ramp.criteria[3].metric, StopMetric::acceptance);
+  ASSERT_TRUE(router->migration_command("move", MigrationCommand::pause, kT0 + 1'000).ok());
+  EXPECT_EQ(router->migrations().at(0).deadline_at, kT0 + 1'000 + 3'600'000);
+  ASSERT_TRUE(router->migration_command("move", MigrationCommand::abort, kT0 + 2'000).ok());
+  EXPECT_EQ(router->migrations().at(0).deadline_at, 0);
+  EXPECT_FALSE(router->migration_due(kT0 + 10'000'000)) << "an ended run is analysed no more";
+  // A table whose migration is not at the canary stage yet: nothing is due, nothing moves.
+  auto evals = load_or_die(replace_text(kMigrationYaml, "stage: canary", "stage: evals"));
+  ASSERT_TRUE(evals);
+  Router waiting(evals);
+  EXPECT_FALSE(waiting.migration_due(kT0));
+  EXPECT_TRUE(waiting.migration_tick(kT0).empty());
+}
+
+TEST_F(MigrationRouterTest, ARunCarriesOverExactlyAndAReloadKeepsItOnlyUnderItsIdentity) {
+  start();
+  set_run(MigrationPhase::ramp, 1);
+  auto usage = test::from_json(R"({"prompt_tokens": 1000, "completion_tokens": 100})");
+  for (int i = 0; i < 3; ++i) {
+    Decision d = route_to(cand);
+    ASSERT_TRUE(report(d, cand, Status::ok, 100, 300, &usage.get()).ok());
+    ASSERT_TRUE(router->verdict(d.id, i != 0, kT0).ok());
+  }
+  Decision fb = route_to(base);  // answered by a fallback: its settled entry says so
+  ASSERT_TRUE(report(fb, base, Status::error).ok());
+  ASSERT_TRUE(report(fb, cand, Status::ok).ok());
+  const LiveState exported = router->export_state();
+  ASSERT_EQ(exported.migrations.size(), 1U);
+  EXPECT_EQ(exported.migrations[0].scenario, "move");
+
+  Router restarted(config);
+  (void)restarted.import_state(exported);
+  EXPECT_EQ(restarted.export_state(), exported) << "a ported run keeps its counters exactly";
+  EXPECT_EQ(restarted.migrations()[0].candidate_percent, 25U);
+  ASSERT_TRUE(restarted.verdict(fb.id, false, kT0).ok());  // served by a fallback: still not counted
+  EXPECT_EQ(restarted.migrations()[0].run.candidate.verdicts, 3U);
+  for (int i = 0; i < 200; ++i) {
+    const std::string key = "key-" + std::to_string(i);
+    EXPECT_EQ(target_of(restarted, key), target_of(*router, key)) << key;
+  }
+
+  // A reload that changes thresholds only: the same run goes on.
+  auto tuned = load_or_die(replace_text(kMigrationYaml, "min_samples: 1000", "min_samples: 500"));
+  ASSERT_TRUE(tuned);
+  Router same(tuned);
+  (void)same.import_state(exported);
+  EXPECT_EQ(same.migrations()[0].run, exported.migrations[0].run);
+  EXPECT_EQ(same.migrations()[0].candidate_percent, 25U);
+  // Another attempt: a new run, pending, all traffic on the baseline.
+  auto again =
+      load_or_die(replace_text(kMigrationYaml, "incident_owner: oncall", "incident_owner: oncall\n      attempt: 2"));
+  ASSERT_TRUE(again);
+  Router fresh(again);
+  (void)fresh.import_state(exported);
+  EXPECT_EQ(fresh.migrations()[0].run.phase, MigrationPhase::pending);
+  EXPECT_EQ(fresh.migrations()[0].run.candidate.outcomes, 0U);
+  EXPECT_EQ(fresh.migrations()[0].run.identity, again->scenarios[0].migration->identity);
+  EXPECT_EQ(fresh.migrations()[0].candidate_percent, 0U);
+  EXPECT_EQ(on_candidate(fresh, 500), 0U);
+  // A table without the scenario's migration has no run for it.
+  Router plain(load_or_die(kSloYaml));
+  (void)plain.import_state(exported);
+  EXPECT_TRUE(plain.export_state().migrations.empty());
+}
+
 }  // namespace
 }  // namespace turnout

@@ -99,6 +99,30 @@ def _route(t: Table) -> None:
     t["scenarios"]["chat"]["routes"][0][UNKNOWN] = 1
 
 
+def _migration_block(t: Table) -> dict[str, Any]:
+    """Turns the scenario's routes into a migration block and returns it."""
+    chat = t["scenarios"]["chat"]
+    del chat["routes"]
+    chat["migration"] = {
+        "baseline": "mini",
+        "candidate": "backup",
+        "stage": "canary",
+        "incident_owner": "oncall",
+    }
+    return chat["migration"]
+
+
+def _migration(t: Table) -> None:
+    _migration_block(t)[UNKNOWN] = 1
+
+
+def _migration_part(key: str, value: Callable[[], Any]) -> Callable[[Table], None]:
+    def place(t: Table) -> None:
+        _migration_block(t)[key] = value()
+
+    return place
+
+
 # (heading in docs/config.md whose section lists the mapping's keys, where to put the unknown key)
 PROBES: list[tuple[str, Callable[[Table], None]]] = [
     ("Top-level keys", _root),
@@ -119,6 +143,14 @@ PROBES: list[tuple[str, Callable[[Table], None]]] = [
     ("`spillover`", _scenario_part("spillover")),
     ("`budget`", _scenario_part("budget")),
     ("`affinity`", _scenario_part("affinity")),
+    ("`migration`: a canary from a baseline to a candidate", _migration),
+    ("`migration.stop`: stop criteria", _migration_part("stop", lambda: {UNKNOWN: {}})),
+    ("`migration.stop` rate criteria", _migration_part("stop", lambda: {"errors": {UNKNOWN: 1}})),
+    (
+        "`migration.stop.cost_per_accepted`",
+        _migration_part("stop", lambda: {"cost_per_accepted": {UNKNOWN: 1}}),
+    ),
+    ("`migration.guardrails`: hard limits", _migration_part("guardrails", lambda: {UNKNOWN: 1})),
 ]
 
 

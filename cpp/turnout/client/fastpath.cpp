@@ -51,7 +51,8 @@ bool read_state(const TableHeader& h, std::span<const UnitWords> units, std::spa
     for (std::size_t i = 0; i < budgets.size(); ++i) {
       lb[i] = {budgets[i].day.load(std::memory_order_relaxed),
                Money::from_picos(budgets[i].spent.load(std::memory_order_relaxed)),
-               Money::from_picos(budgets[i].reserved.load(std::memory_order_relaxed))};
+               Money::from_picos(budgets[i].reserved.load(std::memory_order_relaxed)),
+               static_cast<std::uint32_t>(budgets[i].candidate_percent.load(std::memory_order_relaxed))};
     }
   });
   if (read) {

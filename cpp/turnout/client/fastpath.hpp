@@ -37,7 +37,7 @@ using detail::LiveUnit;
 
 inline constexpr std::uint64_t kTableMagic = 0x3154424c'544e5254ULL;  // "TRNTLBT1" little-endian
 inline constexpr std::uint64_t kRingsMagic = 0x31474e52'544e5254ULL;  // "TRNTRNG1" little-endian
-inline constexpr std::uint32_t kFastLayoutVersion = 3;                ///< 3: units carry recent load, cache held
+inline constexpr std::uint32_t kFastLayoutVersion = 4;                ///< 4: scenarios carry a migration's percent
 inline constexpr std::uint32_t kRingCount = 64;                       ///< client processes on the fast path at once
 inline constexpr std::uint32_t kRingBytes = 256U << 10;  ///< per client: ~1,000 routes with 128-block prefixes
 using protocol::kFastIdBit;                              ///< fast-path decision ids: bit 63 | ring << 40 | seq
@@ -76,7 +76,7 @@ struct BudgetWords {
   std::atomic<std::int64_t> day;
   std::atomic<std::int64_t> spent;
   std::atomic<std::int64_t> reserved;
-  std::atomic<std::int64_t> unused;
+  std::atomic<std::int64_t> candidate_percent;  ///< LiveBudget::candidate_percent
 };
 
 /// One directory's view: `slots` (a power of two) of {key, mask} at `offset`. Keys are never reused

@@ -28,11 +28,13 @@ struct LiveUnit {
   std::int64_t recent_load = 0;  ///< RouterState::recent_load
   std::int64_t cache_held = 0;   ///< RouterState::cache_held
 };
-/// The same per scenario: its budget's day and figures.
+/// The same per scenario: its budget's day and figures, and its migration's candidate traffic
+/// percent (RouterState::candidate_percent), so a client's routes follow the live split.
 struct LiveBudget {
   std::int64_t day = 0;
   Money spent;
   Money reserved;
+  std::uint32_t candidate_percent = 0;
 };
 
 /// Friend of Router: reaches its fast-path internals, which are private to keep them out of the API.
