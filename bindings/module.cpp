@@ -354,6 +354,9 @@ void bind_ledger(py::module_& m);    // bindings/ledger.cpp
 void bind_protocol(py::module_& m);  // bindings/protocol.cpp
 void bind_sim(py::module_& m);       // bindings/sim.cpp
 
+/// Adds the migration calls to Router (bindings/migration.cpp).
+void bind_migration(py::module_& m);
+
 namespace {
 
 // A catalog's rates as USD per million tokens (exact Decimal).
@@ -886,6 +889,7 @@ PYBIND11_MODULE(_core, m) {
   bind_config(m);
   bind_decision(m);
   bind_router(m);
+  bind_migration(m);  // adds to Router
   bind_pricing(m);
   bind_fast_path(m);
   bind_errors(m);

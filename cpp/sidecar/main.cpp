@@ -539,6 +539,8 @@ void Daemon::open_state() {
   if (!started) die(started.error().message);
   server_ = std::move(started.value().server);
   server_->set_read_only(opt_.insecure_tcp == "read-only");
+  server_->set_trusted(opt_.insecure_tcp.empty());  // tcp:// without CURVE is only ever --insecure-tcp
+  server_->on_migration([](const std::string& line) { log(LOG_NOTICE, "%s", line.c_str()); });
   if (!opt_.record.path.empty()) {
     auto recorder = turnout::sidecar::TraceRecorder::open(
         opt_.record, [](std::string_view m) { log(LOG_ERR, "%.*s", static_cast<int>(m.size()), m.data()); });
@@ -693,6 +695,7 @@ void Daemon::serve_loop() {
     }
     if ((items[1].revents & ZMQ_POLLIN) != 0) read_signals();
     const auto now = now_ms();
+    server_->migration_tick(now);  // cheap unless an analysis is due
     if (now - last_beat_ >= 100) {
       server_->heartbeat(now);
       last_beat_ = now;

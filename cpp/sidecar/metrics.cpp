@@ -1,5 +1,6 @@
 #include "sidecar/metrics.hpp"
 
+#include <array>
 #include <cstdio>
 #include <string_view>
 #include <type_traits>
@@ -190,6 +191,35 @@ std::string metrics_text(const Router& router, const SidecarGauges& sidecar, Tim
   }
   x.family("turnout_inflight", "gauge", "Requests in flight per target replica.");
   for (const auto& b : breakers) x.sample("turnout_inflight", unit_labels(b), std::to_string(b.inflight));
+
+  const auto migrations = router.migrations();
+  const auto scenario_label = [&c](const MigrationStatus& m) {
+    return "scenario=\"" + label_value(c.scenarios[m.scenario].name) + "\"";
+  };
+  x.family("turnout_migration_candidate_percent", "gauge",
+           "The migration candidate's share of its scenario's traffic, in percent (0 pending or aborted).");
+  for (const auto& m : migrations) {
+    x.sample("turnout_migration_candidate_percent", scenario_label(m), std::to_string(m.candidate_percent));
+  }
+  x.family(
+      "turnout_migration_phase", "gauge",
+      "1 for the phase the scenario's migration is in (pending, ramp, paused, promoted, aborted), 0 for the others.");
+  for (const auto& m : migrations) {
+    for (std::size_t p = 0; p < kMigrationPhases.size(); ++p) {
+      x.sample("turnout_migration_phase", scenario_label(m) + ",phase=\"" + std::string(kMigrationPhases[p]) + "\"",
+               static_cast<std::size_t>(m.run.phase) == p ? "1" : "0");
+    }
+  }
+  x.family("turnout_migration_transitions_total", "counter",
+           "Moves of the scenario's migration run by cause (its persisted transitions; a new attempt starts over).");
+  for (const auto& m : migrations) {
+    std::array<std::uint64_t, kTransitionCauses.size()> by_cause{};
+    for (const auto& t : m.run.transitions) ++by_cause[static_cast<std::size_t>(t.cause)];
+    for (std::size_t i = 0; i < by_cause.size(); ++i) {
+      x.sample("turnout_migration_transitions_total",
+               scenario_label(m) + ",cause=\"" + std::string(kTransitionCauses[i]) + "\"", std::to_string(by_cause[i]));
+    }
+  }
   return x.take();
 }
 

@@ -116,6 +116,19 @@ Result<Ok> check_ring_scope(std::uint64_t decision_id, std::uint32_t ring) {
                                                      std::to_string(ring) + "'s ids");
 }
 
+/// The index of `name`, a scenario of `config` with a migration block: unknown_scenario or no_migration.
+Result<std::uint32_t> migration_scenario(const Config& config, std::string_view name) {
+  for (std::uint32_t i = 0; i < config.scenarios.size(); ++i) {
+    if (config.scenarios[i].name != name) continue;
+    if (!config.scenarios[i].migration) {
+      return make_error(ErrorCode::no_migration,
+                        "scenario '" + std::string(name) + "' has no migration block in " + config.source);
+    }
+    return i;
+  }
+  return make_error(ErrorCode::unknown_scenario, "no scenario '" + std::string(name) + "' in " + config.source);
+}
+
 }  // namespace
 
 /// The Router calls each mutation makes. The serving thread's handlers and a restart's replay of the
@@ -214,6 +227,10 @@ struct Mutation {
     if (req.accepted && !r.verdict(id, *req.accepted, now)) ++reply.rejected;
     return reply;
   }
+  /// An operator's migration command (the request was checked: a command on a scenario with a migration).
+  static Result<MigrationTransition> migration_command(Router& r, const protocol::MigrationRequest& req, TimeMs now) {
+    return r.migration_command(req.scenario, *req.command, now);
+  }
   /// Applies one journal record (a restart): `router` and `previous` follow the reloads it records.
   static void replay(std::shared_ptr<Router>& router, ConfigPtr& previous, const JournalRecord& rec,
                      const protocol::DecodeLimits& limits,
@@ -228,6 +245,17 @@ struct Mutation {
       if (!req) return;
       auto d = local_decision(*router->config(), *req, id, rec.now);
       if (d && settle(*router, std::move(d).value(), *req, rec.now)) settled.emplace_back(req->spool_id, id);
+      return;
+    }
+    if (rec.kind == RecordKind::migration_tick) {
+      (void)router->migration_tick(rec.now);  // at its recorded time: the same analyses, the same moves
+      return;
+    }
+    if (rec.kind == RecordKind::migration_command) {
+      protocol::Envelope e;
+      if (!protocol::decode_envelope(rec.bytes, limits, protocol::Channel::socket, e)) return;
+      const auto req = protocol::decode_migration_request(e.fields);
+      if (req && req->command) (void)migration_command(*router, *req, rec.now);  // a refusal is refused again
       return;
     }
     if (rec.kind == RecordKind::reap) {
@@ -611,6 +639,7 @@ struct Handler {
   static Result<Ok> health(Server& s, const Call& c);
   static Result<Ok> reload(Server& s, const Call& c);
   static Result<Ok> settle_local(Server& s, const Call& c);
+  static Result<Ok> migration(Server& s, const Call& c);
 
  private:
   static Result<Ok> decide(Server& s, const Call& c, bool commit);
@@ -636,6 +665,7 @@ constexpr std::array kHandlers{
     HandlerEntry{protocol::Op::health, &Handler::health},
     HandlerEntry{protocol::Op::reload, &Handler::reload},
     HandlerEntry{protocol::Op::settle_local, &Handler::settle_local},
+    HandlerEntry{protocol::Op::migration, &Handler::migration},
 };
 
 constexpr bool handlers_in_order() {
@@ -772,6 +802,13 @@ Result<Ok> Handler::stats(Server& s, const Call& c) {
       reply.kv_events.emplace_back(bytes.data(), bytes.size());
     }
   }
+  for (const auto& m : router->migrations()) {
+    MapOut map;
+    protocol::encode_migration_status(map, config, m);
+    msgpack::sbuffer bytes;
+    map.emit(bytes);
+    reply.migrations.emplace_back(bytes.data(), bytes.size());
+  }
   protocol::encode_stats_reply(c.body, reply);
   return Ok{};
 }
@@ -823,6 +860,73 @@ Result<Ok> Handler::settle_local(Server& s, const Call& c) {
   s.publish_state();
   protocol::encode_settle_local_reply(c.body, *reply);
   return Ok{};
+}
+
+/// A migration's status (one scenario's, or every one's), or an operator's command: refused unless
+/// the socket is local or authenticated, journaled before it is applied, its transition logged.
+Result<Ok> Handler::migration(Server& s, const Call& c) {
+  auto req = protocol::decode_migration_request(c.request.fields);
+  if (!req) return std::move(req).error();
+  const auto router = s.router_;
+  const Config& config = *router->config();
+  std::optional<std::uint32_t> scenario;
+  if (!req->scenario.empty()) {
+    auto found = migration_scenario(config, req->scenario);
+    if (!found) return std::move(found).error();
+    scenario = *found;
+  }
+  if (!req->command) {
+    auto statuses = router->migrations();
+    if (scenario) std::erase_if(statuses, [&](const MigrationStatus& m) { return m.scenario != *scenario; });
+    protocol::encode_migration_status_reply(c.body, config, statuses);
+    return Ok{};
+  }
+  if (!s.trusted_ || s.socket_channel_ != protocol::Channel::socket) {
+    return make_error(ErrorCode::permission_denied,
+                      "migration " + std::string(to_string(*req->command)) +
+                          " needs a local (ipc://) or CURVE-authenticated endpoint; this one is loopback TCP "
+                          "without CURVE, which every local user can reach");
+  }
+  if (auto ok = s.journal(RecordKind::migration_command, kNone, c.now_ms, c.payload); !ok) return ok;
+  auto t = Mutation::migration_command(*router, *req, c.now_ms);
+  if (!t) return std::move(t).error();
+  s.log_transition(*scenario, *t);
+  s.publish_state();  // the fast path follows the new weights
+  for (const auto& m : router->migrations()) {
+    if (m.scenario == *scenario) protocol::encode_migration_command_reply(c.body, config, *t, m);
+  }
+  return Ok{};
+}
+
+void Server::log_transition(std::uint32_t scenario, const MigrationTransition& t) const {
+  if (!migration_log_) return;
+  const Scenario& sc = router_->config()->scenarios[scenario];
+  const MigrationSpec& spec = *sc.migration;
+  MigrationRun after;
+  after.phase = t.to;
+  after.step = t.step;
+  std::string line = "migration " + sc.name + ": " + std::string(to_string(t.from)) + " -> " +
+                     std::string(to_string(t.to)) + ", step " + std::to_string(t.step + 1) + "/" +
+                     std::to_string(spec.steps.size()) + ", candidate " +
+                     std::to_string(candidate_percent(spec, after)) + " %, cause " + std::string(to_string(t.cause));
+  if (!t.detail.empty()) line += ": " + t.detail;
+  line += " (candidate " + std::to_string(t.candidate_outcomes) + ", baseline " + std::to_string(t.baseline_outcomes) +
+          " outcomes)";
+  if (t.to == MigrationPhase::aborted || t.to == MigrationPhase::paused)
+    line += "; incident owner " + spec.incident_owner;
+  migration_log_(line);
+}
+
+void Server::migration_tick(std::int64_t now_ms) noexcept {
+  try {
+    if (!router_->migration_due(now_ms)) return;
+    // Not journaled (full, and no snapshot could make room): not run either; the next turn tries again.
+    if (!journal(RecordKind::migration_tick, kNone, now_ms, {})) return;
+    const auto moves = router_->migration_tick(now_ms);
+    for (const auto& [scenario, t] : moves) log_transition(scenario, t);
+    if (!moves.empty()) publish_state();
+  } catch (...) {  // out of memory: the next turn tries again
+  }
 }
 
 std::string Server::handle(std::string_view payload, std::int64_t now_ms) noexcept {

@@ -50,6 +50,17 @@ class Server {
   void set_read_only(bool read_only) noexcept {
     socket_channel_ = read_only ? protocol::Channel::read_only_socket : protocol::Channel::socket;
   }
+  /// Whether only this user (ipc://, 0600, owner-checked) or CURVE-authenticated peers reach the
+  /// socket (true, the default), or every local user can (loopback TCP without CURVE): migration
+  /// commands are refused with permission_denied on such a socket, read-write or not.
+  void set_trusted(bool trusted) noexcept { trusted_ = trusted; }
+  /// Where each migration transition is told, one line (the daemon's log); none by default.
+  using MigrationLog = std::function<void(const std::string& line)>;
+  void on_migration(MigrationLog log) { migration_log_ = std::move(log); }
+  /// Runs the migrations' analyses if one is due at `now` (the serving loop, every turn): journaled
+  /// first (a restart re-runs it at the same time), then applied; each transition is logged and the
+  /// fast path's weights follow.
+  void migration_tick(std::int64_t now_ms) noexcept;
   /// Says how a reload went (`why`: what asked for it, e.g. "SIGHUP"), for the log.
   using ReloadLog = std::function<void(std::string_view why, const Result<Ok>& result)>;
   /// Re-reads the config file: validated, and every step that can fail (a bigger counter segment,
@@ -112,6 +123,8 @@ class Server {
   /// Journals one mutation before its reply; an error when the journal is full and no snapshot
   /// could make room (the mutation is then refused or, for a ring record, counted as not durable).
   [[nodiscard]] Result<Ok> journal(RecordKind kind, std::uint32_t ring, std::int64_t now_ms, std::string_view bytes);
+  /// Logs `t`, a move of `scenario`'s migration, on one line (on_migration).
+  void log_transition(std::uint32_t scenario, const MigrationTransition& t) const;
 
   std::string config_path_;
   std::int64_t started_ms_ = 0;
@@ -143,6 +156,8 @@ class Server {
   [[nodiscard]] Result<Ok> open_settlements();
   std::unique_ptr<LocalSettlements> settlements_;                 // imported local decisions (opened on the first)
   protocol::Channel socket_channel_ = protocol::Channel::socket;  // read_only_socket: set_read_only
+  bool trusted_ = true;                                           // set_trusted
+  MigrationLog migration_log_;                                    // on_migration
   std::unique_ptr<TraceRecorder> trace_;                          // --record (none: not recording)
 
   friend struct Handler;  // the op handlers (server.cpp)

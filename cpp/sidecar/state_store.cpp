@@ -243,8 +243,92 @@ std::span<const msgpack::object> items(const msgpack::object& o) {
   return {o.via.array.ptr, o.via.array.size};
 }
 
+// A migration run by field names (a build that adds one still reads an older snapshot; a field the
+// snapshot lacks keeps its default).
+void pack_arm(Packer& p, const ArmCounts& a) {
+  p.pack_map(11);
+  pack_str(p, "outcomes");
+  p.pack(a.outcomes);
+  pack_str(p, "errors");
+  p.pack(a.errors);
+  pack_str(p, "ttft_checked");
+  p.pack(a.ttft_checked);
+  pack_str(p, "ttft_over");
+  p.pack(a.ttft_over);
+  pack_str(p, "latency_checked");
+  p.pack(a.latency_checked);
+  pack_str(p, "latency_over");
+  p.pack(a.latency_over);
+  pack_str(p, "verdicts");
+  p.pack(a.verdicts);
+  pack_str(p, "rejected");
+  p.pack(a.rejected);
+  pack_str(p, "priced");
+  p.pack(a.priced);
+  pack_str(p, "cost");
+  p.pack(a.cost.picos());
+  pack_str(p, "cost_sq_usd");
+  p.pack(a.cost_sq_usd);
+}
+
+void pack_transition(Packer& p, const MigrationTransition& t) {
+  p.pack_map(8);
+  pack_str(p, "at");
+  p.pack(t.at);
+  pack_str(p, "from");
+  p.pack(static_cast<std::uint8_t>(t.from));
+  pack_str(p, "to");
+  p.pack(static_cast<std::uint8_t>(t.to));
+  pack_str(p, "step");
+  p.pack(t.step);
+  pack_str(p, "cause");
+  p.pack(static_cast<std::uint8_t>(t.cause));
+  pack_str(p, "detail");
+  pack_str(p, t.detail);
+  pack_str(p, "candidate_outcomes");
+  p.pack(t.candidate_outcomes);
+  pack_str(p, "baseline_outcomes");
+  p.pack(t.baseline_outcomes);
+}
+
+void pack_migration(Packer& p, const MigrationEntry& e) {
+  const MigrationRun& r = e.run;
+  p.pack_map(15);
+  pack_str(p, "scenario");
+  pack_str(p, e.scenario);
+  pack_str(p, "identity");
+  p.pack(r.identity);
+  pack_str(p, "phase");
+  p.pack(static_cast<std::uint8_t>(r.phase));
+  pack_str(p, "step");
+  p.pack(r.step);
+  pack_str(p, "started_at");
+  p.pack(r.started_at);
+  pack_str(p, "step_started_at");
+  p.pack(r.step_started_at);
+  pack_str(p, "paused_at");
+  p.pack(r.paused_at);
+  pack_str(p, "next_analysis_at");
+  p.pack(r.next_analysis_at);
+  pack_str(p, "step_outcomes");
+  p.pack(r.step_outcomes);
+  pack_str(p, "baseline");
+  pack_arm(p, r.baseline);
+  pack_str(p, "candidate");
+  pack_arm(p, r.candidate);
+  pack_str(p, "interval_outcomes");
+  p.pack(r.interval.outcomes);
+  pack_str(p, "interval_errors");
+  p.pack(r.interval.errors);
+  pack_str(p, "interval_over_p99");
+  p.pack(r.interval.over_p99);
+  pack_str(p, "transitions");
+  p.pack_array(static_cast<std::uint32_t>(r.transitions.size()));
+  for (const auto& t : r.transitions) pack_transition(p, t);
+}
+
 void pack_state(Packer& p, const LiveState& s) {
-  p.pack_map(4);
+  p.pack_map(5);
   pack_str(p, "ledger");
   p.pack_array(static_cast<std::uint32_t>(s.ledger.size()));
   for (const auto& e : s.ledger) {
@@ -295,6 +379,9 @@ void pack_state(Packer& p, const LiveState& s) {
     p.pack(e.verdict_given);
     p.pack_nil();  // room for one more field without a version change
   }
+  pack_str(p, "migrations");
+  p.pack_array(static_cast<std::uint32_t>(s.migrations.size()));
+  for (const auto& m : s.migrations) pack_migration(p, m);
 }
 
 /// The value of `key` in map `o`; nullptr if absent.
@@ -310,6 +397,80 @@ const msgpack::object& need(const msgpack::object& o, std::string_view key) {
   const auto* v = find(o, key);
   if (v == nullptr) throw std::runtime_error("no field '" + std::string(key) + "'");
   return *v;
+}
+
+/// Calls `f(name, value)` for each entry of map `o`.
+template <class F>
+void each_field(const msgpack::object& o, F&& f) {
+  if (o.type != msgpack::type::MAP) throw msgpack::type_error();
+  for (const msgpack::object_kv& kv : std::span(o.via.map.ptr, o.via.map.size))
+    f(kv.key.as<std::string_view>(), kv.val);
+}
+
+/// An enum of `count` values stored as its number; out of range is a corrupt snapshot.
+template <class E>
+E unpack_enum(const msgpack::object& o, std::size_t count) {
+  const auto v = o.as<std::uint8_t>();
+  if (v >= count) throw msgpack::type_error();
+  return static_cast<E>(v);
+}
+
+ArmCounts unpack_arm(const msgpack::object& o) {
+  ArmCounts a;
+  each_field(o, [&a](std::string_view k, const msgpack::object& v) {
+    if (k == "outcomes") a.outcomes = v.as<std::uint64_t>();
+    if (k == "errors") a.errors = v.as<std::uint64_t>();
+    if (k == "ttft_checked") a.ttft_checked = v.as<std::uint64_t>();
+    if (k == "ttft_over") a.ttft_over = v.as<std::uint64_t>();
+    if (k == "latency_checked") a.latency_checked = v.as<std::uint64_t>();
+    if (k == "latency_over") a.latency_over = v.as<std::uint64_t>();
+    if (k == "verdicts") a.verdicts = v.as<std::uint64_t>();
+    if (k == "rejected") a.rejected = v.as<std::uint64_t>();
+    if (k == "priced") a.priced = v.as<std::uint64_t>();
+    if (k == "cost") a.cost = Money::from_picos(v.as<std::int64_t>());
+    if (k == "cost_sq_usd") a.cost_sq_usd = v.as<double>();
+  });
+  return a;
+}
+
+MigrationTransition unpack_transition(const msgpack::object& o) {
+  MigrationTransition t;
+  each_field(o, [&t](std::string_view k, const msgpack::object& v) {
+    if (k == "at") t.at = v.as<TimeMs>();
+    if (k == "from") t.from = unpack_enum<MigrationPhase>(v, kMigrationPhases.size());
+    if (k == "to") t.to = unpack_enum<MigrationPhase>(v, kMigrationPhases.size());
+    if (k == "step") t.step = v.as<std::uint32_t>();
+    if (k == "cause") t.cause = unpack_enum<TransitionCause>(v, kTransitionCauses.size());
+    if (k == "detail") t.detail = v.as<std::string>();
+    if (k == "candidate_outcomes") t.candidate_outcomes = v.as<std::uint64_t>();
+    if (k == "baseline_outcomes") t.baseline_outcomes = v.as<std::uint64_t>();
+  });
+  return t;
+}
+
+MigrationEntry unpack_migration(const msgpack::object& o) {
+  MigrationEntry e;
+  MigrationRun& r = e.run;
+  each_field(o, [&](std::string_view k, const msgpack::object& v) {
+    if (k == "scenario") e.scenario = v.as<std::string>();
+    if (k == "identity") r.identity = v.as<std::uint64_t>();
+    if (k == "phase") r.phase = unpack_enum<MigrationPhase>(v, kMigrationPhases.size());
+    if (k == "step") r.step = v.as<std::uint32_t>();
+    if (k == "started_at") r.started_at = v.as<TimeMs>();
+    if (k == "step_started_at") r.step_started_at = v.as<TimeMs>();
+    if (k == "paused_at") r.paused_at = v.as<TimeMs>();
+    if (k == "next_analysis_at") r.next_analysis_at = v.as<TimeMs>();
+    if (k == "step_outcomes") r.step_outcomes = v.as<std::uint64_t>();
+    if (k == "baseline") r.baseline = unpack_arm(v);
+    if (k == "candidate") r.candidate = unpack_arm(v);
+    if (k == "interval_outcomes") r.interval.outcomes = v.as<std::uint64_t>();
+    if (k == "interval_errors") r.interval.errors = v.as<std::uint64_t>();
+    if (k == "interval_over_p99") r.interval.over_p99 = v.as<std::uint64_t>();
+    if (k == "transitions") {
+      for (const auto& t : items(v)) r.transitions.push_back(unpack_transition(t));
+    }
+  });
+  return e;
 }
 
 LiveState unpack_state(const msgpack::object& o) {
@@ -349,6 +510,9 @@ LiveState unpack_state(const msgpack::object& o) {
     p.served_cost = Money::from_picos(t[13].as<std::int64_t>());
     p.verdict_given = t[14].as<bool>();
     s.pending.push_back(std::move(p));
+  }
+  if (const auto* migrations = find(o, "migrations")) {  // absent from snapshots before migrations
+    for (const auto& e : items(*migrations)) s.migrations.push_back(unpack_migration(e));
   }
   return s;
 }

@@ -57,12 +57,14 @@ void encode_snapshot(msgpack::sbuffer& out, const Snapshot& s);
 
 /// What a journal record applies.
 enum class RecordKind : std::uint8_t {
-  route = 1,    ///< a decision the socket's route committed: protocol::encode_adopt_request bytes
-  request = 2,  ///< a report or verdict from the socket, or any ring record: the request bytes
-  reload = 3,   ///< a new table: msgpack [source, text]
-  reap = 4,     ///< a dead fast-path client's ring (`ring`) was reaped: its leases end
-  settle = 5,   ///< an imported local decision: its sidecar id (8 bytes, little-endian), then the
-                ///< settle_local request bytes (one record: applied and remembered together)
+  route = 1,              ///< a decision the socket's route committed: protocol::encode_adopt_request bytes
+  request = 2,            ///< a report or verdict from the socket, or any ring record: the request bytes
+  reload = 3,             ///< a new table: msgpack [source, text]
+  reap = 4,               ///< a dead fast-path client's ring (`ring`) was reaped: its leases end
+  settle = 5,             ///< an imported local decision: its sidecar id (8 bytes, little-endian), then the
+                          ///< settle_local request bytes (one record: applied and remembered together)
+  migration_tick = 6,     ///< the migrations' analyses due at `now` were run (no bytes)
+  migration_command = 7,  ///< an operator's migration command: the migration request bytes
 };
 
 /// One journal record (views into the journal's mapping, valid until it is reset).

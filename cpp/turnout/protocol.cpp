@@ -499,6 +499,28 @@ Result<LocalDecisionRequest> decode_settle_local_request(const Fields& f) {
   });
 }
 
+Result<MigrationRequest> decode_migration_request(const Fields& f) {
+  return decoding([&] {
+    const Reader in(f);
+    MigrationRequest r;
+    r.scenario = in.str(field::scenario).value_or("");
+    const auto action = in.str(field::action).value_or(kMigrationStatus);
+    if (action != kMigrationStatus) {
+      r.command = migration_command_from_string(action);
+      if (!r.command) {
+        std::string expected(kMigrationStatus);
+        for (std::size_t i = 0; i < kMigrationCommands.size(); ++i) {
+          expected += i + 1 == kMigrationCommands.size() ? " or " : ", ";
+          expected += kMigrationCommands[i];
+        }
+        bad(ErrorCode::bad_message, "unknown migration action '" + std::string(action) + "'; expected " + expected);
+      }
+      if (r.scenario.empty()) bad(ErrorCode::bad_message, "'scenario' is required for " + std::string(action));
+    }
+    return r;
+  });
+}
+
 Result<StatsRequest> decode_stats_request(const Fields& /*f*/) { return StatsRequest{}; }
 Result<HealthRequest> decode_health_request(const Fields& /*f*/) { return HealthRequest{}; }
 Result<ReloadRequest> decode_reload_request(const Fields& /*f*/) { return ReloadRequest{}; }
@@ -691,6 +713,16 @@ void encode_reload_request(msgpack::sbuffer& out, RequestId id) {
   Packer pk(out);
   begin_request(pk, Op::reload, id, 0);
 }
+void encode_migration_request(msgpack::sbuffer& out, const MigrationRequest& r, RequestId id) {
+  Packer pk(out);
+  begin_request(pk, Op::migration, id, r.scenario.empty() ? 1 : 2);
+  if (!r.scenario.empty()) {
+    pack_str(pk, field::scenario);
+    pack_str(pk, r.scenario);
+  }
+  pack_str(pk, field::action);
+  pack_str(pk, r.command ? to_string(*r.command) : kMigrationStatus);
+}
 
 // ------------------------------------------------------------------------------------ reply encoders
 
@@ -842,6 +874,115 @@ void encode_stats_reply(MapWriter& body, const StatsReply& s) {
   }
   body.key(field::kv_events).pack_array(static_cast<std::uint32_t>(s.kv_events.size()));
   for (const auto& row : s.kv_events) body.body().write(row.data(), row.size());
+  body.key(field::migrations).pack_array(static_cast<std::uint32_t>(s.migrations.size()));
+  for (const auto& m : s.migrations) body.body().write(m.data(), m.size());
+}
+
+namespace {
+
+/// A time of the run as the wire's seconds; nil while it has not happened (0).
+void pack_time(MapWriter& m, std::string_view k, TimeMs at) {
+  if (at == 0) {
+    m.key(k).pack_nil();
+  } else {
+    pack_seconds(m.key(k), at);
+  }
+}
+
+void encode_arm(MapWriter& m, const ArmCounts& a) {
+  m.key(field::outcomes).pack(a.outcomes);
+  m.key(field::errors).pack(a.errors);
+  m.key(field::ttft_checked).pack(a.ttft_checked);
+  m.key(field::ttft_over).pack(a.ttft_over);
+  m.key(field::latency_checked).pack(a.latency_checked);
+  m.key(field::latency_over).pack(a.latency_over);
+  m.key(field::verdicts).pack(a.verdicts);
+  m.key(field::rejected).pack(a.rejected);
+  m.key(field::priced).pack(a.priced);
+  m.str(field::cost_usd, a.cost.to_usd_string());
+}
+
+}  // namespace
+
+void encode_migration_transition(MapWriter& m, const MigrationTransition& t) {
+  pack_seconds(m.key(field::at), t.at);
+  m.str(field::from_phase, to_string(t.from));
+  m.str(field::to_phase, to_string(t.to));
+  m.key(field::step).pack(t.step);
+  m.str(field::cause, to_string(t.cause));
+  m.str(field::detail, t.detail);
+  m.key(field::candidate_outcomes).pack(t.candidate_outcomes);
+  m.key(field::baseline_outcomes).pack(t.baseline_outcomes);
+}
+
+void encode_migration_status(MapWriter& m, const Config& config, const MigrationStatus& status) {
+  const Scenario& scenario = config.scenarios[status.scenario];
+  const MigrationSpec& spec = *scenario.migration;  // a status is only made for a scenario with one
+  const MigrationRun& run = status.run;
+  m.str(field::scenario, scenario.name);
+  m.str(field::stage, to_string(spec.stage));
+  m.str(field::phase, to_string(run.phase));
+  m.key(field::step).pack(run.step);
+  m.key(field::steps).pack(spec.steps);
+  m.key(field::candidate_percent).pack(status.candidate_percent);
+  m.str(field::baseline, config.targets[spec.baseline].name);
+  m.str(field::candidate, config.targets[spec.candidate].name);
+  m.str(field::incident_owner, spec.incident_owner);
+  m.key(field::attempt).pack(spec.attempt);
+  pack_time(m, field::started_at, run.started_at);
+  pack_time(m, field::step_started_at, run.step_started_at);
+  pack_time(m, field::deadline_at, status.deadline_at);
+  m.key(field::step_outcomes).pack(run.step_outcomes);
+  m.key(field::min_samples).pack(spec.min_samples);
+  m.key(field::delta).pack(spec.delta);
+  {
+    MapWriter arms;
+    MapWriter baseline;
+    MapWriter candidate;
+    encode_arm(baseline, run.baseline);
+    encode_arm(candidate, run.candidate);
+    arms.sub(field::baseline, baseline);
+    arms.sub(field::candidate, candidate);
+    m.sub(field::arms, arms);
+  }
+  m.key(field::criteria).pack_array(static_cast<std::uint32_t>(status.criteria.size()));
+  for (const CriterionResult& c : status.criteria) {
+    MapWriter cm;
+    cm.str(field::metric, to_string(c.metric));
+    cm.key(field::candidate).pack(c.candidate);
+    cm.key(field::baseline).pack(c.baseline);
+    cm.key(field::lo).pack(c.lo);
+    cm.key(field::hi).pack(c.hi);
+    cm.key(field::min_effect).pack(c.min_effect);
+    cm.str(field::verdict, to_string(c.verdict));
+    cm.emit(m.body());
+  }
+  m.key(field::transitions).pack_array(static_cast<std::uint32_t>(run.transitions.size()));
+  for (const MigrationTransition& t : run.transitions) {
+    MapWriter tm;
+    encode_migration_transition(tm, t);
+    tm.emit(m.body());
+  }
+}
+
+void encode_migration_status_reply(MapWriter& body, const Config& config,
+                                   const std::vector<MigrationStatus>& statuses) {
+  body.key(field::migrations).pack_array(static_cast<std::uint32_t>(statuses.size()));
+  for (const MigrationStatus& s : statuses) {
+    MapWriter m;
+    encode_migration_status(m, config, s);
+    m.emit(body.body());
+  }
+}
+
+void encode_migration_command_reply(MapWriter& body, const Config& config, const MigrationTransition& t,
+                                    const MigrationStatus& status) {
+  MapWriter tm;
+  encode_migration_transition(tm, t);
+  body.sub(field::transition, tm);
+  MapWriter sm;
+  encode_migration_status(sm, config, status);
+  body.sub(field::migration, sm);
 }
 
 void encode_health_reply(MapWriter& body, const HealthReply& h) {
@@ -993,6 +1134,15 @@ Result<StatsReply> decode_stats_reply(const Fields& f) {
       msgpack::sbuffer row;
       msgpack::pack(row, kv.ptr[i]);
       s.kv_events.emplace_back(row.data(), row.size());
+    }
+    if (in.get(field::migrations) != nullptr) {  // absent from older sidecars
+      const auto& ms = in.array(field::migrations);
+      for (std::uint32_t i = 0; i < ms.size; ++i) {
+        if (ms.ptr[i].type != msgpack::type::MAP) bad(ErrorCode::bad_message, "'migrations' must be an array of maps");
+        msgpack::sbuffer m;
+        msgpack::pack(m, ms.ptr[i]);
+        s.migrations.emplace_back(m.data(), m.size());
+      }
     }
     return s;
   });

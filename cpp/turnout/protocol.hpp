@@ -74,7 +74,7 @@ inline constexpr std::uint64_t kLocalTagMask = 0x3FFFFFFF;
 // ---------------------------------------------------------------------------------------------- ops
 
 /// What a request asks for.
-enum class Op : std::uint8_t { route, explain, report, verdict, adopt, stats, health, reload, settle_local };
+enum class Op : std::uint8_t { route, explain, report, verdict, adopt, stats, health, reload, settle_local, migration };
 
 struct OpInfo {
   Op op;
@@ -83,6 +83,8 @@ struct OpInfo {
   bool socket;            ///< the socket takes it (adopt comes only through a ring)
   bool writes;            ///< changes the sidecar's state (a read-only socket refuses it)
 };
+// `migration` is a read (status) unless it carries a command: its handler refuses commands on any
+// endpoint but a local or authenticated one (read-only sockets included).
 
 /// The op table, in enum order (checked below).
 inline constexpr std::array kOps{
@@ -95,13 +97,14 @@ inline constexpr std::array kOps{
     OpInfo{Op::health, "health", false, true, false},
     OpInfo{Op::reload, "reload", false, true, true},
     OpInfo{Op::settle_local, "settle_local", false, true, true},
+    OpInfo{Op::migration, "migration", false, true, false},
 };
 
 [[nodiscard]] constexpr bool op_table_in_order() noexcept {
   for (std::size_t i = 0; i < kOps.size(); ++i) {
     if (static_cast<std::size_t>(kOps[i].op) != i) return false;
   }
-  return static_cast<std::size_t>(Op::settle_local) + 1 == kOps.size();
+  return static_cast<std::size_t>(Op::migration) + 1 == kOps.size();
 }
 static_assert(op_table_in_order(), "kOps must list every Op once, in enum order");
 
@@ -134,7 +137,13 @@ static_assert(op_table_in_order(), "kOps must list every Op once, in enum order"
   /* stats, health, reload */ X(pid) X(generation) X(config) X(shm) X(uptime_s) X(pending_decisions)    \
   X(fast_path) X(enabled) X(table) X(why_not) X(clients) X(records) X(rejected) X(view_dropped)         \
   X(counters) X(breakers) X(phase) X(consecutive_failures) X(times_opened) X(inflight) X(kv_events)       \
-  X(last_reload) X(failures)
+  X(last_reload) X(failures) X(migrations)                                                              \
+  /* migration */ X(action) X(transition) X(migration) X(stage) X(step) X(steps) X(candidate_percent)   \
+  X(baseline) X(candidate) X(incident_owner) X(started_at) X(step_started_at) X(deadline_at)            \
+  X(step_outcomes) X(min_samples) X(delta) X(attempt) X(arms) X(criteria) X(metric) X(lo) X(hi)         \
+  X(min_effect) X(verdict) X(transitions) X(from_phase) X(to_phase) X(cause) X(detail) X(candidate_outcomes)        \
+  X(baseline_outcomes) X(errors) X(ttft_checked) X(ttft_over) X(latency_checked) X(latency_over)        \
+  X(verdicts)
 // clang-format on
 
 /// The wire name of each field: `field::decision_id == "decision_id"`.
@@ -257,6 +266,20 @@ struct ReloadRequest {};
 [[nodiscard]] Result<HealthRequest> decode_health_request(const Fields& f);
 [[nodiscard]] Result<ReloadRequest> decode_reload_request(const Fields& f);
 
+/// The `action` of a migration request that only reads (the default).
+inline constexpr std::string_view kMigrationStatus = "status";
+
+/// migration: the status of one scenario's migration (or, without `scenario`, of all), or an
+/// operator's command on one (`action` one of kMigrationCommands).
+struct MigrationRequest {
+  std::string_view scenario;                ///< "" = every scenario (status only)
+  std::optional<MigrationCommand> command;  ///< none: status
+  friend bool operator==(const MigrationRequest&, const MigrationRequest&) = default;
+};
+/// migration -> MigrationRequest (views into the message): bad_message for an `action` that is not
+/// a string or not status/promote/pause/resume/abort, or a command without `scenario`.
+[[nodiscard]] Result<MigrationRequest> decode_migration_request(const Fields& f);
+
 // ------------------------------------------------------------------------------- request encoders
 // Each appends one request message to `out`. `id` is the request id the reply echoes; ring records
 // carry none (nobody answers them). Fields at their "not given" value (an empty string or span, a
@@ -275,6 +298,7 @@ void encode_settle_local_request(msgpack::sbuffer& out, const LocalDecisionReque
 void encode_stats_request(msgpack::sbuffer& out, RequestId id);
 void encode_health_request(msgpack::sbuffer& out, RequestId id);
 void encode_reload_request(msgpack::sbuffer& out, RequestId id);
+void encode_migration_request(msgpack::sbuffer& out, const MigrationRequest& r, RequestId id);
 
 // ---------------------------------------------------------------------------------- reply encoders
 
@@ -377,9 +401,22 @@ struct StatsReply {
   std::vector<BreakerInfo> breakers;
   /// One msgpack map per pool replica: `target`, `endpoint` and the KvIngestStats fields of its KV events.
   std::vector<std::string> kv_events;
+  /// One msgpack map per scenario with a migration (encode_migration_status).
+  std::vector<std::string> migrations;
   friend bool operator==(const StatsReply&, const StatsReply&) = default;
 };
 void encode_stats_reply(MapWriter& body, const StatsReply& s);
+
+/// One scenario's migration as a map (the migration reply's and the stats reply's, and the Python
+/// binding's dicts): the run from `status`, the block from its scenario in `config`.
+void encode_migration_status(MapWriter& m, const Config& config, const MigrationStatus& status);
+/// One move of a state machine as a map.
+void encode_migration_transition(MapWriter& m, const MigrationTransition& t);
+/// migration, status: `migrations`, the maps of `statuses`.
+void encode_migration_status_reply(MapWriter& body, const Config& config, const std::vector<MigrationStatus>& statuses);
+/// migration, a command: the `transition` it made and the `migration` now.
+void encode_migration_command_reply(MapWriter& body, const Config& config, const MigrationTransition& t,
+                                    const MigrationStatus& status);
 
 /// health: serving, and which table.
 struct HealthReply {

@@ -1051,5 +1051,178 @@ def _cell(value: Any, na: Any) -> str:
     return str(value)
 
 
+# -- turnout migration ---------------------------------------------------------------------------
+
+_endpoint_option = click.option(
+    "--endpoint", help="The sidecar's endpoint (default: ipc:// in the runtime dir)."
+)
+_timeout_option = click.option(
+    "--timeout-ms", type=click.IntRange(min=1), default=2000, show_default=True
+)
+# A refused command or status (no such scenario or migration, a phase that does not allow it, an
+# endpoint that is neither local nor authenticated): its message and exit 2. Not answering: exit 1.
+_REFUSED = (
+    turnout.NoMigrationError,
+    turnout.MigrationConflictError,
+    turnout.PermissionDeniedError,
+    turnout.UnknownScenarioError,
+    turnout.ProtocolError,
+)
+
+
+def _migration_call(
+    endpoint: str | None, timeout_ms: int, scenario: str | None, action: str
+) -> dict[str, Any]:
+    try:
+        with _client(endpoint, timeout_ms) as client:
+            return client.migration(scenario, action)
+    except _REFUSED as e:
+        _fail(e, 2)
+    except TurnoutError as e:
+        _fail(e, 1)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every infinite float (an interval without data) as None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _utc(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    import datetime
+
+    t = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _signed_pct(x: float) -> str:
+    """A regression bound in percentage points (rates) or percent (cost)."""
+    if not math.isfinite(x):
+        return "-inf" if x < 0 else "+inf"
+    return f"{x * 100:+.2f}"
+
+
+def _estimate(metric: str, x: float) -> str:
+    if not math.isfinite(x):
+        return "-"
+    return f"${x:.6f}" if metric == "cost_per_accepted" else f"{x * 100:.2f} %"
+
+
+def _print_migration(m: dict[str, Any], transitions: int = 5) -> None:
+    steps = m["steps"]
+    console.print(
+        Text.assemble(
+            (m["scenario"], "bold"),
+            f": {m['phase']}, step {m['step'] + 1}/{len(steps)} {steps}, candidate "
+            f"{m['candidate_percent']} % to {m['candidate']} (baseline {m['baseline']}), "
+            f"incident owner {m['incident_owner']}",
+        ),
+        highlight=False,
+    )
+    arms = m["arms"]
+    console.print(
+        f"  {m['step_outcomes']}/{m['min_samples']} candidate samples this step; stage "
+        f"{m['stage']}, attempt {m['attempt']}, delta {m['delta']}",
+        highlight=False,
+    )
+    console.print(
+        f"  started {_utc(m['started_at'])}, step started {_utc(m['step_started_at'])}, "
+        f"deadline {_utc(m['deadline_at'])}; outcomes: candidate {arms['candidate']['outcomes']} "
+        f"({arms['candidate']['errors']} errors), baseline {arms['baseline']['outcomes']} "
+        f"({arms['baseline']['errors']} errors)",
+        highlight=False,
+    )
+    if m["criteria"]:
+        table = Table(title=f"{m['scenario']}: stop criteria (regression in pp; cost in %)")
+        for col in ("metric", "candidate", "baseline", "regression", "min effect", "verdict"):
+            table.add_column(col, justify="left" if col in ("metric", "verdict") else "right")
+        for c in m["criteria"]:
+            style = {"fail": "red", "pass": "green"}.get(c["verdict"], "yellow")
+            table.add_row(
+                c["metric"],
+                _estimate(c["metric"], c["candidate"]),
+                _estimate(c["metric"], c["baseline"]),
+                f"[{_signed_pct(c['lo'])}, {_signed_pct(c['hi'])}]",
+                f"{c['min_effect'] * 100:.2f}",
+                Text(c["verdict"], style=style),
+            )
+        console.print(table)
+    if m["transitions"]:
+        table = Table(title=f"{m['scenario']}: last transitions")
+        for col in ("at", "move", "step", "cause", "candidate / baseline outcomes", "detail"):
+            table.add_column(col, overflow="fold")
+        for t in m["transitions"][-transitions:]:
+            table.add_row(
+                _utc(t["at"]),
+                f"{t['from_phase']} -> {t['to_phase']}",
+                f"{t['step'] + 1}/{len(steps)}",
+                t["cause"],
+                f"{t['candidate_outcomes']} / {t['baseline_outcomes']}",
+                Text(t["detail"]),
+            )
+        console.print(table)
+
+
+@main.group()
+def migration() -> None:
+    """A running sidecar's migrations (canaries): status, and promote/pause/resume/abort."""
+
+
+@migration.command("status")
+@click.argument("scenario", required=False)
+@_endpoint_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (infinite bounds as null).")
+def migration_status(
+    scenario: str | None, endpoint: str | None, timeout_ms: int, as_json: bool
+) -> None:
+    """Show the migration of SCENARIO, or of every scenario that has one."""
+    reply = _migration_call(endpoint, timeout_ms, scenario, "status")
+    if as_json:
+        _dump(_finite(reply))
+        return
+    if not reply["migrations"]:
+        console.print("no scenario of the served table has a migration", highlight=False)
+    for m in reply["migrations"]:
+        _print_migration(m)
+
+
+def _migration_command(action: str) -> click.Command:
+    @_endpoint_option
+    @_timeout_option
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON (infinite bounds as null).")
+    @click.argument("scenario")
+    def command(scenario: str, endpoint: str | None, timeout_ms: int, as_json: bool) -> None:
+        reply = _migration_call(endpoint, timeout_ms, scenario, action)
+        if as_json:
+            _dump(_finite(reply))
+            return
+        t, m = reply["transition"], reply["migration"]
+        console.print(
+            f"{scenario}: {t['from_phase']} -> {t['to_phase']} ({t['cause']}), step "
+            f"{t['step'] + 1}/{len(m['steps'])}, candidate {m['candidate_percent']} %",
+            highlight=False,
+        )
+
+    command.__doc__ = {
+        "promote": "Promote SCENARIO's candidate to 100 % now (ends the run).",
+        "pause": "Pause SCENARIO's canary at its step (aborted unless resumed in max_step_s).",
+        "resume": "Resume SCENARIO's paused canary at the same step, its deadline from now.",
+        "abort": "Abort SCENARIO's canary: all traffic back to the baseline (ends the run).",
+    }[action]
+    return migration.command(action)(command)
+
+
+for _action in ("promote", "pause", "resume", "abort"):
+    _migration_command(_action)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -49,6 +49,7 @@ def _ops(*names: str) -> tuple[str, ...]:
 _ROUTE, _EXPLAIN, _REPORT, _VERDICT, _STATS, _HEALTH, _RELOAD, _SETTLE_LOCAL = _ops(
     "route", "explain", "report", "verdict", "stats", "health", "reload", "settle_local"
 )
+(_MIGRATION,) = _ops("migration")
 # The route/explain reply's fields in the order Decision._detached takes them.
 _DECISION_FIELDS = (
     FIELD.decision_id,
@@ -988,6 +989,17 @@ class Client:
         """Asks the sidecar to re-read its config; raises ConfigError (file:line:col) if it is
         invalid, in which case the sidecar keeps serving the old table."""
         return self.request(_RELOAD, timeout_ms=timeout_ms)
+
+    def migration(self, scenario: str | None = None, action: str = "status") -> dict[str, Any]:
+        """A scenario's migration (the migration op): ``action="status"`` gives
+        ``{"migrations": [status, ...]}`` (every scenario with a migration when ``scenario`` is
+        None); ``"promote"``, ``"pause"``, ``"resume"`` or ``"abort"`` gives ``{"transition": ...,
+        "migration": status}``. A command raises NoMigrationError, MigrationConflictError, or
+        PermissionDeniedError on an endpoint that is neither local nor CURVE-authenticated."""
+        msg: dict[str, Any] = {_OP: _MIGRATION, FIELD.action: action}
+        if scenario is not None:
+            msg[FIELD.scenario] = scenario
+        return _fields(self._ask(msg))
 
     def close(self) -> None:
         self._fast = None  # frees the ring (what is in it is still applied)

@@ -547,9 +547,9 @@ TEST(Protocol, AnErrorAfterTheMapKeepsTheRequestId) {
   const auto r = decode_envelope(json(R"({"v":1,"id":99,"op":"dance"})"), DecodeLimits{}, Channel::socket, e);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::unknown_op);
-  EXPECT_NE(
-      r.error().message.find("expected route, explain, report, verdict, adopt, stats, health, reload or settle_local"),
-      std::string::npos)
+  EXPECT_NE(r.error().message.find(
+                "expected route, explain, report, verdict, adopt, stats, health, reload, settle_local or migration"),
+            std::string::npos)
       << r.error().message;
   ASSERT_NE(e.id, nullptr);
   EXPECT_EQ(e.id->as<int>(), 99);
@@ -734,11 +734,168 @@ TEST(Protocol, AReadOnlySocketTakesOnlyTheOpsThatDoNotWrite) {
       EXPECT_EQ(got, info.writes ? "permission_denied" : "") << info.name;
     }
   }
-  // Which ops write is decided once, in kOps: only explain, stats and health do not.
-  for (const auto op : {Op::explain, Op::stats, Op::health}) EXPECT_FALSE(kOps[static_cast<int>(op)].writes);
+  // Which ops write is decided once, in kOps: only explain, stats, health and migration do not (a
+  // migration command is refused by its handler on such a socket).
+  for (const auto op : {Op::explain, Op::stats, Op::health, Op::migration}) {
+    EXPECT_FALSE(kOps[static_cast<int>(op)].writes);
+  }
   for (const auto op : {Op::route, Op::report, Op::verdict, Op::adopt, Op::reload}) {
     EXPECT_TRUE(kOps[static_cast<int>(op)].writes);
   }
+}
+
+std::string migration_error(std::string_view text) {
+  return field_error(text, [](const Fields& f) { return decode_migration_request(f); });
+}
+
+TEST(Protocol, MigrationRequestsRoundTrip) {
+  msgpack::sbuffer all;
+  encode_migration_request(all, {}, 4);
+  Envelope e = envelope(bytes(all));
+  EXPECT_EQ(e.op, Op::migration);
+  auto status = decode_migration_request(e.fields);
+  ASSERT_TRUE(status.ok()) << status.error().message;
+  EXPECT_EQ(*status, MigrationRequest{});
+
+  for (const auto cmd :
+       {MigrationCommand::promote, MigrationCommand::pause, MigrationCommand::resume, MigrationCommand::abort}) {
+    msgpack::sbuffer out;
+    const MigrationRequest r{"support-summarization", cmd};
+    encode_migration_request(out, r, 5);
+    e = envelope(bytes(out));
+    auto back = decode_migration_request(e.fields);
+    ASSERT_TRUE(back.ok()) << back.error().message;
+    EXPECT_EQ(*back, r);
+  }
+  // Status of one scenario; no action means status.
+  e = envelope(json(R"({"v":1,"op":"migration","scenario":"chat"})"));
+  auto one = decode_migration_request(e.fields);
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->scenario, "chat");
+  EXPECT_FALSE(one->command);
+}
+
+TEST(Protocol, MigrationDecoderRefusesBadActions) {
+  EXPECT_EQ(migration_error(R"({"v":1,"op":"migration","scenario":"chat","action":"dance"})"), "bad_message");
+  EXPECT_EQ(migration_error(R"({"v":1,"op":"migration","scenario":"chat","action":3})"), "bad_message");
+  EXPECT_EQ(migration_error(R"({"v":1,"op":"migration","scenario":"chat","action":"Abort"})"), "bad_message");
+  EXPECT_EQ(migration_error(R"({"v":1,"op":"migration","action":"abort"})"), "bad_message") << "needs a scenario";
+  EXPECT_EQ(migration_error(R"({"v":1,"op":"migration","scenario":7})"), "bad_message");
+  Envelope e = envelope(json(R"({"v":1,"op":"migration","scenario":"chat","action":"dance"})"));
+  const auto r = decode_migration_request(e.fields);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().message, "unknown migration action 'dance'; expected status, promote, pause, resume or abort");
+}
+
+/// The example table with a migration block on its first scenario (set by hand: the wire's encoders
+/// only read the spec).
+ConfigPtr table_with_migration() {
+  auto loaded = load_config_file(kExample);
+  EXPECT_TRUE(loaded.ok());
+  auto config = std::make_shared<Config>(*loaded.value());
+  MigrationSpec spec;
+  spec.baseline = 0;
+  spec.candidate = 1;
+  spec.stage = MigrationStage::canary;
+  spec.steps = {1, 5, 25, 50, 100};
+  spec.min_samples = 200;
+  spec.incident_owner = "support-oncall";
+  spec.delta = 0.05;
+  spec.attempt = 2;
+  config->scenarios[0].migration = spec;
+  return config;
+}
+
+TEST(Protocol, MigrationStatusMapsNameEveryFieldOnce) {
+  const ConfigPtr config = table_with_migration();
+  MigrationStatus st;
+  st.scenario = 0;
+  st.run.phase = MigrationPhase::ramp;
+  st.run.step = 1;
+  st.run.started_at = kNow;
+  st.run.step_started_at = kNow + 60'000;
+  st.run.step_outcomes = 87;
+  st.run.candidate.outcomes = 187;
+  st.run.candidate.cost = Money::from_picos(1'500'000'000'000);
+  st.run.transitions.push_back(
+      {kNow, MigrationPhase::pending, MigrationPhase::ramp, 0, TransitionCause::started, "", 0, 0});
+  st.candidate_percent = 5;
+  st.deadline_at = kNow + 3'660'000;
+  st.criteria.push_back({StopMetric::errors, 0.0107, 0.01, -0.021, std::numeric_limits<double>::infinity(), 0.02,
+                         CriterionResult::Verdict::inconclusive});
+  MapWriter body;
+  encode_migration_status_reply(body, *config, {st});
+  const Reply r = reply(encode_reply(nullptr, body));
+  const auto* list = r.fields.get(field::migrations);
+  ASSERT_NE(list, nullptr);
+  ASSERT_EQ(list->via.array.size, 1U);
+  auto m = Fields::of(list->via.array.ptr[0]);
+  ASSERT_TRUE(m.ok());
+  const auto text = [&](std::string_view k) {
+    const auto* o = m->get(k);
+    return o != nullptr && o->type == msgpack::type::STR ? std::string(o->via.str.ptr, o->via.str.size) : "<none>";
+  };
+  EXPECT_EQ(text(field::scenario), config->scenarios[0].name);
+  EXPECT_EQ(text(field::stage), "canary");
+  EXPECT_EQ(text(field::phase), "ramp");
+  EXPECT_EQ(text(field::baseline), config->targets[0].name);
+  EXPECT_EQ(text(field::candidate), config->targets[1].name);
+  EXPECT_EQ(text(field::incident_owner), "support-oncall");
+  EXPECT_EQ(m->get(field::step)->via.u64, 1U);
+  EXPECT_EQ(m->get(field::candidate_percent)->via.u64, 5U);
+  EXPECT_EQ(m->get(field::attempt)->via.u64, 2U);
+  EXPECT_EQ(m->get(field::min_samples)->via.u64, 200U);
+  // Seconds since the epoch (a whole second may travel as an integer: msgpack's shortest form).
+  const auto seconds = [](const msgpack::object* o) { return o->as<double>(); };
+  EXPECT_DOUBLE_EQ(seconds(m->get(field::started_at)), static_cast<double>(kNow) / 1000.0);
+  EXPECT_DOUBLE_EQ(seconds(m->get(field::deadline_at)), static_cast<double>(kNow + 3'660'000) / 1000.0);
+  ASSERT_EQ(m->get(field::steps)->via.array.size, 5U);
+  // A run that never paused has no pause time: nil, not 1970.
+  MigrationStatus pending;
+  pending.scenario = 0;
+  MapWriter pm;
+  encode_migration_status(pm, *config, pending);
+  msgpack::sbuffer pb;
+  pm.emit(pb);
+  const auto ph = msgpack::unpack(pb.data(), pb.size());
+  auto pf = Fields::of(ph.get());
+  ASSERT_TRUE(pf.ok());
+  EXPECT_EQ(pf->get(field::started_at), nullptr);
+  EXPECT_NE(pf->find(field::started_at), nullptr);
+
+  auto arms = Fields::of(*m->get(field::arms));
+  ASSERT_TRUE(arms.ok());
+  auto cand = Fields::of(*arms->get(field::candidate));
+  ASSERT_TRUE(cand.ok());
+  EXPECT_EQ(cand->get(field::outcomes)->via.u64, 187U);
+  const auto* cost = cand->get(field::cost_usd);
+  EXPECT_EQ(std::string(cost->via.str.ptr, cost->via.str.size), "1.5");
+  const auto* criteria = m->get(field::criteria);
+  ASSERT_EQ(criteria->via.array.size, 1U);
+  auto c = Fields::of(criteria->via.array.ptr[0]);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(std::isinf(c->get(field::hi)->via.f64)) << "no data: an infinite bound, as a float";
+  const auto* verdict = c->get(field::verdict);
+  EXPECT_EQ(std::string(verdict->via.str.ptr, verdict->via.str.size), "inconclusive");
+  const auto* transitions = m->get(field::transitions);
+  ASSERT_EQ(transitions->via.array.size, 1U);
+  auto t = Fields::of(transitions->via.array.ptr[0]);
+  ASSERT_TRUE(t.ok());
+  const auto* to = t->get(field::to_phase);
+  EXPECT_EQ(std::string(to->via.str.ptr, to->via.str.size), "ramp");
+
+  // The stats reply carries the same maps.
+  StatsReply stats;
+  MapWriter one;
+  encode_migration_status(one, *config, st);
+  msgpack::sbuffer packed;
+  one.emit(packed);
+  stats.migrations.push_back(bytes(packed));
+  MapWriter sb;
+  encode_stats_reply(sb, stats);
+  auto decoded = decode_stats_reply(reply(encode_reply(nullptr, sb)).fields);
+  ASSERT_TRUE(decoded.ok()) << decoded.error().message;
+  EXPECT_EQ(decoded->migrations, stats.migrations);
 }
 
 }  // namespace

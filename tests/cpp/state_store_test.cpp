@@ -19,6 +19,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace turnout::sidecar {
@@ -68,6 +69,46 @@ LiveState sample_state() {
   p.active_blocks = 12;
   p.reported_targets = {"gpt"};
   s.pending.push_back(p);
+  // A migration run with every field set, two transitions, and a cost in both arms.
+  MigrationEntry m;
+  m.scenario = "chat";
+  MigrationRun& r = m.run;
+  r.identity = 0x0123456789ABCDEFULL;
+  r.phase = MigrationPhase::paused;
+  r.step = 2;
+  r.started_at = 1'700'000'000'000;
+  r.step_started_at = 1'700'000'600'000;
+  r.paused_at = 1'700'000'900'000;
+  r.next_analysis_at = 1'700'000'960'000;
+  r.step_outcomes = 37;
+  r.baseline = {.outcomes = 900,
+                .errors = 9,
+                .ttft_checked = 880,
+                .ttft_over = 30,
+                .latency_checked = 870,
+                .latency_over = 40,
+                .verdicts = 300,
+                .rejected = 12,
+                .priced = 899,
+                .cost = Money::from_picos(1'234'567'890),
+                .cost_sq_usd = 0.000123};
+  r.candidate = {.outcomes = 140,
+                 .errors = 3,
+                 .ttft_checked = 139,
+                 .ttft_over = 5,
+                 .latency_checked = 138,
+                 .latency_over = 6,
+                 .verdicts = 50,
+                 .rejected = 4,
+                 .priced = 140,
+                 .cost = Money::from_picos(98'765),
+                 .cost_sq_usd = 0.5};
+  r.interval = {.outcomes = 11, .errors = 1, .over_p99 = 2};
+  r.transitions.push_back(
+      {1'700'000'000'000, MigrationPhase::pending, MigrationPhase::ramp, 0, TransitionCause::started, "", 0, 0});
+  r.transitions.push_back({1'700'000'900'000, MigrationPhase::ramp, MigrationPhase::paused, 2, TransitionCause::no_data,
+                           "37 of 200 candidate outcomes by the step's deadline", 137, 880});
+  s.migrations.push_back(m);
   return s;
 }
 
@@ -149,6 +190,25 @@ TEST_F(StateStoreTest, ASnapshotWrittenBeforeTheSloCountersKeepsItsCountsAndStar
   EXPECT_EQ(c.latency.sum_ms, 5000);
   // Its outcomes were never checked against an SLO: not counted as checked, nor as within.
   EXPECT_EQ(c.ttft_slo_checked + c.ttft_within_slo + c.latency_slo_checked + c.latency_within_slo, 0U);
+}
+
+TEST_F(StateStoreTest, ASnapshotWrittenBeforeMigrationsLoadsWithNone) {
+  auto back = decode_snapshot(snapshot_before_slo_counters("/etc/r.yaml", "a: 1\n"));
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_TRUE(back.value().state.migrations.empty());
+  EXPECT_EQ(back.value().state.ledger.size(), 1U);
+}
+
+TEST_F(StateStoreTest, AMigrationPhaseOutOfRangeIsACorruptSnapshot) {
+  // The run's phase is stored as its number: one the build does not know is refused, never cast.
+  Snapshot s;
+  s.state = sample_state();
+  s.state.migrations[0].run.phase = static_cast<MigrationPhase>(kMigrationPhases.size());
+  msgpack::sbuffer bytes;
+  encode_snapshot(bytes, s);
+  auto back = decode_snapshot(std::string_view(bytes.data(), bytes.size()));
+  ASSERT_FALSE(back);
+  EXPECT_EQ(back.error().code, ErrorCode::invalid_argument);
 }
 
 TEST_F(StateStoreTest, CorruptOrTruncatedSnapshotIsAClearError) {
@@ -343,8 +403,8 @@ class DurableServerTest : public StateStoreTest {
     }
     StateStoreTest::TearDown();
   }
-  std::unique_ptr<Server> start() {
-    auto s = Server::start(kExample, shm_, root_.string());
+  std::unique_ptr<Server> start(const std::string& config = kExample) {
+    auto s = Server::start(config, shm_, root_.string());
     EXPECT_TRUE(s) << (s ? "" : s.error().message);
     return s ? std::move(s.value().server) : nullptr;
   }
@@ -500,6 +560,113 @@ TEST_F(DurableServerTest, ARingReportsOnlyItsOwnDecisions) {
   auto [ok, none] = reply_of(s->handle(report, kNow + 2));
   EXPECT_EQ(none, "");
   EXPECT_FALSE(field<bool>(ok, "duplicate"));
+}
+
+/// A table whose scenario `chat` runs a canary from `old` to `new`, analysed every second.
+constexpr const char* kCanaryYaml = R"(version: 1
+targets:
+  old:
+    kind: maas
+    provider: openai
+    model: old
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 0.40, output_per_mtok: 1.60}
+  new:
+    kind: maas
+    provider: openai
+    model: new
+    data_classes: [public]
+    context_window: 100000
+    price: {input_per_mtok: 0.40, output_per_mtok: 1.60}
+scenarios:
+  chat:
+    data_class: public
+    fallback: [old]
+    migration:
+      baseline: old
+      candidate: new
+      stage: canary
+      steps: [50, 100]
+      min_samples: 1000
+      max_step_s: 600
+      interval_s: 1
+      incident_owner: chat-oncall
+)";
+
+/// The status of every migration, in a comparable form (MigrationStatus's run has ==).
+std::vector<std::tuple<std::uint32_t, MigrationRun, std::uint32_t, TimeMs>> runs(const Server& s) {
+  std::vector<std::tuple<std::uint32_t, MigrationRun, std::uint32_t, TimeMs>> out;
+  for (const auto& m : s.router()->migrations())
+    out.emplace_back(m.scenario, m.run, m.candidate_percent, m.deadline_at);
+  return out;
+}
+
+TEST_F(DurableServerTest, MigrationTicksAndCommandsAreReplayedAtTheirRecordedTimes) {
+  const std::string path = (root_ / "canary.yaml").string();
+  fs::create_directories(root_);
+  std::ofstream(path) << kCanaryYaml;
+  std::vector<std::string> lines;
+  decltype(runs(std::declval<Server&>())) before;
+  {
+    auto s = start(path);
+    ASSERT_TRUE(s);
+    s->on_migration([&lines](const std::string& line) { lines.push_back(line); });
+    s->migration_tick(kNow);  // starts the canary: ramp, step 0
+    ASSERT_EQ(lines.size(), 1U);
+    EXPECT_EQ(lines[0].rfind("migration chat: pending -> ramp, step 1/2, candidate 50 %, cause started", 0), 0U)
+        << lines[0];
+    for (int i = 0; i < 40; ++i) {
+      const TimeMs at = kNow + 10 * i;
+      auto [route, code] =
+          reply_of(s->handle(request("route", "scenario", "chat", "key", "k" + std::to_string(i)), at));
+      ASSERT_EQ(code, "");
+      const auto target = field<std::string>(route, "target");
+      auto [receipt, rc] =
+          reply_of(s->handle(request("report", "decision_id", field<std::uint64_t>(route, "decision_id"), "target",
+                                     target, "status", "ok"),
+                             at + 5));
+      ASSERT_EQ(rc, "");
+    }
+    s->migration_tick(kNow + 1000);  // an analysis: no regression, too few samples: still ramping
+    EXPECT_EQ(reply_of(s->handle(request("migration", "scenario", "chat", "action", "pause"), kNow + 1500)).second, "");
+    s->migration_tick(kNow + 2000);  // analyses go on while paused
+    before = runs(*s);
+    ASSERT_EQ(before.size(), 1U);
+    const MigrationRun& run = std::get<1>(before[0]);
+    EXPECT_EQ(run.phase, MigrationPhase::paused);
+    EXPECT_EQ(run.transitions.size(), 2U);
+    EXPECT_EQ(run.baseline.outcomes + run.candidate.outcomes, 40U);
+    EXPECT_EQ(lines.size(), 2U);
+    // Destroyed without flush(): no snapshot at stop, as after kill -9.
+  }
+  auto s = start(path);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(runs(*s), before);
+}
+
+TEST_F(DurableServerTest, MigrationCommandsNeedATrustedEndpoint) {
+  const std::string path = (root_ / "canary.yaml").string();
+  fs::create_directories(root_);
+  std::ofstream(path) << kCanaryYaml;
+  auto s = start(path);
+  ASSERT_TRUE(s);
+  s->migration_tick(kNow);
+  const auto pause = request("migration", "scenario", "chat", "action", "pause");
+  s->set_trusted(false);  // loopback TCP without CURVE, read-write
+  EXPECT_EQ(reply_of(s->handle(pause, kNow + 10)).second, "permission_denied");
+  s->set_trusted(true);
+  s->set_read_only(true);  // --insecure-tcp read-only
+  EXPECT_EQ(reply_of(s->handle(pause, kNow + 10)).second, "permission_denied");
+  EXPECT_EQ(reply_of(s->handle(request("migration", "scenario", "chat"), kNow + 10)).second, "") << "status reads";
+  s->set_read_only(false);
+  EXPECT_EQ(std::get<1>(runs(*s)[0]).phase, MigrationPhase::ramp) << "nothing moved";
+  EXPECT_EQ(reply_of(s->handle(pause, kNow + 10)).second, "");
+  EXPECT_EQ(std::get<1>(runs(*s)[0]).phase, MigrationPhase::paused);
+  EXPECT_EQ(reply_of(s->handle(request("migration", "scenario", "nope", "action", "abort"), kNow)).second,
+            "unknown_scenario");
+  EXPECT_EQ(reply_of(s->handle(request("migration", "scenario", "chat", "action", "resume!"), kNow)).second,
+            "bad_message");
 }
 
 }  // namespace

@@ -41,6 +41,7 @@ def test_the_module_has_the_interface_clients_use() -> None:
         "health",
         "reload",
         "settle_local",
+        "migration",
     )
     assert protocol.RING_OPS == ("report", "verdict", "adopt")
     assert set(protocol.RING_OPS) <= set(protocol.OPS)

@@ -348,7 +348,7 @@ def test_insecure_tcp_is_read_only_by_default_and_loudly_logged(
         with pytest.raises(PermissionError, match="read-only"):
             c.route("agent-assist", key="k", input_tokens=10)
     # Every op, raw: the ops that write are refused before their fields are even read.
-    assert protocol.READ_ONLY_OPS == ("explain", "stats", "health")
+    assert protocol.READ_ONLY_OPS == ("explain", "stats", "health", "migration")
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.RCVTIMEO, 5000)
