@@ -21,6 +21,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kPicosPerUsd = static_cast<double>(Money::kPerUsd);
+constexpr std::uint64_t kMinCostSamples = 30;  // the fewest priced outcomes the cost criterion judges
 
 double usd(Money m) { return static_cast<double>(m.picos()) / kPicosPerUsd; }
 
@@ -107,7 +108,9 @@ Span cost_per_accepted(const ArmCounts& arm, const Scenario& scenario, double al
   const std::uint64_t accepted = gated ? arm.verdicts - arm.rejected : arm.outcomes - arm.errors;
   const std::uint64_t judged = gated ? arm.verdicts : arm.outcomes;
   Span s;
-  if (arm.priced < 2 || judged == 0) return s;
+  // The mean's interval is asymptotic: before `planned` (min_samples, at least 30) priced outcomes its
+  // variance estimate is too rough to trust (a few equal costs give a zero width), so no data yet.
+  if (arm.priced < std::max<std::uint64_t>(planned, kMinCostSamples) || judged == 0) return s;
   const auto [mean_lo, mean_hi] = mean_interval(arm.priced, usd(arm.cost), arm.cost_sq_usd, alpha / 2, planned);
   const auto [accept_lo, accept_hi] = rate_interval(accepted, judged, alpha / 2);
   const double mean = usd(arm.cost) / static_cast<double>(arm.priced);
@@ -120,6 +123,9 @@ Span cost_per_accepted(const ArmCounts& arm, const Scenario& scenario, double al
 }
 
 double divide_or_inf(double a, double b) { return b > 0.0 ? a / b : kInf; }
+
+// a / b for a ratio of costs that may both be 0 (free targets): 0 / 0 is no regression.
+double cost_ratio(double a, double b) { return a == 0.0 ? 0.0 : divide_or_inf(a, b); }
 
 CriterionResult evaluate(const MigrationRun& run, const MigrationSpec& spec, const Scenario& scenario,
                          const StopCriterion& criterion, double alpha) {
@@ -135,8 +141,8 @@ CriterionResult evaluate(const MigrationRun& run, const MigrationSpec& spec, con
     r.baseline = b.point;
     if (spec.cost_max_ratio > 0.0) {
       if (c.data && b.data) {
-        r.lo = divide_or_inf(c.lo, spec.cost_max_ratio * b.hi) - 1.0;
-        r.hi = divide_or_inf(c.hi, spec.cost_max_ratio * b.lo) - 1.0;
+        r.lo = cost_ratio(c.lo, spec.cost_max_ratio * b.hi) - 1.0;
+        r.hi = cost_ratio(c.hi, spec.cost_max_ratio * b.lo) - 1.0;
       }
     } else if (spec.cost_ceiling && spec.cost_ceiling->picos() > 0 && c.data) {
       const double ceiling = usd(*spec.cost_ceiling);
@@ -418,7 +424,9 @@ void observe_verdict(MigrationRun& run, Arm arm, bool accepted) {
 
 bool analysis_due(const MigrationRun& run, const MigrationSpec& spec, TimeMs now) noexcept {
   if (run.phase == MigrationPhase::pending) return spec.stage == MigrationStage::canary;
-  return counting(run) && now >= run.next_analysis_at;
+  // A clock that stepped back by more than an interval does not hold the guardrails off until it
+  // catches up: the analysis runs now and counts its intervals from here.
+  return counting(run) && (now >= run.next_analysis_at || run.next_analysis_at - now > 2 * spec.interval_ms);
 }
 
 std::vector<CriterionResult> criteria(const MigrationRun& run, const MigrationSpec& spec, const Scenario& scenario) {
@@ -441,7 +449,9 @@ std::optional<MigrationTransition> analyze(MigrationRun& run, const MigrationSpe
                   spec.steps.empty() ? 0U : spec.steps[0], spec.steps.size());
     return move(run, MigrationPhase::ramp, TransitionCause::started, now, detail);
   }
-  run.next_analysis_at += ((now - run.next_analysis_at) / interval + 1) * interval;
+  run.next_analysis_at = now >= run.next_analysis_at
+                             ? run.next_analysis_at + ((now - run.next_analysis_at) / interval + 1) * interval
+                             : now + interval;  // the clock stepped back
 
   // 1. The guardrails, on this interval's candidate outcomes; then the interval starts over.
   const std::optional<std::string> tripped = guardrail_tripped(run, spec);

@@ -183,6 +183,38 @@ TEST(MeanInterval, ShrinksAsSamplesGrow) {
   }
 }
 
+TEST(MeanInterval, CoversTheMeanUnderContinuousMonitoringFromItsPlannedSize) {
+  // 2,000 sequences of uniform costs in [0.0005, 0.0035], each checked after every draw from the
+  // planned 200 on (the cost criterion trusts the asymptotic interval from min_samples on).
+  constexpr double kAlpha = 0.05;
+  constexpr std::uint64_t kPlanned = 200;
+  std::uint64_t state = 7;
+  auto uniform = [&state] {
+    state += 0x9E3779B97F4A7C15ULL;
+    std::uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return static_cast<double>((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+  };
+  int missed = 0;
+  constexpr int kSequences = 2'000;
+  for (int seq = 0; seq < kSequences; ++seq) {
+    double sum = 0, sum_sq = 0;
+    for (std::uint64_t n = 1; n <= 2'000; ++n) {
+      const double x = 0.0005 + 0.003 * uniform();
+      sum += x;
+      sum_sq += x * x;
+      if (n < kPlanned) continue;
+      const auto [lo, hi] = mean_interval(n, sum, sum_sq, kAlpha, kPlanned);
+      if (lo > 0.002 || hi < 0.002) {
+        ++missed;
+        break;
+      }
+    }
+  }
+  EXPECT_LE(static_cast<double>(missed) / kSequences, kAlpha);
+}
+
 // ---- the state machine -------------------------------------------------------------------------------
 
 // A run started at kT0 (ramp, step 0) on the canary spec.
@@ -211,6 +243,53 @@ struct Canary {
   std::optional<MigrationTransition> analyze_at(TimeMs now) { return analyze(run, spec, scenario, now); }
   [[nodiscard]] TimeMs next() const { return run.next_analysis_at; }
 };
+
+TEST(MigrationRun, FreeTargetsOnBothArmsAreNoCostRegression) {
+  Canary c;
+  c.start();
+  c.feed(Arm::baseline, 300, 0, 100, Money::from_picos(0));
+  c.feed(Arm::candidate, 300, 0, 100, Money::from_picos(0));
+  for (const CriterionResult& r : criteria(c.run, c.spec, c.scenario)) {
+    EXPECT_NE(r.verdict, CriterionResult::Verdict::fail) << to_string(r.metric);
+    EXPECT_FALSE(std::isnan(r.lo) || std::isnan(r.hi)) << to_string(r.metric);
+  }
+  const auto t = c.analyze_at(c.next());
+  EXPECT_TRUE(!t || t->cause != TransitionCause::failed) << (t ? t->detail : "");
+}
+
+TEST(MigrationRun, TheCostCriterionJudgesNothingBeforeItsMinimumSamples) {
+  Canary c;
+  c.start();
+  // Two equal costs would give the asymptotic interval zero width: a dearer candidate would "fail".
+  c.feed(Arm::baseline, c.spec.min_samples - 1, 0, 100, Money::from_picos(1'000'000'000));
+  c.feed(Arm::candidate, c.spec.min_samples - 1, 0, 100, Money::from_picos(5'000'000'000));
+  for (const CriterionResult& r : criteria(c.run, c.spec, c.scenario)) {
+    if (r.metric != StopMetric::cost) continue;
+    EXPECT_EQ(r.verdict, CriterionResult::Verdict::inconclusive);
+    EXPECT_EQ(r.lo, -kInf);
+  }
+}
+
+TEST(MigrationRun, AClockThatStepsBackDoesNotHoldTheGuardrailsOff) {
+  Canary c;
+  c.start();
+  const TimeMs back = kT0 - 3'600'000;  // an hour back: next_analysis_at is now far ahead
+  EXPECT_TRUE(analysis_due(c.run, c.spec, back));
+  c.feed(Arm::candidate, 50, 50);  // every candidate outcome failed
+  const auto t = c.analyze_at(back);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->cause, TransitionCause::guardrail);
+  EXPECT_EQ(t->at, back);
+}
+
+TEST(MigrationRun, AClockThatStepsBackReanchorsTheNextAnalysis) {
+  Canary c;
+  c.start();
+  const TimeMs back = kT0 - 3'600'000;
+  EXPECT_FALSE(c.analyze_at(back));
+  EXPECT_EQ(c.next(), back + c.spec.interval_ms);
+  EXPECT_FALSE(analysis_due(c.run, c.spec, back + 1));
+}
 
 TEST(MigrationRun, PendingBeforeCanaryTakesNoTrafficAndIgnoresOutcomes) {
   Canary c;
@@ -764,6 +843,8 @@ TEST(MigrationCanaries, ARegressionOfTheMinimumEffectIsDetectedAndNeverPromotedB
     EXPECT_EQ(s.still_open, 0) << to_string(metric);
     // At exactly the minimum effect, "proven within it" is a miss of the candidate's interval.
     EXPECT_LE(static_cast<double>(s.promoted) / s.trials, spec.delta) << to_string(metric);
+    // And it is caught by the test, not left to the pause's deadline.
+    EXPECT_GE(static_cast<double>(s.failed) / s.trials, 0.95) << to_string(metric);
   }
 }
 
