@@ -74,7 +74,9 @@ sim::SimTime seconds_to_sim(double s, const std::string& where) {
 }
 
 sim::TargetModel maas_model(const py::dict& d, const std::string& where) {
-  only_keys(d, {"ttft_ms", "output_tokens_per_s", "rpm", "tpm", "error_rate", "outages", "accept_rate", "timeout_ms"},
+  only_keys(d,
+            {"ttft_ms", "output_tokens_per_s", "rpm", "tpm", "error_rate", "outages", "accept_rate", "timeout_ms",
+             "output_scale"},
             where);
   sim::TargetModel m;
   sim::ProviderSpec& p = m.provider;
@@ -91,6 +93,7 @@ sim::TargetModel maas_model(const py::dict& d, const std::string& where) {
   p.error_rate = number(d, "error_rate", p.error_rate, where);
   p.timeout_ms = integer(d, "timeout_ms", p.timeout_ms, where);
   m.accept_rate = number(d, "accept_rate", m.accept_rate, where);
+  m.output_scale = number(d, "output_scale", m.output_scale, where);
   if (d.contains("outages")) {
     if (!py::isinstance<py::list>(d["outages"])) bad(where + ".outages: expected a list of dicts");
     std::size_t i = 0;
@@ -117,7 +120,9 @@ sim::TargetModel maas_model(const py::dict& d, const std::string& where) {
 }
 
 sim::TargetModel engine_model(const py::dict& d, const Target& target, const std::string& where) {
-  only_keys(d, {"step", "throughput", "max_batched_tokens", "max_seqs", "capacity_blocks", "accept_rate"}, where);
+  only_keys(d,
+            {"step", "throughput", "max_batched_tokens", "max_seqs", "capacity_blocks", "accept_rate", "output_scale"},
+            where);
   sim::TargetModel m;
   sim::EngineSpec& e = m.engine;
   e.max_batched_tokens = integer(d, "max_batched_tokens", e.max_batched_tokens, where);
@@ -126,6 +131,7 @@ sim::TargetModel engine_model(const py::dict& d, const Target& target, const std
   e.block_size = target.kv.block_size;  // as the simulator will run it (calibrate on the same shape)
   e.gpus = target.cost.gpus_per_replica;
   m.accept_rate = number(d, "accept_rate", m.accept_rate, where);
+  m.output_scale = number(d, "output_scale", m.output_scale, where);
   if (d.contains("step") && d.contains("throughput")) bad(where + ": give step or throughput, not both");
   if (d.contains("step")) {
     const py::dict s = sub_dict(d, "step", where);
@@ -439,6 +445,56 @@ class Simulation {
     out["requests"] = requests;
     out["series"] = series;
     out["summary"] = summary;
+    out["migrations"] = migrations(res);
+    return out;
+  }
+
+  /// Every migration of the table (scenario -> its spec's names and steps, and its moves in the replay).
+  py::dict migrations(const sim::SimResult& res) const {
+    const Config& c = *config_;
+    py::dict out;
+    for (const Scenario& sc : c.scenarios) {
+      if (!sc.migration) continue;
+      const MigrationSpec& m = *sc.migration;
+      py::dict d;
+      d["baseline"] = c.targets[m.baseline].name;
+      d["candidate"] = c.targets[m.candidate].name;
+      d["stage"] = std::string(to_string(m.stage));
+      d["steps"] = m.steps;
+      d["min_samples"] = m.min_samples;
+      d["interval_s"] = static_cast<double>(m.interval_ms) / 1000.0;
+      d["max_step_s"] = static_cast<double>(m.max_step_ms) / 1000.0;
+      d["transitions"] = py::list();
+      out[py::str(sc.name)] = d;
+    }
+    auto arm = [](const sim::ArmTally& a) {
+      py::dict d;
+      d["requests"] = a.requests;
+      d["outcomes"] = a.outcomes;
+      d["errors"] = a.errors;
+      d["answered"] = a.answered;
+      d["rejected"] = a.rejected;
+      d["cost_picos"] = a.cost_picos;
+      return d;
+    };
+    for (const sim::MigrationEvent& e : res.migrations) {
+      const MigrationTransition& t = e.transition;
+      py::dict d;
+      // From the first arrival's millisecond: the analyses run on the Router's millisecond clock.
+      d["at_s"] = static_cast<double>(t.at - res.summary.start / sim::kMicrosPerMs) / 1000.0;
+      d["from"] = std::string(to_string(t.from));
+      d["to"] = std::string(to_string(t.to));
+      d["step"] = t.step;
+      d["percent"] = e.candidate_percent;
+      d["cause"] = std::string(to_string(t.cause));
+      d["detail"] = t.detail;
+      d["requests"] = e.requests;
+      d["baseline"] = arm(e.baseline);
+      d["candidate"] = arm(e.candidate);
+      d["analyzed"] = py::dict(py::arg("baseline") = t.baseline_outcomes, py::arg("candidate") = t.candidate_outcomes);
+      d["baseline_equivalent_picos"] = e.baseline_equivalent_picos;
+      out[py::str(c.scenarios[e.scenario].name)]["transitions"].cast<py::list>().append(d);
+    }
     return out;
   }
 
@@ -535,10 +591,11 @@ void bind_sim(py::module_& m) {
            py::arg("precise_kv") = true, py::arg("series_interval_s") = 60.0, py::arg("admission_queue") = false,
            py::arg("retry") = py::none(),
            "models: by target name (MaaS: ttft_ms {p50, p95}, output_tokens_per_s {p50, p95}, rpm, tpm, "
-           "error_rate, outages [{from_s, to_s, error_rate, status}], accept_rate, timeout_ms; self-hosted: step "
-           "{overhead_ms, ms_per_prefill_token, ms_per_decode_seq} or throughput {output_tokens_per_s, "
-           "input_tokens, output_tokens, concurrency}, max_batched_tokens, max_seqs, capacity_blocks, "
-           "accept_rate). retry: the AttemptPolicy's keyword arguments (without seed). Unknown keys are errors.")
+           "error_rate, outages [{from_s, to_s, error_rate, status}], accept_rate, timeout_ms, output_scale; "
+           "self-hosted: step {overhead_ms, ms_per_prefill_token, ms_per_decode_seq} or throughput "
+           "{output_tokens_per_s, input_tokens, output_tokens, concurrency}, max_batched_tokens, max_seqs, "
+           "capacity_blocks, accept_rate, output_scale). retry: the AttemptPolicy's keyword arguments (without seed). "
+           "Unknown keys are errors.")
       .def("add", &Simulation::add, py::kw_only(), py::arg("arrival_s"), py::arg("scenario"),
            py::arg("key") = py::none(), py::arg("data_class") = py::none(), py::arg("input_tokens"),
            py::arg("output_tokens"), py::arg("accepted") = py::none(), py::arg("token_offsets") = py::none(),
@@ -549,5 +606,9 @@ void bind_sim(py::module_& m) {
            "Raises on the first bad request (the ones before it stay added).")
       .def("run", &Simulation::run, py::arg("progress") = py::none(),
            "Runs every request; progress(done, total) about every 1 %. Ctrl-C (or an exception from progress) "
-           "stops the run and is raised. Returns {'requests', 'series', 'summary'} (dicts of numpy columns).");
+           "stops the run and is raised. Returns {'requests', 'series', 'summary'} (dicts of numpy columns) and "
+           "'migrations': per scenario with a migration, its baseline, candidate, stage, steps, min_samples, "
+           "interval_s, max_step_s and transitions [{at_s (from the first arrival), from, to, step, percent, "
+           "cause, detail, requests, baseline and candidate {requests, outcomes, errors, answered, rejected, "
+           "cost_picos}, analyzed {baseline, candidate}, baseline_equivalent_picos}].");
 }

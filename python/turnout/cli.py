@@ -662,6 +662,45 @@ def replay(
             click.echo(replay_module.summary_json(r))
         return
     console.print(_replay_table(results))
+    for r in results:
+        for name, m in r.summary["migrations"].items():
+            console.print(_migration_table(r.job.label, name, m))
+
+
+def _migration_table(policy: str, scenario: str, m: dict[str, Any]) -> Table:
+    """A migration's rehearsal in one replay: its moves; for an abort, what it cost until then."""
+    outcome = m["outcome"]
+    if outcome in ("ramping", "paused"):
+        outcome += " at the trace's end"
+    caption = None
+    if m["abort"] is not None:
+        a, c = m["abort"], m["abort"]["cost_of_regression"]
+        caption = (
+            f"aborted ({a['cause']}) at {a['at_s']:,.1f} s after {a['requests']:,} requests, "
+            f"{a['candidate_requests']:,} on the candidate; the regression cost until then: "
+            f"{'+' if c['extra_usd'] >= 0 else ''}{short_money(c['extra_usd'])} USD vs the "
+            f"baseline (candidate {short_money(c['candidate_usd'])} USD, at the baseline's cost "
+            f"{short_money(c['baseline_equivalent_usd'])} USD), "
+            f"{c['failed']:,} failed and {c['rejected']:,} rejected candidate requests"
+        )
+    title = f"Migration of {scenario} in {policy}: {m['baseline']} -> {m['candidate']}, {outcome}"
+    table = Table(title=title, caption=caption)
+    for col in ("t s", "from", "to", "step", "%", "cause", "requests", "candidate", "detail"):
+        left = col in ("from", "to", "cause", "detail")
+        table.add_column(col, justify="left" if left else "right")
+    for t in m["transitions"]:
+        table.add_row(
+            f"{t['at_s']:,.1f}",
+            t["from"],
+            t["to"],
+            str(t["step"]),
+            str(t["percent"]),
+            t["cause"],
+            f"{t['requests']:,}",
+            f"{t['candidate_requests']:,}",
+            t["detail"],
+        )
+    return table
 
 
 def _replay_table(results: list[Any]) -> Table:

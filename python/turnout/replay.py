@@ -54,6 +54,7 @@ SUMMARY_KEYS = (
     "gpu_hours",
     "utilization",
     "scenarios",
+    "migrations",
 )
 """The keys of a policy's summary (``turnout replay --json`` prints one object per policy)."""
 
@@ -66,6 +67,28 @@ SCENARIO_KEYS = (
     "quality_gate",
 )
 """The keys of each scenario's entry in a summary's ``scenarios``."""
+
+MIGRATION_KEYS = (
+    "baseline",
+    "candidate",
+    "stage",
+    "steps",
+    "outcome",
+    "transitions",
+    "abort",
+)
+"""The keys of each scenario's entry in a summary's ``migrations``; see
+docs/replay.md, "Rehearsing a canary"."""
+
+MIGRATION_OUTCOMES = {
+    "pending": "pending",
+    "ramp": "ramping",
+    "paused": "paused",
+    "promoted": "promoted",
+    "aborted": "aborted",
+}
+"""A migration's outcome in a replay by the phase it ended in (``ramping``, ``paused``: at the
+trace's end)."""
 
 Bounds = Mapping[str, float | None]
 """A scenario's ``ttft_p95_ms``, ``latency_p95_ms`` and ``min_accept_rate`` (None: not set)."""
@@ -125,12 +148,14 @@ def summarize(
     series: Mapping[str, Any],
     summary: Mapping[str, Any],
     scenarios: Mapping[str, Bounds] | None = None,
+    migrations: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A policy's summary (:data:`SUMMARY_KEYS`) from a simulation's result columns. Money is summed
     as integer picodollars and given as exact ``Decimal`` USD; latencies and cache hit rates are
     over the requests that completed (served or fallen back). ``scenarios`` holds an entry per
     scenario of the requests (:func:`scenario_summary`) against `scenarios`' bounds
-    (:func:`scenario_bounds`; a scenario without an entry is unbounded)."""
+    (:func:`scenario_bounds`; a scenario without an entry is unbounded); ``migrations`` an entry per
+    migration of the table (:func:`migration_summary` of the simulation's ``migrations``)."""
     outcome = np.asarray(requests["outcome"], dtype=object)
     n = len(outcome)
     done = outcome != "failed"
@@ -169,6 +194,71 @@ def summarize(
         "gpu_hours": float(summary.get("gpu_hours", 0.0)),
         "utilization": None if utilization is None else round(float(utilization), 6),
         "scenarios": scenario_summary(requests, scenarios or {}),
+        "migrations": migration_summary(migrations or {}),
+    }
+
+
+def migration_summary(migrations: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scenario with a migration (:data:`MIGRATION_KEYS`), from the simulation's
+    ``migrations``: its baseline, candidate, stage and steps; the ``outcome``
+    (:data:`MIGRATION_OUTCOMES`: ``promoted``, ``aborted``, ``paused`` or ``ramping`` at the
+    trace's end, ``pending`` when the canary never began); every transition (``at_s`` from the
+    first arrival, ``from``, ``to``, ``step``, ``percent``, ``cause``, ``detail``, ``requests``:
+    the scenario's requests arrived before it, ``candidate_requests``: those placed on the
+    candidate); and for an abort, ``abort``: when, after how many requests, and what the candidate
+    had cost by then (:func:`_regression_cost`). Else ``abort`` is null."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in migrations.items():
+        moves = list(m.get("transitions", ()))
+        last = moves[-1]["to"] if moves else "pending"
+        abort = None
+        if last == "aborted":
+            end = moves[-1]
+            abort = {
+                "at_s": end["at_s"],
+                "cause": end["cause"],
+                "requests": int(end["requests"]),
+                "candidate_requests": int(end["candidate"]["requests"]),
+                "cost_of_regression": _regression_cost(end),
+            }
+        out[name] = {
+            "baseline": m["baseline"],
+            "candidate": m["candidate"],
+            "stage": m["stage"],
+            "steps": list(m["steps"]),
+            "outcome": MIGRATION_OUTCOMES[last],
+            "transitions": [
+                {
+                    "at_s": round(float(t["at_s"]), 3),
+                    "from": t["from"],
+                    "to": t["to"],
+                    "step": int(t["step"]),
+                    "percent": int(t["percent"]),
+                    "cause": t["cause"],
+                    "detail": t["detail"],
+                    "requests": int(t["requests"]),
+                    "candidate_requests": int(t["candidate"]["requests"]),
+                }
+                for t in moves
+            ],
+            "abort": abort,
+        }
+    return out
+
+
+def _regression_cost(move: Mapping[str, Any]) -> dict[str, Any]:
+    """What the candidate cost until `move`: its answers' cost (``candidate_usd``), what they would
+    have cost at the baseline's mean cost per answer so far (``baseline_equivalent_usd``), the
+    difference (``extra_usd``, exact; negative when the candidate is cheaper), and its outcomes that
+    failed (``failed``) and answers rejected by the quality verdict (``rejected``)."""
+    candidate = move["candidate"]
+    spent, equivalent = int(candidate["cost_picos"]), int(move["baseline_equivalent_picos"])
+    return {
+        "candidate_usd": usd(spent),
+        "baseline_equivalent_usd": usd(equivalent),
+        "extra_usd": usd(spent - equivalent),
+        "failed": int(candidate["errors"]),
+        "rejected": int(candidate["rejected"]),
     }
 
 
@@ -239,13 +329,16 @@ def _frame(columns: Mapping[str, Any]) -> Any:
 class ReplayResult:
     """What a replay produced: per-request and per-interval columns (as DataFrames through
     :attr:`requests` and :attr:`series`), the policy's :attr:`summary`, the simulator's own summary
-    (``gpu_hours``, ``simulated_s``, per-target stats) and what reading the trace found."""
+    (``gpu_hours``, ``simulated_s``, per-target stats), what reading the trace found, and the
+    table's migrations as the simulation ran them (:attr:`migrations`: per scenario, every move
+    with both arms' tallies; the summary's ``migrations`` condenses them)."""
 
     request_columns: dict[str, Any]
     series_columns: dict[str, Any]
     sim_summary: dict[str, Any]
     read: ReadStats = field(default_factory=ReadStats)
     scenarios: dict[str, dict[str, float | None]] = field(default_factory=dict)  # their bounds
+    migrations: dict[str, dict[str, Any]] = field(default_factory=dict)  # the simulation's moves
 
     @property
     def requests(self) -> Any:
@@ -263,7 +356,11 @@ class ReplayResult:
     def summary(self) -> dict[str, Any]:
         """The policy's summary (:data:`SUMMARY_KEYS`; money as exact ``Decimal`` USD)."""
         return summarize(
-            self.request_columns, self.series_columns, self.sim_summary, self.scenarios
+            self.request_columns,
+            self.series_columns,
+            self.sim_summary,
+            self.scenarios,
+            self.migrations,
         )
 
     @property
@@ -382,6 +479,7 @@ def replay(
         sim_summary=dict(res["summary"]),
         read=stats,
         scenarios=scenario_bounds(config),
+        migrations=dict(res["migrations"]),
     )
 
 

@@ -427,6 +427,44 @@ TEST(Simulator, SelfHostedUsageCarriesTheReplicasRealizedHitsAndTheRouterPredict
   EXPECT_GT(predicted, 0) << "precise KV events taught the router's directory";
 }
 
+TEST(Simulator, OutputScaleLengthensTheAnswersOfAPoolAndOfAProvider) {
+  // The same trace twice, the second time every target answering three times the trace's tokens: a
+  // replica decodes longer (latency) and bills more completion tokens; a provider bills more output.
+  auto run_scaled = [](double scale) {
+    auto models = mixed_models();
+    for (auto& [name, m] : models) m.output_scale = scale;
+    SimOptions options;
+    options.seed = 4;
+    auto sim = make(kMixedYaml, models, options);
+    const Trace t = multi_turn(300, 2.0, 4, "private");  // the pool only
+    const Trace c = multi_turn(300, 2.0, 5, "chat");
+    for (std::size_t i = 0; i < 300; ++i) {
+      EXPECT_TRUE(sim->add(t.requests[i], t.prompts[i]));
+      EXPECT_TRUE(sim->add(c.requests[i], c.prompts[i]));
+    }
+    auto res = sim->run();
+    EXPECT_TRUE(res);
+    return std::move(res).value();
+  };
+  const SimResult plain = run_scaled(1.0);
+  const SimResult verbose = run_scaled(3.0);
+  auto mean_latency = [](const SimResult& r, std::uint32_t scenario) {
+    double sum = 0, n = 0;
+    for (const auto& row : r.requests) {
+      if (row.scenario != scenario || row.outcome == RequestOutcome::failed) continue;
+      sum += static_cast<double>(row.latency);
+      ++n;
+    }
+    return sum / n;
+  };
+  EXPECT_GT(mean_latency(verbose, 1), 2.0 * mean_latency(plain, 1));  // decode dominates on the pool
+  EXPECT_GT(verbose.summary.targets[0].cost_picos, plain.summary.targets[0].cost_picos);  // api
+  // The trace's tokens are what the rows keep.
+  for (std::size_t i = 0; i < plain.requests.size(); ++i) {
+    EXPECT_EQ(plain.requests[i].output_tokens, verbose.requests[i].output_tokens);
+  }
+}
+
 /// Erlang C: the probability an arrival waits in an M/M/c queue with offered load a = lambda / mu.
 double erlang_c(int c, double a) {
   double term = 1, sum = 1;  // sum_{k<c} a^k / k!
@@ -543,6 +581,15 @@ TEST(Simulator, BadModelsAreClearErrors) {
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
   EXPECT_NE(r.error().message.find("accept_rate"), std::string::npos);
+
+  for (const double scale : {0.0, -1.0, 100.5, std::nan("")}) {
+    TargetModel bad_scale;
+    bad_scale.output_scale = scale;
+    r = Simulator::create(config, {{scale < 0 ? "pool" : "api", bad_scale}});
+    ASSERT_FALSE(r) << scale;
+    EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
+    EXPECT_NE(r.error().message.find("output_scale must be > 0 and <= 100"), std::string::npos) << r.error().message;
+  }
 
   TargetModel bad_engine;
   bad_engine.engine.max_seqs = 0;

@@ -40,7 +40,7 @@ struct Stored {
   std::uint32_t block_tokens = kNoTokens;  // kNoTokens: the prompt is token ids
 };
 
-enum class EventKind : std::uint8_t { maas_done, replica_wake, retry, sample, context_overflow };
+enum class EventKind : std::uint8_t { maas_done, replica_wake, retry, sample, context_overflow, migration };
 
 struct Event {
   SimTime at;
@@ -75,11 +75,30 @@ std::uint64_t splitmix(std::uint64_t& s) noexcept {
 
 TimeMs to_ms(SimTime t) noexcept { return t / kMicrosPerMs; }
 
+constexpr double kMaxOutputScale = 100.0;
+
+/// `x * scale` tokens, rounded, at least 1 (a model's answer to a request whose trace answer had x).
+std::int64_t scaled_tokens(std::int64_t x, double scale) noexcept {
+  if (scale == 1.0) return x;
+  return std::max<std::int64_t>(1, std::llround(static_cast<double>(x) * scale));
+}
+
+/// The candidate's answers priced at the baseline's mean cost per answer, to the nearest picodollar.
+std::int64_t baseline_equivalent(const ArmTally& baseline, const ArmTally& candidate) noexcept {
+  if (baseline.answered == 0) return 0;
+  const auto n = static_cast<Int128>(baseline.answered);
+  const Int128 total = static_cast<Int128>(candidate.answered) * baseline.cost_picos;
+  return static_cast<std::int64_t>((2 * total + n) / (2 * n));
+}
+
 Result<Ok> check_model(const Target& t, const TargetModel& m) {
   auto bad = [&](const std::string& what) {
     return make_error(ErrorCode::invalid_argument, "model of target '" + t.name + "': " + what);
   };
   if (!(m.accept_rate >= 0.0 && m.accept_rate <= 1.0)) return bad("accept_rate must be within 0..1");
+  if (!(m.output_scale > 0.0 && m.output_scale <= kMaxOutputScale)) {
+    return bad("output_scale must be > 0 and <= 100");
+  }
   if (t.kind == TargetKind::maas) return check_provider(t, m.provider);  // the provider's own rules
   if (auto v = check_spec(m.engine); !v) return bad(v.error().message);  // the replica's own rules
   return Ok{};
@@ -101,6 +120,7 @@ struct Simulator::Impl {
   std::vector<std::uint32_t> replica_target;         // flat replica -> target
   std::vector<bool> feed_kv;                         // by target: its KV events reach the router
   std::vector<std::uint64_t> scenario_mask;          // data classes some candidate of the scenario takes
+  bool has_migrations = false;                       // some scenario has a migration block
 
   // The trace
   std::vector<Stored> requests;
@@ -130,6 +150,10 @@ struct Simulator::Impl {
   double area = 0;         // integral of in_flight over time (request-microseconds)
   double bucket_area = 0;  // the same within the current series row
   SimResult result;
+  // Migrations, by scenario (empty tallies for the others)
+  std::vector<std::uint64_t> scenario_arrivals;
+  std::vector<ArmTally> baseline_tally, candidate_tally;
+  SimTime migration_at = kNever;  // the pending migration event (kNever: none)
 
   // -- set-up -------------------------------------------------------------------------------------
   Result<Ok> build(const std::unordered_map<std::string, TargetModel>& by_name) {
@@ -176,6 +200,7 @@ struct Simulator::Impl {
       for (std::uint32_t f : sc.fallback) mask |= config->targets[f].data_class_mask;
       if (sc.spillover) mask |= config->targets[sc.spillover->target].data_class_mask;
       scenario_mask[s] = mask;
+      has_migrations = has_migrations || sc.migration.has_value();
     }
     rng = options.seed ^ 0x5EED5EED5EED5EEDULL;
     return Ok{};
@@ -325,6 +350,7 @@ struct Simulator::Impl {
     tick(now);
     ++in_flight;
     ++series_at(now).arrivals;
+    ++scenario_arrivals[requests[request].scenario];
     RequestRow& row = result.requests[request];
     row.arrival = now;
     row.scenario = requests[request].scenario;
@@ -352,6 +378,7 @@ struct Simulator::Impl {
     }
     f.decision = std::move(d).value();
     f.routed = true;
+    if (ArmTally* arm = arm_of(s.scenario, f.decision.placement.target)) ++arm->requests;
     f.policy.start(1 + f.decision.fallbacks.size());
     result.requests[f.request].cached_predicted = f.decision.expected_cached_tokens;
     start_attempt(slot, now, prompt);
@@ -375,6 +402,7 @@ struct Simulator::Impl {
     Flight& f = flights[slot];
     const Placement& p = candidate_placement(f.decision, f.policy.candidate());
     const Stored& s = requests[f.request];
+    const std::int64_t output = scaled_tokens(s.output_tokens, models[p.target].output_scale);
     RequestRow& row = result.requests[f.request];
     row.target = p.target;
     row.replica = p.replica;
@@ -384,19 +412,18 @@ struct Simulator::Impl {
     f.attempt_start = now;
     f.first_token = -1;
     if (providers[p.target]) {
-      f.maas =
-          providers[p.target]->call(prompt, s.input_tokens, s.output_tokens, now, config->scenarios[s.scenario].mode);
+      f.maas = providers[p.target]->call(prompt, s.input_tokens, output, now, config->scenarios[s.scenario].mode);
       push(std::max(f.maas.done_at, now), EventKind::maas_done, slot);
       return;
     }
     const std::uint32_t r = replica_base[p.target] + p.replica;
     advance_replica(r, now);
-    if (!replicas[r].fits(s.input_tokens, s.output_tokens)) {
+    if (!replicas[r].fits(s.input_tokens, output)) {
       // More KV blocks than the replica holds: the engine refuses it at once, as vLLM does (HTTP 400).
       push(now, EventKind::context_overflow, slot);
       return;
     }
-    replicas[r].submit(SeqSpec{slot, prompt, s.input_tokens, s.output_tokens}, now);
+    replicas[r].submit(SeqSpec{slot, prompt, s.input_tokens, output}, now);
     schedule_wake(r);
   }
 
@@ -431,6 +458,71 @@ struct Simulator::Impl {
       result.summary.targets[p.target].cost_picos += receipt->cost.picos();
       series_at(now).cost_picos += receipt->cost.picos();
     }
+    // As the Router's analysis counts: the outcomes on the decision's own placement, not a fallback's.
+    ArmTally* arm = p.target == f.decision.placement.target ? arm_of(s.scenario, p.target) : nullptr;
+    if (arm != nullptr && receipt && !receipt->duplicate) {
+      ++arm->outcomes;
+      arm->errors += status != Status::ok ? 1U : 0U;
+      arm->answered += status == Status::ok ? 1U : 0U;
+      arm->rejected += r.accepted.has_value() && !*r.accepted ? 1U : 0U;
+      arm->cost_picos += receipt->cost.picos();
+    }
+  }
+
+  // -- migrations ------------------------------------------------------------------------------------
+  /// The tally of the migration arm `target` is in scenario `scenario`'s migration, if it is one.
+  ArmTally* arm_of(std::uint32_t scenario, std::uint32_t target) {
+    const auto& m = config->scenarios[scenario].migration;
+    if (!m) return nullptr;
+    if (target == m->baseline) return &baseline_tally[scenario];
+    if (target == m->candidate) return &candidate_tally[scenario];
+    return nullptr;
+  }
+
+  /// The migration event: every analysis due now, each move recorded; then the next event.
+  void migration_event(SimTime now) {
+    migration_at = kNever;
+    if (next_arrival >= order.size() && in_flight == 0) return;  // the trace is over: no analysis past it
+    const TimeMs ms = to_ms(now);
+    if (router.migration_due(ms)) {
+      for (auto& [scenario, transition] : router.migration_tick(ms)) record(scenario, std::move(transition));
+    }
+    schedule_migration(now);
+  }
+
+  /// A move, with the scenario's traffic and the canary's cost by now.
+  void record(std::uint32_t scenario, MigrationTransition transition) {
+    const MigrationSpec& spec = *config->scenarios[scenario].migration;
+    MigrationRun after;
+    after.phase = transition.to;
+    after.step = transition.step;
+    MigrationEvent& e = result.migrations.emplace_back();
+    e.scenario = scenario;
+    e.candidate_percent = candidate_percent(spec, after);
+    e.requests = scenario_arrivals[scenario];
+    e.baseline = baseline_tally[scenario];
+    e.candidate = candidate_tally[scenario];
+    e.baseline_equivalent_picos = baseline_equivalent(e.baseline, e.candidate);
+    e.transition = std::move(transition);
+  }
+
+  /// Schedules the next migration event at the earliest analysis of a ramping or paused run, while the
+  /// trace still has traffic (a run still ramping when the trace ends stays so).
+  void schedule_migration(SimTime now) {
+    if (next_arrival >= order.size() && in_flight == 0) return;
+    TimeMs next = kMaxTimeMs;
+    bool any = false;
+    for (const MigrationStatus& m : router.migrations()) {
+      if (m.run.phase != MigrationPhase::ramp && m.run.phase != MigrationPhase::paused) continue;
+      next = std::min(next, m.run.next_analysis_at);
+      any = true;
+    }
+    if (!any) return;
+    // Never at or before now again: an analysis that moved nothing must not spin the clock in place.
+    const SimTime at = std::max(next * kMicrosPerMs, (to_ms(now) + 1) * kMicrosPerMs);
+    if (at >= migration_at) return;
+    migration_at = at;
+    push(at, EventKind::migration, 0);
   }
 
   /// An attempt ended at `now`: report it if the policy leaves its target, then act on the policy's step.
@@ -544,7 +636,7 @@ struct Simulator::Impl {
       fields[0].key = msgpack::object(std::string_view("prompt_tokens"));
       fields[0].val = msgpack::object(s.input_tokens);
       fields[1].key = msgpack::object(std::string_view("completion_tokens"));
-      fields[1].val = msgpack::object(s.output_tokens);
+      fields[1].val = msgpack::object(scaled_tokens(s.output_tokens, models[replica_target[r]].output_scale));
       fields[2].key = msgpack::object(std::string_view("prompt_tokens_details"));
       fields[2].val.type = msgpack::type::MAP;
       fields[2].val.via.map = msgpack::object_map{1, details};
@@ -600,6 +692,9 @@ Result<SimResult> Simulator::Impl::run(const Progress& progress) {
   result.requests.resize(total);
   result.summary.requests = total;
   result.summary.targets.resize(config->targets.size());
+  scenario_arrivals.assign(config->scenarios.size(), 0);
+  baseline_tally.assign(config->scenarios.size(), ArmTally{});
+  candidate_tally.assign(config->scenarios.size(), ArmTally{});
   wake_at.assign(replicas.size(), kNever);
   busy_before.assign(replicas.size(), 0);
   order.resize(total);
@@ -611,6 +706,10 @@ Result<SimResult> Simulator::Impl::run(const Progress& progress) {
   result.summary.end = result.summary.start;
   clock = result.summary.start;
   push(result.summary.start + options.series_interval, EventKind::sample, 0);
+  if (has_migrations) {  // before the first arrival: a canary stage starts as the traffic does
+    migration_at = result.summary.start;
+    push(result.summary.start, EventKind::migration, 0);
+  }
 
   const std::size_t chunk = std::max<std::size_t>(1, total / 100);
   std::size_t next_progress = chunk;
@@ -628,6 +727,9 @@ Result<SimResult> Simulator::Impl::run(const Progress& progress) {
         case EventKind::retry: retry(e.index, e.at); break;
         case EventKind::sample: sample(e.index, e.at); break;
         case EventKind::context_overflow: attempt_ended(e.index, Status::context_overflow, -1, 0, nullptr, e.at); break;
+        case EventKind::migration:
+          if (e.at == migration_at) migration_event(e.at);  // else superseded by an earlier one
+          break;
       }
     }
     if (finished >= next_progress) {

@@ -2,7 +2,8 @@
 // The what-if engine: a discrete-event simulation that runs every request of a trace through the real
 // Router (route, report, verdicts, directories, breakers, budgets, spillover) against simulated MaaS
 // providers (provider.hpp) and self-hosted replicas (replica.hpp), with the one retry/fallback policy
-// (attempts.hpp). Results: one row per request, a per-interval series and a summary.
+// (attempts.hpp). Results: one row per request, a per-interval series, a summary, and every move of the
+// table's migrations (the Router's own canary state machine, run on the simulated clock).
 
 #include <cstdint>
 #include <functional>
@@ -15,6 +16,7 @@
 
 #include "turnout/attempts.hpp"
 #include "turnout/config.hpp"
+#include "turnout/migration.hpp"
 #include "turnout/result.hpp"
 #include "turnout/sim/prompt.hpp"
 #include "turnout/sim/provider.hpp"
@@ -28,6 +30,9 @@ struct TargetModel {
   ProviderSpec provider;
   EngineSpec engine;
   double accept_rate = 1.0;  ///< probability an answered request is accepted (unless the trace labels it)
+  /// Its answers are this many times the trace's output tokens (rounded, at least 1): a verbose model,
+  /// dearer per request (a cost regression to rehearse a canary on). Within (0, 100].
+  double output_scale = 1.0;
 };
 
 /// Documented defaults of a simulation.
@@ -112,11 +117,38 @@ struct Summary {
   std::vector<TargetStats> targets;  ///< by target index
 };
 
+/// One arm of a migration as the simulator saw it, since the first arrival: requests whose decision placed
+/// them on the arm's target, and the outcomes of those placements (fallback calls are not counted, as the
+/// Router's analysis does not count them).
+struct ArmTally {
+  std::uint64_t requests = 0;   ///< routed to the arm's target (arrived; some may still be in flight)
+  std::uint64_t outcomes = 0;   ///< their reported outcomes on it
+  std::uint64_t errors = 0;     ///< outcomes that failed (status not ok)
+  std::uint64_t answered = 0;   ///< outcomes that answered (ok): what the cost is spread over
+  std::uint64_t rejected = 0;   ///< answers the quality verdict rejected
+  std::int64_t cost_picos = 0;  ///< the ledger's cost of those outcomes
+  friend bool operator==(const ArmTally&, const ArmTally&) = default;
+};
+
+/// A move of a scenario's migration during the replay, with what the canary had cost by then.
+struct MigrationEvent {
+  std::uint32_t scenario = kNone;
+  MigrationTransition transition;
+  std::uint32_t candidate_percent = 0;  ///< the candidate's traffic share after the move
+  std::uint64_t requests = 0;           ///< the scenario's requests arrived before the move
+  ArmTally baseline, candidate;
+  /// What the candidate's answers would have cost at the baseline's mean cost per answer so far
+  /// (rounded to the picodollar; 0 while the baseline has no answer).
+  std::int64_t baseline_equivalent_picos = 0;
+  friend bool operator==(const MigrationEvent&, const MigrationEvent&) = default;
+};
+
 struct SimResult {
   std::vector<RequestRow> requests;
   std::vector<SeriesRow> series;
   Summary summary;
-  bool stopped = false;  ///< the progress callback asked to stop: rows past the stop are unfinished
+  std::vector<MigrationEvent> migrations;  ///< every migration move, in time order
+  bool stopped = false;                    ///< the progress callback asked to stop: rows past the stop are unfinished
 };
 
 /// Called about every 1 % of requests finished with (finished, total); returning false stops the run.
