@@ -74,13 +74,6 @@ struct PendingEntry {
   friend bool operator==(const PendingEntry&, const PendingEntry&) = default;
 };
 
-/// A scenario's migration run.
-struct MigrationEntry {
-  std::string scenario;
-  MigrationRun run;
-  friend bool operator==(const MigrationEntry&, const MigrationEntry&) = default;
-};
-
 /// Everything a Router carries over, by names.
 struct LiveState {
   std::vector<LedgerEntry> ledger;

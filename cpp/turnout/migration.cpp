@@ -21,6 +21,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kPicosPerUsd = static_cast<double>(Money::kPerUsd);
+constexpr std::size_t kMaxTransitions = 64;    // kept per run: the first and the latest
 constexpr std::uint64_t kMinCostSamples = 30;  // the fewest priced outcomes the cost criterion judges
 
 double usd(Money m) { return static_cast<double>(m.picos()) / kPicosPerUsd; }
@@ -193,7 +194,7 @@ Evaluation evaluate_all(const MigrationRun& run, const MigrationSpec& spec, cons
 
 // ---- the texts ---------------------------------------------------------------------------------------
 
-// "errors: candidate 7.9 % (n=412) vs baseline 1.0 % (n=9,801); regression [+4.1, +11.0] pp" or, for
+// "errors: candidate 7.9 % failed (n=412) vs baseline 1.0 % (n=9,801); regression [+4.1, +11.0] pp" or, for
 // the cost, "cost_per_accepted: candidate $0.00213 (n=412) vs baseline $0.00161 (n=9,801), allowed
 // 1.2 x baseline; regression [+3.1, +18.0] %".
 std::string criterion_text(const CriterionResult& r, const MigrationRun& run, const MigrationSpec& spec) {
@@ -215,10 +216,13 @@ std::string criterion_text(const CriterionResult& r, const MigrationRun& run, co
                   static_cast<int>(name.size()), name.data(), r.candidate, nc.c_str(), r.baseline, nb.c_str(), allowed,
                   r.lo * 100.0, r.hi * 100.0);
   } else {
-    std::snprintf(buf, sizeof buf,
-                  "%.*s: candidate %.1f %% (n=%s) vs baseline %.1f %% (n=%s); regression [%+.1f, %+.1f] pp",
-                  static_cast<int>(name.size()), name.data(), r.candidate * 100.0, nc.c_str(), r.baseline * 100.0,
-                  nb.c_str(), r.lo * 100.0, r.hi * 100.0);
+    // What the rate counts, so "acceptance: candidate 40.0 % rejected" is not read as accepted.
+    static constexpr std::array<const char*, 4> kCounted{"failed", "over the TTFT bound", "over the latency bound",
+                                                         "rejected"};
+    std::snprintf(
+        buf, sizeof buf, "%.*s: candidate %.1f %% %s (n=%s) vs baseline %.1f %% (n=%s); regression [%+.1f, %+.1f] pp",
+        static_cast<int>(name.size()), name.data(), r.candidate * 100.0, kCounted[static_cast<std::size_t>(r.metric)],
+        nc.c_str(), r.baseline * 100.0, nb.c_str(), r.lo * 100.0, r.hi * 100.0);
   }
   return buf;
 }
@@ -259,6 +263,9 @@ MigrationTransition move(MigrationRun& run, MigrationPhase to, TransitionCause c
   t.baseline_outcomes = run.baseline.outcomes;
   run.phase = to;
   if (to == MigrationPhase::paused) run.paused_at = now;
+  // Bounded: the first move and the latest ones (a flapping pause/resume script cannot grow a status
+  // reply or a snapshot without end).
+  if (run.transitions.size() >= kMaxTransitions) run.transitions.erase(run.transitions.begin() + 1);
   run.transitions.push_back(t);
   return t;
 }
@@ -372,7 +379,10 @@ std::uint32_t candidate_percent(const MigrationSpec& spec, const MigrationRun& r
     case MigrationPhase::aborted: return 0;
     case MigrationPhase::promoted: return 100;
     case MigrationPhase::ramp:
-    case MigrationPhase::paused: return run.step < spec.steps.size() ? spec.steps[run.step] : 0;
+    case MigrationPhase::paused:
+      // A stage moved back before canary holds a live run: no traffic, no analysis, until it is canary again.
+      if (spec.stage != MigrationStage::canary) return 0;
+      return run.step < spec.steps.size() ? spec.steps[run.step] : 0;
   }
   return 0;
 }
@@ -424,9 +434,14 @@ void observe_verdict(MigrationRun& run, Arm arm, bool accepted) {
 
 bool analysis_due(const MigrationRun& run, const MigrationSpec& spec, TimeMs now) noexcept {
   if (run.phase == MigrationPhase::pending) return spec.stage == MigrationStage::canary;
+  if (!counting(run) || spec.stage != MigrationStage::canary) return false;  // ended, or held by its stage
+  if (now >= run.next_analysis_at) return true;
   // A clock that stepped back by more than an interval does not hold the guardrails off until it
   // catches up: the analysis runs now and counts its intervals from here.
-  return counting(run) && (now >= run.next_analysis_at || run.next_analysis_at - now > 2 * spec.interval_ms);
+  if (run.next_analysis_at - now > 2 * spec.interval_ms) return true;
+  // A deadline is kept to the millisecond, not rounded up to the next interval.
+  const TimeMs since = run.phase == MigrationPhase::paused ? run.paused_at : run.step_started_at;
+  return now >= since + spec.max_step_ms;
 }
 
 std::vector<CriterionResult> criteria(const MigrationRun& run, const MigrationSpec& spec, const Scenario& scenario) {

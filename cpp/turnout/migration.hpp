@@ -152,8 +152,15 @@ struct MigrationRun {
   std::uint64_t step_outcomes = 0;  ///< candidate outcomes in the current step
   ArmCounts baseline, candidate;
   IntervalCounts interval;
-  std::vector<MigrationTransition> transitions;  ///< every move, oldest first (a run makes few)
+  std::vector<MigrationTransition> transitions;  ///< the first move and the latest 63, oldest first
   friend bool operator==(const MigrationRun&, const MigrationRun&) = default;
+};
+
+/// A scenario's migration run, by name (what a reload, a restart or a snapshot carries).
+struct MigrationEntry {
+  std::string scenario;
+  MigrationRun run;
+  friend bool operator==(const MigrationEntry&, const MigrationEntry&) = default;
 };
 
 /// The candidate's traffic percent in a phase and step: 0 pending or aborted, steps[step] while

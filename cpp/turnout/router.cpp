@@ -51,6 +51,12 @@ Error unknown_scenario(const Config& config, std::string_view name) {
                     "unknown scenario '" + std::string(name) + "'; known scenarios: " + known);
 }
 
+/// Whether a decision made at `decided_at` belongs to `run`: decided while it ran, not under the run
+/// before it (another attempt) nor while it was pending (another split).
+bool in_run(const MigrationRun& run, TimeMs decided_at) {
+  return run.phase != MigrationPhase::pending && decided_at >= run.started_at;
+}
+
 /// The arm of a migration `target` belongs to: none if the scenario has no migration, or the target
 /// is neither its baseline nor its candidate.
 std::optional<Arm> migration_arm(const Scenario& s, std::uint32_t target) {
@@ -402,7 +408,7 @@ Result<ReportReceipt> Router::report(const OutcomeReport& r) {
   }
   observe_times(c, objectives(s), r.ttft_ms, r.latency_ms);  // once: a duplicate returned above
   // A migration compares the decisions placed on its arms: a fallback's outcome is not its arm's.
-  if (const auto arm = migration_arm(s, target); arm && !fallback) {
+  if (const auto arm = migration_arm(s, target); arm && !fallback && in_run(state_.migration_runs[d.scenario], d.at)) {
     observe_outcome(state_.migration_runs[d.scenario], *s.migration, s, *arm, r.status == Status::ok, r.ttft_ms,
                     r.latency_ms, receipt.priced ? std::optional<Money>(receipt.cost) : std::nullopt);
   }
@@ -445,7 +451,7 @@ Result<Ok> Router::apply_verdict(PendingDecision& p, bool accepted) {
     ++c.rejected;
   }
   observe_migration_verdict(p.decision.scenario, p.served_target, p.served_target == p.decision.placement.target,
-                            accepted);
+                            p.decision.at, accepted);
   return Ok{};
 }
 
@@ -462,14 +468,15 @@ Result<Ok> Router::apply_verdict(SettledDecision& s, std::uint64_t id, bool acce
   } else {
     ++c.rejected;
   }
-  if (s.scenario != kNone) observe_migration_verdict(s.scenario, s.served_target, s.placed, accepted);
+  if (s.scenario != kNone) observe_migration_verdict(s.scenario, s.served_target, s.placed, s.at, accepted);
   return Ok{};
 }
 
 void Router::observe_migration_verdict(std::uint32_t scenario, std::uint32_t served_target, bool placed,
-                                       bool accepted) {
+                                       TimeMs decided_at, bool accepted) {
   const auto arm = migration_arm(config_->scenarios[scenario], served_target);
-  if (arm && placed) observe_verdict(state_.migration_runs[scenario], *arm, accepted);
+  MigrationRun& run = state_.migration_runs[scenario];
+  if (arm && placed && in_run(run, decided_at)) observe_verdict(run, *arm, accepted);
 }
 
 Result<Ok> Router::verdict(std::uint64_t decision_id, bool accepted, TimeMs now) {
@@ -835,6 +842,7 @@ LiveState Router::export_state() const {
   std::sort(out.pending.begin(), out.pending.end(),
             [](const PendingEntry& a, const PendingEntry& b) { return a.id < b.id; });
   for (std::uint32_t si : state_.migrating) out.migrations.push_back({c.scenarios[si].name, state_.migration_runs[si]});
+  out.migrations.insert(out.migrations.end(), state_.other_runs.begin(), state_.other_runs.end());
   return out;
 }
 
@@ -961,14 +969,31 @@ ImportReport Router::import_state(const LiveState& state) {
     ++report.pending;
   }
 
-  // A run carried over continues under the same identity; another identity starts a new run.
+  // A run belongs to its scenario and identity: a carried run of the same continues (an ended one stays
+  // ended: a block removed and put back, or a table rolled back to an attempt that aborted, does not
+  // send traffic to its candidate again); another identity starts a new run. Runs this table does
+  // not use are kept, so a later table that names them again finds them.
+  std::vector<bool> taken(state.migrations.size(), false);
   for (std::uint32_t si : state_.migrating) {
     const Scenario& s = c.scenarios[si];
-    auto carried = std::find_if(state.migrations.begin(), state.migrations.end(),
-                                [&](const MigrationEntry& e) { return e.scenario == s.name; });
-    state_.migration_runs[si] =
-        carried == state.migrations.end() ? start_run(*s.migration) : adopt_run(*s.migration, carried->run);
+    const auto carried = std::find_if(state.migrations.begin(), state.migrations.end(), [&](const MigrationEntry& e) {
+      return e.scenario == s.name && e.run.identity == s.migration->identity;
+    });
+    if (carried == state.migrations.end()) {
+      state_.migration_runs[si] = start_run(*s.migration);
+    } else {
+      state_.migration_runs[si] = adopt_run(*s.migration, carried->run);
+      taken[static_cast<std::size_t>(carried - state.migrations.begin())] = true;
+    }
     state_.candidate_percent[si] = candidate_percent(*s.migration, state_.migration_runs[si]);
+  }
+  state_.other_runs.clear();
+  for (std::size_t i = 0; i < state.migrations.size(); ++i) {
+    if (!taken[i]) state_.other_runs.push_back(state.migrations[i]);
+  }
+  if (state_.other_runs.size() > kMaxOtherRuns) {  // the latest ones (a table's history is short)
+    state_.other_runs.erase(state_.other_runs.begin(),
+                            state_.other_runs.end() - static_cast<std::ptrdiff_t>(kMaxOtherRuns));
   }
   return report;
 }
@@ -1004,6 +1029,7 @@ Result<MigrationTransition> Router::migration_command(std::string_view scenario,
   MigrationRun& run = state_.migration_runs[si];
   auto moved = command(run, *s.migration, cmd, now);
   state_.candidate_percent[si] = candidate_percent(*s.migration, run);
+  if (!moved) return make_error(moved.error().code, "scenario '" + s.name + "': " + moved.error().message);
   return moved;
 }
 

@@ -214,7 +214,8 @@ class Router {
                                                      const OutcomeReport& r);
   Result<Ok> apply_verdict(SettledDecision& s, std::uint64_t id, bool accepted);
   /// Counts a verdict in its migration's arm when the served target served as the placement.
-  void observe_migration_verdict(std::uint32_t scenario, std::uint32_t served_target, bool placed, bool accepted);
+  void observe_migration_verdict(std::uint32_t scenario, std::uint32_t served_target, bool placed, TimeMs decided_at,
+                                 bool accepted);
   [[nodiscard]] PlacementName placement_name(const Placement& p) const;
   [[nodiscard]] std::optional<Placement> find_placement(const PlacementName& name) const;
   std::uint32_t retired_row(const std::string& scenario, const std::string& target);

@@ -161,6 +161,8 @@ inline constexpr std::int64_t kMaasHolderBlocks = 1 << 16;      ///< 8 M tokens 
 inline constexpr std::int64_t kPlacementWeight = 1 << 16;
 inline constexpr std::int64_t kRecentWindowPerReplica = 32;
 
+inline constexpr std::size_t kMaxOtherRuns = 256;
+
 /// Everything the Router mutates, sized from one Config.
 struct RouterState {
   explicit RouterState(const Config& config);
@@ -211,6 +213,9 @@ struct RouterState {
   std::vector<std::uint32_t> candidate_percent;
   std::vector<MigrationRun> migration_runs;  ///< per scenario: its migration's run (empty without one)
   std::vector<std::uint32_t> migrating;      ///< the scenarios with a migration, in table order
+  /// Runs carried over that this table does not use (a block removed, another attempt): kept by
+  /// scenario and identity so a table that names them again continues them (kMaxOtherRuns, latest).
+  std::vector<MigrationEntry> other_runs;
 };
 
 }  // namespace turnout

@@ -291,6 +291,33 @@ TEST(MigrationRun, AClockThatStepsBackReanchorsTheNextAnalysis) {
   EXPECT_FALSE(analysis_due(c.run, c.spec, back + 1));
 }
 
+TEST(MigrationRun, APauseExpiresAtItsDeadlineToTheMillisecond) {
+  Canary c;
+  c.start();
+  ASSERT_TRUE(command(c.run, c.spec, MigrationCommand::pause, kT0 + 1'234).ok());
+  const TimeMs expiry = kT0 + 1'234 + c.spec.max_step_ms;  // off the interval grid
+  ASSERT_TRUE(analysis_due(c.run, c.spec, expiry));
+  std::optional<MigrationTransition> t;
+  for (TimeMs now = c.next(); now < expiry && !t; now = c.next()) t = c.analyze_at(now);
+  ASSERT_FALSE(t) << t->detail;
+  t = c.analyze_at(expiry);
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->cause, TransitionCause::pause_expired);
+  EXPECT_EQ(t->at, expiry);
+}
+
+TEST(MigrationRun, TransitionsAreBoundedToTheFirstAndTheLatest) {
+  Canary c;
+  c.start();
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(command(c.run, c.spec, MigrationCommand::pause, kT0 + 2 * i + 1).ok());
+    ASSERT_TRUE(command(c.run, c.spec, MigrationCommand::resume, kT0 + 2 * i + 2).ok());
+  }
+  ASSERT_EQ(c.run.transitions.size(), 64U);
+  EXPECT_EQ(c.run.transitions.front().cause, TransitionCause::started);
+  EXPECT_EQ(c.run.transitions.back().at, kT0 + 200);
+}
+
 TEST(MigrationRun, PendingBeforeCanaryTakesNoTrafficAndIgnoresOutcomes) {
   Canary c;
   c.spec.stage = MigrationStage::evals;
@@ -418,7 +445,7 @@ TEST(MigrationRun, TheLastStepProvenPromotes) {
   EXPECT_EQ(t->cause, TransitionCause::proven);
   EXPECT_EQ(t->to, MigrationPhase::promoted);
   EXPECT_NE(t->detail.find("every criterion lies below its minimum effect"), std::string::npos) << t->detail;
-  EXPECT_NE(t->detail.find("errors: candidate 0.0 % (n=3,200) vs baseline 0.0 % (n=3,200)"), std::string::npos)
+  EXPECT_NE(t->detail.find("errors: candidate 0.0 % failed (n=3,200) vs baseline 0.0 % (n=3,200)"), std::string::npos)
       << t->detail;
   EXPECT_EQ(candidate_percent(c.spec, c.run), 100U);
   EXPECT_FALSE(analysis_due(c.run, c.spec, c.next() + 10 * c.spec.interval_ms));
@@ -497,7 +524,7 @@ TEST(MigrationRun, ARegressionAboveZeroFailsAndTheDetailNamesTheStatistic) {
   EXPECT_EQ(t->cause, TransitionCause::failed);
   EXPECT_EQ(t->to, MigrationPhase::aborted);
   EXPECT_EQ(t->step, 0U);
-  EXPECT_EQ(t->detail.rfind("errors: candidate 8.0 % (n=412) vs baseline 1.0 % (n=9,801); regression [+", 0), 0U)
+  EXPECT_EQ(t->detail.rfind("errors: candidate 8.0 % failed (n=412) vs baseline 1.0 % (n=9,801); regression [+", 0), 0U)
       << t->detail;
   EXPECT_NE(t->detail.find("] pp lies above 0 (delta 0.05, each arm at alpha 0.005)"), std::string::npos) << t->detail;
   EXPECT_EQ(candidate_percent(c.spec, c.run), 0U);

@@ -1021,10 +1021,84 @@ TEST_F(MigrationRouterTest, ARunCarriesOverExactlyAndAReloadKeepsItOnlyUnderItsI
   EXPECT_EQ(fresh.migrations()[0].run.identity, again->scenarios[0].migration->identity);
   EXPECT_EQ(fresh.migrations()[0].candidate_percent, 0U);
   EXPECT_EQ(on_candidate(fresh, 500), 0U);
-  // A table without the scenario's migration has no run for it.
+  // A table without the scenario's migration routes none, but keeps the run for a table that names it.
   Router plain(load_or_die(kSloYaml));
   (void)plain.import_state(exported);
-  EXPECT_TRUE(plain.export_state().migrations.empty());
+  EXPECT_TRUE(plain.migrations().empty());
+  EXPECT_EQ(plain.export_state().migrations, exported.migrations);
+}
+
+TEST_F(MigrationRouterTest, AnEndedRunStaysEndedWhenItsBlockComesBackOrTheTableRollsBack) {
+  start();
+  ASSERT_TRUE(router->migration_command("move", MigrationCommand::abort, kT0 + 1).ok());
+  const LiveState aborted = router->export_state();
+  // The block leaves the table, then comes back unchanged: still aborted, nothing on the candidate.
+  Router without(load_or_die(kSloYaml));
+  (void)without.import_state(aborted);
+  Router back(config);
+  (void)back.import_state(without.export_state());
+  EXPECT_EQ(back.migrations()[0].run.phase, MigrationPhase::aborted);
+  EXPECT_FALSE(back.migration_due(kT0 + 120'000));
+  EXPECT_EQ(on_candidate(back, 500), 0U);
+  // Attempt 2 starts fresh; rolling the table back to attempt 1 finds attempt 1 aborted, not new.
+  auto again =
+      load_or_die(replace_text(kMigrationYaml, "incident_owner: oncall", "incident_owner: oncall\n      attempt: 2"));
+  Router second(again);
+  (void)second.import_state(aborted);
+  EXPECT_EQ(second.migrations()[0].run.phase, MigrationPhase::pending);
+  ASSERT_TRUE(second.migration_due(kT0 + 10));
+  (void)second.migration_tick(kT0 + 10);
+  Router rolled_back(config);
+  (void)rolled_back.import_state(second.export_state());
+  EXPECT_EQ(rolled_back.migrations()[0].run.phase, MigrationPhase::aborted);
+  EXPECT_EQ(on_candidate(rolled_back, 500), 0U);
+}
+
+TEST_F(MigrationRouterTest, ARunCountsOnlyDecisionsMadeWhileItRan) {
+  // Decided while pending (another split), reported after the canary started: not counted.
+  Decision early = route_to(base, kT0 - 10);
+  start();
+  ASSERT_TRUE(report(early, base, Status::error).ok());
+  EXPECT_EQ(run().baseline.outcomes, 0U);
+  // Decided under attempt 1, reported under attempt 2: not counted either.
+  Decision under_first = route_to(cand, kT0 + 5);
+  auto again =
+      load_or_die(replace_text(kMigrationYaml, "incident_owner: oncall", "incident_owner: oncall\n      attempt: 2"));
+  Router second(again);
+  (void)second.import_state(router->export_state());
+  ASSERT_TRUE(second.migration_due(kT0 + 100));
+  (void)second.migration_tick(kT0 + 100);
+  ASSERT_TRUE(
+      second.report({.decision_id = under_first.id, .target = "cand", .status = Status::ok, .now = kT0 + 200}).ok());
+  ASSERT_TRUE(second.verdict(under_first.id, false, kT0 + 300).ok());
+  EXPECT_EQ(second.migrations()[0].run.candidate.outcomes, 0U);
+  EXPECT_EQ(second.migrations()[0].run.candidate.verdicts, 0U);
+  // A decision of the run itself counts.
+  Decision own = route_to(base, kT0 + 400);
+  ASSERT_TRUE(report(own, base, Status::ok).ok());
+  EXPECT_EQ(run().baseline.outcomes, 1U);
+}
+
+TEST_F(MigrationRouterTest, AStageMovedBackHoldsALiveRun) {
+  start();
+  set_run(MigrationPhase::ramp, 1);
+  auto evals = load_or_die(replace_text(kMigrationYaml, "stage: canary", "stage: evals"));
+  Router held(evals);
+  (void)held.import_state(router->export_state());
+  EXPECT_EQ(held.migrations()[0].run.phase, MigrationPhase::ramp);
+  EXPECT_EQ(held.migrations()[0].candidate_percent, 0U);
+  EXPECT_EQ(on_candidate(held, 500), 0U);
+  EXPECT_FALSE(held.migration_due(kT0 + 10'000'000)) << "held: no analysis, no deadline";
+  Router resumed(config);
+  (void)resumed.import_state(held.export_state());
+  EXPECT_EQ(resumed.migrations()[0].candidate_percent, 25U);
+}
+
+TEST_F(MigrationRouterTest, AConflictNamesItsScenario) {
+  start();
+  auto conflict = router->migration_command("move", MigrationCommand::resume, kT0);
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_EQ(conflict.error().message.rfind("scenario 'move': cannot resume", 0), 0U) << conflict.error().message;
 }
 
 }  // namespace
