@@ -309,8 +309,9 @@ py::dict report_py(Report&& report, std::uint64_t decision_id, const std::string
   }
   auto ms = [](std::optional<double> v, const char* name) -> std::int64_t {
     if (!v) return -1;
-    if (!std::isfinite(*v) || *v < 0) raise({ErrorCode::invalid_argument, std::string(name) + " must be >= 0"});
-    return std::llround(*v);
+    const auto r = duration_ms(*v, name);
+    if (!r) raise(r.error());
+    return *r;
   };
   msgpack::zone zone;
   msgpack::object native;

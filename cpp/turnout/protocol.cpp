@@ -129,8 +129,9 @@ class Reader {
   [[nodiscard]] std::int64_t millis(std::string_view k) const {
     const auto x = number(k);
     if (!x) return -1;
-    if (!std::isfinite(*x) || *x < 0) bad(ErrorCode::invalid_argument, std::string(k) + " must be >= 0");
-    return std::llround(*x);
+    const auto ms = duration_ms(*x, k);
+    if (!ms) bad(ms.error().code, ms.error().message);
+    return *ms;
   }
   [[nodiscard]] Money usd(std::string_view k) const {
     const auto text = required_str(k);

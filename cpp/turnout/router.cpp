@@ -337,8 +337,9 @@ Result<ReportReceipt> Router::report_settled(SettledDecision& s, std::uint64_t i
 }
 
 Result<ReportReceipt> Router::report(const OutcomeReport& r) {
-  if (r.ttft_ms < -1 || r.latency_ms < -1) {
-    return make_error(ErrorCode::invalid_argument, "ttft_ms and latency_ms must be non-negative");
+  if (r.ttft_ms < -1 || r.latency_ms < -1 || r.ttft_ms > kMaxOutcomeMs || r.latency_ms > kMaxOutcomeMs) {
+    return make_error(ErrorCode::invalid_argument,
+                      "ttft_ms and latency_ms must be durations in ms within 0..604800000");
   }
   const std::uint32_t target = config_->find_target(r.target);
   if (target == kNone) {

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <string_view>
 
 #include "turnout/result.hpp"
 
@@ -24,6 +26,20 @@ inline constexpr TimeMs kMaxTimeMs = 253'402'300'800'000;
                       "now must be a finite time in seconds since the epoch, within 0..253402300800 (year 10000)");
   }
   return static_cast<TimeMs>(std::llround(seconds * 1000.0));
+}
+
+/// The longest outcome time (ttft_ms, latency_ms) a caller may report: a week. Anything longer is a
+/// unit slip (seconds, microseconds) or hostile, and would overflow the ledger's sums of times.
+inline constexpr std::int64_t kMaxOutcomeMs = 604'800'000;
+
+/// A reported duration in ms as an integer; invalid_argument unless it is finite and within
+/// 0..kMaxOutcomeMs. Every edge that reads one (the wire, the binding) uses this.
+[[nodiscard]] inline Result<std::int64_t> duration_ms(double ms, std::string_view name) {
+  if (!std::isfinite(ms) || ms < 0 || ms > static_cast<double>(kMaxOutcomeMs)) {
+    return make_error(ErrorCode::invalid_argument,
+                      std::string(name) + " must be a duration in ms within 0..604800000 (a week)");
+  }
+  return static_cast<std::int64_t>(std::llround(ms));
 }
 
 }  // namespace turnout

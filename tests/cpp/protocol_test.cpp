@@ -609,6 +609,13 @@ TEST(Protocol, ReportDecoderRefusesBadFields) {
   EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"meh"})"), "invalid_argument");
   EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","ttft_ms":-3})"),
             "invalid_argument");
+  // Past a week: llround of 9.2e18 used to pass and overflow the ledger's sum of times.
+  EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","ttft_ms":9.2e18})"),
+            "invalid_argument");
+  EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","latency_ms":1e30})"),
+            "invalid_argument");
+  EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","latency_ms":604800000})"),
+            "");
   EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","latency_ms":"slow"})"),
             "bad_message");
   EXPECT_EQ(report_error(R"({"v":1,"op":"report","decision_id":1,"target":"t","status":"ok","accepted":1})"),

@@ -946,8 +946,12 @@ def test_usage_error_names_the_field(make_router: MakeRouter) -> None:
         {"status": "exploded"},
         {"status": "ok", "ttft_ms": -1},
         {"status": "ok", "latency_ms": float("inf")},
+        # Past a week: a unit slip or hostile (9.2e18 used to overflow the ledger's sum of times).
+        {"status": "ok", "ttft_ms": 9.2e18},
+        {"status": "ok", "latency_ms": 1e30},
+        {"status": "ok", "latency_ms": 604_800_001},
     ],
-    ids=["status", "ttft", "latency"],
+    ids=["status", "ttft", "latency", "ttft-huge", "latency-huge", "latency-over-a-week"],
 )
 def test_invalid_report_arguments_change_nothing(
     make_router: MakeRouter, kwargs: dict[str, Any]
