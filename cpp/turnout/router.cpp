@@ -842,8 +842,9 @@ LiveState Router::export_state() const {
   }
   std::sort(out.pending.begin(), out.pending.end(),
             [](const PendingEntry& a, const PendingEntry& b) { return a.id < b.id; });
+  // Oldest first: the runs kept aside, then this table's (import keeps the latest kMaxOtherRuns).
+  out.migrations = state_.other_runs;
   for (std::uint32_t si : state_.migrating) out.migrations.push_back({c.scenarios[si].name, state_.migration_runs[si]});
-  out.migrations.insert(out.migrations.end(), state_.other_runs.begin(), state_.other_runs.end());
   return out;
 }
 
