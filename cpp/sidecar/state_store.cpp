@@ -665,7 +665,8 @@ bool Journal::append(RecordKind kind, std::uint32_t ring, TimeMs now, std::strin
   h.now = now;
   h.checksum = checksum(h, bytes);
   std::memset(base_ + end_ + need, 0, sizeof(RecordHeader));  // the end marker after it
-  std::memcpy(base_ + end_ + sizeof h, bytes.data(), bytes.size());
+  // A tick has no bytes, and an empty view's data() may be null, which memcpy must not get.
+  if (!bytes.empty()) std::memcpy(base_ + end_ + sizeof h, bytes.data(), bytes.size());
   std::memcpy(base_ + end_, &h, sizeof h);
   end_ += need;
   seq_ = h.seq;
