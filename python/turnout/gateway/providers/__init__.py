@@ -1,0 +1,1 @@
+"""Provider adapters: one sans-IO Api per provider wire format."""
