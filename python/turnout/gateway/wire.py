@@ -1,9 +1,9 @@
 """The words every provider adapter, the call loop and the front door share.
 
-An adapter is sans-IO: it turns a worker's ChatRequest into one HTTP call in its provider's own API
-(HttpCall), and that provider's replies back into text, a finish reason, the native usage object and,
-for a failure, its class. The call loop (turnout.gateway.call) does the I/O and asks the one retry
-policy (turnout._core.AttemptPolicy) what to do after each attempt.
+An adapter is sans-IO: it turns a worker's ChatRequest into one HTTP call in its provider's own
+API (HttpCall), and that provider's replies back into text, a finish reason, the native usage
+object and, for a failure, its class. The call loop (turnout.gateway.call) does the I/O and asks
+the one retry policy (turnout._core.AttemptPolicy) what to do after each attempt.
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class ChatRequest:
     stop: Sequence[str] = ()
     #: The decision's prompt-cache key (OpenAI `prompt_cache_key`; ignored where an API has none).
     prompt_cache_key: str | None = None
-    #: Anthropic cache_control breakpoints: "5m" or "1h" marks the end of the system prompt and of the
-    #: last message before the final user turn as cacheable; None: no breakpoint.
+    #: Anthropic cache_control breakpoints: "5m" or "1h" marks the end of the system prompt and
+    #: of the last message before the final user turn as cacheable; None: no breakpoint.
     cache_ttl: Literal["5m", "1h"] | None = None
 
 
@@ -80,8 +80,8 @@ class Parsed:
     text: str = ""
     #: None: the reply never said it ended (a stream cut before its end).
     finish_reason: FinishReason | None = None
-    #: What turnout's usage normalizer takes for this provider: the response, its usage object, or the
-    #: list of stream events/chunks that carry usage. None: the provider sent no usage.
+    #: What turnout's usage normalizer takes for this provider: the response, its usage object,
+    #: or the list of stream events/chunks that carry usage. None: the provider sent no usage.
     usage: Any = None
     #: The provider's own finish/stop reason text, for the record.
     native_finish_reason: str | None = None
@@ -106,7 +106,7 @@ class SseEvent:
     data: str
 
 
-class AttemptFailed(Exception):  # noqa: N818 (a Failure carried out of an adapter)
+class AttemptFailed(Exception):
     """A failure an adapter found outside a status code: an in-stream error (OpenAI `error` chunk,
     Anthropic `event: error`), an error body with a 200, or a request its API cannot express."""
 
