@@ -137,6 +137,7 @@ struct DecisionNames {
   std::string target;
   std::optional<std::string> endpoint;
   std::vector<std::string> fallbacks;
+  std::vector<std::optional<std::string>> fallback_endpoints;
   std::vector<std::string> reasons;
 };
 
@@ -158,6 +159,18 @@ struct DecisionView {
     if (names) return names->fallbacks;
     std::vector<std::string> out;
     for (const auto& f : d.fallbacks) out.push_back(config->targets[f.target].name);
+    return out;
+  }
+  [[nodiscard]] std::vector<std::optional<std::string>> fallback_endpoints() const {
+    if (names) return names->fallback_endpoints;
+    std::vector<std::optional<std::string>> out;
+    for (const auto& f : d.fallbacks) {
+      if (f.replica == kNone) {
+        out.emplace_back(std::nullopt);
+      } else {
+        out.emplace_back(config->targets[f.target].replicas[f.replica].endpoint);
+      }
+    }
     return out;
   }
   [[nodiscard]] std::vector<std::string> reasons() const {
@@ -194,11 +207,15 @@ Money usd_from_text(const std::string& text, const char* what) {
 // their wire names); amounts are decimal text, so they stay exact.
 DecisionView detached_decision(std::uint64_t id, std::string scenario, std::string target,
                                std::optional<std::string> endpoint, std::vector<std::string> fallbacks,
+                               std::vector<std::optional<std::string>> fallback_endpoints,
                                std::vector<std::string> reasons, const std::string& predicted_cost_usd,
                                const std::string& reserved_cost_usd, std::int64_t expected_cached_tokens,
                                const std::optional<std::string>& cache_key, const std::string& config_version,
                                double at) {
   if (!std::isfinite(at) || at < 0) raise({ErrorCode::invalid_argument, "at must be a finite, non-negative time"});
+  if (fallback_endpoints.size() != fallbacks.size()) {
+    raise({ErrorCode::invalid_argument, "fallback_endpoints must have one entry per fallback"});
+  }
   DecisionView v;
   v.d.id = id;
   v.d.predicted_cost = usd_from_text(predicted_cost_usd, "predicted_cost_usd");
@@ -207,8 +224,9 @@ DecisionView detached_decision(std::uint64_t id, std::string scenario, std::stri
   v.d.cache_key = cache_key ? from_hex16(*cache_key, "cache_key") : 0;
   v.d.config_version = from_hex16(config_version, "config_version");
   v.d.at = static_cast<TimeMs>(std::llround(at * 1000.0));
-  v.names = std::make_shared<const DecisionNames>(DecisionNames{
-      std::move(scenario), std::move(target), std::move(endpoint), std::move(fallbacks), std::move(reasons)});
+  v.names = std::make_shared<const DecisionNames>(DecisionNames{std::move(scenario), std::move(target),
+                                                                std::move(endpoint), std::move(fallbacks),
+                                                                std::move(fallback_endpoints), std::move(reasons)});
   return v;
 }
 
@@ -474,6 +492,15 @@ void bind_config(py::module_& m) {
             d["price"] = t.price.present ? py::object(price_rates_dict(t.price.base)) : py::object(py::none());
             d["cache"] =
                 py::dict(py::arg("ttl_s") = t.cache.ttl_s, py::arg("min_prefix_tokens") = t.cache.min_prefix_tokens);
+            const CallSpec& call = t.call;
+            auto or_none = [](const std::string& v) {
+              return v.empty() ? py::object(py::none()) : py::object(py::str(v));
+            };
+            d["call"] =
+                py::dict(py::arg("api") = call.api, py::arg("base_url") = or_none(call.base_url),
+                         py::arg("api_key_env") = or_none(call.api_key_env),
+                         py::arg("api_key_file") = or_none(call.api_key_file), py::arg("timeout_ms") = call.timeout_ms,
+                         py::arg("first_token_timeout_ms") = call.first_token_timeout_ms);
             if (t.kind == TargetKind::self_hosted) {
               py::dict monthly;
               for (const auto& [item, usd] : t.cost.monthly_overheads) monthly[py::str(item)] = money(usd);
@@ -524,6 +551,8 @@ void bind_decision(py::module_& m) {
       .def_property_readonly("endpoint", &DecisionView::endpoint,
                              "Replica endpoint for self-hosted targets, else None.")
       .def_property_readonly("fallbacks", &DecisionView::fallbacks, "Ordered fallback targets, already filtered.")
+      .def_property_readonly("fallback_endpoints", &DecisionView::fallback_endpoints,
+                             "Each fallback's replica endpoint (self-hosted), else None; parallel to fallbacks.")
       .def_property_readonly("reasons", &DecisionView::reasons)
       .def_property_readonly("predicted_cost_usd", [](const DecisionView& d) { return money(d.d.predicted_cost); })
       .def_property_readonly(
@@ -544,6 +573,7 @@ void bind_decision(py::module_& m) {
              out["target"] = d.target();
              out["endpoint"] = d.endpoint();
              out["fallbacks"] = d.fallbacks();
+             out["fallback_endpoints"] = d.fallback_endpoints();
              out["reasons"] = d.reasons();
              out["predicted_cost_usd"] = money(d.d.predicted_cost);
              out["reserved_cost_usd"] = money(d.d.reserved_cost);
@@ -558,9 +588,9 @@ void bind_decision(py::module_& m) {
                     d.d.predicted_cost.to_usd_string() + ")>";
            })
       .def_static("_detached", &detached_decision, py::arg("id"), py::arg("scenario"), py::arg("target"),
-                  py::arg("endpoint"), py::arg("fallbacks"), py::arg("reasons"), py::arg("predicted_cost_usd"),
-                  py::arg("reserved_cost_usd"), py::arg("expected_cached_tokens"), py::arg("cache_key"),
-                  py::arg("config_version"), py::arg("at"),
+                  py::arg("endpoint"), py::arg("fallbacks"), py::arg("fallback_endpoints"), py::arg("reasons"),
+                  py::arg("predicted_cost_usd"), py::arg("reserved_cost_usd"), py::arg("expected_cached_tokens"),
+                  py::arg("cache_key"), py::arg("config_version"), py::arg("at"),
                   "A Decision the sidecar made, from its reply's fields (turnout.Client reads them by wire name).");
 }
 

@@ -548,6 +548,16 @@ void bind_attempt_policy(py::module_& m) {
           py::arg("status"), py::arg("now"), py::arg("retry_after_ms") = py::none(),
           "What to do after a call ended with `status` at `now` (seconds): (next, candidate, at_s).")
       .def(
+          "after_failure",
+          [](AttemptPolicy& p, const std::string& failure, double now, std::optional<std::int64_t> retry_after_ms) {
+            const auto c = failure_class_from_string(failure);
+            if (!c) bad("unknown failure class '" + failure + "'");
+            return step_tuple(p.after_failure(*c, retry_after_ms.value_or(-1), unwrap(time_from_seconds(now))));
+          },
+          py::arg("failure"), py::arg("now"), py::arg("retry_after_ms") = py::none(),
+          "What to do after a call failed with class `failure` (failure_classes()) at `now`: auth and billing "
+          "fail over at once, invalid_request gives up; the others act as after_attempt's statuses do.")
+      .def(
           "after_refusal",
           [](AttemptPolicy& p, const std::string& code, double now) {
             const auto c = error_code_from_string(code);
@@ -567,6 +577,17 @@ void bind_attempt_policy(py::module_& m) {
 
 void bind_sim(py::module_& m) {
   bind_attempt_policy(m);
+  m.def(
+      "failure_classes",
+      [] {
+        py::dict out;
+        for (std::size_t i = 0; i < kFailureClassCount; ++i) {
+          const auto c = static_cast<FailureClass>(i);
+          out[py::str(to_string(c))] = to_string(failure_status(c));
+        }
+        return out;
+      },
+      "The retry policy's failure classes, each with the status the ledger counts for it.");
   m.def(
       "published_rows",
       [] {

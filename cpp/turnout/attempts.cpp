@@ -6,6 +6,9 @@
 
 namespace turnout {
 
+static_assert(static_cast<std::size_t>(FailureClass::invalid_request) + 1 == kFailureClassCount,
+              "a FailureClass is missing from kFailureClassCount");
+
 FailureClass classify(Status status) noexcept {
   switch (status) {
     case Status::ok: return FailureClass::none;
@@ -18,6 +21,21 @@ FailureClass classify(Status status) noexcept {
   return FailureClass::transient;
 }
 
+Status failure_status(FailureClass c) noexcept {
+  switch (c) {
+    case FailureClass::none: return Status::ok;
+    case FailureClass::rate_limited: return Status::rate_limited;
+    case FailureClass::timeout: return Status::timeout;
+    case FailureClass::context_overflow: return Status::context_overflow;
+    case FailureClass::content_filter: return Status::content_filter;
+    case FailureClass::transient:
+    case FailureClass::auth:
+    case FailureClass::billing:
+    case FailureClass::invalid_request: return Status::error;
+  }
+  return Status::error;
+}
+
 const char* to_string(FailureClass c) noexcept {
   switch (c) {
     case FailureClass::none: return "none";
@@ -26,8 +44,19 @@ const char* to_string(FailureClass c) noexcept {
     case FailureClass::timeout: return "timeout";
     case FailureClass::context_overflow: return "context_overflow";
     case FailureClass::content_filter: return "content_filter";
+    case FailureClass::auth: return "auth";
+    case FailureClass::billing: return "billing";
+    case FailureClass::invalid_request: return "invalid_request";
   }
   return "?";
+}
+
+std::optional<FailureClass> failure_class_from_string(std::string_view name) noexcept {
+  for (std::size_t i = 0; i < kFailureClassCount; ++i) {
+    const auto c = static_cast<FailureClass>(i);
+    if (name == to_string(c)) return c;
+  }
+  return std::nullopt;
 }
 
 const char* to_string(NextStep s) noexcept {
@@ -96,13 +125,16 @@ Step AttemptPolicy::fail_over(TimeMs now) noexcept {
   return {NextStep::fail_over, candidate_, now};
 }
 
-Step AttemptPolicy::after_attempt(Status status, std::int64_t retry_after_ms, TimeMs now) noexcept {
+Step AttemptPolicy::after_failure(FailureClass failure, std::int64_t retry_after_ms, TimeMs now) noexcept {
   ++attempts_;
-  switch (classify(status)) {
+  switch (failure) {
     case FailureClass::none: return {NextStep::served, candidate_, now};
-    case FailureClass::content_filter: return {NextStep::give_up, candidate_, now};
+    case FailureClass::content_filter:
+    case FailureClass::invalid_request: return {NextStep::give_up, candidate_, now};
     case FailureClass::timeout:
-    case FailureClass::context_overflow: return fail_over(now);
+    case FailureClass::context_overflow:
+    case FailureClass::auth:
+    case FailureClass::billing: return fail_over(now);
     case FailureClass::rate_limited:
       if (retries_ < spec_.max_retries && attempts_ < spec_.max_attempts) {
         if (retry_after_ms > spec_.max_retry_after_ms) return fail_over(now);  // waiting costs more than moving

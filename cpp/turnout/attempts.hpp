@@ -5,6 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 #include "turnout/decision.hpp"
 #include "turnout/result.hpp"
@@ -19,14 +21,19 @@ enum class FailureClass : std::uint8_t {
   timeout,           ///< fail over at once (the attempt already took the whole timeout)
   context_overflow,  ///< this target's window is too small: fail over; give up when none is left
   content_filter,    ///< the prompt itself is refused: give up (pass the refusal through)
-  // Reserved for the worker SDK (issue 14), which sees HTTP 401/402/403: `auth` and `billing` will fail
-  // over at once without retrying (a key or an account, not the request, is wrong). Status has no such
-  // values yet, so nothing maps to them.
+  auth,              ///< 401/403: this target's key is wrong: fail over at once, never retry it
+  billing,           ///< 402, quota or credit exhausted: the account, not the request: fail over at once
+  invalid_request,   ///< any other 4xx: the request itself is wrong: give up (pass the error through)
 };
+inline constexpr std::size_t kFailureClassCount = 9;
 
-/// The class of an attempt's status.
+/// The class of an attempt's status (a simulated attempt knows only its status).
 [[nodiscard]] FailureClass classify(Status status) noexcept;
+/// The status the ledger counts for an attempt that failed with `c` (auth, billing, transient and
+/// invalid_request are errors; the others have a status of their own).
+[[nodiscard]] Status failure_status(FailureClass c) noexcept;
 [[nodiscard]] const char* to_string(FailureClass c) noexcept;
+[[nodiscard]] std::optional<FailureClass> failure_class_from_string(std::string_view name) noexcept;
 
 /// Documented defaults of the retry policy.
 struct RetrySpec {
@@ -68,7 +75,12 @@ class AttemptPolicy {
   void start(std::size_t candidates) noexcept;
   /// After an attempt at the current candidate ended with `status` at `now` (`retry_after_ms` >= 0 when
   /// a 429 said how long to wait): what to do next. The current candidate moves on with fail_over.
-  [[nodiscard]] Step after_attempt(Status status, std::int64_t retry_after_ms, TimeMs now) noexcept;
+  [[nodiscard]] Step after_attempt(Status status, std::int64_t retry_after_ms, TimeMs now) noexcept {
+    return after_failure(classify(status), retry_after_ms, now);
+  }
+  /// The same, for a worker that knows the failure's class (an HTTP status and body say more than a
+  /// Status: auth, billing and invalid_request have no Status of their own).
+  [[nodiscard]] Step after_failure(FailureClass failure, std::int64_t retry_after_ms, TimeMs now) noexcept;
   /// After the router refused to route (`code`) at `now`: retry (a full pool or open breakers clear
   /// with time) or give up (budget, a request no target can take, bad input).
   [[nodiscard]] Step after_refusal(ErrorCode code, TimeMs now) noexcept;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -39,6 +40,24 @@ std::optional<Provider> provider_from_string(std::string_view name) noexcept {
     if (name == to_string(p)) return p;
   }
   return std::nullopt;
+}
+
+ProviderDefaults provider_defaults(Provider provider) noexcept {
+  switch (provider) {
+    case Provider::openai: return {"chat_completions", "https://api.openai.com/v1", "OPENAI_API_KEY"};
+    case Provider::anthropic: return {"messages", "https://api.anthropic.com", "ANTHROPIC_API_KEY"};
+    case Provider::gemini: return {"generate_content", "https://generativelanguage.googleapis.com", "GEMINI_API_KEY"};
+    case Provider::deepseek: return {"chat_completions", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY"};
+    case Provider::openrouter: return {"chat_completions", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"};
+    case Provider::vllm:
+    case Provider::sglang: return {"chat_completions", "", ""};
+  }
+  return {};
+}
+
+std::vector<std::string_view> provider_apis(Provider provider) {
+  if (provider == Provider::openai) return {"chat_completions", "responses"};
+  return {provider_defaults(provider).api};
 }
 
 std::uint32_t Config::find_target(std::string_view name) const {
@@ -503,6 +522,69 @@ class Loader {
     }
   }
 
+  // The worker SDK's keys of a target: its API, base URL, where its key is, its timeouts.
+  void load_call(Target& t, const YAML::Node& node, const std::string& what) const {
+    const ProviderDefaults defaults = provider_defaults(t.provider);
+    CallSpec& c = t.call;
+    c.api = defaults.api;
+    if (const auto& n = node["api"]) {
+      c.api = string_value(n, what + ".api");
+      const auto apis = provider_apis(t.provider);
+      if (std::find(apis.begin(), apis.end(), c.api) == apis.end()) {
+        fail(n, what + ".api '" + c.api + "' is not an API of " + to_string(t.provider) +
+                    "; expected one of: " + join(std::vector<std::string>(apis.begin(), apis.end())));
+      }
+    }
+    c.base_url = defaults.base_url;
+    if (const auto& n = node["base_url"]) c.base_url = base_url(n, what + ".base_url");
+    c.api_key_env = defaults.api_key_env;
+    if (const auto& n = node["api_key_env"]) {
+      c.api_key_env = string_value(n, what + ".api_key_env");
+      const bool name_ok = std::all_of(c.api_key_env.begin(), c.api_key_env.end(), [](char ch) {
+        return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_';
+      });
+      if (!name_ok || std::isdigit(static_cast<unsigned char>(c.api_key_env[0]))) {
+        fail(n,
+             what + ".api_key_env must name an environment variable (letters, digits, _), got '" + c.api_key_env + "'");
+      }
+    }
+    if (const auto& n = node["api_key_file"]) {
+      std::filesystem::path path = string_value(n, what + ".api_key_file");
+      // Relative to the table's own folder, so a table and its key file move together.
+      if (path.is_relative() && !source_.empty()) path = std::filesystem::path(source_).parent_path() / path;
+      c.api_key_file = path.lexically_normal().string();
+    }
+    if (const auto& n = node["timeout_ms"]) c.timeout_ms = int_value(n, what + ".timeout_ms", 1, kMaxOutcomeMs);
+    if (const auto& n = node["first_token_timeout_ms"]) {
+      c.first_token_timeout_ms = int_value(n, what + ".first_token_timeout_ms", 1, c.timeout_ms);
+    } else {
+      c.first_token_timeout_ms = std::min(c.first_token_timeout_ms, c.timeout_ms);
+    }
+  }
+
+  // An API root: http(s), no credentials in it, https unless on loopback (a key must not cross the
+  // network in clear). Its trailing slash is dropped.
+  static std::string base_url(const YAML::Node& n, const std::string& what) {
+    std::string url = string_value(n, what);
+    const bool https = url.starts_with("https://");
+    if (!https && !url.starts_with("http://")) fail(n, what + " must be an http:// or https:// URL, got '" + url + "'");
+    const std::string_view rest = std::string_view(url).substr(https ? 8 : 7);
+    const std::string_view authority = rest.substr(0, rest.find('/'));
+    if (authority.empty()) fail(n, what + " has no host: '" + url + "'");
+    if (authority.find('@') != std::string_view::npos) {
+      fail(n, what + ": credentials never go in the routing table (the URL has a user part)");
+    }
+    const bool loopback =
+        authority.starts_with("127.") || authority.starts_with("localhost") || authority.starts_with("[::1]");
+    if (!https && !loopback) {
+      fail(n, what +
+                  " must use https:// (only a loopback host may use http://): the API key would cross the "
+                  "network in clear");
+    }
+    while (url.ends_with('/')) url.pop_back();
+    return url;
+  }
+
   void load_target(Config& config, const YAML::Node& key, const YAML::Node& node) {
     Target t;
     t.name = string_value(key, "target name");
@@ -510,12 +592,18 @@ class Loader {
     t.line = key.Mark().line + 1;
     const std::string what = "target '" + t.name + "'";
     if (!node.IsMap()) fail(node, what + " must be a mapping");
+    if (const auto& k = node["api_key"]) {
+      fail(k, what +
+                  ".api_key: credentials never go in the routing table; name the environment variable "
+                  "(api_key_env) or the file (api_key_file) that holds the key");
+    }
     if (!node["kind"]) fail(node, what + " is missing required key 'kind' (maas or self_hosted)");
     const auto kind = string_value(node["kind"], what + ".kind");
     if (kind == "maas") {
       t.kind = TargetKind::maas;
       expect_map(node, what,
-                 {"kind", "provider", "model", "region", "data_classes", "context_window", "price", "cache", "breaker"},
+                 {"kind", "provider", "model", "region", "data_classes", "context_window", "price", "cache", "breaker",
+                  "api", "base_url", "api_key_env", "api_key_file", "timeout_ms", "first_token_timeout_ms"},
                  {"provider", "model", "data_classes", "context_window", "price"});
       const auto provider = string_value(node["provider"], what + ".provider");
       auto p = provider_from_string(provider);
@@ -527,10 +615,10 @@ class Loader {
       t.provider = *p;
     } else if (kind == "self_hosted") {
       t.kind = TargetKind::self_hosted;
-      expect_map(
-          node, what,
-          {"kind", "engine", "model", "region", "data_classes", "context_window", "cost", "kv", "replicas", "breaker"},
-          {"data_classes", "context_window", "cost", "replicas"});
+      expect_map(node, what,
+                 {"kind", "engine", "model", "region", "data_classes", "context_window", "cost", "kv", "replicas",
+                  "breaker", "api", "api_key_env", "api_key_file", "timeout_ms", "first_token_timeout_ms"},
+                 {"data_classes", "context_window", "cost", "replicas"});
       t.provider = Provider::vllm;
       if (node["engine"]) {
         const auto engine = string_value(node["engine"], what + ".engine");
@@ -552,6 +640,8 @@ class Loader {
     if (t.data_class_mask == 0) fail(node["data_classes"], what + ".data_classes must not be empty");
     t.context_window = int_value(node["context_window"], what + ".context_window", 1, 1LL << 32);
     if (node["breaker"]) load_breaker(t.breaker, node["breaker"], what + ".breaker");
+
+    load_call(t, node, what);
 
     if (t.kind == TargetKind::maas) {
       if (!node["price"].IsMap()) fail(node["price"], what + ".price must be a mapping");

@@ -113,6 +113,27 @@ struct Replica {
   std::int64_t max_inflight = 1;
 };
 
+/// How the worker SDK calls a target (routing never reads it). Credentials never sit in the table:
+/// only the name of the environment variable or of the file that holds the key.
+struct CallSpec {
+  std::string api;                    ///< chat_completions | responses | messages | generate_content
+  std::string base_url;               ///< MaaS: the API root as the provider's SDK takes it; "" for self-hosted
+  std::string api_key_env;            ///< the variable holding the key ("" = none: a self-hosted pool without keys)
+  std::string api_key_file;           ///< or an absolute path to a file holding it (takes precedence when set)
+  std::int64_t timeout_ms = 600'000;  ///< a whole attempt (the common provider SDKs' 10 minutes)
+  std::int64_t first_token_timeout_ms = 60'000;  ///< a stream's first text, a non-stream's reply headers
+};
+
+/// A provider's own API, base URL and key variable: a MaaS target's defaults.
+struct ProviderDefaults {
+  std::string_view api;
+  std::string_view base_url;
+  std::string_view api_key_env;
+};
+[[nodiscard]] ProviderDefaults provider_defaults(Provider provider) noexcept;
+/// The APIs the SDK speaks for a provider ("chat_completions" first: the default when it has several).
+[[nodiscard]] std::vector<std::string_view> provider_apis(Provider provider);
+
 struct Target {
   std::string name;
   std::uint64_t name_hash = 0;  ///< XXH3 of the name: the target's identity in sticky hashing
@@ -128,7 +149,8 @@ struct Target {
   SelfHostedCost cost;
   KvSpec kv;
   std::vector<Replica> replicas;  ///< self-hosted only
-  int line = 0;                   ///< where it was declared, for messages
+  CallSpec call;
+  int line = 0;  ///< where it was declared, for messages
 };
 
 struct Route {

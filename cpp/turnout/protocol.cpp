@@ -765,6 +765,15 @@ void encode_decision_reply(MapWriter& body, const Config& config, const Decision
   auto& fb = body.key(field::fallbacks);
   fb.pack_array(static_cast<std::uint32_t>(d.fallbacks.size()));
   for (const auto& f : d.fallbacks) pack_str(fb, config.targets[f.target].name);
+  auto& fe = body.key(field::fallback_endpoints);
+  fe.pack_array(static_cast<std::uint32_t>(d.fallbacks.size()));
+  for (const auto& f : d.fallbacks) {
+    if (f.replica == kNone) {
+      fe.pack_nil();
+    } else {
+      pack_str(fe, config.targets[f.target].replicas[f.replica].endpoint);
+    }
+  }
   auto& rs = body.key(field::reasons);
   rs.pack_array(static_cast<std::uint32_t>(d.reasons.size()));
   for (const auto& r : d.reasons) pack_str(rs, reason_text(config, r));
@@ -1038,6 +1047,13 @@ Result<DecisionReply> decode_decision_reply(const Fields& f) {
     d.endpoint = in.optional_string(field::endpoint);
     const auto& fb = in.array(field::fallbacks);
     for (std::uint32_t i = 0; i < fb.size; ++i) d.fallbacks.emplace_back(as_str(fb.ptr[i], "'fallbacks'"));
+    const auto& fe = in.array(field::fallback_endpoints);
+    if (fe.size != fb.size) bad(ErrorCode::bad_message, "'fallback_endpoints' must have one entry per fallback");
+    for (std::uint32_t i = 0; i < fe.size; ++i) {
+      const msgpack::object& e = fe.ptr[i];
+      d.fallback_endpoints.push_back(
+          e.type == msgpack::type::NIL ? std::nullopt : std::optional<std::string>(as_str(e, "'fallback_endpoints'")));
+    }
     const auto& rs = in.array(field::reasons);
     for (std::uint32_t i = 0; i < rs.size; ++i) d.reasons.emplace_back(as_str(rs.ptr[i], "'reasons'"));
     d.predicted_cost = in.usd(field::predicted_cost_usd);

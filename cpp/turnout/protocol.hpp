@@ -129,7 +129,7 @@ static_assert(op_table_in_order(), "kOps must list every Op once, in enum order"
   /* report, verdict */ X(decision_id) X(target) X(status) X(usage) X(ttft_ms) X(latency_ms) X(accepted) \
   /* adopt */ X(config_version) X(replica) X(fallbacks) X(spilled) X(reserved_cost) X(active_blocks)    \
   X(prefix) X(at)                                                                                       \
-  /* decision */ X(endpoint) X(reasons) X(predicted_cost_usd) X(reserved_cost_usd) X(cache_key)         \
+  /* decision */ X(endpoint) X(fallback_endpoints) X(reasons) X(predicted_cost_usd) X(reserved_cost_usd) X(cache_key)         \
   /* receipt */ X(duplicate) X(fallback) X(priced) X(cost_usd) X(counted)                               \
   /* settle_local */ X(spool_id) X(outcomes)                                                            \
   /* usage */ X(uncached_input_tokens) X(cache_read_tokens) X(cache_write_5m_tokens)                    \
@@ -457,7 +457,8 @@ struct DecisionReply {
   std::string target;
   std::optional<std::string> endpoint;  ///< the replica's; none for MaaS
   std::vector<std::string> fallbacks;
-  std::vector<std::string> reasons;  ///< reason_text() of each reason
+  std::vector<std::optional<std::string>> fallback_endpoints;  ///< each fallback's replica; none for MaaS
+  std::vector<std::string> reasons;                            ///< reason_text() of each reason
   Money predicted_cost;
   Money reserved_cost;  ///< the worst case held against the budget (0 without one)
   std::int64_t expected_cached_tokens = 0;

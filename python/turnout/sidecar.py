@@ -57,6 +57,7 @@ _DECISION_FIELDS = (
     FIELD.target,
     FIELD.endpoint,
     FIELD.fallbacks,
+    FIELD.fallback_endpoints,
     FIELD.reasons,
     FIELD.predicted_cost_usd,
     FIELD.reserved_cost_usd,

@@ -179,6 +179,79 @@ void expect_error_at(const std::string& text, const std::string& needle, std::si
   EXPECT_NE(msg.find(what), std::string::npos) << msg << "\nexpected: " << what;
 }
 
+// ---- how the worker SDK calls a target ----------------------------------------------------------
+
+TEST(ConfigCall, ProvidersDefaultTheirOwnApiBaseUrlAndKeyVariable) {
+  auto c = load_or_die(kBasicYaml);
+  ASSERT_TRUE(c);
+  const CallSpec& mini = c->targets[c->find_target("mini")].call;
+  EXPECT_EQ(mini.api, "chat_completions");
+  EXPECT_EQ(mini.base_url, "https://api.openai.com/v1");
+  EXPECT_EQ(mini.api_key_env, "OPENAI_API_KEY");
+  EXPECT_EQ(mini.api_key_file, "");
+  EXPECT_EQ(mini.timeout_ms, 600'000);
+  EXPECT_EQ(mini.first_token_timeout_ms, 60'000);
+  EXPECT_EQ(c->targets[c->find_target("cheap")].call.api_key_env, "DEEPSEEK_API_KEY");
+  const CallSpec& pool = c->targets[c->find_target("pool")].call;
+  EXPECT_EQ(pool.base_url, "");     // its replicas' endpoints
+  EXPECT_EQ(pool.api_key_env, "");  // no key unless the table names one
+}
+
+TEST(ConfigCall, EveryKeyIsRead) {
+  const std::string yaml = replace(kBasicYaml, "    model: gpt-4.1-mini\n",
+                                   "    model: gpt-4.1-mini\n    api: responses\n"
+                                   "    base_url: http://127.0.0.1:8080/openai/v1/\n    api_key_env: MY_KEY\n"
+                                   "    api_key_file: keys/openai.key\n    timeout_ms: 9000\n"
+                                   "    first_token_timeout_ms: 1500\n");
+  auto c = load_config_text(yaml, "/etc/turnout/routing.yaml");
+  ASSERT_TRUE(c) << c.error().message;
+  const CallSpec& mini = (*c)->targets[(*c)->find_target("mini")].call;
+  EXPECT_EQ(mini.api, "responses");
+  EXPECT_EQ(mini.base_url, "http://127.0.0.1:8080/openai/v1");  // trailing slash dropped
+  EXPECT_EQ(mini.api_key_env, "MY_KEY");
+  EXPECT_EQ(mini.api_key_file, "/etc/turnout/keys/openai.key");  // beside the table
+  EXPECT_EQ(mini.timeout_ms, 9000);
+  EXPECT_EQ(mini.first_token_timeout_ms, 1500);
+  // A short timeout caps the default first-token timeout.
+  auto short_one = load_or_die(
+      replace(kBasicYaml, "    model: deepseek-chat\n", "    model: deepseek-chat\n    timeout_ms: 2000\n"));
+  ASSERT_TRUE(short_one);
+  EXPECT_EQ(short_one->targets[short_one->find_target("cheap")].call.first_token_timeout_ms, 2000);
+}
+
+TEST(ConfigCall, CredentialsNeverSitInTheTable) {
+  std::string yaml = replace(kBasicYaml, "    model: gpt-4.1-mini\n", "    model: gpt-4.1-mini\n    api_key: sk-123\n");
+  expect_error_at(yaml, "sk-123", 0, "credentials never go in the routing table");
+  yaml = replace(kBasicYaml, "    model: gpt-4.1-mini\n",
+                 "    model: gpt-4.1-mini\n    base_url: https://user:sk-1@api.openai.com/v1\n");
+  expect_error_at(yaml, "https://user", 0, "credentials never go in the routing table");
+}
+
+TEST(ConfigCall, BadValuesAreRefusedWhereTheyAre) {
+  auto with = [](const std::string& line) {
+    return replace(kBasicYaml, "    model: gpt-4.1-mini\n", "    model: gpt-4.1-mini\n    " + line + "\n");
+  };
+  std::string y = with("api: messages");
+  expect_error_at(y, "messages", 0, "is not an API of openai; expected one of: chat_completions, responses");
+  y = with("base_url: ftp://example.com");
+  expect_error_at(y, "ftp://", 0, "must be an http:// or https:// URL");
+  y = with("base_url: http://api.example.com/v1");
+  expect_error_at(y, "http://api", 0, "must use https://");
+  y = with("base_url: https:///v1");
+  expect_error_at(y, "https:///", 0, "has no host");
+  y = with("api_key_env: 1KEY");
+  expect_error_at(y, "1KEY", 0, "must name an environment variable");
+  y = with("api_key_env: MY-KEY");
+  expect_error_at(y, "MY-KEY", 0, "must name an environment variable");
+  y = with("timeout_ms: 0");
+  expect_error_at(y, "timeout_ms: 0", 12, "timeout_ms");
+  y = with("timeout_ms: 1000\n    first_token_timeout_ms: 2000");
+  expect_error_at(y, "first_token_timeout_ms: 2000", 24, "first_token_timeout_ms");
+  // Self-hosted targets are called at their replicas: no base_url there.
+  y = replace(kBasicYaml, "    kind: self_hosted\n", "    kind: self_hosted\n    base_url: https://x.example/v1\n");
+  expect_error_at(y, "base_url: https://x", 0, "unknown key 'base_url'");
+}
+
 TEST(ConfigMigration, DefaultsAndRoutes) {
   const auto text = with_migration();
   auto c = load_or_die(text);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "msgpack_builder.hpp"
+#include "test_configs.hpp"
 #include "turnout/prefix.hpp"
 
 namespace turnout::protocol {
@@ -409,7 +410,11 @@ TEST(Protocol, DecisionReplyRoundTripsInNames) {
     want.target = c.targets[d->placement.target].name;
     if (d->placement.replica != kNone)
       want.endpoint = c.targets[d->placement.target].replicas[d->placement.replica].endpoint;
-    for (const auto& f : d->fallbacks) want.fallbacks.push_back(c.targets[f.target].name);
+    for (const auto& f : d->fallbacks) {
+      want.fallbacks.push_back(c.targets[f.target].name);
+      want.fallback_endpoints.push_back(
+          f.replica == kNone ? std::nullopt : std::optional(c.targets[f.target].replicas[f.replica].endpoint));
+    }
     for (const auto& reason : d->reasons) want.reasons.push_back(reason_text(c, reason));
     want.predicted_cost = d->predicted_cost;
     want.reserved_cost = d->reserved_cost;
@@ -420,6 +425,29 @@ TEST(Protocol, DecisionReplyRoundTripsInNames) {
     EXPECT_EQ(*decoded, want);
     EXPECT_FALSE(want.reasons.empty());
   }
+}
+
+TEST(Protocol, DecisionReplyNamesTheReplicaOfASelfHostedFallback) {
+  auto config = testing::load_or_die(testing::kBasicYaml);
+  ASSERT_TRUE(config);
+  Router router(config);
+  RouteRequest r;
+  r.scenario = "public-chat";  // fallback: [mini, cheap, pool]
+  r.now = kNow;
+  auto d = router.route(r);
+  ASSERT_TRUE(d.ok()) << d.error().message;
+  MapWriter body;
+  encode_decision_reply(body, *config, *d);
+  const auto id = test::from_json("1");
+  auto decoded = decode_decision_reply(reply(encode_reply(&id.get(), body)).fields);
+  ASSERT_TRUE(decoded.ok()) << decoded.error().message;
+  ASSERT_EQ(decoded->fallbacks.size(), decoded->fallback_endpoints.size());
+  ASSERT_FALSE(decoded->fallbacks.empty());
+  EXPECT_EQ(decoded->fallbacks.back(), "pool");
+  const auto& pool_at = decoded->fallback_endpoints.back();
+  ASSERT_TRUE(pool_at.has_value());
+  EXPECT_TRUE(*pool_at == "http://127.0.0.1:9001" || *pool_at == "http://127.0.0.1:9002") << *pool_at;
+  EXPECT_FALSE(decoded->fallback_endpoints.front().has_value());  // mini or cheap: a managed API
 }
 
 TEST(Protocol, ReceiptReplyRoundTrips) {
@@ -704,7 +732,8 @@ TEST(Protocol, ReplyDecodersRefuseMalformedReplies) {
     return d.ok() ? std::string() : std::string(to_string(d.error().code));
   };
   const std::string good =
-      R"j("decision_id":1,"scenario":"s","target":"t","endpoint":null,"fallbacks":[],"reasons":["weight:t (100%)"],)j"
+      R"j("decision_id":1,"scenario":"s","target":"t","endpoint":null,"fallbacks":[],"fallback_endpoints":[],)j"
+      R"j("reasons":["weight:t (100%)"],)j"
       R"j("reserved_cost_usd":"0","expected_cached_tokens":0,"cache_key":null,"config_version":"00000000000000ab",)j"
       R"j("at":1.5)j";
   EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":"0.25",)" + good + "}"), "");
@@ -719,6 +748,15 @@ TEST(Protocol, ReplyDecodersRefuseMalformedReplies) {
                      R"("predicted_cost_usd":"0","config_version":"xyz"})"),
             "bad_message")
       << "a version is 16 hex digits";
+  std::string two = good;
+  two.replace(two.find(R"("fallbacks":[])"), 14, R"("fallbacks":["u"])");
+  EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":"0",)" + two + "}"), "bad_message")
+      << "one endpoint per fallback";
+  two.replace(two.find(R"("fallback_endpoints":[])"), 23, R"("fallback_endpoints":[7])");
+  EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":"0",)" + two + "}"), "bad_message")
+      << "an endpoint is a string or nil";
+  two.replace(two.find(R"("fallback_endpoints":[7])"), 24, R"("fallback_endpoints":[null])");
+  EXPECT_EQ(decision(R"({"v":1,"ok":true,"predicted_cost_usd":"0",)" + two + "}"), "");
 
   const Reply receipt = reply(json(R"({"v":1,"ok":true,"cost_usd":"0.1","usage":[]})"));
   EXPECT_EQ(decode_receipt_reply(receipt.fields).error().code, ErrorCode::bad_message) << "usage is a map";

@@ -124,6 +124,38 @@ TEST(AttemptPolicy, TimeoutsAndContextOverflowFailOverAndGiveUpWhenNoneIsLeft) {
   EXPECT_EQ(s.candidate, 2U);
 }
 
+TEST(AttemptPolicy, AuthAndBillingFailOverAtOnceWithoutRetryingTheTarget) {
+  for (const FailureClass c : {FailureClass::auth, FailureClass::billing}) {
+    AttemptPolicy p;  // max_retries 2: a transient failure would retry this target first
+    p.start(2);
+    const Step s = p.after_failure(c, -1, 100);
+    EXPECT_EQ(s.next, NextStep::fail_over) << to_string(c);
+    EXPECT_EQ(s.candidate, 1U);
+    EXPECT_EQ(s.at, 100);
+    EXPECT_EQ(p.after_failure(c, -1, 200).next, NextStep::give_up) << to_string(c);  // no candidate left
+    EXPECT_EQ(failure_status(c), Status::error);
+  }
+}
+
+TEST(AttemptPolicy, AnInvalidRequestGivesUpOnTheFirstTarget) {
+  AttemptPolicy p;
+  p.start(3);
+  const Step s = p.after_failure(FailureClass::invalid_request, -1, 0);
+  EXPECT_EQ(s.next, NextStep::give_up);
+  EXPECT_EQ(s.candidate, 0U);
+}
+
+TEST(AttemptPolicy, EveryFailureClassHasANameAndAStatusThatClassifyMapsBack) {
+  for (std::size_t i = 0; i < kFailureClassCount; ++i) {
+    const auto c = static_cast<FailureClass>(i);
+    EXPECT_EQ(failure_class_from_string(to_string(c)), c);
+    const Status s = failure_status(c);
+    // The classes with a status of their own round-trip; the rest are errors, classified transient.
+    EXPECT_EQ(classify(s), s == Status::error ? FailureClass::transient : c) << to_string(c);
+  }
+  EXPECT_FALSE(failure_class_from_string("overloaded").has_value());
+}
+
 TEST(AttemptPolicy, AContentFilterPassesThroughWithoutTryingAFallback) {
   AttemptPolicy p;
   p.start(3);
