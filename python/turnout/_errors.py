@@ -10,6 +10,8 @@ working; each exception carries ``.code``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TurnoutError(Exception):
     """Base class of every Turnout error."""
@@ -162,9 +164,45 @@ class PlanError(ValueError, TurnoutError):
     code = "cannot_plan"
 
 
+class ProviderError(RuntimeError, TurnoutError):
+    """A worker SDK call (``Router.call``, ``Client.call``, the gateway) got no answer: every
+    candidate failed, or the retry policy passed a failure through (a content filter refusing the
+    prompt, an invalid request). ``.failure`` is the last attempt's failure class
+    (``turnout._core.failure_classes()``), ``.http_status`` its HTTP status (None without one) and
+    ``.attempts`` every attempt, each reported to the ledger. Raised in Python only."""
+
+    code = "provider_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failure: str = "transient",
+        http_status: int | None = None,
+        attempts: list[Any] | None = None,
+        response: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.http_status = http_status
+        self.attempts: list[Any] = attempts or []
+        self.response = response
+        """What was answered before the failure (a stream cut after its first text), else None."""
+
+
+class StreamInterruptedError(ProviderError):
+    """A stream failed after it delivered text (its commit point): the text so far is in
+    ``.response``, the failure was reported as such, and no other target was tried (the caller
+    has already shown part of an answer). Never a silently truncated success."""
+
+    code = "stream_interrupted"
+
+
 PYTHON_ERRORS: dict[str, type[TurnoutError]] = {
     "scenario_invalid": ScenarioError,
     "cannot_plan": PlanError,
+    "provider_failed": ProviderError,
+    "stream_interrupted": StreamInterruptedError,
 }
 """Codes of errors raised by the Python package alone (not in the core's table, never on the wire)
 -> their class; each class carries its code."""

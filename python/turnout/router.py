@@ -10,6 +10,9 @@ from turnout.ledger import MoneyType, counters_frame
 if TYPE_CHECKING:
     import pandas as pd
 
+    from turnout.gateway.call import AsyncStream, Gateway, Stream
+    from turnout.gateway.wire import Response
+
 
 class Router(_core.Router):
     """Routes requests of named scenarios and accounts their outcomes.
@@ -17,6 +20,30 @@ class Router(_core.Router):
     ``route``/``report``/``verdict`` are the C++ core's own methods (no Python in the hot path);
     this subclass only adds conveniences.
     """
+
+    def gateway(self, **options: Any) -> Gateway:
+        """The worker SDK over this Router (``call``/``acall`` use a default one): ``options`` are
+        :class:`turnout.gateway.call.Gateway`'s (``retry``, ``credentials``,
+        ``max_connections``)."""
+        from turnout.gateway.call import Gateway
+
+        return Gateway(self, lambda: self.config, **options)
+
+    def call(self, scenario: str, messages: Any, **kwargs: Any) -> Response | Stream:
+        """Routes ``scenario``, calls the target in its own API, falls back by the retry policy,
+        reports every attempt here and returns one Response (``stream=True``: a Stream of text).
+        See :meth:`turnout.gateway.call.Gateway.call`."""
+        return self._default_gateway().call(scenario, messages, **kwargs)
+
+    async def acall(self, scenario: str, messages: Any, **kwargs: Any) -> Response | AsyncStream:
+        """The asyncio twin of :meth:`call`."""
+        return await self._default_gateway().acall(scenario, messages, **kwargs)
+
+    def _default_gateway(self) -> Gateway:
+        gw = self.__dict__.get("_gateway")
+        if gw is None:
+            gw = self.__dict__["_gateway"] = self.gateway()
+        return gw
 
     def subscribe_kv_events(
         self, *, topic: str = "", replay_timeout_s: float = 0.5

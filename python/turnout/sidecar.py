@@ -31,6 +31,8 @@ from turnout.ledger import MoneyType, counters_frame
 if TYPE_CHECKING:
     import pandas as pd
 
+    from turnout.gateway.call import AsyncStream, Gateway, Stream
+    from turnout.gateway.wire import Response
     from turnout.router import Router
 
 _log = logging.getLogger("turnout")
@@ -583,6 +585,7 @@ class Client:
         self._outages = 0
         self._in_outage = False
         self._fast: _FastTransport | None = None
+        self._gateway: Gateway | None = None
         self.fast_path_error: str | None = None
         if shm is not None:
             try:
@@ -990,6 +993,44 @@ class Client:
         """Asks the sidecar to re-read its config; raises ConfigError (file:line:col) if it is
         invalid, in which case the sidecar keeps serving the old table."""
         return self.request(_RELOAD, timeout_ms=timeout_ms)
+
+    # -- the worker SDK ------------------------------------------------------------------------
+
+    def table(self) -> _core.Config:
+        """The routing table this client calls targets by: the sidecar's, as the fast path maps
+        it, else the ``config`` it was given. Raises :class:`turnout.SidecarError` without
+        either (give ``shm=`` or ``config=``)."""
+        if self._fast is not None and self._fast.config is not None:
+            return self._fast.config
+        if self._local.router is not None:
+            return self._local.router.config
+        raise _errors.SidecarError(
+            "Client.call needs the routing table to call targets: give the client shm= (the "
+            "sidecar's table) or config="
+        )
+
+    def gateway(self, **options: Any) -> Gateway:
+        """The worker SDK over this client (``call``/``acall`` use a default one); ``options``
+        are :class:`turnout.gateway.call.Gateway`'s."""
+        from turnout.gateway.call import Gateway
+
+        return Gateway(self, self.table, **options)
+
+    def call(self, scenario: str, messages: Any, **kwargs: Any) -> Response | Stream:
+        """Routes through the sidecar, calls the target in its own API, falls back by the retry
+        policy, reports every attempt to the sidecar and returns one Response (``stream=True``:
+        a Stream). See :meth:`turnout.gateway.call.Gateway.call`."""
+        return self._default_gateway().call(scenario, messages, **kwargs)
+
+    async def acall(self, scenario: str, messages: Any, **kwargs: Any) -> Response | AsyncStream:
+        """The asyncio twin of :meth:`call` (routing and reports stay blocking: microseconds on
+        the fast path, one local round trip otherwise)."""
+        return await self._default_gateway().acall(scenario, messages, **kwargs)
+
+    def _default_gateway(self) -> Gateway:
+        if self._gateway is None:
+            self._gateway = self.gateway()
+        return self._gateway
 
     def migration(self, scenario: str | None = None, action: str = "status") -> dict[str, Any]:
         """A scenario's migration (the migration op): ``action="status"`` gives

@@ -1,0 +1,834 @@
+"""One worker call: route a scenario, call the chosen target in its own API, walk the fallbacks by
+the one retry policy, report every attempt, return one Response.
+
+The logic lives in :class:`_Call` (no I/O: it plans each attempt and concludes it); the drivers
+below only move bytes — blocking (httpx.Client) or asyncio (httpx.AsyncClient), whole replies or
+streams. Streams have a commit point: until the first text reaches the caller a failure is
+invisible and the policy may retry or fail over; after it a failure ends the stream with
+:class:`turnout.StreamInterruptedError`, reported as the failure it is.
+
+The ledger takes one outcome per (decision, target), as the what-if engine's simulated workers
+report: a target retried after a 429 or a 5xx is reported once, with its last attempt (the
+earlier ones carried no usage: a provider bills no failed request before its first token).
+Every attempt is in ``Response.attempts``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import httpx
+
+from turnout import _core, _errors
+from turnout.gateway.credentials import Credentials, MissingKey
+from turnout.gateway.providers import api_for
+from turnout.gateway.sse import SseParser
+from turnout.gateway.wire import (
+    Api,
+    Attempt,
+    AttemptFailed,
+    ChatRequest,
+    Failure,
+    HttpCall,
+    Message,
+    Parsed,
+    Response,
+    StreamDecoder,
+    TargetSpec,
+)
+from turnout.prefix import canonical_prompt
+
+#: Each failure class's ledger status (the core's one table).
+_STATUS: dict[str, str] = _core.failure_classes()
+#: Connection setup never waits longer than this (a dead host must not eat the first-token budget).
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class RouteSource(Protocol):
+    """What the SDK needs of a Router or a sidecar Client."""
+
+    def route(self, scenario: str, **kwargs: Any) -> _core.Decision: ...
+
+    def report(self, decision_id: int, **kwargs: Any) -> dict[str, Any] | None: ...
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One place a decision offers, ready to call (or why it cannot be)."""
+
+    spec: TargetSpec
+    api: Api
+    endpoint: str
+    timeout_s: float
+    first_token_timeout_s: float
+    missing_key: str | None  # the auth failure to record instead of calling
+    cache_ttl: str  # its prompt cache's lifetime, as an Anthropic breakpoint asks it ("5m", "1h")
+
+
+def messages_of(messages: Sequence[Mapping[str, Any] | Message]) -> tuple[Message, ...]:
+    """OpenAI-style dicts (role, content as text) or Messages, checked."""
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise _errors.InvalidArgumentError(
+                f"messages[{i}].role must be system, user or assistant, got {role!r}"
+            )
+        if not isinstance(content, str):
+            raise _errors.InvalidArgumentError(f"messages[{i}].content must be text")
+        out.append(Message(role, content))
+    if not out or out[-1].role != "user":
+        raise _errors.InvalidArgumentError("messages must end with a user message")
+    return tuple(out)
+
+
+class _Table:
+    """What the SDK reads of one routing table: each place's call spec, each scenario's
+    max_output_tokens. Built once per (table version, target, endpoint)."""
+
+    def __init__(self, config_of: Callable[[], _core.Config], credentials: Credentials) -> None:
+        self._config_of = config_of
+        self._credentials = credentials
+        self._version = ""
+        self._places: dict[tuple[str, str | None], _Candidate] = {}
+        self._max_tokens: dict[str, int] = {}
+
+    def _fresh(self) -> _core.Config:
+        config = self._config_of()
+        if config.version != self._version:
+            self._version = config.version
+            self._places.clear()
+            self._max_tokens.clear()
+        return config
+
+    def max_tokens(self, scenario: str) -> int:
+        n = self._max_tokens.get(scenario)
+        if n is None:
+            n = self._fresh().scenario_info(scenario)["max_output_tokens"]
+            self._max_tokens[scenario] = n
+        return n
+
+    def place(self, target: str, endpoint: str | None) -> _Candidate:
+        config = self._fresh()
+        cached = self._places.get((target, endpoint))
+        if cached is not None:
+            return cached
+        info = config.target_info(target)
+        call = info["call"]
+        base = call["base_url"]
+        if endpoint is not None:  # a replica of a self-hosted pool: its OpenAI-compatible root
+            base = endpoint.rstrip("/")
+            if not base.endswith("/v1"):
+                base += "/v1"
+        try:
+            key, missing = self._credentials.key(target, call), None
+        except MissingKey as e:
+            key, missing = None, str(e)
+        spec = TargetSpec(
+            name=target,
+            provider=info["provider"],
+            api=call["api"],
+            model=info["model"],
+            base_url=base,
+            api_key=key,
+        )
+        place = _Candidate(
+            spec=spec,
+            api=api_for(spec.provider, spec.api),
+            endpoint=base,
+            timeout_s=call["timeout_ms"] / 1000.0,
+            first_token_timeout_s=call["first_token_timeout_ms"] / 1000.0,
+            missing_key=missing,
+            cache_ttl="1h" if info["cache"]["ttl_s"] >= 3600 else "5m",
+        )
+        if missing is None:  # a key set later is picked up by the next call
+            self._places[(target, endpoint)] = place
+        return place
+
+
+@dataclass
+class _Outcome:
+    """How one attempt ended."""
+
+    failure: Failure | None = None
+    parsed: Parsed | None = None
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    committed: bool = False
+
+
+class _Call:
+    """One request through the policy: the decision, the attempts, the reports."""
+
+    def __init__(
+        self,
+        source: RouteSource,
+        table: _Table,
+        policy: _core.AttemptPolicy,
+        scenario: str,
+        request: ChatRequest,
+        route_args: dict[str, Any],
+        auto_cache: bool,
+    ) -> None:
+        self.source = source
+        self.table = table
+        self.policy = policy
+        self.scenario = scenario
+        self.request = request
+        self.route_args = route_args
+        self.auto_cache = auto_cache
+        self.decision: _core.Decision | None = None
+        self.receipt: dict[str, Any] = {}
+        self.streamed: Response | None = None
+        self.attempts: list[Attempt] = []
+        self.started = time.perf_counter()
+        self.cost = Decimal(0)
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def route(self) -> float | None:
+        """Routes; returns None when decided, else how long to wait before routing again.
+        Raises the router's refusal when the policy gives up on it."""
+        try:
+            d = self.source.route(self.scenario, **self.route_args)
+        except (_errors.NoEligibleTargetError, _errors.SidecarUnavailableError) as e:
+            step, _, at = self.policy.after_refusal(e.code or "no_eligible_target", time.time())
+            if step != "retry":
+                raise
+            return max(0.0, at - time.time())
+        self.decision = d
+        self.policy.start(1 + len(d.fallbacks))
+        if d.cache_key is not None and self.request.prompt_cache_key is None:
+            self.request = dataclasses.replace(self.request, prompt_cache_key=d.cache_key)
+        return None
+
+    # -- attempts -----------------------------------------------------------------------------
+
+    def candidate(self) -> _Candidate:
+        d = self.decision
+        assert d is not None
+        i = self.policy.candidate
+        if i == 0:
+            return self.table.place(d.target, d.endpoint)
+        return self.table.place(d.fallbacks[i - 1], d.fallback_endpoints[i - 1])
+
+    def plan(self, c: _Candidate, *, stream: bool) -> HttpCall | _Outcome:
+        """The HTTP call to make, or the outcome of an attempt that cannot be made."""
+        if c.missing_key is not None:
+            return _Outcome(Failure("auth", c.missing_key))
+        request = self.request
+        if self.auto_cache:
+            request = dataclasses.replace(request, cache_ttl=c.cache_ttl)
+        try:
+            return c.api.build(c.spec, request, stream=stream)
+        except AttemptFailed as e:
+            return _Outcome(e.failure)
+
+    def conclude(self, c: _Candidate, o: _Outcome) -> tuple[str, float]:
+        """Records and (unless its target is retried) reports one attempt; returns the policy's
+        next step ("served", "retry", "fail_over", "give_up") and the wait before it."""
+        failure = o.failure.failure if o.failure is not None else "none"
+        if o.committed:
+            step, at = ("served" if o.failure is None else "give_up"), time.time()
+        else:
+            retry_after = o.failure.retry_after_ms if o.failure is not None else None
+            step, _, at = self.policy.after_failure(failure, time.time(), retry_after)
+        attempt = Attempt(
+            target=c.spec.name,
+            endpoint=c.endpoint,
+            status=_STATUS[failure],
+            failure=failure,
+            error=o.failure.message if o.failure is not None else None,
+            http_status=o.failure.http_status if o.failure is not None else None,
+            retry_after_ms=o.failure.retry_after_ms if o.failure is not None else None,
+            ttft_ms=o.ttft_ms,
+            latency_ms=o.latency_ms,
+            usage=o.parsed.usage if o.parsed is not None else None,
+            committed=o.committed,
+        )
+        self.attempts.append(attempt)
+        if step != "retry":
+            self._report(attempt)
+        return step, max(0.0, at - time.time())
+
+    def _report(self, a: Attempt) -> None:
+        d = self.decision
+        assert d is not None
+        kwargs = {"target": a.target, "status": a.status, "latency_ms": a.latency_ms}
+        if a.ttft_ms is not None:
+            kwargs["ttft_ms"] = a.ttft_ms
+        try:
+            receipt = self.source.report(d.id, usage=a.usage, **kwargs)
+        except (_errors.UsageError, _errors.PriceMissingError) as e:
+            # The provider's usage cannot be priced: the outcome still counts (unpriced), once.
+            a.error = f"{a.error + '; ' if a.error else ''}usage not priced: {e}"
+            receipt = self.source.report(d.id, **kwargs)
+        a.reported = True
+        if receipt is not None:
+            a.cost_usd = receipt.get("cost_usd")
+            if a.cost_usd is not None:
+                self.cost += a.cost_usd
+            self.receipt = receipt
+
+    def abandon(self, c: _Candidate, reader: _StreamReader) -> None:
+        """The caller closed a stream it had begun to read: reported once, as served (it had its
+        text; a provider's usage, which comes last, is not known: counted unpriced)."""
+        o = _Outcome(None, reader.decoder.result(), reader.ttft_ms, reader.elapsed_ms(), True)
+        self.conclude(c, o)
+        self.attempts[-1].error = f"closed by the caller after {reader.deltas} text deltas"
+
+    # -- the answer ---------------------------------------------------------------------------
+
+    def response(self, c: _Candidate, o: _Outcome) -> Response:
+        d = self.decision
+        assert d is not None
+        assert o.parsed is not None
+        receipt = self.receipt
+        return Response(
+            text=o.parsed.text,
+            finish_reason=o.parsed.finish_reason or "other",
+            target=c.spec.name,
+            endpoint=c.endpoint,
+            provider=c.spec.provider,
+            model=c.spec.model,
+            decision_id=d.id,
+            usage=dict(receipt.get("usage") or {}),
+            cost_usd=self.cost,
+            ttft_ms=o.ttft_ms,
+            latency_ms=(time.perf_counter() - self.started) * 1000.0,
+            attempts=self.attempts,
+        )
+
+    def error(self, c: _Candidate, o: _Outcome) -> _errors.ProviderError:
+        f = o.failure
+        assert f is not None
+        cls = _errors.StreamInterruptedError if o.committed else _errors.ProviderError
+        tried = len(self.attempts)
+        what = "the stream was cut after it began" if o.committed else f"{tried} attempt(s) failed"
+        return cls(
+            f"scenario '{self.scenario}': {what}; last: {c.spec.name}: {f.failure}: {f.message}",
+            failure=f.failure,
+            http_status=f.http_status,
+            attempts=self.attempts,
+            response=self.response(c, o) if o.parsed is not None and o.committed else None,
+        )
+
+    def finish(self, c: _Candidate, o: _Outcome, step: str) -> Response:
+        """The call's answer once the policy says served or give_up."""
+        if step == "served":
+            return self.response(c, o)
+        f = o.failure
+        if f is not None and f.failure == "content_filter" and o.parsed is not None:
+            return self.response(c, o)  # the provider's own refusal, passed through
+        raise self.error(c, o)
+
+
+def _failure_of(e: Exception, what: str) -> Failure:
+    """A transport exception as a failure: a timeout, else a server-side fault."""
+    if isinstance(e, (httpx.TimeoutException, TimeoutError)):
+        return Failure("timeout", f"no {what} in time ({type(e).__name__})")
+    return Failure("transient", f"{type(e).__name__}: {e}")
+
+
+def _classified(c: _Candidate, r: httpx.Response, body: bytes) -> Failure:
+    headers = {k.lower(): v for k, v in r.headers.items()}
+    return c.api.classify(r.status_code, headers, body)
+
+
+def _whole(c: _Candidate, status: int, body: bytes, r: httpx.Response) -> _Outcome:
+    """A non-stream reply as an outcome."""
+    if status >= 300:
+        return _Outcome(_classified(c, r, body))
+    try:
+        parsed = c.api.parse(body)
+    except AttemptFailed as e:
+        return _Outcome(e.failure)
+    if parsed.finish_reason == "content_filter":
+        return _Outcome(Failure("content_filter", "the provider refused to answer"), parsed)
+    return _Outcome(None, parsed)
+
+
+class _StreamReader:
+    """One attempt's stream: bytes in, text deltas out, the outcome at the end."""
+
+    def __init__(self, c: _Candidate, started: float) -> None:
+        self.c = c
+        self.started = started
+        self.parser = SseParser()
+        self.decoder: StreamDecoder = c.api.decoder()
+        self.ttft_ms: float | None = None
+        self.deltas = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Raises AttemptFailed on an in-stream error."""
+        out = [t for e in self.parser.feed(chunk) for t in self.decoder.feed(e) if t]
+        if out and self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+        self.deltas += len(out)
+        return out
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def outcome(self, failure: Failure | None, committed: bool) -> _Outcome:
+        parsed = self.decoder.result()
+        latency = self.elapsed_ms()
+        if failure is None and not self.decoder.complete:
+            failure = Failure(
+                "transient",
+                f"the stream ended without its end marker after {self.deltas} text deltas",
+            )
+        if failure is None and parsed.finish_reason == "content_filter":
+            failure = Failure("content_filter", "the provider refused to answer")
+        return _Outcome(failure, parsed, self.ttft_ms, latency, committed)
+
+
+def _timeout(c: _Candidate, *, stream: bool) -> httpx.Timeout:
+    # A blocking read waits at most this: the first token's budget in a stream, the whole reply's
+    # otherwise (a non-stream reply's headers come when it is done).
+    read = c.first_token_timeout_s if stream else c.timeout_s
+    return httpx.Timeout(
+        read, connect=min(_CONNECT_TIMEOUT_S, c.first_token_timeout_s), pool=c.timeout_s
+    )
+
+
+# ---------------------------------------------------------------------------- blocking drivers
+
+
+def route(call: _Call) -> _Call:
+    while (wait := call.route()) is not None:
+        time.sleep(wait)
+    return call
+
+
+def run(call: _Call, http: httpx.Client) -> Response:
+    while True:
+        c = call.candidate()
+        planned = call.plan(c, stream=False)
+        o = planned if isinstance(planned, _Outcome) else _attempt(http, c, planned)
+        step, wait = call.conclude(c, o)
+        if step in ("served", "give_up"):
+            return call.finish(c, o, step)
+        if wait:
+            time.sleep(wait)
+
+
+def _attempt(http: httpx.Client, c: _Candidate, planned: HttpCall) -> _Outcome:
+    started = time.perf_counter()
+    try:
+        r = http.post(
+            planned.url,
+            content=planned.body,
+            headers=planned.headers,
+            timeout=_timeout(c, stream=False),
+        )
+        body = r.content
+    except httpx.HTTPError as e:
+        o = _Outcome(_failure_of(e, "reply"))
+    else:
+        o = _whole(c, r.status_code, body, r)
+    o.latency_ms = (time.perf_counter() - started) * 1000.0
+    return o
+
+
+def run_stream(call: _Call, http: httpx.Client) -> Iterator[str]:
+    while True:
+        c = call.candidate()
+        planned = call.plan(c, stream=True)
+        if isinstance(planned, _Outcome):
+            o = planned
+        else:
+            reader = _StreamReader(c, time.perf_counter())
+            committed, failure = False, None
+            first_by = reader.started + c.first_token_timeout_s
+            deadline = reader.started + c.timeout_s
+            try:
+                with http.stream(
+                    "POST",
+                    planned.url,
+                    content=planned.body,
+                    headers=planned.headers,
+                    timeout=_timeout(c, stream=True),
+                ) as r:
+                    if r.status_code >= 300:
+                        failure = _classified(c, r, r.read())
+                    else:
+                        for chunk in r.iter_bytes():
+                            for delta in reader.feed(chunk):
+                                committed = True
+                                try:
+                                    yield delta
+                                except GeneratorExit:
+                                    call.abandon(c, reader)
+                                    raise
+                            now = time.perf_counter()
+                            if now > deadline or (not committed and now > first_by):
+                                failure = Failure("timeout", "the stream ran past its timeout")
+                                break
+            except AttemptFailed as e:
+                failure = e.failure
+            except httpx.HTTPError as e:
+                failure = _failure_of(e, "text")
+            o = reader.outcome(failure, committed)
+        step, wait = call.conclude(c, o)
+        if step in ("served", "give_up"):
+            call.streamed = call.finish(c, o, step)
+            return
+        if wait:
+            time.sleep(wait)
+
+
+# ------------------------------------------------------------------------------ asyncio drivers
+
+
+async def aroute(call: _Call) -> _Call:
+    while (wait := call.route()) is not None:
+        await asyncio.sleep(wait)
+    return call
+
+
+async def arun(call: _Call, http: httpx.AsyncClient) -> Response:
+    while True:
+        c = call.candidate()
+        planned = call.plan(c, stream=False)
+        o = planned if isinstance(planned, _Outcome) else await _aattempt(http, c, planned)
+        step, wait = call.conclude(c, o)
+        if step in ("served", "give_up"):
+            return call.finish(c, o, step)
+        if wait:
+            await asyncio.sleep(wait)
+
+
+async def _aattempt(http: httpx.AsyncClient, c: _Candidate, planned: HttpCall) -> _Outcome:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(c.timeout_s):
+            r = await http.post(
+                planned.url,
+                content=planned.body,
+                headers=planned.headers,
+                timeout=_timeout(c, stream=False),
+            )
+            body = r.content
+    except (httpx.HTTPError, TimeoutError) as e:
+        o = _Outcome(_failure_of(e, "reply"))
+    else:
+        o = _whole(c, r.status_code, body, r)
+    o.latency_ms = (time.perf_counter() - started) * 1000.0
+    return o
+
+
+async def arun_stream(call: _Call, http: httpx.AsyncClient) -> AsyncIterator[str]:
+    while True:
+        c = call.candidate()
+        planned = call.plan(c, stream=True)
+        if isinstance(planned, _Outcome):
+            o = planned
+        else:
+            reader = _StreamReader(c, time.perf_counter())
+            committed, failure = False, None
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            try:
+                # The deadline wraps each read, never a yield: a timeout must not cancel the
+                # caller's own code while it holds a delta.
+                async with asyncio.timeout_at(start + c.first_token_timeout_s):
+                    cm = http.stream(
+                        "POST",
+                        planned.url,
+                        content=planned.body,
+                        headers=planned.headers,
+                        timeout=_timeout(c, stream=True),
+                    )
+                    r = await cm.__aenter__()
+                try:
+                    if r.status_code >= 300:
+                        async with asyncio.timeout_at(start + c.timeout_s):
+                            failure = _classified(c, r, await r.aread())
+                    else:
+                        chunks = r.aiter_bytes()
+                        while True:
+                            budget = c.timeout_s if committed else c.first_token_timeout_s
+                            async with asyncio.timeout_at(start + budget):
+                                chunk = await anext(chunks, None)
+                            if chunk is None:
+                                break
+                            for delta in reader.feed(chunk):
+                                committed = True
+                                try:
+                                    yield delta
+                                except GeneratorExit:
+                                    call.abandon(c, reader)
+                                    raise
+                finally:
+                    await cm.__aexit__(None, None, None)
+            except AttemptFailed as e:
+                failure = e.failure
+            except (httpx.HTTPError, TimeoutError) as e:
+                failure = _failure_of(e, "text")
+            o = reader.outcome(failure, committed)
+        step, wait = call.conclude(c, o)
+        if step in ("served", "give_up"):
+            call.streamed = call.finish(c, o, step)
+            return
+        if wait:
+            await asyncio.sleep(wait)
+
+
+# ------------------------------------------------------------------------------------ the SDK
+
+
+class Stream:
+    """The text of a streamed call, delta by delta. After the last, :attr:`response` holds the
+    Response (every attempt, usage and cost). A failure after the first delta raises
+    :class:`turnout.StreamInterruptedError` (its ``.response`` has the text so far)."""
+
+    def __init__(self, call: _Call, deltas: Iterator[str]) -> None:
+        self._call = call
+        self._deltas = deltas
+        self.response: Response | None = None
+
+    @property
+    def decision(self) -> _core.Decision | None:
+        return self._call.decision
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._deltas
+        self.response = self._call.streamed
+
+    def close(self) -> None:
+        close = getattr(self._deltas, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStream:
+    """The async twin of :class:`Stream`: ``async for delta in stream``."""
+
+    def __init__(self, call: _Call, deltas: AsyncIterator[str]) -> None:
+        self._call = call
+        self._deltas = deltas
+        self.response: Response | None = None
+
+    @property
+    def decision(self) -> _core.Decision | None:
+        return self._call.decision
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for delta in self._deltas:
+            yield delta
+        self.response = self._call.streamed
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+#: The AttemptPolicy's keyword arguments a Gateway takes as ``retry``.
+RETRY_KEYS = (
+    "max_retries",
+    "base_backoff_ms",
+    "backoff_multiplier",
+    "max_backoff_ms",
+    "jitter",
+    "max_retry_after_ms",
+    "max_route_retries",
+    "max_attempts",
+)
+
+
+class Gateway:
+    """The worker SDK over a route source (a :class:`turnout.Router` or a sidecar
+    :class:`turnout.Client`): ``call``, ``acall`` and their streams. ``Router.call`` and
+    ``Client.call`` use one each; build one yourself to share HTTP connections or set the retry
+    policy (``retry``: the AttemptPolicy's keyword arguments, the same the what-if engine takes)."""
+
+    def __init__(
+        self,
+        source: RouteSource,
+        config_of: Callable[[], _core.Config],
+        *,
+        retry: Mapping[str, Any] | None = None,
+        credentials: Credentials | None = None,
+        max_connections: int = 1024,
+    ) -> None:
+        retry = dict(retry or {})
+        unknown = sorted(set(retry) - set(RETRY_KEYS))
+        if unknown:
+            raise _errors.InvalidArgumentError(
+                f"retry: unknown keys {unknown}; expected {', '.join(RETRY_KEYS)}"
+            )
+        _core.AttemptPolicy(**retry)  # checks the values now, not at the first call
+        self._retry = retry
+        self._source = source
+        self._table = _Table(config_of, credentials or Credentials())
+        # No retries inside the HTTP client: the policy is the only one that retries.
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http: httpx.Client | None = None
+        self._ahttp: dict[int, httpx.AsyncClient] = {}
+
+    def _policy(self) -> _core.AttemptPolicy:
+        return _core.AttemptPolicy(**self._retry, seed=int.from_bytes(os.urandom(8), "little"))
+
+    def _sync_http(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(limits=self._limits, transport=httpx.HTTPTransport(retries=0))
+        return self._http
+
+    def _async_http(self) -> httpx.AsyncClient:
+        # An AsyncClient's connections belong to one event loop.
+        loop = id(asyncio.get_running_loop())
+        http = self._ahttp.get(loop)
+        if http is None or http.is_closed:
+            http = httpx.AsyncClient(
+                limits=self._limits, transport=httpx.AsyncHTTPTransport(retries=0)
+            )
+            self._ahttp = {loop: http}  # the previous loop is gone (asyncio.run ended it)
+        return http
+
+    def _call(
+        self,
+        scenario: str,
+        messages: Sequence[Mapping[str, Any] | Message],
+        *,
+        max_tokens: int | None,
+        temperature: float | None,
+        stop: Sequence[str] | str | None,
+        cache: str | bool | None,
+        key: str | None,
+        data_class: str | None,
+        input_tokens: int | None,
+    ) -> _Call:
+        msgs = messages_of(messages)
+        if isinstance(stop, str):
+            stop = (stop,)
+        if max_tokens is not None and max_tokens <= 0:
+            raise _errors.InvalidArgumentError("max_tokens must be positive")
+        if cache not in (None, True, False, "5m", "1h"):
+            raise _errors.InvalidArgumentError("cache must be None, True, False, '5m' or '1h'")
+        request = ChatRequest(
+            messages=msgs,
+            max_tokens=max_tokens or self._table.max_tokens(scenario),
+            temperature=temperature,
+            stop=tuple(stop or ()),
+            cache_ttl="5m" if cache is True else (cache or None),  # type: ignore[arg-type]
+        )
+        # By default a prompt with a prefix worth keeping (a system prompt or earlier turns) is
+        # marked at each target's own cache lifetime.
+        auto_cache = cache is None and len(msgs) > 1
+        route_args = {
+            "key": key,
+            "data_class": data_class,
+            "input_tokens": input_tokens,
+            "max_output_tokens": request.max_tokens,
+            "text": canonical_prompt([(m.role, m.content) for m in msgs]),
+        }
+        return _Call(
+            self._source, self._table, self._policy(), scenario, request, route_args, auto_cache
+        )
+
+    def call(
+        self,
+        scenario: str,
+        messages: Sequence[Mapping[str, Any] | Message],
+        *,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] | str | None = None,
+        cache: str | bool | None = None,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+    ) -> Response | Stream:
+        """Routes ``scenario``, calls its target (then its fallbacks, by the retry policy),
+        reports every attempt and returns the Response (``stream=True``: a :class:`Stream`).
+
+        ``messages``: OpenAI-style ``{"role", "content"}`` dicts (system, user, assistant; text),
+        ending with a user message. ``max_tokens`` defaults to the scenario's max_output_tokens.
+        ``cache``: Anthropic cache_control breakpoints — None marks the system prompt and the turns
+        before the last at the target's cache TTL when there are any, "5m"/"1h" (or True: 5m)
+        always, False never. The decision's cache key is sent as OpenAI's ``prompt_cache_key``.
+        ``key``, ``data_class``, ``input_tokens`` are the route's. Raises
+        :class:`turnout.ProviderError` when no attempt served."""
+        c = self._call(
+            scenario,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            cache=cache,
+            key=key,
+            data_class=data_class,
+            input_tokens=input_tokens,
+        )
+        route(c)
+        if stream:
+            return Stream(c, run_stream(c, self._sync_http()))
+        return run(c, self._sync_http())
+
+    async def acall(
+        self,
+        scenario: str,
+        messages: Sequence[Mapping[str, Any] | Message],
+        *,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] | str | None = None,
+        cache: str | bool | None = None,
+        key: str | None = None,
+        data_class: str | None = None,
+        input_tokens: int | None = None,
+    ) -> Response | AsyncStream:
+        """The asyncio twin of :meth:`call` (``stream=True``: an :class:`AsyncStream`)."""
+        c = self._call(
+            scenario,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            stop=stop,
+            cache=cache,
+            key=key,
+            data_class=data_class,
+            input_tokens=input_tokens,
+        )
+        await aroute(c)
+        if stream:
+            return AsyncStream(c, arun_stream(c, self._async_http()))
+        return await arun(c, self._async_http())
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    async def aclose(self) -> None:
+        for http in self._ahttp.values():
+            await http.aclose()
+        self._ahttp = {}
