@@ -39,6 +39,19 @@ class Router(_core.Router):
         """The asyncio twin of :meth:`call`."""
         return await self._default_gateway().acall(scenario, messages, **kwargs)
 
+    def close(self) -> None:
+        """Closes the HTTP connections ``call`` keeps (``acall``'s: :meth:`aclose`)."""
+        gw = self.__dict__.pop("_gateway", None)
+        if gw is not None:
+            gw.close()
+
+    async def aclose(self) -> None:
+        """Closes every HTTP connection ``call`` and ``acall`` keep, from the event loop that
+        ran ``acall`` (an asyncio app that ends its loop calls it first)."""
+        gw = self.__dict__.pop("_gateway", None)
+        if gw is not None:
+            await gw.aclose()
+
     def _default_gateway(self) -> Gateway:
         gw = self.__dict__.get("_gateway")
         if gw is None:

@@ -1044,6 +1044,9 @@ class Client:
         return _fields(self._ask(msg))
 
     def close(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
         self._fast = None  # frees the ring (what is in it is still applied)
         self._socket.close()
 

@@ -824,11 +824,26 @@ class Gateway:
         return await arun(c, self._async_http())
 
     def close(self) -> None:
+        """Closes the blocking client's connections (an asyncio client closes in aclose)."""
         if self._http is not None:
             self._http.close()
             self._http = None
 
     async def aclose(self) -> None:
+        """Closes every connection, from the event loop that made the asyncio ones."""
         for http in self._ahttp.values():
             await http.aclose()
         self._ahttp = {}
+        self.close()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

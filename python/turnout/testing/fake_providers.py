@@ -1148,7 +1148,8 @@ class FakeProviders:
     """Fake LLM providers on one loopback port (see the module's doc for the behaviour).
 
     `api_keys`: None accepts any request; an iterable of keys accepted by every provider; or a
-    mapping provider -> key. When given, each provider's own auth header is checked (Bearer,
+    mapping provider -> key (a provider it does not name takes any request, as a pool without
+    keys does). When given, each provider's own auth header is checked (Bearer,
     x-api-key, x-goog-api-key) and a request without a valid key gets that provider's 401 shape.
     `cache_ttl_s` overrides entries of DEFAULT_CACHE_TTL_S (e.g. {"openai": 0.2} in a test).
     """
@@ -1371,8 +1372,8 @@ class FakeProviders:
 
     def _authorized(self, provider: str, request: web.Request) -> tuple[bool, bool]:
         """(authorized, a key was given)."""
-        if self._keys is None:
-            return True, True
+        if self._keys is None or provider not in self._keys:
+            return True, True  # a provider the mapping does not name takes no key (a pool)
         h = request.headers
         auth = h.get("Authorization", "")
         key = auth[7:] if auth.startswith("Bearer ") else None
