@@ -559,3 +559,32 @@ def test_a_stop_sequence_the_responses_api_cannot_express_is_passed_through(
     assert e.value.failure == "invalid_request"
     assert "no stop sequences" in str(e.value)
     assert not fake.requests
+
+
+def test_a_call_cancelled_by_its_caller_is_reported_once_as_a_timeout(
+    fake: FakeProviders, router: turnout.Router
+) -> None:
+    async def main() -> None:
+        fake.script("oa-m", [Fault.hang(10)])
+        fake.script("an-m", [Fault.rate_limited(5)])  # the policy would wait 5 s to retry
+        async with fast_retry(router) as gw:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(gw.acall("s-oa", MESSAGES), 0.3)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(gw.acall("s-an", MESSAGES), 0.3)
+            fake.script("ge-m", [Fault.ok(ttft_s=5)])
+            stream = await gw.acall("s-ge", MESSAGES, stream=True)
+
+            async def read() -> None:
+                async for _ in stream:
+                    pass
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(read(), 0.3)
+
+    asyncio.run(main())
+    rows = ledger(router)
+    assert rows["oa"]["timeout"] == 1  # cancelled while it waited for the reply
+    assert rows["an"]["rate_limited"] == 1  # cancelled while it waited to retry: that 429
+    assert rows["ge"]["timeout"] == 1  # cancelled before the stream's first text
+    assert sum(r["outcomes"] for r in rows.values()) == 3

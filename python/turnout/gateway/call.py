@@ -190,6 +190,9 @@ class _Call:
         self.decision: _core.Decision | None = None
         self.receipt: dict[str, Any] = {}
         self.streamed: Response | None = None
+        # The last attempt when the policy retries its target (reported only if the call ends
+        # before the retry: cancelled while it waits).
+        self.unreported: Attempt | None = None
         self.attempts: list[Attempt] = []
         self.started = time.perf_counter()
         self.cost = Decimal(0)
@@ -257,7 +260,10 @@ class _Call:
             committed=o.committed,
         )
         self.attempts.append(attempt)
-        if step != "retry":
+        self.unreported = None
+        if step == "retry":
+            self.unreported = attempt
+        else:
             self._report(attempt)
         return step, max(0.0, at - time.time())
 
@@ -279,6 +285,23 @@ class _Call:
             if a.cost_usd is not None:
                 self.cost += a.cost_usd
             self.receipt = receipt
+
+    def cancelled(self, c: _Candidate, started: float | None) -> None:
+        """The caller cancelled the call (an asyncio deadline, most often): during an attempt at
+        `c` begun at `started` (perf_counter) it is reported once as a timeout (the caller stopped
+        waiting for that target); while waiting to retry, the attempt that waits is reported."""
+        if started is None:
+            if self.unreported is not None:
+                self._report(self.unreported)
+                self.unreported = None
+            return
+        latency = (time.perf_counter() - started) * 1000.0
+        self.conclude(
+            c, _Outcome(Failure("timeout", "cancelled by the caller"), None, None, latency)
+        )
+        if self.unreported is not None:  # the policy would have retried: the call ends here
+            self._report(self.unreported)
+            self.unreported = None
 
     def abandon(self, c: _Candidate, reader: _StreamReader) -> None:
         """The caller closed a stream it had begun to read: reported once, as served (it had its
@@ -501,12 +524,28 @@ async def arun(call: _Call, http: httpx.AsyncClient) -> Response:
     while True:
         c = call.candidate()
         planned = call.plan(c, stream=False)
-        o = planned if isinstance(planned, _Outcome) else await _aattempt(http, c, planned)
+        if isinstance(planned, _Outcome):
+            o = planned
+        else:
+            started = time.perf_counter()
+            try:
+                o = await _aattempt(http, c, planned)
+            except asyncio.CancelledError:
+                call.cancelled(c, started)
+                raise
         step, wait = call.conclude(c, o)
         if step in ("served", "give_up"):
             return call.finish(c, o, step)
         if wait:
-            await asyncio.sleep(wait)
+            await _asleep(call, wait)
+
+
+async def _asleep(call: _Call, wait: float) -> None:
+    try:
+        await asyncio.sleep(wait)
+    except asyncio.CancelledError:
+        call.cancelled(call.candidate(), None)
+        raise
 
 
 async def _aattempt(http: httpx.AsyncClient, c: _Candidate, planned: HttpCall) -> _Outcome:
@@ -576,13 +615,19 @@ async def arun_stream(call: _Call, http: httpx.AsyncClient) -> AsyncIterator[str
                 failure = e.failure
             except (httpx.HTTPError, TimeoutError) as e:
                 failure = _failure_of(e, "text")
+            except asyncio.CancelledError:
+                if committed:
+                    call.abandon(c, reader)
+                else:
+                    call.cancelled(c, reader.started)
+                raise
             o = reader.outcome(failure, committed)
         step, wait = call.conclude(c, o)
         if step in ("served", "give_up"):
             call.streamed = call.finish(c, o, step)
             return
         if wait:
-            await asyncio.sleep(wait)
+            await _asleep(call, wait)
 
 
 # ------------------------------------------------------------------------------------ the SDK
