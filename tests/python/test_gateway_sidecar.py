@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Sidecar
-from test_gateway_call import KEY, KEY_ENV, MESSAGES, PRICE, table
 
 import turnout
+from daemon import Sidecar
+from test_gateway_call import KEY, KEY_ENV, MESSAGES, PRICE, table
 from turnout.testing import FakeProviders, Fault
 
 
