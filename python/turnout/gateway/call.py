@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -47,6 +48,8 @@ from turnout.prefix import canonical_prompt
 
 #: Each failure class's ledger status (the core's one table).
 _STATUS: dict[str, str] = _core.failure_classes()
+#: The largest whole reply read (a real one is kilobytes; a provider sending more is broken).
+MAX_REPLY_BYTES = 64 * 1024 * 1024
 #: Connection setup never waits longer than this (a dead host must not eat the first-token budget).
 _CONNECT_TIMEOUT_S = 10.0
 
@@ -448,20 +451,35 @@ def run(call: _Call, http: httpx.Client) -> Response:
 
 def _attempt(http: httpx.Client, c: _Candidate, planned: HttpCall) -> _Outcome:
     started = time.perf_counter()
+    deadline = started + c.timeout_s
     try:
-        r = http.post(
+        with http.stream(
+            "POST",
             planned.url,
             content=planned.body,
             headers=planned.headers,
             timeout=_timeout(c, stream=False),
-        )
-        body = r.content
+        ) as r:
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                _check_body(body, deadline)
     except httpx.HTTPError as e:
         o = _Outcome(_failure_of(e, "reply"))
+    except AttemptFailed as e:
+        o = _Outcome(e.failure)
     else:
-        o = _whole(c, r.status_code, body, r)
+        o = _whole(c, r.status_code, bytes(body), r)
     o.latency_ms = (time.perf_counter() - started) * 1000.0
     return o
+
+
+def _check_body(body: bytearray, deadline: float) -> None:
+    """A whole reply read so far: within the attempt's time and a sane size."""
+    if len(body) > MAX_REPLY_BYTES:
+        raise AttemptFailed(Failure("transient", f"the reply exceeds {MAX_REPLY_BYTES} bytes"))
+    if time.perf_counter() > deadline:
+        raise AttemptFailed(Failure("timeout", "the reply ran past the attempt's timeout"))
 
 
 def run_stream(call: _Call, http: httpx.Client) -> Iterator[str]:
@@ -551,18 +569,26 @@ async def _asleep(call: _Call, wait: float) -> None:
 async def _aattempt(http: httpx.AsyncClient, c: _Candidate, planned: HttpCall) -> _Outcome:
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(c.timeout_s):
-            r = await http.post(
+        async with (
+            asyncio.timeout(c.timeout_s),
+            http.stream(
+                "POST",
                 planned.url,
                 content=planned.body,
                 headers=planned.headers,
                 timeout=_timeout(c, stream=False),
-            )
-            body = r.content
+            ) as r,
+        ):
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                _check_body(body, math.inf)
     except (httpx.HTTPError, TimeoutError) as e:
         o = _Outcome(_failure_of(e, "reply"))
+    except AttemptFailed as e:
+        o = _Outcome(e.failure)
     else:
-        o = _whole(c, r.status_code, body, r)
+        o = _whole(c, r.status_code, bytes(body), r)
     o.latency_ms = (time.perf_counter() - started) * 1000.0
     return o
 
