@@ -396,6 +396,51 @@ def serve(
     os.execv(binary, argv)
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--sidecar", help="Route through the local sidecar at this endpoint (reports too).")
+@click.option("--shm", help="With --sidecar: its shared-memory segment (fast path, its table).")
+@click.option("--api-key-env", help="Callers must send this variable's value as a Bearer key.")
+@click.option(
+    "--api-keys-file",
+    type=click.Path(dir_okay=False),
+    help="Callers' Bearer keys, one per line (owned by you, mode 0600).",
+)
+def gateway(
+    config: str,
+    host: str,
+    port: int,
+    sidecar: str | None,
+    shm: str | None,
+    api_key_env: str | None,
+    api_keys_file: str | None,
+) -> None:
+    """Serve the OpenAI-compatible front door: POST /v1/chat/completions calls the scenario named
+    by `model` through the worker SDK (needs the gateway extra: aiohttp)."""
+    import asyncio
+
+    try:
+        from turnout.gateway import server
+    except ImportError as e:
+        _fail(RuntimeError(f"{e}: install turnout[gateway]"), 2)
+    if shm and not sidecar:
+        _fail(ValueError("--shm needs --sidecar"), 2)
+    try:
+        keys = server.load_api_keys(api_key_env, api_keys_file)
+        server.check_bind(host, keys)
+        gw, config_of, counters = server.open_source(config, sidecar=sidecar, shm=shm)
+    except (ValueError, *_LOAD_ERRORS) as e:
+        _fail(e, 2)
+    app = server.build_app(gw, config_of, api_keys=keys, counters=counters)
+    announce = lambda line: click.echo(line, err=True)  # noqa: E731
+    try:
+        asyncio.run(server.serve(app, host, port, announce=announce))
+    except OSError as e:
+        _fail(e, 1)
+
+
 def _client(endpoint: str | None, timeout_ms: int) -> turnout.Client:
     """A client of the sidecar at `endpoint`; a malformed endpoint is a usage error (exit 2)."""
     try:

@@ -702,9 +702,14 @@ class AsyncStream:
         return self._call.decision
 
     async def __aiter__(self) -> AsyncIterator[str]:
-        async for delta in self._deltas:
-            yield delta
-        self.response = self._call.streamed
+        try:
+            async for delta in self._deltas:
+                yield delta
+            self.response = self._call.streamed
+        finally:
+            # A loop left early (break, an exception) ends the attempt now, reported once, not
+            # whenever the stream is garbage-collected.
+            await self.aclose()
 
     async def aclose(self) -> None:
         aclose = getattr(self._deltas, "aclose", None)
