@@ -6,7 +6,7 @@
 
 namespace turnout {
 
-static_assert(static_cast<std::size_t>(FailureClass::invalid_request) + 1 == kFailureClassCount,
+static_assert(static_cast<std::size_t>(FailureClass::not_found) + 1 == kFailureClassCount,
               "a FailureClass is missing from kFailureClassCount");
 
 FailureClass classify(Status status) noexcept {
@@ -31,7 +31,8 @@ Status failure_status(FailureClass c) noexcept {
     case FailureClass::transient:
     case FailureClass::auth:
     case FailureClass::billing:
-    case FailureClass::invalid_request: return Status::error;
+    case FailureClass::invalid_request:
+    case FailureClass::not_found: return Status::error;
   }
   return Status::error;
 }
@@ -47,6 +48,7 @@ const char* to_string(FailureClass c) noexcept {
     case FailureClass::auth: return "auth";
     case FailureClass::billing: return "billing";
     case FailureClass::invalid_request: return "invalid_request";
+    case FailureClass::not_found: return "not_found";
   }
   return "?";
 }
@@ -116,6 +118,12 @@ TimeMs AttemptPolicy::jittered(std::int64_t backoff, TimeMs now) noexcept {
   return now + static_cast<std::int64_t>(std::llround(static_cast<double>(backoff) * scale));
 }
 
+bool AttemptPolicy::may_retry() const noexcept {
+  // Each candidate after this one keeps one attempt of the request's max_attempts.
+  const std::size_t later = candidates_ - candidate_ - 1;
+  return retries_ < spec_.max_retries && attempts_ + later < spec_.max_attempts;
+}
+
 Step AttemptPolicy::fail_over(TimeMs now) noexcept {
   if (candidate_ + 1 >= candidates_ || attempts_ >= spec_.max_attempts) {
     return {NextStep::give_up, candidate_, now};
@@ -134,9 +142,10 @@ Step AttemptPolicy::after_failure(FailureClass failure, std::int64_t retry_after
     case FailureClass::timeout:
     case FailureClass::context_overflow:
     case FailureClass::auth:
-    case FailureClass::billing: return fail_over(now);
+    case FailureClass::billing:
+    case FailureClass::not_found: return fail_over(now);
     case FailureClass::rate_limited:
-      if (retries_ < spec_.max_retries && attempts_ < spec_.max_attempts) {
+      if (may_retry()) {
         if (retry_after_ms > spec_.max_retry_after_ms) return fail_over(now);  // waiting costs more than moving
         ++retries_;
         if (retry_after_ms >= 0) return {NextStep::retry, candidate_, now + retry_after_ms};
@@ -144,7 +153,7 @@ Step AttemptPolicy::after_failure(FailureClass failure, std::int64_t retry_after
       }
       return fail_over(now);
     case FailureClass::transient:
-      if (retries_ < spec_.max_retries && attempts_ < spec_.max_attempts) {
+      if (may_retry()) {
         ++retries_;
         return {NextStep::retry, candidate_, jittered(backoff_ms(retries_), now)};
       }

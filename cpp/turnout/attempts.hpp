@@ -24,8 +24,10 @@ enum class FailureClass : std::uint8_t {
   auth,              ///< 401/403: this target's key is wrong: fail over at once, never retry it
   billing,           ///< 402, quota or credit exhausted: the account, not the request: fail over at once
   invalid_request,   ///< any other 4xx: the request itself is wrong: give up (pass the error through)
+  not_found,         ///< 404, a redirect, a target this worker's table lacks: this target cannot take it:
+                     ///< fail over at once
 };
-inline constexpr std::size_t kFailureClassCount = 9;
+inline constexpr std::size_t kFailureClassCount = 10;
 
 /// The class of an attempt's status (a simulated attempt knows only its status).
 [[nodiscard]] FailureClass classify(Status status) noexcept;
@@ -75,6 +77,7 @@ class AttemptPolicy {
   void start(std::size_t candidates) noexcept;
   /// After an attempt at the current candidate ended with `status` at `now` (`retry_after_ms` >= 0 when
   /// a 429 said how long to wait): what to do next. The current candidate moves on with fail_over.
+  /// A retry never spends the attempts the remaining candidates need (one each, under max_attempts).
   [[nodiscard]] Step after_attempt(Status status, std::int64_t retry_after_ms, TimeMs now) noexcept {
     return after_failure(classify(status), retry_after_ms, now);
   }
@@ -96,6 +99,7 @@ class AttemptPolicy {
 
  private:
   [[nodiscard]] Step fail_over(TimeMs now) noexcept;
+  [[nodiscard]] bool may_retry() const noexcept;
   [[nodiscard]] TimeMs jittered(std::int64_t backoff, TimeMs now) noexcept;
   [[nodiscard]] double uniform() noexcept;
 

@@ -551,7 +551,9 @@ class Loader {
     if (const auto& n = node["api_key_file"]) {
       std::filesystem::path path = string_value(n, what + ".api_key_file");
       // Relative to the table's own folder, so a table and its key file move together.
-      if (path.is_relative() && !source_.empty()) path = std::filesystem::path(source_).parent_path() / path;
+      if (path.is_relative() && !source_.empty()) {
+        path = std::filesystem::absolute(std::filesystem::path(source_)).parent_path() / path;
+      }
       c.api_key_file = path.lexically_normal().string();
     }
     if (const auto& n = node["timeout_ms"]) c.timeout_ms = int_value(n, what + ".timeout_ms", 1, kMaxOutcomeMs);
@@ -574,15 +576,25 @@ class Loader {
     if (authority.find('@') != std::string_view::npos) {
       fail(n, what + ": credentials never go in the routing table (the URL has a user part)");
     }
-    const bool loopback =
-        authority.starts_with("127.") || authority.starts_with("localhost") || authority.starts_with("[::1]");
-    if (!https && !loopback) {
+    if (in_clear(url)) {
       fail(n, what +
                   " must use https:// (only a loopback host may use http://): the API key would cross the "
                   "network in clear");
     }
     while (url.ends_with('/')) url.pop_back();
     return url;
+  }
+
+  // Whether a key sent to `url` would cross the network in clear: http:// to a host not on loopback
+  // (127.0.0.0/8, localhost, [::1]; "localhost.example.com" is not).
+  static bool in_clear(std::string_view url) {
+    if (!url.starts_with("http://")) return false;
+    url.remove_prefix(7);
+    std::string_view host = url.substr(0, url.find_first_of("/?#"));
+    host = host.starts_with('[') ? host.substr(0, host.find(']') + 1) : host.substr(0, host.find(':'));
+    const bool v4_loopback =
+        host.starts_with("127.") && host.find_first_not_of("0123456789.") == std::string_view::npos;
+    return !(v4_loopback || host == "localhost" || host == "[::1]");
   }
 
   void load_target(Config& config, const YAML::Node& key, const YAML::Node& node) {
@@ -683,6 +695,16 @@ class Loader {
         t.replicas.push_back(std::move(r));
       });
       if (t.replicas.empty()) fail(node["replicas"], what + ".replicas must list at least one replica");
+      if (!t.call.api_key_env.empty() || !t.call.api_key_file.empty()) {
+        for (std::size_t i = 0; i < t.replicas.size(); ++i) {
+          if (in_clear(t.replicas[i].endpoint)) {
+            fail(node["replicas"][i]["endpoint"], what + ".replicas[" + std::to_string(i) +
+                                                      "].endpoint must use https:// when the pool has a key (only a "
+                                                      "loopback host may use http://): the key would cross the "
+                                                      "network in clear");
+          }
+        }
+      }
       if (t.replicas.size() > 64) fail(node["replicas"], what + ".replicas: at most 64 replicas per pool");
       // Precise mode needs every replica's events; a pool with some publishers missing stays approximate.
       t.kv.precise =

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -217,6 +218,38 @@ TEST(ConfigCall, EveryKeyIsRead) {
       replace(kBasicYaml, "    model: deepseek-chat\n", "    model: deepseek-chat\n    timeout_ms: 2000\n"));
   ASSERT_TRUE(short_one);
   EXPECT_EQ(short_one->targets[short_one->find_target("cheap")].call.first_token_timeout_ms, 2000);
+}
+
+TEST(ConfigCall, OnlyALoopbackHostMayTakeAKeyOverHttp) {
+  auto with = [](const std::string& url) {
+    return replace(kBasicYaml, "    model: gpt-4.1-mini\n", "    model: gpt-4.1-mini\n    base_url: " + url + "\n");
+  };
+  for (const char* ok : {"http://127.0.0.1:8080/v1", "http://localhost/v1", "http://[::1]:9/v1", "http://127.9.8.7"}) {
+    EXPECT_TRUE(load_config_text(with(ok), "t.yaml")) << ok;
+  }
+  for (const char* bad : {"http://localhost.example.com/v1", "http://127.0.0.1.nip.io/v1", "http://10.0.0.1/v1",
+                          "http://[::2]/v1", "http://localhost@evil.example/v1"}) {
+    auto c = load_config_text(with(bad), "t.yaml");
+    EXPECT_FALSE(c) << bad;
+  }
+  // A pool with a key: its replicas are where the key goes.
+  const std::string keyed =
+      replace(kBasicYaml, "    kind: self_hosted\n", "    kind: self_hosted\n    api_key_env: POOL_KEY\n");
+  expect_error_at(replace(keyed, "http://127.0.0.1:9002", "http://10.1.2.3:9002"), "\"http://10.1.2.3", 0,
+                  "must use https:// when the pool has a key");
+  EXPECT_TRUE(load_config_text(replace(keyed, "http://127.0.0.1:9002", "https://10.1.2.3:9002"), "t.yaml"));
+  EXPECT_TRUE(load_config_text(replace(kBasicYaml, "http://127.0.0.1:9002", "http://10.1.2.3:9002"), "t.yaml"))
+      << "a pool without a key may use http";
+}
+
+TEST(ConfigCall, ARelativeKeyFileIsBesideTheTableWhereverTheProcessRuns) {
+  const std::string yaml =
+      replace(kBasicYaml, "    model: gpt-4.1-mini\n", "    model: gpt-4.1-mini\n    api_key_file: k/openai.key\n");
+  auto c = load_config_text(yaml, "conf/routing.yaml");
+  ASSERT_TRUE(c) << c.error().message;
+  const std::string file = (*c)->targets[(*c)->find_target("mini")].call.api_key_file;
+  EXPECT_EQ(file, (std::filesystem::current_path() / "conf/k/openai.key").lexically_normal().string());
+  EXPECT_TRUE(std::filesystem::path(file).is_absolute());
 }
 
 TEST(ConfigCall, CredentialsNeverSitInTheTable) {

@@ -137,6 +137,30 @@ TEST(AttemptPolicy, AuthAndBillingFailOverAtOnceWithoutRetryingTheTarget) {
   }
 }
 
+TEST(AttemptPolicy, ARetryNeverSpendsTheAttemptsLaterCandidatesNeed) {
+  RetrySpec spec;
+  spec.max_retries = 5;
+  spec.max_attempts = 3;
+  AttemptPolicy p(spec);
+  p.start(3);  // two fallbacks: each keeps one of the three attempts
+  EXPECT_EQ(p.after_failure(FailureClass::transient, -1, 0).next, NextStep::fail_over);
+  EXPECT_EQ(p.candidate(), 1U);
+  EXPECT_EQ(p.after_failure(FailureClass::transient, -1, 0).next, NextStep::fail_over);
+  EXPECT_EQ(p.candidate(), 2U);
+  EXPECT_EQ(p.after_failure(FailureClass::transient, -1, 0).next, NextStep::give_up);
+  p.start(1);  // no fallback: the attempts go to retries
+  EXPECT_EQ(p.after_failure(FailureClass::transient, -1, 0).next, NextStep::retry);
+  EXPECT_EQ(p.after_failure(FailureClass::rate_limited, 10, 0).next, NextStep::retry);
+  EXPECT_EQ(p.after_failure(FailureClass::transient, -1, 0).next, NextStep::give_up);
+}
+
+TEST(AttemptPolicy, ATargetThatCannotTakeTheRequestFailsOverAtOnce) {
+  AttemptPolicy p;
+  p.start(2);
+  EXPECT_EQ(p.after_failure(FailureClass::not_found, -1, 0).next, NextStep::fail_over);
+  EXPECT_EQ(failure_status(FailureClass::not_found), Status::error);
+}
+
 TEST(AttemptPolicy, AnInvalidRequestGivesUpOnTheFirstTarget) {
   AttemptPolicy p;
   p.start(3);
@@ -168,7 +192,12 @@ TEST(AttemptPolicy, MaxAttemptsBoundsEverything) {
   spec.max_retries = 100;
   spec.max_attempts = 3;
   AttemptPolicy p(spec);
-  p.start(5);
+  p.start(5);  // more candidates than attempts: no retry, each attempt a new candidate
+  EXPECT_EQ(p.after_attempt(Status::error, -1, 0).next, NextStep::fail_over);
+  EXPECT_EQ(p.after_attempt(Status::error, -1, 0).next, NextStep::fail_over);
+  EXPECT_EQ(p.after_attempt(Status::error, -1, 0).next, NextStep::give_up);
+  EXPECT_EQ(p.attempts(), 3U);
+  p.start(1);
   EXPECT_EQ(p.after_attempt(Status::error, -1, 0).next, NextStep::retry);
   EXPECT_EQ(p.after_attempt(Status::error, -1, 0).next, NextStep::retry);
   EXPECT_EQ(p.after_attempt(Status::error, -1, 0).next, NextStep::give_up);

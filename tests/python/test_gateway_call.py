@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -588,3 +589,98 @@ def test_a_call_cancelled_by_its_caller_is_reported_once_as_a_timeout(
     assert rows["an"]["rate_limited"] == 1  # cancelled while it waited to retry: that 429
     assert rows["ge"]["timeout"] == 1  # cancelled before the stream's first text
     assert sum(r["outcomes"] for r in rows.values()) == 3
+
+
+# ---- from the adversarial review ----------------------------------------------------------------
+
+
+def test_a_target_that_has_no_such_model_or_path_fails_over(fake: FakeProviders) -> None:
+    text = table(fake).replace(fake.base_url("deepseek"), fake.url + "/nowhere/v1", 1)
+    with turnout.Router(turnout.load_config_text(text)).gateway() as gw:
+        resp = gw.call("s-ds", MESSAGES)
+    assert [(a.target, a.failure, a.http_status) for a in resp.attempts] == [
+        ("ds", "not_found", 404),
+        ("vl", "none", None),
+    ]
+
+
+def test_the_connection_pool_is_as_large_as_asked(router: turnout.Router) -> None:
+    async def pools() -> tuple[int, int]:
+        async with gateway(router, max_connections=300) as gw:
+            pool = gw._async_http()._transport._pool  # type: ignore[attr-defined]
+            return pool._max_connections, pool._max_keepalive_connections
+
+    assert asyncio.run(pools()) == (300, 300)
+    pool = gateway(router, max_connections=7)._sync_http()._transport._pool  # type: ignore[attr-defined]
+    assert pool._max_connections == 7
+
+
+def test_an_answer_the_ledger_will_not_count_is_still_returned(fake: FakeProviders) -> None:
+    router = turnout.Router(turnout.load_config_text(table(fake)), decision_ttl_s=0.5)
+    fake.script("oa-m", [Fault.ok(ttft_s=0.7)])  # the decision expires before its report
+    with router.gateway() as gw:
+        resp = gw.call("s-oa", MESSAGES)
+    assert resp.text
+    assert not resp.attempts[0].reported
+    assert "not counted" in (resp.attempts[0].error or "")
+
+
+def test_a_key_a_header_cannot_carry_is_refused_and_never_shown(
+    fake: FakeProviders, router: turnout.Router
+) -> None:
+    os.environ[KEY_ENV] = "sk-secret-line1\nsk-secret-line2"
+    resp = router.call("s-an", MESSAGES)
+    assert resp.target == "vl"
+    assert resp.attempts[0].failure == "auth"
+    assert "sk-secret" not in (resp.attempts[0].error or "")
+    assert {r.provider for r in fake.requests} == {"vllm"}
+
+
+def test_a_stream_never_read_holds_no_decision(router: turnout.Router) -> None:
+    stream = router.call("s-oa", MESSAGES, stream=True)
+    assert stream.decision is None
+    del stream
+    assert router.pending_decisions == 0
+    assert not ledger(router)
+    with pytest.raises(turnout.UnknownScenarioError):
+        router.call("nope", MESSAGES, stream=True)  # a scenario is still checked at once
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["blocking", "asyncio"])
+def test_a_pause_between_tokens_and_a_slow_caller_are_not_the_providers_timeout(
+    fake: FakeProviders, router: turnout.Router, asynchronous: bool
+) -> None:
+    # 0.8 s between tokens: longer than the first token's budget (0.6 s), within the whole (1.5 s)
+    # counted while waiting for the provider; the caller takes 0.5 s per delta on top.
+    fake.script("oa-m", [Fault.ok(gap_s=0.8, answer_tokens=2)])
+
+    async def aread() -> str:
+        async with gateway(router) as gw:
+            text = ""
+            async for d in await gw.acall("s-oa", MESSAGES, stream=True):
+                text += d
+                await asyncio.sleep(0.5)
+            return text
+
+    if asynchronous:
+        text = asyncio.run(aread())
+    else:
+        text = ""
+        for d in router.call("s-oa", MESSAGES, stream=True):
+            text += d
+            time.sleep(0.5)
+    assert text == "w1 w2 "
+    row = ledger(router)["oa"]
+    assert (row["ok"], row["timeout"], row["error"]) == (1, 0, 0)
+
+
+def test_a_retry_after_too_large_for_a_number_fails_over(
+    fake: FakeProviders, router: turnout.Router
+) -> None:
+    fake.script("oa-m", [Fault.rate_limited(1e300)])
+    resp = router.call("s-oa", MESSAGES)
+    assert [(a.target, a.failure) for a in resp.attempts] == [
+        ("oa", "rate_limited"),
+        ("vl", "none"),
+    ]
+    assert resp.attempts[0].retry_after_ms == 604_800_000

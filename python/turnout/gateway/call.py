@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 import os
+import socket
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -30,7 +32,9 @@ import httpx
 from turnout import _core, _errors
 from turnout.gateway.credentials import Credentials, MissingKey
 from turnout.gateway.providers import api_for
+from turnout.gateway.providers._common import MAX_RETRY_AFTER_MS
 from turnout.gateway.sse import SseParser
+from turnout.gateway.watchdog import WATCHDOG, Alarm
 from turnout.gateway.wire import (
     Api,
     Attempt,
@@ -50,6 +54,8 @@ from turnout.prefix import canonical_prompt
 _STATUS: dict[str, str] = _core.failure_classes()
 #: The largest whole reply read (a real one is kilobytes; a provider sending more is broken).
 MAX_REPLY_BYTES = 64 * 1024 * 1024
+#: The largest error reply read (its first bytes say what it is).
+MAX_ERROR_BYTES = 1024 * 1024
 #: Connection setup never waits longer than this (a dead host must not eat the first-token budget).
 _CONNECT_TIMEOUT_S = 10.0
 
@@ -66,13 +72,14 @@ class RouteSource(Protocol):
 class _Candidate:
     """One place a decision offers, ready to call (or why it cannot be)."""
 
-    spec: TargetSpec
-    api: Api
+    spec: TargetSpec  # without its key: read at each attempt (a rotated key is used at once)
+    api: Api | None
     endpoint: str
     timeout_s: float
     first_token_timeout_s: float
-    missing_key: str | None  # the auth failure to record instead of calling
     cache_ttl: str  # its prompt cache's lifetime, as an Anthropic breakpoint asks it ("5m", "1h")
+    call_info: Mapping[str, Any]  # the table's call keys of the target (where its key is)
+    unusable: Failure | None = None  # why this worker cannot call it at all
 
 
 def messages_of(messages: Sequence[Mapping[str, Any] | Message]) -> tuple[Message, ...]:
@@ -89,6 +96,12 @@ def messages_of(messages: Sequence[Mapping[str, Any] | Message]) -> tuple[Messag
             )
         if not isinstance(content, str):
             raise _errors.InvalidArgumentError(f"messages[{i}].content must be text")
+        try:
+            content.encode()
+        except UnicodeEncodeError:
+            raise _errors.InvalidArgumentError(
+                f"messages[{i}].content is not valid Unicode text (a lone surrogate)"
+            ) from None
         out.append(Message(role, content))
     if not out or out[-1].role != "user":
         raise _errors.InvalidArgumentError("messages must end with a user message")
@@ -126,24 +139,36 @@ class _Table:
         cached = self._places.get((target, endpoint))
         if cached is not None:
             return cached
-        info = config.target_info(target)
+        try:
+            info = config.target_info(target)
+        except _errors.UnknownTargetError:
+            # The sidecar decided by a newer table than this worker holds: fail over.
+            return _Candidate(
+                spec=TargetSpec(target, "", "", "", ""),
+                api=None,
+                endpoint=endpoint or "",
+                timeout_s=0.0,
+                first_token_timeout_s=0.0,
+                cache_ttl="5m",
+                call_info={},
+                unusable=Failure(
+                    "not_found",
+                    f"this worker's table has no target '{target}' (the sidecar's is newer: give "
+                    "the client shm= to follow it)",
+                ),
+            )
         call = info["call"]
         base = call["base_url"]
         if endpoint is not None:  # a replica of a self-hosted pool: its OpenAI-compatible root
             base = endpoint.rstrip("/")
             if not base.endswith("/v1"):
                 base += "/v1"
-        try:
-            key, missing = self._credentials.key(target, call), None
-        except MissingKey as e:
-            key, missing = None, str(e)
         spec = TargetSpec(
             name=target,
             provider=info["provider"],
             api=call["api"],
             model=info["model"],
             base_url=base,
-            api_key=key,
         )
         place = _Candidate(
             spec=spec,
@@ -151,12 +176,17 @@ class _Table:
             endpoint=base,
             timeout_s=call["timeout_ms"] / 1000.0,
             first_token_timeout_s=call["first_token_timeout_ms"] / 1000.0,
-            missing_key=missing,
             cache_ttl="1h" if info["cache"]["ttl_s"] >= 3600 else "5m",
+            call_info=call,
         )
-        if missing is None:  # a key set later is picked up by the next call
-            self._places[(target, endpoint)] = place
+        self._places[(target, endpoint)] = place
         return place
+
+    def keyed(self, c: _Candidate) -> TargetSpec:
+        """The candidate's spec with its key as the environment or its file holds it now.
+        Raises MissingKey."""
+        key = self._credentials.key(c.spec.name, c.call_info)
+        return c.spec if key is None else dataclasses.replace(c.spec, api_key=key)
 
 
 @dataclass
@@ -196,6 +226,7 @@ class _Call:
         # The last attempt when the policy retries its target (reported only if the call ends
         # before the retry: cancelled while it waits).
         self.unreported: Attempt | None = None
+        self.secret: str | None = None  # the key of the attempt in flight: never in a message
         self.attempts: list[Attempt] = []
         self.started = time.perf_counter()
         self.cost = Decimal(0)
@@ -230,33 +261,43 @@ class _Call:
 
     def plan(self, c: _Candidate, *, stream: bool) -> HttpCall | _Outcome:
         """The HTTP call to make, or the outcome of an attempt that cannot be made."""
-        if c.missing_key is not None:
-            return _Outcome(Failure("auth", c.missing_key))
+        if c.unusable is not None or c.api is None:
+            return _Outcome(c.unusable)
+        try:
+            spec = self.table.keyed(c)
+        except MissingKey as e:
+            return _Outcome(Failure("auth", str(e)))
+        self.secret = spec.api_key
         request = self.request
         if self.auto_cache:
             request = dataclasses.replace(request, cache_ttl=c.cache_ttl)
         try:
-            return c.api.build(c.spec, request, stream=stream)
+            return c.api.build(spec, request, stream=stream)
         except AttemptFailed as e:
             return _Outcome(e.failure)
+        except Exception as e:  # an adapter that cannot express this request: pass it through
+            return _Outcome(Failure("invalid_request", f"cannot build the request: {_named(e)}"))
 
     def conclude(self, c: _Candidate, o: _Outcome) -> tuple[str, float]:
         """Records and (unless its target is retried) reports one attempt; returns the policy's
         next step ("served", "retry", "fail_over", "give_up") and the wait before it."""
-        failure = o.failure.failure if o.failure is not None else "none"
+        f = o.failure
+        failure = f.failure if f is not None else "none"
+        retry_after = f.retry_after_ms if f is not None else None
+        if retry_after is not None:
+            retry_after = min(max(int(retry_after), 0), MAX_RETRY_AFTER_MS)
         if o.committed:
-            step, at = ("served" if o.failure is None else "give_up"), time.time()
+            step, at = ("served" if f is None else "give_up"), time.time()
         else:
-            retry_after = o.failure.retry_after_ms if o.failure is not None else None
             step, _, at = self.policy.after_failure(failure, time.time(), retry_after)
         attempt = Attempt(
             target=c.spec.name,
             endpoint=c.endpoint,
             status=_STATUS[failure],
             failure=failure,
-            error=o.failure.message if o.failure is not None else None,
-            http_status=o.failure.http_status if o.failure is not None else None,
-            retry_after_ms=o.failure.retry_after_ms if o.failure is not None else None,
+            error=self._scrubbed(f.message) if f is not None else None,
+            http_status=f.http_status if f is not None else None,
+            retry_after_ms=retry_after,
             ttft_ms=o.ttft_ms,
             latency_ms=o.latency_ms,
             usage=o.parsed.usage if o.parsed is not None else None,
@@ -270,6 +311,11 @@ class _Call:
             self._report(attempt)
         return step, max(0.0, at - time.time())
 
+    def _scrubbed(self, message: str) -> str:
+        if self.secret and self.secret in message:
+            message = message.replace(self.secret, "<key>")
+        return message
+
     def _report(self, a: Attempt) -> None:
         d = self.decision
         assert d is not None
@@ -277,11 +323,17 @@ class _Call:
         if a.ttft_ms is not None:
             kwargs["ttft_ms"] = a.ttft_ms
         try:
-            receipt = self.source.report(d.id, usage=a.usage, **kwargs)
-        except (_errors.UsageError, _errors.PriceMissingError) as e:
-            # The provider's usage cannot be priced: the outcome still counts (unpriced), once.
-            a.error = f"{a.error + '; ' if a.error else ''}usage not priced: {e}"
-            receipt = self.source.report(d.id, **kwargs)
+            try:
+                receipt = self.source.report(d.id, usage=a.usage, **kwargs)
+            except (_errors.UsageError, _errors.PriceMissingError) as e:
+                # The provider's usage cannot be priced: the outcome still counts (unpriced).
+                a.error = f"{a.error + '; ' if a.error else ''}usage not priced: {e}"
+                receipt = self.source.report(d.id, **kwargs)
+        except _errors.TurnoutError as e:
+            # The ledger refused the outcome (its decision expired, a sidecar restarted without
+            # it): the answer is still the caller's; the attempt says it was not counted.
+            a.error = f"{a.error + '; ' if a.error else ''}not counted: {e}"
+            return
         a.reported = True
         if receipt is not None:
             a.cost_usd = receipt.get("cost_usd")
@@ -342,7 +394,8 @@ class _Call:
         tried = len(self.attempts)
         what = "the stream was cut after it began" if o.committed else f"{tried} attempt(s) failed"
         return cls(
-            f"scenario '{self.scenario}': {what}; last: {c.spec.name}: {f.failure}: {f.message}",
+            f"scenario '{self.scenario}': {what}; last: {c.spec.name}: {f.failure}: "
+            f"{self._scrubbed(f.message)}",
             failure=f.failure,
             http_status=f.http_status,
             attempts=self.attempts,
@@ -359,11 +412,18 @@ class _Call:
         raise self.error(c, o)
 
 
-def _failure_of(e: Exception, what: str) -> Failure:
-    """A transport exception as a failure: a timeout, else a server-side fault."""
-    if isinstance(e, (httpx.TimeoutException, TimeoutError)):
-        return Failure("timeout", f"no {what} in time ({type(e).__name__})")
-    return Failure("transient", f"{type(e).__name__}: {e}")
+def _failure_of(e: BaseException, what: str, alarm: Alarm | None = None) -> Failure:
+    """An exception of an attempt as a failure: a timeout (httpx's, asyncio's or the watchdog's),
+    else a server-side fault. A request httpx refuses to send says so without its headers."""
+    if isinstance(e, (httpx.TimeoutException, TimeoutError)) or (alarm is not None and alarm.fired):
+        return Failure("timeout", f"no {what} in time")
+    if isinstance(e, httpx.LocalProtocolError):
+        return Failure("invalid_request", "the HTTP client refused to send the request")
+    return Failure("transient", _named(e))
+
+
+def _named(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:500]
 
 
 def _classified(c: _Candidate, r: httpx.Response, body: bytes) -> Failure:
@@ -420,15 +480,72 @@ class _StreamReader:
 
 
 def _timeout(c: _Candidate, *, stream: bool) -> httpx.Timeout:
-    # A blocking read waits at most this: the first token's budget in a stream, the whole reply's
-    # otherwise (a non-stream reply's headers come when it is done).
+    # Until the reply's headers: the first token's budget in a stream, the whole reply's otherwise
+    # (a non-stream reply's headers come when it is done). The body's reads are bounded by the
+    # drivers (the watchdog, asyncio), never by this: see _body_reads.
     read = c.first_token_timeout_s if stream else c.timeout_s
     return httpx.Timeout(
         read, connect=min(_CONNECT_TIMEOUT_S, c.first_token_timeout_s), pool=c.timeout_s
     )
 
 
+def _body_reads(r: httpx.Response, c: _Candidate) -> None:
+    """httpx reads a body with the read timeout its request had when the body starts: lift it to
+    the attempt's whole time (the first-token and whole-attempt deadlines are the driver's), so a
+    pause between tokens is not cut by the first token's budget."""
+    timeouts = r.request.extensions.get("timeout")
+    if isinstance(timeouts, dict):
+        timeouts["read"] = c.timeout_s
+
+
+def _socket_of(r: httpx.Response) -> socket.socket | None:
+    stream = r.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class _Deadline:
+    """A blocking attempt's deadline: the watchdog shuts its socket at `at` unless disarmed."""
+
+    def __init__(self, r: httpx.Response) -> None:
+        self.sock = _socket_of(r)
+        self.alarm: Alarm | None = None
+
+    def arm(self, at: float) -> None:
+        self.disarm()
+        if self.sock is not None:
+            self.alarm = WATCHDOG.arm(at, self.sock)
+
+    def disarm(self) -> None:
+        if self.alarm is not None:
+            self.alarm.cancel()
+
+    @property
+    def fired(self) -> bool:
+        return self.alarm is not None and self.alarm.fired
+
+
+def _capped(chunks: Iterator[bytes], cap: int) -> bytes:
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > cap:
+            raise AttemptFailed(Failure("transient", f"the reply exceeds {cap} bytes"))
+    return bytes(body)
+
+
+async def _acapped(chunks: AsyncIterator[bytes], cap: int) -> bytes:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > cap:
+            raise AttemptFailed(Failure("transient", f"the reply exceeds {cap} bytes"))
+    return bytes(body)
+
+
 # ---------------------------------------------------------------------------- blocking drivers
+# Any exception of an attempt is its failure; an interruption (KeyboardInterrupt, a stream closed
+# by its caller) is reported before it goes on: an outcome is counted on every path.
 
 
 def route(call: _Call) -> _Call:
@@ -441,17 +558,34 @@ def run(call: _Call, http: httpx.Client) -> Response:
     while True:
         c = call.candidate()
         planned = call.plan(c, stream=False)
-        o = planned if isinstance(planned, _Outcome) else _attempt(http, c, planned)
+        if isinstance(planned, _Outcome):
+            o = planned
+        else:
+            started = time.perf_counter()
+            try:
+                o = _attempt(http, c, planned)
+            except BaseException:
+                call.cancelled(c, started)
+                raise
         step, wait = call.conclude(c, o)
         if step in ("served", "give_up"):
             return call.finish(c, o, step)
-        if wait:
-            time.sleep(wait)
+        _sleep(call, wait)
+
+
+def _sleep(call: _Call, wait: float) -> None:
+    if wait <= 0:
+        return
+    try:
+        time.sleep(wait)
+    except BaseException:
+        call.cancelled(call.candidate(), None)
+        raise
 
 
 def _attempt(http: httpx.Client, c: _Candidate, planned: HttpCall) -> _Outcome:
     started = time.perf_counter()
-    deadline = started + c.timeout_s
+    deadline: _Deadline | None = None
     try:
         with http.stream(
             "POST",
@@ -460,73 +594,103 @@ def _attempt(http: httpx.Client, c: _Candidate, planned: HttpCall) -> _Outcome:
             headers=planned.headers,
             timeout=_timeout(c, stream=False),
         ) as r:
-            body = bytearray()
-            for chunk in r.iter_bytes():
-                body += chunk
-                _check_body(body, deadline)
-    except httpx.HTTPError as e:
-        o = _Outcome(_failure_of(e, "reply"))
+            deadline = _Deadline(r)
+            deadline.arm(time.monotonic() + c.timeout_s - (time.perf_counter() - started))
+            _body_reads(r, c)
+            cap = MAX_ERROR_BYTES if r.status_code >= 300 else MAX_REPLY_BYTES
+            body = _capped(r.iter_bytes(), cap)
+            deadline.disarm()
+            o = _whole(c, r.status_code, body, r)
     except AttemptFailed as e:
         o = _Outcome(e.failure)
-    else:
-        o = _whole(c, r.status_code, bytes(body), r)
+    except Exception as e:
+        o = _Outcome(_failure_of(e, "reply", deadline.alarm if deadline else None))
+    finally:
+        if deadline is not None:
+            deadline.disarm()
     o.latency_ms = (time.perf_counter() - started) * 1000.0
     return o
 
 
-def _check_body(body: bytearray, deadline: float) -> None:
-    """A whole reply read so far: within the attempt's time and a sane size."""
-    if len(body) > MAX_REPLY_BYTES:
-        raise AttemptFailed(Failure("transient", f"the reply exceeds {MAX_REPLY_BYTES} bytes"))
-    if time.perf_counter() > deadline:
-        raise AttemptFailed(Failure("timeout", "the reply ran past the attempt's timeout"))
-
-
 def run_stream(call: _Call, http: httpx.Client) -> Iterator[str]:
+    route(call)
     while True:
         c = call.candidate()
         planned = call.plan(c, stream=True)
         if isinstance(planned, _Outcome):
             o = planned
         else:
-            reader = _StreamReader(c, time.perf_counter())
-            committed, failure = False, None
-            first_by = reader.started + c.first_token_timeout_s
-            deadline = reader.started + c.timeout_s
-            try:
-                with http.stream(
-                    "POST",
-                    planned.url,
-                    content=planned.body,
-                    headers=planned.headers,
-                    timeout=_timeout(c, stream=True),
-                ) as r:
-                    if r.status_code >= 300:
-                        failure = _classified(c, r, r.read())
-                    else:
-                        for chunk in r.iter_bytes():
-                            for delta in reader.feed(chunk):
-                                committed = True
-                                try:
-                                    yield delta
-                                except GeneratorExit:
-                                    call.abandon(c, reader)
-                                    raise
-                            now = time.perf_counter()
-                            if now > deadline or (not committed and now > first_by):
-                                failure = Failure("timeout", "the stream ran past its timeout")
-                                break
-            except AttemptFailed as e:
-                failure = e.failure
-            except httpx.HTTPError as e:
-                failure = _failure_of(e, "text")
-            o = reader.outcome(failure, committed)
+            o = yield from _stream_attempt(call, http, c, planned)
         step, wait = call.conclude(c, o)
         if step in ("served", "give_up"):
             call.streamed = call.finish(c, o, step)
             return
-        if wait:
-            time.sleep(wait)
+        _sleep(call, wait)
+
+
+def _stream_attempt(
+    call: _Call, http: httpx.Client, c: _Candidate, planned: HttpCall
+) -> Iterator[str]:
+    """One streamed attempt: yields its deltas, returns its outcome. Until the first text the
+    watchdog holds the first token's deadline; after it, the attempt's whole time counts only
+    while waiting for the provider (a slow caller is not the provider's timeout)."""
+    reader = _StreamReader(c, time.perf_counter())
+    clock = time.monotonic() - reader.started  # perf_counter -> monotonic, for the watchdog
+    committed, failure, deadline = False, None, None
+    waited = 0.0  # the provider's time after the first text
+    try:
+        with http.stream(
+            "POST",
+            planned.url,
+            content=planned.body,
+            headers=planned.headers,
+            timeout=_timeout(c, stream=True),
+        ) as r:
+            deadline = _Deadline(r)
+            _body_reads(r, c)
+            if r.status_code >= 300:
+                deadline.arm(clock + reader.started + c.timeout_s)
+                failure = _classified(c, r, _capped(r.iter_bytes(), MAX_ERROR_BYTES))
+            else:
+                deadline.arm(clock + reader.started + c.first_token_timeout_s)
+                chunks = r.iter_bytes()
+                while True:
+                    asked = time.perf_counter()
+                    chunk = next(chunks, None)
+                    if committed:
+                        waited += time.perf_counter() - asked
+                    if chunk is None:
+                        break
+                    deltas = reader.feed(chunk)
+                    if not deltas:
+                        continue
+                    if not committed:
+                        committed = True
+                        waited = time.perf_counter() - reader.started
+                    deadline.disarm()
+                    for delta in deltas:
+                        try:
+                            yield delta
+                        except GeneratorExit:
+                            call.abandon(c, reader)
+                            raise
+                    deadline.arm(time.monotonic() + c.timeout_s - waited)
+    except AttemptFailed as e:
+        failure = e.failure
+    except GeneratorExit:
+        raise
+    except Exception as e:
+        failure = _failure_of(e, "text", deadline.alarm if deadline else None)
+    except BaseException:
+        if committed:
+            call.abandon(c, reader)
+        else:
+            call.cancelled(c, reader.started)
+        raise
+    finally:
+        if deadline is not None:
+            deadline.disarm()
+    return reader.outcome(failure, committed)
 
 
 # ------------------------------------------------------------------------------ asyncio drivers
@@ -548,20 +712,21 @@ async def arun(call: _Call, http: httpx.AsyncClient) -> Response:
             started = time.perf_counter()
             try:
                 o = await _aattempt(http, c, planned)
-            except asyncio.CancelledError:
+            except BaseException:
                 call.cancelled(c, started)
                 raise
         step, wait = call.conclude(c, o)
         if step in ("served", "give_up"):
             return call.finish(c, o, step)
-        if wait:
-            await _asleep(call, wait)
+        await _asleep(call, wait)
 
 
 async def _asleep(call: _Call, wait: float) -> None:
+    if wait <= 0:
+        return
     try:
         await asyncio.sleep(wait)
-    except asyncio.CancelledError:
+    except BaseException:
         call.cancelled(call.candidate(), None)
         raise
 
@@ -579,33 +744,32 @@ async def _aattempt(http: httpx.AsyncClient, c: _Candidate, planned: HttpCall) -
                 timeout=_timeout(c, stream=False),
             ) as r,
         ):
-            body = bytearray()
-            async for chunk in r.aiter_bytes():
-                body += chunk
-                _check_body(body, math.inf)
-    except (httpx.HTTPError, TimeoutError) as e:
-        o = _Outcome(_failure_of(e, "reply"))
+            _body_reads(r, c)
+            cap = MAX_ERROR_BYTES if r.status_code >= 300 else MAX_REPLY_BYTES
+            body = await _acapped(r.aiter_bytes(), cap)
+            o = _whole(c, r.status_code, body, r)
     except AttemptFailed as e:
         o = _Outcome(e.failure)
-    else:
-        o = _whole(c, r.status_code, bytes(body), r)
+    except Exception as e:
+        o = _Outcome(_failure_of(e, "reply"))
     o.latency_ms = (time.perf_counter() - started) * 1000.0
     return o
 
 
 async def arun_stream(call: _Call, http: httpx.AsyncClient) -> AsyncIterator[str]:
+    await aroute(call)
     while True:
         c = call.candidate()
         planned = call.plan(c, stream=True)
-        if isinstance(planned, _Outcome):
-            o = planned
-        else:
+        o = planned if isinstance(planned, _Outcome) else None
+        if o is None:
             reader = _StreamReader(c, time.perf_counter())
             committed, failure = False, None
+            waited = 0.0  # the provider's time after the first text
             loop = asyncio.get_running_loop()
             start = loop.time()
             try:
-                # The deadline wraps each read, never a yield: a timeout must not cancel the
+                # Each deadline wraps a read, never a yield: a timeout must not cancel the
                 # caller's own code while it holds a delta.
                 async with asyncio.timeout_at(start + c.first_token_timeout_s):
                     cm = http.stream(
@@ -617,19 +781,30 @@ async def arun_stream(call: _Call, http: httpx.AsyncClient) -> AsyncIterator[str
                     )
                     r = await cm.__aenter__()
                 try:
+                    _body_reads(r, c)
                     if r.status_code >= 300:
                         async with asyncio.timeout_at(start + c.timeout_s):
-                            failure = _classified(c, r, await r.aread())
+                            body = await _acapped(r.aiter_bytes(), MAX_ERROR_BYTES)
+                        failure = _classified(c, r, body)
                     else:
                         chunks = r.aiter_bytes()
                         while True:
-                            budget = c.timeout_s if committed else c.first_token_timeout_s
-                            async with asyncio.timeout_at(start + budget):
+                            asked = loop.time()
+                            if committed:
+                                budget = asked + c.timeout_s - waited
+                            else:
+                                budget = start + c.first_token_timeout_s
+                            async with asyncio.timeout_at(budget):
                                 chunk = await anext(chunks, None)
+                            if committed:
+                                waited += loop.time() - asked
                             if chunk is None:
                                 break
-                            for delta in reader.feed(chunk):
+                            deltas = reader.feed(chunk)
+                            if deltas and not committed:
                                 committed = True
+                                waited = loop.time() - start
+                            for delta in deltas:
                                 try:
                                     yield delta
                                 except GeneratorExit:
@@ -639,9 +814,11 @@ async def arun_stream(call: _Call, http: httpx.AsyncClient) -> AsyncIterator[str
                     await cm.__aexit__(None, None, None)
             except AttemptFailed as e:
                 failure = e.failure
-            except (httpx.HTTPError, TimeoutError) as e:
+            except GeneratorExit:
+                raise
+            except Exception as e:
                 failure = _failure_of(e, "text")
-            except asyncio.CancelledError:
+            except BaseException:
                 if committed:
                     call.abandon(c, reader)
                 else:
@@ -652,8 +829,7 @@ async def arun_stream(call: _Call, http: httpx.AsyncClient) -> AsyncIterator[str
         if step in ("served", "give_up"):
             call.streamed = call.finish(c, o, step)
             return
-        if wait:
-            await _asleep(call, wait)
+        await _asleep(call, wait)
 
 
 # ------------------------------------------------------------------------------------ the SDK
@@ -695,6 +871,7 @@ class AsyncStream:
     def __init__(self, call: _Call, deltas: AsyncIterator[str]) -> None:
         self._call = call
         self._deltas = deltas
+        self._closed = False
         self.response: Response | None = None
 
     @property
@@ -712,9 +889,10 @@ class AsyncStream:
             await self.aclose()
 
     async def aclose(self) -> None:
-        aclose = getattr(self._deltas, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        if self._closed:  # once: `async with` and a loop left early both close it
+            return
+        self._closed = True
+        await self._deltas.aclose()  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> AsyncStream:
         return self
@@ -761,30 +939,40 @@ class Gateway:
         self._retry = retry
         self._source = source
         self._table = _Table(config_of, credentials or Credentials())
-        # No retries inside the HTTP client: the policy is the only one that retries.
+        # No retries inside the HTTP client: the policy is the only one that retries. The limits go
+        # to the transport: a client given a transport ignores its own.
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._http: httpx.Client | None = None
-        self._ahttp: dict[int, httpx.AsyncClient] = {}
+        self._http_lock = threading.Lock()
+        # An AsyncClient's connections belong to the event loop that made them.
+        self._ahttp: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _policy(self) -> _core.AttemptPolicy:
         return _core.AttemptPolicy(**self._retry, seed=int.from_bytes(os.urandom(8), "little"))
 
     def _sync_http(self) -> httpx.Client:
-        if self._http is None:
-            self._http = httpx.Client(limits=self._limits, transport=httpx.HTTPTransport(retries=0))
-        return self._http
+        http = self._http
+        if http is None:
+            with self._http_lock:  # threads calling at once share one client
+                if self._http is None:
+                    self._http = httpx.Client(
+                        transport=httpx.HTTPTransport(retries=0, limits=self._limits)
+                    )
+                http = self._http
+        return http
 
     def _async_http(self) -> httpx.AsyncClient:
-        # An AsyncClient's connections belong to one event loop.
-        loop = id(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         http = self._ahttp.get(loop)
         if http is None or http.is_closed:
             http = httpx.AsyncClient(
-                limits=self._limits, transport=httpx.AsyncHTTPTransport(retries=0)
+                transport=httpx.AsyncHTTPTransport(retries=0, limits=self._limits)
             )
-            self._ahttp = {loop: http}  # the previous loop is gone (asyncio.run ended it)
+            self._ahttp[loop] = http
         return http
 
     def _call(
@@ -807,9 +995,10 @@ class Gateway:
             raise _errors.InvalidArgumentError("max_tokens must be positive")
         if cache not in (None, True, False, "5m", "1h"):
             raise _errors.InvalidArgumentError("cache must be None, True, False, '5m' or '1h'")
+        scenario_max = self._table.max_tokens(scenario)  # an unknown scenario raises here
         request = ChatRequest(
             messages=msgs,
-            max_tokens=max_tokens or self._table.max_tokens(scenario),
+            max_tokens=max_tokens or scenario_max,
             temperature=temperature,
             stop=tuple(stop or ()),
             cache_ttl="5m" if cache is True else (cache or None),  # type: ignore[arg-type]
@@ -863,10 +1052,9 @@ class Gateway:
             data_class=data_class,
             input_tokens=input_tokens,
         )
-        route(c)
-        if stream:
+        if stream:  # routed when read: a stream never read holds no decision
             return Stream(c, run_stream(c, self._sync_http()))
-        return run(c, self._sync_http())
+        return run(route(c), self._sync_http())
 
     async def acall(
         self,
@@ -894,10 +1082,9 @@ class Gateway:
             data_class=data_class,
             input_tokens=input_tokens,
         )
-        await aroute(c)
-        if stream:
+        if stream:  # routed when read: a stream never read holds no decision
             return AsyncStream(c, arun_stream(c, self._async_http()))
-        return await arun(c, self._async_http())
+        return await arun(await aroute(c), self._async_http())
 
     def close(self) -> None:
         """Closes the blocking client's connections (an asyncio client closes in aclose)."""
@@ -906,10 +1093,10 @@ class Gateway:
             self._http = None
 
     async def aclose(self) -> None:
-        """Closes every connection, from the event loop that made the asyncio ones."""
-        for http in self._ahttp.values():
+        """Closes this event loop's connections and the blocking client's."""
+        http = self._ahttp.pop(asyncio.get_running_loop(), None)
+        if http is not None:
             await http.aclose()
-        self._ahttp = {}
         self.close()
 
     def __enter__(self) -> Gateway:

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from turnout import _core, _errors
 from turnout.gateway.call import AsyncStream, Gateway
-from turnout.gateway.credentials import Credentials, MissingKey
+from turnout.gateway.credentials import MissingKey, private_text
 from turnout.gateway.wire import Attempt, Response
 
 _log = logging.getLogger("turnout.gateway")
@@ -456,7 +456,7 @@ def load_api_keys(env_name: str | None, keys_file: str | None) -> frozenset[str]
         keys.add(value)
     if keys_file:
         try:
-            text = Credentials().key("gateway", {"api_key_file": keys_file})
+            _, text = private_text(keys_file, keys_file)
         except MissingKey as e:
             raise ValueError(f"--api-keys-file: {e}") from None
         keys.update(

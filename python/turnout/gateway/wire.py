@@ -23,6 +23,7 @@ FailureName = Literal[
     "auth",
     "billing",
     "invalid_request",
+    "not_found",
 ]
 
 #: How a response ended, in one vocabulary across providers.

@@ -130,6 +130,8 @@ def status_class(status: int) -> FailureName:
         return "timeout"
     if status == 413:
         return "context_overflow"  # the request is too large for this target
+    if status == 404 or 300 <= status < 400:
+        return "not_found"  # no such model or route here, or a redirect (never followed)
     if status >= 500:
         return "transient"
     return "invalid_request"
@@ -160,20 +162,20 @@ def retry_after_ms(headers: Mapping[str, str], now: float | None = None) -> int 
     or as an HTTP date (`now`: the current Unix time). None when neither says it."""
     ms = _number(header(headers, "retry-after-ms"))
     if ms is not None:
-        return round(ms)
+        return _capped(ms)
     after = header(headers, "retry-after")
     if after is None:
         return None
     seconds = _number(after)
     if seconds is not None:
-        return round(seconds * 1000)
+        return _capped(seconds * 1000)
     try:
         when = parsedate_to_datetime(after.strip())
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         return None
-    return max(0, round((when.timestamp() - (time.time() if now is None else now)) * 1000))
+    return _capped(max(0.0, (when.timestamp() - (time.time() if now is None else now)) * 1000))
 
 
 def _number(text: str | None) -> float | None:
@@ -193,7 +195,16 @@ def duration_ms(text: Any) -> int | None:
     if not isinstance(text, str):
         return None
     match = _DURATION.match(text)
-    return round(float(match.group(1)) * 1000) if match else None
+    return _capped(float(match.group(1)) * 1000) if match else None
+
+
+#: The longest wait a reply can ask for that is kept as said (a week); longer ones are this. The
+#: policy fails over long before (max_retry_after_ms), but a number must stay a number.
+MAX_RETRY_AFTER_MS = 604_800_000
+
+
+def _capped(ms: float) -> int:
+    return MAX_RETRY_AFTER_MS if not ms < MAX_RETRY_AFTER_MS else round(ms)
 
 
 def failure(

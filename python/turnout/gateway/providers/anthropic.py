@@ -50,7 +50,7 @@ _ERROR_CLASSES: Mapping[str, FailureName] = {
     "authentication_error": "auth",
     "permission_error": "auth",
     "billing_error": "billing",
-    "not_found_error": "invalid_request",
+    "not_found_error": "not_found",
     "request_too_large": "context_overflow",
     "rate_limit_error": "rate_limited",
     "api_error": "transient",

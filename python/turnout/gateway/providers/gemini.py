@@ -40,7 +40,7 @@ ROLES: Mapping[str, str] = {"user": "user", "assistant": "model"}
 #: Each google.rpc status's class (Gemini errors carry one in `error.status`).
 _STATUS_CLASSES: Mapping[str, FailureName] = {
     "INVALID_ARGUMENT": "invalid_request",
-    "NOT_FOUND": "invalid_request",
+    "NOT_FOUND": "not_found",
     # "Gemini API free tier is not available in your country. Please enable billing ..."
     "FAILED_PRECONDITION": "billing",
     "PERMISSION_DENIED": "auth",

@@ -219,7 +219,8 @@ class ChatStream:
         if isinstance(chunk.get("usage"), dict):
             self._usage.append(chunk)
         deltas: list[str] = []
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
@@ -236,12 +237,14 @@ class ChatStream:
 
     @property
     def complete(self) -> bool:
-        return self._done
+        # `[DONE]` alone is not an answer: a stream cut and closed cleanly by a proxy never said
+        # how it finished.
+        return self._done and self._native is not None
 
     def result(self) -> Parsed:
         return Parsed(
             text="".join(self._text),
-            finish_reason=_finish(self._native, refused=self._refused) if self._done else None,
+            finish_reason=_finish(self._native, refused=self._refused) if self.complete else None,
             usage=self._usage or None,
             native_finish_reason=self._native,
         )
