@@ -424,7 +424,7 @@ def gateway(
     try:
         from turnout.gateway import server
     except ImportError as e:
-        _fail(RuntimeError(f"{e}: install turnout[gateway]"), 2)
+        _fail(RuntimeError(f"{e}: reinstall turnout (aiohttp is one of its dependencies)"), 2)
     if shm and not sidecar:
         _fail(ValueError("--shm needs --sidecar"), 2)
     try:

@@ -605,14 +605,14 @@ def test_a_target_that_has_no_such_model_or_path_fails_over(fake: FakeProviders)
 
 
 def test_the_connection_pool_is_as_large_as_asked(router: turnout.Router) -> None:
-    async def pools() -> tuple[int, int]:
+    async def limit() -> int:
         async with gateway(router, max_connections=300) as gw:
-            pool = gw._async_http()._transport._pool  # type: ignore[attr-defined]
-            return pool._max_connections, pool._max_keepalive_connections
+            return gw._async_http().connector.limit  # type: ignore[union-attr]
 
-    assert asyncio.run(pools()) == (300, 300)
+    assert asyncio.run(limit()) == 300
     pool = gateway(router, max_connections=7)._sync_http()._transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 7
+    assert pool._max_keepalive_connections == 7
 
 
 def test_an_answer_the_ledger_will_not_count_is_still_returned(fake: FakeProviders) -> None:
