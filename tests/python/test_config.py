@@ -85,6 +85,15 @@ def test_example_target_info(example_config: turnout.Config) -> None:
             },
         },
         "kv": {"block_size": 16, "capacity_blocks": 200000},
+        # How the worker SDK calls it: its replicas' endpoints, no key unless the table names one.
+        "call": {
+            "api": "chat_completions",
+            "base_url": None,
+            "api_key_env": None,
+            "api_key_file": None,
+            "timeout_ms": 600000,
+            "first_token_timeout_ms": 60000,
+        },
     }
     claude = example_config.target_info("claude-sonnet-4")
     assert claude["kind"] == "maas"
@@ -92,6 +101,14 @@ def test_example_target_info(example_config: turnout.Config) -> None:
     assert claude["data_classes"] == ["public", "deidentified"]
     assert claude["endpoints"] == []
     assert claude["cost"] is None
+    assert claude["call"] == {
+        "api": "messages",
+        "base_url": "https://api.anthropic.com",
+        "api_key_env": "ANTHROPIC_API_KEY",
+        "api_key_file": None,
+        "timeout_ms": 600000,
+        "first_token_timeout_ms": 60000,
+    }
     assert claude["price"] == {
         "input_per_mtok": Decimal("3"),
         "output_per_mtok": Decimal("15"),

@@ -109,6 +109,7 @@ def test_maas_decision_fields(example_router: Router, example_config: turnout.Co
         "target": "gpt-4.1-mini",
         "endpoint": None,
         "fallbacks": ["claude-sonnet-4"],
+        "fallback_endpoints": [None],  # a managed API: no replica
         "reasons": ["weight:gpt-4.1-mini (10%)"],
         "predicted_cost_usd": Decimal("0.0012"),
         # OpenAI writes cost the input price: the worst case is the prediction itself.
