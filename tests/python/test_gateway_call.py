@@ -5,6 +5,7 @@ the data boundary and the keys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -607,7 +608,7 @@ def test_a_target_that_has_no_such_model_or_path_fails_over(fake: FakeProviders)
 def test_the_connection_pool_is_as_large_as_asked(router: turnout.Router) -> None:
     async def limit() -> int:
         async with gateway(router, max_connections=300) as gw:
-            return gw._async_http().connector.limit  # type: ignore[union-attr]
+            return (await gw._session()).connector.limit  # type: ignore[union-attr]
 
     assert asyncio.run(limit()) == 300
     pool = gateway(router, max_connections=7)._sync_http()._transport._pool  # type: ignore[attr-defined]
@@ -684,3 +685,27 @@ def test_a_retry_after_too_large_for_a_number_fails_over(
         ("vl", "none"),
     ]
     assert resp.attempts[0].retry_after_ms == 604_800_000
+
+
+def test_a_loop_per_call_leaves_no_connection_open(
+    fake: FakeProviders, router: turnout.Router
+) -> None:
+    def sockets() -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile (the listing's own fd)
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        return n
+
+    asyncio.run(router.acall("s-oa", MESSAGES))  # warm: the fake's own sockets, the pools
+    before = sockets()
+    for _ in range(10):
+        asyncio.run(router.acall("s-oa", MESSAGES))
+    assert sockets() <= before + 1  # each loop's session closed as its loop ended
+
+
+def test_text_a_provider_cannot_write_as_utf8_is_repaired() -> None:
+    from turnout.gateway.call import _text
+
+    assert _text("smile \ud83d\ude00 lone \ud800") == "smile \U0001f600 lone \ufffd"
+    assert _text("plain") == "plain"

@@ -513,7 +513,11 @@ def test_an_unknown_model_is_a_404(door: Door) -> None:
 
 
 def test_malformed_json_is_a_400(door: Door) -> None:
-    r = httpx.post(f"{door.url}/v1/chat/completions", content=b'{"model": ')
+    r = httpx.post(
+        f"{door.url}/v1/chat/completions",
+        content=b'{"model": ',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert r.json()["error"]["code"] == "invalid_json"
@@ -627,12 +631,79 @@ def test_an_oversized_body_is_a_413(door: Door, fake: FakeProviders) -> None:
     def chunked() -> Iterator[bytes]:  # no Content-Length: caught while reading
         yield json.dumps(body).encode()
 
-    r = httpx.post(f"{door.url}/v1/chat/completions", content=chunked())
+    r = httpx.post(
+        f"{door.url}/v1/chat/completions",
+        content=chunked(),
+        headers={"Content-Type": "application/json"},
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (413, "request_too_large")
     assert fake.requests == []
 
 
 # ------------------------------------------------------------------------------------ safety
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({"Origin": "https://attacker.example"}, "Origin"),
+        ({"Host": "rebound.attacker.example:8080"}, "not a loopback address"),
+        ({"Content-Type": "text/plain"}, "application/json"),
+    ],
+)
+def test_without_keys_a_browser_page_or_another_host_name_is_refused(
+    door: Door, fake: FakeProviders, headers: dict[str, str], why: str
+) -> None:
+    # What a page in the user's browser can send cross-site without a preflight (a text/plain
+    # POST carries Origin), and what DNS rebinding sends (the attacker's Host).
+    body = json.dumps({"model": "chat", "messages": PROMPT}).encode()
+    sent = {"Content-Type": "application/json", **headers}
+    r = httpx.post(f"{door.url}/v1/chat/completions", content=body, headers=sent)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == "forbidden_origin"
+    assert why in r.json()["error"]["message"]
+    if "Content-Type" not in headers:  # a GET has no body to check
+        r = httpx.get(f"{door.url}/v1/turnout/counters", headers=headers)
+        assert r.status_code == 403
+    assert fake.requests == []
+
+
+def test_every_error_tells_client_sdks_not_to_retry_on_top(door: Door, fake: FakeProviders) -> None:
+    fake.script("m-solo", [Fault.server_error()] * 10)
+    r = httpx.post(f"{door.url}/v1/chat/completions", json={"model": "solo", "messages": PROMPT})
+    assert r.status_code == 502
+    assert r.headers["x-should-retry"] == "false"
+    once = len(fake.requests)  # the gateway's own attempts for one call
+    with pytest.raises(openai.InternalServerError):  # the official SDK, at its default retries
+        openai.OpenAI(base_url=f"{door.url}/v1", api_key="k").chat.completions.create(
+            model="solo", messages=PROMPT
+        )
+    assert len(fake.requests) == 2 * once  # never the SDK's 3 tries x the gateway's
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "invalid_json"),
+        ('{"model": "chat", "max_tokens": 9223372036854775808, "messages": []}', "invalid_value"),
+        (
+            '{"model": "chat", "messages": [{"role": ["user"], "content": "x"}]}',
+            "unsupported_parameter",
+        ),
+        ('{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}', "invalid_value"),
+        (
+            '{"model": "chat", "\\udc00": 1, "messages": [{"role": "user", "content": "x"}]}',
+            "unsupported_parameter",
+        ),
+    ],
+)
+def test_hostile_json_is_a_400_never_a_500(door: Door, body: str, code: str) -> None:
+    r = httpx.post(
+        f"{door.url}/v1/chat/completions",
+        content=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import socket
 import threading
 import time
@@ -433,6 +434,18 @@ def _named(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:500]
 
 
+#: A UTF-16 surrogate: JSON's "\\ud83d" escapes decode to one, alone or in a pair a provider may
+#: split across two events. Text that cannot be written as UTF-8 must not reach the caller.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(text: str) -> str:
+    """Text with each surrogate pair joined and each lone surrogate replaced by U+FFFD."""
+    if not _SURROGATE.search(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _classified(c: _Candidate, status: int, headers: Mapping[str, str], body: bytes) -> Failure:
     assert c.api is not None
     return c.api.classify(status, {k.lower(): v for k, v in headers.items()}, body)
@@ -447,6 +460,7 @@ def _whole(c: _Candidate, status: int, body: bytes, headers: Mapping[str, str]) 
         parsed = c.api.parse(body)
     except AttemptFailed as e:
         return _Outcome(e.failure)
+    parsed.text = _text(parsed.text)
     if parsed.finish_reason == "content_filter":
         return _Outcome(Failure("content_filter", "the provider refused to answer"), parsed)
     return _Outcome(None, parsed)
@@ -477,6 +491,8 @@ class _StreamReader:
             if not out:
                 raise
             self.failed = err.failure  # raised by the next feed(), after these deltas
+        if out and _SURROGATE.search("".join(out)):
+            out = [_text(t) for t in out]
         if out and self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
         self.deltas += len(out)
@@ -683,6 +699,8 @@ def _stream_attempt(
                         break
                     deltas = reader.feed(chunk)
                     if not deltas:
+                        if reader.decoder.complete:
+                            break
                         continue
                     if not committed:
                         committed = True
@@ -696,6 +714,8 @@ def _stream_attempt(
                             raise
                     if reader.failed is not None:
                         raise AttemptFailed(reader.failed)
+                    if reader.decoder.complete:
+                        break  # whole: a server slow to end the body is not waited for
                     deadline.arm(time.monotonic() + c.timeout_s - waited)
     except AttemptFailed as e:
         failure = e.failure
@@ -845,6 +865,8 @@ async def arun_stream(call: _Call, http: aiohttp.ClientSession) -> AsyncIterator
                                 break
                             deltas = reader.feed(chunk)
                             if not deltas:
+                                if reader.decoder.complete:
+                                    break
                                 continue
                             if not committed:
                                 committed = True
@@ -858,6 +880,8 @@ async def arun_stream(call: _Call, http: aiohttp.ClientSession) -> AsyncIterator
                                     raise
                             if reader.failed is not None:
                                 raise AttemptFailed(reader.failed)
+                            if reader.decoder.complete:
+                                break  # whole: a server slow to end the body is not waited for
                             deadline.arm(loop.time() + c.timeout_s - waited)
                 finally:
                     if deadline is not None:
@@ -953,6 +977,13 @@ class AsyncStream:
         await self.aclose()
 
 
+async def _close_at_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await session.close()
+
+
 #: The AttemptPolicy's keyword arguments a Gateway takes as ``retry``.
 RETRY_KEYS = (
     "max_retries",
@@ -1003,6 +1034,9 @@ class Gateway:
         self._ahttp: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary()
         )
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _policy(self) -> _core.AttemptPolicy:
         return _core.AttemptPolicy(**self._retry, seed=int.from_bytes(os.urandom(8), "little"))
@@ -1018,7 +1052,7 @@ class Gateway:
                 http = self._http
         return http
 
-    def _async_http(self) -> aiohttp.ClientSession:
+    async def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         http = self._ahttp.get(loop)
         if http is None or http.closed:
@@ -1030,6 +1064,12 @@ class Gateway:
                 trust_env=True,  # the proxy settings httpx honours too
             )
             self._ahttp[loop] = http
+            # asyncio.run() finalizes the async generators still open when its loop ends: this
+            # one closes the session then, so a loop per call (asyncio.run per request) leaks no
+            # connection.
+            closer = _close_at_shutdown(http)
+            await anext(closer)
+            self._closers[loop] = closer
         return http
 
     def _call(
@@ -1140,8 +1180,8 @@ class Gateway:
             input_tokens=input_tokens,
         )
         if stream:  # routed when read: a stream never read holds no decision
-            return AsyncStream(c, arun_stream(c, self._async_http()))
-        return await arun(await aroute(c), self._async_http())
+            return AsyncStream(c, arun_stream(c, await self._session()))
+        return await arun(await aroute(c), await self._session())
 
     def close(self) -> None:
         """Closes the blocking client's connections (an asyncio client closes in aclose)."""
@@ -1151,9 +1191,13 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Closes this event loop's connections and the blocking client's."""
-        http = self._ahttp.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        http = self._ahttp.pop(loop, None)
+        closer = self._closers.pop(loop, None)
         if http is not None:
             await http.close()
+        if closer is not None:
+            await closer.aclose()
         self.close()
 
     def __enter__(self) -> Gateway:

@@ -86,7 +86,14 @@ ERRORS: dict[str, HttpError] = {
     "unknown_scenario": HttpError(
         404, "invalid_request_error", "model_not_found", "`model` names no scenario"
     ),
-    "not_found": HttpError(404, "invalid_request_error", "not_found", "no such path"),
+    "no_route": HttpError(404, "invalid_request_error", "not_found", "no such path"),
+    "browser_refused": HttpError(
+        403,
+        "permission_error",
+        "forbidden_origin",
+        "without callers' keys, a request from a browser page (Origin), to another host name "
+        "(Host) or not JSON",
+    ),
     "method_not_allowed": HttpError(
         405, "invalid_request_error", "method_not_allowed", "wrong HTTP method for the path"
     ),
@@ -119,6 +126,12 @@ ERRORS: dict[str, HttpError] = {
         "upstream_error",
         "upstream_billing",
         "the gateway's provider account is out of credit (not the caller's fault)",
+    ),
+    "not_found": HttpError(
+        502,
+        "upstream_error",
+        "upstream_not_found",
+        "no candidate has the model or path (a 404 or a redirect from each)",
     ),
     # Routing.
     "budget_exhausted": HttpError(
@@ -203,7 +216,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+    # ASCII escapes: a lone surrogate echoed from a request or a reply stays valid JSON and UTF-8.
+    return json.dumps(obj, default=_json_default, separators=(",", ":"), ensure_ascii=True)
 
 
 def _json(obj: Any, *, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -321,6 +335,18 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 _EMPTY_MESSAGE_KEYS = frozenset({"refusal", "tool_calls", "function_call", "audio", "annotations"})
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON)
+        return False
+    return True
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
+
+
 def _bad(message: str, param: str) -> RequestError:
     return RequestError("invalid_field", message, param)
 
@@ -333,9 +359,13 @@ def _int(body: Mapping[str, Any], name: str) -> int | None:
     v = body.get(name)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise _bad(f"'{name}' must be a positive integer, got {v!r}", name)
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= _MAX_INT:
+        raise _bad(f"'{name}' must be an integer within 1..{_MAX_INT}, got {v!r:.40}", name)
     return v
+
+
+#: The largest count a request may carry (the core's bound on tokens of one call, 2^31).
+_MAX_INT = 2**31
 
 
 def _content(content: Any, where: str) -> str:
@@ -366,7 +396,7 @@ def _messages(value: Any) -> list[dict[str, str]]:
         if not isinstance(m, dict):
             raise _bad(f"'{where}' must be an object", where)
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _unsupported(
                 f"'{where}.role' {role!r} is not supported (system, developer, user, assistant)",
                 f"{where}.role",
@@ -392,7 +422,7 @@ def parse_chat_request(body: Any) -> CallRequest:
             continue
         raise _unsupported(f"'{name}' is not supported by the Turnout gateway", name)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not model or not _utf8(model):
         raise _bad("'model' must name a scenario", "model")
     max_tokens = _int(body, "max_tokens")
     max_completion = _int(body, "max_completion_tokens")
@@ -528,6 +558,28 @@ _STARTED = web.AppKey("started", int)
 _MAX_BODY = web.AppKey("max_body", int)
 
 
+def _loopback_literal(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _browser_request(request: web.Request) -> str | None:
+    """Why a request looks like a browser's or another host's (None: it does not)."""
+    if "Origin" in request.headers:
+        return "a request with an Origin header (a browser page) needs callers' keys"
+    host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else request.host
+    host = host.split("]")[0].lstrip("[")
+    if not _loopback_literal(host):  # never resolved: a rebound name resolves to 127.0.0.1
+        return f"Host {request.host!r} is not a loopback address: configure callers' keys"
+    if request.method == "POST" and request.content_type != "application/json":
+        return "the body must be application/json"
+    return None
+
+
 def build_app(
     gateway: Gateway,
     config_of: Callable[[], _core.Config],
@@ -544,7 +596,20 @@ def build_app(
 
     @web.middleware
     async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        resp = await checked(request, handler)
+        if resp.status >= 400 and not resp.prepared:
+            # The gateway's policy already retried: a client SDK's own retries would stack.
+            resp.headers["x-should-retry"] = "false"
+        return resp
+
+    async def checked(request: web.Request, handler: Any) -> web.StreamResponse:
         error = _anthropic_error_response if request.path == "/v1/messages" else _error_response
+        if not keys:
+            # Loopback is then the only lock: a web page the user visits (it sends Origin, or a
+            # form's text/plain) or a DNS-rebound host name must not spend the provider keys.
+            refused = _browser_request(request)
+            if refused:
+                return error(RequestError("browser_refused", refused))
         if keys and request.path != "/healthz":
             # OpenAI clients send Authorization: Bearer, Anthropic clients x-api-key.
             given = request.headers.get("x-api-key")
@@ -561,7 +626,7 @@ def build_app(
         except web.HTTPRequestEntityTooLarge:
             return error(RequestError("too_large", f"the body is over {max_body_bytes} bytes"))
         except web.HTTPNotFound:
-            return error(RequestError("not_found", f"no route {request.path}"))
+            return error(RequestError("no_route", f"no route {request.path}"))
         except web.HTTPMethodNotAllowed:
             return error(
                 RequestError("method_not_allowed", f"{request.method} {request.path} not allowed")
@@ -613,7 +678,7 @@ async def _counters(request: web.Request) -> web.Response:
     if counters is None:
         return _error_response(
             RequestError(
-                "not_found",
+                "no_route",
                 "the ledger lives in the sidecar with --sidecar: read it with `turnout stats`",
             )
         )
@@ -652,8 +717,8 @@ async def _call(request: web.Request, wire: _Wire) -> web.StreamResponse:
     raw = await request.read()
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError("invalid_json", f"the body is not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise RequestError("invalid_json", f"the body is not JSON: {_short(e)}") from None
     req = wire.parse(body)
     answer = await request.app[_SOURCE].gateway.acall(
         req.scenario,
@@ -765,14 +830,14 @@ async def _stream(
             "x-turnout-decision-id": str(decision.id),
         }
     )
-    await resp.prepare(request)
     try:
-        await resp.write(chunks.start())
+        await resp.prepare(request)
+        await _write(resp, chunks.start())
         if first is not None:
-            await resp.write(chunks.text(first))
+            await _write(resp, chunks.text(first))
             async for text in deltas:
-                await resp.write(chunks.text(text))
-    except ConnectionError:
+                await _write(resp, chunks.text(text))
+    except (ConnectionError, TimeoutError):
         # The caller left: closing the SDK's stream reports the attempt (once).
         await _close(deltas, stream)
         return resp
@@ -793,12 +858,22 @@ async def _stream(
     return resp
 
 
+#: The longest a caller may take to read one event: one that stops reading is gone (its attempt
+#: and its pool slot must not be held for it).
+WRITE_TIMEOUT_S = 30.0
+
+
+async def _write(resp: web.StreamResponse, data: bytes) -> None:
+    async with asyncio.timeout(WRITE_TIMEOUT_S):
+        await resp.write(data)
+
+
 async def _send_last(resp: web.StreamResponse, data: bytes) -> bool:
     """Writes a stream's last events; False when the caller has gone (the call is over and
     reported either way)."""
     try:
-        await resp.write(data)
-    except ConnectionError:
+        await _write(resp, data)
+    except (ConnectionError, TimeoutError):
         return False
     return True
 
@@ -856,7 +931,7 @@ def parse_messages_request(body: Any) -> CallRequest:
         if name not in _ANTHROPIC_FIELDS and name != "metadata" and value is not None:
             raise _unsupported(f"'{name}' is not supported by the Turnout gateway", name)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not model or not _utf8(model):
         raise _bad("'model' must name a scenario", "model")
     messages: list[dict[str, str]] = []
     if body.get("system") is not None:
