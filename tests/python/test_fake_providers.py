@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import time
@@ -682,6 +683,26 @@ def test_time_to_first_token_and_gap(fake):
     assert r.choices[0].message.content == "w1 w2 "
 
 
+def test_time_to_first_token_jitter_spreads_answers_around_the_ttft(fake):
+    fake.model("gpt-jitter", ttft_s=0.1, ttft_jitter_s=0.09)  # uniform in [10, 190] ms
+    c = oai(fake)
+    took = []
+    for _ in range(12):
+        t0 = time.monotonic()
+        c.chat.completions.create(model="gpt-jitter", messages=user("a"))
+        took.append(time.monotonic() - t0)
+    assert min(took) >= 0.01
+    assert max(took) < 0.19 + 0.1  # slack for a loaded machine
+    # A fixed TTFT would put all twelve within a few ms (tens on a loaded machine); twelve uniform
+    # draws over 180 ms span less than 60 ms with a probability of ~1e-4.
+    assert max(took) - min(took) > 0.06, took
+    # A scripted ok's own TTFT is exact.
+    fake.script("gpt-jitter", [Fault.ok(ttft_s=0.0)])
+    t0 = time.monotonic()
+    c.chat.completions.create(model="gpt-jitter", messages=user("a"))
+    assert time.monotonic() - t0 < 0.01 + 0.05
+
+
 # ---- auth, the record, bad input ----------------------------------------------------------------
 
 
@@ -776,6 +797,11 @@ def test_bad_scripts_and_settings_are_refused(fake):
         FakeProviders(cache_ttl_s={"opnai": 1.0})
     with pytest.raises(RuntimeError, match="not running"):
         _ = FakeProviders().port
+    for bad_jitter in (-0.01, math.nan, math.inf):
+        with pytest.raises(ValueError, match="ttft_jitter_s"):
+            FakeProviders(ttft_jitter_s=bad_jitter)
+        with pytest.raises(ValueError, match="ttft_jitter_s"):
+            fake.model("m", ttft_jitter_s=bad_jitter)
     for bad in (
         b"[1]",
         b"{",
@@ -784,6 +810,9 @@ def test_bad_scripts_and_settings_are_refused(fake):
     ):
         r = httpx.post(fake.url + "/_fake/script", content=bad)
         assert r.status_code == 400, bad
+    r = httpx.post(fake.url + "/_fake/model", json={"name": "m", "ttft_jitter_s": -1})
+    assert r.status_code == 400
+    assert "ttft_jitter_s" in r.text
     assert fake.pending("m") == 0
     assert Fault.from_json(Fault.rate_limited(2).to_json()) == Fault.rate_limited(2)
 
@@ -818,6 +847,8 @@ def test_as_a_process_scripted_over_http(tmp_path):
             "0",
             "--answer-tokens",
             "3",
+            "--ttft-jitter-ms",
+            "1",
         ],
         stdout=subprocess.PIPE,
         text=True,

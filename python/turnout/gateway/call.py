@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import re
 import socket
 import threading
 import time
+import urllib.parse
+import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +87,8 @@ class _Candidate:
     unusable: Failure | None = None  # why this worker cannot call it at all
     #: aiohttp's own limits: only the connection's (the reads' deadlines are the driver's).
     aio_timeout: aiohttp.ClientTimeout | None = None
+    #: The proxy the environment names for its URL (HTTPS_PROXY, NO_PROXY...), resolved once.
+    proxy: str | None = None
 
 
 def messages_of(messages: Sequence[Mapping[str, Any] | Message]) -> tuple[Message, ...]:
@@ -112,6 +117,19 @@ def messages_of(messages: Sequence[Mapping[str, Any] | Message]) -> tuple[Messag
     return tuple(out)
 
 
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url`, as httpx and the providers' SDKs read it
+    (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, NO_PROXY); never for a loopback host."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if host == "localhost" or host.startswith("127.") or host == "::1":
+        return None
+    if urllib.request.proxy_bypass_environment(host):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
 class _Table:
     """What the SDK reads of one routing table: each place's call spec, each scenario's
     max_output_tokens. Built once per (table version, target, endpoint)."""
@@ -121,6 +139,7 @@ class _Table:
         self._credentials = credentials
         self._version = ""
         self._places: dict[tuple[str, str | None], _Candidate] = {}
+        self._keyed: dict[tuple[str, str, str], TargetSpec] = {}
         self._max_tokens: dict[str, int] = {}
 
     def _fresh(self) -> _core.Config:
@@ -128,6 +147,7 @@ class _Table:
         if config.version != self._version:
             self._version = config.version
             self._places.clear()
+            self._keyed.clear()
             self._max_tokens.clear()
         return config
 
@@ -182,6 +202,7 @@ class _Table:
             first_token_timeout_s=call["first_token_timeout_ms"] / 1000.0,
             cache_ttl="1h" if info["cache"]["ttl_s"] >= 3600 else "5m",
             call_info=call,
+            proxy=_proxy_for(base),
             aio_timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=min(_CONNECT_TIMEOUT_S, call["first_token_timeout_ms"] / 1000.0),
@@ -194,7 +215,13 @@ class _Table:
         """The candidate's spec with its key as the environment or its file holds it now.
         Raises MissingKey."""
         key = self._credentials.key(c.spec.name, c.call_info)
-        return c.spec if key is None else dataclasses.replace(c.spec, api_key=key)
+        if key is None:
+            return c.spec
+        spec = self._keyed.get((c.spec.name, c.endpoint, key))
+        if spec is None:
+            spec = dataclasses.replace(c.spec, api_key=key)
+            self._keyed[(c.spec.name, c.endpoint, key)] = spec
+        return spec
 
 
 @dataclass
@@ -784,6 +811,7 @@ async def _aattempt(http: aiohttp.ClientSession, c: _Candidate, planned: HttpCal
                 headers=planned.headers,
                 allow_redirects=False,  # a key must not follow a redirect to another host
                 timeout=c.aio_timeout,
+                proxy=c.proxy,
             ) as r,
         ):
             cap = MAX_ERROR_BYTES if r.status >= 300 else MAX_REPLY_BYTES
@@ -845,6 +873,7 @@ async def arun_stream(call: _Call, http: aiohttp.ClientSession) -> AsyncIterator
                         headers=planned.headers,
                         allow_redirects=False,
                         timeout=c.aio_timeout,
+                        proxy=c.proxy,
                     )
                     r = await cm.__aenter__()
                 try:
@@ -1020,6 +1049,7 @@ class Gateway:
             )
         _core.AttemptPolicy(**retry)  # checks the values now, not at the first call
         self._retry = retry
+        self._seeds = random.Random(int.from_bytes(os.urandom(8), "little"))  # jitter per call
         self._source = source
         self._table = _Table(config_of, credentials or Credentials())
         # No retries inside the HTTP client: the policy is the only one that retries. The limits go
@@ -1039,7 +1069,7 @@ class Gateway:
         )
 
     def _policy(self) -> _core.AttemptPolicy:
-        return _core.AttemptPolicy(**self._retry, seed=int.from_bytes(os.urandom(8), "little"))
+        return _core.AttemptPolicy(**self._retry, seed=self._seeds.getrandbits(64))
 
     def _sync_http(self) -> httpx.Client:
         http = self._http
@@ -1061,7 +1091,9 @@ class Gateway:
             http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
                 timeout=aiohttp.ClientTimeout(total=None),
-                trust_env=True,  # the proxy settings httpx honours too
+                # No environment lookups per request (trust_env costs two thread-pool hand-offs
+                # per request: ~1 ms of CPU, measured); each target's proxy is resolved once.
+                trust_env=False,
             )
             self._ahttp[loop] = http
             # asyncio.run() finalizes the async generators still open when its loop ends: this

@@ -88,6 +88,6 @@ def private_text(path: str, what: str, known_mtime: int | None = None) -> tuple[
 def _checked(key: str, what: str) -> str:
     """A key an HTTP header can carry: printable ASCII, no spaces or control characters (a
     two-line file or a stray byte would otherwise reach the wire, or an error message)."""
-    if not all(33 <= ord(ch) < 127 for ch in key):
+    if not (key.isascii() and key.isprintable()) or " " in key:
         raise MissingKey(f"{what} has characters a key cannot have (spaces, control or non-ASCII)")
     return key

@@ -17,7 +17,12 @@ The answers are synthetic but counted like the real ones:
 - **Answer.** N words `"w1 w2 ... wN "`, streamed one word per delta (`"w1 "`, `"w2 "`, ...):
   N = the request's max tokens capped by the model's answer length (default 8). The finish is
   "stop" when the cap ends it and "length" when the request's max tokens does. The first delta
-  comes `ttft_s` after the stream's headers, the next ones `gap_s` apart.
+  comes `ttft_s` after the stream's headers, the next ones `gap_s` apart. With `ttft_jitter_s`
+  each answer's time to first token is drawn uniformly from `ttft_s ± ttft_jitter_s` (never below
+  0; a scripted `Fault.ok(ttft_s=...)` stays exact): closed-loop clients then stop arriving in
+  lock-step waves, as real traffic does not. Each model draws from its own generator, seeded alike
+  (and again on reset): two models with the same settings give their n-th answers the same TTFT,
+  so two clients can be compared on the same draws.
 - **Usage** as each provider reports it, in streams too (OpenAI: a final chunk with `usage` and no
   choices when `stream_options.include_usage`; Anthropic: message_start and a cumulative
   message_delta; Gemini: `usageMetadata` on every chunk; Responses: `response.completed`).
@@ -47,6 +52,7 @@ import asyncio
 import itertools
 import json
 import math
+import random
 import signal
 import threading
 import time
@@ -209,6 +215,7 @@ class _ModelSettings:
     ttft_s: float | None = None
     gap_s: float | None = None
     cache_min_tokens: int | None = None
+    ttft_jitter_s: float | None = None
 
 
 # ---- prompts ------------------------------------------------------------------------------------
@@ -1165,6 +1172,7 @@ class FakeProviders:
         answer_tokens: int = 8,
         cache_ttl_s: Mapping[str, float | None] | None = None,
         record: bool = True,
+        ttft_jitter_s: float = 0.0,
     ) -> None:
         self.host = host
         self._port = port
@@ -1176,8 +1184,13 @@ class FakeProviders:
             keys = frozenset(api_keys)
             self._keys = dict.fromkeys(PROVIDERS, keys)
         self.defaults = _ModelSettings(
-            context_window=None, answer_tokens=answer_tokens, ttft_s=ttft_s, gap_s=gap_s
+            context_window=None,
+            answer_tokens=answer_tokens,
+            ttft_s=ttft_s,
+            gap_s=gap_s,
+            ttft_jitter_s=_jitter(ttft_jitter_s),
         )
+        self._jitter_rngs: dict[str, random.Random] = {}  # per model, see the module's doc
         unknown = set(cache_ttl_s or ()) - set(DEFAULT_CACHE_TTL_S)
         if unknown:
             raise ValueError(f"unknown cache_ttl_s keys {sorted(unknown)}")
@@ -1216,12 +1229,15 @@ class FakeProviders:
         ttft_s: float | None = None,
         gap_s: float | None = None,
         cache_min_tokens: int | None = None,
+        ttft_jitter_s: float | None = None,
     ) -> None:
         """Settings of one model: its context window (a request over it gets the provider's
-        context error by itself), answer length, timing and prompt-cache minimum."""
+        context error by itself), answer length, timing (`ttft_jitter_s`: see the module's doc)
+        and prompt-cache minimum."""
+        jitter = None if ttft_jitter_s is None else _jitter(ttft_jitter_s)
         with self._lock:
             self._models[name] = _ModelSettings(
-                context_window, answer_tokens, ttft_s, gap_s, cache_min_tokens
+                context_window, answer_tokens, ttft_s, gap_s, cache_min_tokens, jitter
             )
 
     @property
@@ -1242,6 +1258,7 @@ class FakeProviders:
             self._models.clear()
             self._requests.clear()
             self._cache.clear()
+            self._jitter_rngs.clear()
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -1539,6 +1556,12 @@ class FakeProviders:
             ex.answer = 0
         self._cache_usage(wire, body, prompt, ms, ex)
         ttft = _first(fault.ttft_s, ms.ttft_s if ms else None, defaults.ttft_s)
+        jitter = _first(ms.ttft_jitter_s if ms else None, defaults.ttft_jitter_s)
+        if jitter and fault.ttft_s is None:
+            rng = self._jitter_rngs.get(model or "")
+            if rng is None:
+                rng = self._jitter_rngs[model or ""] = random.Random(0)
+            ttft = max(0.0, ttft + rng.uniform(-jitter, jitter))
         gap = _first(fault.gap_s, ms.gap_s if ms else None, defaults.gap_s)
         if not stream:
             if ttft or gap:
@@ -1680,7 +1703,7 @@ class FakeProviders:
         body = await self._control_body(request)
         try:
             self.model(**body)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise web.HTTPBadRequest(text=f"bad model: {e}") from e
         return self._json(200, {"ok": True})
 
@@ -1690,6 +1713,12 @@ class FakeProviders:
     async def _control_reset(self, request: web.Request) -> web.Response:
         self.reset()
         return self._json(200, {"ok": True})
+
+
+def _jitter(seconds: float) -> float:
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"ttft_jitter_s must be a finite number >= 0, got {seconds!r}")
+    return float(seconds)
 
 
 def _first(*values: float | None) -> float:
@@ -1724,6 +1753,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     ap.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="gap between tokens")
+    ap.add_argument(
+        "--ttft-jitter-ms", type=float, default=0.0, help="time to first token uniform in ± this"
+    )
     ap.add_argument("--answer-tokens", type=int, default=8)
     ap.add_argument("--api-key", action="append", help="accepted key (repeatable); none: no auth")
     ap.add_argument("--no-record", action="store_true", help="keep no request record")
@@ -1736,6 +1768,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         gap_s=a.gap_ms / 1000,
         answer_tokens=a.answer_tokens,
         record=not a.no_record,
+        ttft_jitter_s=a.ttft_jitter_ms / 1000,
     )
     asyncio.run(_serve_forever(fake))
 
