@@ -734,6 +734,29 @@ def test_callers_need_a_right_bearer_key(keyed: str) -> None:
         assert c.choices[0].message.content
 
 
+def test_serve_takes_an_ipv6_loopback_as_urls_write_it(fake: FakeProviders) -> None:
+    router = turnout.Router(turnout.load_config_text(table(fake)))
+    app = server.build_app(router.gateway(), lambda: router.config, counters=router.counters)
+    lines: list[str] = []
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        serving = asyncio.create_task(
+            server.serve(app, "[::1]", 0, announce=lines.append, stop=stop)
+        )
+        while not lines and not serving.done():
+            await asyncio.sleep(0.01)
+        url = lines[0].split("serving ")[1].removesuffix("/v1")
+        async with httpx.AsyncClient() as client:
+            status = (await client.get(f"{url}/healthz")).status_code
+        stop.set()
+        await serving
+        return status
+
+    assert asyncio.run(main()) == 200
+    assert lines[0].startswith("turnout gateway: serving http://[::1]:")
+
+
 def test_a_non_loopback_bind_needs_keys() -> None:
     with pytest.raises(ValueError, match="not loopback"):
         server.check_bind("0.0.0.0", ())

@@ -1132,7 +1132,8 @@ async def serve(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        # "[::1]" as URLs write it; the socket takes the bare address.
+        site = web.TCPSite(runner, host.strip("[]"), port, backlog=1024)
         await site.start()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
