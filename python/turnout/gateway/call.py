@@ -2,9 +2,10 @@
 the one retry policy, report every attempt, return one Response.
 
 The logic lives in :class:`_Call` (no I/O: it plans each attempt and concludes it); the drivers
-below only move bytes — blocking (httpx.Client) or asyncio (httpx.AsyncClient), whole replies or
-streams. Streams have a commit point: until the first text reaches the caller a failure is
-invisible and the policy may retry or fail over; after it a failure ends the stream with
+below only move bytes — blocking (httpx.Client) or asyncio (aiohttp: measured far cheaper per
+request under concurrency, see docs/gateway.md), whole replies or streams. Streams have a commit
+point: until the first text reaches the caller a failure is invisible and the policy may retry or
+fail over; after it a failure ends the stream with
 :class:`turnout.StreamInterruptedError`, reported as the failure it is.
 
 The ledger takes one outcome per (decision, target), as the what-if engine's simulated workers
