@@ -709,3 +709,13 @@ def test_text_a_provider_cannot_write_as_utf8_is_repaired() -> None:
 
     assert _text("smile \ud83d\ude00 lone \ud800") == "smile \U0001f600 lone \ufffd"
     assert _text("plain") == "plain"
+
+
+def test_the_sdks_words_are_importable_from_the_package() -> None:
+    import turnout.gateway as gw
+
+    assert gw.Gateway is Gateway
+    assert gw.Response is Response
+    assert {"Attempt", "AsyncStream", "Message", "Stream"} <= set(gw.__all__)
+    with pytest.raises(AttributeError):
+        _ = gw.Nope
