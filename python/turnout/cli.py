@@ -418,7 +418,7 @@ def gateway(
     api_keys_file: str | None,
 ) -> None:
     """Serve the OpenAI-compatible front door: POST /v1/chat/completions calls the scenario named
-    by `model` through the worker SDK (needs the gateway extra: aiohttp)."""
+    by `model` through the worker SDK."""
     import asyncio
 
     try:
