@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import random
 import re
@@ -118,12 +119,23 @@ def messages_of(messages: Sequence[Mapping[str, Any] | Message]) -> tuple[Messag
     return tuple(out)
 
 
+def loopback_literal(host: str) -> bool:
+    """Whether `host` is a loopback address as written (127/8, ::1) or "localhost". Never
+    resolved: a name an attacker controls may resolve to 127.0.0.1."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _proxy_for(url: str) -> str | None:
     """The proxy the environment names for `url`, as httpx and the providers' SDKs read it
     (HTTPS_PROXY / HTTP_PROXY / ALL_PROXY, NO_PROXY); never for a loopback host."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
-    if host == "localhost" or host.startswith("127.") or host == "::1":
+    if loopback_literal(host):
         return None
     if urllib.request.proxy_bypass_environment(host):
         return None

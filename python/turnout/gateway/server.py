@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from turnout import _core, _errors
-from turnout.gateway.call import AsyncStream, Gateway
+from turnout.gateway.call import AsyncStream, Gateway, loopback_literal
 from turnout.gateway.credentials import MissingKey, private_text
 from turnout.gateway.wire import Attempt, Response
 
@@ -558,22 +558,13 @@ _STARTED = web.AppKey("started", int)
 _MAX_BODY = web.AppKey("max_body", int)
 
 
-def _loopback_literal(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _browser_request(request: web.Request) -> str | None:
     """Why a request looks like a browser's or another host's (None: it does not)."""
     if "Origin" in request.headers:
         return "a request with an Origin header (a browser page) needs callers' keys"
     host = request.host.rsplit(":", 1)[0] if not request.host.startswith("[") else request.host
     host = host.split("]")[0].lstrip("[")
-    if not _loopback_literal(host):  # never resolved: a rebound name resolves to 127.0.0.1
+    if not loopback_literal(host):
         return f"Host {request.host!r} is not a loopback address: configure callers' keys"
     if request.method == "POST" and request.content_type != "application/json":
         return "the body must be application/json"
